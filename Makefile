@@ -1,0 +1,50 @@
+# The README names two commands: `make run` and `make test`. Everything else here
+# is what those two need, installed once and reused (stamps keep reruns cheap).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := .cache
+CP_BIN := $(CACHE)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane bench devcluster clean
+
+run: deps
+	$(BIN)/limpet demo
+
+test: deps lint
+	bash tools/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(VENV)/.stamp
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+deps: apt-deps $(VENV)/.stamp controlplane
+
+apt-deps:
+	bash tools/apt-deps.sh
+
+controlplane:
+	OUT=$(CP_BIN) bash tools/controlplane/build.sh
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+devcluster: deps
+	$(BIN)/limpet devcluster --kubeconfig $(CACHE)/kubeconfig
+
+bench: deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Pure affinity algorithms shared by the proxy and the operator (no I/O)."""

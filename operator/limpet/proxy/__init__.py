@@ -1,0 +1,1 @@
+"""The data plane: the sticky-session HTTP proxy."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages that tests, benchmarks and the demo need, only if
+# missing. apt-get update runs at most once, and only when something is missing.
+set -euo pipefail
+packages=(iproute2 procps haproxy nginx-light wrk)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "missing Debian packages: ${missing[*]} (run as root, or install them yourself)" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts nginx and haproxy as services on install; the benchmarks run their
+# own instances on loopback ports, so the system ones are stopped.
+for svc in nginx haproxy; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+  pkill -x "$svc" 2>/dev/null || true
+done
