@@ -1,0 +1,325 @@
+"""The load-balancer cookie: a compact, HMAC-signed, rotating-key session token.
+
+Data flow: the router builds one :class:`CookieCodec` per plan snapshot (keys, backend
+set, timeouts and attributes are all plan data), then calls :meth:`CookieCodec.decode`
+on the value the client sent and :meth:`CookieCodec.issue` when a session is created,
+moved or due for a last-seen refresh. The codec is immutable after construction, so a
+snapshot swap is a single reference assignment and needs no locking; the proxy runs
+one event loop per process and nothing here blocks.
+
+Wire format (version 1), 57 bytes, base64url without padding = 76 characters::
+
+    0      version          1 byte   (1)
+    1..4   key tag          4 bytes  SHA-256("limpet-cookie-kid\\0" + kid)[:4]
+    5..16  session id      12 bytes  random, opaque
+    17..24 backend token    8 bytes  HMAC-SHA256(secret, "limpet-backend\\0" + id)[:8]
+    25..32 key hash         8 bytes  affinity hash of the key that placed the session
+    33..36 issued           4 bytes  unix seconds, floored to the granularity
+    37..40 last seen        4 bytes  unix seconds, floored to the granularity
+    41..56 MAC             16 bytes  HMAC-SHA256(secret, bytes 0..40)[:16]
+
+The backend token is keyed, so the cookie reveals neither a pod IP, a pod name nor even
+the plan's own backend id. The newest key signs; every listed key verifies, which is
+what makes rotation safe. Times are coarse on purpose: the cookie is re-issued only
+when the current time has moved into a new granularity step, not on every response.
+Because requests between two refreshes do not move ``last seen``, the last activity
+lies in ``[last_seen, last_seen + granularity)``; idleness is therefore measured from
+``last_seen + granularity``, which never overstates how idle a session is.
+
+Decoding never raises on client input: it returns a :class:`CookieRejection` whose
+value names the metric label (tampered, expired, garbage, unknown_key,
+unknown_backend).
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+VERSION = 1
+KEY_TAG_LEN = 4
+SESSION_ID_LEN = 12
+BACKEND_TOKEN_LEN = 8
+MAC_LEN = 16
+_BODY = struct.Struct(">B4s12s8sQII")
+BODY_LEN = _BODY.size  # 41
+RAW_LEN = BODY_LEN + MAC_LEN  # 57, a multiple of 3: base64 needs no padding
+ENCODED_LEN = RAW_LEN * 4 // 3  # 76
+MAX_KEY_HASH = (1 << 64) - 1
+_MAX_U32 = (1 << 32) - 1
+# A cookie "last seen" this far in the future (replica clock skew) is still accepted;
+# beyond it the cookie is treated as garbage rather than trusted.
+MAX_CLOCK_SKEW = 300
+
+_TO_STD_B64 = bytes.maketrans(b"-_", b"+/")
+_FROM_STD_B64 = bytes.maketrans(b"+/", b"-_")
+_SAMESITE = ("Strict", "Lax", "None")
+
+
+class CookieRejection(enum.Enum):
+    """Why a client's LB cookie was not honoured; the value is the metric label."""
+
+    TAMPERED = "tampered"
+    EXPIRED = "expired"
+    GARBAGE = "garbage"
+    UNKNOWN_KEY = "unknown_key"
+    UNKNOWN_BACKEND = "unknown_backend"
+
+
+@dataclass(frozen=True, slots=True)
+class CookieKey:
+    """One signing key. ``kid`` names it in plans; only a hash of it goes in cookies."""
+
+    kid: str
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if not self.kid:
+            raise ValueError("cookie key id must not be empty")
+        if len(self.secret) < 16:
+            raise ValueError(f"cookie key {self.kid!r}: secret must be at least 16 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class CookieAttributes:
+    """The Set-Cookie attributes. ``max_age=None`` makes a browser-session cookie."""
+
+    name: str = "LIMPET"
+    path: str = "/"
+    domain: str | None = None
+    secure: bool = False
+    http_only: bool = True
+    same_site: str | None = "Lax"
+    max_age: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not _is_token(self.name):
+            raise ValueError(f"cookie name {self.name!r} is not an HTTP token")
+        for label, value in (("path", self.path), ("domain", self.domain)):
+            if value is not None and any(c in value for c in ";,\r\n\0 "):
+                raise ValueError(f"cookie {label} {value!r} contains a forbidden character")
+        if self.same_site is not None and self.same_site not in _SAMESITE:
+            raise ValueError(f"cookie sameSite must be one of {_SAMESITE}, not {self.same_site!r}")
+        if self.same_site == "None" and not self.secure:
+            raise ValueError("cookie sameSite=None requires secure=true (browsers drop it)")
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError("cookie max_age must be positive")
+
+    def suffix(self) -> bytes:
+        """Everything after ``NAME=VALUE`` in a Set-Cookie header, precomputed once."""
+        parts = [f"Path={self.path}"] if self.path else []
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        if self.max_age is not None:
+            parts.append(f"Max-Age={self.max_age}")
+        if self.secure:
+            parts.append("Secure")
+        if self.http_only:
+            parts.append("HttpOnly")
+        if self.same_site:
+            parts.append(f"SameSite={self.same_site}")
+        return "".join("; " + p for p in parts).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCookie:
+    """A verified cookie. Times are unix seconds, already floored to the granularity."""
+
+    session_id: bytes
+    backend_id: str
+    key_hash: int
+    issued: int
+    last_seen: int
+    signed_by_newest: bool
+
+
+def key_tag(kid: str) -> bytes:
+    return hashlib.sha256(b"limpet-cookie-kid\0" + kid.encode()).digest()[:KEY_TAG_LEN]
+
+
+def backend_token(secret: bytes, backend_id: str) -> bytes:
+    return hmac.digest(secret, b"limpet-backend\0" + backend_id.encode(), "sha256")[
+        :BACKEND_TOKEN_LEN
+    ]
+
+
+class CookieCodec:
+    """Signs and verifies LB cookies for one plan snapshot (immutable once built)."""
+
+    __slots__ = (
+        "_absolute",
+        "_granularity",
+        "_idle",
+        "_keys",
+        "_newest",
+        "_newest_tag",
+        "_newest_tokens",
+        "_prefix",
+        "_suffix",
+        "attributes",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        keys: Sequence[CookieKey],
+        backends: Iterable[str],
+        attributes: CookieAttributes,
+        granularity: int,
+        idle_timeout: float | None,
+        absolute_timeout: float | None,
+    ) -> None:
+        if not keys:
+            raise ValueError("at least one cookie signing key is required")
+        if granularity < 1:
+            raise ValueError("cookie granularity must be at least one second")
+        backend_ids = list(backends)
+        # key tag -> (secret, backend token -> backend id, is newest)
+        table: dict[bytes, tuple[bytes, dict[bytes, str], bool]] = {}
+        for i, key in enumerate(keys):
+            tag = key_tag(key.kid)
+            if tag in table:
+                raise ValueError(f"cookie key id {key.kid!r} is listed twice (or its tag collides)")
+            tokens: dict[bytes, str] = {}
+            for bid in backend_ids:
+                tok = backend_token(key.secret, bid)
+                if tok in tokens:
+                    raise ValueError(f"backend ids {tokens[tok]!r} and {bid!r} collide")
+                tokens[tok] = bid
+            table[tag] = (key.secret, tokens, i == 0)
+        self._keys = table
+        self._newest = keys[0].secret
+        self._newest_tag = key_tag(keys[0].kid)
+        self._newest_tokens = {bid: tok for tok, bid in table[self._newest_tag][1].items()}
+        self._granularity = granularity
+        self._idle = idle_timeout
+        self._absolute = absolute_timeout
+        self.attributes = attributes
+        self.name = attributes.name.encode("ascii")
+        self._prefix = self.name + b"="
+        self._suffix = attributes.suffix()
+
+    @property
+    def granularity(self) -> int:
+        return self._granularity
+
+    def floor(self, wall: float) -> int:
+        t = int(wall)
+        return t - t % self._granularity
+
+    def encode(
+        self, *, session_id: bytes, backend_id: str, key_hash: int, issued: int, last_seen: int
+    ) -> bytes:
+        """The cookie value (no name, no attributes), signed with the newest key."""
+        token = self._newest_tokens.get(backend_id)
+        if token is None:
+            raise KeyError(f"backend {backend_id!r} is not in this plan")
+        body = _BODY.pack(
+            VERSION,
+            self._newest_tag,
+            session_id,
+            token,
+            key_hash & MAX_KEY_HASH,
+            min(max(issued, 0), _MAX_U32),
+            min(max(last_seen, 0), _MAX_U32),
+        )
+        mac = hmac.digest(self._newest, body, "sha256")[:MAC_LEN]
+        return binascii.b2a_base64(body + mac, newline=False).translate(_FROM_STD_B64)
+
+    def set_cookie(self, value: bytes) -> bytes:
+        """A full Set-Cookie header value for ``value``."""
+        return self._prefix + value + self._suffix
+
+    def issue(
+        self, *, session_id: bytes, backend_id: str, key_hash: int, issued: int, wall: float
+    ) -> bytes:
+        """Set-Cookie header value for a session seen now."""
+        return self.set_cookie(
+            self.encode(
+                session_id=session_id,
+                backend_id=backend_id,
+                key_hash=key_hash,
+                issued=issued,
+                last_seen=self.floor(wall),
+            )
+        )
+
+    def decode(self, value: bytes, wall: float) -> SessionCookie | CookieRejection:
+        """Verify ``value`` at wall-clock time ``wall``. Never raises on client input."""
+        if len(value) != ENCODED_LEN:
+            return CookieRejection.GARBAGE
+        try:
+            raw = binascii.a2b_base64(value.translate(_TO_STD_B64), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return CookieRejection.GARBAGE
+        if len(raw) != RAW_LEN or raw[0] != VERSION:
+            return CookieRejection.GARBAGE
+        entry = self._keys.get(raw[1 : 1 + KEY_TAG_LEN])
+        if entry is None:
+            return CookieRejection.UNKNOWN_KEY
+        secret, tokens, newest = entry
+        body = raw[:BODY_LEN]
+        if not hmac.compare_digest(hmac.digest(secret, body, "sha256")[:MAC_LEN], raw[BODY_LEN:]):
+            return CookieRejection.TAMPERED
+        _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(body)
+        if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
+            return CookieRejection.GARBAGE
+        if self._absolute is not None and wall - issued >= self._absolute:
+            return CookieRejection.EXPIRED
+        if self._idle is not None and wall - (last_seen + self._granularity) >= self._idle:
+            return CookieRejection.EXPIRED
+        backend = tokens.get(token)
+        if backend is None:
+            return CookieRejection.UNKNOWN_BACKEND
+        return SessionCookie(sid, backend, key_hash, issued, last_seen, newest)
+
+    def needs_refresh(self, cookie: SessionCookie, wall: float) -> bool:
+        """True when the cookie should be re-issued: a new last-seen step, or an old key."""
+        return self.floor(wall) > cookie.last_seen or not cookie.signed_by_newest
+
+    def refresh_due(self, cookie: SessionCookie) -> int:
+        """The first wall-clock second at which :meth:`needs_refresh` turns true."""
+        return cookie.last_seen + self._granularity
+
+    def last_activity_bound(self, cookie: SessionCookie) -> int:
+        """Latest moment the session can have been active, as far as the cookie knows."""
+        return cookie.last_seen + self._granularity
+
+
+def cookie_values(header: bytes, name: bytes) -> list[bytes]:
+    """Every value of cookie ``name`` in a (joined) Cookie header, in order."""
+    out: list[bytes] = []
+    for part in header.split(b";"):
+        k, sep, v = part.partition(b"=")
+        if sep and k.strip() == name:
+            out.append(v.strip().strip(b'"'))
+    return out
+
+
+def strip_cookie(header: bytes, name: bytes) -> tuple[list[bytes], bytes | None]:
+    """Split a Cookie header into our cookie's values and the header to forward.
+
+    The forwarded header is ``None`` when nothing else is left, meaning the engine
+    should drop the header entirely.
+    """
+    ours: list[bytes] = []
+    rest: list[bytes] = []
+    for part in header.split(b";"):
+        k, sep, v = part.partition(b"=")
+        if sep and k.strip() == name:
+            ours.append(v.strip().strip(b'"'))
+            continue
+        part = part.strip()
+        if part:
+            rest.append(part)
+    return ours, (b"; ".join(rest) if rest else None)
+
+
+def _is_token(s: str) -> bool:
+    return all(33 <= ord(c) < 127 and c not in '()<>@,;:\\"/[]?={}' for c in s)

@@ -1,0 +1,254 @@
+"""The LB cookie codec: round trip, tamper detection, rotation, timeouts, attributes."""
+
+from __future__ import annotations
+
+import binascii
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from limpet.proxy.cookies import (
+    ENCODED_LEN,
+    CookieAttributes,
+    CookieCodec,
+    CookieKey,
+    CookieRejection,
+    SessionCookie,
+    cookie_values,
+    strip_cookie,
+)
+
+K1 = CookieKey("k1", b"a" * 32)
+K2 = CookieKey("k2", b"b" * 32)
+K3 = CookieKey("k3", b"c" * 32)
+BACKENDS = ["alpha", "beta", "10.0.0.7:8080"]
+NOW = 1_800_000_000.0
+
+
+def codec(
+    keys: list[CookieKey] | None = None,
+    *,
+    backends: list[str] | None = None,
+    granularity: int = 10,
+    idle: float | None = 1800,
+    absolute: float | None = 86400,
+    attributes: CookieAttributes | None = None,
+) -> CookieCodec:
+    return CookieCodec(
+        keys=[K1] if keys is None else keys,
+        backends=BACKENDS if backends is None else backends,
+        attributes=attributes or CookieAttributes(),
+        granularity=granularity,
+        idle_timeout=idle,
+        absolute_timeout=absolute,
+    )
+
+
+def make(c: CookieCodec, *, backend: str = "alpha", wall: float = NOW, key_hash: int = 7) -> bytes:
+    return c.encode(
+        session_id=b"S" * 12,
+        backend_id=backend,
+        key_hash=key_hash,
+        issued=c.floor(wall),
+        last_seen=c.floor(wall),
+    )
+
+
+sids = st.binary(min_size=12, max_size=12)
+hashes = st.integers(min_value=0, max_value=2**64 - 1)
+walls = st.floats(min_value=1e9, max_value=4e9, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sid=sids, kh=hashes, wall=walls, backend=st.sampled_from(BACKENDS))
+def test_round_trip(sid: bytes, kh: int, wall: float, backend: str) -> None:
+    c = codec()
+    t = c.floor(wall)
+    v = c.encode(session_id=sid, backend_id=backend, key_hash=kh, issued=t, last_seen=t)
+    assert len(v) == ENCODED_LEN
+    assert all(
+        ch in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for ch in v
+    )
+    got = c.decode(v, wall)
+    assert got == SessionCookie(sid, backend, kh, t, t, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_bit_flip_is_rejected(data: st.DataObject) -> None:
+    c = codec()
+    v = bytearray(make(c))
+    i = data.draw(st.integers(0, len(v) - 1))
+    bit = data.draw(st.integers(0, 7))
+    v[i] ^= 1 << bit
+    got = c.decode(bytes(v), NOW)
+    assert isinstance(got, CookieRejection)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_flip_of_decoded_bytes_is_rejected(data: st.DataObject) -> None:
+    # Flip bits in the raw payload (a valid base64 string results), so the MAC,
+    # key tag or version check must catch it, not the base64 decoder.
+    c = codec()
+    raw = bytearray(binascii.a2b_base64(make(c).replace(b"-", b"+").replace(b"_", b"/")))
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    v = binascii.b2a_base64(bytes(raw), newline=False).replace(b"+", b"-").replace(b"/", b"_")
+    got = c.decode(v, NOW)
+    assert got in (
+        CookieRejection.TAMPERED,
+        CookieRejection.GARBAGE,
+        CookieRejection.UNKNOWN_KEY,
+    )
+    if i >= 5:  # past version and key tag: only the MAC can notice
+        assert got is CookieRejection.TAMPERED
+
+
+@settings(max_examples=100, deadline=None)
+@given(junk=st.binary(max_size=200))
+def test_garbage_never_raises(junk: bytes) -> None:
+    got = codec().decode(junk, NOW)
+    assert isinstance(got, CookieRejection)
+
+
+def test_garbage_reasons() -> None:
+    c = codec()
+    assert c.decode(b"", NOW) is CookieRejection.GARBAGE
+    assert c.decode(b"!" * ENCODED_LEN, NOW) is CookieRejection.GARBAGE
+    assert c.decode(make(c)[:-1], NOW) is CookieRejection.GARBAGE
+
+
+@settings(max_examples=50, deadline=None)
+@given(sid=sids, kh=hashes)
+def test_rotation_newest_signs_older_verify(sid: bytes, kh: int) -> None:
+    old = codec([K1])
+    t = old.floor(NOW)
+    v = old.encode(session_id=sid, backend_id="beta", key_hash=kh, issued=t, last_seen=t)
+    rotated = codec([K2, K1])
+    got = rotated.decode(v, NOW)
+    assert isinstance(got, SessionCookie)
+    assert got.backend_id == "beta"
+    assert got.key_hash == kh
+    assert not got.signed_by_newest
+    assert rotated.needs_refresh(got, NOW)  # re-sign with the newest key
+    fresh = rotated.encode(session_id=sid, backend_id="beta", key_hash=kh, issued=t, last_seen=t)
+    assert fresh != v
+    ok = rotated.decode(fresh, NOW)
+    assert isinstance(ok, SessionCookie)
+    assert ok.signed_by_newest
+    # Once K1 is retired, its cookies are unknown but the newly signed ones still pass.
+    retired = codec([K3, K2])
+    assert retired.decode(v, NOW) is CookieRejection.UNKNOWN_KEY
+    assert isinstance(retired.decode(fresh, NOW), SessionCookie)
+
+
+def test_same_kid_other_secret_is_tampered() -> None:
+    v = make(codec([K1]))
+    other = codec([CookieKey("k1", b"z" * 32)])
+    assert other.decode(v, NOW) is CookieRejection.TAMPERED
+
+
+def test_unknown_backend() -> None:
+    v = make(codec(), backend="beta")
+    assert codec(backends=["alpha"]).decode(v, NOW) is CookieRejection.UNKNOWN_BACKEND
+
+
+def test_no_internal_names_in_cookie() -> None:
+    c = codec()
+    for b in BACKENDS:
+        raw = binascii.a2b_base64(make(c, backend=b).replace(b"-", b"+").replace(b"_", b"/"))
+        assert b.encode() not in raw
+        assert b"10.0.0.7" not in raw
+
+
+def test_idle_timeout_counts_from_end_of_granularity_step() -> None:
+    c = codec(granularity=60, idle=1800, absolute=None)
+    start = 1_800_000_000.0  # a multiple of 60
+    v = make(c, wall=start)
+    # The session may have been active up to start+60, so it is not idle for 1800 s
+    # until start+60+1800.
+    assert isinstance(c.decode(v, start + 1859), SessionCookie)
+    assert c.decode(v, start + 1860) is CookieRejection.EXPIRED
+
+
+def test_absolute_timeout() -> None:
+    c = codec(granularity=10, idle=None, absolute=3600)
+    start = 1_800_000_000.0
+    t = c.floor(start)
+    v = c.encode(session_id=b"x" * 12, backend_id="alpha", key_hash=1, issued=t, last_seen=t + 3590)
+    assert isinstance(c.decode(v, start + 3599), SessionCookie)
+    assert c.decode(v, start + 3600) is CookieRejection.EXPIRED
+
+
+def test_future_cookie_is_garbage() -> None:
+    c = codec()
+    v = make(c, wall=NOW + 3600)
+    assert c.decode(v, NOW) is CookieRejection.GARBAGE
+    assert isinstance(c.decode(make(c, wall=NOW + 60), NOW), SessionCookie)  # small skew is fine
+
+
+def test_refresh_only_on_new_step() -> None:
+    c = codec(granularity=30)
+    start = 1_800_000_010.0
+    got = c.decode(make(c, wall=start), start)
+    assert isinstance(got, SessionCookie)
+    step_end = c.refresh_due(got)
+    assert not c.needs_refresh(got, start)
+    assert not c.needs_refresh(got, step_end - 0.5)
+    assert c.needs_refresh(got, step_end)
+
+
+def test_attributes_suffix() -> None:
+    a = CookieAttributes(
+        name="SRV",
+        path="/app",
+        domain="example.test",
+        secure=True,
+        http_only=True,
+        same_site="None",
+        max_age=3600,
+    )
+    c = codec(attributes=a)
+    sc = c.set_cookie(b"VALUE")
+    assert sc == (
+        b"SRV=VALUE; Path=/app; Domain=example.test; Max-Age=3600; Secure; HttpOnly; SameSite=None"
+    )
+    session = CookieAttributes(secure=False, http_only=False, same_site=None)
+    assert codec(attributes=session).set_cookie(b"V") == b"LIMPET=V; Path=/"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "bad name"},
+        {"name": ""},
+        {"name": "a;b"},
+        {"path": "/a;b"},
+        {"domain": "x\r\ny"},
+        {"same_site": "Sometimes"},
+        {"same_site": "None", "secure": False},
+        {"max_age": 0},
+    ],
+)
+def test_bad_attributes(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="cookie"):
+        CookieAttributes(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_keys() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        codec([])
+    with pytest.raises(ValueError, match="16 bytes"):
+        CookieKey("k", b"short")
+    with pytest.raises(ValueError, match="twice"):
+        codec([K1, CookieKey("k1", b"q" * 32)])
+
+
+def test_cookie_header_helpers() -> None:
+    h = b'a=1; LIMPET=xyz; b=2;LIMPET="q"; c'
+    assert cookie_values(h, b"LIMPET") == [b"xyz", b"q"]
+    assert strip_cookie(h, b"LIMPET") == ([b"xyz", b"q"], b"a=1; b=2; c")
+    assert strip_cookie(b"LIMPET=1", b"LIMPET") == ([b"1"], None)
+    assert strip_cookie(b"XLIMPET=1; LIMPETX=2", b"LIMPET") == ([], b"XLIMPET=1; LIMPETX=2")
