@@ -1,0 +1,149 @@
+"""``limpet devcluster``: run a local control plane in the foreground.
+
+Data flow: arguments -> :class:`DevClusterSettings` -> :class:`DevCluster`.
+Once ``/readyz`` answers, it prints how to use the cluster (the kubeconfig to
+export, the kubectl to call) and waits. SIGINT or SIGTERM, at any point,
+including during start-up, stops kube-apiserver and etcd and removes the
+temporary work directory; the written kubeconfig stays (it is the user's path).
+If a control-plane process dies on its own, the command says so, with the tail
+of that process's log, and exits 1.
+
+Concurrency: single-threaded. Signal handlers only set an Event that the main
+thread polls, so no clean-up ever runs inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from limpet.devcluster import binaries
+from limpet.devcluster.cluster import DevCluster, DevClusterSettings
+from limpet.devcluster.errors import BinaryNotFoundError, DevClusterError, StartCancelledError
+
+_WATCH_INTERVAL = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="where to write the admin kubeconfig (user limpet-admin, group system:masters)",
+    )
+    parser.add_argument(
+        "--bin-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=(
+            "folder with etcd, kube-apiserver and kubectl (default: $LIMPET_BIN_DIR, "
+            "else <repo>/.cache/bin, else PATH)"
+        ),
+    )
+    parser.add_argument(
+        "--apiserver-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="secure port of kube-apiserver on 127.0.0.1 (default: a free port)",
+    )
+    parser.add_argument(
+        "--etcd-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="etcd client port on 127.0.0.1 (default: a free port)",
+    )
+    parser.add_argument(
+        "--work-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="parent of the temporary work directory (default: /dev/shm when writable)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up if /readyz does not answer 200 within this time (default: 60)",
+    )
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(f"limpet devcluster: error: {text}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = DevClusterSettings(
+        bin_dir=args.bin_dir,
+        apiserver_port=args.apiserver_port,
+        etcd_port=args.etcd_port,
+        work_root=args.work_root,
+        ready_timeout=args.ready_timeout,
+        kubeconfig=args.kubeconfig,
+    )
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    cluster = DevCluster(settings)
+    try:
+        try:
+            cluster.start(cancel=stop)
+        except StartCancelledError:
+            _say(f"limpet devcluster: {received[-1]} during start-up; stopped and cleaned up")
+            return 0
+        except DevClusterError as e:
+            _err(str(e))
+            return 1
+        _print_usage(cluster, settings)
+        while not stop.wait(_WATCH_INTERVAL):
+            failure = cluster.failure()
+            if failure is not None:
+                _err(f"the control plane stopped on its own: {failure}")
+                return 1
+        _say(f"limpet devcluster: {received[-1]}: stopping kube-apiserver and etcd")
+        return 0
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if cluster.work_dir is not None:
+            _say(f"limpet devcluster: stopped; removed {cluster.work_dir}")
+
+
+def _print_usage(cluster: DevCluster, settings: DevClusterSettings) -> None:
+    try:
+        kubectl = str(binaries.find_binary(binaries.KUBECTL, bin_dir=settings.bin_dir))
+    except BinaryNotFoundError:
+        kubectl = "kubectl  # (not found: build it with `make controlplane`)"
+    _say(
+        "\n".join(
+            [
+                f"limpet devcluster: ready in {cluster.ready_seconds:.1f} s "
+                f"(Kubernetes {cluster.version})",
+                f"  API server: {cluster.server}",
+                f"  kubeconfig: {cluster.kubeconfig}  (user limpet-admin, group system:masters)",
+                f"  work dir:   {cluster.work_dir}  (removed on exit)",
+                "Use it from another shell:",
+                f"  export KUBECONFIG={cluster.kubeconfig}",
+                f"  {kubectl} get namespaces",
+                "Stop with Ctrl-C or SIGTERM.",
+            ]
+        )
+    )
