@@ -1,0 +1,241 @@
+"""Bounded learned session tables (app-cookie, header, query, client-IP, cookie tracking).
+
+Data flow: the router hashes a request's session key with the affinity core's stable
+64-bit key hash, then asks a :class:`LearnedTable` for the entry under that hash. An
+entry is a backend index (the router's interned backend number), a created time and a
+last-seen time. The router reads and updates entries on every request; one periodic
+sweeper (:meth:`LearnedTable.sweep`, a plain method the event loop calls on a timer)
+drops entries that are idle for longer than the idle timeout or older than the absolute
+timeout; inserting into a full table first evicts the least recently seen 1/64 of it.
+
+Layout, chosen for memory (the figure is measured in docs/proxy.md): a dict maps the key
+hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the entry's
+fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
+churn: updating last seen writes a C integer into an array). Freed indices are reused
+from a free stack, so the columns never grow beyond the capacity. Times are stored as
+unsigned deciseconds since the table's epoch.
+
+Concurrency: single-threaded, one table per proxy process, used from the event loop
+only. Sweeps are incremental (a bounded number of entries per call) and vectorised with
+numpy, so a sweep of a million entries never stalls the loop for long.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+import numpy as np
+
+FREE = 0xFFFFFFFF
+KEY_MASK = (1 << 60) - 1
+_TICKS = 10.0  # time columns count deciseconds
+EVICT_FRACTION = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A copy of one entry, for tests and introspection (not used on the hot path)."""
+
+    backend: int
+    created: float
+    last_seen: float
+
+
+class LearnedTable:
+    """A bounded map from a key hash to (backend index, created, last seen)."""
+
+    __slots__ = (
+        "_absolute",
+        "_backend",
+        "_created",
+        "_cursor",
+        "_epoch",
+        "_free",
+        "_idle",
+        "_index",
+        "_keys",
+        "_last",
+        "capacity",
+        "counts",
+        "evicted",
+        "expired",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        capacity: int,
+        idle_timeout: float | None,
+        absolute_timeout: float | None,
+        epoch: float,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("learned table capacity must be at least 1")
+        self.name = name
+        self.capacity = capacity
+        self._idle = idle_timeout
+        self._absolute = absolute_timeout
+        self._epoch = epoch
+        self._index: dict[int, int] = {}
+        self._keys = array("Q")
+        self._backend = array("I")
+        self._created = array("I")
+        self._last = array("I")
+        self._free = array("I")
+        self._cursor = 0
+        self.counts: list[int] = []  # sessions per backend index
+        self.evicted = 0
+        self.expired = 0
+
+    # -- time -----------------------------------------------------------------------------
+
+    def _ticks(self, wall: float) -> int:
+        t = int((wall - self._epoch) * _TICKS)
+        return 0 if t < 0 else (t if t < FREE else FREE - 1)
+
+    def _wall(self, ticks: int) -> float:
+        return self._epoch + ticks / _TICKS
+
+    def set_timeouts(self, *, idle_timeout: float | None, absolute_timeout: float | None) -> None:
+        """Adopt the timeouts of a new plan; the next sweeps apply them."""
+        self._idle = idle_timeout
+        self._absolute = absolute_timeout
+
+    # -- hot path -------------------------------------------------------------------------
+
+    def find(self, key_hash: int) -> int:
+        """Entry index for ``key_hash``, or -1."""
+        return self._index.get(key_hash & KEY_MASK, -1)
+
+    def backend(self, i: int) -> int:
+        return self._backend[i]
+
+    def last_seen(self, i: int) -> float:
+        return self._epoch + self._last[i] / _TICKS
+
+    def created(self, i: int) -> float:
+        return self._epoch + self._created[i] / _TICKS
+
+    def touch(self, i: int, wall: float) -> None:
+        self._last[i] = self._ticks(wall)
+
+    def move(self, i: int, backend: int, wall: float) -> None:
+        """Re-pin entry ``i`` to ``backend`` (a migration) and mark it seen."""
+        counts = self.counts
+        counts[self._backend[i]] -= 1
+        self._grow_counts(backend)
+        counts[backend] += 1
+        self._backend[i] = backend
+        self._last[i] = self._ticks(wall)
+
+    def insert(self, key_hash: int, backend: int, wall: float) -> int:
+        """Add (or re-pin) ``key_hash``; evicts the least recently seen when full."""
+        k = key_hash & KEY_MASK
+        i = self._index.get(k, -1)
+        if i >= 0:
+            self.move(i, backend, wall)
+            return i
+        if len(self._index) >= self.capacity:
+            self._evict()
+        t = self._ticks(wall)
+        if self._free:
+            i = self._free.pop()
+            self._keys[i] = k
+            self._backend[i] = backend
+            self._created[i] = t
+            self._last[i] = t
+        else:
+            i = len(self._keys)
+            self._keys.append(k)
+            self._backend.append(backend)
+            self._created.append(t)
+            self._last.append(t)
+        self._index[k] = i
+        self._grow_counts(backend)
+        self.counts[backend] += 1
+        return i
+
+    def remove(self, key_hash: int) -> bool:
+        i = self._index.pop(key_hash & KEY_MASK, -1)
+        if i < 0:
+            return False
+        self._release(i)
+        return True
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, key_hash: int) -> Entry | None:
+        i = self.find(key_hash)
+        if i < 0:
+            return None
+        return Entry(self._backend[i], self.created(i), self.last_seen(i))
+
+    def sessions(self, backend: int) -> int:
+        return self.counts[backend] if backend < len(self.counts) else 0
+
+    def sweep(self, wall: float, *, budget: int = 1 << 16) -> int:
+        """Expire idle and too-old entries among the next ``budget`` indices.
+
+        Call it on a timer; it resumes where the previous call stopped and wraps
+        around, so a full pass over N entries takes ceil(N / budget) calls.
+        Returns how many entries it removed.
+        """
+        n = len(self._keys)
+        if n == 0 or (self._idle is None and self._absolute is None):
+            return 0
+        start = self._cursor if self._cursor < n else 0
+        end = min(n, start + budget)
+        self._cursor = end if end < n else 0
+        backend = np.frombuffer(self._backend, dtype=np.uint32)[start:end]
+        mask = np.zeros(end - start, dtype=bool)
+        if self._idle is not None:
+            cut = self._ticks(wall - self._idle)
+            mask |= np.frombuffer(self._last, dtype=np.uint32)[start:end] < cut
+        if self._absolute is not None:
+            cut = self._ticks(wall - self._absolute)
+            mask |= np.frombuffer(self._created, dtype=np.uint32)[start:end] < cut
+        mask &= backend != FREE
+        victims = (np.flatnonzero(mask) + start).tolist()
+        del backend, mask  # release the buffer exports before the arrays can change
+        for i in victims:
+            self._drop(i)
+        self.expired += len(victims)
+        return len(victims)
+
+    def _evict(self) -> None:
+        n = len(self._keys)
+        count = max(1, self.capacity // EVICT_FRACTION)
+        last = np.frombuffer(self._last, dtype=np.uint32)[:n].astype(np.int64)
+        last[np.frombuffer(self._backend, dtype=np.uint32)[:n] == FREE] = 1 << 40
+        victims = np.argpartition(last, count)[:count].tolist() if count < n else list(range(n))
+        del last
+        for i in victims:
+            if self._backend[i] != FREE:
+                self._drop(i)
+                self.evicted += 1
+
+    def _drop(self, i: int) -> None:
+        del self._index[self._keys[i]]
+        self._release(i)
+
+    def _release(self, i: int) -> None:
+        self.counts[self._backend[i]] -= 1
+        self._backend[i] = FREE
+        self._free.append(i)
+
+    def _grow_counts(self, backend: int) -> None:
+        if backend >= len(self.counts):
+            self.counts.extend([0] * (backend + 1 - len(self.counts)))
+
+    def clear(self) -> None:
+        self._index.clear()
+        for col in (self._keys, self._backend, self._created, self._last, self._free):
+            del col[:]
+        self._cursor = 0
+        self.counts = [0] * len(self.counts)
