@@ -1,1 +1,123 @@
-"""Pure affinity algorithms shared by the proxy and the operator (no I/O)."""
+"""Pure affinity algorithms and the plan schema, shared by the proxy and the operator.
+
+No I/O, no asyncio, no Kubernetes: everything is a pure function of its inputs, and the
+caller passes the clock in, so every proxy replica and the operator agree. Modules:
+
+- ``hashing``: stable key hashes, slots, release fractions (``key_hash``, ``slot_of``).
+- ``table``: the weighted slot table (``table``, ``SlotTable``).
+- ``keys``: session keys for each affinity mode (``cookie_key``, ``value_key``,
+  ``ClientIPKeys``).
+- ``bounded``: bounded-load caps and per-key preference orders.
+- ``lifecycle``: EndpointSlice conditions to backend states, slow-start ramp.
+- ``migration``: the keep/move decision (``decide``, ``Decision``, ``Reason``).
+- ``router``: a plan compiled for the request path (``Router``).
+- ``plan``: the versioned plan schema (``Plan``, ``PlanError``; see ``docs/plan.md``).
+
+Typical proxy use::
+
+    router = Router(plan, previous=old_router)     # once per plan, off the hot path
+    h = key_hash(cookie_key(session_id))            # per request
+    backend = router.route_new(h, now, loads)       # new session
+    decision = decide(session, router, now, loads=loads)   # existing session
+"""
+
+from .errors import AffinityError, PlanError
+from .hashing import (
+    DEFAULT_SIZE,
+    LARGE_SIZE,
+    MAX_SIZE,
+    key_hash,
+    release_fraction,
+    slot_of,
+    slot_of_hash,
+)
+from .ids import BackendId, KeyHash
+from .keys import ClientIPKeys, client_address, client_ip_key, cookie_key, parse_address, value_key
+from .lifecycle import (
+    BackendState,
+    BackendStatus,
+    LifecycleTiming,
+    Observation,
+    advance,
+    observe,
+    ramp,
+)
+from .migration import (
+    KEEP,
+    Decision,
+    Reason,
+    Session,
+    SessionLike,
+    decide,
+    release_complete_at,
+    released_fraction,
+)
+from .plan import (
+    SCHEMA_VERSION,
+    AffinitySettings,
+    AffinityType,
+    Backend,
+    BalanceSettings,
+    ClientIPSettings,
+    CookieKey,
+    CookieSettings,
+    DrainSettings,
+    LifetimeType,
+    Plan,
+    RebalanceSchedule,
+    SameSite,
+)
+from .router import Router
+from .table import MAX_WEIGHT, SlotTable, table
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "KEEP",
+    "LARGE_SIZE",
+    "MAX_SIZE",
+    "MAX_WEIGHT",
+    "SCHEMA_VERSION",
+    "AffinityError",
+    "AffinitySettings",
+    "AffinityType",
+    "Backend",
+    "BackendId",
+    "BackendState",
+    "BackendStatus",
+    "BalanceSettings",
+    "ClientIPKeys",
+    "ClientIPSettings",
+    "CookieKey",
+    "CookieSettings",
+    "Decision",
+    "DrainSettings",
+    "KeyHash",
+    "LifecycleTiming",
+    "LifetimeType",
+    "Observation",
+    "Plan",
+    "PlanError",
+    "Reason",
+    "RebalanceSchedule",
+    "Router",
+    "SameSite",
+    "Session",
+    "SessionLike",
+    "SlotTable",
+    "advance",
+    "client_address",
+    "client_ip_key",
+    "cookie_key",
+    "decide",
+    "key_hash",
+    "observe",
+    "parse_address",
+    "ramp",
+    "release_complete_at",
+    "release_fraction",
+    "released_fraction",
+    "slot_of",
+    "slot_of_hash",
+    "table",
+    "value_key",
+]

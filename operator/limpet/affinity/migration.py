@@ -1,0 +1,161 @@
+"""The migration decision: for one session at one instant, keep it or move it, and why.
+
+Data flow (proxy, per request of an existing session): the session's pinned backend, key
+hash, last-seen and created times, a compiled plan (:class:`~limpet.affinity.router.Router`)
+and the request's arrival time go in; a :class:`Decision` comes out. The function is pure:
+every proxy replica given the same inputs returns the same answer. The common case
+returns the shared :data:`KEEP` object, and moves return decisions cached per router,
+so the hot path allocates nothing.
+
+Order of the rules (the first that applies wins):
+
+1. expired: idle for ``affinity.idleTimeout`` or older than ``affinity.absoluteTimeout``;
+   the session is over and the key is placed as a new session;
+2. failover: the pinned backend is Failed, Gone or not in the plan; immediate;
+3. drain: the pinned backend is Draining and the session is idle for ``drain.minIdle``,
+   or the backend's drain deadline has passed;
+4. rebalance: a rebalance schedule is active, the "from" table put this key on the pinned
+   backend, the current table puts it elsewhere, the key's release fraction is below the
+   schedule's released fraction, the session is idle for ``rebalance.minIdle`` and (when
+   loads are given) the new owner is under its bounded-load cap;
+5. otherwise keep.
+
+"Idle" is ``now - last_seen``: the gap before the current request, so a session moves
+only between two of its requests.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .hashing import release_fraction
+from .ids import BackendId
+from .lifecycle import BackendState
+
+if TYPE_CHECKING:
+    from .plan.model import RebalanceSchedule
+    from .router import Router
+
+
+class Reason(enum.Enum):
+    """Why a session moves. The value is its spelling in headers and metrics."""
+
+    FAILOVER = "failover"
+    DRAIN = "drain"
+    REBALANCE = "rebalance"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Keep (``reason is None``), or move to ``backend`` for ``reason``.
+
+    A move with ``backend is None`` means there is nowhere to go (no backend takes new
+    sessions): the proxy answers 503.
+    """
+
+    reason: Reason | None = None
+    backend: BackendId | None = None
+
+    @property
+    def keep(self) -> bool:
+        """Whether the session stays where it is."""
+        return self.reason is None
+
+
+KEEP = Decision()
+"""The shared keep decision."""
+
+
+class SessionLike(Protocol):
+    """What the decision reads from a session (the proxy's own record type fits)."""
+
+    @property
+    def backend(self) -> BackendId: ...
+    @property
+    def key_hash(self) -> int: ...
+    @property
+    def last_seen(self) -> float: ...
+    @property
+    def created(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A plain session record, for callers without their own type."""
+
+    backend: BackendId
+    key_hash: int
+    last_seen: float
+    created: float
+
+
+def released_fraction(schedule: RebalanceSchedule, now: float) -> float:
+    """The fraction of candidate keys released to move at ``now``, in ``[0, 1]``.
+
+    Linear from 0 at ``start`` to 1 at ``start + window``, and never more than
+    ``max_moves_per_second x elapsed / expected_moves`` when both are set.
+    """
+    elapsed = now - schedule.start
+    if elapsed <= 0:
+        return 0.0
+    fraction = 1.0 if schedule.window <= 0 else min(1.0, elapsed / schedule.window)
+    rate, expected = schedule.max_moves_per_second, schedule.expected_moves
+    if rate is not None and expected:
+        fraction = min(fraction, rate * elapsed / expected)
+    return fraction
+
+
+def release_complete_at(schedule: RebalanceSchedule) -> float:
+    """The instant at which :func:`released_fraction` reaches 1."""
+    duration = schedule.window
+    rate, expected = schedule.max_moves_per_second, schedule.expected_moves
+    if rate is not None and expected:
+        duration = max(duration, expected / rate)
+    return schedule.start + duration
+
+
+def decide(
+    session: SessionLike,
+    router: Router,
+    now: float,
+    *,
+    loads: Mapping[BackendId, int] | None = None,
+    total: int | None = None,
+) -> Decision:
+    """Keep or move one session at ``now`` (see the module docstring for the rules).
+
+    ``loads`` (sessions per backend, as this proxy counts them) and ``total`` (their sum
+    over table members, computed when omitted) enable bounded loads for the destination.
+    """
+    backend = session.backend
+    idle = now - session.last_seen
+    idle_timeout = router.idle_timeout
+    absolute_timeout = router.absolute_timeout
+    if (idle_timeout is not None and idle >= idle_timeout) or (
+        absolute_timeout is not None and now - session.created >= absolute_timeout
+    ):
+        return router.move(Reason.EXPIRED, session.key_hash, now, loads, total)
+    state = router.states.get(backend)
+    if state is None or state is BackendState.FAILED or state is BackendState.GONE:
+        return router.move(Reason.FAILOVER, session.key_hash, now, loads, total)
+    if state is BackendState.DRAINING:
+        deadline = router.drain_deadlines.get(backend)
+        if idle >= router.drain_min_idle or (deadline is not None and now >= deadline):
+            return router.move(Reason.DRAIN, session.key_hash, now, loads, total)
+        return KEEP
+    schedule = router.schedule
+    if schedule is None:
+        return KEEP
+    h = session.key_hash
+    target = router.owners[h % router.size]
+    if target == backend or router.source_owners[h % router.source_size] != backend:
+        return KEEP
+    if idle < schedule.min_idle or release_fraction(h) >= released_fraction(schedule, now):
+        return KEEP
+    if loads is not None and not router.under_cap(target, now, loads, total):
+        return KEEP
+    return router.moved_to(Reason.REBALANCE, target)

@@ -1,0 +1,50 @@
+"""The plan schema (version 1): the whole contract between the operator and the proxies.
+
+``Plan`` and its parts are frozen, self-validating dataclasses; ``Plan.to_json`` /
+``Plan.from_json`` (or :func:`plan_to_json` / :func:`plan_from_json`) convert canonically
+and strictly, raising :class:`PlanError` with the JSON path of any bad field. The schema
+is documented in ``docs/plan.md``. Pure values, no I/O.
+"""
+
+from ..errors import PlanError
+from ..lifecycle import BackendState
+from .codec import plan_from_dict, plan_from_json, plan_to_dict, plan_to_json
+from .model import (
+    MAX_WEIGHT,
+    SCHEMA_VERSION,
+    AffinitySettings,
+    AffinityType,
+    Backend,
+    BalanceSettings,
+    ClientIPSettings,
+    CookieKey,
+    CookieSettings,
+    DrainSettings,
+    LifetimeType,
+    Plan,
+    RebalanceSchedule,
+    SameSite,
+)
+
+__all__ = [
+    "MAX_WEIGHT",
+    "SCHEMA_VERSION",
+    "AffinitySettings",
+    "AffinityType",
+    "Backend",
+    "BackendState",
+    "BalanceSettings",
+    "ClientIPSettings",
+    "CookieKey",
+    "CookieSettings",
+    "DrainSettings",
+    "LifetimeType",
+    "Plan",
+    "PlanError",
+    "RebalanceSchedule",
+    "SameSite",
+    "plan_from_dict",
+    "plan_from_json",
+    "plan_to_dict",
+    "plan_to_json",
+]

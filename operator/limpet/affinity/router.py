@@ -1,0 +1,226 @@
+"""A plan compiled for routing: slot tables, states and settings in hot-path form.
+
+Data flow: ``Plan -> Router`` once per accepted plan (builds the target table and, during
+a rebalance, the "from" table; reuses identical tables of the previous router), then per
+request :meth:`Router.route_new` for a new session and
+:func:`limpet.affinity.migration.decide` for an existing one. A router is immutable after
+construction and can be shared by every task of a process; building one takes tens of
+milliseconds for tens of backends, so the proxy builds it off the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .bounded import Preferences, load_cap
+from .hashing import backend_seed
+from .ids import BackendId
+from .lifecycle import BackendState, ramp
+from .migration import KEEP, Decision, Reason
+from .plan.model import Backend, Plan, RebalanceSchedule
+from .table import SlotTable
+
+
+class Router:
+    """The routing view of one plan. Attributes are read-only by convention."""
+
+    __slots__ = (
+        "_decisions",
+        "_prefs",
+        "_ramped",
+        "_weights",
+        "absolute_timeout",
+        "backends",
+        "drain_deadlines",
+        "drain_min_idle",
+        "idle_timeout",
+        "load_factor",
+        "members",
+        "owners",
+        "plan",
+        "schedule",
+        "size",
+        "slow_start",
+        "source",
+        "source_owners",
+        "source_size",
+        "states",
+        "target",
+        "total_weight",
+    )
+
+    def __init__(self, plan: Plan, *, previous: Router | None = None) -> None:
+        self.plan = plan
+        self.backends: Mapping[BackendId, Backend] = plan.backend_map()
+        self.states: Mapping[BackendId, BackendState] = {b.id: b.state for b in plan.backends}
+        self.drain_deadlines: Mapping[BackendId, float] = {
+            b.id: b.drain_deadline
+            for b in plan.backends
+            if b.state is BackendState.DRAINING and b.drain_deadline is not None
+        }
+        self.idle_timeout = plan.affinity.idle_timeout
+        self.absolute_timeout = plan.affinity.absolute_timeout
+        self.drain_min_idle = plan.drain.min_idle
+        self.load_factor = plan.balance.load_factor
+        self.slow_start = plan.balance.slow_start
+        self.size = plan.slot_table_size
+        weights = plan.table_weights()
+        reuse = _tables(previous)
+        self.target: SlotTable | None = None
+        self.owners: tuple[BackendId, ...] = ()
+        if weights:
+            self.target = _table(weights, self.size, reuse)
+            self.owners = self.target.owners
+        self.members: tuple[BackendId, ...] = () if self.target is None else self.target.members
+        self._weights: Mapping[BackendId, int] = weights
+        self.total_weight = sum(weights.values())
+        # Backends whose bounded-load weight still ramps: (id, weight, warming_since).
+        self._ramped = tuple(
+            (b.id, b.weight, b.warming_since)
+            for b in plan.backends
+            if b.state is BackendState.WARMING and b.warming_since is not None
+        )
+        self._prefs: Preferences | None = None
+        if self.target is not None:
+            seeds = np.array([backend_seed(m) for m in self.members], dtype=np.uint64)
+            self._prefs = Preferences(self.members, seeds, self.target.weights, self.size)
+        self.schedule: RebalanceSchedule | None = None
+        self.source: SlotTable | None = None
+        self.source_owners: tuple[BackendId, ...] = ()
+        self.source_size = 1
+        if plan.rebalance is not None and self.target is not None:
+            self.schedule = plan.rebalance
+            self.source = _table(
+                dict(plan.rebalance.from_backends), plan.rebalance.from_size, reuse
+            )
+            self.source_owners = self.source.owners
+            self.source_size = self.source.size
+        self._decisions: dict[tuple[Reason, BackendId | None], Decision] = {
+            (reason, m): Decision(reason, m) for reason in Reason for m in (*self.members, None)
+        }
+
+    @property
+    def version(self) -> int:
+        """The plan version."""
+        return self.plan.version
+
+    def owner(self, key_hash: int) -> BackendId | None:
+        """The slot owner for a key hash in the target table (``None``: no backend)."""
+        return self.owners[key_hash % self.size] if self.owners else None
+
+    def preference(self, key_hash: int) -> list[BackendId]:
+        """The key's preference order: its slot owner, then the other members by score."""
+        if self._prefs is None:
+            return []
+        slot = key_hash % self.size
+        owner = self.owners[slot]
+        order = self._prefs.order(slot)
+        order.remove(owner)
+        order.insert(0, owner)
+        return order
+
+    def weight_at(self, backend: BackendId, now: float) -> float:
+        """A member's bounded-load weight at ``now`` (slow start ramps Warming backends)."""
+        weight = self._weights[backend]
+        for bid, w, since in self._ramped:
+            if bid == backend:
+                return w * ramp(warming_since=since, slow_start=self.slow_start, now=now)
+        return float(weight)
+
+    def _total_weight_at(self, now: float) -> float:
+        total = float(self.total_weight)
+        for _, w, since in self._ramped:
+            total -= w * (1.0 - ramp(warming_since=since, slow_start=self.slow_start, now=now))
+        return total
+
+    def _total(self, loads: Mapping[BackendId, int], total: int | None) -> int:
+        if total is not None:
+            return total
+        get = loads.get
+        return sum(get(m, 0) for m in self.members)
+
+    def cap(
+        self,
+        backend: BackendId,
+        now: float,
+        loads: Mapping[BackendId, int],
+        total: int | None = None,
+    ) -> int:
+        """The bounded-load cap of a member for the next new session."""
+        return load_cap(
+            self.load_factor,
+            self._total(loads, total),
+            self.weight_at(backend, now),
+            self._total_weight_at(now),
+        )
+
+    def under_cap(
+        self,
+        backend: BackendId,
+        now: float,
+        loads: Mapping[BackendId, int],
+        total: int | None = None,
+    ) -> bool:
+        """Whether a member may take one more session under bounded loads."""
+        return loads.get(backend, 0) < self.cap(backend, now, loads, total)
+
+    def route_new(
+        self,
+        key_hash: int,
+        now: float,
+        loads: Mapping[BackendId, int] | None = None,
+        total: int | None = None,
+    ) -> BackendId | None:
+        """The backend for a new session: its slot owner, or the first member under its cap.
+
+        ``None`` when no backend takes new sessions. Without ``loads`` it is the slot owner.
+        """
+        if not self.owners:
+            return None
+        owner = self.owners[key_hash % self.size]
+        if loads is None:
+            return owner
+        total = self._total(loads, total)
+        if loads.get(owner, 0) < self.cap(owner, now, loads, total):
+            return owner
+        total_weight = self._total_weight_at(now)
+        lf = self.load_factor
+        for backend in self.preference(key_hash):
+            limit = load_cap(lf, total, self.weight_at(backend, now), total_weight)
+            if loads.get(backend, 0) < limit:
+                return backend
+        return owner  # unreachable when loads only count members: caps sum above total
+
+    def move(
+        self,
+        reason: Reason,
+        key_hash: int,
+        now: float,
+        loads: Mapping[BackendId, int] | None,
+        total: int | None,
+    ) -> Decision:
+        """A move of a key to where a new session of that key would go."""
+        return self._decisions[(reason, self.route_new(key_hash, now, loads, total))]
+
+    def moved_to(self, reason: Reason, backend: BackendId) -> Decision:
+        """The cached decision to move to ``backend`` for ``reason``."""
+        return self._decisions.get((reason, backend)) or Decision(reason, backend)
+
+    keep = KEEP
+
+
+def _tables(router: Router | None) -> list[SlotTable]:
+    if router is None:
+        return []
+    return [t for t in (router.target, router.source) if t is not None]
+
+
+def _table(weights: Mapping[BackendId, int], size: int, reuse: list[SlotTable]) -> SlotTable:
+    members = tuple(sorted(weights))
+    w = tuple(weights[m] for m in members)
+    for t in reuse:
+        if t.size == size and t.members == members and t.weights == w:
+            return t
+    return SlotTable.build(weights, size)
