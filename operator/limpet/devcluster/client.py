@@ -1,0 +1,97 @@
+"""Kubernetes API clients for the dev cluster (the sync ``kubernetes`` package).
+
+Data flow: a started :class:`DevCluster` (or any kubeconfig) in, a configured
+``kubernetes.client.ApiClient`` out. :func:`request` sends one raw request for
+what the typed APIs make awkward (discovery documents, finalize, server-side
+apply of arbitrary kinds) and returns the decoded JSON; a non-2xx answer
+raises ``kubernetes.client.ApiException`` like the typed calls do.
+
+An ApiClient holds a urllib3 pool: close it (or use it as a context manager).
+It may be shared between threads, as urllib3 pools are thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from limpet.devcluster.cluster import DevCluster
+
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "limpet-devcluster"
+
+
+def admin_configuration(cluster: DevCluster) -> k8s.Configuration:
+    """A client configuration for the admin user, reading the PKI files in place."""
+    paths = cluster.paths
+    conf = k8s.Configuration()
+    conf.host = cluster.server
+    conf.ssl_ca_cert = str(paths.ca_cert)
+    conf.cert_file = str(paths.admin_cert)
+    conf.key_file = str(paths.admin_key)
+    conf.verify_ssl = True
+    return conf
+
+
+def admin_client(cluster: DevCluster) -> k8s.ApiClient:
+    return k8s.ApiClient(admin_configuration(cluster))
+
+
+def client_from_kubeconfig(path: Path, *, context: str | None = None) -> k8s.ApiClient:
+    api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(path), context=context
+    )
+    return cast(k8s.ApiClient, api)
+
+
+def request(
+    api: k8s.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: object | None = None,
+    query: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
+    accept: str = "application/json",
+    timeout: float = 30.0,
+) -> Any:
+    """One raw API request; returns the decoded JSON body (None when empty)."""
+    headers = {"Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    method_, url, header_params, body_, post_params = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=list(query.items()) if query else None,
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    resp = api.call_api(method_, url, header_params, body_, post_params, _request_timeout=timeout)
+    data: bytes = resp.read()  # type: ignore[no-untyped-call]
+    if not 200 <= resp.status <= 299:
+        # from_response picks the status-specific subclass (NotFoundException, ...).
+        raise k8s.ApiException.from_response(
+            http_resp=resp, body=data.decode("utf-8", errors="replace"), data=None
+        )
+    return json.loads(data) if data else None
+
+
+def server_side_apply(
+    api: k8s.ApiClient,
+    path: str,
+    manifest: Mapping[str, object],
+    *,
+    field_manager: str = FIELD_MANAGER,
+    force: bool = True,
+) -> Any:
+    """Server-side apply ``manifest`` at the object ``path`` (e.g. .../configmaps/NAME)."""
+    query = {"fieldManager": field_manager}
+    if force:
+        query["force"] = "true"
+    return request(api, "PATCH", path, body=dict(manifest), query=query, content_type=APPLY_PATCH)
