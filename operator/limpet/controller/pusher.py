@@ -1,0 +1,231 @@
+"""Push the current plan to every proxy's admin API, and keep each one on it.
+
+Data flow: the reconciler calls :meth:`Pusher.set_plan` (only ever with a higher version)
+and :meth:`Pusher.set_targets` (the proxy pods discovered from their EndpointSlices, each
+with its admin URL). One worker task per proxy loops:
+
+1. It first reads ``GET /v1/stats`` to learn which version the proxy runs.
+2. While the proxy runs an older version than the current plan, ``PUT /v1/plan``; on a
+   connection error, a timeout or a 5xx it backs off exponentially (with jitter) and
+   tries again. A 409 means the proxy holds a version this process did not push (an
+   operator restart that lost it, or a plan from elsewhere): the worker reports it through
+   ``on_ahead`` so the planner issues a version above it. A lower version is never sent.
+3. Otherwise it waits for a newer plan or ``stats_interval``, then reads stats again: a
+   proxy that restarted (no plan, or its persisted older one) is pushed to again, and the
+   per-backend session counts feed status and the rebalance estimate.
+
+Every change of a proxy's sync state calls ``on_change`` (synchronous, cheap).
+
+Concurrency: one event loop. Workers are independent, so a slow or dead proxy delays
+nobody else. The plan body is encoded once per version and shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from limpet.controller.settings import PushSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTarget:
+    key: str
+    """Stable identity of the proxy pod."""
+    url: str
+    """Base URL of its admin API, e.g. ``http://10.1.2.3:9901``."""
+    pod: str | None = None
+
+
+@dataclass(slots=True)
+class ProxyState:
+    target: ProxyTarget
+    version: int | None = None
+    """The plan version the proxy last reported or acknowledged (None: none / unknown)."""
+    pushed: int = 0
+    """The highest version this process successfully pushed to it."""
+    reachable: bool = False
+    last_error: str | None = None
+    sessions: dict[str, int] = field(default_factory=dict)
+    migrations: dict[str, int] = field(default_factory=dict)
+    synced_at: float | None = None
+
+
+class Pusher:
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        settings: PushSettings,
+        token: str,
+        on_change: Callable[[], None],
+        on_ahead: Callable[[int], None],
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._token = token
+        self._on_change = on_change
+        self._on_ahead = on_ahead
+        self._version = 0
+        self._body = b""
+        self._new_plan = asyncio.Condition()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self.proxies: dict[str, ProxyState] = {}
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def set_token(self, token: str) -> None:
+        self._token = token
+
+    async def set_plan(self, version: int, body: bytes) -> None:
+        """Make ``version`` current; lower or equal versions are ignored."""
+        if version <= self._version:
+            return
+        self._version, self._body = version, body
+        async with self._new_plan:
+            self._new_plan.notify_all()
+
+    def set_targets(self, targets: Mapping[str, ProxyTarget]) -> None:
+        for key in list(self._workers):
+            if key not in targets or self.proxies[key].target != targets[key]:
+                self._workers.pop(key).cancel()
+                self.proxies.pop(key, None)
+        for key, target in targets.items():
+            if key not in self._workers:
+                self.proxies[key] = ProxyState(target=target)
+                self._workers[key] = asyncio.create_task(
+                    self._worker(self.proxies[key]), name=f"push:{target.url}"
+                )
+        self._on_change()
+
+    def synced(self) -> int:
+        return sum(1 for p in self.proxies.values() if p.version == self._version)
+
+    def out_of_sync(self) -> list[ProxyState]:
+        return [p for p in self.proxies.values() if p.version != self._version]
+
+    def sessions(self) -> dict[str, int]:
+        """Sessions per backend id, summed over proxies (cookie sessions may be counted
+        by each proxy that saw them: an upper bound)."""
+        total: dict[str, int] = {}
+        for p in self.proxies.values():
+            for bid, n in p.sessions.items():
+                total[bid] = total.get(bid, 0) + n
+        return total
+
+    async def close(self) -> None:
+        tasks = list(self._workers.values())
+        self._workers.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _behind(self, state: ProxyState) -> bool:
+        return self._version > 0 and state.version != self._version
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self._settings.timeout)
+
+    async def _read_stats(self, state: ProxyState) -> None:
+        async with self._session.get(
+            state.target.url + "/v1/stats", headers=self._headers(), timeout=self._timeout()
+        ) as resp:
+            if resp.status != 200:
+                raise _Failure(f"stats: HTTP {resp.status}")
+            data: dict[str, Any] = await resp.json()
+        reported = data.get("planVersion")
+        state.version = int(reported) if isinstance(reported, int) else None
+        state.sessions = {
+            str(bid): int(b.get("sessions", 0))
+            for bid, b in (data.get("backends") or {}).items()
+            if isinstance(b, dict)
+        }
+        state.migrations = {str(k): int(v) for k, v in (data.get("migrations") or {}).items()}
+        state.reachable = True
+
+    async def _push(self, state: ProxyState) -> None:
+        version, body = self._version, self._body
+        async with self._session.put(
+            state.target.url + "/v1/plan",
+            data=body,
+            headers={**self._headers(), "Content-Type": "application/json"},
+            timeout=self._timeout(),
+        ) as resp:
+            text = await resp.text()
+            if resp.status == 200:
+                state.version = version
+                state.pushed = max(state.pushed, version)
+                state.synced_at = time.monotonic()
+                return
+            if resp.status == 409:
+                await self._read_stats(state)
+                if state.version is not None and state.version >= version:
+                    self._on_ahead(state.version)
+                raise _Failure(f"push v{version}: 409 {text.strip()[:200]}")
+            raise _Failure(f"push v{version}: HTTP {resp.status} {text.strip()[:200]}")
+
+    async def _worker(self, state: ProxyState) -> None:
+        s = self._settings
+        delay = s.backoff_initial
+        first = True
+        while True:
+            before = (state.version, state.reachable, state.last_error)
+            try:
+                if first:
+                    await self._read_stats(state)
+                    first = False
+                    if (
+                        state.version is not None
+                        and state.version >= self._version > 0
+                        and state.version != state.pushed
+                    ):
+                        self._on_ahead(state.version)
+                if self._behind(state):
+                    await self._push(state)
+                else:
+                    async with self._new_plan:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self._new_plan.wait_for(lambda: self._behind(state)),
+                                timeout=s.stats_interval,
+                            )
+                    if not self._behind(state):
+                        await self._read_stats(state)
+                state.last_error = None
+                delay = s.backoff_initial
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, _Failure, ValueError) as exc:
+                state.last_error = str(exc) or type(exc).__name__
+                if not isinstance(exc, _Failure):
+                    state.reachable = False
+                    first = True
+                log.debug("proxy %s: %s", state.target.url, state.last_error)
+                if (state.version, state.reachable, state.last_error) != before:
+                    self._on_change()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, s.backoff_max)
+                continue
+            if (state.version, state.reachable, state.last_error) != before:
+                self._on_change()
+
+
+class _Failure(Exception):
+    """The proxy answered, but not with success."""

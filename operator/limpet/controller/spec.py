@@ -1,0 +1,188 @@
+"""StickyService spec (a JSON dict from the API server) to typed, defaulted values.
+
+Data flow: the reconciler passes ``body["spec"]``; :func:`parse_spec` returns a frozen
+:class:`StickySpec` or raises :class:`SpecError` with the field's path. The API server
+already validated and defaulted the object (crds/stickyservice.yaml); the defaults are
+repeated here so that an object stored before a CRD upgrade, or a partial dict in a
+test, still reads the same. :meth:`StickySpec.affinity_settings` and friends map the
+spec onto the plan schema (limpet.affinity.plan). Pure functions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from limpet.affinity.plan.model import (
+    AffinitySettings,
+    AffinityType,
+    BalanceSettings,
+    ClientIPSettings,
+    CookieSettings,
+    DrainSettings,
+    LifetimeType,
+    SameSite,
+)
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot use (the message starts with the field path)."""
+
+
+_DURATION_PART = re.compile(r"([0-9]{1,5})(ms|h|m|s)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(field: str, text: object) -> float:
+    """``1h30m``, ``500ms``, ``0`` (Gateway API duration syntax) to seconds."""
+    if not isinstance(text, str):
+        raise SpecError(f"{field}: must be a duration string, got {text!r}")
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise SpecError(f"{field}: {text!r} is not a duration such as 30s, 5m or 1h30m")
+    return total
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebalanceSpec:
+    mode: str = "Gradual"
+    window: float = 600.0
+    min_idle: float = 30.0
+    max_moves_per_second: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxySpec:
+    managed: bool = True
+    replicas: int | None = None
+    image: str | None = None
+    port: int = 8080
+    admin_port: int = 9901
+    selector: Mapping[str, str] | None = None
+
+    def label_selector(self) -> str | None:
+        """External mode: the EndpointSlice label selector that finds the proxies."""
+        if self.selector is None:
+            return None
+        return ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StickySpec:
+    service: str
+    port: int | str
+    affinity: AffinitySettings
+    load_factor: float = 1.25
+    rebalance: RebalanceSpec = RebalanceSpec()
+    drain_timeout: float = 300.0
+    drain_min_idle: float = 10.0
+    slow_start: float = 60.0
+    proxy: ProxySpec = ProxySpec()
+
+    def balance_settings(self) -> BalanceSettings:
+        return BalanceSettings(load_factor=self.load_factor, slow_start=self.slow_start)
+
+    def drain_settings(self) -> DrainSettings:
+        return DrainSettings(min_idle=self.drain_min_idle)
+
+
+def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.{key}: must be an object")
+    return value
+
+
+def _affinity(data: Mapping[str, Any]) -> AffinitySettings:
+    try:
+        kind = AffinityType(data.get("type", "Cookie"))
+        fallback = tuple(AffinityType(m) for m in data.get("fallback") or ())
+    except ValueError as exc:
+        raise SpecError(f"spec.affinity.type: {exc}") from exc
+    c = data.get("cookie") or {}
+    absolute = data.get("absoluteTimeout")
+    absolute_s = parse_duration("spec.affinity.absoluteTimeout", absolute) if absolute else None
+    lifetime = LifetimeType(c.get("lifetimeType", "Session"))
+    cookie = CookieSettings(
+        name=c.get("name", "LIMPET"),
+        path=c.get("path", "/"),
+        # RFC 6265 5.2.3: a leading dot is ignored; the plan wants the bare name.
+        domain=c["domain"].lstrip(".") if c.get("domain") else None,
+        secure=bool(c.get("secure", True)),
+        http_only=bool(c.get("httpOnly", True)),
+        same_site=SameSite(c.get("sameSite", "Lax")),
+        lifetime_type=lifetime,
+        max_age=absolute_s if lifetime is LifetimeType.PERMANENT else None,
+    )
+    ip = data.get("clientIP") or {}
+    client_ip = ClientIPSettings(
+        ipv4_prefix_length=int(ip.get("ipv4PrefixLength", 32)),
+        ipv6_prefix_length=int(ip.get("ipv6PrefixLength", 64)),
+        trusted_proxies=tuple(
+            ipaddress.ip_network(p, strict=False) for p in ip.get("trustedProxies") or ()
+        ),
+    )
+    return AffinitySettings(
+        type=kind,
+        fallback=fallback,
+        cookie=cookie,
+        app_cookie_name=(data.get("appCookie") or {}).get("name"),
+        header_name=(data.get("header") or {}).get("name"),
+        query_name=(data.get("query") or {}).get("name"),
+        client_ip=client_ip,
+        idle_timeout=parse_duration("spec.affinity.idleTimeout", data.get("idleTimeout", "30m")),
+        absolute_timeout=absolute_s,
+    )
+
+
+def parse_spec(spec: Mapping[str, Any]) -> StickySpec:
+    """Typed values from a StickyService ``spec``; :class:`SpecError` if unusable."""
+    service = spec.get("service")
+    if not isinstance(service, str) or not service:
+        raise SpecError("spec.service: required")
+    port = spec.get("port")
+    if not isinstance(port, int | str) or isinstance(port, bool) or port == "":
+        raise SpecError("spec.port: required (a port name or number)")
+    try:
+        affinity = _affinity(_obj(spec, "affinity"))
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"spec.affinity: {exc}") from exc
+    reb = _obj(spec, "rebalance")
+    drain = _obj(spec, "drain")
+    prx = _obj(spec, "proxy")
+    selector = (prx.get("selector") or {}).get("matchLabels")
+    return StickySpec(
+        service=service,
+        port=port,
+        affinity=affinity,
+        load_factor=float(_obj(spec, "balance").get("loadFactor", 1.25)),
+        rebalance=RebalanceSpec(
+            mode=str(reb.get("mode", "Gradual")),
+            window=parse_duration("spec.rebalance.window", reb.get("window", "10m")),
+            min_idle=parse_duration("spec.rebalance.minIdle", reb.get("minIdle", "30s")),
+            max_moves_per_second=int(reb.get("maxMovesPerSecond", 50)),
+        ),
+        drain_timeout=parse_duration("spec.drain.timeout", drain.get("timeout", "5m")),
+        drain_min_idle=parse_duration("spec.drain.minIdle", drain.get("minIdle", "10s")),
+        slow_start=parse_duration("spec.slowStart", spec.get("slowStart", "60s")),
+        proxy=ProxySpec(
+            managed=bool(prx.get("managed", True)),
+            replicas=prx.get("replicas"),
+            image=prx.get("image"),
+            port=int(prx.get("port", 8080)),
+            admin_port=int(prx.get("adminPort", 9901)),
+            selector=dict(selector) if selector else None,
+        ),
+    )

@@ -1,0 +1,74 @@
+"""Fixtures for the operator tests: the CRDs installed once, an async admin client.
+
+Operator and proxy process fixtures live in ``tests/controller/harness.py`` and are
+bound here; the session-wide control plane, namespaces and fake pods come from
+``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from limpet.controller.config import ClusterConfig, load_cluster_config
+from limpet.controller.kube import KubeClient
+from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.cluster import DevCluster
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+
+
+def _established(api: k8s.ApiClient, name: str) -> bool:
+    crd = request(api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+@pytest.fixture(scope="session")
+def crds(admin_api: k8s.ApiClient) -> list[str]:
+    """Every CRD in crds/, applied with server-side apply and waited for (Established)."""
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            name = doc["metadata"]["name"]
+            server_side_apply(
+                admin_api,
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                doc,
+                field_manager="limpet-tests",
+            )
+            names.append(name)
+    deadline = time.monotonic() + 30
+    for name in names:
+        while not _established(admin_api, name):
+            assert time.monotonic() < deadline, f"CRD {name} never became Established"
+            time.sleep(0.1)
+    # Discovery of a new group lags Established by a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            request(admin_api, "GET", "/apis/limpet.dev/v1alpha1")
+            break
+        except k8s.ApiException:
+            assert time.monotonic() < deadline, "limpet.dev/v1alpha1 never served"
+            time.sleep(0.1)
+    return names
+
+
+@pytest.fixture(scope="session")
+def admin_config(devcluster: DevCluster) -> ClusterConfig:
+    return load_cluster_config(str(devcluster.kubeconfig))
+
+
+@pytest.fixture
+async def kube(admin_config: ClusterConfig, crds: list[str]) -> AsyncIterator[KubeClient]:
+    async with KubeClient(admin_config) as client:
+        yield client
