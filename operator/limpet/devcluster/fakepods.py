@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import json
 import shutil
 import socket
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from kubernetes import client as k8s
 
@@ -113,6 +115,16 @@ class FakePod:
     def netns(self) -> str | None:
         return self.slot.netns
 
+    def fetch(self, path: str = "/", *, timeout: float = 3.0) -> tuple[int, bytes]:
+        """GET ``path`` straight from this pod's backend, from the root namespace."""
+        conn = http.client.HTTPConnection(*self.slot.connect, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
 
 def format_overrides(overrides: AddressOverrides) -> str:
     return json.dumps(
@@ -126,6 +138,20 @@ def parse_overrides(text: str) -> dict[Endpoint, Endpoint]:
         return host.strip("[]"), int(port)
 
     return {split(k): split(v) for k, v in json.loads(text).items()}
+
+
+class FakePodsFactory(Protocol):
+    """What the ``fake_pods`` pytest fixture hands out: a group maker bound to a namespace."""
+
+    def __call__(
+        self,
+        service: str,
+        *,
+        port: int = 8080,
+        port_name: str = "http",
+        backend: BackendCommand | None = echo_backend,
+        create_service: bool = True,
+    ) -> FakePods: ...
 
 
 class FakePods:

@@ -1,0 +1,158 @@
+"""The dev cluster is a real Kubernetes API server: kubeconfig, server-side apply, RBAC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from limpet.devcluster.certs import CertificateAuthority
+from limpet.devcluster.client import client_from_kubeconfig, request, server_side_apply
+from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from limpet.devcluster.namespaces import create_namespace, purge_namespace
+
+pytestmark = pytest.mark.apiserver
+
+
+def test_ready_and_reports_the_built_version(devcluster: DevCluster) -> None:
+    assert devcluster.version == "v1.37.2"
+    assert devcluster.server.startswith("https://127.0.0.1:")
+    assert devcluster.get("/readyz") == (200, b"ok")
+    assert devcluster.failure() is None
+
+
+def test_namespace_created_through_the_written_kubeconfig(devcluster: DevCluster) -> None:
+    # The kubeconfig the fixture asked for is a real file a client can load on its own.
+    kubeconfig = devcluster.settings.kubeconfig
+    assert kubeconfig is not None
+    assert kubeconfig == devcluster.kubeconfig
+    assert kubeconfig.stat().st_mode & 0o077 == 0
+    with client_from_kubeconfig(kubeconfig) as api:
+        core = k8s.CoreV1Api(api)
+        name = create_namespace(api, "kubeconfig")
+        try:
+            assert core.read_namespace(name).status.phase == "Active"
+        finally:
+            purge_namespace(api, name)
+        with pytest.raises(k8s.ApiException) as info:
+            core.read_namespace(name)
+        assert info.value.status == 404
+
+
+def test_server_side_apply_round_trips(api: k8s.ApiClient, namespace: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps/settings"
+
+    def manifest(data: dict[str, str]) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "settings"},
+            "data": data,
+        }
+
+    server_side_apply(api, path, manifest({"a": "1", "b": "2"}), field_manager="alpha")
+    # Applying again without "b" removes it: alpha owns the field set it last applied.
+    server_side_apply(api, path, manifest({"a": "3"}), field_manager="alpha")
+    cm = k8s.CoreV1Api(api).read_namespaced_config_map("settings", namespace)
+    assert cm.data == {"a": "3"}
+    managers = {f.manager: f.operation for f in cm.metadata.managed_fields}
+    assert managers == {"alpha": "Apply"}
+
+    # A second manager that touches alpha's field conflicts unless it forces.
+    with pytest.raises(k8s.ApiException) as info:
+        server_side_apply(api, path, manifest({"a": "4"}), field_manager="beta", force=False)
+    assert info.value.status == 409
+    server_side_apply(api, path, manifest({"a": "4"}), field_manager="beta", force=True)
+    assert k8s.CoreV1Api(api).read_namespaced_config_map("settings", namespace).data == {"a": "4"}
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def _status_of(call: Callable[[], object]) -> int:
+    try:
+        call()
+    except k8s.ApiException as e:
+        return int(e.status)
+    return 200
+
+
+def test_rbac_denies_a_plain_user_until_a_role_binding_allows_it(
+    devcluster: DevCluster, api: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = devcluster.write_user_kubeconfig(tmp_path / "alice", user="alice")
+    with client_from_kubeconfig(kubeconfig) as alice_api:
+        alice = k8s.CoreV1Api(alice_api)
+
+        def list_configmaps() -> object:
+            return alice.list_namespaced_config_map(namespace)
+
+        assert _status_of(list_configmaps) == 403
+
+        rbac = k8s.RbacAuthorizationV1Api(api)
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "configmap-reader"},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+                ],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "alice-reads-configmaps"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "configmap-reader",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+                ],
+            },
+        )
+        # The authorizer reads RBAC objects from an informer: allow it a moment.
+        assert _eventually(lambda: _status_of(list_configmaps) == 200)
+        # Exactly what was granted: not secrets, and not configmaps elsewhere.
+        assert _status_of(lambda: alice.list_namespaced_secret(namespace)) == 403
+        assert _status_of(lambda: alice.list_namespaced_config_map("default")) == 403
+
+
+def test_a_user_in_system_masters_is_allowed_everything(
+    devcluster: DevCluster, tmp_path: Path
+) -> None:
+    kubeconfig = devcluster.write_user_kubeconfig(
+        tmp_path / "root", user="root-ish", groups=("system:masters",)
+    )
+    with client_from_kubeconfig(kubeconfig) as api:
+        assert request(api, "GET", "/api/v1/namespaces/kube-system/secrets")["items"] == []
+
+
+def test_a_certificate_from_another_ca_is_not_authenticated(
+    devcluster: DevCluster, tmp_path: Path
+) -> None:
+    rogue = CertificateAuthority.generate().issue_client(
+        common_name="mallory", groups=("system:masters",)
+    )
+    assert devcluster.pki is not None
+    path = write_kubeconfig(
+        tmp_path / "mallory",
+        build_kubeconfig(
+            server=devcluster.server, ca_pem=devcluster.pki.ca.cert_pem, client=rogue, user="m"
+        ),
+    )
+    with client_from_kubeconfig(path) as api:
+        # An unverifiable client cert makes the request anonymous; anonymous may not list.
+        assert _status_of(lambda: k8s.CoreV1Api(api).list_namespace()) in (401, 403)
