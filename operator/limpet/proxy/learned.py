@@ -13,7 +13,8 @@ hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the 
 fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
 churn: updating last seen writes a C integer into an array). Freed indices are reused
 from a free stack, so the columns never grow beyond the capacity. Times are stored as
-unsigned deciseconds since the table's epoch.
+unsigned deciseconds since the table's epoch; last seen is rounded up, so a session's
+idleness is never overstated and it is never moved a fraction of a tick early.
 
 Concurrency: single-threaded, one table per proxy process, used from the event loop
 only. Sweeps are incremental (a bounded number of entries per call) and vectorised with
@@ -22,6 +23,7 @@ numpy, so a sweep of a million entries never stalls the loop for long.
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass
 
@@ -71,6 +73,7 @@ class LearnedTable:
         idle_timeout: float | None,
         absolute_timeout: float | None,
         epoch: float,
+        counts: list[int] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("learned table capacity must be at least 1")
@@ -86,7 +89,9 @@ class LearnedTable:
         self._last = array("I")
         self._free = array("I")
         self._cursor = 0
-        self.counts: list[int] = []  # sessions per backend index
+        # Sessions per backend index; several tables may share one list, so that the
+        # router reads one total per backend without summing tables.
+        self.counts: list[int] = [] if counts is None else counts
         self.evicted = 0
         self.expired = 0
 
@@ -96,8 +101,11 @@ class LearnedTable:
         t = int((wall - self._epoch) * _TICKS)
         return 0 if t < 0 else (t if t < FREE else FREE - 1)
 
-    def _wall(self, ticks: int) -> float:
-        return self._epoch + ticks / _TICKS
+    def _ticks_up(self, wall: float) -> int:
+        # Last-seen rounds up, so stored idleness never exceeds the real one: a session
+        # is never considered idle (and moved) a fraction of a tick early.
+        t = math.ceil((wall - self._epoch) * _TICKS)
+        return 0 if t < 0 else (t if t < FREE else FREE - 1)
 
     def set_timeouts(self, *, idle_timeout: float | None, absolute_timeout: float | None) -> None:
         """Adopt the timeouts of a new plan; the next sweeps apply them."""
@@ -120,7 +128,7 @@ class LearnedTable:
         return self._epoch + self._created[i] / _TICKS
 
     def touch(self, i: int, wall: float) -> None:
-        self._last[i] = self._ticks(wall)
+        self._last[i] = self._ticks_up(wall)
 
     def move(self, i: int, backend: int, wall: float) -> None:
         """Re-pin entry ``i`` to ``backend`` (a migration) and mark it seen."""
@@ -129,7 +137,7 @@ class LearnedTable:
         self._grow_counts(backend)
         counts[backend] += 1
         self._backend[i] = backend
-        self._last[i] = self._ticks(wall)
+        self._last[i] = self._ticks_up(wall)
 
     def insert(self, key_hash: int, backend: int, wall: float) -> int:
         """Add (or re-pin) ``key_hash``; evicts the least recently seen when full."""
@@ -141,18 +149,19 @@ class LearnedTable:
         if len(self._index) >= self.capacity:
             self._evict()
         t = self._ticks(wall)
+        up = self._ticks_up(wall)
         if self._free:
             i = self._free.pop()
             self._keys[i] = k
             self._backend[i] = backend
             self._created[i] = t
-            self._last[i] = t
+            self._last[i] = up
         else:
             i = len(self._keys)
             self._keys.append(k)
             self._backend.append(backend)
             self._created.append(t)
-            self._last.append(t)
+            self._last.append(up)
         self._index[k] = i
         self._grow_counts(backend)
         self.counts[backend] += 1
@@ -232,10 +241,3 @@ class LearnedTable:
     def _grow_counts(self, backend: int) -> None:
         if backend >= len(self.counts):
             self.counts.extend([0] * (backend + 1 - len(self.counts)))
-
-    def clear(self) -> None:
-        self._index.clear()
-        for col in (self._keys, self._backend, self._created, self._last, self._free):
-            del col[:]
-        self._cursor = 0
-        self.counts = [0] * len(self.counts)

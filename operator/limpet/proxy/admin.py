@@ -1,0 +1,207 @@
+"""The admin API (aiohttp): plan pushes, stats, health, readiness and Prometheus metrics.
+
+Routes (always on the separate ``--admin-listen`` listener, never the traffic port):
+
+- ``PUT /v1/plan``  JSON plan. 200 ``{"version", "changed"}`` when applied or when it is
+  the plan already held (idempotent); 409 for a lower version, or the same version with
+  other content; 400 with the parser's message (it names the JSON path) when malformed.
+- ``GET /v1/stats``  JSON: per-backend sessions, requests and health, migrations by
+  reason, rejected cookies by reason, plan version (the router's ``stats`` schema).
+- ``GET /metrics``  Prometheus text format, rendered from the same stats at scrape time.
+- ``GET /healthz``  200 while the process runs. ``GET /readyz``  200 once a plan is loaded,
+  503 before. These two are the only routes without the bearer token, so a kubelet can
+  probe them; everything else answers 401 unless ``Authorization: Bearer <token>``
+  matches (``hmac.compare_digest``, constant time).
+
+Data flow: the app is a thin adapter. Plans go to a :class:`PlanSink` (in one process the
+router's :class:`~limpet.proxy.state.PlanGate`; with ``--workers`` the supervisor's
+fan-out), stats come from a :class:`StatsSource`. Either may be synchronous or return an
+awaitable. Metrics are collected lazily from stats, so the data path only bumps plain
+integers and never touches prometheus-client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import json
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from limpet.affinity.errors import PlanError
+from limpet.affinity.plan.codec import MAX_PLAN_BYTES, plan_from_json
+from limpet.affinity.plan.model import Plan
+
+from .state import StalePlanError
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+StatsDict = Mapping[str, Any]
+
+
+class PlanSink(Protocol):
+    """Takes a validated plan; raises :class:`StalePlanError` to refuse it (409).
+
+    Returns whether the plan changed anything (``None`` is read as "changed").
+    """
+
+    def accept(self, plan: Plan) -> bool | Awaitable[bool | None] | None: ...
+
+
+class SupportsToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class StatsSource(Protocol):
+    """Stats in the router's schema (``RouterStats.to_dict``), possibly aggregated.
+
+    The router itself qualifies (its ``stats()`` returns a ``RouterStats``); the worker
+    supervisor returns the merged dict, possibly from a coroutine.
+    """
+
+    def stats(self) -> StatsDict | SupportsToDict | Awaitable[StatsDict]: ...
+
+
+async def _resolve(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def _stats(source: StatsSource) -> StatsDict:
+    result = await _resolve(source.stats())
+    if hasattr(result, "to_dict"):
+        return dict(result.to_dict())
+    return dict(result)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n",
+        content_type="application/json",
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+class ProxyCollector(Collector):
+    """Renders the stats dict as Prometheus metric families at scrape time."""
+
+    def __init__(self) -> None:
+        self.latest: StatsDict = {}
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.latest
+        requests = CounterMetricFamily(
+            "limpet_proxy_requests", "Requests routed, by backend.", labels=["backend"]
+        )
+        sessions = GaugeMetricFamily(
+            "limpet_proxy_sessions",
+            "Sessions this proxy holds (or last saw, for cookie sessions), by backend.",
+            labels=["backend"],
+        )
+        up = GaugeMetricFamily(
+            "limpet_proxy_backend_up",
+            "1 unless passive health has the backend marked down.",
+            labels=["backend"],
+        )
+        for bid, b in sorted(s.get("backends", {}).items()):
+            requests.add_metric([bid], b.get("requests", 0))
+            sessions.add_metric([bid], b.get("sessions", 0))
+            up.add_metric([bid], 0 if b.get("health") == "down" else 1)
+        migrations = CounterMetricFamily(
+            "limpet_proxy_migrations", "Sessions moved, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(s.get("migrations", {}).items()):
+            migrations.add_metric([reason], n)
+        rejected = CounterMetricFamily(
+            "limpet_proxy_rejected_cookies",
+            "LB cookies not honoured (a new session was started), by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.get("rejectedCookies", {}).items()):
+            rejected.add_metric([reason], n)
+        no_backend = CounterMetricFamily(
+            "limpet_proxy_no_backend", "Requests answered 503 because no backend was available."
+        )
+        no_backend.add_metric([], s.get("noBackend", 0))
+        version = GaugeMetricFamily(
+            "limpet_proxy_plan_version", "Version of the plan in use (0 before the first)."
+        )
+        version.add_metric([], s.get("planVersion") or 0)
+        yield from (requests, sessions, up, migrations, rejected, no_backend, version)
+
+
+def make_admin_app(
+    *,
+    token: str,
+    sink: PlanSink,
+    stats: StatsSource,
+    metrics: CollectorRegistry,
+) -> web.Application:
+    """The admin application. ``metrics`` gets the proxy's collector registered in it."""
+    if not token:
+        raise ValueError("the admin API needs a non-empty bearer token")
+    expected = token.encode("utf-8")
+    collector = ProxyCollector()
+    metrics.register(collector)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            ok = hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected)
+            if scheme.lower() != "bearer" or not ok:
+                return web.Response(
+                    status=401,
+                    text="401: missing or wrong bearer token\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="limpet-admin"'},
+                )
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    async def put_plan(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            plan = plan_from_json(body)
+        except PlanError as exc:
+            return _error(400, f"invalid plan: {exc}")
+        try:
+            changed = await _resolve(sink.accept(plan))
+        except StalePlanError as exc:
+            return _error(409, str(exc))
+        return _json({"version": plan.version, "changed": changed is not False})
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return _json(await _stats(stats))
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        collector.latest = await _stats(stats)
+        return web.Response(
+            body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        current = (await _stats(stats)).get("planVersion")
+        if current is None:
+            return web.Response(status=503, text="no plan loaded yet\n")
+        return web.Response(text=f"ready: plan version {current}\n")
+
+    app = web.Application(middlewares=[auth], client_max_size=MAX_PLAN_BYTES + 1024)
+    app.router.add_put("/v1/plan", put_plan)
+    app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,180 @@
+"""The admin API over a real loopback socket with a real aiohttp client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from limpet.affinity.plan.model import Backend, CookieKey, Plan
+from limpet.proxy.admin import make_admin_app
+from limpet.proxy.routing import Router, RouterSettings
+from limpet.proxy.state import PlanGate, PlanStore
+
+TOKEN = "s3cret-token"
+
+
+def plan(version: int, port: int = 8080) -> Plan:
+    return Plan(
+        version=version,
+        backends=(
+            Backend(id="b1", address="127.0.0.1", port=port),  # type: ignore[arg-type]
+            Backend(id="b2", address="127.0.0.1", port=port + 1),  # type: ignore[arg-type]
+        ),
+        cookie_keys=(CookieKey(id="k1", secret=b"s" * 32),),
+    )
+
+
+@dataclass
+class Admin:
+    url: str
+    client: aiohttp.ClientSession
+    router: Router
+    store: PlanStore
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    router = Router(settings=RouterSettings())
+    store = PlanStore(tmp_path)
+    gate = PlanGate(apply=router.load_plan, store=store)
+    app = make_admin_app(token=TOKEN, sink=gate, stats=router, metrics=CollectorRegistry())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as client:
+        yield Admin(f"http://127.0.0.1:{port}", client, router, store)
+    await runner.cleanup()
+
+
+async def test_healthz_and_readyz_need_no_token(admin: Admin) -> None:
+    async with admin.client.get(admin.url + "/healthz") as r:
+        assert r.status == 200
+    async with admin.client.get(admin.url + "/readyz") as r:
+        assert r.status == 503
+        assert "no plan" in await r.text()
+    async with admin.client.put(
+        admin.url + "/v1/plan", data=plan(1).to_json(), headers=admin.auth
+    ) as r:
+        assert r.status == 200
+    async with admin.client.get(admin.url + "/readyz") as r:
+        assert r.status == 200
+        assert "version 1" in await r.text()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Bearer"},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/v1/plan"), ("GET", "/v1/stats"), ("GET", "/metrics"), ("GET", "/nope")],
+)
+async def test_token_required(
+    admin: Admin, headers: dict[str, str], method: str, path: str
+) -> None:
+    async with admin.client.request(
+        method, admin.url + path, data=plan(1).to_json(), headers=headers
+    ) as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert admin.router.plan_version is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "not valid JSON"),
+        (b"{not json", "not valid JSON"),
+        (b"[]", ""),
+        (b'{"schemaVersion": 2}', "schemaVersion"),
+        (b'{"schemaVersion": 1, "version": 1}', "backends"),
+    ],
+)
+async def test_garbage_plan_is_400(admin: Admin, body: bytes, message: str) -> None:
+    async with admin.client.put(admin.url + "/v1/plan", data=body, headers=admin.auth) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+        assert err.startswith("invalid plan: ")
+        assert message in err
+    assert admin.router.plan_version is None
+
+
+async def test_field_error_names_the_field(admin: Admin) -> None:
+    data = plan(1).to_dict()
+    data["backends"][1]["port"] = 0  # type: ignore[index]
+    async with admin.client.put(
+        admin.url + "/v1/plan", data=json.dumps(data), headers=admin.auth
+    ) as r:
+        assert r.status == 400
+        assert "port" in (await r.json())["error"]
+
+
+async def test_versioning(admin: Admin) -> None:
+    async def put(p: Plan) -> tuple[int, dict[str, object]]:
+        async with admin.client.put(
+            admin.url + "/v1/plan", data=p.to_json(), headers=admin.auth
+        ) as r:
+            return r.status, await r.json()
+
+    assert await put(plan(5)) == (200, {"version": 5, "changed": True})
+    assert admin.router.plan_version == 5
+    assert await put(plan(5)) == (200, {"version": 5, "changed": False})  # idempotent re-PUT
+    status, body = await put(plan(4))
+    assert status == 409
+    assert "lower" in str(body["error"])
+    status, body = await put(plan(5, port=9000))
+    assert status == 409
+    assert "different content" in str(body["error"])
+    assert admin.router.plan_version == 5
+    assert await put(plan(6)) == (200, {"version": 6, "changed": True})
+    assert admin.store.load().plan == plan(6)
+
+
+async def test_stats_and_metrics(admin: Admin) -> None:
+    async with admin.client.put(
+        admin.url + "/v1/plan", data=plan(3).to_json(), headers=admin.auth
+    ) as r:
+        assert r.status == 200
+    async with admin.client.get(admin.url + "/v1/stats", headers=admin.auth) as r:
+        assert r.status == 200
+        stats = await r.json()
+    assert stats["planVersion"] == 3
+    assert set(stats["backends"]) == {"b1", "b2"}
+    assert stats["backends"]["b1"]["sessions"] == 0
+    assert set(stats["migrations"]) == {"failover", "drain", "rebalance", "expired"}
+    assert "tampered" in stats["rejectedCookies"]
+    async with admin.client.get(admin.url + "/metrics", headers=admin.auth) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    assert "limpet_proxy_plan_version 3.0" in text
+    assert 'limpet_proxy_sessions{backend="b1"} 0.0' in text
+    assert 'limpet_proxy_requests_total{backend="b2"} 0.0' in text
+    assert 'limpet_proxy_migrations_total{reason="failover"} 0.0' in text
+    assert 'limpet_proxy_rejected_cookies_total{reason="tampered"} 0.0' in text
+
+
+def test_empty_token_refused() -> None:
+    router = Router(settings=RouterSettings())
+    gate = PlanGate(apply=router.load_plan, store=None)
+    with pytest.raises(ValueError, match="token"):
+        make_admin_app(token="", sink=gate, stats=router, metrics=CollectorRegistry())
