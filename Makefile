@@ -8,7 +8,7 @@ CACHE := .cache
 CP_BIN := $(CACHE)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane bench devcluster clean
+.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane bench devcluster kind-e2e clean
 
 run: deps
 	$(BIN)/limpet demo
@@ -45,6 +45,10 @@ devcluster: deps
 
 bench: deps
 	$(BIN)/python -m bench
+
+# Needs Docker and kind (not available on the development machine): see tools/kind-e2e.sh.
+kind-e2e:
+	bash tools/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache .hypothesis
