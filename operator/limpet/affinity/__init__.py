@@ -68,7 +68,7 @@ from .plan import (
     SameSite,
 )
 from .router import Router
-from .table import MAX_WEIGHT, SlotTable, table
+from .slottable import MAX_WEIGHT, SlotTable, table
 
 __all__ = [
     "DEFAULT_SIZE",

@@ -84,29 +84,57 @@ def release_fraction(h: int) -> float:
 
 
 def backend_seed(backend: BackendId) -> int:
-    """The stable 64-bit seed of a backend id, used for its rendezvous scores."""
-    digest = _blake2b(backend.encode("utf-8"), digest_size=8, person=b"limpet-backend").digest()
+    """The stable 32-bit rendezvous seed of a backend id."""
+    digest = _blake2b(backend.encode("utf-8"), digest_size=4, person=b"limpet-backend").digest()
     return _from_bytes(digest, "little")
 
 
-def mix64_array(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """SplitMix64's finaliser over a uint64 array, in place (returns ``x``)."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(_M1)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(_M2)
-    x ^= x >> np.uint64(31)
+def backend_dither(backend: BackendId) -> float:
+    """A stable per-backend offset in ``[0, 1)`` that staggers the rounding of slot bounds."""
+    digest = _blake2b(backend.encode("utf-8"), digest_size=4, person=b"limpet-dither").digest()
+    return _from_bytes(digest, "little") / 4294967296.0
+
+
+_F1 = 0x85EBCA6B
+_F2 = 0xC2B2AE35
+_GOLDEN32 = 0x9E3779B1
+
+
+def fmix32(x: int) -> int:
+    """MurmurHash3's 32-bit finaliser (pure Python, for scalars)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * _F1) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * _F2) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def fmix32_array(x: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32]) -> None:
+    """MurmurHash3's 32-bit finaliser over a uint32 array, in place (``tmp``: scratch)."""
+    np.right_shift(x, 16, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, np.uint32(_F1), out=x)
+    np.right_shift(x, 13, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, np.uint32(_F2), out=x)
+    np.right_shift(x, 16, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+
+
+def slot_hashes(size: int) -> npt.NDArray[np.uint32]:
+    """The per-slot 32-bit hashes that rendezvous scores combine with backend seeds."""
+    x = np.arange(size, dtype=np.uint32)
+    np.multiply(x, np.uint32(_GOLDEN32), out=x)
+    fmix32_array(x, np.empty_like(x))
     return x
-
-
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def slot_hashes(size: int) -> npt.NDArray[np.uint64]:
-    """The per-slot 64-bit hashes that rendezvous scores combine with backend seeds."""
-    return mix64_array(np.arange(size, dtype=np.uint64) * np.uint64(_GOLDEN))
 
 
 def slot_hash(slot: int) -> int:
     """One slot's hash, equal to ``slot_hashes(n)[slot]``."""
-    return mix64(slot * _GOLDEN)
+    return fmix32(slot * _GOLDEN32)
+
+
+def rendezvous_score(slot: int, seed: int) -> int:
+    """The 32-bit rendezvous score of a backend seed for a slot (higher wins at equal weight)."""
+    return fmix32(slot_hash(slot) ^ seed)

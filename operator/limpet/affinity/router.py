@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from .bounded import Preferences, load_cap
-from .hashing import backend_seed
 from .ids import BackendId
 from .lifecycle import BackendState, ramp
 from .migration import KEEP, Decision, Reason
 from .plan.model import Backend, Plan, RebalanceSchedule
-from .table import SlotTable
+from .slottable import SlotTable
 
 
 class Router:
@@ -84,8 +81,7 @@ class Router:
         )
         self._prefs: Preferences | None = None
         if self.target is not None:
-            seeds = np.array([backend_seed(m) for m in self.members], dtype=np.uint64)
-            self._prefs = Preferences(self.members, seeds, self.target.weights, self.size)
+            self._prefs = Preferences(self.members, self.target.weights, self.size)
         self.schedule: RebalanceSchedule | None = None
         self.source: SlotTable | None = None
         self.source_owners: tuple[BackendId, ...] = ()
