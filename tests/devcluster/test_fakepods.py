@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from limpet.devcluster import hostnet
 from limpet.devcluster.client import request
 from limpet.devcluster.endpointslices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from limpet.devcluster.errors import FakePodError
@@ -186,6 +187,7 @@ def _ip(*args: str) -> str:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.netns
 def test_every_pod_address_lives_in_a_namespace_of_this_run(
     api: k8s.ApiClient, namespace: str, netns_network: NetnsPodNetwork
 ) -> None:
@@ -204,6 +206,7 @@ def test_every_pod_address_lives_in_a_namespace_of_this_run(
     assert not any(n in listed for n in names if n)
 
 
+@pytest.mark.netns
 def test_verify_refuses_an_address_that_is_not_ours(netns_network: NetnsPodNetwork) -> None:
     slot = netns_network.attach("mine", 8080)
     netns_network.verify(slot)
@@ -233,7 +236,8 @@ def test_verify_refuses_an_address_that_is_not_ours(netns_network: NetnsPodNetwo
         netns_network.verify(slot)
 
 
-def test_pod_subnet_was_not_routed_before_and_is_routed_to_our_bridge(
+@pytest.mark.netns
+def test_pod_subnet_is_routed_straight_to_our_bridge(
     netns_network: NetnsPodNetwork,
 ) -> None:
     route = json.loads(_ip("-j", "route", "get", str(netns_network.subnet[9])))[0]
@@ -241,6 +245,7 @@ def test_pod_subnet_was_not_routed_before_and_is_routed_to_our_bridge(
     assert "gateway" not in route
 
 
+@pytest.mark.netns
 def test_link_down_and_blackhole_break_the_path_until_undone(
     api: k8s.ApiClient, namespace: str, netns_network: NetnsPodNetwork
 ) -> None:
@@ -296,3 +301,11 @@ def test_loopback_placeholders_avoid_networks_this_host_routes() -> None:
         if route.get("dst", "default") != "default":
             dst = ipaddress.ip_network(route["dst"], strict=False)
             assert not dst.overlaps(network.placeholder_subnet)
+
+
+def test_subnet_choice_skips_routed_and_taken_networks() -> None:
+    loopback = ipaddress.IPv4Network("127.0.0.0/24")  # inside the host's 127.0.0.0/8
+    taken = ipaddress.IPv4Network("10.255.1.0/24")
+    free = ipaddress.IPv4Network("10.255.2.0/24")
+    assert hostnet.first_unrouted([loopback, taken, free], taken=[taken]) == free
+    assert hostnet.first_unrouted([loopback, taken], taken=[taken]) is None
