@@ -22,8 +22,8 @@ IMAGE=${IMAGE:-limpet:dev}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 SMOKE_SECONDS=${SMOKE_SECONDS:-90}
 DEMO_NS=limpet-demo
-PROXY_SERVICE=counter-limpet
-PROXY_DEPLOYMENT=counter-limpet
+PROXY_SERVICE=counter-proxy
+PROXY_DEPLOYMENT=counter-proxy
 LOCAL_PORT=${LOCAL_PORT:-18080}
 
 say() { printf '\n== %s\n' "$*"; }
