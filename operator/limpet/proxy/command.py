@@ -1,0 +1,286 @@
+"""``limpet proxy``: the command line of the data plane.
+
+Three ways to start:
+
+- ``limpet proxy --plan FILE``: serve from a plan file (JSON, the schema of
+  ``limpet.affinity.plan``); a newer plan saved in ``--state-dir`` wins.
+- ``limpet proxy --backend ID=HOST:PORT [--backend ...] [--affinity MODE]``: standalone,
+  no operator; every backend active, cookie affinity by default (cookie ``LIMPET``, key
+  from ``--cookie-key-file`` or generated at start).
+- ``limpet proxy --state-dir DIR`` alone: operator-managed; start from the saved plan (or
+  none: ``/readyz`` answers 503 until the operator pushes one).
+
+Data flow: arguments -> :class:`~limpet.proxy.settings.ProxySettings` plus an optional
+starting plan -> ``app.serve`` (one process) or ``workers.supervise`` (``--workers N``).
+Bad options print one line on stderr and exit with status 2. Nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from limpet.affinity import CookieKey, Plan, PlanError
+from limpet.affinity.plan.codec import plan_from_json
+from limpet.proxy.settings import Address, ProxySettings, load_address_override
+
+DEFAULTS = ProxySettings()
+
+
+class UsageError(ValueError):
+    """A bad option value: reported on one line, exit status 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    def one_line_error(message: str) -> NoReturn:
+        sys.stderr.write(f"limpet proxy: error: {message} (see limpet proxy --help)\n")
+        sys.exit(2)
+
+    # argparse prints the whole usage before its message; one line is kinder.
+    setattr(parser, "error", one_line_error)  # noqa: B010
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    src = parser.add_argument_group("what to serve")
+    src.add_argument("--plan", metavar="FILE", help="serve from this plan file (JSON)")
+    src.add_argument(
+        "--backend",
+        metavar="ID=HOST:PORT",
+        action="append",
+        default=[],
+        help="standalone mode: a backend (repeat for more)",
+    )
+    src.add_argument(
+        "--affinity",
+        metavar="MODE",
+        default=None,
+        help="standalone mode: cookie | app-cookie:NAME | header:NAME | query:NAME | "
+        "client-ip (default cookie)",
+    )
+    src.add_argument(
+        "--cookie-key-file",
+        metavar="FILE",
+        help="standalone mode: LB cookie signing secret (16+ bytes); else generated at start",
+    )
+    proc = parser.add_argument_group("process")
+    proc.add_argument("--listen", metavar="HOST:PORT", default=str(DEFAULTS.listen))
+    proc.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        default=str(DEFAULTS.admin_listen),
+        help="admin API listener (always separate from --listen)",
+    )
+    proc.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="admin bearer token; without it the admin API is locked (healthz/readyz open)",
+    )
+    proc.add_argument(
+        "--state-dir", metavar="DIR", help="persist the last accepted plan here; load it at start"
+    )
+    proc.add_argument(
+        "--workers",
+        metavar="N",
+        default="1",
+        help="worker processes sharing --listen via SO_REUSEPORT (a dead one is restarted)",
+    )
+    proc.add_argument(
+        "--trusted-proxy",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="trust X-Forwarded-* from these peers (repeat for more)",
+    )
+    proc.add_argument(
+        "--address-override",
+        metavar="FILE",
+        help='tests and the local demo only: JSON {"podIP:port": "127.0.0.1:port"}',
+    )
+    proc.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    lim = parser.add_argument_group("timeouts (seconds) and limits")
+    for name, help_text in (
+        ("head-timeout", "time allowed to send a request head (slowloris guard)"),
+        ("idle-timeout", "idle time allowed between keep-alive requests"),
+        ("connect-timeout", "time allowed to connect to a backend"),
+        ("response-timeout", "backend silence allowed while a request is outstanding"),
+        ("tunnel-idle-timeout", "idle time allowed on an upgraded (WebSocket) connection"),
+        ("pool-idle-timeout", "idle time before a pooled backend connection is closed"),
+    ):
+        lim.add_argument(
+            f"--{name}",
+            metavar="S",
+            default=str(getattr(DEFAULTS, name.replace("-", "_"))),
+            help=help_text,
+        )
+    for name, help_text in (
+        ("max-request-line", "longest request target in bytes (414 beyond)"),
+        ("max-header-bytes", "largest request header section in bytes (431 beyond)"),
+        ("max-headers", "most request header fields (431 beyond)"),
+        ("max-connections", "open client connections per worker (503 and close beyond)"),
+        ("pool-max-idle", "idle keep-alive connections kept per backend"),
+    ):
+        lim.add_argument(
+            f"--{name}",
+            metavar="N",
+            default=str(getattr(DEFAULTS, name.replace("-", "_"))),
+            help=help_text,
+        )
+
+
+def _number(args: argparse.Namespace, name: str, kind: type[int] | type[float]) -> float:
+    raw = getattr(args, name.replace("-", "_"))
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise UsageError(f"--{name}: expected a number, got {raw!r}") from None
+    if not value > 0 and not (name == "pool-max-idle" and value == 0):
+        raise UsageError(f"--{name}: must be positive, got {raw!r}")
+    return value
+
+
+def _address(option: str, text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def load_cookie_key(path: Path) -> CookieKey:
+    """A signing key from a file holding the secret (16..1024 bytes, surrounding
+    whitespace ignored). The key id derives from the secret, so replicas sharing the
+    file agree."""
+    secret = path.read_bytes().strip()
+    if not 16 <= len(secret) <= 1024:
+        raise UsageError(f"--cookie-key-file {path}: the secret must be 16..1024 bytes")
+    return CookieKey(id="f" + hashlib.sha256(secret).hexdigest()[:12], secret=secret)
+
+
+def _backends(specs: list[str]) -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+    for spec in specs:
+        bid, sep, where = spec.partition("=")
+        if not sep or not bid:
+            raise UsageError(f"--backend: expected ID=HOST:PORT, got {spec!r}")
+        addr = _address("--backend", where)
+        if addr.port == 0:
+            raise UsageError(f"--backend {spec}: port 0 is not a backend port")
+        out.append((bid, addr.host, addr.port))
+    return out
+
+
+def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
+    """Arguments -> (settings, starting plan, whether that plan beats a saved one)."""
+    try:
+        workers = int(args.workers)
+    except ValueError:
+        raise UsageError(f"--workers: expected an integer, got {args.workers!r}") from None
+    if not 1 <= workers <= 256:
+        raise UsageError("--workers: must be between 1 and 256")
+    try:
+        trusted = tuple(ipaddress.ip_network(c, strict=False) for c in args.trusted_proxy)
+    except ValueError as exc:
+        raise UsageError(f"--trusted-proxy: {exc}") from None
+    listen = _address("--listen", args.listen)
+    admin = _address("--admin-listen", args.admin_listen)
+    if listen == admin and listen.port != 0:
+        raise UsageError("--admin-listen must differ from --listen")
+    override = {}
+    if args.address_override:
+        try:
+            override = dict(load_address_override(Path(args.address_override)))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--address-override: {exc}") from None
+    try:
+        settings = ProxySettings(
+            listen=listen,
+            admin_listen=admin,
+            workers=workers,
+            head_timeout=_number(args, "head-timeout", float),
+            idle_timeout=_number(args, "idle-timeout", float),
+            connect_timeout=_number(args, "connect-timeout", float),
+            response_timeout=_number(args, "response-timeout", float),
+            tunnel_idle_timeout=_number(args, "tunnel-idle-timeout", float),
+            pool_idle_timeout=_number(args, "pool-idle-timeout", float),
+            max_request_line=int(_number(args, "max-request-line", int)),
+            max_header_bytes=int(_number(args, "max-header-bytes", int)),
+            max_headers=int(_number(args, "max-headers", int)),
+            max_connections=int(_number(args, "max-connections", int)),
+            pool_max_idle=int(_number(args, "pool-max-idle", int)),
+            trusted_proxies=trusted,
+            address_override=override,
+            token_file=Path(args.token_file) if args.token_file else None,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            cookie_key_file=Path(args.cookie_key_file) if args.cookie_key_file else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if settings.token_file is not None:
+        try:
+            token = settings.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--token-file: cannot read {settings.token_file}: {exc}") from None
+        if not token:
+            raise UsageError(f"--token-file: {settings.token_file} is empty")
+    if args.plan and args.backend:
+        raise UsageError("--plan and --backend exclude each other")
+    if args.plan:
+        if args.affinity or args.cookie_key_file:
+            raise UsageError("--affinity and --cookie-key-file are for standalone (--backend)")
+        try:
+            return settings, plan_from_json(Path(args.plan).read_bytes()), False
+        except OSError as exc:
+            raise UsageError(f"--plan: {exc.strerror or exc}: {args.plan}") from None
+        except PlanError as exc:
+            raise UsageError(f"--plan {args.plan}: {exc}") from None
+    if not args.backend:
+        if args.affinity or args.cookie_key_file:
+            raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
+        return settings, None, False
+    # Standalone: imported here so that `--help` stays cheap.
+    from limpet.proxy.routing import parse_affinity, standalone_plan
+
+    keys: tuple[CookieKey, ...] = ()
+    if settings.cookie_key_file is not None:
+        try:
+            keys = (load_cookie_key(settings.cookie_key_file),)
+        except OSError as exc:
+            raise UsageError(f"--cookie-key-file: {exc}") from None
+    try:
+        affinity = parse_affinity(
+            args.affinity or "cookie", trusted_proxies=[str(n) for n in trusted]
+        )
+        plan = standalone_plan(_backends(args.backend), affinity, keys)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    return settings, plan, True
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings, plan, prefer_given = build(args)
+    except UsageError as exc:
+        sys.stderr.write(f"limpet proxy: error: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import uvloop
+
+    try:
+        if settings.workers > 1:
+            from limpet.proxy.workers import supervise
+
+            return uvloop.run(supervise(settings, plan=plan, prefer_given=prefer_given))
+        from limpet.proxy.app import serve
+
+        return uvloop.run(serve(settings, plan=plan, prefer_given=prefer_given))
+    except OSError as exc:
+        sys.stderr.write(f"limpet proxy: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

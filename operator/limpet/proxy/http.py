@@ -1,0 +1,429 @@
+"""HTTP/1.1 head handling for the hot path: header classes, rewriting, framing, canned answers.
+
+Data flow: ``server.py`` collects the raw ``(name, value)`` pairs that httptools reports and
+calls :func:`scan_request` once per request; after routing it calls
+:func:`build_request_head` to produce the bytes sent upstream. ``upstream.py`` does the same
+for responses with :func:`build_response_head`. Every function here is pure and
+synchronous; the only state is :class:`HeaderClasses`, a per-process cache that maps a
+header name *as sent* to its class, so the common case costs one dict lookup and no
+lower-casing.
+
+Hop-by-hop handling (RFC 9110 section 7.6.1): ``Connection`` and every header it lists,
+``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`` (the body is
+re-framed instead) and ``Upgrade`` (kept only on upgrade requests and 101 answers) are
+never forwarded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+# Header classes. OTHER is forwarded untouched; DROP is hop-by-hop and never forwarded.
+OTHER: Final = 0
+DROP: Final = 1
+CONNECTION: Final = 2
+TRANSFER_ENCODING: Final = 3
+CONTENT_LENGTH: Final = 4
+UPGRADE: Final = 5
+HOST: Final = 6
+COOKIE: Final = 7
+X_FORWARDED_FOR: Final = 8
+X_FORWARDED_PROTO: Final = 9
+X_FORWARDED_HOST: Final = 10
+FORWARDED: Final = 11
+EXPECT: Final = 12
+SET_COOKIE: Final = 13
+
+_CLASSES: Final[dict[bytes, int]] = {
+    b"connection": CONNECTION,
+    b"keep-alive": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"content-length": CONTENT_LENGTH,
+    b"upgrade": UPGRADE,
+    b"host": HOST,
+    b"cookie": COOKIE,
+    b"x-forwarded-for": X_FORWARDED_FOR,
+    b"x-forwarded-proto": X_FORWARDED_PROTO,
+    b"x-forwarded-host": X_FORWARDED_HOST,
+    b"forwarded": FORWARDED,
+    b"expect": EXPECT,
+    b"set-cookie": SET_COOKIE,
+}
+
+IDEMPOTENT_METHODS: Final = frozenset(
+    {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"},
+)
+
+
+class HeaderClasses:
+    """Name-as-sent -> class. Bounded so that a client inventing names cannot grow it."""
+
+    __slots__ = ("_cache", "_limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._cache: dict[bytes, int] = {}
+        self._limit = limit
+
+    def get(self, name: bytes) -> int:
+        code = self._cache.get(name)
+        if code is None:
+            lower = name.lower()
+            code = _CLASSES.get(lower, DROP if lower.startswith(b"proxy-") else OTHER)
+            if len(self._cache) < self._limit:
+                self._cache[name] = code
+        return code
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    """The lower-cased tokens of every ``Connection`` header."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+# Tokens of Connection that name no header to strip.
+_PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+@dataclass(slots=True)
+class RequestScan:
+    """What one pass over the request headers found. One instance per client connection,
+    overwritten for every request (no per-request allocation)."""
+
+    kept: list[bytes]  # already serialised "Name: value\r\n" lines, in order
+    host: bytes | None = None
+    host_count: int = 0
+    cookie: bytes | None = None
+    content_length: int = -1
+    transfer_encoding: bytes | None = None
+    expect_continue: bool = False
+    upgrade: bytes | None = None
+    xff: bytes | None = None
+    xfp: bytes | None = None
+    xfh: bytes | None = None
+    connection: list[bytes] | None = None
+
+    def reset(self) -> None:
+        self.kept = []
+        self.host = None
+        self.host_count = 0
+        self.cookie = None
+        self.content_length = -1
+        self.transfer_encoding = None
+        self.expect_continue = False
+        self.upgrade = None
+        self.xff = None
+        self.xfp = None
+        self.xfh = None
+        self.connection = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.transfer_encoding is not None or self.content_length > 0
+
+
+def scan_request(
+    scan: RequestScan,
+    headers: list[tuple[bytes, bytes]],
+    classes: HeaderClasses,
+    *,
+    trusted: bool,
+) -> None:
+    """One pass over the request headers: fill ``scan`` and serialise the headers that are
+    forwarded untouched into ``scan.kept``. Forwarding headers from an untrusted peer are
+    dropped here; :func:`build_request_head` writes fresh ones."""
+    scan.reset()
+    kept = scan.kept
+    cookies: list[bytes] | None = None
+    for name, value in headers:
+        code = classes.get(name)
+        if code == OTHER:
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == COOKIE:
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+        elif code == HOST:
+            scan.host = value
+            scan.host_count += 1
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == CONTENT_LENGTH:
+            # llhttp already rejected duplicates, signs and non-digits.
+            scan.content_length = int(value)
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == CONNECTION:
+            if scan.connection is None:
+                scan.connection = [value]
+            else:
+                scan.connection.append(value)
+        elif code == TRANSFER_ENCODING:
+            scan.transfer_encoding = (
+                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
+            )
+        elif code == X_FORWARDED_FOR:
+            if trusted:
+                scan.xff = value if scan.xff is None else scan.xff + b", " + value
+        elif code == X_FORWARDED_PROTO:
+            if trusted and scan.xfp is None:
+                scan.xfp = value
+        elif code == X_FORWARDED_HOST:
+            if trusted and scan.xfh is None:
+                scan.xfh = value
+        elif code == FORWARDED:
+            if trusted:
+                kept.append(name + b": " + value + b"\r\n")
+        elif code == EXPECT:
+            if value.lower() == b"100-continue":
+                scan.expect_continue = True
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == UPGRADE:
+            scan.upgrade = value
+        elif code == SET_COOKIE:
+            kept.append(name + b": " + value + b"\r\n")
+        # DROP: hop-by-hop, never forwarded.
+    if cookies is not None:
+        scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
+    if scan.connection is not None:
+        _strip_listed(scan, classes)
+
+
+def _strip_listed(scan: RequestScan, classes: HeaderClasses) -> None:
+    """Drop the headers that ``Connection`` lists (rare, so the slow path re-parses lines)."""
+    assert scan.connection is not None
+    listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
+    if not listed:
+        return
+    scan.kept = [
+        line for line in scan.kept if line.partition(b":")[0].strip().lower() not in listed
+    ]
+    if b"cookie" in listed:
+        scan.cookie = None
+    if b"x-forwarded-for" in listed:
+        scan.xff = None
+    if b"x-forwarded-proto" in listed:
+        scan.xfp = None
+    if b"x-forwarded-host" in listed:
+        scan.xfh = None
+
+
+def build_request_head(
+    scan: RequestScan,
+    method: bytes,
+    target: bytes,
+    *,
+    peer: bytes,
+    cookie: bytes | None,
+    add_headers: tuple[tuple[bytes, bytes], ...],
+    upgrade: bool,
+) -> bytes:
+    """The request head sent upstream (always HTTP/1.1, always keep-alive unless upgrading).
+
+    ``cookie`` is the Cookie value to send (the router's rewrite or the original), or None.
+    A chunked request body keeps its transfer-coding list; the engine re-frames the chunks.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    parts += scan.kept
+    if cookie is not None:
+        parts += (b"Cookie: ", cookie, b"\r\n")
+    parts += (b"X-Forwarded-For: ", peer if scan.xff is None else scan.xff + b", " + peer, b"\r\n")
+    parts += (b"X-Forwarded-Proto: ", b"http" if scan.xfp is None else scan.xfp, b"\r\n")
+    xfh = scan.xfh if scan.xfh is not None else scan.host
+    if xfh is not None:
+        parts += (b"X-Forwarded-Host: ", xfh, b"\r\n")
+    for name, value in add_headers:
+        parts += (name, b": ", value, b"\r\n")
+    if scan.transfer_encoding is not None:
+        parts += (b"Transfer-Encoding: ", scan.transfer_encoding, b"\r\n")
+    if upgrade and scan.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", scan.upgrade, b"\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+# Response framing as seen by the client.
+FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_RAW: Final = 1  # Content-Length: bytes pass through
+FRAME_CHUNKED: Final = 2  # chunked towards the client: chunks are re-encoded
+FRAME_CLOSE: Final = 3  # delimited by closing the client connection
+
+
+@dataclass(slots=True)
+class ResponseScan:
+    """What one pass over a response head found, plus the serialised kept lines."""
+
+    kept: list[bytes]
+    content_length: int = -1
+    transfer_encoding: bytes | None = None
+    upgrade: bytes | None = None
+    set_cookies: list[bytes] | None = None
+    connection: list[bytes] | None = None
+
+
+def scan_response(
+    headers: list[tuple[bytes, bytes]], classes: HeaderClasses, *, learn_cookies: bool
+) -> ResponseScan:
+    scan = ResponseScan(kept=[])
+    kept = scan.kept
+    for name, value in headers:
+        code = classes.get(name)
+        if code == OTHER:
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == CONTENT_LENGTH:
+            scan.content_length = int(value)
+            kept.append(name + b": " + value + b"\r\n")
+        elif code == SET_COOKIE:
+            kept.append(name + b": " + value + b"\r\n")
+            if learn_cookies:
+                if scan.set_cookies is None:
+                    scan.set_cookies = [value]
+                else:
+                    scan.set_cookies.append(value)
+        elif code == TRANSFER_ENCODING:
+            scan.transfer_encoding = (
+                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
+            )
+        elif code == CONNECTION:
+            if scan.connection is None:
+                scan.connection = [value]
+            else:
+                scan.connection.append(value)
+        elif code == UPGRADE:
+            scan.upgrade = value
+        elif code == DROP:
+            pass
+        else:
+            # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
+            kept.append(name + b": " + value + b"\r\n")
+    if scan.connection is not None:
+        listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
+        if listed:
+            scan.kept = [
+                line for line in kept if line.partition(b":")[0].strip().lower() not in listed
+            ]
+    return scan
+
+
+def is_chunked(transfer_encoding: bytes) -> bool:
+    return transfer_encoding.rpartition(b",")[2].strip().lower() == b"chunked"
+
+
+_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``, cached per status for the usual reason."""
+    cached = _STATUS_LINES.get(status)
+    if cached is not None and cached[0] == reason:
+        return cached[1]
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    if cached is None and len(_STATUS_LINES) < 512:
+        _STATUS_LINES[status] = (reason, line)
+    return line
+
+
+def chunk_header(size: int) -> bytes:
+    return b"%x\r\n" % size
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+_CANNED_BODIES: Final[dict[int, bytes]] = {
+    503: b"no backend available\n",
+    502: b"bad gateway: the backend failed\n",
+    504: b"gateway timeout: the backend did not answer in time\n",
+}
+_canned: dict[tuple[int, bool], bytes] = {}
+
+
+def error_response(status: int, *, close: bool) -> bytes:
+    """A complete short plain-text answer generated by the proxy itself."""
+    key = (status, close)
+    cached = _canned.get(key)
+    if cached is not None:
+        return cached
+    phrase = HTTPStatus(status).phrase.encode()
+    body = _CANNED_BODIES.get(status, phrase.lower() + b"\n")
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Cache-Control: no-store\r\n",
+    ]
+    if close:
+        head.append(b"Connection: close\r\n")
+    data = b"".join(head) + b"\r\n" + body
+    _canned[key] = data
+    return data
+
+
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def response_framing(status: int, *, head_request: bool, scan: ResponseScan, http11: bool) -> int:
+    """How the response body is delimited towards the client."""
+    if head_request or status < 200 or status in (204, 304):
+        return FRAME_NONE
+    te = scan.transfer_encoding
+    if te is None and scan.content_length >= 0:
+        return FRAME_RAW
+    # Chunked upstream, or delimited by the backend closing: re-chunk for HTTP/1.1
+    # clients so their connection survives; HTTP/1.0 clients get a close-delimited body.
+    return FRAME_CHUNKED if http11 else FRAME_CLOSE
+
+
+def build_response_head(
+    status: int,
+    reason: bytes,
+    scan: ResponseScan,
+    *,
+    framing: int,
+    set_cookie: bytes | None,
+    keep_alive: bool,
+    http11: bool,
+) -> bytes:
+    """The response head sent to the client. ``keep_alive`` says whether the client
+    connection stays open after this response."""
+    parts = [status_line(status, reason)]
+    parts += scan.kept
+    if set_cookie is not None:
+        parts += (b"Set-Cookie: ", set_cookie, b"\r\n")
+    if framing == FRAME_CHUNKED:
+        te = scan.transfer_encoding
+        parts += (b"Transfer-Encoding: ", b"chunked" if te is None else te, b"\r\n")
+    elif framing == FRAME_NONE and scan.transfer_encoding is not None and status not in (204, 304):
+        # HEAD answers describe the GET answer's framing.
+        parts += (b"Transfer-Encoding: ", scan.transfer_encoding, b"\r\n")
+    if not keep_alive or framing == FRAME_CLOSE:
+        parts.append(b"Connection: close\r\n\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def build_switching_head(status: int, reason: bytes, scan: ResponseScan) -> bytes:
+    """A 101 answer to an upgrade request: keep ``Upgrade`` and ``Connection: upgrade``."""
+    parts = [status_line(status, reason)]
+    parts += scan.kept
+    if scan.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", scan.upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def build_informational_head(status: int, reason: bytes, scan: ResponseScan) -> bytes:
+    parts = [status_line(status, reason)]
+    parts += scan.kept
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,552 @@
+"""Upstream side: a keep-alive connection pool per backend, and response relaying.
+
+Data flow: a client connection (``server.py``) asks :meth:`UpstreamPool.acquire` for an
+idle connection to the routed backend, or awaits :meth:`UpstreamPool.connect` on a miss,
+binds the :class:`UpstreamConnection` to itself and writes the request. The upstream
+connection parses the answer with httptools and writes it straight through to the
+client's transport: the head rewritten (hop-by-hop stripped, the router's Set-Cookie
+added, the body re-framed if needed), body bytes as they arrive. When the answer is
+complete it returns itself to the pool (or closes, if it cannot be reused) and tells the
+client connection, which then reads the next request.
+
+Flow control is write-through: when the client's transport buffer passes its high-water
+mark the client pauses this connection's reading, and vice versa for request bodies, so
+no body is ever held whole in memory.
+
+Concurrency: everything runs in one event loop thread, driven by protocol callbacks; no
+task exists per request. A task exists only while a new upstream connection is being
+dialled. Timeouts are enforced by one periodic sweep (``Server``) that compares the
+``deadline`` attributes set here against a coarse clock, so no timer object is created
+per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+import httptools
+
+from limpet.affinity import BackendId
+from limpet.proxy import http
+from limpet.proxy.routing import RequestView, Route
+from limpet.proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from limpet.proxy.server import ClientConnection
+
+# UpstreamConnection states.
+CONNECTING: Final = 0
+IDLE: Final = 1  # in the pool
+BUSY: Final = 2  # bound to a client, request in flight
+TUNNEL: Final = 3  # after 101: raw bytes both ways
+CLOSED: Final = 4
+
+
+class RouterPort(Protocol):
+    """The router operations the engine calls (``limpet.proxy.routing.Router``)."""
+
+    def route(self, req: RequestView) -> Route | None: ...
+    def reroute(self, req: RequestView, failed: Route) -> Route | None: ...
+    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None: ...
+    def backend_failed(self, backend_id: BackendId) -> None: ...
+    def backend_succeeded(self, backend_id: BackendId) -> None: ...
+
+
+class Clock:
+    """A coarse clock: the sweep writes ``now`` (loop time) every tick; the hot path reads it
+    instead of calling ``loop.time()`` for every deadline."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+
+class EngineStats:
+    """Per-process counters of the data path. Plain integer attributes: incrementing one
+    is the cheapest thing Python can do."""
+
+    __slots__ = (
+        "broken_responses",
+        "connections_accepted",
+        "connections_active",
+        "connections_rejected",
+        "local_responses",
+        "requests",
+        "responses",
+        "retries",
+        "timeouts",
+        "tunnels",
+        "upstream_connect_failures",
+        "upstream_connects",
+        "upstream_reuses",
+    )
+
+    def __init__(self) -> None:
+        self.connections_accepted = 0
+        self.connections_active = 0
+        self.connections_rejected = 0
+        self.requests = 0
+        self.responses = 0
+        self.retries = 0
+        self.tunnels = 0
+        self.broken_responses = 0
+        self.upstream_connects = 0
+        self.upstream_connect_failures = 0
+        self.upstream_reuses = 0
+        self.local_responses: dict[int, int] = {}
+        self.timeouts: dict[str, int] = {}
+
+    def local(self, status: int) -> None:
+        self.local_responses[status] = self.local_responses.get(status, 0) + 1
+
+    def timeout(self, kind: str) -> None:
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connections_accepted": self.connections_accepted,
+            "connections_active": self.connections_active,
+            "connections_rejected": self.connections_rejected,
+            "requests": self.requests,
+            "responses": self.responses,
+            "retries": self.retries,
+            "tunnels": self.tunnels,
+            "broken_responses": self.broken_responses,
+            "upstream_connects": self.upstream_connects,
+            "upstream_connect_failures": self.upstream_connect_failures,
+            "upstream_reuses": self.upstream_reuses,
+            "local_responses": {str(k): v for k, v in sorted(self.local_responses.items())},
+            "timeouts": dict(sorted(self.timeouts.items())),
+        }
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop httptools (a HEAD answer is complete)."""
+
+
+class _Backend:
+    __slots__ = ("dial", "host", "id", "idle", "port")
+
+    def __init__(self, backend_id: str, host: str, port: int, dial: tuple[str, int]) -> None:
+        self.id = BackendId(backend_id)
+        self.host = host
+        self.port = port
+        self.dial = dial
+        self.idle: list[UpstreamConnection] = []
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to a backend. Parses responses and relays them to the bound
+    client connection."""
+
+    __slots__ = (
+        "_expect_eof",
+        "_framing",
+        "_headers",
+        "_informational",
+        "_reason",
+        "_trailers",
+        "backend",
+        "client",
+        "deadline",
+        "got_response",
+        "parser",
+        "paused",
+        "pool",
+        "reusable",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, backend: _Backend) -> None:
+        self.pool = pool
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.state = CONNECTING
+        self.deadline = 0.0
+        self.paused = False  # reading paused because the client cannot take more
+        self.got_response = False  # any byte of the current answer arrived
+        self.reusable = True
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._informational = False
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+
+    # -- binding -------------------------------------------------------------------------
+
+    def bind(self, client: ClientConnection) -> None:
+        self.client = client
+        self.state = BUSY
+        self.got_response = False
+        self.reusable = True
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+        self.deadline = self.pool.clock.now + self.pool.response_timeout
+        if client.write_paused:
+            self.pause()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop this connection (never reused): the exchange on it failed."""
+        self.client = None
+        if self.state != CLOSED:
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _finish(self, keep: bool) -> None:
+        """The answer is complete: pool the connection or close it, then tell the client."""
+        client = self.client
+        self.client = None
+        if keep and self.pool.release(self):
+            pass
+        else:
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.close()
+        self.pool.stats.responses += 1
+        if client is not None:
+            client.response_done()
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.pool.live.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Bytes on an idle pooled connection are a protocol error: drop it.
+            self.abort()
+            return
+        if self.state == TUNNEL:
+            client.transport.write(data)
+            self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
+            return
+        self.got_response = True
+        self.deadline = self.pool.clock.now + self.pool.response_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._tunnel(data[exc.args[0] :])
+        except httptools.HttpParserError as exc:
+            if self.state != CLOSED and not isinstance(exc.__context__, _StopParsing):
+                self._broken()
+
+    def eof_received(self) -> bool | None:
+        if self.state == TUNNEL and self.client is not None:
+            transport = self.client.transport
+            if transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+                return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pool = self.pool
+        pool.live.discard(self)
+        state = self.state
+        self.state = CLOSED
+        client = self.client
+        self.client = None
+        if state == IDLE:
+            pool.forget_idle(self)
+            return
+        if client is None:
+            return
+        if state == TUNNEL:
+            client.close_after_flush()
+            return
+        if state != BUSY:
+            return
+        if self._headers_done_eof_body():
+            # A close-delimited body ended normally.
+            if self._framing == http.FRAME_CHUNKED:
+                client.transport.write(http.LAST_CHUNK)
+            pool.stats.responses += 1
+            pool.router.backend_succeeded(self.backend.id)
+            client.response_done()
+            return
+        if not self.got_response:
+            client.upstream_failed(self, reset=exc is not None)
+        else:
+            client.upstream_aborted()
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading_for_upstream()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._trailers = None
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._framing == http.FRAME_NONE or self._informational:
+            self._headers.append((name, value))
+        elif self._trailers is None:
+            self._trailers = [(name, value)]
+        else:
+            self._trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        client = self.client
+        assert client is not None
+        pool = self.pool
+        status: int = self.parser.get_status_code()
+        scan = http.scan_response(self._headers, pool.classes, learn_cookies=True)
+        if status < 200:
+            if status == 101:
+                if not client.upgrade_requested:
+                    raise httptools.HttpParserError("unexpected 101")
+                client.transport.write(http.build_switching_head(status, self._reason, scan))
+                client.response_started = True
+                self.state = TUNNEL
+                return
+            self._informational = True
+            if client.http11:
+                client.transport.write(http.build_informational_head(status, self._reason, scan))
+            return
+        route = client.route
+        assert route is not None
+        if scan.set_cookies is not None:
+            pool.router.on_response(route, scan.set_cookies)
+        framing = http.response_framing(
+            status, head_request=client.head_request, scan=scan, http11=client.http11
+        )
+        self._framing = framing
+        keep_alive = client.keep_alive and client.request_done and not client.upgrade_requested
+        if not keep_alive:
+            client.keep_alive = False
+        client.transport.write(
+            http.build_response_head(
+                status,
+                self._reason,
+                scan,
+                framing=framing,
+                set_cookie=route.set_cookie,
+                keep_alive=keep_alive,
+                http11=client.http11,
+            )
+        )
+        client.response_started = True
+        if framing == http.FRAME_CLOSE:
+            client.keep_alive = False
+        # A close-delimited upstream body: neither length nor chunking, body expected.
+        self._expect_eof = (
+            framing != http.FRAME_NONE
+            and scan.transfer_encoding is None
+            and scan.content_length < 0
+        )
+        if client.head_request:
+            # httptools cannot be told that a HEAD answer has no body, so stop it here.
+            # The connection is not reused: its parser would wait for body bytes.
+            pool.router.backend_succeeded(self.backend.id)
+            self._finish(keep=False)
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        if self._framing == http.FRAME_CHUNKED:
+            client.transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+        else:
+            client.transport.write(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        client = self.client
+        if client is None or self.state == TUNNEL:
+            return
+        if self._framing == http.FRAME_CHUNKED:
+            trailers = self._trailers
+            if trailers is None:
+                client.transport.write(http.LAST_CHUNK)
+            else:
+                scan = http.scan_response(trailers, self.pool.classes, learn_cookies=False)
+                client.transport.write(b"0\r\n" + b"".join(scan.kept) + b"\r\n")
+        self.pool.router.backend_succeeded(self.backend.id)
+        self._finish(keep=self.reusable and client.request_done and self.parser.should_keep_alive())
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _headers_done_eof_body(self) -> bool:
+        return self._framing != http.FRAME_NONE and self._expect_eof
+
+    def _tunnel(self, rest: bytes) -> None:
+        client = self.client
+        if client is None or self.state != TUNNEL:
+            self._broken()
+            return
+        self.pool.stats.tunnels += 1
+        self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
+        if rest:
+            client.transport.write(rest)
+        client.upgraded(self)
+
+    def _broken(self) -> None:
+        """The backend sent something that is not HTTP: 502 (or cut the client short if the
+        answer already started), and never reuse this connection."""
+        self.pool.stats.broken_responses += 1
+        client = self.client
+        self.abort()
+        if client is not None:
+            client.upstream_broken()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend (LIFO, so the warmest is reused first), and
+    dialling on a miss."""
+
+    __slots__ = (
+        "_backends",
+        "_loop",
+        "classes",
+        "clock",
+        "live",
+        "max_idle",
+        "pool_idle_timeout",
+        "response_timeout",
+        "router",
+        "settings",
+        "stats",
+        "tunnel_idle_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        settings: ProxySettings,
+        router: RouterPort,
+        clock: Clock,
+        stats: EngineStats,
+        classes: http.HeaderClasses,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.clock = clock
+        self.stats = stats
+        self.classes = classes
+        self._loop = loop
+        self._backends: dict[str, _Backend] = {}
+        self.live: set[UpstreamConnection] = set()
+        self.max_idle = settings.pool_max_idle
+        self.pool_idle_timeout = settings.pool_idle_timeout
+        self.response_timeout = settings.response_timeout
+        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
+
+    def _backend(self, backend_id: str, host: str, port: int) -> _Backend:
+        b = self._backends.get(backend_id)
+        if b is None or b.host != host or b.port != port:
+            if b is not None:
+                # The plan moved this id to a new address: drop the old connections.
+                for conn in b.idle:
+                    conn.abort()
+            b = _Backend(backend_id, host, port, self.settings.dial_address(host, port))
+            self._backends[backend_id] = b
+        return b
+
+    def acquire(self, backend_id: str, host: str, port: int) -> UpstreamConnection | None:
+        b = self._backends.get(backend_id)
+        if b is None or b.host != host or b.port != port:
+            return None
+        idle = b.idle
+        while idle:
+            conn = idle.pop()
+            if conn.state == IDLE:
+                self.stats.upstream_reuses += 1
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> bool:
+        """Put a finished connection back; False if it must be closed instead."""
+        b = conn.backend
+        if (
+            conn.state == CLOSED
+            or len(b.idle) >= self.max_idle
+            or self._backends.get(b.id) is not b
+        ):
+            return False
+        conn.state = IDLE
+        conn.resume()
+        conn.deadline = self.clock.now + self.pool_idle_timeout
+        b.idle.append(conn)
+        return True
+
+    def forget_idle(self, conn: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            conn.backend.idle.remove(conn)
+
+    async def connect(self, backend_id: str, host: str, port: int) -> UpstreamConnection:
+        """Dial a new connection (bounded by the connect timeout). Raises OSError or
+        TimeoutError on failure."""
+        b = self._backend(backend_id, host, port)
+        self.stats.upstream_connects += 1
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, proto = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self, b), b.dial[0], b.dial[1]
+                )
+        except (OSError, TimeoutError):
+            self.stats.upstream_connect_failures += 1
+            raise
+        return proto
+
+    def sweep(self, now: float) -> None:
+        expired = [c for c in self.live if 0.0 < c.deadline <= now and not c.paused]
+        for conn in expired:
+            state = conn.state
+            if state == IDLE:
+                conn.abort()
+            elif state == BUSY:
+                self.stats.timeout("response")
+                client = conn.client
+                conn.abort()
+                if client is not None:
+                    client.upstream_timeout()
+            elif state == TUNNEL:
+                self.stats.timeout("tunnel_idle")
+                client = conn.client
+                conn.abort()
+                if client is not None:
+                    client.close_after_flush()
+
+    def idle_count(self) -> int:
+        return sum(len(b.idle) for b in self._backends.values())
+
+    def close(self) -> None:
+        for conn in list(self.live):
+            conn.abort()
+        for b in self._backends.values():
+            b.idle.clear()
