@@ -167,7 +167,6 @@ class DevCluster:
         self._apiserver: ManagedProcess | None = None
         self._ssl: ssl.SSLContext | None = None
         self._kubeconfig: Path | None = None
-        self._stopped = False
 
     # -- public surface -------------------------------------------------------------------
 
@@ -249,7 +248,6 @@ class DevCluster:
         self._stop_processes()
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
-        self._stopped = True
 
     def failure(self) -> str | None:
         """If a control-plane process has exited on its own, why (with its log tail)."""
