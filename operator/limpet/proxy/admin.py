@@ -33,9 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from limpet.affinity.errors import PlanError
-from limpet.affinity.plan.codec import MAX_PLAN_BYTES, plan_from_json
-from limpet.affinity.plan.model import Plan
+from limpet.affinity.plan import Plan, PlanError, plan_from_json
+from limpet.affinity.plan.codec import MAX_PLAN_BYTES
 
 from .state import StalePlanError
 

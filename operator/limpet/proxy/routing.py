@@ -426,10 +426,10 @@ class Router:
                 continue
             first, _, attrs = header.partition(b";")
             value = first[len(prefix) :].strip().strip(b'"')
-            h = key_hash(value_key(AffinityType.APP_COOKIE, value))
-            if not value or b"max-age=0" in attrs.lower().replace(b" ", b""):
-                table.remove(h)
-            else:
+            # A deletion (empty value or Max-Age=0) teaches nothing; the old value's
+            # entry simply idles out.
+            if value and b"max-age=0" not in attrs.lower().replace(b" ", b""):
+                h = key_hash(value_key(AffinityType.APP_COOKIE, value))
                 table.insert(h, self._idx(route.backend_id), self._wall())
 
     def backend_failed(self, backend_id: BackendId) -> None:
@@ -728,7 +728,7 @@ class Router:
             total = self._member_total(snap)
             if not health.available(bid, self._clock()):
                 d = snap.core.move(Reason.FAILOVER, h, wall, loads, total)
-                return self._check_dest(d)
+                return self._check_dest(snap, d, h)
         elif loads._down:
             loads._down = frozenset()
         p = self._probe
@@ -737,13 +737,28 @@ class Router:
         p.last_seen = last_seen
         p.created = created
         d = decide(p, snap.core, wall, loads=loads, total=total)
-        return d if d.reason is None else self._check_dest(d)
+        return d if d.reason is None else self._check_dest(snap, d, h)
 
-    def _check_dest(self, d: Decision) -> Decision:
-        """A move to a locally-down backend (everything is down) goes nowhere."""
-        if d.backend is not None and not self._health.available(d.backend, self._clock()):
-            return Decision(d.reason, None)
-        return d
+    def _check_dest(self, snap: _Snapshot, d: Decision, h: int) -> Decision:
+        """Never move a session onto a backend that passive health has marked down."""
+        if d.backend is None or d.reason is None or not self._health.any_down():
+            return d
+        if self._health.available(d.backend, self._clock()):
+            return d
+        alt = self._first_available(snap, h)
+        return Decision(d.reason, None) if alt is None else snap.core.moved_to(d.reason, alt)
+
+    def _first_available(self, snap: _Snapshot, h: int) -> BackendId | None:
+        """The key's most preferred member that is not down, ignoring load caps.
+
+        Bounded-load caps count a down backend's weight, so when its sessions all fail
+        over the others' caps can run out; then preference order alone decides.
+        """
+        now = self._clock()
+        for bid in snap.core.preference(h):
+            if self._health.available(bid, now):
+                return bid
+        return None
 
     def _place(self, snap: _Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""
@@ -755,8 +770,8 @@ class Router:
         elif loads._down:
             loads._down = frozenset()
         bid = snap.core.route_new(h, wall, loads, total)
-        if bid is None or (total is not None and not self._health.available(bid, self._clock())):
-            return None
+        if bid is not None and total is not None and not self._health.available(bid, self._clock()):
+            return self._first_available(snap, h)
         return bid
 
     def _down_set(self) -> frozenset[str]:

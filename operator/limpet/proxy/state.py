@@ -29,9 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from limpet.affinity.errors import PlanError
-from limpet.affinity.plan.codec import plan_from_json, plan_to_json
-from limpet.affinity.plan.model import Plan
+from limpet.affinity.plan import Plan, PlanError, plan_from_json, plan_to_json
 
 log = logging.getLogger(__name__)
 
