@@ -1,0 +1,178 @@
+"""kopf wiring: which events call what, built into a registry (nothing at import time).
+
+Data flow: :func:`build_registry` binds handlers to a :class:`Runtime` (the shared API
+client, HTTP session for the proxies, settings, and the live reconcilers by UID):
+
+- ``@kopf.on.login``: credentials from our :class:`~.config.ClusterConfig`, so kopf and
+  our own client always talk to the same cluster as the same user.
+- ``@kopf.daemon`` on StickyServices: runs one :class:`~.reconciler.Reconciler` per
+  object for as long as it exists and this operator is active (kopf stops daemons when
+  the object is deleted, when the operator exits, and when peering pauses it in favour
+  of a higher-priority replica). A reconciler that crashes is restarted with back-off.
+- ``@kopf.on.create`` / ``on.update`` / ``on.resume``: hand the new body (spec and
+  annotations, e.g. the key-rotation request) to the object's reconciler.
+- ``@kopf.on.delete``: remove what the operator created for the object (Deployment,
+  Service, Secret; also garbage-collected through ownerReferences in a real cluster).
+
+EndpointSlices are *not* watched through kopf: kopf watches a resource cluster-wide (or
+per namespace) and filters labels client-side, so every EndpointSlice in the cluster
+would flow through the operator. Each reconciler instead runs its own watches with a
+server-side label selector (see :mod:`.informer` and docs/operator.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+
+from limpet.controller.config import ClusterConfig
+from limpet.controller.kube import KubeClient
+from limpet.controller.proxies import delete_owned
+from limpet.controller.reconciler import EventSink, Reconciler
+from limpet.controller.settings import OperatorSettings
+
+GROUP, VERSION, PLURAL = "limpet.dev", "v1alpha1", "stickyservices"
+log = logging.getLogger(__name__)
+
+
+class KopfEvents:
+    """Events through kopf's poster (queued, posted in the background, with retries)."""
+
+    def post(self, owner: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        body = kopf.Body(plain(owner))
+        kopf.event(body, type=type, reason=reason, message=message[:1000])
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: ClusterConfig
+    client: KubeClient
+    http: aiohttp.ClientSession
+    settings: OperatorSettings
+    events: EventSink = field(default_factory=KopfEvents)
+    reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+
+
+def plain(value: Any) -> Any:
+    """A deep copy of a kopf body (mapping views) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def connection_info(config: ClusterConfig) -> kopf.ConnectionInfo:
+    token = None
+    expiration = None
+    auth = config.authorization()
+    if auth is not None:
+        token = auth.split(" ", 1)[1]
+        if config.token_refresh is not None:
+            # Projected tokens rotate: make kopf log in again (re-reading it) every few minutes.
+            expiration = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    return kopf.ConnectionInfo(
+        server=config.server,
+        ca_path=config.ca_file,
+        insecure=not config.verify,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        token=token,
+        default_namespace=config.default_namespace,
+        expiration=expiration,
+    )
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(runtime.config)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def changed(body: kopf.Body, uid: str, **_: Any) -> None:
+        reconciler = runtime.reconcilers.get(uid)
+        if reconciler is not None:
+            reconciler.update(plain(body))
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def deleted(
+        body: kopf.Body, uid: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        runtime.reconcilers.pop(uid, None)
+        removed = await delete_owned(runtime.client, plain(body))
+        if removed:
+            logger.info("deleted %s", ", ".join(removed))
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
+    async def reconcile(body: kopf.Body, uid: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        async def until_stopped() -> None:
+            await stopped.wait()
+
+        stop = asyncio.create_task(until_stopped())
+        delay = 1.0
+        try:
+            while not stopped:
+                reconciler = Reconciler(
+                    client=runtime.client,
+                    http=runtime.http,
+                    settings=runtime.settings,
+                    events=runtime.events,
+                    body=plain(body),
+                )
+                runtime.reconcilers[uid] = reconciler
+                task = asyncio.create_task(reconciler.run(), name=f"reconcile:{uid}")
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return
+                if task.exception() is None:
+                    return  # the object is gone
+                log.error(
+                    "reconciler of %s crashed; restarting in %.0fs",
+                    uid,
+                    delay,
+                    exc_info=task.exception(),
+                )
+                await asyncio.wait({stop}, timeout=delay)
+                delay = min(delay * 2, 60.0)
+        finally:
+            if runtime.reconcilers.get(uid) is not None and stopped:
+                runtime.reconcilers.pop(uid, None)
+            stop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop
+
+    return registry
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    ks = kopf.OperatorSettings()
+    # The CRD must exist when the operator starts; no cluster-wide CRD/namespace watching.
+    ks.scanning.disabled = True
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="limpet.dev")
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="limpet.dev", key="last-handled-configuration"
+    )
+    ks.posting.level = logging.INFO
+    ks.peering.name = settings.peering_name
+    ks.peering.priority = settings.priority
+    ks.peering.standalone = settings.standalone
+    ks.peering.mandatory = not settings.standalone
+    ks.peering.clusterwide = not settings.namespaces
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    return ks

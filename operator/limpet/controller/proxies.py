@@ -1,0 +1,298 @@
+"""The proxies of one StickyService: what the operator creates, and how it finds them.
+
+Managed mode (default): the operator server-side-applies a Deployment running
+``limpet proxy``, a traffic Service (traffic port only: the admin port is never exposed
+by it) and, in both modes, a Secret with the admin token and keys (:mod:`.keys`). Each
+carries an ownerReference to the StickyService (garbage collection in a real cluster)
+and the label ``limpet.dev/stickyservice``; the delete handler also removes them
+explicitly, which is what happens where no garbage collector runs (the dev cluster).
+
+External mode: the user runs the proxies (or sidecars) and names them with
+``spec.proxy.selector``, a label selector on EndpointSlices (a Service's labels are
+copied onto its slices). The operator only creates the Secret.
+
+Discovery, both modes: the proxies' EndpointSlices (label-filtered server-side, see
+:mod:`.informer`) list the proxy pods; each pod's admin URL is its address plus
+``spec.proxy.adminPort``. Tests run proxies on loopback while slices must carry pod
+IPs, so :func:`admin_url` honours ``OperatorSettings.admin_address_overrides``, a
+documented test-only seam that is empty in production.
+
+Pure manifest builders plus small async helpers over :class:`~.kube.KubeClient`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from limpet.controller.keys import KeyMaterial, from_secret_data, new_material, to_secret_data
+from limpet.controller.kube import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
+from limpet.controller.membership import ProxyEndpoint
+from limpet.controller.pusher import ProxyTarget
+from limpet.controller.settings import OperatorSettings
+from limpet.controller.spec import StickySpec
+
+OWNER_LABEL = "limpet.dev/stickyservice"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+TOKEN_MOUNT = "/etc/limpet/admin"
+STATE_MOUNT = "/var/lib/limpet"
+
+
+def child_name(name: str, suffix: str, limit: int = 63) -> str:
+    """``<name>-<suffix>``, shortened with a hash when it would exceed ``limit``."""
+    full = f"{name}-{suffix}"
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name[: limit - len(suffix) - len(digest) - 2].rstrip("-")
+    return f"{head}-{digest}-{suffix}"
+
+
+def proxy_service_name(name: str) -> str:
+    return child_name(name, "proxy")
+
+
+def secret_name(name: str) -> str:
+    return child_name(name, "limpet", limit=253)
+
+
+def proxy_slice_selector(name: str, spec: StickySpec) -> str:
+    """The label selector of the EndpointSlices that list this StickyService's proxies."""
+    external = spec.proxy.label_selector()
+    if not spec.proxy.managed and external:
+        return external
+    return f"kubernetes.io/service-name={proxy_service_name(name)}"
+
+
+def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "limpet.dev/v1alpha1",
+        "kind": "StickyService",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(owner: Mapping[str, Any], name: str, component: str) -> JsonObj:
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": {
+            "app.kubernetes.io/name": "limpet",
+            "app.kubernetes.io/managed-by": "limpet-operator",
+            COMPONENT_LABEL: component,
+            OWNER_LABEL: owner["metadata"]["name"],
+        },
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def pod_labels(owner: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "limpet-proxy",
+        OWNER_LABEL: owner["metadata"]["name"],
+    }
+
+
+def secret_manifest(owner: Mapping[str, Any], data: Mapping[str, str]) -> JsonObj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(owner, secret_name(owner["metadata"]["name"]), "keys"),
+        "data": dict(data),
+    }
+
+
+def service_manifest(owner: Mapping[str, Any], spec: StickySpec) -> JsonObj:
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, proxy_service_name(name), "proxy"),
+        "spec": {
+            "selector": pod_labels(owner),
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": spec.proxy.port, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def deployment_manifest(
+    owner: Mapping[str, Any], spec: StickySpec, settings: OperatorSettings
+) -> JsonObj:
+    name = owner["metadata"]["name"]
+    labels = pod_labels(owner)
+    p = spec.proxy
+    admin_probe = {"port": "admin", "scheme": "HTTP"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, proxy_service_name(name), "proxy"),
+        "spec": {
+            "replicas": p.replicas if p.replicas is not None else settings.proxy_replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    # Proxies need no API access at all.
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "proxy",
+                            "image": p.image or settings.proxy_image,
+                            "args": [
+                                "proxy",
+                                "--listen",
+                                f"0.0.0.0:{p.port}",
+                                "--admin-listen",
+                                f"0.0.0.0:{p.admin_port}",
+                                "--token-file",
+                                f"{TOKEN_MOUNT}/admin-token",
+                                "--state-dir",
+                                STATE_MOUNT,
+                            ],
+                            "ports": [
+                                {"name": "http", "containerPort": p.port, "protocol": "TCP"},
+                                {"name": "admin", "containerPort": p.admin_port, "protocol": "TCP"},
+                            ],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/readyz", **admin_probe},
+                                "periodSeconds": 2,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", **admin_probe},
+                                "periodSeconds": 10,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "64Mi"},
+                                "limits": {"memory": "256Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+                                {"name": "state", "mountPath": STATE_MOUNT},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "admin-token",
+                            "secret": {
+                                "secretName": secret_name(name),
+                                "items": [{"key": "admin-token", "path": "admin-token"}],
+                            },
+                        },
+                        {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def apply_managed(
+    client: KubeClient, owner: Mapping[str, Any], spec: StickySpec, settings: OperatorSettings
+) -> None:
+    """Create or update the Deployment and the traffic Service (server-side apply)."""
+    ns = owner["metadata"]["namespace"]
+    name = proxy_service_name(owner["metadata"]["name"])
+    await client.apply(SERVICES.path(ns, name), service_manifest(owner, spec))
+    await client.apply(DEPLOYMENTS.path(ns, name), deployment_manifest(owner, spec, settings))
+
+
+async def delete_owned(
+    client: KubeClient, owner: Mapping[str, Any], *, keep_secret: bool = False
+) -> list[str]:
+    """Delete what the operator made for ``owner`` (only objects it owns); names deleted."""
+    ns = owner["metadata"]["namespace"]
+    uid = owner["metadata"].get("uid")
+    name = owner["metadata"]["name"]
+    targets = [(DEPLOYMENTS, proxy_service_name(name)), (SERVICES, proxy_service_name(name))]
+    if not keep_secret:
+        targets.append((SECRETS, secret_name(name)))
+    deleted = []
+    for resource, child in targets:
+        obj = await client.get(resource.path(ns, child))
+        if obj is None:
+            continue
+        refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+        if uid is not None and not any(r.get("uid") == uid for r in refs):
+            continue
+        if await client.delete(resource.path(ns, child)):
+            deleted.append(f"{resource.plural}/{child}")
+    return deleted
+
+
+def _host(address: str) -> str:
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address
+
+
+def admin_url(address: str, port: int, settings: OperatorSettings) -> str:
+    override = settings.admin_address_overrides.get(address)
+    if override is not None:
+        return f"http://{override}"
+    return f"http://{_host(address)}:{port}"
+
+
+def proxy_targets(
+    endpoints: Mapping[str, ProxyEndpoint], spec: StickySpec, settings: OperatorSettings
+) -> dict[str, ProxyTarget]:
+    return {
+        key: ProxyTarget(
+            key=key, url=admin_url(ep.address, spec.proxy.admin_port, settings), pod=ep.pod
+        )
+        for key, ep in endpoints.items()
+    }
+
+
+async def load_keys(
+    client: KubeClient, owner: Mapping[str, Any], *, now: float
+) -> tuple[KeyMaterial, bool]:
+    """The StickyService's key material from its Secret, creating the Secret if needed.
+
+    Returns ``(material, created)``. A Secret of that name that does not parse is
+    replaced (its keys were unusable anyway); a parseable one is adopted, which is what a
+    re-created StickyService of the same name wants: its old cookies stay valid.
+    """
+    ns = owner["metadata"]["namespace"]
+    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
+    existing = await client.get(path)
+    material = from_secret_data((existing or {}).get("data"))
+    if material is not None:
+        refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
+        if not any(r.get("uid") == owner["metadata"].get("uid") for r in refs):
+            await save_keys(client, owner, material)
+        return material, False
+    material = new_material(now)
+    await save_keys(client, owner, material)
+    return material, True
+
+
+async def save_keys(client: KubeClient, owner: Mapping[str, Any], material: KeyMaterial) -> None:
+    ns = owner["metadata"]["namespace"]
+    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
+    await client.apply(path, secret_manifest(owner, to_secret_data(material)))

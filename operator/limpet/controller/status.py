@@ -1,0 +1,304 @@
+"""StickyService status: what the reconciler writes, and the state it recovers from it.
+
+Data flow, out: the reconciler gathers a :class:`StatusView` (planner state, proxy sync,
+sessions from the proxies' stats, a problem if any) and :func:`build_status` renders the
+``status`` object: observedGeneration, planVersion, per-backend state/weight/sessions/
+deadlines, proxies desired/synced, rebalance progress, key ids, and the conditions Ready,
+Progressing and Degraded with reasons (``lastTransitionTime`` kept while a condition's
+status is unchanged).
+
+Data flow, in: on (re)start :func:`recover_state` reads the same status back into a
+:class:`~.planner.PlannerState`: plan version, each backend's lifecycle (state, since,
+warming start, drain deadline, last address) and the running rebalance schedule. That is
+how a restarted operator resumes instead of restarting drains and windows from zero.
+Times are written as RFC 3339 with microseconds, and the planner works on times rounded
+to microseconds, so the round trip is exact enough to rebuild the same plan.
+
+Pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from limpet.affinity.hashing import DEFAULT_SIZE
+from limpet.affinity.ids import BackendId
+from limpet.affinity.lifecycle import BackendState, BackendStatus
+from limpet.affinity.migration import release_complete_at
+from limpet.affinity.plan.model import RebalanceSchedule
+from limpet.controller.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
+
+
+def ts(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(epoch, dt.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def parse_ts(text: object) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return round(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp(), 6)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why the StickyService cannot work as specified (Ready=False with this reason)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxySync:
+    desired: int
+    discovered: int
+    synced: int
+    out_of_sync: tuple[str, ...] = ()
+    unreachable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusView:
+    generation: int
+    state: PlannerState
+    proxies: ProxySync
+    sessions: Mapping[str, int] = field(default_factory=dict)
+    problem: Problem | None = None
+    rebalance_moved: int | None = None
+    key_ids: Sequence[str] = ()
+    keys_rotated_at: float | None = None
+    rotation_request: str | None = None
+    now: float = 0.0
+
+
+def _condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    previous: Mapping[str, Mapping[str, Any]],
+    generation: int,
+    now: float,
+) -> dict[str, Any]:
+    value = "True" if status else "False"
+    old = previous.get(kind)
+    since = old.get("lastTransitionTime") if old and old.get("status") == value else None
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or ts(now),
+        "observedGeneration": generation,
+    }
+
+
+def _conditions(view: StatusView, previous: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    prev = {str(c.get("type")): c for c in previous if isinstance(c, Mapping)}
+    backends = list(view.state.backends.values())
+    states = [b.status.state for b in backends]
+    taking = sum(1 for s in states if s.takes_new_sessions)
+    failed = [b for b in backends if b.status.state is BackendState.FAILED]
+    draining = [b for b in backends if b.status.state is BackendState.DRAINING]
+    warming = [b for b in backends if b.status.state is BackendState.WARMING]
+    px = view.proxies
+    sched = view.state.schedule
+    rebalancing = sched is not None and not view.state.schedule_finished
+
+    if view.problem is not None:
+        ready = (False, view.problem.reason, view.problem.message)
+    elif px.discovered == 0:
+        ready = (False, "NoProxies", "no proxy pods found in the proxies' EndpointSlices yet")
+    elif taking == 0:
+        ready = (False, "NoBackends", "no backend is ready: proxies answer 503")
+    elif px.synced < px.discovered:
+        ready = (
+            False,
+            "ProxiesOutOfSync",
+            f"{px.synced}/{px.discovered} proxies run plan {view.state.version}",
+        )
+    else:
+        ready = (
+            True,
+            "Synced",
+            f"{px.synced} proxies run plan {view.state.version} with {taking} backend(s)",
+        )
+
+    if rebalancing:
+        assert sched is not None
+        progressing = (
+            True,
+            "Rebalancing",
+            f"gradual rebalance until {ts(release_complete_at(sched))}",
+        )
+    elif draining:
+        progressing = (True, "Draining", f"{len(draining)} backend(s) draining")
+    elif warming:
+        progressing = (True, "Warming", f"{len(warming)} backend(s) in slow start")
+    elif px.synced < px.discovered:
+        progressing = (True, "Syncing", "pushing the plan to the proxies")
+    else:
+        progressing = (False, "Stable", "nothing in progress")
+
+    if view.problem is not None:
+        degraded = (True, view.problem.reason, view.problem.message)
+    elif px.unreachable:
+        degraded = (
+            True,
+            "ProxyUnreachable",
+            f"admin API unreachable: {', '.join(sorted(px.unreachable)[:5])}",
+        )
+    elif failed:
+        names = ", ".join(sorted(b.pod or b.id for b in failed)[:5])
+        degraded = (True, "BackendsFailed", f"{len(failed)} backend(s) not serving: {names}")
+    elif px.desired > px.discovered:
+        degraded = (True, "ProxiesMissing", f"{px.discovered}/{px.desired} proxies found")
+    else:
+        degraded = (False, "AsExpected", "all backends and proxies healthy")
+
+    g, now = view.generation, view.now
+    return [
+        _condition("Ready", *ready, prev, g, now),
+        _condition("Progressing", *progressing, prev, g, now),
+        _condition("Degraded", *degraded, prev, g, now),
+    ]
+
+
+def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The full ``status`` object (a merge-patch replaces lists whole, as intended)."""
+    previous = previous or {}
+    st = view.state
+    backends = []
+    for b in sorted(st.backends.values(), key=lambda t: (t.pod or "", t.id)):
+        s = b.status
+        entry: dict[str, Any] = {
+            "id": b.id,
+            "pod": b.pod,
+            "address": b.address,
+            "port": b.port,
+            "state": s.state.value,
+            "weight": DEFAULT_WEIGHT,
+            "sessions": int(view.sessions.get(b.id, 0)),
+            "since": ts(s.since),
+            "warmingSince": ts(s.warming_since),
+            "drainDeadline": ts(s.drain_deadline),
+        }
+        backends.append({k: v for k, v in entry.items() if v is not None})
+    rebalance: dict[str, Any] = {"phase": "Idle"}
+    sched = st.schedule
+    if sched is not None:
+        done = st.schedule_finished
+        rebalance = {
+            "phase": "Complete" if done else "InProgress",
+            "startedAt": ts(sched.start),
+            "endsAt": ts(release_complete_at(sched)),
+            "window": sched.window,
+            "minIdle": sched.min_idle,
+            "fromBackends": [{"id": bid, "weight": w} for bid, w in sched.from_backends],
+            "fromSize": sched.from_size,
+        }
+        if sched.max_moves_per_second is not None:
+            rebalance["maxMovesPerSecond"] = sched.max_moves_per_second
+        if sched.expected_moves is not None:
+            rebalance["expectedMoves"] = sched.expected_moves
+        if view.rebalance_moved is not None:
+            rebalance["moved"] = view.rebalance_moved
+            if sched.expected_moves is not None:
+                rebalance["remaining"] = (
+                    0 if done else max(0, sched.expected_moves - view.rebalance_moved)
+                )
+    px = view.proxies
+    status: dict[str, Any] = {
+        "observedGeneration": view.generation,
+        "planVersion": st.version,
+        "backendCount": sum(
+            1 for b in st.backends.values() if b.status.state is not BackendState.GONE
+        ),
+        "backends": backends,
+        "proxies": {
+            "desired": px.desired,
+            "discovered": px.discovered,
+            "synced": px.synced,
+            "summary": f"{px.synced}/{px.discovered}",
+            "outOfSync": sorted(px.out_of_sync),
+        },
+        "rebalance": rebalance,
+        "conditions": _conditions(view, previous.get("conditions") or []),
+    }
+    if view.key_ids:
+        keys: dict[str, Any] = {"active": view.key_ids[0], "ids": list(view.key_ids)}
+        if view.keys_rotated_at is not None:
+            keys["rotatedAt"] = ts(view.keys_rotated_at)
+        if view.rotation_request is not None:
+            keys["rotationRequest"] = view.rotation_request
+        status["keys"] = keys
+    return status
+
+
+_STATES = {s.value: s for s in BackendState}
+
+
+def recover_state(status: Mapping[str, Any] | None) -> PlannerState:
+    """The planner state a previous run left in ``status`` (empty state if none)."""
+    if not status:
+        return PlannerState()
+    version = status.get("planVersion")
+    backends: dict[BackendId, TrackedBackend] = {}
+    for raw in status.get("backends") or ():
+        try:
+            state = _STATES[raw["state"]]
+            since = parse_ts(raw.get("since"))
+            bid = BackendId(str(raw["id"]))
+            backends[bid] = TrackedBackend(
+                id=bid,
+                address=str(raw["address"]),
+                port=int(raw["port"]),
+                pod=raw.get("pod"),
+                status=BackendStatus(
+                    state=state,
+                    since=since if since is not None else 0.0,
+                    warming_since=parse_ts(raw.get("warmingSince")),
+                    drain_deadline=parse_ts(raw.get("drainDeadline")),
+                ),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    schedule = None
+    finished = False
+    reb = status.get("rebalance") or {}
+    if reb.get("phase") in ("InProgress", "Complete") and reb.get("fromBackends"):
+        try:
+            start = parse_ts(reb.get("startedAt"))
+            if start is not None:
+                schedule = RebalanceSchedule.from_weights(
+                    {BackendId(str(e["id"])): int(e["weight"]) for e in reb["fromBackends"]},
+                    from_size=int(reb.get("fromSize", DEFAULT_SIZE)),
+                    start=start,
+                    window=float(reb["window"]),
+                    min_idle=float(reb["minIdle"]),
+                    max_moves_per_second=(
+                        float(reb["maxMovesPerSecond"]) if "maxMovesPerSecond" in reb else None
+                    ),
+                    expected_moves=int(reb["expectedMoves"]) if "expectedMoves" in reb else None,
+                )
+                finished = reb.get("phase") == "Complete"
+        except (KeyError, TypeError, ValueError):
+            schedule = None
+    return PlannerState(
+        version=int(version) if isinstance(version, int) else 0,
+        backends=backends,
+        schedule=schedule,
+        schedule_finished=finished,
+        plan=None,
+    )
