@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,31 @@ def test_plan_equality_is_by_content() -> None:
     # The gate's idempotency relies on value equality of frozen dataclasses.
     assert plan(1) == dataclasses.replace(plan(1))
     assert plan(1) != plan(1, port=1)
+
+
+async def test_gate_stage_compiles_off_the_loop(tmp_path: Path) -> None:
+    import threading
+
+    from limpet.proxy.routing import Router, RouterSettings
+
+    router = Router(settings=RouterSettings())
+    threads: list[str] = []
+
+    def stage(p: Plan) -> Callable[[], None]:
+        threads.append(threading.current_thread().name)
+        return router.stage(p)
+
+    gate = PlanGate(stage=stage, store=PlanStore(tmp_path))
+    assert await gate.accept(plan(1))
+    assert router.plan_version == 1
+    assert threads
+    assert threads[0] != threading.main_thread().name
+    assert not await gate.accept(plan(1))
+    assert len(threads) == 1
+
+
+def test_gate_needs_one_consumer() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        PlanGate(store=None)
+    with pytest.raises(ValueError, match="exactly one"):
+        PlanGate(apply=print, stage=lambda p: print, store=None)

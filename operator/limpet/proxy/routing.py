@@ -32,6 +32,7 @@ reference.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import random
@@ -379,6 +380,10 @@ class Router:
         self._snap = snap
         self._cache.clear()
         self._peer_keys.clear()
+
+    def stage(self, plan: Plan) -> Callable[[], None]:
+        """:meth:`prepare` now (any thread); the returned commit installs it (the loop)."""
+        return functools.partial(self.install, self.prepare(plan))
 
     def load_plan(self, plan: Plan) -> None:
         """Compile and switch to ``plan`` in one step (atomic for the event loop)."""

@@ -104,18 +104,25 @@ class PlanStore:
 class PlanGate:
     """Versioned, idempotent plan acceptance in front of a consumer and a store.
 
-    ``apply`` is called on the event loop with every newer plan (for example
-    ``router.load_plan``). ``store`` may be ``None`` (no ``--state-dir``).
+    The consumer is either ``apply``, called on the event loop with every newer plan
+    (for example ``router.load_plan``), or ``stage``, which compiles the plan in a worker
+    thread and returns the commit to run on the loop (``router.stage``: slot tables for
+    hundreds of backends take tens of milliseconds to build, which the data path should
+    not wait for). ``store`` may be ``None`` (no ``--state-dir``).
     """
 
     def __init__(
         self,
         *,
-        apply: Callable[[Plan], None],
+        apply: Callable[[Plan], None] | None = None,
+        stage: Callable[[Plan], Callable[[], None]] | None = None,
         store: PlanStore | None,
         initial: Plan | None = None,
     ) -> None:
+        if (apply is None) == (stage is None):
+            raise ValueError("PlanGate needs exactly one of apply= or stage=")
         self._apply = apply
+        self._stage = stage
         self._store = store
         self._current = initial
         self._lock = asyncio.Lock()
@@ -150,7 +157,12 @@ class PlanGate:
         async with self._lock:
             if not self.check(plan):
                 return False
-            self._apply(plan)
+            if self._stage is not None:
+                commit = await asyncio.to_thread(self._stage, plan)
+                commit()
+            else:
+                assert self._apply is not None
+                self._apply(plan)
             self._current = plan
             if self._store is not None:
                 try:
