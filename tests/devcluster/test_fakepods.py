@@ -309,3 +309,23 @@ def test_subnet_choice_skips_routed_and_taken_networks() -> None:
     free = ipaddress.IPv4Network("10.255.2.0/24")
     assert hostnet.first_unrouted([loopback, taken, free], taken=[taken]) == free
     assert hostnet.first_unrouted([loopback, taken], taken=[taken]) is None
+
+
+@pytest.mark.netns
+def test_a_reused_pod_address_answers_at_once(
+    api: k8s.ApiClient, namespace: str, netns_network: NetnsPodNetwork
+) -> None:
+    """The root namespace must not keep sending to the MAC of the address's previous pod."""
+    with FakePods(api, netns_network, namespace=namespace, service="reuse") as svc:
+        keeper = svc.add()  # keeps the bridge's carrier up: losing it flushes the cache
+        old = svc.add()
+        assert old.fetch("/")[0] == 200  # the root namespace now caches old's MAC
+        address = old.address
+        svc.remove(old.name)
+        # Addresses are reused last-freed-last; force this one to be next.
+        netns_network._free.remove(address)
+        netns_network._free.appendleft(address)
+        new = svc.add()
+        assert new.address == address
+        assert json.loads(new.fetch("/", timeout=1.0)[1])["pod"] == new.name
+        assert keeper.fetch("/")[0] == 200

@@ -31,6 +31,7 @@ One thread uses a network at a time.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import fcntl
 import ipaddress
@@ -147,7 +148,8 @@ class NetnsPodNetwork:
         self.gateway = str(hosts[0])
         self.bridge = f"lp{run_id}br"
         self._state_path = state_dir / f"{run_id}.json"
-        self._free = [str(h) for h in hosts[1:]]
+        # First in, first out: a freed address is reused as late as possible.
+        self._free = collections.deque(str(h) for h in hosts[1:])
         self._next_index = 0
         self._slots: dict[str, PodSlot] = {}  # by netns name
         self._closed = False
@@ -172,7 +174,10 @@ class NetnsPodNetwork:
             net = cls(run_id=run_id, subnet=subnet, state_dir=state_dir)
             atexit.register(net.close)
             try:
-                hostnet.ip("link", "add", net.bridge, "type", "bridge")
+                # A fixed MAC: by default a bridge takes its lowest port's MAC and changes it
+                # (flushing every neighbour entry) as pods come and go.
+                mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+                hostnet.ip("link", "add", net.bridge, "address", mac, "type", "bridge")
                 hostnet.ip("addr", "add", f"{net.gateway}/{subnet.prefixlen}", "dev", net.bridge)
                 hostnet.ip("link", "set", net.bridge, "up")
             except BaseException:
@@ -189,7 +194,7 @@ class NetnsPodNetwork:
         self._next_index += 1
         ns = f"{NETNS_PREFIX}{self.run_id}-{index}"
         host_link = f"lp{self.run_id}v{index}"
-        address = self._free.pop(0)
+        address = self._free.popleft()
         slot = PodSlot(
             pod=pod,
             address=address,
@@ -201,6 +206,7 @@ class NetnsPodNetwork:
         )
         self._slots[ns] = slot
         try:
+            self._forget_neighbour(address)
             hostnet.ip("netns", "add", ns)
             hostnet.ip(
                 "link", "add", host_link, "type", "veth", "peer", "name", POD_IFACE, "netns", ns
@@ -224,8 +230,13 @@ class NetnsPodNetwork:
         if slot.host_link is not None:
             # Deleting the namespace destroys the pair; this only catches a half-made one.
             hostnet.ip("link", "delete", slot.host_link, check=False)
+        self._forget_neighbour(slot.address)
         self._free.append(slot.address)
-        self._free.sort(key=ipaddress.IPv4Address)
+
+    def _forget_neighbour(self, address: str) -> None:
+        # The root namespace caches the MAC of a pod IP for tens of seconds; a new pod that
+        # reuses the address has a new MAC, and packets to the cached one would vanish.
+        hostnet.ip("neigh", "flush", "to", address, "dev", self.bridge, check=False)
 
     def wrap(self, slot: PodSlot, argv: Sequence[str]) -> list[str]:
         if slot.netns is None:
