@@ -216,6 +216,7 @@ class _Snapshot:
     """Everything derived from one plan, immutable after :meth:`Router.prepare`."""
 
     __slots__ = (
+        "app_key",
         "app_name",
         "app_prefix",
         "backends",
@@ -225,9 +226,11 @@ class _Snapshot:
         "cookie_primary",
         "cookie_probe",
         "core",
+        "header_key",
         "header_lower",
         "modes",
         "plan",
+        "query_key",
         "query_probe",
         "routes",
         "session_key",
@@ -259,6 +262,11 @@ class _Snapshot:
         self.app_prefix = self.app_name + b"=" if self.app_name else None
         self.session_key = self.app_prefix if AffinityType.APP_COOKIE in a.modes else None
         self.header_lower = a.header_name.lower().encode() if a.header_name else None
+        # Key prefixes of the affinity core's per-mode keys (value_key(mode, v) is
+        # prefix + v), so the hot path hashes one concatenation.
+        self.header_key = value_key(AffinityType.HEADER, b"")
+        self.query_key = value_key(AffinityType.QUERY, b"")
+        self.app_key = value_key(AffinityType.APP_COOKIE, b"")
         self.query_probe = a.query_name.encode() + b"=" if a.query_name else None
         self.client_ip = ClientIPKeys(a.client_ip)
         self.trusted = bool(a.client_ip.trusted_proxies)
@@ -342,6 +350,8 @@ class Router:
         self._requests: list[int] = []
         self._epoch = wall() - 1.0
         self._tables: dict[AffinityType, LearnedTable] = {}
+        # The plan's modes in order, each with its learned table (None: the LB cookie).
+        self._walk: tuple[tuple[AffinityType, LearnedTable | None], ...] = ()
         self._health = PassiveHealth(base=settings.health_backoff, cap=settings.health_backoff_cap)
         self._cache: dict[bytes, tuple[Route, float, int]] = {}
         self._peer_keys: dict[str, int] = {}
@@ -377,6 +387,9 @@ class Router:
         for t in self._tables.values():
             t.set_timeouts(idle_timeout=a.idle_timeout, absolute_timeout=a.absolute_timeout)
         self._health.forget({b.id for b in snap.plan.backends})
+        self._walk = tuple(
+            (m, None if m is AffinityType.COOKIE else self._table(m, a)) for m in snap.modes
+        )
         self._snap = snap
         self._cache.clear()
         self._peer_keys.clear()
@@ -463,25 +476,25 @@ class Router:
             assert snap.cookie_name is not None
             lb_values, rest = strip_cookie(cookie, snap.cookie_name)
             stripped = bool(lb_values)
-        modes = snap.modes
-        for n, mode in enumerate(modes):
-            if mode is AffinityType.COOKIE:
+        walk = self._walk
+        for n, (mode, table) in enumerate(walk):
+            if table is None:  # the LB cookie
                 if lb_values:
                     sc = self._decode(snap, lb_values, wall)
                     if sc is not None:
                         return self._cookie_session(snap, sc, cookie, rest, wall)
-                return self._new_cookie_session(snap, req, modes[n + 1 :], rest, stripped, wall)
-            key = self._key(snap, mode, req)
-            if key is not None:
-                placed = self._learned(snap, mode, key, wall)
+                return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
+            h = self._key(snap, mode, req)
+            if h is not None:
+                placed = self._learned(snap, table, h, wall)
                 if placed is None:
                     return None
-                return self._build(snap, placed[0], rest, stripped, placed[2], None)
+                return self._build(snap, placed[0], rest, stripped, placed[1], None)
         bid = self._place(snap, random.getrandbits(64), wall)
         return None if bid is None else self._build(snap, bid, rest, stripped, _NO_HEADERS, None)
 
-    def _key(self, snap: _Snapshot, mode: AffinityType, req: RequestView) -> bytes | int | None:
-        """The session key bytes a request carries for ``mode`` (client IP: its hash)."""
+    def _key(self, snap: _Snapshot, mode: AffinityType, req: RequestView) -> int | None:
+        """The hash of the session key a request carries for ``mode``, if any."""
         if mode is AffinityType.CLIENT_IP:
             return self._client_ip_hash(snap, req)
         if mode is AffinityType.HEADER:
@@ -492,7 +505,7 @@ class Router:
             for name, value in req.headers:
                 if len(name) == size and name.lower() == want:
                     value = value.strip()
-                    return value_key(mode, value) if value else None
+                    return key_hash(snap.header_key + value) if value else None
             return None
         if mode is AffinityType.QUERY:
             probe = snap.query_probe
@@ -502,7 +515,7 @@ class Router:
                 return None
             for part in target[q + 1 :].split(b"&"):
                 if part.startswith(probe) and len(part) > len(probe):
-                    return value_key(mode, part[len(probe) :])
+                    return key_hash(snap.query_key + part[len(probe) :])
             return None
         if mode is AffinityType.APP_COOKIE:
             prefix = snap.app_prefix
@@ -513,7 +526,7 @@ class Router:
                 part = part.strip()
                 if part.startswith(prefix):
                     value = part[len(prefix) :].strip(b'"')
-                    return value_key(mode, value) if value else None
+                    return key_hash(snap.app_key + value) if value else None
             return None
         return None
 
@@ -611,7 +624,7 @@ class Router:
         self,
         snap: _Snapshot,
         req: RequestView,
-        later: Sequence[AffinityType],
+        later: Sequence[tuple[AffinityType, LearnedTable | None]],
         rest: bytes | None,
         stripped: bool,
         wall: float,
@@ -620,13 +633,15 @@ class Router:
         assert codec is not None
         session_id = os.urandom(12)
         moved: tuple[tuple[bytes, bytes], ...] = _NO_HEADERS
-        for mode in later:
-            key = self._key(snap, mode, req)
-            if key is not None:
-                placed = self._learned(snap, mode, key, wall)
+        for mode, table in later:
+            found_h = None if table is None else self._key(snap, mode, req)
+            if found_h is not None:
+                assert table is not None
+                h = found_h
+                placed = self._learned(snap, table, h, wall)
                 if placed is None:
                     return None
-                bid, h, moved = placed
+                bid, moved = placed
                 break
         else:
             h = key_hash(cookie_key(session_id))
@@ -680,39 +695,37 @@ class Router:
     # -- learned sessions -----------------------------------------------------------------
 
     def _learned(
-        self, snap: _Snapshot, mode: AffinityType, key: bytes | int, wall: float
-    ) -> tuple[BackendId, int, tuple[tuple[bytes, bytes], ...]] | None:
-        """Look up or place a learned-mode session. ``(backend, key hash, added headers)``."""
-        h = key if isinstance(key, int) else key_hash(key)
-        t = self._table(mode)
+        self, snap: _Snapshot, t: LearnedTable, h: int, wall: float
+    ) -> tuple[BackendId, tuple[tuple[bytes, bytes], ...]] | None:
+        """Look up or place a learned-mode session: ``(backend, headers to add)``."""
         i = t.find(h)
         if i < 0:
             found = self._place(snap, h, wall)
             if found is None:
                 return None
             t.insert(h, self._idx(found), wall)
-            return found, h, _NO_HEADERS
+            return found, _NO_HEADERS
         bid = self._ids[t.backend(i)]
         d = self._decide(snap, bid, h, t.last_seen(i), t.created(i), wall)
         reason = d.reason
         new = d.backend
         if reason is None:
             t.touch(i, wall)
-            return bid, h, _NO_HEADERS
+            return bid, _NO_HEADERS
         if new is None:
             if reason is Reason.DRAIN and self._health.available(bid, self._clock()):
                 t.touch(i, wall)
-                return bid, h, _NO_HEADERS
+                return bid, _NO_HEADERS
             return None
         if reason is Reason.EXPIRED:
             t.remove(h)
             t.insert(h, self._idx(new), wall)
             if new == bid:
-                return bid, h, _NO_HEADERS
+                return bid, _NO_HEADERS
         else:
             t.move(i, self._idx(new), wall)
         self._migrations[reason] += 1
-        return new, h, ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
+        return new, ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -825,11 +838,12 @@ class Router:
                 self._sessions.append(0)
         return i
 
-    def _table(self, mode: AffinityType) -> LearnedTable:
+    def _table(self, mode: AffinityType, a: AffinitySettings | None = None) -> LearnedTable:
         t = self._tables.get(mode)
         if t is None:
             snap = self._snap
-            a = snap.plan.affinity if snap is not None else AffinitySettings()
+            if a is None:
+                a = snap.plan.affinity if snap is not None else AffinitySettings()
             t = self._tables[mode] = LearnedTable(
                 name=_TABLE_NAMES[mode],
                 capacity=self._settings.learned_capacity,
