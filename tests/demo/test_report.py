@@ -1,0 +1,105 @@
+"""Timeline figures, the live view's text and the PNG/HTML report, from a recorded run."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from limpet.demo.report import HTML_NAME, PNG_NAME, write_report
+from limpet.demo.timeline import Phase, Timeline, imbalance, summarize
+from limpet.demo.users import PhaseTally, TrafficSnapshot
+from limpet.demo.view import Frame, LiveView, compact, render
+
+STEADY = Phase(name="steady", title="Steady on 3", description="three pods")
+KILL = Phase(name="kill", title="Failover", description="a pod dies", failover=True)
+
+
+def snap(per_pod: dict[str, int], steady_broken: int = 0, kill_broken: int = 0) -> TrafficSnapshot:
+    return TrafficSnapshot(
+        phases={
+            "steady": PhaseTally(
+                requests=100, sessions=10, broken=steady_broken, moves=Counter(rebalance=3)
+            ),
+            "kill": PhaseTally(
+                requests=50, errors=2, broken=kill_broken, moves=Counter(failover=4)
+            ),
+        },
+        sessions_per_pod=per_pod,
+        live_users=sum(per_pod.values()),
+    )
+
+
+def recorded(steady_broken: int = 0, kill_broken: int = 1) -> Timeline:
+    tl = Timeline()
+    tl.begin_phase(STEADY, 100.0)
+    tl.sample(101.0, snap({"p0": 4, "p1": 3, "p2": 3}))
+    tl.begin_phase(KILL, 110.0)
+    tl.sample(111.0, snap({"p0": 5, "p1": 5}, steady_broken, kill_broken))
+    tl.finish(120.0)
+    tl.serving_pods = ("p0", "p1")
+    return tl
+
+
+def test_imbalance() -> None:
+    assert imbalance([5, 5]) == (1.0, 0.0)
+    assert imbalance([6, 2]) == (1.5, 0.5)
+    assert imbalance([]) == (1.0, 0.0)
+
+
+def test_summary_tolerates_breaks_only_in_failover() -> None:
+    s = summarize(recorded(kill_broken=2))
+    assert s.ok
+    assert (s.requests, s.errors, s.broken, s.broken_outside_failover) == (150, 2, 2, 0)
+    assert s.moves == {"rebalance": 3, "failover": 4}
+    assert s.seconds == 20.0
+    assert [p.seconds for p in s.phases] == [10.0, 10.0]
+    assert s.imbalance_max == 1.0
+    bad = summarize(recorded(steady_broken=1))
+    assert not bad.ok
+    assert bad.broken_outside_failover == 1
+
+
+def test_report_files(tmp_path: Path) -> None:
+    tl = recorded()
+    page = write_report(tl, summarize(tl), tmp_path / "out")
+    png = (tmp_path / "out" / PNG_NAME).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 10_000
+    text = page.read_text()
+    assert page.name == HTML_NAME
+    assert "data:image/png;base64," in text
+    assert "No session broke outside the failover phase." in text
+    assert "Failover" in text
+    assert "failover 4" in text
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_live_view(interactive: bool) -> None:
+    frame = Frame(
+        phase_index=2,
+        phase_count=5,
+        phase_title="Scale out",
+        phase_description="two pods join",
+        elapsed=30,
+        total=120,
+        snapshot=snap({"p0": 8, "p3": 2}),
+        pod_notes={"p3": "new", "p4": "new"},
+        status="plan v7, proxies 2/2 in sync",
+    )
+    lines = render(frame, width=80)
+    assert all(len(line) <= 80 for line in lines)
+    assert any(line.strip().startswith("p4") and line.endswith("0 new") for line in lines)
+    assert "Moves by reason: failover 4  rebalance 3" in lines
+    out = io.StringIO()
+    view = LiveView(out, interactive=interactive)
+    view.show(frame)
+    view.show(frame)
+    text = out.getvalue()
+    if interactive:
+        assert "\x1b[" in text
+        assert text.count("Limpet demo") == 2
+    else:
+        assert text.splitlines() == [compact(frame)], "one line per phase or interval"
