@@ -8,7 +8,7 @@ bound here; the session-wide control plane, namespaces and fake pods come from
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ from limpet.controller.config import ClusterConfig, load_cluster_config
 from limpet.controller.kube import KubeClient
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
+from tests.controller.harness import OperatorIdentity, OperatorProcess
+from tests.controller.harness import operator_identity as make_identity
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -72,3 +74,44 @@ def admin_config(devcluster: DevCluster) -> ClusterConfig:
 async def kube(admin_config: ClusterConfig, crds: list[str]) -> AsyncIterator[KubeClient]:
     async with KubeClient(admin_config) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def operator_identity(
+    admin_api: k8s.ApiClient, devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> OperatorIdentity:
+    """A ServiceAccount bound to exactly deploy/rbac/operator-rbac.yaml, as a kubeconfig."""
+    return make_identity(admin_api, devcluster, tmp_path_factory.mktemp("operator-identity"))
+
+
+StartOperator = Callable[..., OperatorProcess]
+
+
+@pytest.fixture
+def start_operator(
+    operator_identity: OperatorIdentity,
+    namespace: str,
+    crds: list[str],
+    tmp_path: Path,
+) -> Iterator[StartOperator]:
+    """Start ``limpet operator`` under the test ServiceAccount, serving the test namespace.
+
+    Extra arguments replace the defaults (``--standalone``, fast stats and Gone timing).
+    """
+    procs: list[OperatorProcess] = []
+
+    def start(*args: str, log_name: str | None = None) -> OperatorProcess:
+        argv = list(args) or ["--standalone"]
+        argv += ["--namespace", namespace, "--stats-interval", "0.5", "--gone-after", "2"]
+        log = tmp_path / (log_name or f"operator-{len(procs)}.log")
+        proc = OperatorProcess(operator_identity.kubeconfig, log, argv).start()
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()
+        for proc in procs:
+            print(f"---- {proc.proc.log_path.name} (last lines) ----\n{proc.tail(60)}")

@@ -1,0 +1,341 @@
+"""Test harness for the operator: the operator under its own ServiceAccount, real proxies,
+simulated users.
+
+- :func:`operator_identity` creates a ServiceAccount, binds it to the ClusterRole read
+  from ``deploy/rbac/operator-rbac.yaml`` (rules taken verbatim; only the object names
+  and the binding's subject are changed, so other tests' copies never interfere), and
+  writes a kubeconfig holding a token for it from the TokenRequest API. The operator's
+  permissions therefore come only from that file: a missing rule fails the tests.
+- :class:`OperatorProcess` runs ``limpet operator`` as a real subprocess (so "restart
+  the operator" is a real kill and start).
+- :class:`ProxyFleet` runs real ``limpet proxy`` processes as fake pods of the managed
+  proxy Service, so the operator discovers them from their EndpointSlice exactly as in a
+  cluster and pushes to ``<pod IP>:<adminPort>``.
+- :class:`User` is a client with its own LB cookie, reporting which pod answered.
+
+Everything talks only to loopback or to pod IPs inside this run's network namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import yaml
+from kubernetes import client as k8s
+
+from limpet.controller.kube import STICKYSERVICES, KubeClient
+from limpet.controller.proxies import proxy_service_name, secret_name
+from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods, FakePodsFactory
+from limpet.devcluster.kubeconfig import write_kubeconfig
+from limpet.devcluster.process import ManagedProcess
+
+REPO = Path(__file__).resolve().parents[2]
+RBAC_FILE = REPO / "deploy" / "rbac" / "operator-rbac.yaml"
+LIMPET = str(Path(sys.executable).parent / "limpet")
+ADMIN_PORT = 9901
+PROXY_PORT = 8080
+
+T = TypeVar("T")
+
+
+# -- identity -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorIdentity:
+    kubeconfig: Path
+    namespace: str
+    service_account: str
+    cluster_role: str
+
+
+def operator_identity(api: k8s.ApiClient, cluster: DevCluster, out_dir: Path) -> OperatorIdentity:
+    suffix = secrets.token_hex(3)
+    ns = f"limpet-system-{suffix}"
+    sa = "limpet-operator"
+    request(api, "POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
+    request(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{ns}/serviceaccounts",
+        body={"metadata": {"name": sa}},
+    )
+    docs = [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    role_name = f"{role['metadata']['name']}-{suffix}"
+    role["metadata"]["name"] = role_name
+    binding["metadata"]["name"] = role_name
+    binding["roleRef"]["name"] = role_name
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    base = "/apis/rbac.authorization.k8s.io/v1"
+    server_side_apply(api, f"{base}/clusterroles/{role_name}", role, field_manager="tests")
+    server_side_apply(
+        api, f"{base}/clusterrolebindings/{role_name}", binding, field_manager="tests"
+    )
+    token = request(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
+        body={"spec": {"expirationSeconds": 4 * 3600}},
+    )["status"]["token"]
+    ca = cluster.paths.ca_cert.read_bytes()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "dev",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority-data": base64.b64encode(ca).decode(),
+                },
+            }
+        ],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "dev", "user": sa}}],
+        "current-context": "operator",
+    }
+    path = write_kubeconfig(out_dir / f"operator-{suffix}.kubeconfig", config)
+    return OperatorIdentity(
+        kubeconfig=path, namespace=ns, service_account=sa, cluster_role=role_name
+    )
+
+
+# -- operator -----------------------------------------------------------------------------------
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_path: Path, args: list[str]) -> None:
+        self.kubeconfig = kubeconfig
+        self.args = args
+        self.proc = ManagedProcess(
+            "limpet operator",
+            [LIMPET, "operator", "--kubeconfig", str(kubeconfig), *args],
+            log_path=log_path,
+        )
+
+    def start(self) -> OperatorProcess:
+        self.proc.start()
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=15)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies."""
+        pid = self.proc.pid
+        if pid is not None and self.proc.poll() is None:
+            import os
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            self.proc.stop(timeout=5)
+
+    def alive(self) -> bool:
+        return self.proc.pid is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.proc.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return self.proc.tail(lines)
+
+
+# -- proxies ------------------------------------------------------------------------------------
+
+
+class ProxyFleet:
+    """Real ``limpet proxy`` processes, published as the managed proxy Service's pods."""
+
+    def __init__(self, fake_pods: FakePodsFactory, sticky: str, token: str, work: Path) -> None:
+        self.work = work
+        self.token_file = work / "admin-token"
+        self.token_file.write_text(token)
+        self.group: FakePods = fake_pods(
+            proxy_service_name(sticky),
+            port=PROXY_PORT,
+            port_name="http",
+            backend=self._command,
+            create_service=False,
+        )
+
+    def _command(self, spec: BackendSpec) -> list[str]:
+        state = self.work / f"state-{spec.pod}"
+        state.mkdir(exist_ok=True)
+        return [
+            LIMPET,
+            "proxy",
+            "--listen",
+            f"{spec.host}:{spec.port}",
+            "--admin-listen",
+            f"{spec.host}:{ADMIN_PORT}",
+            "--token-file",
+            str(self.token_file),
+            "--state-dir",
+            str(state),
+            "--log-level",
+            "warning",
+        ]
+
+    def add(self, count: int) -> list[FakePod]:
+        return [self.group.add() for _ in range(count)]
+
+    @property
+    def pods(self) -> list[FakePod]:
+        return sorted(self.group.pods.values(), key=lambda p: p.name)
+
+    def urls(self) -> list[str]:
+        return [p.url for p in self.pods]
+
+    def admin_url(self, pod: FakePod) -> str:
+        host, _ = pod.connect
+        return f"http://{host}:{ADMIN_PORT}"
+
+    async def stats(self, http: aiohttp.ClientSession, pod: FakePod) -> dict[str, Any]:
+        async with http.get(
+            self.admin_url(pod) + "/v1/stats",
+            headers={"Authorization": f"Bearer {self.token_file.read_text()}"},
+            timeout=aiohttp.ClientTimeout(total=3),
+        ) as resp:
+            resp.raise_for_status()
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def versions(self, http: aiohttp.ClientSession) -> list[int | None]:
+        out: list[int | None] = []
+        for pod in self.pods:
+            try:
+                out.append((await self.stats(http, pod)).get("planVersion"))
+            except (aiohttp.ClientError, TimeoutError):
+                out.append(None)
+        return out
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+@dataclass
+class User:
+    """One browser-like client: its own LB cookie, and which pods answered it."""
+
+    name: str
+    cookie_name: str = "LIMPET"
+    cookie: str | None = None
+    pods: list[str] = field(default_factory=list)
+    last_at: float = 0.0
+
+    async def get(self, http: aiohttp.ClientSession, base: str, path: str = "/") -> str:
+        headers = {}
+        if self.cookie is not None:
+            headers["Cookie"] = f"{self.cookie_name}={self.cookie}"
+        async with http.get(
+            base + path, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+        ) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise AssertionError(f"{self.name}: HTTP {resp.status} {body[:200]!r}")
+            for value in resp.headers.getall("Set-Cookie", []):
+                name, _, rest = value.partition("=")
+                if name.strip() == self.cookie_name:
+                    self.cookie = rest.split(";", 1)[0]
+            pod = json.loads(body)["pod"]
+        self.pods.append(pod)
+        self.last_at = time.monotonic()
+        return str(pod)
+
+    @property
+    def pod(self) -> str:
+        return self.pods[-1]
+
+    def moves(self) -> int:
+        return sum(1 for a, b in zip(self.pods, self.pods[1:], strict=False) if a != b)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    within: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns a truthy value (returned) or raise after ``within`` s."""
+    deadline = time.monotonic() + within
+    last: object = None
+    while True:
+        try:
+            value = await probe()
+            if value:
+                return value
+            last = value
+        except (AssertionError, aiohttp.ClientError, TimeoutError, KeyError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def sticky_manifest(name: str, service: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"service": service, "port": "http"}
+    body.update(spec)
+    return {
+        "apiVersion": "limpet.dev/v1alpha1",
+        "kind": "StickyService",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+async def get_sticky(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = await kube.get(STICKYSERVICES.path(namespace, name))
+    assert obj is not None, f"StickyService {namespace}/{name} is gone"
+    return obj
+
+
+async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    obj = await get_sticky(kube, namespace, name)
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+async def read_token(kube: KubeClient, namespace: str, name: str) -> str:
+    async def probe() -> str | None:
+        obj = await kube.get(f"/api/v1/namespaces/{namespace}/secrets/{secret_name(name)}")
+        if obj is None:
+            return None
+        return base64.b64decode(obj["data"]["admin-token"]).decode()
+
+    return await eventually(probe, what="the operator's Secret")
+
+
+async def events(kube: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    data = await kube.request(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        params={"fieldSelector": f"involvedObject.name={name}"},
+    )
+    return list(data.get("items") or [])
+
+
+async def event_reasons(kube: KubeClient, namespace: str, name: str) -> list[str]:
+    return [e.get("reason", "") for e in await events(kube, namespace, name)]
