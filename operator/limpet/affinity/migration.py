@@ -100,8 +100,10 @@ def released_fraction(schedule: RebalanceSchedule, now: float) -> float:
     ``max_moves_per_second x elapsed / expected_moves`` when both are set.
     """
     elapsed = now - schedule.start
-    if elapsed <= 0:
+    if elapsed < 0:
         return 0.0
+    if now >= release_complete_at(schedule):  # exactly 1 from then on, whatever the rounding
+        return 1.0
     fraction = 1.0 if schedule.window <= 0 else min(1.0, elapsed / schedule.window)
     rate, expected = schedule.max_moves_per_second, schedule.expected_moves
     if rate is not None and expected:
