@@ -213,9 +213,8 @@ def test_broken_backend_answer_502_and_not_reused(one: tuple[Backend, Proxy]) ->
 
 def test_truncated_backend_answer_cuts_the_client(one: tuple[Backend, Proxy]) -> None:
     _, p = one
-    with Conn(p.address) as c:
-        with pytest.raises(ConnectionError):
-            c.request("GET", "/truncate")
+    with Conn(p.address) as c, pytest.raises(ConnectionError):
+        c.request("GET", "/truncate")
     with Conn(p.address) as c:
         assert c.request("GET", "/fine").status == 200
 
