@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -153,3 +154,198 @@ async def test_sticky_traffic_through_every_proxy(
             assert pod.address not in user.cookie
             assert pod.name not in user.cookie
     assert "KeysCreated" in await event_reasons(kube, namespace, "shop")
+
+
+async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    spec = {**FAST, "rebalance": {"window": "10s", "minIdle": "1s", "maxMovesPerSecond": 1000}}
+    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path, spec=spec)
+    proxy = scene.fleet.urls()
+    old_pods = set(scene.backends.pods)
+    busy = [User(f"busy{i}") for i in range(15)]
+    early = [User(f"early{i}") for i in range(30)]
+    late = [User(f"late{i}") for i in range(30)]
+    for i, user in enumerate(busy + early + late):
+        await user.get(http, proxy[i % 2])
+    version_before = (await scene.sticky())["status"]["planVersion"]
+
+    new_pods = {p.name for p in scene.backends.scale_up(5)}
+    await eventually(
+        lambda: _phase(scene, "InProgress"), within=10, interval=0.05, what="rebalance started"
+    )
+
+    async def keep_busy(seconds: float) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            for i, user in enumerate(busy):
+                await user.get(http, proxy[i % 2])
+            await asyncio.sleep(0.2)
+
+    # New sessions use the new table at once.
+    fresh = [User(f"fresh{i}") for i in range(40)]
+    for i, user in enumerate(fresh):
+        await user.get(http, proxy[i % 2])
+    assert {u.pod for u in fresh} & new_pods == new_pods, "new sessions avoid the new pods"
+
+    # Early in the window, after a little idleness, only a part of the movers may go.
+    await keep_busy(2.5)
+    for i, user in enumerate(early):
+        await user.get(http, proxy[i % 2])
+    early_moved = sum(1 for u in early if u.moves())
+    status = (await scene.sticky())["status"]
+    assert status["rebalance"]["phase"] == "InProgress"
+    assert status["planVersion"] > version_before
+
+    # Busy sessions never move while the window runs (they are never idle for minIdle).
+    await keep_busy(9.0)
+    assert all(u.moves() == 0 for u in busy), [u.pods for u in busy if u.moves()]
+
+    await eventually(lambda: _phase(scene, "Complete"), within=10, what="rebalance complete")
+    await asyncio.sleep(1.2)  # idle for minIdle
+    for group in (early, late):
+        for i, user in enumerate(group):
+            await user.get(http, proxy[i % 2])
+    early_final = sum(1 for u in early if u.moves())
+    late_moved = [u for u in late if u.moves()]
+    assert late_moved, "no idle session moved to the new pods"
+    assert early_moved < early_final, (early_moved, early_final)
+    for user in early + late:
+        assert user.moves() <= 1, user.pods
+        if user.moves():
+            assert user.pods[0] in old_pods
+            assert user.pod in new_pods, f"{user.name} moved between old pods: {user.pods}"
+    # About 2/5 of the sessions belong to the new pods (generous bounds: 60 users).
+    assert 6 <= len(late_moved) + early_final <= 40
+    final = (await scene.sticky())["status"]
+    assert final["rebalance"]["phase"] == "Complete"
+    assert final["rebalance"].get("moved", 0) >= 1
+    reasons = await event_reasons(kube, namespace, "shop")
+    for reason in ("ScaleOut", "RebalanceStarted", "RebalanceFinished"):
+        assert reason in reasons, reasons
+    await scene.converged()
+
+
+async def _phase(scene: Scene, phase: str) -> bool:
+    status = (await scene.sticky()).get("status") or {}
+    return bool((status.get("rebalance") or {}).get("phase") == phase)
+
+
+async def test_terminating_pod_drains_finishes_and_is_removed(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "1s"}}
+    await kube.create(
+        STICKYSERVICES.path(namespace),
+        sticky_manifest("shop", "shop", **spec, proxy={"replicas": 2}),
+    )
+    start_operator("--standalone", "--forget-after", "3")
+    token = await read_token(kube, namespace, "shop")
+    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path)
+    fleet.add(2)
+    backends = fake_pods("shop")
+    backends.scale_up(3)
+    scene = Scene(kube, http, namespace, fleet, backends)
+    await scene.ready()
+    await scene.converged()
+    proxy = fleet.urls()
+    users = [User(f"u{i}") for i in range(40)]
+    for i, user in enumerate(users):
+        await user.get(http, proxy[i % 2])
+    victim = max(backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
+    on_victim = [u for u in users if u.pod == victim]
+    busy, idle = on_victim[: len(on_victim) // 2], on_victim[len(on_victim) // 2 :]
+    assert busy
+    assert idle
+
+    backends.terminate(victim)
+    await eventually(
+        lambda: _state_is(scene, victim, "Draining"), within=10, interval=0.05, what="Draining"
+    )
+    status = (await scene.sticky())["status"]
+    entry = next(b for b in status["backends"] if b["pod"] == victim)
+    assert "drainDeadline" in entry
+    await scene.converged()
+
+    # No new session lands on the draining pod.
+    fresh = [User(f"fresh{i}") for i in range(30)]
+    for i, user in enumerate(fresh):
+        await user.get(http, proxy[i % 2])
+    assert victim not in {u.pod for u in fresh}
+
+    # Busy sessions stay until the deadline; idle ones leave at their next request. (The
+    # proxy knows a cookie session's last request to within its 5 s cookie granularity, so
+    # "idle for minIdle" is seen after minIdle + 5 s at most.)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < 7.0:
+        for i, user in enumerate(busy):
+            await user.get(http, proxy[i % 2])
+        await asyncio.sleep(0.2)
+    assert all(u.pod == victim for u in busy), [u.pods for u in busy]
+    for i, user in enumerate(idle):
+        await user.get(http, proxy[i % 2])
+    assert all(u.pod != victim for u in idle), [u.pods for u in idle]
+    # After the deadline even busy sessions move (between two requests, never an error).
+    while loop.time() - start < 15.5:
+        for i, user in enumerate(busy):
+            await user.get(http, proxy[i % 2])
+        await asyncio.sleep(0.2)
+    assert all(u.pod != victim for u in busy), [u.pods for u in busy]
+
+    # The pod goes away: the drain is finished, the backend Gone, then removed.
+    backends.remove(victim)
+    await eventually(lambda: _state_is(scene, victim, "Gone"), within=10, what="Gone")
+    assert "DrainFinished" in await event_reasons(kube, namespace, "shop")
+    assert "DrainStarted" in await event_reasons(kube, namespace, "shop")
+    await eventually(lambda: _absent(scene, victim), within=15, what="removed from the plan")
+    await scene.converged()
+
+
+async def _state_is(scene: Scene, pod: str, state: str) -> bool:
+    return (await scene.backend_states()).get(pod) == state
+
+
+async def _absent(scene: Scene, pod: str) -> bool:
+    return pod not in await scene.backend_states()
+
+
+async def test_killed_pod_fails_over(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
+    proxy = scene.fleet.urls()
+    users = [User(f"u{i}") for i in range(30)]
+    for i, user in enumerate(users):
+        await user.get(http, proxy[i % 2])
+    victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
+    on_victim = [u for u in users if u.pod == victim]
+    others = [u for u in users if u.pod != victim]
+
+    scene.backends.stop_backend(victim)  # the process dies...
+    scene.backends.set_conditions(victim, ready=False, serving=False)  # ...and is seen dead
+    await eventually(lambda: _state_is(scene, victim, "Failed"), within=10, what="Failed")
+    await scene.converged()
+    for i, user in enumerate(users):
+        await user.get(http, proxy[i % 2])  # raises on any non-200
+    assert all(u.pod != victim for u in on_victim)
+    assert all(u.moves() == 0 for u in others), "sessions on healthy pods moved"
+    assert "Failover" in await event_reasons(kube, namespace, "shop")
+    degraded = await condition(kube, namespace, "shop", "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "BackendsFailed"
