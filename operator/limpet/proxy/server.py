@@ -104,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         "deadline",
         "dial_task",
         "head_bytes",
+        "half_closed",
         "head_request",
         "header_bytes",
         "headers",
@@ -154,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
         self.trusted = False
         self.registered = False
         self.closing = False
+        self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
@@ -263,11 +265,14 @@ class ClientConnection(asyncio.Protocol):
             self._bad_request(None)
 
     def eof_received(self) -> bool | None:
-        if self.phase == P_TUNNEL and self.up is not None and self.up.transport is not None:
-            transport = self.up.transport
-            if transport.can_write_eof() and not transport.is_closing():
+        up = self.up
+        if self.phase == P_TUNNEL and up is not None and up.transport is not None:
+            self.half_closed = True
+            transport = up.transport
+            if not up.half_closed and transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
                 return True
+            transport.close()  # both directions are finished
         return None
 
     def pause_writing(self) -> None:

@@ -154,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         "client",
         "deadline",
         "got_response",
+        "half_closed",
         "parser",
         "paused",
         "pool",
@@ -172,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.paused = False  # reading paused because the client cannot take more
         self.got_response = False  # any byte of the current answer arrived
+        self.half_closed = False  # tunnel: the backend sent EOF
         self.reusable = True
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -252,11 +254,16 @@ class UpstreamConnection(asyncio.Protocol):
                 self._broken()
 
     def eof_received(self) -> bool | None:
-        if self.state == TUNNEL and self.client is not None:
-            transport = self.client.transport
-            if transport.can_write_eof() and not transport.is_closing():
+        client = self.client
+        if self.state == TUNNEL and client is not None:
+            # Half-close: pass the backend's EOF on, keep the other direction open until
+            # the client ends it too.
+            self.half_closed = True
+            transport = client.transport
+            if not client.half_closed and transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
                 return True
+            client.close_after_flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
