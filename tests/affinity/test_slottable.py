@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ ids = st.text(alphabet="abcdefghij0123456789-", min_size=1, max_size=6)
 weight_maps = st.dictionaries(ids, st.integers(min_value=1, max_value=50), min_size=1, max_size=12)
 
 
-def moved(a: tuple[str, ...] | list[str], b: tuple[str, ...] | list[str]) -> int:
+def moved(a: Sequence[str], b: Sequence[str]) -> int:
     return sum(1 for x, y in zip(a, b, strict=True) if x != y)
 
 
