@@ -150,3 +150,15 @@ def test_many_random_keys() -> None:
         pass
     t.sweep(T0 + 100, budget=10_000)
     assert len(t) == 0
+
+
+def test_sweep_bounds_removals_per_call_and_resumes() -> None:
+    t = table(capacity=1000, idle=10)
+    for k in range(500):
+        t.insert(k, 0, T0)
+    t.insert(10_000, 0, T0 + 19)  # still fresh at T0 + 20
+    assert t.sweep(T0 + 20, budget=1000, max_remove=200) == 200
+    assert t.sweep(T0 + 20, budget=1000, max_remove=200) == 200
+    assert t.sweep(T0 + 20, budget=1000, max_remove=200) == 100
+    assert len(t) == 1
+    assert t.find(10_000) >= 0
