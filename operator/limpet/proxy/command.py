@@ -22,6 +22,7 @@ import hashlib
 import ipaddress
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,8 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sys.stderr.write(f"limpet proxy: error: {message} (see limpet proxy --help)\n")
         sys.exit(2)
 
-    # argparse prints the whole usage before its message; one line is kinder.
+    # argparse prints the whole usage before its message; one line is kinder. Unknown
+    # options would reach the top-level parser (which prints usage too), so they are
+    # caught here as well.
     setattr(parser, "error", one_line_error)  # noqa: B010
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = parse_known(args, namespace)
+        if extra:
+            one_line_error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+    setattr(parser, "parse_known_args", parse_known_args)  # noqa: B010
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     src = parser.add_argument_group("what to serve")
     src.add_argument("--plan", metavar="FILE", help="serve from this plan file (JSON)")

@@ -200,16 +200,26 @@ class Supervisor:
 
     async def stats(self) -> dict[str, Any]:
         """The merged stats of every live worker (``GET /v1/stats``, ``/metrics``)."""
-        answers = [a for a in await asyncio.gather(*(self._ask(w) for w in self.workers)) if a]
+        workers = list(self.workers)
+        asked = await asyncio.gather(*(self._ask(w) for w in workers))
+        live = [(w, a) for w, a in zip(workers, asked, strict=True) if a is not None]
+        answers = [a for _, a in live]
         merged = merge_stats(answers)
         engine = merge_engine([a.get("engine", {}) for a in answers])
         engine["workers"] = len(answers)
         merged["engine"] = engine
         merged["workers"] = {
-            "configured": len(self.workers),
+            "configured": len(workers),
             "answering": len(answers),
             "restarts": self.restarts,
-            "pids": [w.pid for w in self.workers],
+            "processes": [
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "requests": a.get("engine", {}).get("requests", 0),
+                }
+                for w, a in live
+            ],
         }
         if self.plan is None:
             merged["planVersion"] = None
