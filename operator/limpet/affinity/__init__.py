@@ -4,7 +4,7 @@ No I/O, no asyncio, no Kubernetes: everything is a pure function of its inputs, 
 caller passes the clock in, so every proxy replica and the operator agree. Modules:
 
 - ``hashing``: stable key hashes, slots, release fractions (``key_hash``, ``slot_of``).
-- ``table``: the weighted slot table (``table``, ``SlotTable``).
+- ``slottable``: the weighted slot table (``table``, ``SlotTable``, ``recommended_size``).
 - ``keys``: session keys for each affinity mode (``cookie_key``, ``value_key``,
   ``ClientIPKeys``).
 - ``bounded``: bounded-load caps and per-key preference orders.
@@ -68,7 +68,7 @@ from .plan import (
     SameSite,
 )
 from .router import Router
-from .slottable import MAX_WEIGHT, SlotTable, table
+from .slottable import MAX_WEIGHT, SlotTable, recommended_size, table
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -113,6 +113,7 @@ __all__ = [
     "observe",
     "parse_address",
     "ramp",
+    "recommended_size",
     "release_complete_at",
     "release_fraction",
     "released_fraction",
