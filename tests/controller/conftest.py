@@ -8,9 +8,10 @@ bound here; the session-wide control plane, namespaces and fake pods come from
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes import client as k8s
@@ -19,7 +20,7 @@ from limpet.controller.config import ClusterConfig, load_cluster_config
 from limpet.controller.kube import KubeClient
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
-from tests.controller.harness import OperatorIdentity, OperatorProcess
+from tests.controller.harness import OperatorIdentity, OperatorProcess, StartOperator
 from tests.controller.harness import operator_identity as make_identity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,9 +85,6 @@ def operator_identity(
     return make_identity(admin_api, devcluster, tmp_path_factory.mktemp("operator-identity"))
 
 
-StartOperator = Callable[..., OperatorProcess]
-
-
 @pytest.fixture
 def start_operator(
     operator_identity: OperatorIdentity,
@@ -115,3 +113,9 @@ def start_operator(
             proc.stop()
         for proc in procs:
             print(f"---- {proc.proc.log_path.name} (last lines) ----\n{proc.tail(60)}")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

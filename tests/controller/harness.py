@@ -94,7 +94,7 @@ def operator_identity(api: k8s.ApiClient, cluster: DevCluster, out_dir: Path) ->
         body={"spec": {"expirationSeconds": 4 * 3600}},
     )["status"]["token"]
     ca = cluster.paths.ca_cert.read_bytes()
-    config = {
+    config: dict[str, object] = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
@@ -155,6 +155,10 @@ class OperatorProcess:
 
     def tail(self, lines: int = 40) -> str:
         return self.proc.tail(lines)
+
+
+StartOperator = Callable[..., OperatorProcess]
+"""The ``start_operator`` fixture: ``start_operator(*args, log_name=None)``."""
 
 
 # -- proxies ------------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class User:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     within: float = 30.0,
     interval: float = 0.1,
@@ -339,3 +343,87 @@ async def events(kube: KubeClient, namespace: str, name: str) -> list[dict[str, 
 
 async def event_reasons(kube: KubeClient, namespace: str, name: str) -> list[str]:
     return [e.get("reason", "") for e in await events(kube, namespace, name)]
+
+
+# -- scenes ----------------------------------------------------------------------------------------
+
+
+FAST = {
+    "affinity": {"type": "Cookie", "cookie": {"secure": False}},
+    "slowStart": "0s",
+    "rebalance": {"window": "6s", "minIdle": "1s", "maxMovesPerSecond": 1000},
+    "drain": {"timeout": "20s", "minIdle": "1s"},
+}
+
+
+class Scene:
+    """A StickyService 'shop' with its operator, proxies and backends."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        http: aiohttp.ClientSession,
+        namespace: str,
+        fleet: ProxyFleet,
+        backends: FakePods,
+    ) -> None:
+        self.kube = kube
+        self.http = http
+        self.namespace = namespace
+        self.fleet = fleet
+        self.backends = backends
+        self.operator: OperatorProcess | None = None
+
+    async def sticky(self) -> dict[str, Any]:
+        return await get_sticky(self.kube, self.namespace, "shop")
+
+    async def converged(self) -> int:
+        """Wait until every proxy runs the plan version in status; return it."""
+
+        async def probe() -> int | None:
+            status = (await self.sticky()).get("status") or {}
+            version = status.get("planVersion")
+            versions = await self.fleet.versions(self.http)
+            return version if version and all(v == version for v in versions) else None
+
+        return await eventually(probe, what="every proxy on the status plan version")
+
+    async def backend_states(self) -> dict[str, str]:
+        status = (await self.sticky()).get("status") or {}
+        return {b.get("pod"): b["state"] for b in status.get("backends") or []}
+
+    async def ready(self) -> None:
+        async def probe() -> bool:
+            c = await condition(self.kube, self.namespace, "shop", "Ready")
+            return c.get("status") == "True"
+
+        await eventually(probe, within=40, what="Ready=True")
+
+
+async def make_scene(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+    *,
+    pods: int = 3,
+    proxies: int = 2,
+    spec: dict[str, Any] | None = None,
+) -> Scene:
+    await kube.create(
+        STICKYSERVICES.path(namespace),
+        sticky_manifest("shop", "shop", **(spec or FAST), proxy={"replicas": proxies}),
+    )
+    operator = start_operator()
+    token = await read_token(kube, namespace, "shop")
+    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path)
+    fleet.add(proxies)
+    backends = fake_pods("shop")
+    backends.scale_up(pods)
+    scene = Scene(kube, http, namespace, fleet, backends)
+    scene.operator = operator
+    await scene.ready()
+    await scene.converged()
+    return scene

@@ -4,110 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import pytest
 
 from limpet.controller.kube import STICKYSERVICES, KubeClient
-from limpet.devcluster.fakepods import FakePods, FakePodsFactory
-from tests.controller.conftest import StartOperator
+from limpet.devcluster.fakepods import FakePodsFactory
 from tests.controller.harness import (
+    FAST,
     ProxyFleet,
+    Scene,
+    StartOperator,
     User,
     condition,
     event_reasons,
     eventually,
-    get_sticky,
+    make_scene,
     read_token,
     sticky_manifest,
 )
-
-FAST = {
-    "affinity": {"type": "Cookie", "cookie": {"secure": False}},
-    "slowStart": "0s",
-    "rebalance": {"window": "6s", "minIdle": "1s", "maxMovesPerSecond": 1000},
-    "drain": {"timeout": "20s", "minIdle": "1s"},
-}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-class Scene:
-    """A StickyService 'shop' with its operator, proxies and backends."""
-
-    def __init__(
-        self,
-        kube: KubeClient,
-        http: aiohttp.ClientSession,
-        namespace: str,
-        fleet: ProxyFleet,
-        backends: FakePods,
-    ) -> None:
-        self.kube = kube
-        self.http = http
-        self.namespace = namespace
-        self.fleet = fleet
-        self.backends = backends
-
-    async def sticky(self) -> dict[str, Any]:
-        return await get_sticky(self.kube, self.namespace, "shop")
-
-    async def converged(self) -> int:
-        """Wait until every proxy runs the plan version in status; return it."""
-
-        async def probe() -> int | None:
-            status = (await self.sticky()).get("status") or {}
-            version = status.get("planVersion")
-            versions = await self.fleet.versions(self.http)
-            return version if version and all(v == version for v in versions) else None
-
-        return await eventually(probe, what="every proxy on the status plan version")
-
-    async def backend_states(self) -> dict[str, str]:
-        status = (await self.sticky()).get("status") or {}
-        return {b.get("pod"): b["state"] for b in status.get("backends") or []}
-
-    async def ready(self) -> None:
-        async def probe() -> bool:
-            c = await condition(self.kube, self.namespace, "shop", "Ready")
-            return c.get("status") == "True"
-
-        await eventually(probe, within=40, what="Ready=True")
-
-
-async def make_scene(
-    kube: KubeClient,
-    http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
-    *,
-    pods: int = 3,
-    proxies: int = 2,
-    spec: dict[str, Any] | None = None,
-) -> Scene:
-    await kube.create(
-        STICKYSERVICES.path(namespace),
-        sticky_manifest("shop", "shop", **(spec or FAST), proxy={"replicas": proxies}),
-    )
-    start_operator()
-    token = await read_token(kube, namespace, "shop")
-    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path)
-    fleet.add(proxies)
-    backends = fake_pods("shop")
-    backends.scale_up(pods)
-    scene = Scene(kube, http, namespace, fleet, backends)
-    await scene.ready()
-    await scene.converged()
-    return scene
 
 
 async def test_sticky_traffic_through_every_proxy(

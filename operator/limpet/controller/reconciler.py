@@ -129,6 +129,7 @@ class Reconciler:
         self._body: dict[str, Any] = dict(body)
         self._body_changed = True
         self._debouncer = Debouncer(settings.debounce)
+        self._debouncer.poke()  # the first pass: apply the body, start watching
         self._state: PlannerState = recover_state(body.get("status"))
         self._last_status: dict[str, Any] | None = dict(body.get("status") or {}) or None
         self._spec: StickySpec | None = None
@@ -383,6 +384,18 @@ class Reconciler:
         if result.new_version:
             await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
             self.plans_pushed += 1
+            counts: dict[str, int] = {}
+            for b in result.plan.backends:
+                counts[b.state.value] = counts.get(b.state.value, 0) + 1
+            log.info(
+                "%s/%s: plan v%d to %d proxies: %s%s",
+                self.namespace,
+                self.name,
+                result.plan.version,
+                len(pusher.proxies),
+                ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no backends",
+                ", rebalancing" if result.plan.rebalance is not None else "",
+            )
             if self._floor and result.plan.version > self._floor:
                 self._floor = 0
         for event in result.events:

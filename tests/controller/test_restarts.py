@@ -1,0 +1,131 @@
+"""Restarts: the operator resumes from cluster state; a restarted proxy is pushed again."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import aiohttp
+
+from limpet.controller.kube import KubeClient
+from limpet.devcluster.fakepods import FakePodsFactory
+from tests.controller.harness import FAST, Scene, StartOperator, User, eventually, make_scene
+from tests.controller.test_scenarios import _state_is
+
+
+async def _watch_versions(scene: Scene, seen: dict[str, list[int]], stop: asyncio.Event) -> None:
+    """Record every plan version each proxy reports, to check none ever goes back."""
+    while not stop.is_set():
+        for pod in scene.fleet.pods:
+            try:
+                v = (await scene.fleet.stats(scene.http, pod)).get("planVersion")
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            if isinstance(v, int):
+                seen.setdefault(pod.name, []).append(v)
+        await asyncio.sleep(0.05)
+
+
+async def test_operator_restart_resumes_rebalance_and_drain(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    spec = {
+        **FAST,
+        "rebalance": {"window": "20s", "minIdle": "1s", "maxMovesPerSecond": 1000},
+        "drain": {"timeout": "60s", "minIdle": "1s"},
+    }
+    scene = await make_scene(
+        kube, http, namespace, start_operator, fake_pods, tmp_path, pods=4, spec=spec
+    )
+    users = [User(f"u{i}") for i in range(30)]
+    for i, user in enumerate(users):
+        await user.get(http, scene.fleet.urls()[i % 2])
+    seen: dict[str, list[int]] = {}
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_versions(scene, seen, stop))
+    try:
+        victim = sorted(scene.backends.pods)[0]
+        scene.backends.terminate(victim)
+        scene.backends.scale_up(6)
+        await eventually(lambda: _state_is(scene, victim, "Draining"), what="Draining")
+
+        async def in_progress() -> bool:
+            reb = (await scene.sticky())["status"].get("rebalance") or {}
+            return reb.get("phase") == "InProgress"
+
+        await eventually(in_progress, what="rebalance in progress")
+        await scene.converged()
+        before = (await scene.sticky())["status"]
+        drain = {b["pod"]: b.get("drainDeadline") for b in before["backends"]}[victim]
+        assert drain
+
+        # SIGKILL: no chance to write anything on the way out.
+        assert scene.operator is not None
+        scene.operator.kill()
+        await asyncio.sleep(1.0)
+        start_operator(log_name="operator-restarted.log")
+
+        async def replanned() -> dict[str, object] | None:
+            status = (await scene.sticky())["status"]
+            return status if status["planVersion"] > before["planVersion"] else None
+
+        after = await eventually(replanned, what="a plan from the restarted operator")
+        await scene.converged()
+        after = (await scene.sticky())["status"]
+        # The schedule and the drain deadline were recovered, not restarted.
+        for key in ("startedAt", "endsAt", "fromBackends"):
+            assert after["rebalance"][key] == before["rebalance"][key], key
+        assert after["rebalance"]["phase"] in ("InProgress", "Complete")
+        assert {b["pod"]: b.get("drainDeadline") for b in after["backends"]}[victim] == drain
+        states = {b["pod"]: b["state"] for b in after["backends"]}
+        assert states[victim] == "Draining"
+        assert sum(1 for s in states.values() if s == "Active") == 5
+        for user in users:
+            await user.get(http, scene.fleet.urls()[0])
+    finally:
+        stop.set()
+        await watcher
+    for pod, versions in seen.items():
+        assert versions == sorted(versions), f"{pod} went back: {versions}"
+
+
+async def test_restarted_proxy_gets_the_plan_again(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
+    first = await scene.converged()
+    pod = scene.fleet.pods[0]
+
+    # A proxy that restarts empty (its state lost) gets the current plan again.
+    scene.fleet.group.stop_backend(pod.name)
+    shutil.rmtree(scene.fleet.work / f"state-{pod.name}")
+    scene.fleet.group.start_backend(pod.name)
+    assert await scene.converged() == first
+
+    # A proxy that was down while the plan changed comes back on its older, persisted
+    # plan: it has fallen behind and is pushed the newer one.
+    scene.fleet.group.stop_backend(pod.name)
+    scene.backends.scale_up(4)
+
+    async def newer() -> bool:
+        return bool((await scene.sticky())["status"]["planVersion"] > first)
+
+    await eventually(newer, what="a newer plan")
+    scene.fleet.group.start_backend(pod.name)
+    latest = await scene.converged()
+    assert latest > first
+    stats = await scene.fleet.stats(http, pod)
+    assert stats["planVersion"] == latest
+    user = User("after")
+    assert await user.get(http, pod.url)
