@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import time
 import timeit
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from limpet.affinity import (
     key_hash,
     slot_of_hash,
 )
-from limpet.affinity.slottable import recommended_size
+from limpet.affinity.slottable import bound_eps, build_index, recommended_size
 
 Keys = npt.NDArray[np.uint64]
 Assign = Callable[[Sequence[str], Keys], npt.NDArray[np.intp]]
@@ -191,6 +192,52 @@ def balance(ns: Sequence[int]) -> None:
     print("limpet: at recommended_size(N); @65537: at the default size.")
 
 
+def _variant_row(n: int, size: int, eps: float | None, sets: int) -> tuple[float, ...]:
+    """Worst balance, +1 and -1 ratios (slot-exact) over ``sets`` id sets, and build time."""
+    worst_balance = worst_add = worst_remove = 0.0
+    build = math.inf
+    for k in range(sets):
+        members = sorted(f"set{k}-backend-{i}" for i in range(n))
+
+        def index(ms: list[str]) -> npt.NDArray[np.int32]:
+            ordered = sorted(ms)
+            return build_index([BackendId(m) for m in ordered], [100] * len(ordered), size, eps=eps)
+
+        start = time.perf_counter()
+        base = index(members)
+        build = min(build, time.perf_counter() - start)
+        names = np.array(members, dtype=object)[base]
+        counts = np.bincount(base, minlength=n)
+        worst_balance = max(worst_balance, counts.max() / (size / n))
+        grown_members = sorted([*members, f"set{k}-new"])
+        grown = np.array(grown_members, dtype=object)[index(grown_members)]
+        worst_add = max(worst_add, float(np.mean(names != grown)) * (n + 1))
+        gone = members[n // 2]
+        rest = [m for m in members if m != gone]
+        shrunk = np.array(rest, dtype=object)[index(rest)]
+        worst_remove = max(worst_remove, float(np.sum(names != shrunk)) / counts[n // 2])
+    return worst_balance, worst_add, worst_remove, build
+
+
+def variants(sets: int) -> None:
+    print(
+        f"\nTable variants (slot-exact, worst of {sets} id sets): "
+        "exact quotas (eps=0), plain weighted rendezvous (eps=inf), limpet's bounds"
+    )
+    print(
+        f"{'N':>5} {'slots':>7} {'variant':>14} {'max/mean':>9} {'+1 x opt':>9} "
+        f"{'-1 x share':>10} {'build':>9}"
+    )
+    for n, size in ((10, DEFAULT_SIZE), (100, DEFAULT_SIZE), (1000, DEFAULT_SIZE), (1000, 262147)):
+        for label, eps in (("exact quotas", 0.0), ("plain HRW", math.inf), ("limpet", None)):
+            bal, add, rm, build = _variant_row(n, size, eps, sets)
+            shown = label if eps is not None else f"limpet e={bound_eps(size, n):.2f}"
+            print(
+                f"{n:>5} {size:>7} {shown:>14} {bal:>9.3f} {add:>9.3f} {rm:>10.3f} "
+                f"{build * 1000:>6.0f} ms"
+            )
+
+
 def _best(fn: Callable[[], object], repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
@@ -264,11 +311,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--n", type=int, nargs="+", default=[3, 10, 100, 1000], help="backend counts"
     )
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=3,
+        metavar="SETS",
+        help="compare table variants over SETS id sets (0 skips; default 3)",
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(20240229)
     keys = np.frombuffer(rng.bytes(8 * args.keys), dtype=np.uint64)  # uniform 64-bit hashes
     disruption(keys, args.n)
     balance(args.n)
+    if args.variants:
+        variants(args.variants)
     speed()
     return 0
 

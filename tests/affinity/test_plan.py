@@ -365,3 +365,19 @@ def test_empty_backend_list_is_a_valid_plan() -> None:
 def test_garbage_never_escapes_as_another_exception(garbage: object) -> None:
     with contextlib.suppress(PlanError):
         Plan.from_dict(garbage)
+
+
+def test_the_documented_example_is_a_valid_plan() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "plan.md").read_text()
+    example = doc.split("```json", 1)[1].split("```", 1)[0]
+    plan = Plan.from_json(example)
+    assert plan.version == 42
+    assert [b.state for b in plan.backends] == [
+        BackendState.ACTIVE,
+        BackendState.WARMING,
+        BackendState.DRAINING,
+    ]
+    assert plan.rebalance is not None
+    assert Plan.from_json(plan.to_json()) == plan

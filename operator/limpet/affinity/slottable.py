@@ -220,13 +220,12 @@ def _rendezvous(
 
 
 def _bounds(
-    members: Sequence[BackendId], weights: Sequence[int], size: int
+    members: Sequence[BackendId], weights: Sequence[int], size: int, eps: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Per-member (lower, upper) slot counts; the uppers sum to at least ``size``."""
     w = np.array(weights, dtype=np.float64)
     share = size * w / w.sum()
     dither = np.array([backend_dither(m) for m in members])
-    eps = bound_eps(size, len(members))
     lower = np.floor((1.0 - eps) * share + dither).astype(np.int64)
     upper = np.floor((1.0 + eps) * share + dither).astype(np.int64)
     if upper.sum() < size:  # tiny tables: dithered rounding may fall short
@@ -314,13 +313,19 @@ def _cheapest_first(values: npt.NDArray[np.float64], need: int) -> Iterator[npt.
 
 
 def build_index(
-    members: Sequence[BackendId], weights: Sequence[int], size: int
+    members: Sequence[BackendId], weights: Sequence[int], size: int, *, eps: float | None = None
 ) -> npt.NDArray[np.int32]:
-    """Slot to member position for members sorted by id (see the module docstring)."""
+    """Slot to member position for members sorted by id (see the module docstring).
+
+    ``eps`` overrides :func:`bound_eps` for comparisons only (the benchmark): ``0`` gives
+    exact quotas, ``math.inf`` plain weighted rendezvous.
+    """
     scorer = Scorer(members, weights, size)
     owner, cost = _rendezvous(scorer, weights, size)
-    if len(members) > 1:
-        lower, upper = _bounds(members, weights, size)
+    if eps is None:
+        eps = bound_eps(size, len(members))
+    if len(members) > 1 and math.isfinite(eps):
+        lower, upper = _bounds(members, weights, size, eps)
         _enforce_upper(scorer, owner, cost, upper)
         _enforce_lower(scorer, owner, cost, lower)
     return owner.astype(np.int32)
