@@ -37,7 +37,7 @@ def plot_png(timeline: Timeline) -> bytes:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=110)
     try:
         t0 = timeline.spans[0].start if timeline.spans else 0.0
         ts = [s.t - t0 for s in timeline.samples]
@@ -84,9 +84,19 @@ def plot_png(timeline: Timeline) -> bytes:
             ax2.set_ylabel("cumulative session moves (dashed)")
             lines, labels = ax.get_legend_handles_labels()
             lines2, labels2 = ax2.get_legend_handles_labels()
-            ax.legend(lines + lines2, labels + labels2, loc="upper left", fontsize=8, ncol=2)
+            ax.legend(
+                lines + lines2,
+                labels + labels2,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.12),
+                fontsize=8,
+                ncol=6,
+                frameon=False,
+            )
         else:
-            ax.legend(loc="upper left", fontsize=8)
+            ax.legend(
+                loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncol=6, frameon=False
+            )
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

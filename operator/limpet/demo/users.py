@@ -159,12 +159,16 @@ class UserPool:
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
         ) as http:
             tasks: set[asyncio.Task[None]] = set()
+            first_fill = True
             try:
                 while not stop.is_set():
                     while len(tasks) < self._population:
-                        task = asyncio.create_task(self._live(http, stop))
+                        # The first users are already part-way through their visit, so
+                        # departures (and new sessions) are spread from the start.
+                        task = asyncio.create_task(self._live(http, stop, warm=first_fill))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
+                    first_fill = False
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.1)
             finally:
@@ -172,7 +176,9 @@ class UserPool:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _live(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+    async def _live(
+        self, http: aiohttp.ClientSession, stop: asyncio.Event, *, warm: bool = False
+    ) -> None:
         s, rng = self._settings, self._rng
         uid = self._next_id
         self._next_id += 1
@@ -180,7 +186,7 @@ class UserPool:
         self._users[uid] = user
         self._tallies[self._phase].sessions += 1
         try:
-            left = rng.randint(*s.lifetime)
+            left = rng.randint(1 if warm else s.lifetime[0], s.lifetime[1])
             while left > 0 and not stop.is_set():
                 for _ in range(min(left, rng.randint(*s.burst))):
                     await self._request(http, user)

@@ -1,0 +1,149 @@
+"""``limpet demo`` (what ``make run`` runs): Limpet end to end, with a live view and a report.
+
+Data flow: options -> :class:`~limpet.demo.stage.Stage` (control plane, CRDs, operator,
+proxies, app pods) -> :func:`~limpet.demo.scenario.run_scenario` (simulated users
+through steady, scale-out, drain, failover, steady) -> ``report.html``, ``sessions.png``
+and ``summary.json`` in ``--report-dir``, with the logs of every process under
+``logs/``. The exit status is 0 when no session broke outside the failover phase, 1 when
+one did or something failed, 130 on Ctrl-C (or SIGTERM), which stops and removes
+everything the demo started.
+
+It runs its own local control plane unless ``LIMPET_USE_KUBECONFIG=1``, in which case it
+uses ``$KUBECONFIG``'s cluster for the API objects (its CRDs stay installed there); the
+operator, the proxies and the app pods still run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from limpet.demo.report import write_report
+from limpet.demo.scenario import ScenarioSettings, run_scenario, sticky_spec
+from limpet.demo.stage import ENV_USE_KUBECONFIG, Stage, StageError, StageSettings
+from limpet.demo.timeline import Summary, Timeline
+from limpet.demo.view import LiveView
+from limpet.devcluster.errors import DevClusterError
+
+DEFAULT_DURATION = 120.0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="SECONDS",
+        help=f"length of the scenario (default: {DEFAULT_DURATION:.0f})",
+    )
+    length.add_argument(
+        "--speed",
+        type=_positive,
+        metavar="FACTOR",
+        help="run the scenario FACTOR times faster than the default length",
+    )
+    parser.add_argument("--users", type=int, default=60, help="simulated users (default: 60)")
+    parser.add_argument("--proxies", type=int, default=2, help="proxy replicas (default: 2)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the users")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the report and logs go (default: reports/demo-<time>)",
+    )
+    parser.add_argument(
+        "--apiserver-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra kube-apiserver flag for the local control plane (for tests, e.g. audit)",
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_summary(summary: Summary, view: LiveView) -> None:
+    moves = ", ".join(f"{k} {v}" for k, v in sorted(summary.moves.items())) or "none"
+    per_pod = ", ".join(f"{p} {n}" for p, n in summary.sessions_per_pod.items())
+    view.say(
+        f"\nrequests {summary.requests}, failed {summary.errors}, sessions {summary.sessions}, "
+        f"broken {summary.broken} ({summary.broken_outside_failover} outside failover)\n"
+        f"moves: {moves}\n"
+        f"at the end: {per_pod}; imbalance max/mean {summary.imbalance_max:.2f}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    duration = args.duration or DEFAULT_DURATION / (args.speed or 1.0)
+    if args.users < 1 or args.proxies < 1:
+        print("limpet demo: --users and --proxies must be at least 1", file=sys.stderr)
+        return 2
+    report_dir: Path = args.report_dir or Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    view = LiveView()
+    scenario = ScenarioSettings(duration=duration, users=args.users, seed=args.seed)
+    stage = Stage(
+        StageSettings(
+            proxies=args.proxies,
+            sticky_spec=sticky_spec(scenario),
+            work_dir=report_dir / "logs",
+            use_kubeconfig=os.environ.get(ENV_USE_KUBECONFIG) == "1",
+            apiserver_args=tuple(args.apiserver_arg),
+            say=view.say,
+        )
+    )
+    timeline = Timeline()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    summary: Summary | None = None
+    try:
+        view.say(f"limpet demo: {duration:.0f} s scenario; report and logs in {report_dir}")
+        stage.open()
+        summary = asyncio.run(run_scenario(stage, scenario, view, timeline))
+    except KeyboardInterrupt:
+        view.say("\ninterrupted: stopping and removing everything the demo started ...")
+        return 130
+    except (StageError, DevClusterError, RuntimeError) as exc:
+        view.say(f"limpet demo: {exc}")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stage.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    page = write_report(timeline, summary, report_dir)
+    with contextlib.suppress(TypeError):
+        (report_dir / "summary.json").write_text(
+            json.dumps(dataclasses.asdict(summary) | {"ok": summary.ok}, indent=2) + "\n"
+        )
+    _print_summary(summary, view)
+    view.say(f"report: {page}")
+    if not summary.ok:
+        view.say("FAILED: sessions broke outside the failover phase")
+        return 1
+    return 0

@@ -1,0 +1,424 @@
+"""Everything the demo runs on, set up in order and torn down in reverse.
+
+Data flow (:meth:`Stage.open`): a cluster (a local etcd + kube-apiserver from
+``limpet.devcluster``, or ``$KUBECONFIG``'s when ``LIMPET_USE_KUBECONFIG=1``) -> the CRDs
+from ``crds/`` (server-side apply, waited for) -> a fresh namespace -> the operator's
+identity (on the local cluster: the ServiceAccount and the ClusterRole of deploy/ with a
+TokenRequest token, so the demo shows the operator working with exactly the shipped
+permissions; on your cluster: your kubeconfig) -> the StickyService -> ``limpet
+operator`` as a child process -> the operator's Secret (admin token) -> N ``limpet proxy``
+processes and the counter app, each a fake pod (a network namespace with its own pod IP,
+published in an EndpointSlice exactly as kubelet and the EndpointSlice controller would).
+
+The operator manages the proxies as in a cluster: it applies their Deployment and
+Service (nothing runs them here: the demo plays kubelet and starts the processes), finds
+them through the Service's EndpointSlice and pushes plans to ``<pod IP>:9901``.
+
+Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyService while the
+operator still runs (it removes what it made), stop the operator, the proxies and the
+app, purge the namespace, and stop the local control plane. Every step is registered
+on one ExitStack as soon as its resource exists, so a failure or an interrupt at any
+point undoes exactly what was done.
+
+Synchronous (the kubernetes client, process start-up); the scenario calls the slow
+methods through ``asyncio.to_thread``. Traffic goes only to pod IPs inside the network
+namespaces this run created and checked (``limpet.devcluster``), and to loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client as k8s
+
+from limpet.controller.proxies import proxy_service_name, secret_name
+from limpet.devcluster.client import client_from_kubeconfig, request, server_side_apply
+from limpet.devcluster.cluster import DevCluster, DevClusterSettings
+from limpet.devcluster.errors import DevClusterError, FakePodError
+from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods
+from limpet.devcluster.kubeconfig import write_kubeconfig
+from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from limpet.devcluster.podnet import PodNetwork, open_pod_network
+from limpet.devcluster.process import ManagedProcess
+
+REPO = Path(__file__).resolve().parents[3]
+CRD_DIR = REPO / "crds"
+RBAC_FILE = REPO / "deploy" / "rbac" / "operator-rbac.yaml"
+ENV_USE_KUBECONFIG = "LIMPET_USE_KUBECONFIG"
+STICKY = "counter"
+APP_SERVICE = "counter"
+APP_PORT = 8080
+PROXY_PORT = 8080
+ADMIN_PORT = 9901
+FIELD_MANAGER = "limpet-demo"
+T = TypeVar("T")
+
+
+class StageError(RuntimeError):
+    """The demo could not set something up; the message says what and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageSettings:
+    proxies: int = 2
+    pods: int = 3
+    sticky_spec: dict[str, Any]
+    """The StickyService spec (service and port are filled in)."""
+    work_dir: Path | None = None
+    """Logs and state; a temporary folder (removed at the end) when None."""
+    use_kubeconfig: bool = False
+    apiserver_args: tuple[str, ...] = ()
+    """Extra kube-apiserver flags for the local control plane (tests: audit logging)."""
+    say: Callable[[str], None] = print
+
+
+def _python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class Stage:
+    def __init__(self, settings: StageSettings) -> None:
+        self.settings = settings
+        self._stack = contextlib.ExitStack()
+        self.cluster: DevCluster | None = None
+        self.kubeconfig: Path | None = None
+        self.api: k8s.ApiClient | None = None
+        self.namespace = ""
+        self.operator: ManagedProcess | None = None
+        self.proxies: FakePods | None = None
+        self.app: FakePods | None = None
+        self.work = Path()
+        self.token_file = Path()
+        self._sticky_path = ""
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def open(self) -> Stage:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open(self) -> None:
+        s = self.settings
+        if s.work_dir is None:
+            self.work = Path(tempfile.mkdtemp(prefix="limpet-demo-"))
+            self._stack.callback(_rmtree, self.work)
+        else:
+            self.work = s.work_dir
+            self.work.mkdir(parents=True, exist_ok=True)
+        network = self._pod_network()
+        self._cluster()
+        api = self.api
+        assert api is not None
+        self._install_crds(api)
+        self.namespace = create_namespace(api, "limpet-demo")
+        self._stack.callback(purge_namespace, api, self.namespace)
+        s.say(f"namespace {self.namespace}")
+        operator_kubeconfig = self._operator_identity(api)
+        self._create_sticky(api)
+        self._start_operator(operator_kubeconfig)
+        token = self._wait_token(api)
+        self.token_file = self.work / "admin-token"
+        self.token_file.write_text(token)
+        for sub in ("proxies", "app"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self.proxies = FakePods(
+            api,
+            network,
+            namespace=self.namespace,
+            service=proxy_service_name(STICKY),
+            port=PROXY_PORT,
+            backend=self._proxy_command,
+            create_service=False,
+            log_dir=self.work / "proxies",
+        )
+        self._stack.callback(self.proxies.close)
+        self.proxies.scale_up(s.proxies)
+        s.say(f"{s.proxies} proxies at " + ", ".join(self.proxy_urls()))
+        self.app = FakePods(
+            api,
+            network,
+            namespace=self.namespace,
+            service=APP_SERVICE,
+            port=APP_PORT,
+            backend=_app_command,
+            log_dir=self.work / "app",
+        )
+        self._stack.callback(self.app.close)
+        self.app.scale_up(s.pods)
+        s.say(f"{s.pods} app pods: " + ", ".join(sorted(self.app.pods)))
+
+    def _pod_network(self) -> PodNetwork:
+        try:
+            network = open_pod_network(mode="netns")
+        except (DevClusterError, FakePodError) as exc:
+            raise StageError(
+                f"the demo runs its pods in network namespaces: {exc}. Run it as root on "
+                "Linux with iproute2 (make run installs it)."
+            ) from exc
+        self._stack.callback(network.close)
+        return network
+
+    def _cluster(self) -> None:
+        s = self.settings
+        if s.use_kubeconfig:
+            path = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+            self.kubeconfig = Path(path)
+            if not self.kubeconfig.exists():
+                raise StageError(f"{ENV_USE_KUBECONFIG}=1 but there is no kubeconfig at {path}")
+            self.api = client_from_kubeconfig(self.kubeconfig)
+            s.say(f"using the cluster of {self.kubeconfig}")
+        else:
+            s.say("starting a local control plane (etcd + kube-apiserver) ...")
+            cluster = DevCluster(
+                DevClusterSettings(
+                    kubeconfig=self.work / "kubeconfig",
+                    extra_apiserver_args=s.apiserver_args,
+                )
+            )
+            try:
+                cluster.start()
+            except DevClusterError as exc:
+                raise StageError(f"the local control plane did not start: {exc}") from exc
+            self._stack.callback(cluster.stop)
+            self.cluster = cluster
+            self.kubeconfig = cluster.kubeconfig
+            self.api = client_from_kubeconfig(self.kubeconfig)
+            s.say(f"control plane ready at {cluster.server}")
+        self._stack.callback(self.api.close)
+
+    def _install_crds(self, api: k8s.ApiClient) -> None:
+        names = []
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    name = doc["metadata"]["name"]
+                    server_side_apply(
+                        api,
+                        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                        doc,
+                        field_manager=FIELD_MANAGER,
+                    )
+                    names.append(name)
+        if not names:
+            raise StageError(f"no CRDs found in {CRD_DIR}")
+        _wait(lambda: _served(api), 30, "the limpet.dev API to be served")
+        self.settings.say(f"CRDs installed: {', '.join(names)}")
+
+    def _operator_identity(self, api: k8s.ApiClient) -> Path:
+        """On the local cluster: deploy/'s ServiceAccount and ClusterRole, with a token."""
+        assert self.kubeconfig is not None
+        if self.cluster is None:
+            return self.kubeconfig
+        suffix = self.namespace.rsplit("-", 1)[-1]
+        sa = "limpet-operator"
+        docs = [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d]
+        role = next(d for d in docs if d["kind"] == "ClusterRole")
+        binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+        name = f"{role['metadata']['name']}-{suffix}"
+        role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = name
+        binding["subjects"] = [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}]
+        request(
+            api,
+            "POST",
+            f"/api/v1/namespaces/{self.namespace}/serviceaccounts",
+            body={"metadata": {"name": sa}},
+        )
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        server_side_apply(api, f"{rbac}/clusterroles/{name}", role, field_manager=FIELD_MANAGER)
+        self._stack.callback(_delete, api, f"{rbac}/clusterroles/{name}")
+        server_side_apply(
+            api, f"{rbac}/clusterrolebindings/{name}", binding, field_manager=FIELD_MANAGER
+        )
+        self._stack.callback(_delete, api, f"{rbac}/clusterrolebindings/{name}")
+        token = request(
+            api,
+            "POST",
+            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token",
+            body={"spec": {"expirationSeconds": 6 * 3600}},
+        )["status"]["token"]
+        ca = self.cluster.paths.ca_cert.read_bytes()
+        config: dict[str, object] = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "demo",
+                    "cluster": {
+                        "server": self.cluster.server,
+                        "certificate-authority-data": base64.b64encode(ca).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "demo", "user": sa}}],
+            "current-context": "operator",
+        }
+        self.settings.say(f"operator identity: ServiceAccount {sa} bound to {RBAC_FILE.name}")
+        return write_kubeconfig(self.work / "operator.kubeconfig", config)
+
+    def _create_sticky(self, api: k8s.ApiClient) -> None:
+        body = {
+            "apiVersion": "limpet.dev/v1alpha1",
+            "kind": "StickyService",
+            "metadata": {"name": STICKY, "namespace": self.namespace},
+            "spec": {
+                "service": APP_SERVICE,
+                "port": "http",
+                **self.settings.sticky_spec,
+                "proxy": {"replicas": self.settings.proxies},
+            },
+        }
+        path = f"/apis/limpet.dev/v1alpha1/namespaces/{self.namespace}/stickyservices"
+        try:
+            request(api, "POST", path, body=body)
+        except k8s.ApiException as exc:
+            raise StageError(f"the API server refused the StickyService: {exc.body}") from exc
+        self._sticky_path = f"{path}/{STICKY}"
+
+    def _start_operator(self, kubeconfig: Path) -> None:
+        argv = _python_module(
+            "limpet.cli",
+            "operator",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            self.namespace,
+            "--standalone",
+            "--stats-interval",
+            "1",
+            "--gone-after",
+            "5",
+            "--log-level",
+            "INFO",
+        )
+        proc = ManagedProcess("limpet operator", argv, log_path=self.work / "operator.log")
+        proc.start()
+        self.operator = proc
+        self._stack.callback(proc.stop, timeout=15)
+        api = self.api
+        assert api is not None
+        # Deleting the StickyService first lets the operator remove what it created.
+        self._stack.callback(self._delete_sticky, api)
+        self.settings.say("operator started (log: operator.log)")
+
+    def _delete_sticky(self, api: k8s.ApiClient) -> None:
+        path = self._sticky_path
+        with contextlib.suppress(Exception):
+            request(api, "DELETE", path, timeout=5)
+            if self.operator_alive():
+                # The operator's finalizer runs its clean-up, then lets the object go.
+                _wait(lambda: _gone(api, path), 15, "the StickyService to be deleted")
+
+    def _wait_token(self, api: k8s.ApiClient) -> str:
+        path = f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name(STICKY)}"
+
+        def token() -> str | None:
+            if self.operator is not None and self.operator.poll() is not None:
+                raise StageError(f"the operator exited:\n{self.operator.tail(30)}")
+            try:
+                obj = request(api, "GET", path)
+            except k8s.ApiException:
+                return None
+            return base64.b64decode(obj["data"]["admin-token"]).decode()
+
+        return _wait(token, 30, "the operator's Secret with the admin token")
+
+    def _proxy_command(self, spec: BackendSpec) -> list[str]:
+        state = self.work / "proxies" / f"state-{spec.pod}"
+        state.mkdir(parents=True, exist_ok=True)
+        return _python_module(
+            "limpet.cli",
+            "proxy",
+            "--listen",
+            f"{spec.host}:{spec.port}",
+            "--admin-listen",
+            f"{spec.host}:{ADMIN_PORT}",
+            "--token-file",
+            str(self.token_file),
+            "--state-dir",
+            str(state),
+            "--log-level",
+            "warning",
+        )
+
+    # -- during the run ------------------------------------------------------------------------
+
+    def proxy_urls(self) -> list[str]:
+        assert self.proxies is not None
+        return [p.url + "/" for p in sorted(self.proxies.pods.values(), key=lambda p: p.name)]
+
+    def app_pods(self) -> dict[str, FakePod]:
+        assert self.app is not None
+        return dict(self.app.pods)
+
+    def operator_alive(self) -> bool:
+        return self.operator is not None and self.operator.poll() is None
+
+    # -- tear-down -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Stage:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _app_command(spec: BackendSpec) -> list[str]:
+    return _python_module(
+        "limpet.demo.backend", "--host", spec.host, "--port", str(spec.port), "--name", spec.pod
+    )
+
+
+def _served(api: k8s.ApiClient) -> bool:
+    try:
+        request(api, "GET", "/apis/limpet.dev/v1alpha1/stickyservices")
+    except k8s.ApiException:
+        return False
+    return True
+
+
+def _gone(api: k8s.ApiClient, path: str) -> bool:
+    try:
+        request(api, "GET", path)
+    except k8s.ApiException as exc:
+        return bool(exc.status == 404)
+    return False
+
+
+def _delete(api: k8s.ApiClient, path: str) -> None:
+    with contextlib.suppress(Exception):
+        request(api, "DELETE", path, timeout=5)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise StageError(f"timed out after {within:.0f} s waiting for {what}")
+        time.sleep(0.1)
