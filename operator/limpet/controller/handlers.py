@@ -40,6 +40,7 @@ from limpet.controller.reconciler import EventSink, Reconciler
 from limpet.controller.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = "limpet.dev", "v1alpha1", "stickyservices"
+KOPF_PREFIX = "kopf.limpet.dev"
 log = logging.getLogger(__name__)
 
 
@@ -163,9 +164,11 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     # The CRD must exist when the operator starts; no cluster-wide CRD/namespace watching.
     ks.scanning.disabled = True
-    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="limpet.dev")
+    # kopf ignores changes of annotations under its own storage prefix, so that prefix must
+    # differ from ours (limpet.dev/rotate-keys has to trigger on.update).
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="limpet.dev", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     ks.posting.level = logging.INFO
     ks.peering.name = settings.peering_name
