@@ -769,3 +769,44 @@ def test_key_prefix_shortcut_matches_the_core(mode: AffinityType) -> None:
     # The router hashes prefix + value instead of calling value_key per request.
     for value in (b"x", b"abc%20def", "ü".encode()):
         assert value_key(mode, b"") + value == value_key(mode, value)
+
+
+def test_client_ignoring_refreshes_gets_one_per_step() -> None:
+    clock = Clock()
+    r = mkrouter(clock, mkplan(1, ABC))
+    first = Client().get(r)
+    assert first.set_cookie is not None
+    fixed = first.set_cookie.split(b";")[0]  # like wrk: the same Cookie header forever
+    view = RequestView(b"GET", b"/", [], "192.0.2.1", fixed)
+    sent = 0
+    for _ in range(300):  # 30 s at 10 requests per second
+        clock.t += 0.1
+        route = r.route(view)
+        assert route is not None
+        assert route.backend_id == first.backend_id
+        sent += route.set_cookie is not None
+    assert 5 <= sent <= 7  # once per 5 s step, not on every response
+
+
+def test_busy_client_ignoring_refreshes_is_not_drained_early() -> None:
+    clock = Clock()
+    r = mkrouter(clock, mkplan(1, [be("a"), be("b")]))
+    clients = [Client() for _ in range(20)]
+    on_b = next(c for c in clients if c.get(r).backend_id == "b")
+    view = on_b.view()  # frozen: refreshed cookies are never stored
+    r.load_plan(
+        mkplan(
+            2,
+            [be("a"), be("b", BackendState.DRAINING, drain_deadline=T0 + 120)],
+            drain=DrainSettings(min_idle=10),
+        )
+    )
+    while clock.t < T0 + 100:
+        clock.t += 1.0
+        route = r.route(view)
+        assert route is not None
+        assert route.backend_id == "b"  # the cookie looks idle, but this proxy saw it
+    clock.t += 30  # now really idle (and past the deadline)
+    route = r.route(view)
+    assert route is not None
+    assert route.backend_id == "a"

@@ -578,6 +578,12 @@ class Router:
         assert codec is not None
         bid = BackendId(sc.backend_id)
         bound = float(codec.last_activity_bound(sc))
+        # What this proxy itself saw of the session can only make it look busier: a
+        # client that ignores refreshed cookies is still known to be active here.
+        tracker = self._table(AffinityType.COOKIE)
+        i = tracker.find(_sid_hash(sc.session_id))
+        if i >= 0 and self._ids[tracker.backend(i)] == bid:
+            bound = max(bound, tracker.last_seen(i) + codec.granularity)
         d = self._decide(snap, bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
         reason = d.reason
         new = d.backend
@@ -598,8 +604,14 @@ class Router:
                 )
             route = self._build(snap, bid, rest, True, _NO_HEADERS, set_cookie)
             idx = self._track(sc.session_id, bid, wall)
-            until = codec.floor(wall) + codec.granularity if refresh else codec.refresh_due(sc)
-            self._cache_put(snap, header, route, until, sc, bid, idx)
+            if refresh:
+                # One refresh per step: a client that keeps the old cookie is not sent
+                # the new one again on every response of this step.
+                quiet = self._build(snap, bid, rest, True, _NO_HEADERS, None)
+                until = codec.floor(wall) + codec.granularity
+                self._cache_put(snap, header, quiet, until, sc, bid, idx)
+            else:
+                self._cache_put(snap, header, route, codec.refresh_due(sc), sc, bid, idx)
             return route
         assert new is not None
         issued = sc.issued
@@ -659,7 +671,7 @@ class Router:
         """Count a cookie session on this proxy (for loads and stats). Returns its index."""
         idx = self._idx(bid)
         t = self._table(AffinityType.COOKIE)
-        h = int.from_bytes(session_id[:8], "little")
+        h = _sid_hash(session_id)
         i = t.find(h)
         if i < 0:
             t.insert(h, idx, wall)
@@ -885,6 +897,11 @@ class Router:
                 for t in self._tables.values()
             },
         )
+
+
+def _sid_hash(session_id: bytes) -> int:
+    """The cookie-session tracker's key: the random session id's first 8 bytes."""
+    return int.from_bytes(session_id[:8], "little")
 
 
 _TABLE_NAMES = {
