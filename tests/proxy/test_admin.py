@@ -178,3 +178,32 @@ def test_empty_token_refused() -> None:
     gate = PlanGate(apply=router.load_plan, store=None)
     with pytest.raises(ValueError, match="token"):
         make_admin_app(token="", sink=gate, stats=router, metrics=CollectorRegistry())
+
+
+async def test_plan_the_consumer_refuses_is_400(tmp_path: Path) -> None:
+    def refuse(p: Plan) -> None:
+        raise ValueError(f"cannot use version {p.version}")
+
+    gate = PlanGate(apply=refuse, store=PlanStore(tmp_path))
+    router = Router(settings=RouterSettings())
+    app = make_admin_app(token=TOKEN, sink=gate, stats=router, metrics=CollectorRegistry())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.put(
+                f"http://127.0.0.1:{port}/v1/plan",
+                data=plan(1).to_json(),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as r,
+        ):
+            assert r.status == 400
+            assert (await r.json())["error"] == "plan rejected: cannot use version 1"
+    finally:
+        await runner.cleanup()
+    assert gate.version is None
+    assert PlanStore(tmp_path).load().plan is None

@@ -4,7 +4,8 @@ Routes (always on the separate ``--admin-listen`` listener, never the traffic po
 
 - ``PUT /v1/plan``  JSON plan. 200 ``{"version", "changed"}`` when applied or when it is
   the plan already held (idempotent); 409 for a lower version, or the same version with
-  other content; 400 with the parser's message (it names the JSON path) when malformed.
+  other content; 400 with the parser's message (it names the JSON path) when malformed,
+  or with the consumer's message when a well-formed plan cannot be applied.
 - ``GET /v1/stats``  JSON: per-backend sessions, requests and health, migrations by
   reason, rejected cookies by reason, plan version (the router's ``stats`` schema).
 - ``GET /metrics``  Prometheus text format, rendered from the same stats at scrape time.
@@ -177,6 +178,10 @@ def make_admin_app(
             changed = await _resolve(sink.accept(plan))
         except StalePlanError as exc:
             return _error(409, str(exc))
+        except ValueError as exc:
+            # Valid JSON and schema, but the consumer could not use it (for example a
+            # slot table it cannot build): the plan is refused, nothing changed.
+            return _error(400, f"plan rejected: {exc}")
         return _json({"version": plan.version, "changed": changed is not False})
 
     async def get_stats(request: web.Request) -> web.Response:
