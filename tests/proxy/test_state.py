@@ -84,7 +84,7 @@ async def test_gate_versions_and_idempotency(tmp_path: Path) -> None:
     applied: list[int] = []
     store = PlanStore(tmp_path)
     gate = PlanGate(apply=lambda p: applied.append(p.version), store=store)
-    assert gate.version is None
+    assert gate.current is None
     assert await gate.accept(plan(2))
     assert store.load().plan == plan(2)
     assert not await gate.accept(plan(2))  # same plan: no-op
