@@ -133,8 +133,3 @@ def slot_hashes(size: int) -> npt.NDArray[np.uint32]:
 def slot_hash(slot: int) -> int:
     """One slot's hash, equal to ``slot_hashes(n)[slot]``."""
     return fmix32(slot * _GOLDEN32)
-
-
-def rendezvous_score(slot: int, seed: int) -> int:
-    """The 32-bit rendezvous score of a backend seed for a slot (higher wins at equal weight)."""
-    return fmix32(slot_hash(slot) ^ seed)

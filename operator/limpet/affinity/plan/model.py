@@ -18,6 +18,7 @@ from ..errors import PlanError
 from ..hashing import DEFAULT_SIZE, MAX_SIZE
 from ..ids import BackendId
 from ..lifecycle import BackendState
+from ..slottable import MAX_WEIGHT
 from . import checks
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 """The plan schema this code reads and writes (``schemaVersion`` in JSON)."""
 
-MAX_WEIGHT = 1_000_000
-"""The largest backend weight."""
 
 MAX_PLAN_VERSION = (1 << 63) - 1
 
