@@ -234,7 +234,7 @@ async def serve(
         router.load_plan(start_plan)
         if store is not None and start_plan is plan:
             await asyncio.to_thread(store.save, start_plan)
-    gate = PlanGate(apply=router.load_plan, store=store, initial=start_plan)
+    gate = PlanGate(stage=router.stage, store=store, initial=start_plan)
     server = Server(settings=settings, router=router)
     await server.start()
     stop_sweep = schedule_router_sweep(router)

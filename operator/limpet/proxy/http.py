@@ -60,22 +60,26 @@ IDEMPOTENT_METHODS: Final = frozenset(
 
 
 class HeaderClasses:
-    """Name-as-sent -> class. Bounded so that a client inventing names cannot grow it."""
+    """Name-as-sent -> class. Bounded so that a client inventing names cannot grow it.
 
-    __slots__ = ("_cache", "_limit")
+    Hot loops read ``cache`` directly and call :meth:`classify` only on a miss."""
+
+    __slots__ = ("_limit", "cache")
 
     def __init__(self, limit: int = 4096) -> None:
-        self._cache: dict[bytes, int] = {}
+        self.cache: dict[bytes, int] = {}
         self._limit = limit
 
-    def get(self, name: bytes) -> int:
-        code = self._cache.get(name)
-        if code is None:
-            lower = name.lower()
-            code = _CLASSES.get(lower, DROP if lower.startswith(b"proxy-") else OTHER)
-            if len(self._cache) < self._limit:
-                self._cache[name] = code
+    def classify(self, name: bytes) -> int:
+        lower = name.lower()
+        code = _CLASSES.get(lower, DROP if lower.startswith(b"proxy-") else OTHER)
+        if len(self.cache) < self._limit:
+            self.cache[name] = code
         return code
+
+    def get(self, name: bytes) -> int:
+        code = self.cache.get(name)
+        return self.classify(name) if code is None else code
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:
@@ -91,6 +95,28 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
 
 # Tokens of Connection that name no header to strip.
 _PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Whole Connection values seen in practice that list nothing to strip (fast path).
+_PLAIN_CONNECTION_VALUES: Final = frozenset(
+    {
+        b"keep-alive",
+        b"Keep-Alive",
+        b"close",
+        b"Close",
+        b"upgrade",
+        b"Upgrade",
+        b"keep-alive, Upgrade",
+        b"Keep-Alive, Upgrade",
+        b"keep-alive, upgrade",
+    }
+)
+
+
+def _lists_headers(values: list[bytes]) -> bool:
+    """Whether Connection may name headers to strip (exact answer comes later)."""
+    for value in values:
+        if value not in _PLAIN_CONNECTION_VALUES:
+            return True
+    return False
 
 
 @dataclass(slots=True)
@@ -142,9 +168,12 @@ def scan_request(
     dropped here; :func:`build_request_head` writes fresh ones."""
     scan.reset()
     kept = scan.kept
+    cache = classes.cache
     cookies: list[bytes] | None = None
     for name, value in headers:
-        code = classes.get(name)
+        code = cache.get(name)
+        if code is None:
+            code = classes.classify(name)
         if code == OTHER:
             kept.append(name + b": " + value + b"\r\n")
         elif code == COOKIE:
@@ -192,11 +221,11 @@ def scan_request(
         # DROP: hop-by-hop, never forwarded.
     if cookies is not None:
         scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
-    if scan.connection is not None:
-        _strip_listed(scan, classes)
+    if scan.connection is not None and _lists_headers(scan.connection):
+        _strip_listed(scan)
 
 
-def _strip_listed(scan: RequestScan, classes: HeaderClasses) -> None:
+def _strip_listed(scan: RequestScan) -> None:
     """Drop the headers that ``Connection`` lists (rare, so the slow path re-parses lines)."""
     assert scan.connection is not None
     listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
@@ -274,8 +303,11 @@ def scan_response(
 ) -> ResponseScan:
     scan = ResponseScan(kept=[])
     kept = scan.kept
+    cache = classes.cache
     for name, value in headers:
-        code = classes.get(name)
+        code = cache.get(name)
+        if code is None:
+            code = classes.classify(name)
         if code == OTHER:
             kept.append(name + b": " + value + b"\r\n")
         elif code == CONTENT_LENGTH:
@@ -304,7 +336,7 @@ def scan_response(
         else:
             # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
             kept.append(name + b": " + value + b"\r\n")
-    if scan.connection is not None:
+    if scan.connection is not None and _lists_headers(scan.connection):
         listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
         if listed:
             scan.kept = [

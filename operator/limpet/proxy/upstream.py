@@ -148,6 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_framing",
         "_headers",
         "_informational",
+        "_out",
         "_reason",
         "_trailers",
         "backend",
@@ -181,6 +182,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
+        # Bytes for the client produced while parsing one read; written with one
+        # writelines (one writev) at its end, so head and body share a syscall.
+        self._out: list[bytes] = []
 
     # -- binding -------------------------------------------------------------------------
 
@@ -208,14 +212,23 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop this connection (never reused): the exchange on it failed."""
         self.client = None
+        self._out.clear()
         if self.state != CLOSED:
             self.state = CLOSED
             if self.transport is not None:
                 self.transport.abort()
 
+    def _flush(self, client: ClientConnection) -> None:
+        out = self._out
+        if out:
+            client.transport.writelines(out)
+            out.clear()
+
     def _finish(self, keep: bool) -> None:
         """The answer is complete: pool the connection or close it, then tell the client."""
         client = self.client
+        if client is not None:
+            self._flush(client)
         self.client = None
         if keep and self.pool.release(self):
             pass
@@ -252,6 +265,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self.state != CLOSED and not isinstance(exc.__context__, _StopParsing):
                 self._broken()
+        if self._out and self.client is not None:
+            self._flush(self.client)
 
     def eof_received(self) -> bool | None:
         client = self.client
@@ -285,6 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._headers_done_eof_body():
             # A close-delimited body ended normally.
+            self._flush(client)
             if self._framing == http.FRAME_CHUNKED:
                 client.transport.write(http.LAST_CHUNK)
             pool.stats.responses += 1
@@ -333,13 +349,13 @@ class UpstreamConnection(asyncio.Protocol):
             if status == 101:
                 if not client.upgrade_requested:
                     raise httptools.HttpParserError("unexpected 101")
-                client.transport.write(http.build_switching_head(status, self._reason, scan))
+                self._out.append(http.build_switching_head(status, self._reason, scan))
                 client.response_started = True
                 self.state = TUNNEL
                 return
             self._informational = True
             if client.http11:
-                client.transport.write(http.build_informational_head(status, self._reason, scan))
+                self._out.append(http.build_informational_head(status, self._reason, scan))
             return
         route = client.route
         assert route is not None
@@ -352,7 +368,7 @@ class UpstreamConnection(asyncio.Protocol):
         keep_alive = client.keep_alive and client.request_done and not client.upgrade_requested
         if not keep_alive:
             client.keep_alive = False
-        client.transport.write(
+        self._out.append(
             http.build_response_head(
                 status,
                 self._reason,
@@ -384,9 +400,9 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None:
             return
         if self._framing == http.FRAME_CHUNKED:
-            client.transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+            self._out += (http.chunk_header(len(body)), body, b"\r\n")
         else:
-            client.transport.write(body)
+            self._out.append(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -398,10 +414,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self._framing == http.FRAME_CHUNKED:
             trailers = self._trailers
             if trailers is None:
-                client.transport.write(http.LAST_CHUNK)
+                self._out.append(http.LAST_CHUNK)
             else:
                 scan = http.scan_response(trailers, self.pool.classes, learn_cookies=False)
-                client.transport.write(b"0\r\n" + b"".join(scan.kept) + b"\r\n")
+                self._out.append(b"0\r\n" + b"".join(scan.kept) + b"\r\n")
         self.pool.router.backend_succeeded(self.backend.id)
         self._finish(keep=self.reusable and client.request_done and self.parser.should_keep_alive())
 
@@ -417,6 +433,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.pool.stats.tunnels += 1
         self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
+        self._flush(client)
         if rest:
             client.transport.write(rest)
         client.upgraded(self)
@@ -426,6 +443,7 @@ class UpstreamConnection(asyncio.Protocol):
         answer already started), and never reuse this connection."""
         self.pool.stats.broken_responses += 1
         client = self.client
+        self._out.clear()
         self.abort()
         if client is not None:
             client.upstream_broken()

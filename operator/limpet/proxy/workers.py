@@ -320,7 +320,10 @@ async def _worker(fd: int) -> int:
                 op = message.get("op")
                 if op == "plan":
                     try:
-                        router.load_plan(plan_from_dict(message["plan"]))
+                        plan = plan_from_dict(message["plan"])
+                        # Compile off the loop (slot tables take tens of ms), swap on it.
+                        commit = await asyncio.to_thread(router.stage, plan)
+                        commit()
                     except ValueError:
                         log.exception("worker could not load a plan the supervisor accepted")
                 elif op == "stats":
