@@ -3,6 +3,7 @@ the backend's 101 the proxy pipes raw bytes both ways."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -69,9 +70,7 @@ async def test_tunnel_closes_when_one_side_closes(
                 aiohttp.WSMsgType.ERROR,
             )
             await ws.close()
-    import time
-
     deadline = time.monotonic() + 5
     while p.stats()["engine"]["connections_active"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert p.stats()["engine"]["connections_active"] == 0

@@ -113,10 +113,7 @@ _PLAIN_CONNECTION_VALUES: Final = frozenset(
 
 def _lists_headers(values: list[bytes]) -> bool:
     """Whether Connection may name headers to strip (exact answer comes later)."""
-    for value in values:
-        if value not in _PLAIN_CONNECTION_VALUES:
-            return True
-    return False
+    return any(value not in _PLAIN_CONNECTION_VALUES for value in values)
 
 
 @dataclass(slots=True)
