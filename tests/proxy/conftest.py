@@ -144,6 +144,15 @@ class Proxy:
         result: dict[str, Any] = json.loads(body)
         return result
 
+    def wait_idle(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Wait until the proxy holds no client connection; return the engine stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            engine: dict[str, Any] = self.stats()["engine"]
+            if engine["connections_active"] == 0 or time.monotonic() > deadline:
+                return engine
+            time.sleep(0.05)
+
     def pids(self) -> list[int]:
         """The proxy process and its worker processes."""
         pids = [self.proc.pid]

@@ -26,16 +26,6 @@ def one(backends: Backends, proxy: Proxies) -> tuple[Backend, Proxy]:
     )
 
 
-def wait_idle(p: Proxy, timeout: float = 5.0) -> dict[str, int]:
-    """Wait until the proxy holds no client connection; return the engine stats."""
-    deadline = time.monotonic() + timeout
-    while True:
-        engine = p.stats()["engine"]
-        if engine["connections_active"] == 0 or time.monotonic() > deadline:
-            return engine  # type: ignore[no-any-return]
-        time.sleep(0.05)
-
-
 BAD_REQUESTS = {
     "garbage": b"BLAH\r\n\r\n",
     "space-in-target": b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -70,7 +60,7 @@ def test_malformed_request_gets_400_and_close(one: tuple[Backend, Proxy], name: 
         assert c.closed_by_peer()
     with Conn(p.address) as c:
         assert c.request("GET", "/still-serving").status == 200
-    assert wait_idle(p)["connections_active"] == 0
+    assert p.wait_idle()["connections_active"] == 0
 
 
 @pytest.mark.parametrize(
@@ -189,7 +179,7 @@ def test_connection_limit(backends: Backends, proxy: Proxies) -> None:
     finally:
         for c in held:
             c.close()
-    wait_idle(p)
+    p.wait_idle()
     with Conn(p.address) as c:
         assert c.request("GET", "/after").status == 200
     assert p.stats()["engine"]["connections_rejected"] == 1
@@ -297,7 +287,7 @@ def test_bad_chunked_body_after_dispatch(one: tuple[Backend, Proxy]) -> None:
         status, _, _, _ = c.read_head()
         assert status == 400
         assert c.closed_by_peer()
-    assert wait_idle(p)["connections_active"] == 0
+    assert p.wait_idle()["connections_active"] == 0
 
 
 def test_client_vanishes_mid_request(one: tuple[Backend, Proxy]) -> None:
@@ -311,7 +301,7 @@ def test_client_vanishes_mid_request(one: tuple[Backend, Proxy]) -> None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()  # reset while the backend is still answering
     time.sleep(0.5)
-    assert wait_idle(p)["connections_active"] == 0
+    assert p.wait_idle()["connections_active"] == 0
     with Conn(p.address) as c:
         assert c.request("GET", "/ok").status == 200
     assert p.proc.poll() is None
