@@ -13,6 +13,9 @@ Every answer carries ``X-Backend: <id>``. Paths (the query string sets parameter
 - ``/trailers``                             a chunked answer with a trailer field.
 - ``/ws``                                   a WebSocket that echoes every message.
 - ``/reject-expect``                        answers 417 to ``Expect: 100-continue``.
+- ``/arm-stale``                            echo; the next request on the same connection
+                                            is met by closing it unanswered (a stale
+                                            keep-alive connection).
 - anything else                             JSON echo: method, path, version, headers, the
                                             body's length and sha256 (hashed while
                                             streaming, never held whole), the peer port.
@@ -68,8 +71,17 @@ def make_app(backend: str) -> web.Application:
             request.writer.output_size = 0
         return None
 
+    armed: set[object] = set()
+
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.path
+        if request.transport in armed:
+            armed.discard(request.transport)
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(3600)
+        if path == "/arm-stale":
+            armed.add(request.transport)
         q = request.query
         hdr = {"X-Backend": backend}
         if path == "/download":
@@ -163,7 +175,9 @@ async def raw_eof_download(request: web.Request, size: int, backend: str) -> web
 
 
 async def serve(backend: str, port: int) -> None:
-    runner = web.AppRunner(make_app(backend), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        make_app(backend), handle_signals=False, access_log=None, shutdown_timeout=0.5
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

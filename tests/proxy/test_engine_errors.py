@@ -305,3 +305,22 @@ def test_client_vanishes_mid_request(one: tuple[Backend, Proxy]) -> None:
     with Conn(p.address) as c:
         assert c.request("GET", "/ok").status == 200
     assert p.proc.poll() is None
+
+
+def test_stale_pooled_connection_retried_for_idempotent_only(
+    backends: Backends, proxy: Proxies
+) -> None:
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b))
+    with Conn(p.address) as c:
+        # The backend will close this pooled connection when the next request arrives.
+        assert c.request("GET", "/arm-stale").status == 200
+        r = c.request("GET", "/idempotent")
+        assert r.status == 200
+        assert r.json()["path"] == "/idempotent"
+        assert c.request("GET", "/arm-stale").status == 200
+        r = c.request("POST", "/not-idempotent", body=b"x")
+        assert r.status == 502
+    engine = p.stats()["engine"]
+    assert engine["retries"] == 1
+    assert p.stats()["backends"]["s1"]["health"] == "up"

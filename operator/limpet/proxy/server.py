@@ -118,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         "phase",
         "pool",
         "read_paused",
+        "redialled",
         "registered",
         "req_trailers",
         "request_done",
@@ -188,7 +189,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_requested = False
         self.chunked_request = False
         self.idempotent = True
-        self.retried = False
+        self.retried = False  # rerouted once after a connect failure
+        self.redialled = False  # dialled afresh once after a pooled connection died
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -370,6 +372,7 @@ class ClientConnection(asyncio.Protocol):
         self.response_finished = False
         self.body_sent = False
         self.retried = False
+        self.redialled = False
         self.route = None
         self.http11 = version == "1.1"
         self.keep_alive = keep_alive
@@ -534,7 +537,7 @@ class ClientConnection(asyncio.Protocol):
         self.up = None
         self.route = None
         self.body_buf = None
-        self.read_paused &= ~(R_UPSTREAM | R_DIALLING)
+        self._resume(R_UPSTREAM | R_DIALLING)
         if not self.keep_alive:
             self.close_after_flush()
             return
@@ -595,10 +598,10 @@ class ClientConnection(asyncio.Protocol):
         route = self.route
         if self.response_finished or route is None:
             return
-        if not self.retried and self.idempotent and not self.body_sent:
+        if not self.redialled and self.idempotent and not self.body_sent:
             # Usually a pooled connection the backend had just closed: dial afresh once.
             # If the backend is really gone the dial fails and fails over.
-            self.retried = True
+            self.redialled = True
             self.stats.retries += 1
             if self.body_buf is None:
                 self.body_buf = []
@@ -679,6 +682,7 @@ class ClientConnection(asyncio.Protocol):
         self.read_paused |= reason
 
     def _resume(self, reason: int) -> None:
+        """Clear the ``reason`` bits (one or several); resume once none is left."""
         if self.read_paused & reason:
             self.read_paused &= ~reason
             if not self.read_paused and not self.closing:
