@@ -1,14 +1,15 @@
 """Everything the demo runs on, set up in order and torn down in reverse.
 
 Data flow (:meth:`Stage.open`): a cluster (a local etcd + kube-apiserver from
-``limpet.devcluster``, or ``$KUBECONFIG``'s when ``LIMPET_USE_KUBECONFIG=1``) -> the CRDs
-from ``crds/`` (server-side apply, waited for) -> a fresh namespace -> the operator's
-identity (on the local cluster: the ServiceAccount and the ClusterRole of deploy/ with a
-TokenRequest token, so the demo shows the operator working with exactly the shipped
-permissions; on your cluster: your kubeconfig) -> the StickyService -> ``limpet
-operator`` as a child process -> the operator's Secret (admin token) -> N ``limpet proxy``
-processes and the counter app, each a fake pod (a network namespace with its own pod IP,
-published in an EndpointSlice exactly as kubelet and the EndpointSlice controller would).
+``limpet.devcluster``, or ``$KUBECONFIG``'s when ``LIMPET_USE_KUBECONFIG=1``) -> on the
+local cluster ``kubectl apply --server-side -k deploy/`` (CRDs, namespace, ServiceAccount,
+ClusterRole and binding, exactly as shipped), on your cluster only the CRDs -> a fresh
+namespace -> the operator's identity (local: a TokenRequest token of deploy/'s
+ServiceAccount, so the operator works with exactly the shipped permissions; yours: your
+kubeconfig) -> the StickyService -> ``limpet operator`` as a child process -> the
+operator's Secret (admin token) -> N ``limpet proxy`` processes and the counter app, each
+a fake pod (a network namespace with its own pod IP, published in an EndpointSlice
+exactly as kubelet and the EndpointSlice controller would).
 
 The operator manages the proxies as in a cluster: it applies their Deployment and
 Service (nothing runs them here: the demo plays kubelet and starts the processes), finds
@@ -30,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +44,7 @@ import yaml
 from kubernetes import client as k8s
 
 from limpet.controller.proxies import proxy_service_name, secret_name
+from limpet.devcluster.binaries import KUBECTL, find_binary
 from limpet.devcluster.client import client_from_kubeconfig, request, server_side_apply
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
@@ -53,7 +56,9 @@ from limpet.devcluster.process import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO / "crds"
-RBAC_FILE = REPO / "deploy" / "rbac" / "operator-rbac.yaml"
+DEPLOY_DIR = REPO / "deploy"
+OPERATOR_NAMESPACE = "limpet-system"
+OPERATOR_SA = "limpet-operator"
 ENV_USE_KUBECONFIG = "LIMPET_USE_KUBECONFIG"
 STICKY = "counter"
 APP_SERVICE = "counter"
@@ -123,7 +128,7 @@ class Stage:
         self._cluster()
         api = self.api
         assert api is not None
-        self._install_crds(api)
+        self._install(api)
         self.namespace = create_namespace(api, "limpet-demo")
         self._stack.callback(purge_namespace, api, self.namespace)
         s.say(f"namespace {self.namespace}")
@@ -200,54 +205,58 @@ class Stage:
             s.say(f"control plane ready at {cluster.server}")
         self._stack.callback(self.api.close)
 
-    def _install_crds(self, api: k8s.ApiClient) -> None:
-        names = []
-        for path in sorted(CRD_DIR.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    name = doc["metadata"]["name"]
-                    server_side_apply(
-                        api,
-                        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                        doc,
-                        field_manager=FIELD_MANAGER,
-                    )
-                    names.append(name)
-        if not names:
-            raise StageError(f"no CRDs found in {CRD_DIR}")
+    def _install(self, api: k8s.ApiClient) -> None:
+        """The local cluster gets deploy/ itself; someone else's cluster only the CRDs."""
+        if self.cluster is not None:
+            # Exactly what users apply: CRDs, namespace, ServiceAccount, ClusterRole and
+            # binding, the operator Deployment (no kubelet here runs it: the demo runs
+            # the operator as a local process under that ServiceAccount instead).
+            kubectl = find_binary(KUBECTL)
+            done = subprocess.run(
+                [
+                    str(kubectl),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "apply",
+                    "--server-side",
+                    "-k",
+                    str(DEPLOY_DIR),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise StageError(f"kubectl apply -k deploy/ failed: {done.stderr.strip()}")
+            self.settings.say("applied deploy/ (CRDs, RBAC, operator objects)")
+        else:
+            names = []
+            for path in sorted(CRD_DIR.glob("*.yaml")):
+                for doc in yaml.safe_load_all(path.read_text()):
+                    if doc and doc.get("kind") == "CustomResourceDefinition":
+                        name = doc["metadata"]["name"]
+                        server_side_apply(
+                            api,
+                            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                            doc,
+                            field_manager=FIELD_MANAGER,
+                        )
+                        names.append(name)
+            if not names:
+                raise StageError(f"no CRDs found in {CRD_DIR}")
+            self.settings.say(f"CRDs installed: {', '.join(names)}")
         _wait(lambda: _served(api), 30, "the limpet.dev API to be served")
-        self.settings.say(f"CRDs installed: {', '.join(names)}")
 
     def _operator_identity(self, api: k8s.ApiClient) -> Path:
-        """On the local cluster: deploy/'s ServiceAccount and ClusterRole, with a token."""
+        """On the local cluster: a token of deploy/'s ServiceAccount (exactly its RBAC)."""
         assert self.kubeconfig is not None
         if self.cluster is None:
             return self.kubeconfig
-        suffix = self.namespace.rsplit("-", 1)[-1]
-        sa = "limpet-operator"
-        docs = [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d]
-        role = next(d for d in docs if d["kind"] == "ClusterRole")
-        binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
-        name = f"{role['metadata']['name']}-{suffix}"
-        role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = name
-        binding["subjects"] = [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}]
-        request(
-            api,
-            "POST",
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts",
-            body={"metadata": {"name": sa}},
-        )
-        rbac = "/apis/rbac.authorization.k8s.io/v1"
-        server_side_apply(api, f"{rbac}/clusterroles/{name}", role, field_manager=FIELD_MANAGER)
-        self._stack.callback(_delete, api, f"{rbac}/clusterroles/{name}")
-        server_side_apply(
-            api, f"{rbac}/clusterrolebindings/{name}", binding, field_manager=FIELD_MANAGER
-        )
-        self._stack.callback(_delete, api, f"{rbac}/clusterrolebindings/{name}")
         token = request(
             api,
             "POST",
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token",
+            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_SA}/token",
             body={"spec": {"expirationSeconds": 6 * 3600}},
         )["status"]["token"]
         ca = self.cluster.paths.ca_cert.read_bytes()
@@ -263,11 +272,14 @@ class Stage:
                     },
                 }
             ],
-            "users": [{"name": sa, "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "demo", "user": sa}}],
+            "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "demo", "user": OPERATOR_SA}}],
             "current-context": "operator",
         }
-        self.settings.say(f"operator identity: ServiceAccount {sa} bound to {RBAC_FILE.name}")
+        self.settings.say(
+            f"operator identity: ServiceAccount {OPERATOR_NAMESPACE}/{OPERATOR_SA} "
+            "with deploy/rbac/operator-rbac.yaml"
+        )
         return write_kubeconfig(self.work / "operator.kubeconfig", config)
 
     def _create_sticky(self, api: k8s.ApiClient) -> None:
@@ -290,14 +302,18 @@ class Stage:
         self._sticky_path = f"{path}/{STICKY}"
 
     def _start_operator(self, kubeconfig: Path) -> None:
+        if self.cluster is not None:
+            # Our own cluster: run as in production, cluster-wide with kopf peering.
+            scope = ["--peering", "limpet"]
+        else:
+            # Someone's cluster: touch only the demo's namespace, never join a peering.
+            scope = ["--namespace", self.namespace, "--standalone"]
         argv = _python_module(
             "limpet.cli",
             "operator",
             "--kubeconfig",
             str(kubeconfig),
-            "--namespace",
-            self.namespace,
-            "--standalone",
+            *scope,
             "--stats-interval",
             "1",
             "--gone-after",
@@ -400,11 +416,6 @@ def _gone(api: k8s.ApiClient, path: str) -> bool:
     except k8s.ApiException as exc:
         return bool(exc.status == 404)
     return False
-
-
-def _delete(api: k8s.ApiClient, path: str) -> None:
-    with contextlib.suppress(Exception):
-        request(api, "DELETE", path, timeout=5)
 
 
 def _rmtree(path: Path) -> None:
