@@ -11,6 +11,7 @@ Every answer carries ``X-Backend: <id>``. Paths (the query string sets parameter
 - ``/truncate``                             Content-Length 100, 10 bytes, then close.
 - ``/close``                                echo with ``Connection: close``.
 - ``/trailers``                             a chunked answer with a trailer field.
+- ``/early-hints``                          ``103 Early Hints``, then a 200 answer.
 - ``/ws``                                   a WebSocket that echoes every message.
 - ``/reject-expect``                        answers 417 to ``Expect: 100-continue``.
 - ``/arm-stale``                            echo; the next request on the same connection
@@ -125,11 +126,24 @@ def make_app(backend: str) -> web.Application:
         elif path == "/trailers":
             assert request.transport is not None
             request.transport.write(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: close\r\n"
                 b"X-Backend: " + backend.encode() + b"\r\n\r\n"
                 b"5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n"
             )
             await asyncio.sleep(0.05)
+            request.transport.close()
+            await asyncio.sleep(3600)
+        elif path == "/early-hints":
+            assert request.transport is not None
+            request.transport.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            )
+            await asyncio.sleep(0.05)
+            request.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nX-Backend: "
+                + backend.encode()
+                + b"\r\n\r\nok"
+            )
             request.transport.close()
             await asyncio.sleep(3600)
         elif path == "/ws":

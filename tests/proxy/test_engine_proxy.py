@@ -125,6 +125,18 @@ def test_expect_100_continue_relayed(one: tuple[Backend, Proxy]) -> None:
         assert echoed(r)["body_bytes"] == 5
 
 
+def test_informational_answer_relayed(one: tuple[Backend, Proxy]) -> None:
+    _, p = one
+    with Conn(p.address) as c:
+        c.send(b"GET /early-hints HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, headers, _ = c.read_head()
+        assert status == 103
+        assert ("Link", "</style.css>; rel=preload") in headers
+        r = c.read_response()
+        assert r.status == 200
+        assert r.body == b"ok"
+
+
 def test_expect_rejected_by_backend(one: tuple[Backend, Proxy]) -> None:
     _, p = one
     with Conn(p.address) as c:

@@ -1,0 +1,208 @@
+"""Unit tests of the head rewriting in ``limpet.proxy.http`` (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from limpet.proxy import http
+
+
+def scan(headers: list[tuple[bytes, bytes]], *, trusted: bool = False) -> http.RequestScan:
+    s = http.RequestScan(kept=[])
+    http.scan_request(s, headers, http.HeaderClasses(), trusted=trusted)
+    return s
+
+
+def lines(head: bytes) -> list[bytes]:
+    return head.split(b"\r\n")
+
+
+def test_hop_by_hop_request_headers_are_dropped() -> None:
+    s = scan(
+        [
+            (b"Host", b"a"),
+            (b"Connection", b"keep-alive, X-Secret"),
+            (b"X-Secret", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Proxy-Authorization", b"Basic x"),
+            (b"PROXY-Connection", b"keep-alive"),
+            (b"TE", b"trailers"),
+            (b"Trailer", b"X-T"),
+            (b"Upgrade", b"h2c"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"X-Kept", b"yes"),
+        ]
+    )
+    assert s.kept == [b"Host: a\r\n", b"X-Kept: yes\r\n"]
+    assert s.transfer_encoding == b"chunked"
+    head = http.build_request_head(
+        s, b"POST", b"/p", peer=b"10.1.2.3", cookie=None, add_headers=(), upgrade=False
+    )
+    assert lines(head) == [
+        b"POST /p HTTP/1.1",
+        b"Host: a",
+        b"X-Kept: yes",
+        b"X-Forwarded-For: 10.1.2.3",
+        b"X-Forwarded-Proto: http",
+        b"X-Forwarded-Host: a",
+        b"Transfer-Encoding: chunked",
+        b"",
+        b"",
+    ]
+
+
+def test_cookie_headers_joined_and_rewritten() -> None:
+    s = scan([(b"Host", b"a"), (b"Cookie", b"a=1"), (b"cookie", b"LIMPET=x; b=2")])
+    assert s.cookie == b"a=1; LIMPET=x; b=2"
+    head = http.build_request_head(
+        s,
+        b"GET",
+        b"/",
+        peer=b"1.2.3.4",
+        cookie=b"a=1; b=2",
+        add_headers=((b"Limpet-Session-Moved", b"drain; from=x"),),
+        upgrade=False,
+    )
+    assert b"Cookie: a=1; b=2\r\n" in head
+    assert head.count(b"Cookie:") == 1
+    assert b"Limpet-Session-Moved: drain; from=x\r\n" in head
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_forwarded_headers(trusted: bool) -> None:
+    s = scan(
+        [
+            (b"Host", b"shop"),
+            (b"X-Forwarded-For", b"1.1.1.1"),
+            (b"X-Forwarded-For", b"2.2.2.2"),
+            (b"X-Forwarded-Proto", b"https"),
+            (b"X-Forwarded-Host", b"outer"),
+            (b"Forwarded", b"for=1.1.1.1"),
+        ],
+        trusted=trusted,
+    )
+    head = http.build_request_head(
+        s, b"GET", b"/", peer=b"10.0.0.9", cookie=None, add_headers=(), upgrade=False
+    )
+    if trusted:
+        assert b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n" in head
+        assert b"X-Forwarded-Proto: https\r\n" in head
+        assert b"X-Forwarded-Host: outer\r\n" in head
+        assert b"Forwarded: for=1.1.1.1\r\n" in head
+    else:
+        assert b"X-Forwarded-For: 10.0.0.9\r\n" in head
+        assert b"X-Forwarded-Proto: http\r\n" in head
+        assert b"X-Forwarded-Host: shop\r\n" in head
+        assert b"Forwarded:" not in head
+    assert head.count(b"X-Forwarded-For") == 1
+
+
+def test_upgrade_request_keeps_upgrade() -> None:
+    s = scan([(b"Host", b"a"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")])
+    head = http.build_request_head(
+        s, b"GET", b"/ws", peer=b"1.2.3.4", cookie=None, add_headers=(), upgrade=True
+    )
+    assert head.endswith(b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+
+
+def test_expect_and_lengths() -> None:
+    s = scan([(b"Host", b"a"), (b"Content-Length", b"12"), (b"Expect", b"100-Continue")])
+    assert s.expect_continue
+    assert s.content_length == 12
+    assert s.has_body
+    assert not scan([(b"Host", b"a")]).has_body
+
+
+def response_scan(headers: list[tuple[bytes, bytes]]) -> http.ResponseScan:
+    return http.scan_response(headers, http.HeaderClasses(), learn_cookies=True)
+
+
+def test_response_hop_by_hop_and_set_cookie() -> None:
+    r = response_scan(
+        [
+            (b"Content-Type", b"text/plain"),
+            (b"Connection", b"close, X-Internal"),
+            (b"X-Internal", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Set-Cookie", b"APP=1"),
+            (b"Content-Length", b"2"),
+        ]
+    )
+    assert r.set_cookies == [b"APP=1"]
+    framing = http.response_framing(200, head_request=False, scan=r, http11=True)
+    assert framing == http.FRAME_RAW
+    head = http.build_response_head(
+        200,
+        b"OK",
+        r,
+        framing=framing,
+        set_cookie=b"LIMPET=v; Path=/",
+        keep_alive=True,
+        http11=True,
+    )
+    assert lines(head) == [
+        b"HTTP/1.1 200 OK",
+        b"Content-Type: text/plain",
+        b"Set-Cookie: APP=1",
+        b"Content-Length: 2",
+        b"Set-Cookie: LIMPET=v; Path=/",
+        b"",
+        b"",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "head_request", "headers", "http11", "expected"),
+    [
+        (200, False, [(b"Content-Length", b"5")], True, http.FRAME_RAW),
+        (200, False, [(b"Transfer-Encoding", b"chunked")], True, http.FRAME_CHUNKED),
+        (200, False, [(b"Transfer-Encoding", b"chunked")], False, http.FRAME_CLOSE),
+        (200, False, [], True, http.FRAME_CHUNKED),
+        (200, False, [], False, http.FRAME_CLOSE),
+        (200, True, [(b"Content-Length", b"5")], True, http.FRAME_NONE),
+        (204, False, [], True, http.FRAME_NONE),
+        (304, False, [(b"Content-Length", b"5")], True, http.FRAME_NONE),
+        (103, False, [], True, http.FRAME_NONE),
+    ],
+)
+def test_response_framing(
+    status: int,
+    head_request: bool,
+    headers: list[tuple[bytes, bytes]],
+    http11: bool,
+    expected: int,
+) -> None:
+    r = response_scan(headers)
+    assert http.response_framing(status, head_request=head_request, scan=r, http11=http11) == (
+        expected
+    )
+
+
+def test_connection_close_and_http10_keep_alive() -> None:
+    r = response_scan([(b"Content-Length", b"0")])
+    close = http.build_response_head(
+        200, b"OK", r, framing=http.FRAME_RAW, set_cookie=None, keep_alive=False, http11=True
+    )
+    assert close.endswith(b"Connection: close\r\n\r\n")
+    ka10 = http.build_response_head(
+        200, b"OK", r, framing=http.FRAME_RAW, set_cookie=None, keep_alive=True, http11=False
+    )
+    assert ka10.endswith(b"Connection: keep-alive\r\n\r\n")
+
+
+def test_error_responses_are_complete() -> None:
+    for status in (400, 408, 414, 431, 502, 503, 504, 505):
+        data = http.error_response(status, close=True)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status)
+        assert b"Content-Length: %d" % len(body) in head
+        assert b"Connection: close" in head
+    assert http.error_response(503, close=False).endswith(b"\r\n\r\nno backend available\n")
+
+
+def test_header_class_cache_is_bounded() -> None:
+    classes = http.HeaderClasses(limit=10)
+    for i in range(100):
+        assert classes.get(b"X-Made-Up-%d" % i) == http.OTHER
+    assert len(classes.cache) == 10
+    assert classes.get(b"PROXY-anything") == http.DROP
