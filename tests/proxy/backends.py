@@ -126,7 +126,8 @@ def make_app(backend: str) -> web.Application:
         elif path == "/trailers":
             assert request.transport is not None
             request.transport.write(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: close\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n"
+                b"Connection: close\r\n"
                 b"X-Backend: " + backend.encode() + b"\r\n\r\n"
                 b"5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n"
             )
