@@ -95,10 +95,13 @@ async def test_peering_one_active_operator_and_takeover(
     high = start_operator("--priority", "200", log_name="high.log")
     low = start_operator("--priority", "100", log_name="low.log")
 
-    async def low_paused() -> bool:
-        return "Pausing operations in favour of" in low.log()
+    async def settled() -> bool:
+        up = "Initial authentication has finished" in low.log()
+        return up and _active(high.log()) and not _active(low.log())
 
-    await eventually(low_paused, what="the low-priority operator pausing")
+    # kopf starts paused when peering is mandatory; the highest priority resumes, and a
+    # lower one that saw no peer yet pauses as soon as it sees the higher one.
+    await eventually(settled, what="the high-priority operator active, the other paused")
     await kube.create(STICKYSERVICES.path(namespace), sticky_manifest("one", "shop"))
     await eventually(lambda: _backends(kube, namespace, "one"), what="'one' reconciled")
     assert "/one: plan v1" in high.log()  # the active one did the work...
@@ -107,10 +110,15 @@ async def test_peering_one_active_operator_and_takeover(
     high.stop()  # graceful: it leaves the peering object at once
 
     async def low_resumed() -> bool:
-        return "Resuming operations after the pause" in low.log()
+        return _active(low.log())
 
     await eventually(low_resumed, what="the low-priority operator resuming")
     await kube.create(STICKYSERVICES.path(namespace), sticky_manifest("two", "shop"))
     await eventually(lambda: _backends(kube, namespace, "two"), what="'two' reconciled")
     assert "/two: plan v1" in low.log()
     assert low.alive()
+
+
+def _active(log: str) -> bool:
+    """Whether kopf's peering last resumed (rather than paused) this operator."""
+    return log.rfind("Resuming operations") > log.rfind("Pausing operations")

@@ -28,6 +28,7 @@ from limpet.controller.settings import (
     OperatorSettings,
     PushSettings,
 )
+from limpet.controller.watchhub import WatchHub
 
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings")
 PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
@@ -170,17 +171,21 @@ async def main(args: argparse.Namespace) -> int:
     ):
         if not settings.standalone:
             await ensure_peering(client, settings)
-        runtime = Runtime(config=config, client=client, http=http, settings=settings)
-        await kopf.operator(
-            registry=build_registry(runtime),
-            settings=kopf_settings(settings),
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            standalone=settings.standalone,
-            priority=settings.priority,
-            peering_name=None if settings.standalone else settings.peering_name,
-            liveness_endpoint=settings.liveness_endpoint,
-        )
+        hub = WatchHub(client)
+        runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
+        try:
+            await kopf.operator(
+                registry=build_registry(runtime),
+                settings=kopf_settings(settings),
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                standalone=settings.standalone,
+                priority=settings.priority,
+                peering_name=None if settings.standalone else settings.peering_name,
+                liveness_endpoint=settings.liveness_endpoint,
+            )
+        finally:
+            await hub.close()
     return 0
 
 

@@ -38,6 +38,7 @@ from limpet.controller.kube import KubeClient
 from limpet.controller.proxies import delete_owned
 from limpet.controller.reconciler import EventSink, Reconciler
 from limpet.controller.settings import OperatorSettings
+from limpet.controller.watchhub import WatchHub
 
 GROUP, VERSION, PLURAL = "limpet.dev", "v1alpha1", "stickyservices"
 KOPF_PREFIX = "kopf.limpet.dev"
@@ -56,6 +57,7 @@ class KopfEvents:
 class Runtime:
     config: ClusterConfig
     client: KubeClient
+    hub: WatchHub
     http: aiohttp.ClientSession
     settings: OperatorSettings
     events: EventSink = field(default_factory=KopfEvents)
@@ -127,6 +129,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             while not stopped:
                 reconciler = Reconciler(
                     client=runtime.client,
+                    hub=runtime.hub,
                     http=runtime.http,
                     settings=runtime.settings,
                     events=runtime.events,

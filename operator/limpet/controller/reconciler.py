@@ -38,13 +38,7 @@ from limpet.affinity.lifecycle import BackendState
 from limpet.controller.debounce import Debouncer
 from limpet.controller.informer import Informer
 from limpet.controller.keys import KeyMaterial, next_retirement, prune, rotate
-from limpet.controller.kube import (
-    ENDPOINTSLICES,
-    SERVICES,
-    STICKYSERVICES,
-    ApiError,
-    KubeClient,
-)
+from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, ApiError, KubeClient
 from limpet.controller.membership import (
     Member,
     SliceView,
@@ -57,7 +51,7 @@ from limpet.controller.proxies import (
     apply_managed,
     delete_owned,
     load_keys,
-    proxy_slice_selector,
+    proxy_service_name,
     proxy_targets,
     save_keys,
 )
@@ -71,6 +65,7 @@ from limpet.controller.status import (
     build_status,
     recover_state,
 )
+from limpet.controller.watchhub import NamespaceServices, NamespaceSlices, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -97,28 +92,19 @@ class LogEvents:
         )
 
 
-ServicePorts = tuple[tuple[str, int], ...]
-
-
-def _service_ports(obj: Mapping[str, Any]) -> ServicePorts:
-    return tuple(
-        (str(p.get("name") or ""), int(p["port"]))
-        for p in (obj.get("spec") or {}).get("ports") or ()
-        if p.get("port") is not None
-    )
-
-
 class Reconciler:
     def __init__(
         self,
         *,
         client: KubeClient,
+        hub: WatchHub,
         http: aiohttp.ClientSession,
         settings: OperatorSettings,
         events: EventSink,
         body: Mapping[str, Any],
     ) -> None:
         self._client = client
+        self._hub = hub
         self._http = http
         self._settings = settings
         self._events = events
@@ -141,8 +127,10 @@ class Reconciler:
         self._rotation_seen: str | None = keys_status.get("rotationRequest")
         self._floor = 0
         self._next_wakeup: float | None = None
-        self._service_inf: Informer[ServicePorts] | None = None
-        self._slice_inf: Informer[SliceView] | None = None
+        self._services: NamespaceServices | None = None
+        self._slices: NamespaceSlices | None = None
+        self._watched: tuple[str, str | None] | None = None
+        """(target Service, managed proxies' Service or None) subscribed in the hubs."""
         self._proxy_inf: Informer[SliceView] | None = None
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._pusher: Pusher | None = None
@@ -246,7 +234,7 @@ class Reconciler:
             deleted = await delete_owned(self._client, body, keep_secret=True)
             if deleted:
                 self._event("ProxiesUnmanaged", f"deleted {', '.join(deleted)}")
-        key = (spec.service, proxy_slice_selector(self.name, spec))
+        key = (spec.service, spec.proxy.managed, spec.proxy.label_selector())
         if key != self._spec_key:
             await self._stop_watches()
             self._start_watches(spec)
@@ -263,35 +251,39 @@ class Reconciler:
         self._refresh_targets()
 
     def _start_watches(self, spec: StickySpec) -> None:
-        c, ns = self._client, self.namespace
-        self._service_inf = Informer(
-            c,
-            SERVICES,
-            ns,
-            transform=_service_ports,
-            on_change=self._debouncer.poke,
-            field_selector=f"metadata.name={spec.service}",
-        )
-        self._slice_inf = Informer(
-            c,
-            ENDPOINTSLICES,
-            ns,
-            transform=parse_slice,
-            on_change=self._debouncer.poke,
-            label_selector=f"kubernetes.io/service-name={spec.service}",
-        )
-        self._proxy_inf = Informer(
-            c,
-            ENDPOINTSLICES,
-            ns,
-            transform=parse_slice,
-            on_change=self._refresh_targets,
-            label_selector=proxy_slice_selector(self.name, spec),
-        )
-        for inf in (self._service_inf, self._slice_inf, self._proxy_inf):
-            self._watch_tasks.append(asyncio.create_task(inf.run(), name=f"watch:{inf.describe()}"))
+        """Subscribe to the namespace's shared watches (see :mod:`.watchhub`); external-mode
+        proxies, found by an arbitrary label selector, get a watch of their own."""
+        self._services = self._hub.services(self.namespace)
+        self._slices = self._hub.slices(self.namespace)
+        self._services.subscribe(spec.service, self._debouncer.poke)
+        self._slices.subscribe(spec.service, self._debouncer.poke)
+        proxy_service = None
+        if spec.proxy.managed:
+            proxy_service = proxy_service_name(self.name)
+            self._slices.subscribe(proxy_service, self._refresh_targets)
+        else:
+            inf: Informer[SliceView] = Informer(
+                self._client,
+                ENDPOINTSLICES,
+                self.namespace,
+                transform=parse_slice,
+                on_change=self._refresh_targets,
+                label_selector=spec.proxy.label_selector(),
+            )
+            self._proxy_inf = inf
+            self._watch_tasks.append(asyncio.create_task(inf.run(), name=inf.describe()))
+        self._watched = (spec.service, proxy_service)
 
     async def _stop_watches(self) -> None:
+        if self._watched is not None and self._services and self._slices:
+            service, proxy_service = self._watched
+            self._services.unsubscribe(service, self._debouncer.poke)
+            self._slices.unsubscribe(service, self._debouncer.poke)
+            if proxy_service is not None:
+                self._slices.unsubscribe(proxy_service, self._refresh_targets)
+            self._watched = None
+            await self._hub.release(self.namespace)
+        self._proxy_inf = None
         tasks, self._watch_tasks = self._watch_tasks, []
         for task in tasks:
             task.cancel()
@@ -299,10 +291,17 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _proxy_slices(self) -> list[SliceView]:
+        if self._proxy_inf is not None:
+            return list(self._proxy_inf.items.values())
+        if self._watched is not None and self._watched[1] and self._slices is not None:
+            return self._slices.items_for(self._watched[1])
+        return []
+
     def _refresh_targets(self) -> None:
-        if self._pusher is None or self._spec is None or self._proxy_inf is None:
+        if self._pusher is None or self._spec is None:
             return
-        endpoints = proxy_endpoints(self._proxy_inf.items.values())
+        endpoints = proxy_endpoints(self._proxy_slices())
         self._pusher.set_targets(proxy_targets(endpoints, self._spec, self._settings))
         self._status_dirty.set()
 
@@ -318,10 +317,10 @@ class Reconciler:
 
     def _members(self, spec: StickySpec) -> Mapping[BackendId, Member] | None:
         """Current members, or None when the Service or its port is missing (problem set)."""
-        assert self._service_inf is not None
-        assert self._slice_inf is not None
+        assert self._services is not None
+        assert self._slices is not None
         assert self._keys is not None
-        ports = self._service_inf.items.get(spec.service)
+        ports = self._services.ports(spec.service)
         if ports is None:
             self._problem = Problem(
                 "ServiceNotFound",
@@ -341,16 +340,16 @@ class Reconciler:
             return None
         self._problem = None
         return build_membership(
-            self._slice_inf.items.values(), port_name=port_name, id_key=self._keys.id_key
+            self._slices.items_for(spec.service), port_name=port_name, id_key=self._keys.id_key
         )
 
     async def _plan_once(self) -> None:
         spec, keys, pusher = self._spec, self._keys, self._pusher
         if spec is None or keys is None or pusher is None:
             return
-        assert self._service_inf is not None
-        assert self._slice_inf is not None
-        if not (self._service_inf.synced.is_set() and self._slice_inf.synced.is_set()):
+        assert self._services is not None
+        assert self._slices is not None
+        if not (self._services.synced(spec.service) and self._slices.synced(spec.service)):
             self._next_wakeup = time.time() + 0.05
             return
         now = round(time.time(), 6)
