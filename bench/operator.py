@@ -333,6 +333,11 @@ async def scale(cluster: DevCluster, work: Path, services: int, pods: int) -> li
                     },
                 )
 
+        idle = _operator(work, cluster, "operator-idle", "--namespace", "bench-unrelated")
+        await asyncio.sleep(4)
+        assert idle.pid is not None
+        idle_rss = _rss_mib(idle.pid)
+        idle.stop(timeout=10)
         await asyncio.gather(*(make(i) for i in range(services)))
         t0 = time.perf_counter()
         operator = _operator(
@@ -345,6 +350,7 @@ async def scale(cluster: DevCluster, work: Path, services: int, pods: int) -> li
             assert operator.pid is not None
             rss = _rss_mib(operator.pid)
             lines.append(f"scale: {services} StickyServices x {pods} pods, one operator process")
+            lines.append(f"  operator RSS, nothing to do    {idle_rss:7.1f} MiB")
             lines.append(f"  cold start -> all planned      {cold:7.2f} s")
             lines.append(f"  operator RSS                   {rss:7.1f} MiB")
 

@@ -8,7 +8,8 @@ server's message; 404 on get/delete is a value (``None``/``False``), not an exce
 
 Why not kopf's client: kopf's is private API. Why not the official library: it is
 blocking. Everything here is a plain aiohttp request, so one client serves hundreds of
-concurrent watches (one connection each; the connector is unbounded for that reason).
+concurrent watches (one connection each, in their own unbounded pool) while ordinary requests
+share a small bounded pool.
 
 Concurrency: one event loop; a client may be used by many tasks at once.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -84,10 +86,15 @@ class WatchExpired(Exception):
 class KubeClient:
     """Async JSON client bound to one :class:`ClusterConfig`."""
 
-    def __init__(self, config: ClusterConfig, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: ClusterConfig, *, timeout: float = 30.0, max_connections: int = 16
+    ) -> None:
         self._config = config
         self._timeout = timeout
+        self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -101,19 +108,31 @@ class KubeClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = self._config.ssl_context()
+        return self._ssl
 
     def _http(self) -> aiohttp.ClientSession:
+        """Requests: a bounded pool. Each TLS connection costs ~0.3 MiB (asyncio's TLS read
+        buffer is 256 KiB), so a burst of hundreds of requests at start-up queues for a
+        few connections instead of opening hundreds."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=self._config.ssl_context(), limit=0, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                base_url=None, connector=connector, json_serialize=json.dumps
-            )
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=self._max_connections)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
+
+    def _watch_http(self) -> aiohttp.ClientSession:
+        """Watches: one long-lived connection each, never queued behind one another."""
+        if self._watch_session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=0)
+            self._watch_session = aiohttp.ClientSession(connector=connector)
+        return self._watch_session
 
     def _headers(
         self, content_type: str | None = None, accept: str = "application/json"
@@ -240,7 +259,7 @@ class KubeClient:
             params["labelSelector"] = label_selector
         if field_selector:
             params["fieldSelector"] = field_selector
-        async with self._http().get(
+        async with self._watch_http().get(
             self._config.server + path,
             params=params,
             headers=self._headers(),
