@@ -5,6 +5,8 @@ hop-by-hop stripping, X-Forwarded-* trust, pipelining."""
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -295,3 +297,21 @@ def test_many_clients_share_the_pool(one: tuple[Backend, Proxy]) -> None:
     engine = p.stats()["engine"]
     assert engine["requests"] == 30
     assert engine["upstream_connects"] <= 10
+
+
+def test_address_override_dials_the_mapped_address(
+    backends: Backends, proxy: Proxies, tmp_path: Path
+) -> None:
+    b = backends.start("b1")
+    # The plan names an address nothing listens on (still loopback, so a broken override
+    # could never send traffic anywhere else); the override maps it to the backend.
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps({"127.0.0.2:9": f"127.0.0.1:{b.port}"}))
+    p = proxy.start("--backend", "pod=127.0.0.2:9", "--address-override", str(override))
+    with Conn(p.address) as c:
+        r = c.request("GET", "/via-override")
+    assert r.status == 200
+    assert r.json()["backend"] == "b1"
+    without = proxy.start("--backend", "pod=127.0.0.2:9")
+    with Conn(without.address) as c:
+        assert c.request("GET", "/direct").status in (502, 503)
