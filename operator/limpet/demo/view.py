@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ def render(frame: Frame, *, width: int = 80) -> list[str]:
     lines = [
         head[:width],
         f"[{_bar(progress, max(10, width - 8))}] {progress:4.0%}"[:width],
-        frame.phase_description[:width],
+        *textwrap.wrap(frame.phase_description, width)[:2],
         "",
         "Sessions per pod (live users, by the pod that served their last request)",
     ]
