@@ -324,3 +324,20 @@ def test_stale_pooled_connection_retried_for_idempotent_only(
     engine = p.stats()["engine"]
     assert engine["retries"] == 1
     assert p.stats()["backends"]["s1"]["health"] == "up"
+
+
+def test_nothing_after_a_closing_answer_is_served(one: tuple[Backend, Proxy]) -> None:
+    _, p = one
+    with Conn(p.address) as c:
+        c.send(
+            b"GET /first HTTP/2.0\r\nHost: x\r\n\r\n"
+            b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        status, _, _, _ = c.read_head()
+        assert status == 505
+        assert c.closed_by_peer()
+        assert b"HTTP/1.1" not in c.buf
+    engine = p.wait_idle()
+    assert engine["requests"] == 1
+    assert engine["upstream_connects"] == 0

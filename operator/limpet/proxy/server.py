@@ -66,6 +66,10 @@ class _Limit(Exception):
     """Raised from a parser callback when a request exceeds a size limit."""
 
 
+class _Closing(Exception):
+    """Raised from a parser callback to stop parsing input of a closing connection."""
+
+
 class _Pending:
     """A pipelined request, parsed while the previous one is still being answered."""
 
@@ -260,7 +264,8 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_head_done(data[exc.args[0] :])
             return
         except httptools.HttpParserError as exc:
-            self._bad_request(exc)
+            if not self.closing:
+                self._bad_request(exc)
             return
         if self.phase == P_HEAD and self.head_bytes > self.server.head_guard:
             self.limit_status = 414 if not self.headers else 431
@@ -290,6 +295,9 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.closing:
+            # Answered and closing: whatever follows in this read is not served.
+            raise _Closing
         self.phase = P_HEAD
         self.url = b""
         self.headers = []

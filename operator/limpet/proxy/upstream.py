@@ -125,7 +125,8 @@ class EngineStats:
 
 
 class _StopParsing(Exception):
-    """Raised from a parser callback to stop httptools (a HEAD answer is complete)."""
+    """Raised from a parser callback to stop httptools: a HEAD answer is complete, or
+    bytes follow a complete answer."""
 
 
 class _Backend:
@@ -263,7 +264,11 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._tunnel(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
-            if self.state != CLOSED and not isinstance(exc.__context__, _StopParsing):
+            if self.state == CLOSED:
+                pass
+            elif isinstance(exc.__context__, _StopParsing):
+                self.abort()  # bytes beyond the answer: the connection is out of step
+            else:
                 self._broken()
         if self._out and self.client is not None:
             self._flush(self.client)
@@ -323,6 +328,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.client is None:
+            raise _StopParsing  # an answer nobody asked for
         self._headers = []
         self._trailers = None
         self._framing = http.FRAME_NONE
