@@ -4,6 +4,7 @@ keep serving, and leak no connection."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -341,3 +342,54 @@ def test_nothing_after_a_closing_answer_is_served(one: tuple[Backend, Proxy]) ->
     engine = p.wait_idle()
     assert engine["requests"] == 1
     assert engine["upstream_connects"] == 0
+
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    valid = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nCookie: LIMPET=abc; k=v\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ]
+    alphabet = b"\r\n :;\x00\x7f\xff\tA0"
+    out = []
+    for _ in range(count):
+        data = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(1, 4)):
+            if not data:
+                data = bytearray(b"G")
+            op = rng.randrange(4)
+            i = rng.randrange(len(data))
+            if op == 0:
+                data[i] = rng.choice(alphabet)
+            elif op == 1:
+                data.insert(i, rng.choice(alphabet))
+            elif op == 2:
+                del data[i]
+            else:
+                data = data[: max(1, i)]
+        out.append(bytes(data))
+    return out
+
+
+def test_mutated_requests_never_break_the_proxy(one: tuple[Backend, Proxy]) -> None:
+    _, p = one
+    for data in _mutations(20261128, 300):
+        s = socket.create_connection(p.address, timeout=10)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)  # EOF: the proxy must not wait for more
+            while s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            s.close()
+    assert p.wait_idle()["connections_active"] == 0
+    with Conn(p.address) as c:
+        assert c.request("GET", "/after-fuzz").status == 200
+    assert p.proc.poll() is None
+    log = p.log_text()
+    assert "Traceback" not in log, log
+    assert "Exception" not in log, log
