@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 import yaml
 from kubernetes import client as k8s
 
@@ -167,17 +168,34 @@ StartOperator = Callable[..., OperatorProcess]
 class ProxyFleet:
     """Real ``limpet proxy`` processes, published as the managed proxy Service's pods."""
 
-    def __init__(self, fake_pods: FakePodsFactory, sticky: str, token: str, work: Path) -> None:
+    def __init__(
+        self,
+        fake_pods: FakePodsFactory,
+        sticky: str,
+        token: str,
+        work: Path,
+        *,
+        external_service: str | None = None,
+    ) -> None:
+        """Managed mode by default (the operator creates the Service); with
+        ``external_service``, the proxies are the pods of that (test-made) Service."""
         self.work = work
         self.token_file = work / "admin-token"
         self.token_file.write_text(token)
         self.group: FakePods = fake_pods(
-            proxy_service_name(sticky),
+            external_service or proxy_service_name(sticky),
             port=PROXY_PORT,
             port_name="http",
             backend=self._command,
-            create_service=False,
+            create_service=external_service is not None,
         )
+        if self.group.network.mode != "netns":
+            pytest.fail(
+                "the operator scenario tests run real proxies as fake pods with their own pod "
+                "IPs and need network namespaces (root and iproute2); "
+                f"this run's fake pods are in {self.group.network.mode!r} mode",
+                pytrace=False,
+            )
 
     def _command(self, spec: BackendSpec) -> list[str]:
         state = self.work / f"state-{spec.pod}"

@@ -270,3 +270,37 @@ async def test_killed_pod_fails_over(
     degraded = await condition(kube, namespace, "shop", "Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"] == "BackendsFailed"
+
+
+async def test_external_proxies_selected_by_label(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    selector = {"matchLabels": {"kubernetes.io/service-name": "edge"}}
+    await kube.create(
+        STICKYSERVICES.path(namespace),
+        sticky_manifest("shop", "shop", **FAST, proxy={"managed": False, "selector": selector}),
+    )
+    start_operator()
+    token = await read_token(kube, namespace, "shop")
+    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path, external_service="edge")
+    fleet.add(2)
+    backends = fake_pods("shop")
+    backends.scale_up(3)
+    scene = Scene(kube, http, namespace, fleet, backends)
+    await scene.ready()
+    await scene.converged()
+    users = [User(f"u{i}") for i in range(20)]
+    for _ in range(3):
+        for i, user in enumerate(users):
+            await user.get(http, fleet.urls()[i % 2])
+    assert all(u.moves() == 0 for u in users)
+    status = (await scene.sticky())["status"]
+    assert status["proxies"]["desired"] == status["proxies"]["discovered"] == 2
+    # External mode: the operator runs no proxies of its own.
+    assert await kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-proxy") is None
+    assert await kube.get(f"/api/v1/namespaces/{namespace}/services/shop-proxy") is None

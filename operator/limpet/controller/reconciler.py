@@ -135,6 +135,7 @@ class Reconciler:
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._pusher: Pusher | None = None
         self._status_dirty = asyncio.Event()
+        self._status_lock = asyncio.Lock()
         self._status_written_at = 0.0
         self._drain_empty_reported: set[BackendId] = set()
         self._out_of_sync_since: dict[str, float] = {}
@@ -373,13 +374,19 @@ class Reconciler:
             self._state,
             now=now,
         )
+        previous = self._state
         self._state = result.state
+        if result.durable_changed:
+            try:
+                await self._write_status(force=True)
+            except BaseException:
+                # Not persisted, so not pushed either: the next pass plans again.
+                self._state = previous
+                raise
         if result.state.schedule is not self._schedule_seen:
             self._schedule_seen = result.state.schedule
             self._moved_baseline = None
             self._moved_offset = 0
-        if result.durable_changed:
-            await self._write_status(force=True)
         if result.new_version:
             await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
             self.plans_pushed += 1
@@ -444,6 +451,12 @@ class Reconciler:
         )
 
     async def _write_status(self, *, force: bool = False) -> None:
+        # One writer at a time, and the view taken under the lock: a routine write that
+        # started before a plan change must not land after (and undo) the forced one.
+        async with self._status_lock:
+            await self._write_status_locked(force=force)
+
+    async def _write_status_locked(self, *, force: bool) -> None:
         status = build_status(self._view(), self._last_status)
         if not force and status == self._last_status:
             return
