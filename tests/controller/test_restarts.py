@@ -10,7 +10,16 @@ import aiohttp
 
 from limpet.controller.kube import KubeClient
 from limpet.devcluster.fakepods import FakePodsFactory
-from tests.controller.harness import FAST, Scene, StartOperator, User, eventually, make_scene
+from tests.controller.harness import (
+    FAST,
+    Scene,
+    StartOperator,
+    User,
+    condition,
+    event_reasons,
+    eventually,
+    make_scene,
+)
 from tests.controller.test_scenarios import _state_is
 
 
@@ -129,3 +138,40 @@ async def test_restarted_proxy_gets_the_plan_again(
     assert stats["planVersion"] == latest
     user = User("after")
     assert await user.get(http, pod.url)
+
+
+async def test_proxy_down_is_reported_then_recovers(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> None:
+    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
+    first = await scene.converged()
+    pod = scene.fleet.pods[1]
+    scene.fleet.group.stop_backend(pod.name)
+    scene.backends.scale_up(4)  # a new plan that the dead proxy cannot take
+
+    async def degraded() -> bool:
+        ready = await condition(kube, namespace, "shop", "Ready")
+        deg = await condition(kube, namespace, "shop", "Degraded")
+        return (
+            ready.get("reason") == "ProxiesOutOfSync"
+            and deg.get("reason") == "ProxyUnreachable"
+            and pod.name in deg.get("message", "")
+        )
+
+    await eventually(degraded, within=20, what="Ready=False ProxiesOutOfSync, Degraded")
+    status = (await scene.sticky())["status"]
+    assert status["proxies"]["synced"] == 1
+    assert status["proxies"]["outOfSync"] == [pod.name]
+
+    async def warned() -> bool:
+        return "ProxyOutOfSync" in await event_reasons(kube, namespace, "shop")
+
+    await eventually(warned, within=20, what="a ProxyOutOfSync event")
+    scene.fleet.group.start_backend(pod.name)
+    assert await scene.converged() > first
+    await scene.ready()
