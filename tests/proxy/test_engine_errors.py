@@ -393,3 +393,34 @@ def test_mutated_requests_never_break_the_proxy(one: tuple[Backend, Proxy]) -> N
     log = p.log_text()
     assert "Traceback" not in log, log
     assert "Exception" not in log, log
+
+
+def test_upstream_connect_timeout(proxy: Proxies) -> None:
+    # A loopback listener that never accepts, with its accept queue full: further
+    # connection attempts get no answer at all, so connecting to it times out.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+            fillers.append(f)
+        time.sleep(0.2)
+        p = proxy.start("--backend", f"hole=127.0.0.1:{port}", "--connect-timeout", "0.5")
+        with Conn(p.address) as c:
+            started = time.monotonic()
+            r = c.request("GET", "/")
+            elapsed = time.monotonic() - started
+        assert r.status == 503
+        assert 0.4 < elapsed < 3.0
+        engine = p.stats()["engine"]
+        assert engine["upstream_connect_failures"] == 1
+        assert p.stats()["backends"]["hole"]["health"] == "down"
+    finally:
+        for f in fillers:
+            f.close()
+        hole.close()
