@@ -58,14 +58,6 @@ def secret_name(name: str) -> str:
     return child_name(name, "limpet", limit=253)
 
 
-def proxy_slice_selector(name: str, spec: StickySpec) -> str:
-    """The label selector of the EndpointSlices that list this StickyService's proxies."""
-    external = spec.proxy.label_selector()
-    if not spec.proxy.managed and external:
-        return external
-    return f"kubernetes.io/service-name={proxy_service_name(name)}"
-
-
 def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
     meta = owner["metadata"]
     return {

@@ -6,9 +6,10 @@ spec and annotation changes to :meth:`Reconciler.update`. The reconciler
 1. recovers its planner state from the object's status (:func:`.status.recover_state`)
    and its keys from its Secret (creating both on first sight);
 2. applies the managed proxies (Deployment + Service) when ``spec.proxy.managed``;
-3. runs three server-side-filtered watches (:class:`.informer.Informer`): the target
-   Service by name, the target Service's EndpointSlices (label
-   ``kubernetes.io/service-name``) and the proxies' EndpointSlices;
+3. subscribes to its namespace's shared, server-side-filtered watches
+   (:mod:`.watchhub`): the target Service's ports, its EndpointSlices and the managed
+   proxies' EndpointSlices (external-mode proxies get an :class:`.informer.Informer`
+   with their label selector);
 4. loops: the :class:`.debounce.Debouncer` turns watch events into paced planning
    passes; each pass builds the membership, asks :func:`.planner.plan_next` for the next
    plan, writes status first when the durable state changed (restart safety), hands a
@@ -78,20 +79,6 @@ class EventSink(Protocol):
     def post(self, owner: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
 
 
-class LogEvents:
-    """An EventSink that only logs (used outside kopf, e.g. in benchmarks)."""
-
-    def post(self, owner: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-        log.info(
-            "%s/%s %s %s: %s",
-            owner["metadata"].get("namespace"),
-            owner["metadata"]["name"],
-            type,
-            reason,
-            message,
-        )
-
-
 class Reconciler:
     def __init__(
         self,
@@ -145,7 +132,6 @@ class Reconciler:
             ((body.get("status") or {}).get("rebalance") or {}).get("moved") or 0
         )
         self._schedule_seen = self._state.schedule
-        self.plans_pushed = 0
 
     # -- inputs from kopf ---------------------------------------------------------------------
 
@@ -389,7 +375,6 @@ class Reconciler:
             self._moved_offset = 0
         if result.new_version:
             await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
-            self.plans_pushed += 1
             counts: dict[str, int] = {}
             for b in result.plan.backends:
                 counts[b.state.value] = counts.get(b.state.value, 0) + 1
