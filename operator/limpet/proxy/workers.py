@@ -23,6 +23,7 @@ supervisor stops them with SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -32,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +59,7 @@ READY_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
 STOP_GRACE = 5.0
 RESTART_PAUSE_MAX = 5.0
+RESTART_WINDOW = 60.0
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:
@@ -104,6 +107,7 @@ class Supervisor:
         self.plan = plan
         self.workers: list[_Worker] = []
         self.restarts = 0
+        self._recent_restarts: collections.deque[float] = collections.deque()
         self.stopping = asyncio.Event()
         self._ids = itertools.count(1)
 
@@ -164,7 +168,13 @@ class Supervisor:
         if self.stopping.is_set():
             return
         self.restarts += 1
-        pause = min(RESTART_PAUSE_MAX, 0.1 * 2 ** min(self.restarts, 6))
+        now = time.monotonic()
+        recent = self._recent_restarts
+        recent.append(now)
+        while recent and recent[0] < now - RESTART_WINDOW:
+            recent.popleft()
+        # 0.2 s for an occasional crash, growing to 5 s for a worker that keeps dying.
+        pause = min(RESTART_PAUSE_MAX, 0.1 * 2 ** min(len(recent), 6))
         log.warning(
             "worker %d (pid %d) exited with status %s; restarting in %.1fs",
             worker.index,
