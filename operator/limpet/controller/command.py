@@ -154,6 +154,29 @@ async def ensure_peering(client: KubeClient, settings: OperatorSettings) -> None
                 raise
 
 
+async def preflight(client: KubeClient, settings: OperatorSettings) -> str | None:
+    """Check what must exist before kopf starts; a sentence saying what is missing, or None."""
+    try:
+        await client.request("GET", "/apis/limpet.dev/v1alpha1")
+    except ApiError as exc:
+        if exc.status == 404:
+            return (
+                "the StickyService CRD is not installed: kubectl apply -f crds/stickyservice.yaml"
+            )
+        return f"cannot reach the API server: {exc}"
+    if not settings.standalone:
+        try:
+            await ensure_peering(client, settings)
+        except ApiError as exc:
+            if exc.status == 404:
+                return (
+                    "kopf's peering CRDs are not installed: kubectl apply -f "
+                    "crds/kopf-peering.yaml, or run a single replica with --standalone"
+                )
+            return f"cannot create the peering object {settings.peering_name!r}: {exc}"
+    return None
+
+
 async def main(args: argparse.Namespace) -> int:
     import kopf
 
@@ -165,12 +188,15 @@ async def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
+    log = logging.getLogger(__name__)
     async with (
         KubeClient(config) as client,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
     ):
-        if not settings.standalone:
-            await ensure_peering(client, settings)
+        problem = await preflight(client, settings)
+        if problem is not None:
+            log.error("%s", problem)
+            return 2
         hub = WatchHub(client)
         runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
         try:
