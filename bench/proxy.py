@@ -201,7 +201,7 @@ def session_cookie(port: int, name: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
         for header in resp.headers.get_all("Set-Cookie") or []:
             if header.startswith(name + "="):
-                return header.split(";")[0]
+                return str(header).split(";")[0]
     raise RuntimeError(f"no {name} cookie from 127.0.0.1:{port}")
 
 

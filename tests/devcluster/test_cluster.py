@@ -35,7 +35,9 @@ def test_namespace_created_through_the_written_kubeconfig(devcluster: DevCluster
         core = k8s.CoreV1Api(api)
         name = create_namespace(api, "kubeconfig")
         try:
-            assert core.read_namespace(name).status.phase == "Active"
+            status = core.read_namespace(name).status
+            assert status is not None
+            assert status.phase == "Active"
         finally:
             purge_namespace(api, name)
         with pytest.raises(k8s.ApiException) as info:
@@ -59,7 +61,8 @@ def test_server_side_apply_round_trips(api: k8s.ApiClient, namespace: str) -> No
     server_side_apply(api, path, manifest({"a": "3"}), field_manager="alpha")
     cm = k8s.CoreV1Api(api).read_namespaced_config_map("settings", namespace)
     assert cm.data == {"a": "3"}
-    managers = {f.manager: f.operation for f in cm.metadata.managed_fields}
+    assert cm.metadata is not None
+    managers = {f.manager: f.operation for f in cm.metadata.managed_fields or []}
     assert managers == {"alpha": "Apply"}
 
     # A second manager that touches alpha's field conflicts unless it forces.
@@ -102,26 +105,28 @@ def test_rbac_denies_a_plain_user_until_a_role_binding_allows_it(
         rbac = k8s.RbacAuthorizationV1Api(api)
         rbac.create_namespaced_role(
             namespace,
-            {
-                "metadata": {"name": "configmap-reader"},
-                "rules": [
-                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+            k8s.V1Role(
+                metadata=k8s.V1ObjectMeta(name="configmap-reader"),
+                rules=[
+                    k8s.V1PolicyRule(
+                        api_groups=[""], resources=["configmaps"], verbs=["get", "list"]
+                    )
                 ],
-            },
+            ),
         )
         rbac.create_namespaced_role_binding(
             namespace,
-            {
-                "metadata": {"name": "alice-reads-configmaps"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "configmap-reader",
-                },
-                "subjects": [
-                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+            k8s.V1RoleBinding(
+                metadata=k8s.V1ObjectMeta(name="alice-reads-configmaps"),
+                role_ref=k8s.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="Role", name="configmap-reader"
+                ),
+                subjects=[
+                    k8s.RbacV1Subject(
+                        api_group="rbac.authorization.k8s.io", kind="User", name="alice"
+                    )
                 ],
-            },
+            ),
         )
         # The authorizer reads RBAC objects from an informer: allow it a moment.
         assert _eventually(lambda: _status_of(list_configmaps) == 200)

@@ -179,7 +179,9 @@ def test_command_becomes_ready_and_cleans_up_on_sigterm(
     assert len(children) == 2
     assert all(_pid_alive(pid) for pid in children)
     with client_from_kubeconfig(kubeconfig) as api:
-        names = [ns.metadata.name for ns in k8s.CoreV1Api(api).list_namespace().items]
+        names = [
+            ns.metadata.name for ns in k8s.CoreV1Api(api).list_namespace().items if ns.metadata
+        ]
     assert "default" in names
 
     proc.send_signal(signal.SIGTERM)

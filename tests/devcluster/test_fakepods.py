@@ -107,7 +107,9 @@ def test_published_pods_are_accepted_and_their_backends_answer(
         assert json.loads(body)["path"] == "/hello"
     # The selector-less Service the slices belong to exists too.
     svc = k8s.CoreV1Api(api).read_namespaced_service("shop", namespace)
+    assert svc.spec is not None
     assert svc.spec.selector is None
+    assert svc.spec.ports is not None
     assert svc.spec.ports[0].port == 8080
     assert len({p.address for p in pods}) == 3
     if pod_network.mode == "loopback":
