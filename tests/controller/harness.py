@@ -35,7 +35,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from limpet.controller.kube import STICKYSERVICES, KubeClient
+from limpet.controller.kube import SERVICES, STICKYSERVICES, KubeClient
 from limpet.controller.proxies import proxy_service_name, secret_name
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
@@ -445,3 +445,39 @@ async def make_scene(
     await scene.ready()
     await scene.converged()
     return scene
+
+
+def shop_slice(namespace: str, count: int) -> dict[str, Any]:
+    """An EndpointSlice of Service "shop" with ``count`` ready endpoints at TEST-NET-1
+    addresses: published, never contacted (no proxy routes to them in these tests)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "shop-burst",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": "shop"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {
+                "addresses": [f"192.0.2.{i + 1}"],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"shop-{i}"},
+            }
+            for i in range(count)
+        ],
+    }
+
+
+async def create_service(kube: KubeClient, namespace: str) -> None:
+    await kube.create(
+        SERVICES.path(namespace),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    )

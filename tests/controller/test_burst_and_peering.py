@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from limpet.controller.kube import ENDPOINTSLICES, SERVICES, STICKYSERVICES, KubeClient
-from tests.controller.harness import StartOperator, eventually, get_sticky, sticky_manifest
-
-
-def _slice(namespace: str, count: int) -> dict[str, Any]:
-    # TEST-NET-1 addresses: published, never contacted (no proxy runs in these tests).
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "shop-burst",
-            "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": "shop"},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [
-            {
-                "addresses": [f"192.0.2.{i + 1}"],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
-                "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"shop-{i}"},
-            }
-            for i in range(count)
-        ],
-    }
-
-
-async def _service(kube: KubeClient, namespace: str) -> None:
-    await kube.create(
-        SERVICES.path(namespace),
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "shop"},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        },
-    )
+from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, KubeClient
+from tests.controller.harness import (
+    StartOperator,
+    create_service,
+    eventually,
+    get_sticky,
+    shop_slice,
+    sticky_manifest,
+)
 
 
 async def _backends(kube: KubeClient, namespace: str, name: str = "shop") -> int:
@@ -52,18 +23,18 @@ async def _backends(kube: KubeClient, namespace: str, name: str = "shop") -> int
 async def test_rollout_burst_gives_a_handful_of_plans(
     kube: KubeClient, namespace: str, start_operator: StartOperator
 ) -> None:
-    await _service(kube, namespace)
+    await create_service(kube, namespace)
     await kube.create(STICKYSERVICES.path(namespace), sticky_manifest("shop", "shop"))
     start_operator()
     path = ENDPOINTSLICES.path(namespace, "shop-burst")
-    await kube.apply(path, _slice(namespace, 1))
+    await kube.apply(path, shop_slice(namespace, 1))
     await eventually(lambda: _backends(kube, namespace), what="the first backend")
     await asyncio.sleep(2.5)  # quiet: the debouncer's interval falls back to its minimum
     first = (await get_sticky(kube, namespace, "shop"))["status"]["planVersion"]
 
     # A rollout: 50 pods become ready one by one, as fast as the API server takes it.
     for n in range(2, 52):
-        await kube.apply(path, _slice(namespace, n))
+        await kube.apply(path, shop_slice(namespace, n))
 
     async def all_in() -> bool:
         return await _backends(kube, namespace) == 51
@@ -77,7 +48,7 @@ async def test_rollout_burst_gives_a_handful_of_plans(
 
     # A lone change after a quiet period is planned promptly (one more plan).
     await asyncio.sleep(2.5)
-    await kube.apply(path, _slice(namespace, 50))
+    await kube.apply(path, shop_slice(namespace, 50))
 
     async def fifty() -> bool:
         return await _backends(kube, namespace) == 51 and (
@@ -90,8 +61,8 @@ async def test_rollout_burst_gives_a_handful_of_plans(
 async def test_peering_one_active_operator_and_takeover(
     kube: KubeClient, namespace: str, start_operator: StartOperator
 ) -> None:
-    await _service(kube, namespace)
-    await kube.apply(ENDPOINTSLICES.path(namespace, "shop-burst"), _slice(namespace, 2))
+    await create_service(kube, namespace)
+    await kube.apply(ENDPOINTSLICES.path(namespace, "shop-burst"), shop_slice(namespace, 2))
     high = start_operator("--priority", "200", log_name="high.log")
     low = start_operator("--priority", "100", log_name="low.log")
 
