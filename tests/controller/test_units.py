@@ -249,6 +249,44 @@ def test_status_round_trip_recovers_the_durable_state() -> None:
     assert again["conditions"] == status["conditions"]
 
 
+def _many(n: int) -> dict[BackendId, Member]:
+    out = {}
+    for i in range(n):
+        bid = backend_id(KEY, f"uid:pod-{i}")
+        address = f"10.1.{i // 250}.{i % 250 + 1}"
+        out[bid] = Member(id=bid, address=address, port=8080, pod=f"pod-{i}", observation=R)
+    return out
+
+
+def test_slot_table_grows_with_the_backends_and_never_shrinks() -> None:
+    r1 = plan_next(_spec(members=_many(3)), PlannerState(), now=0.0)
+    assert r1.plan.slot_table_size == 65537
+    # 1100 backends get fewer than 64 slots each at 65537: the table grows to about 256
+    # each (a prime from the ladder), and the schedule places sessions not yet moved by
+    # the old table at its old size.
+    r2 = plan_next(_spec(members=_many(1100)), r1.state, now=1.0)
+    assert r2.plan.slot_table_size == 524287
+    assert r2.plan.rebalance is not None
+    assert r2.plan.rebalance.from_size == 65537
+    # Scaling in keeps the size (a change would reshuffle every slot).
+    r3 = plan_next(_spec(members=_many(20)), r2.state, now=2.0)
+    assert r3.plan.slot_table_size == 524287
+    # A restarted operator plans on the same table.
+    status = build_status(
+        StatusView(
+            generation=1,
+            state=r3.state,
+            proxies=ProxySync(desired=1, discovered=1, synced=1),
+            now=3.0,
+        ),
+        None,
+    )
+    recovered = recover_state(status)
+    assert recovered.slot_table_size == 524287
+    r4 = plan_next(_spec(members=_many(20)), recovered, now=3.0)
+    assert r4.plan.slot_table_size == 524287
+
+
 def test_keys_rotate_prune_and_round_trip() -> None:
     m = new_material(100.0)
     assert from_secret_data(to_secret_data(m)) == m

@@ -20,6 +20,10 @@ Rules beyond :func:`limpet.affinity.advance`:
   gradual rebalance schedule from the previous table, unless rebalance.mode is Never. A
   scale-out during a running schedule keeps that schedule's "from" table (sessions not
   yet moved are still placed by it) and restarts the window.
+- The slot table size follows :func:`limpet.affinity.recommended_size` (about 256 slots a
+  backend, never shrinking, kept while it gives 64 or more), so 1000 backends still move
+  close to the optimal share on a change. A size change reshuffles the table, so it only
+  happens with a scale-out, whose schedule then carries the old size as ``fromSize``.
 - A finished schedule stays in the plan for one idle timeout more, so sessions that were
   busy at the end of the window still move at their next idle moment, then it is dropped.
 
@@ -42,6 +46,7 @@ from limpet.affinity.lifecycle import (
 )
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import Backend, CookieKey, Plan, RebalanceSchedule
+from limpet.affinity.slottable import recommended_size
 from limpet.controller.membership import Member
 from limpet.controller.spec import StickySpec
 
@@ -82,6 +87,8 @@ class PlannerState:
     backends: Mapping[BackendId, TrackedBackend] = field(default_factory=dict)
     schedule: RebalanceSchedule | None = None
     schedule_finished: bool = False
+    slot_table_size: int | None = None
+    """The table size in force; ``None`` before the first plan."""
     plan: Plan | None = None
 
     def durable_key(self) -> tuple[object, ...]:
@@ -90,6 +97,7 @@ class PlannerState:
             tuple(sorted((b.id, b.status) for b in self.backends.values())),
             self.schedule,
             self.schedule_finished,
+            self.slot_table_size,
         )
 
     def table(self) -> dict[BackendId, int]:
@@ -214,6 +222,7 @@ def _schedule(
     previous: PlannerState,
     old_table: Mapping[BackendId, int],
     new_table: Mapping[BackendId, int],
+    old_size: int,
     now: float,
 ) -> tuple[RebalanceSchedule | None, bool, list[PlanEvent]]:
     spec = inputs.spec
@@ -223,7 +232,9 @@ def _schedule(
     if spec.rebalance.mode != "Gradual" or not new_table:
         return None, False, events
     if added and old_table:
-        base = schedule.from_weights_map if schedule is not None and not finished else old_table
+        running = schedule is not None and not finished
+        base = schedule.from_weights_map if schedule is not None and running else old_table
+        from_size = schedule.from_size if schedule is not None and running else old_size
         new_total = sum(new_table.values()) or 1
         moved_share = sum(w for b, w in new_table.items() if b not in base) / new_total
         expected = None
@@ -231,6 +242,7 @@ def _schedule(
             expected = max(1, round(inputs.sessions * moved_share))
         schedule = RebalanceSchedule.from_weights(
             base,
+            from_size=from_size,
             start=now,
             window=spec.rebalance.window,
             min_idle=spec.rebalance.min_idle,
@@ -297,7 +309,11 @@ def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> Plan
     new_table = {
         b.id: DEFAULT_WEIGHT for b in backends.values() if b.status.state.takes_new_sessions
     }
-    schedule, finished, sched_events = _schedule(inputs, previous, old_table, new_table, now)
+    old_size = previous.slot_table_size
+    size = recommended_size(max(1, len(new_table)), current=old_size)
+    schedule, finished, sched_events = _schedule(
+        inputs, previous, old_table, new_table, old_size or size, now
+    )
     events.extend(sched_events)
     plan = Plan(
         version=max(previous.version, 1),
@@ -320,6 +336,7 @@ def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> Plan
         drain=spec.drain_settings(),
         rebalance=schedule,
         cookie_keys=inputs.cookie_keys,
+        slot_table_size=size,
         name=inputs.name,
     )
     changed = previous.plan is None or _content(previous.plan) != _content(plan)
@@ -334,6 +351,7 @@ def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> Plan
         backends=backends,
         schedule=schedule,
         schedule_finished=finished,
+        slot_table_size=size,
         plan=plan,
     )
     return PlanResult(

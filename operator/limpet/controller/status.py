@@ -236,6 +236,8 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
         "rebalance": rebalance,
         "conditions": _conditions(view, previous.get("conditions") or []),
     }
+    if st.slot_table_size is not None:
+        status["slotTableSize"] = st.slot_table_size
     if view.key_ids:
         keys: dict[str, Any] = {"active": view.key_ids[0], "ids": list(view.key_ids)}
         if view.keys_rotated_at is not None:
@@ -300,5 +302,10 @@ def recover_state(status: Mapping[str, Any] | None) -> PlannerState:
         backends=backends,
         schedule=schedule,
         schedule_finished=finished,
+        slot_table_size=_positive_int(status.get("slotTableSize")),
         plan=None,
     )
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
