@@ -34,7 +34,7 @@ if [[ -z $KUBECTL ]]; then
   if command -v kubectl >/dev/null; then KUBECTL=kubectl; else KUBECTL=$ROOT/.cache/bin/kubectl; fi
 fi
 for tool in docker kind python3; do
-  command -v "$tool" >/dev/null || die "$tool is not on PATH (see docs/user-guide.md, quick start on kind)"
+  command -v "$tool" >/dev/null || die "$tool is not on PATH (see README.md, quick start on kind)"
 done
 [[ -x $KUBECTL ]] || command -v "$KUBECTL" >/dev/null || die "no kubectl (set KUBECTL=...)"
 docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (docker info failed)"
