@@ -400,7 +400,9 @@ class Reconciler:
     def _view(self) -> StatusView:
         pusher, spec = self._pusher, self._spec
         proxies = list(pusher.proxies.values()) if pusher else []
-        version = pusher.version if pusher else 0
+        # The planner's version, not the pusher's: status is written before a lifecycle
+        # change is pushed, and must not call proxies that still run the old plan synced.
+        version = self._state.version if pusher else 0
         desired = len(proxies)
         if spec is not None and spec.proxy.managed:
             desired = spec.proxy.replicas or self._settings.proxy_replicas

@@ -133,22 +133,48 @@ def sweep_stale_work_dirs(root: Path) -> list[Path]:
         if is_alive(owner):
             continue
         children = extra.get("children", [])
-        for pid in children if isinstance(children, list) else []:
-            _kill_if_ours(int(pid), work_dir)
+        killed = [
+            int(pid)
+            for pid in (children if isinstance(children, list) else [])
+            if _kill_if_ours(int(pid), work_dir)
+        ]
+        # SIGKILL is asynchronous: a large Go process takes a moment to go. Wait, so the
+        # caller never sees a swept cluster's processes alive, nor have them write into
+        # the directory being removed.
+        _wait_gone(killed, timeout=10.0)
         shutil.rmtree(work_dir, ignore_errors=True)
         swept.append(work_dir)
     return swept
 
 
-def _kill_if_ours(pid: int, work_dir: Path) -> None:
+def _kill_if_ours(pid: int, work_dir: Path) -> bool:
+    """SIGKILL ``pid``'s process group if it is one of ours; whether a signal was sent."""
     # Guard against PID reuse: only a process whose command line names our work dir.
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return
-    if str(work_dir).encode() in cmdline:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        return False
+    if str(work_dir).encode() not in cmdline:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status and "State:\tX" not in status
+
+
+def _wait_gone(pids: list[int], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class DevCluster:
