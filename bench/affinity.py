@@ -303,6 +303,11 @@ def speed() -> None:
     full[owner] = 10_000
     t = min(timeit.repeat(lambda: router.route_new(h, now, full, 10_900), number=2000, repeat=3))
     print(f"{'route_new, owner full (preference walk)':<44} {t / 2000 * 1e9:>9.0f} ns")
+    down = frozenset({owner})
+    t = min(
+        timeit.repeat(lambda: router.route_new(h, now, loads, exclude=down), number=2000, repeat=3)
+    )
+    print(f"{'route_new, owner excluded (preference walk)':<44} {t / 2000 * 1e9:>9.0f} ns")
 
 
 def main(argv: list[str]) -> int:

@@ -72,3 +72,20 @@ def test_bad_settings() -> None:
         PassiveHealth(base=0)
     with pytest.raises(ValueError, match="back-off"):
         PassiveHealth(base=2, cap=1)
+
+
+def test_down_set_follows_records_and_time() -> None:
+    h = PassiveHealth(base=1.0, cap=8.0)
+    assert h.down(0.0) == frozenset()
+    h.failed("a", 10.0)
+    h.failed("b", 10.5)
+    assert h.down(10.6) == {"a", "b"}
+    assert h.down(11.2) == {"b"}  # a's down period ended: probing, eligible again
+    assert h.down(11.6) == frozenset()
+    h.failed("a", 12.0)  # a second failure: down for 2 s
+    assert h.down(12.1) == {"a"}
+    h.succeeded("a")
+    assert h.down(12.2) == frozenset()
+    h.failed("c", 20.0)
+    h.forget({"a", "b"})
+    assert h.down(20.1) == frozenset()

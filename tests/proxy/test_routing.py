@@ -4,6 +4,7 @@ drain, gradual rebalance, failover and passive health."""
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -810,3 +811,105 @@ def test_busy_client_ignoring_refreshes_is_not_drained_early() -> None:
     route = r.route(view)
     assert route is not None
     assert route.backend_id == "a"
+
+
+# -- bounded loads for every destination -------------------------------------------------------
+
+
+def _loads(r: Router) -> dict[str, int]:
+    return {bid: b.sessions for bid, b in r.stats().backends.items()}
+
+
+def _cap(loads: dict[str, int], eligible: Sequence[str], load_factor: float = 1.25) -> int:
+    total = sum(loads[b] for b in eligible)
+    return math.ceil(load_factor * (total + 1) / len(eligible))
+
+
+def _pinned_to_a(clock: Clock, r: Router, n: int) -> None:
+    """``n`` sessions on "a" that ``r`` learns of (placed while "a" was alone)."""
+    solo = mkrouter(clock, mkplan(1, [be("a")]))
+    for _ in range(n):
+        c = Client(other=None)
+        c.get(solo)
+        assert c.get(r).backend_id == "a"
+
+
+def test_failover_from_a_down_backend_respects_the_cap() -> None:
+    clock = Clock()
+    r = mkrouter(clock, mkplan(1, ABC))
+    clients = [Client(other=None) for _ in range(300)]
+    for c in clients:
+        c.get(r)
+    _pinned_to_a(clock, r, 150)  # "a" is now above the cap of the backends still up
+    r.backend_failed(BackendId("c"))
+    assert _loads(r)["a"] > _cap(_loads(r), "ab")
+    moves = 0
+    for c in clients:
+        before = _loads(r)
+        route = c.get(r)
+        assert route.backend_id != "c"
+        after = _loads(r)
+        if moved(route) is not None:
+            moves += 1
+            # The destination was under the cap computed over the backends still up.
+            assert before[route.backend_id] < _cap(before, "ab")
+            assert after[route.backend_id] <= _cap(before, "ab")
+    assert moves == r.stats().migrations["failover"] > 50
+    assert _loads(r)["c"] == 0
+    # New sessions meanwhile respect the same cap, and never go to the down backend.
+    for _ in range(100):
+        before = _loads(r)
+        bid = Client(other=None).get(r).backend_id
+        assert bid != "c"
+        assert before[bid] < _cap(before, "ab")
+
+
+def test_drain_destinations_respect_the_cap() -> None:
+    clock = Clock()
+    four = [be("a"), be("b"), be("c"), be("d")]
+    r = mkrouter(clock, mkplan(1, four))
+    clients = [Client(other=None) for _ in range(400)]
+    where = {id(c): c.get(r).backend_id for c in clients}
+    r.load_plan(
+        mkplan(2, [be("a"), be("b"), be("c"), be("d", BackendState.DRAINING, drain_deadline=T0)])
+    )
+    _pinned_to_a(clock, r, 120)
+    assert _loads(r)["a"] > _cap(_loads(r), "abc")
+    clock.t += 60
+    drained = 0
+    for c in clients:
+        if where[id(c)] != "d":
+            continue
+        before = _loads(r)
+        route = c.get(r)
+        assert moved(route) == "drain; from=d"
+        # Never onto a backend at its cap ("a" takes some only once the mean has caught up).
+        assert before[route.backend_id] < _cap(before, "abc")
+        drained += 1
+    assert drained > 50
+    assert _loads(r)["d"] == 0
+
+
+def test_cookie_sessions_count_only_while_active() -> None:
+    clock = Clock()
+    aff = AffinitySettings(idle_timeout=60, absolute_timeout=3600)
+    r = mkrouter(clock, mkplan(1, ABC, affinity=aff))
+    busy = [Client(other=None) for _ in range(30)]
+    for c in [*busy, *(Client(other=None) for _ in range(20))]:
+        c.get(r)
+    assert sum(_loads(r).values()) == 50
+    for _ in range(70):  # 30 stay active; 20 left and went quiet
+        clock.t += 1
+        for c in busy:
+            c.get(r)
+        r.sweep()
+    assert sum(_loads(r).values()) == 30
+    # A session that outlives absoluteTimeout starts over; the old one is not counted.
+    for _ in range(3600 // 30):
+        clock.t += 30
+        for c in busy:
+            c.get(r)
+        r.sweep()
+        assert sum(_loads(r).values()) == 30
+    assert r.stats().rejected_cookies["expired"] + r.stats().migrations["expired"] >= 30
+    assert sum(_loads(r).values()) == 30

@@ -17,8 +17,8 @@ Typical proxy use::
 
     router = Router(plan, previous=old_router)     # once per plan, off the hot path
     h = key_hash(cookie_key(session_id))            # per request
-    backend = router.route_new(h, now, loads)       # new session
-    decision = decide(session, router, now, loads=loads)   # existing session
+    backend = router.route_new(h, now, loads, exclude=down)    # new session
+    decision = decide(session, router, now, loads=loads, exclude=down)   # existing one
 """
 
 from .errors import AffinityError, PlanError
@@ -31,7 +31,7 @@ from .hashing import (
     slot_of,
     slot_of_hash,
 )
-from .ids import BackendId, KeyHash
+from .ids import NO_BACKENDS, BackendId, KeyHash
 from .keys import ClientIPKeys, client_address, client_ip_key, cookie_key, parse_address, value_key
 from .lifecycle import (
     BackendState,
@@ -76,6 +76,7 @@ __all__ = [
     "LARGE_SIZE",
     "MAX_SIZE",
     "MAX_WEIGHT",
+    "NO_BACKENDS",
     "SCHEMA_VERSION",
     "AffinityError",
     "AffinitySettings",

@@ -1,17 +1,20 @@
-"""Bounded loads for new sessions (Mirrokni, Thorup and Zadimoghaddam; HAProxy's
-``hash-balance-factor``), with a deterministic per-key preference order.
+"""Bounded loads (Mirrokni, Thorup and Zadimoghaddam; HAProxy's ``hash-balance-factor``)
+for every destination, with a deterministic per-key preference order.
 
-A new session goes to its slot's owner unless that backend already holds at least its cap,
-``ceil(load_factor x (total + 1) x w_b / W)`` sessions, where ``total`` counts the sessions
-on table members, ``w_b`` is the backend's (slow-start ramped) weight and ``W`` the sum
-of those weights; with equal weights this is ``ceil(load_factor x mean)``, the mean
-counting the new session. Otherwise it walks the key's preference order (the owner, then
-every other member by the slot's rendezvous cost, the same cost the table uses) to the
-first backend under its cap. Because the caps sum to at least ``total + 1``, some member
-is always under its cap.
+A session that is placed, new or moved, goes to its slot's owner unless that backend
+already holds at least its cap, ``ceil(load_factor x (total + 1) x w_b / W)`` sessions.
+The *eligible* members are the table's members (Warming and Active) minus any the caller
+excludes (a proxy's locally-down backends); ``total`` counts the sessions on eligible
+members, ``w_b`` is the backend's (slow-start ramped) weight and ``W`` the sum of the
+eligible members' weights. With equal weights this is ``ceil(load_factor x mean)``, the
+mean counting the session being placed. A full owner sends the session down the key's
+preference order (the owner, then every other member by the slot's rendezvous cost, the
+same cost the table uses) to the first eligible backend under its cap. The eligible caps
+sum to at least ``total + 1``, so some eligible member is always under its cap.
 
-Data flow: the proxy passes its own per-backend session counts. Pure functions; the
-preference order is computed only when the owner is full (numpy over the members).
+Data flow: the proxy passes its own per-backend session counts (local to that replica).
+Pure functions; the preference order is computed only when the owner is full or
+excluded (numpy over the members).
 """
 
 from __future__ import annotations

@@ -14,3 +14,6 @@ BackendId = NewType("BackendId", str)
 
 KeyHash = NewType("KeyHash", int)
 """Unsigned 64-bit stable hash of a session key (see :func:`limpet.affinity.key_hash`)."""
+
+NO_BACKENDS: frozenset[BackendId] = frozenset()
+"""The empty exclusion set: the default of every ``exclude`` argument (all members eligible)."""

@@ -11,14 +11,21 @@ Order of the rules (the first that applies wins):
 
 1. expired: idle for ``affinity.idleTimeout`` or older than ``affinity.absoluteTimeout``;
    the session is over and the key is placed as a new session;
-2. failover: the pinned backend is Failed, Gone or not in the plan; immediate;
+2. failover: the pinned backend is Failed, Gone, not in the plan, or excluded by the
+   caller (a proxy excludes the backends its passive health has marked down); immediate;
 3. drain: the pinned backend is Draining and the session is idle for ``drain.minIdle``,
    or the backend's drain deadline has passed;
 4. rebalance: a rebalance schedule is active, the "from" table put this key on the pinned
    backend, the current table puts it elsewhere, the key's release fraction is below the
-   schedule's released fraction, the session is idle for ``rebalance.minIdle`` and (when
-   loads are given) the new owner is under its bounded-load cap;
+   schedule's released fraction, the session is idle for ``rebalance.minIdle``, the new
+   owner is not excluded and (when loads are given) it is under its bounded-load cap;
 5. otherwise keep.
+
+Destinations: expired, failover and drain go where a new session of the key would go
+(:meth:`~limpet.affinity.router.Router.route_new`): the first eligible member of the
+key's preference order under its bounded-load cap. A rebalance goes only to the new owner,
+and waits while it is full. So, with loads given, no destination is ever at or above its
+cap, and none is Draining, Failed, Gone or excluded.
 
 "Idle" is ``now - last_seen``: the gap before the current request, so a session moves
 only between two of its requests.
@@ -28,11 +35,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .hashing import release_fraction
-from .ids import BackendId
+from .ids import NO_BACKENDS, BackendId
 from .lifecycle import BackendState
 
 if TYPE_CHECKING:
@@ -127,11 +135,15 @@ def decide(
     *,
     loads: Mapping[BackendId, int] | None = None,
     total: int | None = None,
+    exclude: AbstractSet[BackendId] = NO_BACKENDS,
 ) -> Decision:
     """Keep or move one session at ``now`` (see the module docstring for the rules).
 
     ``loads`` (sessions per backend, as this proxy counts them) and ``total`` (their sum
-    over table members, computed when omitted) enable bounded loads for the destination.
+    over the eligible members, computed when omitted) enable bounded loads for the
+    destination. ``exclude`` names backends that must not hold sessions right now (a
+    proxy's locally-down backends): sessions on them fail over, and no destination is one
+    of them, nor does their weight count towards the caps of the others.
     """
     backend = session.backend
     idle = now - session.last_seen
@@ -140,14 +152,19 @@ def decide(
     if (idle_timeout is not None and idle >= idle_timeout) or (
         absolute_timeout is not None and now - session.created >= absolute_timeout
     ):
-        return router.move(Reason.EXPIRED, session.key_hash, now, loads, total)
+        return router.move(Reason.EXPIRED, session.key_hash, now, loads, total, exclude=exclude)
     state = router.states.get(backend)
-    if state is None or state is BackendState.FAILED or state is BackendState.GONE:
-        return router.move(Reason.FAILOVER, session.key_hash, now, loads, total)
+    if (
+        state is None
+        or state is BackendState.FAILED
+        or state is BackendState.GONE
+        or (exclude and backend in exclude)
+    ):
+        return router.move(Reason.FAILOVER, session.key_hash, now, loads, total, exclude=exclude)
     if state is BackendState.DRAINING:
         deadline = router.drain_deadlines.get(backend)
         if idle >= router.drain_min_idle or (deadline is not None and now >= deadline):
-            return router.move(Reason.DRAIN, session.key_hash, now, loads, total)
+            return router.move(Reason.DRAIN, session.key_hash, now, loads, total, exclude=exclude)
         return KEEP
     schedule = router.schedule
     if schedule is None:
@@ -158,6 +175,8 @@ def decide(
         return KEEP
     if idle < schedule.min_idle or release_fraction(h) >= released_fraction(schedule, now):
         return KEEP
-    if loads is not None and not router.under_cap(target, now, loads, total):
+    if exclude and target in exclude:
+        return KEEP
+    if loads is not None and not router.under_cap(target, now, loads, total, exclude=exclude):
         return KEEP
     return router.moved_to(Reason.REBALANCE, target)

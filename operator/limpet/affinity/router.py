@@ -11,9 +11,10 @@ milliseconds for tens of backends, so the proxy builds it off the request path.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from .bounded import Preferences, load_cap
-from .ids import BackendId
+from .ids import NO_BACKENDS, BackendId
 from .lifecycle import BackendState, ramp
 from .migration import KEEP, Decision, Reason
 from .plan.model import Backend, Plan, RebalanceSchedule
@@ -125,16 +126,34 @@ class Router:
                 return w * ramp(warming_since=since, slow_start=self.slow_start, now=now)
         return float(weight)
 
-    def _total_weight_at(self, now: float) -> float:
+    def eligible(self, exclude: AbstractSet[BackendId] = NO_BACKENDS) -> tuple[BackendId, ...]:
+        """The members that may take sessions: the table's members not in ``exclude``."""
+        if not exclude:
+            return self.members
+        return tuple(m for m in self.members if m not in exclude)
+
+    def _total_weight_at(self, now: float, exclude: AbstractSet[BackendId]) -> float:
         total = float(self.total_weight)
         for _, w, since in self._ramped:
             total -= w * (1.0 - ramp(warming_since=since, slow_start=self.slow_start, now=now))
+        if exclude:
+            weights = self._weights
+            for b in exclude:
+                if b in weights:
+                    total -= self.weight_at(b, now)
         return total
 
-    def _total(self, loads: Mapping[BackendId, int], total: int | None) -> int:
+    def _total(
+        self,
+        loads: Mapping[BackendId, int],
+        total: int | None,
+        exclude: AbstractSet[BackendId],
+    ) -> int:
         if total is not None:
             return total
         get = loads.get
+        if exclude:
+            return sum(get(m, 0) for m in self.members if m not in exclude)
         return sum(get(m, 0) for m in self.members)
 
     def cap(
@@ -143,13 +162,21 @@ class Router:
         now: float,
         loads: Mapping[BackendId, int],
         total: int | None = None,
+        *,
+        exclude: AbstractSet[BackendId] = NO_BACKENDS,
     ) -> int:
-        """The bounded-load cap of a member for the next new session."""
+        """The bounded-load cap of a member for the next session placed on it.
+
+        ``ceil(load_factor x (total + 1) x w / W)`` over the eligible members (see
+        :mod:`.bounded`); 0 for a backend that is excluded or not a member.
+        """
+        if backend not in self._weights or (exclude and backend in exclude):
+            return 0
         return load_cap(
             self.load_factor,
-            self._total(loads, total),
+            self._total(loads, total, exclude),
             self.weight_at(backend, now),
-            self._total_weight_at(now),
+            self._total_weight_at(now, exclude),
         )
 
     def under_cap(
@@ -158,9 +185,11 @@ class Router:
         now: float,
         loads: Mapping[BackendId, int],
         total: int | None = None,
+        *,
+        exclude: AbstractSet[BackendId] = NO_BACKENDS,
     ) -> bool:
         """Whether a member may take one more session under bounded loads."""
-        return loads.get(backend, 0) < self.cap(backend, now, loads, total)
+        return loads.get(backend, 0) < self.cap(backend, now, loads, total, exclude=exclude)
 
     def route_new(
         self,
@@ -168,26 +197,42 @@ class Router:
         now: float,
         loads: Mapping[BackendId, int] | None = None,
         total: int | None = None,
+        *,
+        exclude: AbstractSet[BackendId] = NO_BACKENDS,
     ) -> BackendId | None:
-        """The backend for a new session: its slot owner, or the first member under its cap.
+        """Where a session of this key goes when it is placed (new) or moved.
 
-        ``None`` when no backend takes new sessions. Without ``loads`` it is the slot owner.
+        The first eligible member of the key's preference order (slot owner first) that is
+        under its bounded-load cap. Without ``loads`` it is the first eligible member, the
+        slot owner unless ``exclude`` names it. ``None`` when no member is eligible.
+        ``total``, when given, must be the sum of ``loads`` over the eligible members.
         """
         if not self.owners:
             return None
         owner = self.owners[key_hash % self.size]
         if loads is None:
-            return owner
-        total = self._total(loads, total)
-        if loads.get(owner, 0) < self.cap(owner, now, loads, total):
-            return owner
-        total_weight = self._total_weight_at(now)
+            if not exclude or owner not in exclude:
+                return owner
+            return next((b for b in self.preference(key_hash) if b not in exclude), None)
+        total = self._total(loads, total, exclude)
+        total_weight = self._total_weight_at(now, exclude)
         lf = self.load_factor
+        free = (not exclude or owner not in exclude) and loads.get(owner, 0) < load_cap(
+            lf, total, self.weight_at(owner, now), total_weight
+        )
+        if free:
+            return owner
+        fallback: BackendId | None = None
         for backend in self.preference(key_hash):
+            if exclude and backend in exclude:
+                continue
             limit = load_cap(lf, total, self.weight_at(backend, now), total_weight)
             if loads.get(backend, 0) < limit:
                 return backend
-        return owner  # unreachable when loads only count members: caps sum above total
+            fallback = fallback or backend
+        # Unreachable while ``loads`` are counts and ``total`` their eligible sum: the caps
+        # of the eligible members add up to more than ``total``.
+        return fallback
 
     def move(
         self,
@@ -196,9 +241,12 @@ class Router:
         now: float,
         loads: Mapping[BackendId, int] | None,
         total: int | None,
+        *,
+        exclude: AbstractSet[BackendId] = NO_BACKENDS,
     ) -> Decision:
-        """A move of a key to where a new session of that key would go."""
-        return self._decisions[(reason, self.route_new(key_hash, now, loads, total))]
+        """A move of a key to where :meth:`route_new` would place it now."""
+        dest = self.route_new(key_hash, now, loads, total, exclude=exclude)
+        return self._decisions[(reason, dest)]
 
     def moved_to(self, reason: Reason, backend: BackendId) -> Decision:
         """The cached decision to move to ``backend`` for ``reason``."""

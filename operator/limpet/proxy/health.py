@@ -17,7 +17,10 @@ from a monotonic clock passed in by the caller.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
+
+from limpet.affinity import BackendId
 
 
 class HealthState(enum.Enum):
@@ -42,7 +45,7 @@ class HealthView:
 class PassiveHealth:
     """Per-backend down marks with capped exponential back-off and probe-on-expiry."""
 
-    __slots__ = ("_base", "_cap", "_records", "generation")
+    __slots__ = ("_base", "_cap", "_down", "_down_until", "_records", "generation")
 
     def __init__(self, *, base: float = 1.0, cap: float = 30.0) -> None:
         if base <= 0 or cap < base:
@@ -50,6 +53,9 @@ class PassiveHealth:
         self._base = base
         self._cap = cap
         self._records: dict[str, _Record] = {}
+        # The set of backends down now, valid until ``_down_until`` or the next change.
+        self._down: frozenset[BackendId] = frozenset()
+        self._down_until = -math.inf
         # Bumped whenever a backend goes down, so routing caches know to revalidate.
         self.generation = 0
 
@@ -69,10 +75,11 @@ class PassiveHealth:
         rec.failures += 1
         rec.down_until = now + self.backoff(rec.failures)
         self.generation += 1
+        self._down_until = -math.inf
 
     def succeeded(self, backend: str) -> None:
-        if self._records:
-            self._records.pop(backend, None)
+        if self._records and self._records.pop(backend, None) is not None:
+            self._down_until = -math.inf
 
     def available(self, backend: str, now: float) -> bool:
         """False only while ``backend`` is inside a down period."""
@@ -82,7 +89,21 @@ class PassiveHealth:
         return rec is None or now >= rec.down_until
 
     def any_down(self) -> bool:
+        """Whether any backend has a record (down, or probing after a down period)."""
         return bool(self._records)
+
+    def down(self, now: float) -> frozenset[BackendId]:
+        """The backends inside a down period at ``now``.
+
+        Recomputed only when a record changes or a down period ends, so a caller may ask
+        on every request while something is down.
+        """
+        if now < self._down_until:
+            return self._down
+        down = [(b, r.down_until) for b, r in self._records.items() if now < r.down_until]
+        self._down = frozenset(BackendId(b) for b, _ in down)
+        self._down_until = min((until for _, until in down), default=math.inf)
+        return self._down
 
     def state(self, backend: str, now: float) -> HealthView:
         rec = self._records.get(backend)
@@ -96,3 +117,4 @@ class PassiveHealth:
         """Drop records of backends no longer in the plan."""
         for b in [b for b in self._records if b not in keep]:
             del self._records[b]
+            self._down_until = -math.inf

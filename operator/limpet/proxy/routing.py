@@ -7,8 +7,12 @@ app cookie, the header, the query parameter or the client IP (X-Forwarded-For be
 only from trusted proxies). An existing session keeps its backend unless the affinity
 core's migration decision (:func:`limpet.affinity.decide`) moves it (failover, drain,
 rebalance, expired); a new session is placed by the target slot table with bounded loads
-(:meth:`limpet.affinity.Router.route_new`). Passive health (:mod:`.health`) is folded in:
-a backend marked down locally takes no new sessions and its sessions fail over. The
+(:meth:`limpet.affinity.Router.route_new`), and every destination, new or moved, is under
+its bounded-load cap. The loads are this process's own counts of the sessions it has seen
+within ``idleTimeout`` (the learned tables share one counts list; the sweeper drops idle
+sessions). Passive health (:mod:`.health`) is passed to the core as ``exclude``: a backend
+marked down locally takes nothing, its sessions fail over, and the caps are those of the
+backends still up. The
 answer is a :class:`Route`: where to connect, the Cookie header to forward (our cookie
 removed), headers to add (``Limpet-Session-Moved`` when a session moved) and the
 ``Set-Cookie`` to return (a new, moved or refreshed LB cookie).
@@ -39,10 +43,12 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from limpet.affinity import (
+    NO_BACKENDS,
     AffinitySettings,
     AffinityType,
     Backend,
@@ -75,7 +81,6 @@ from .health import PassiveHealth
 from .learned import LearnedTable
 
 MOVED_HEADER = b"Limpet-Session-Moved"
-DOWN_PENALTY = 1 << 40
 _NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 
 
@@ -306,19 +311,17 @@ class _Probe:
 
 
 class _Loads(Mapping[BackendId, int]):
-    """Sessions per backend as bounded loads reads them; locally-down backends look full."""
+    """This process's live sessions per backend, as bounded loads reads them (no copy)."""
 
-    __slots__ = ("_counts", "_down", "_intern")
+    __slots__ = ("_counts", "_intern")
 
     def __init__(self, counts: list[int], intern: dict[str, int]) -> None:
         self._counts = counts
         self._intern = intern
-        self._down: frozenset[str] = frozenset()
 
     def get(self, key: BackendId, default: int | None = 0) -> int:  # type: ignore[override]
         i = self._intern.get(key)
-        n = self._counts[i] if i is not None and i < len(self._counts) else 0
-        return n + DOWN_PENALTY if key in self._down else n
+        return self._counts[i] if i is not None and i < len(self._counts) else 0
 
     def __getitem__(self, key: BackendId) -> int:
         return self.get(key)
@@ -750,70 +753,23 @@ class Router:
         created: float,
         wall: float,
     ) -> Decision:
-        health = self._health
-        loads = self._loads
-        total: int | None = None
-        if health.any_down():
-            loads._down = self._down_set()
-            total = self._member_total(snap)
-            if not health.available(bid, self._clock()):
-                d = snap.core.move(Reason.FAILOVER, h, wall, loads, total)
-                return self._check_dest(snap, d, h)
-        elif loads._down:
-            loads._down = frozenset()
         p = self._probe
         p.backend = bid
         p.key_hash = h
         p.last_seen = last_seen
         p.created = created
-        d = decide(p, snap.core, wall, loads=loads, total=total)
-        return d if d.reason is None else self._check_dest(snap, d, h)
-
-    def _check_dest(self, snap: _Snapshot, d: Decision, h: int) -> Decision:
-        """Never move a session onto a backend that passive health has marked down."""
-        if d.backend is None or d.reason is None or not self._health.any_down():
-            return d
-        if self._health.available(d.backend, self._clock()):
-            return d
-        alt = self._first_available(snap, h)
-        return Decision(d.reason, None) if alt is None else snap.core.moved_to(d.reason, alt)
-
-    def _first_available(self, snap: _Snapshot, h: int) -> BackendId | None:
-        """The key's most preferred member that is not down, ignoring load caps.
-
-        Bounded-load caps count a down backend's weight, so when its sessions all fail
-        over the others' caps can run out; then preference order alone decides.
-        """
-        now = self._clock()
-        for bid in snap.core.preference(h):
-            if self._health.available(bid, now):
-                return bid
-        return None
+        return decide(p, snap.core, wall, loads=self._loads, exclude=self._down())
 
     def _place(self, snap: _Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""
-        loads = self._loads
-        total: int | None = None
-        if self._health.any_down():
-            loads._down = self._down_set()
-            total = self._member_total(snap)
-        elif loads._down:
-            loads._down = frozenset()
-        bid = snap.core.route_new(h, wall, loads, total)
-        if bid is not None and total is not None and not self._health.available(bid, self._clock()):
-            return self._first_available(snap, h)
-        return bid
+        return snap.core.route_new(h, wall, self._loads, exclude=self._down())
 
-    def _down_set(self) -> frozenset[str]:
-        now = self._clock()
-        snap = self._snap
-        assert snap is not None
-        return frozenset(b for b in snap.backends if not self._health.available(b, now))
-
-    def _member_total(self, snap: _Snapshot) -> int:
-        counts = self._sessions
-        intern = self._intern
-        return sum(counts[intern[m]] for m in snap.core.members if intern[m] < len(counts))
+    def _down(self) -> AbstractSet[BackendId]:
+        """Backends passive health has marked down: the affinity core excludes them."""
+        health = self._health
+        if not health.any_down():
+            return NO_BACKENDS
+        return health.down(self._clock())
 
     # -- helpers --------------------------------------------------------------------------
 
