@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from limpet.controller.config import load_cluster_config
 from limpet.controller.kube import ENDPOINTSLICES, SERVICES, STICKYSERVICES, KubeClient
-from limpet.devcluster.client import admin_client, server_side_apply
+from limpet.devcluster.client import admin_client, install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.fakepods import BackendSpec, FakePods
 from limpet.devcluster.podnet import open_pod_network
@@ -73,16 +72,7 @@ def _cluster(work: Path) -> Iterator[DevCluster]:
     cluster.start()
     try:
         with admin_client(cluster) as api:
-            for path in sorted((REPO / "crds").glob("*.yaml")):
-                for doc in yaml.safe_load_all(path.read_text()):
-                    if doc and doc.get("kind") == "CustomResourceDefinition":
-                        name = doc["metadata"]["name"]
-                        server_side_apply(
-                            api,
-                            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                            doc,
-                            field_manager="bench",
-                        )
+            wait_crds(api, install_crds(api, REPO / "crds", field_manager="bench"))
         yield cluster
     finally:
         cluster.stop()

@@ -7,18 +7,16 @@ bound here; the session-wide control plane, namespaces and fake pods come from
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from limpet.controller.config import ClusterConfig, load_cluster_config
 from limpet.controller.kube import KubeClient
-from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.client import install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster
 from tests.controller.harness import OperatorIdentity, OperatorProcess, StartOperator
 from tests.controller.harness import operator_identity as make_identity
@@ -27,42 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
 
 
-def _established(api: k8s.ApiClient, name: str) -> bool:
-    crd = request(api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-    conditions = (crd.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-
 @pytest.fixture(scope="session")
 def crds(admin_api: k8s.ApiClient) -> list[str]:
     """Every CRD in crds/, applied with server-side apply and waited for (Established)."""
-    names = []
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
-                continue
-            name = doc["metadata"]["name"]
-            server_side_apply(
-                admin_api,
-                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                doc,
-                field_manager="limpet-tests",
-            )
-            names.append(name)
-    deadline = time.monotonic() + 30
-    for name in names:
-        while not _established(admin_api, name):
-            assert time.monotonic() < deadline, f"CRD {name} never became Established"
-            time.sleep(0.1)
-    # Discovery of a new group lags Established by a moment.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            request(admin_api, "GET", "/apis/limpet.dev/v1alpha1")
-            break
-        except k8s.ApiException:
-            assert time.monotonic() < deadline, "limpet.dev/v1alpha1 never served"
-            time.sleep(0.1)
+    names = install_crds(admin_api, CRD_DIR, field_manager="limpet-tests")
+    wait_crds(admin_api, names)
     return names
 
 

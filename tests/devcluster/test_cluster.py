@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
 from limpet.devcluster.certs import CertificateAuthority
-from limpet.devcluster.client import client_from_kubeconfig, request, server_side_apply
+from limpet.devcluster.client import (
+    CRDS,
+    client_from_kubeconfig,
+    install_crds,
+    request,
+    server_side_apply,
+    wait_crds,
+)
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
@@ -71,6 +80,49 @@ def test_server_side_apply_round_trips(api: k8s.ApiClient, namespace: str) -> No
     assert info.value.status == 409
     server_side_apply(api, path, manifest({"a": "4"}), field_manager="beta", force=True)
     assert k8s.CoreV1Api(api).read_namespaced_config_map("settings", namespace).data == {"a": "4"}
+
+
+def test_install_crds_applies_every_crd_of_a_folder_and_waits_until_served(
+    api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    group = f"t{time.monotonic_ns()}.limpet.test"
+    names = [f"gadgets.{group}", f"widgets.{group}"]
+
+    def crd(plural: str, kind: str) -> dict[str, object]:
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {"openAPIV3Schema": {"type": "object"}},
+                    }
+                ],
+            },
+        }
+
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-a-crd"}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump_all([crd("widgets", "Widget"), other]))
+    (tmp_path / "a.yaml").write_text("---\n" + yaml.safe_dump(crd("gadgets", "Gadget")))
+    (tmp_path / "notes.txt").write_text(yaml.safe_dump(crd("things", "Thing")))
+    try:
+        assert install_crds(api, tmp_path, field_manager="crd-test") == names
+        wait_crds(api, names)
+        discovery = request(api, "GET", f"/apis/{group}/v1")
+        assert sorted(r["name"] for r in discovery["resources"]) == ["gadgets", "widgets"]
+        stored = request(api, "GET", f"{CRDS}/{names[0]}")
+        assert {f["manager"] for f in stored["metadata"]["managedFields"]} >= {"crd-test"}
+    finally:
+        for name in names:
+            with contextlib.suppress(k8s.ApiException):
+                request(api, "DELETE", f"{CRDS}/{name}")
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -40,12 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kubernetes import client as k8s
 
 from limpet.controller.proxies import proxy_service_name, secret_name
 from limpet.devcluster.binaries import KUBECTL, find_binary
-from limpet.devcluster.client import client_from_kubeconfig, request, server_side_apply
+from limpet.devcluster.client import client_from_kubeconfig, install_crds, request
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
 from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods
@@ -231,18 +230,7 @@ class Stage:
                 raise StageError(f"kubectl apply -k deploy/ failed: {done.stderr.strip()}")
             self.settings.say("applied deploy/ (CRDs, RBAC, operator objects)")
         else:
-            names = []
-            for path in sorted(CRD_DIR.glob("*.yaml")):
-                for doc in yaml.safe_load_all(path.read_text()):
-                    if doc and doc.get("kind") == "CustomResourceDefinition":
-                        name = doc["metadata"]["name"]
-                        server_side_apply(
-                            api,
-                            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                            doc,
-                            field_manager=FIELD_MANAGER,
-                        )
-                        names.append(name)
+            names = install_crds(api, CRD_DIR, field_manager=FIELD_MANAGER)
             if not names:
                 raise StageError(f"no CRDs found in {CRD_DIR}")
             self.settings.say(f"CRDs installed: {', '.join(names)}")

@@ -5,8 +5,8 @@ Modules (import what you need; this package imports nothing itself):
 - ``cluster``: :class:`DevCluster`, etcd + kube-apiserver on loopback; ``command``
   is ``limpet devcluster``. ``certs``, ``kubeconfig``, ``binaries``, ``process`` and
   ``ownership`` are its parts.
-- ``client``: ``kubernetes`` API clients and raw/server-side-apply requests;
-  ``namespaces``: fresh test namespaces and their complete purge.
+- ``client``: ``kubernetes`` API clients, raw/server-side-apply requests, CRD
+  installation; ``namespaces``: fresh test namespaces and their complete purge.
 - ``fakepods``: :class:`FakePods`, backends published through real EndpointSlices
   (``endpointslices`` builds the manifests, ``backend`` is the default backend), on a
   pod network from ``podnet``: ``netns`` (namespaces, real pod IPs) or ``loopback``

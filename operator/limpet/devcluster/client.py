@@ -5,6 +5,8 @@ Data flow: a started :class:`DevCluster` (or any kubeconfig) in, a configured
 what the typed APIs make awkward (discovery documents, finalize, server-side
 apply of arbitrary kinds) and returns the decoded JSON; a non-2xx answer
 raises ``kubernetes.client.ApiException`` like the typed calls do.
+:func:`install_crds` server-side-applies every CustomResourceDefinition of a folder
+(``crds/``) and :func:`wait_crds` blocks until they are Established and served.
 
 An ApiClient holds a urllib3 pool: close it (or use it as a context manager).
 It may be shared between threads, as urllib3 pools are thread-safe.
@@ -13,17 +15,21 @@ It may be shared between threads, as urllib3 pools are thread-safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.errors import DevClusterError
 
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "limpet-devcluster"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def admin_configuration(cluster: DevCluster) -> k8s.Configuration:
@@ -95,3 +101,44 @@ def server_side_apply(
     if force:
         query["force"] = "true"
     return request(api, "PATCH", path, body=dict(manifest), query=query, content_type=APPLY_PATCH)
+
+
+def install_crds(api: k8s.ApiClient, crd_dir: Path, *, field_manager: str) -> list[str]:
+    """Server-side apply every CustomResourceDefinition in ``crd_dir/*.yaml`` (files in
+    name order, other kinds skipped); returns the CRD names, in that order."""
+    names = []
+    for path in sorted(crd_dir.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                name = doc["metadata"]["name"]
+                server_side_apply(api, f"{CRDS}/{name}", doc, field_manager=field_manager)
+                names.append(name)
+    return names
+
+
+def wait_crds(api: k8s.ApiClient, names: Iterable[str], *, within: float = 30.0) -> None:
+    """Block until every CRD in ``names`` is Established and each of its served group
+    versions is in discovery (which lags Established by a moment); DevClusterError after
+    ``within`` seconds."""
+    deadline = time.monotonic() + within
+    versions: set[str] = set()
+    for name in names:
+        while True:
+            crd = request(api, "GET", f"{CRDS}/{name}")
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                break
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"CRD {name} never became Established")
+            time.sleep(0.1)
+        group = crd["spec"]["group"]
+        versions.update(f"{group}/{v['name']}" for v in crd["spec"]["versions"] if v["served"])
+    for version in sorted(versions):
+        while True:
+            try:
+                request(api, "GET", f"/apis/{version}")
+                break
+            except k8s.ApiException as exc:
+                if time.monotonic() > deadline:
+                    raise DevClusterError(f"{version} never served: {exc.reason}") from exc
+                time.sleep(0.1)
