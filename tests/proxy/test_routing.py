@@ -7,124 +7,27 @@ import ipaddress
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import pytest
 
 from limpet.affinity import (
     AffinitySettings,
     AffinityType,
-    Backend,
     BackendId,
     BackendState,
-    BalanceSettings,
     ClientIPSettings,
-    CookieKey,
     CookieSettings,
     DrainSettings,
     LifetimeType,
-    Plan,
     RebalanceSchedule,
     SameSite,
     slot_of,
     table,
     value_key,
 )
-from limpet.proxy.routing import (
-    MOVED_HEADER,
-    RequestView,
-    Route,
-    Router,
-    RouterSettings,
-    merge_stats,
-    parse_affinity,
-    standalone_plan,
-)
+from limpet.proxy.routing import RequestView, Route, Router
 
-T0 = 1_800_000_000.0
-K1 = CookieKey(id="k1", secret=b"1" * 32)
-K2 = CookieKey(id="k2", secret=b"2" * 32)
-K3 = CookieKey(id="k3", secret=b"3" * 32)
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def be(bid: str, state: BackendState = BackendState.ACTIVE, **kw: object) -> Backend:
-    port = 10000 + sum(map(ord, bid))
-    return Backend(id=BackendId(bid), address="127.0.0.1", port=port, state=state, **kw)  # type: ignore[arg-type]
-
-
-def mkplan(
-    version: int,
-    backends: Sequence[Backend],
-    *,
-    affinity: AffinitySettings | None = None,
-    keys: Sequence[CookieKey] = (K1,),
-    drain: DrainSettings | None = None,
-    rebalance: RebalanceSchedule | None = None,
-    load_factor: float = 1.25,
-) -> Plan:
-    return Plan(
-        version=version,
-        backends=tuple(backends),
-        affinity=affinity or AffinitySettings(),
-        cookie_keys=tuple(keys),
-        drain=drain or DrainSettings(),
-        rebalance=rebalance,
-        balance=BalanceSettings(load_factor=load_factor),
-    )
-
-
-def mkrouter(clock: Clock, plan: Plan | None = None, **kw: object) -> Router:
-    r = Router(settings=RouterSettings(**kw), clock=clock, wall=clock)  # type: ignore[arg-type]
-    if plan is not None:
-        r.load_plan(plan)
-    return r
-
-
-@dataclass
-class Client:
-    """A browser-like client: keeps the cookies the proxy sets, sends them back."""
-
-    peer: str = "192.0.2.10"
-    jar: dict[bytes, bytes] = field(default_factory=dict)
-    other: bytes | None = b"app=1"
-
-    def view(
-        self, target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None
-    ) -> RequestView:
-        parts = [k + b"=" + v for k, v in self.jar.items()]
-        if self.other:
-            parts.append(self.other)
-        cookie = b"; ".join(parts) if parts else None
-        return RequestView(b"GET", target, headers or [], self.peer, cookie)
-
-    def get(
-        self, router: Router, target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None
-    ) -> Route:
-        route = router.route(self.view(target, headers))
-        assert route is not None
-        if route.set_cookie is not None:
-            name, _, rest = route.set_cookie.partition(b"=")
-            self.jar[name] = rest.split(b";")[0]
-        return route
-
-
-def moved(route: Route) -> str | None:
-    for name, value in route.add_headers:
-        if name == MOVED_HEADER:
-            return value.decode()
-    return None
-
-
-ABC = [be("a"), be("b"), be("c")]
-
+from .routing_helpers import ABC, K1, K2, K3, T0, Client, Clock, be, mkplan, mkrouter, moved
 
 # -- cookie mode -------------------------------------------------------------------------------
 
@@ -700,7 +603,7 @@ def test_learned_sessions_fail_over_when_backend_leaves_plan() -> None:
     assert moved(route) == f"failover; from={first.backend_id}"
 
 
-# -- expiry, sweeping, stats, standalone -------------------------------------------------------
+# -- expiry and sweeping -------------------------------------------------------
 
 
 def test_sweep_expires_idle_learned_sessions() -> None:
@@ -715,61 +618,6 @@ def test_sweep_expires_idle_learned_sessions() -> None:
     clock.t += 31
     assert r.sweep() == 50
     assert sum(b.sessions for b in r.stats().backends.values()) == 0
-
-
-def test_stats_dict_and_merge() -> None:
-    r = mkrouter(Clock(), mkplan(4, ABC))
-    for _ in range(10):
-        Client().get(r)
-    d = r.stats().to_dict()
-    assert d["planVersion"] == 4
-    assert d["requests"] == 10
-    merged = merge_stats([d, d])
-    assert merged["requests"] == 20
-    assert merged["planVersion"] == 4
-    assert sum(b["sessions"] for b in merged["backends"].values()) == 20
-    lagging = dict(d, planVersion=3)
-    assert merge_stats([d, lagging])["planVersion"] == 3
-    assert merge_stats([d, dict(d, planVersion=None)])["planVersion"] is None
-
-
-def test_standalone_plan() -> None:
-    p = standalone_plan([("a", "127.0.0.1", 8001), ("b", "127.0.0.1", 8002)], "cookie")
-    assert p.affinity.cookie.name == "LIMPET"
-    assert len(p.cookie_keys) == 1
-    assert [b.id for b in p.backends] == ["a", "b"]
-    r = mkrouter(Clock(), p)
-    assert Client().get(r).set_cookie is not None
-    h = standalone_plan([("a", "h.example", 1)], "header:X-User")
-    assert h.affinity.type is AffinityType.HEADER
-    assert h.affinity.header_name == "X-User"
-    assert h.cookie_keys == ()
-    assert standalone_plan([("a", "::1", 1)], "client-ip").affinity.type is AffinityType.CLIENT_IP
-    assert parse_affinity("app-cookie:JSESSIONID").app_cookie_name == "JSESSIONID"
-    assert parse_affinity("query:sid").query_name == "sid"
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("sticky", "unknown affinity"),
-        ("header", "needs a name"),
-        ("cookie:X", "takes no name"),
-        ("header:bad name", "header"),
-    ],
-)
-def test_parse_affinity_errors(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_affinity(text)
-    with pytest.raises(ValueError, match="at least one"):
-        standalone_plan([], "cookie")
-
-
-@pytest.mark.parametrize("mode", [AffinityType.HEADER, AffinityType.QUERY, AffinityType.APP_COOKIE])
-def test_key_prefix_shortcut_matches_the_core(mode: AffinityType) -> None:
-    # The router hashes prefix + value instead of calling value_key per request.
-    for value in (b"x", b"abc%20def", "ü".encode()):
-        assert value_key(mode, b"") + value == value_key(mode, value)
 
 
 def test_client_ignoring_refreshes_gets_one_per_step() -> None:

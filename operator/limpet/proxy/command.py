@@ -115,30 +115,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     proc.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lim = parser.add_argument_group("timeouts (seconds) and limits")
-    for name, help_text in (
-        ("head-timeout", "time allowed to send a request head (slowloris guard)"),
-        ("idle-timeout", "idle time allowed between keep-alive requests"),
-        ("connect-timeout", "time allowed to connect to a backend"),
-        ("response-timeout", "backend silence allowed while a request is outstanding"),
-        ("tunnel-idle-timeout", "idle time allowed on an upgraded (WebSocket) connection"),
-        ("pool-idle-timeout", "idle time before a pooled backend connection is closed"),
+    for name, metavar, help_text in (
+        ("head-timeout", "S", "time allowed to send a request head (slowloris guard)"),
+        ("idle-timeout", "S", "idle time allowed between keep-alive requests"),
+        ("connect-timeout", "S", "time allowed to connect to a backend"),
+        ("response-timeout", "S", "backend silence allowed while a request is outstanding"),
+        ("tunnel-idle-timeout", "S", "idle time allowed on an upgraded (WebSocket) connection"),
+        ("pool-idle-timeout", "S", "idle time before a pooled backend connection is closed"),
+        ("max-request-line", "N", "longest request target in bytes (414 beyond)"),
+        ("max-header-bytes", "N", "largest request header section in bytes (431 beyond)"),
+        ("max-headers", "N", "most request header fields (431 beyond)"),
+        ("max-connections", "N", "open client connections per worker (503 and close beyond)"),
+        ("pool-max-idle", "N", "idle keep-alive connections kept per backend"),
     ):
         lim.add_argument(
             f"--{name}",
-            metavar="S",
-            default=str(getattr(DEFAULTS, name.replace("-", "_"))),
-            help=help_text,
-        )
-    for name, help_text in (
-        ("max-request-line", "longest request target in bytes (414 beyond)"),
-        ("max-header-bytes", "largest request header section in bytes (431 beyond)"),
-        ("max-headers", "most request header fields (431 beyond)"),
-        ("max-connections", "open client connections per worker (503 and close beyond)"),
-        ("pool-max-idle", "idle keep-alive connections kept per backend"),
-    ):
-        lim.add_argument(
-            f"--{name}",
-            metavar="N",
+            metavar=metavar,
             default=str(getattr(DEFAULTS, name.replace("-", "_"))),
             help=help_text,
         )
@@ -254,7 +246,7 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
             raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
         return settings, None, False
     # Standalone: imported here so that `--help` stays cheap.
-    from limpet.proxy.routing import parse_affinity, standalone_plan
+    from limpet.proxy.standalone import parse_affinity, standalone_plan
 
     keys: tuple[CookieKey, ...] = ()
     if settings.cookie_key_file is not None:

@@ -31,11 +31,11 @@ import httptools
 
 from limpet.affinity import BackendId
 from limpet.proxy import http
-from limpet.proxy.routing import RequestView, Route
+from limpet.proxy.routes import RequestView, Route
 from limpet.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from limpet.proxy.server import ClientConnection
+    from limpet.proxy.client import ClientConnection
 
 # UpstreamConnection states.
 CONNECTING: Final = 0
@@ -558,19 +558,17 @@ class UpstreamPool:
     def sweep(self, now: float) -> None:
         expired = [c for c in self.live if 0.0 < c.deadline <= now and not c.paused]
         for conn in expired:
+            # Idle in the pool too long, an answer overdue, or a silent tunnel: drop it,
+            # then tell the client (504, or close the tunnel's other end).
             state = conn.state
-            if state == IDLE:
-                conn.abort()
-            elif state == BUSY:
+            client = conn.client
+            conn.abort()
+            if state == BUSY:
                 self.stats.timeout("response")
-                client = conn.client
-                conn.abort()
                 if client is not None:
                     client.upstream_timeout()
             elif state == TUNNEL:
                 self.stats.timeout("tunnel_idle")
-                client = conn.client
-                conn.abort()
                 if client is not None:
                     client.close_after_flush()
 

@@ -47,10 +47,11 @@ from limpet.proxy.app import (
     start_admin,
     stop_event,
 )
-from limpet.proxy.routing import Router, RouterSettings, merge_stats
+from limpet.proxy.routing import Router, RouterSettings
 from limpet.proxy.server import Server
 from limpet.proxy.settings import Address, ProxySettings
 from limpet.proxy.state import PlanGate
+from limpet.proxy.stats import merge_stats
 
 log = logging.getLogger("limpet.proxy.workers")
 

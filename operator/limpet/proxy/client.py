@@ -1,0 +1,330 @@
+"""The input half of a client connection: the asyncio protocol that parses requests.
+
+Data flow per request: bytes arrive in :meth:`ClientConnection.data_received` and go
+straight into the connection's httptools parser. Its callbacks collect the request line
+and headers (bounded: 414 and 431 beyond the limits) and, at the end of the head, start
+the exchange (:class:`~limpet.proxy.exchange.Exchange`, the base class); body chunks are
+passed on as they are parsed. A request parsed while the previous one is still being
+answered (pipelining) waits in a small queue, with reading paused, and is started when
+the answer is out. After an upgrade request's head the connection holds further bytes
+until the backend answers; after ``101 Switching Protocols`` both connections become a
+raw byte pipe (data, half-close and flow control pass straight through). A malformed
+request gets a 400 and the connection closes; a request head that takes longer than the
+head timeout gets a 408 (the :class:`~limpet.proxy.server.Server` sweep calls
+:meth:`ClientConnection.timed_out`).
+
+Concurrency: one event loop, callbacks only. The parser, the header scan object and the
+router's request view are allocated once per connection and reused for every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from limpet.proxy import http
+from limpet.proxy.exchange import (
+    P_BODY,
+    P_CLOSED,
+    P_HEAD,
+    P_IDLE,
+    P_TUNNEL,
+    P_UPGRADED,
+    R_PIPELINE,
+    R_UPGRADE,
+    Exchange,
+)
+from limpet.proxy.upstream import TUNNEL, UpstreamConnection
+
+if TYPE_CHECKING:
+    from limpet.proxy.server import Server
+
+
+class _Limit(Exception):
+    """Raised from a parser callback when a request exceeds a size limit."""
+
+
+class _Closing(Exception):
+    """Raised from a parser callback to stop parsing input of a closing connection."""
+
+
+class _Pending:
+    """A pipelined request, parsed while the previous one is still being answered."""
+
+    __slots__ = ("body", "complete", "headers", "keep_alive", "method", "upgrade", "url", "version")
+
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.body: list[bytes] = []
+        self.complete = False
+
+
+class ClientConnection(Exchange):
+    """One client connection: parses requests and feeds them to the exchange."""
+
+    __slots__ = (
+        "half_closed",
+        "head_bytes",
+        "header_bytes",
+        "headers",
+        "limit_status",
+        "parser",
+        "pending",
+        "registered",
+        "requests",
+        "upgrade_buf",
+        "url",
+    )
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.parser = httptools.HttpRequestParser(self)
+        self.registered = False
+        self.half_closed = False  # tunnel: the client sent EOF
+        # Parse state.
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.header_bytes = 0
+        self.limit_status = 0
+        self.requests = 0
+        self.pending: deque[_Pending] | None = None
+        self.upgrade_buf: list[bytes] | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
+        server = self.server
+        stats = self.stats
+        stats.connections_accepted += 1
+        if stats.connections_active >= server.max_connections:
+            stats.connections_rejected += 1
+            stats.local(503)
+            self.closing = True
+            self.phase = P_CLOSED
+            t.write(http.error_response(503, close=True))
+            t.close()
+            return
+        self.registered = True
+        stats.connections_active += 1
+        server.clients.add(self)
+        peer = t.get_extra_info("peername")
+        peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.peer = peer_ip.encode("ascii", "replace")
+        self.trusted = server.settings.is_trusted(peer_ip)
+        self.view.peer_ip = peer_ip
+        self.deadline = self.clock.now + server.head_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.phase = P_CLOSED
+        if self.registered:
+            self.registered = False
+            self.stats.connections_active -= 1
+            self.server.clients.discard(self)
+        task = self.dial_task
+        if task is not None:
+            self.dial_task = None
+            task.cancel()
+        up = self.up
+        self.up = None
+        self.pending = None
+        if up is not None and up.client is self:
+            if up.state == TUNNEL:
+                up.client = None
+                if up.transport is not None:
+                    up.transport.close()
+            else:
+                # The client left mid-exchange: the upstream connection is mid-message.
+                up.abort()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase >= P_UPGRADED:
+            if phase == P_TUNNEL:
+                up = self.up
+                if up is not None and up.transport is not None:
+                    up.transport.write(data)
+                    up.deadline = self.clock.now + self.pool.tunnel_idle_timeout
+            elif phase == P_UPGRADED and self.upgrade_buf is not None:
+                self.upgrade_buf.append(data)
+            return
+        if phase != P_BODY:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_head_done(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                self._bad_request(exc)
+            return
+        if self.phase == P_HEAD and self.head_bytes > self.server.head_guard:
+            self.limit_status = 414 if not self.headers else 431
+            self._bad_request(None)
+
+    def eof_received(self) -> bool | None:
+        up = self.up
+        if self.phase == P_TUNNEL and up is not None and up.transport is not None:
+            self.half_closed = True
+            transport = up.transport
+            if not up.half_closed and transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+                return True
+            transport.close()  # both directions are finished
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.up is not None:
+            self.up.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.up is not None:
+            self.up.resume()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            # Answered and closing: whatever follows in this read is not served.
+            raise _Closing
+        self.phase = P_HEAD
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.req_trailers = None
+        if self.active:
+            # Pipelined: hold further input until the current answer is out.
+            self._pause(R_PIPELINE)
+        elif self.requests:
+            self.deadline = self.clock.now + self.server.head_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.server.max_request_line:
+            self.limit_status = 414
+            raise _Limit
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase == P_BODY:
+            if self.req_trailers is None:
+                self.req_trailers = [(name, value)]
+            else:
+                self.req_trailers.append((name, value))
+            return
+        self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        server = self.server
+        if self.header_bytes > server.max_header_bytes or len(self.headers) > server.max_headers:
+            self.limit_status = 431
+            raise _Limit
+
+    def on_headers_complete(self) -> None:
+        self.phase = P_BODY
+        self.requests += 1
+        parser = self.parser
+        method: bytes = parser.get_method()
+        version: str = parser.get_http_version()
+        keep_alive: bool = parser.should_keep_alive()
+        upgrade: bool = parser.should_upgrade()
+        if self.active:
+            pending = _Pending(method, self.url, self.headers, version, keep_alive, upgrade)
+            if self.pending is None:
+                self.pending = deque((pending,))
+            else:
+                self.pending.append(pending)
+            return
+        self._start(method, self.url, self.headers, version, keep_alive, upgrade)
+
+    def on_body(self, body: bytes) -> None:
+        if self.pending is not None:
+            self.pending[-1].body.append(body)
+        elif self.active and not self.response_finished:
+            self._request_body(body)
+
+    def on_message_complete(self) -> None:
+        self.phase = P_IDLE
+        self.head_bytes = 0
+        if self.pending is not None:
+            self.pending[-1].complete = True
+            return
+        if self.active:
+            self._request_complete()
+
+    def _serve_pending(self) -> None:
+        pending = self.pending
+        if pending is None:
+            return
+        p = pending.popleft()
+        if not pending:
+            self.pending = None
+        self._start(p.method, p.url, p.headers, p.version, p.keep_alive, p.upgrade)
+        for chunk in p.body:
+            if self.active and not self.response_finished:
+                self._request_body(chunk)
+        if p.complete and self.active:
+            self._request_complete()
+        if self.pending is None:
+            self._resume(R_PIPELINE)
+
+    # -- upgrade and tunnel --------------------------------------------------------------
+
+    def _upgrade_head_done(self, rest: bytes) -> None:
+        if self.closing:
+            return
+        self.phase = P_UPGRADED
+        self.upgrade_buf = [rest] if rest else []
+        self._pause(R_UPGRADE)
+
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The backend answered 101: pipe raw bytes both ways from now on."""
+        self.phase = P_TUNNEL
+        self.deadline = 0.0
+        buffered = self.upgrade_buf
+        self.upgrade_buf = None
+        if buffered and up.transport is not None:
+            up.transport.writelines(buffered)
+        self._resume(R_UPGRADE)
+
+    # -- timeouts, limits, closing -------------------------------------------------------
+
+    def timed_out(self) -> None:
+        if self.phase == P_HEAD:
+            self.stats.timeout("head")
+            self.stats.local(408)
+            self.transport.write(http.error_response(408, close=True))
+        else:
+            self.stats.timeout("idle" if self.requests else "head")
+        self.close_after_flush()
+
+    def _bad_request(self, exc: Exception | None) -> None:
+        status = self.limit_status or 400
+        if self.response_started and self.active:
+            # The body went bad while the answer streams: nothing sane can be sent.
+            self.abort()
+            return
+        self.stats.local(status)
+        if not self.closing:
+            self.transport.write(http.error_response(status, close=True))
+        self.close_after_flush()

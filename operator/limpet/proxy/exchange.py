@@ -1,0 +1,435 @@
+"""The exchange half of a client connection: one request and its answer at a time.
+
+Data flow: when a request head is complete, :meth:`Exchange._start` checks it
+(version, method, Host, target form), scans its headers once (``http.scan_request``),
+asks the router for a :class:`~limpet.proxy.routes.Route`, takes an idle upstream
+connection from the pool (or dials one, buffering a bounded amount of body meanwhile)
+and writes the rewritten head. Body chunks are written through as they are parsed
+(re-chunked if the client sent chunks). The answer is relayed by
+``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done` at its end,
+or reports a failure (``upstream_*``): a connect failure is retried once on another
+backend, a stale pooled connection is redialled once, anything else is a 502 or 504
+from the proxy itself (:meth:`Exchange._answer`).
+
+This is the base class of :class:`~limpet.proxy.client.ClientConnection`, which owns the
+input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;
+both halves are one object per connection, so the upstream side calls one object.
+
+Concurrency: one event loop, callbacks only. A task exists only while dialling a new
+upstream connection. Reading is paused (never buffered without bound) whenever the other
+side cannot keep up: the reasons are bits in ``read_paused``, and reading resumes when
+none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from limpet.proxy import http
+from limpet.proxy.routes import RequestView, Route
+from limpet.proxy.upstream import BUSY, UpstreamConnection
+
+if TYPE_CHECKING:
+    from limpet.proxy.client import ClientConnection
+    from limpet.proxy.server import Server
+
+# Parse phases of a client connection.
+P_IDLE: Final = 0  # between requests
+P_HEAD: Final = 1  # inside a request head
+P_BODY: Final = 2  # inside a request body
+P_UPGRADED: Final = 3  # after an upgrade request's head: raw bytes, held until 101
+P_TUNNEL: Final = 4  # raw byte pipe
+P_CLOSED: Final = 5
+
+# Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
+R_UPSTREAM: Final = 1  # the upstream connection's write buffer is full
+R_PIPELINE: Final = 2  # a pipelined request waits for the current answer
+R_DIALLING: Final = 4  # request body buffered while the upstream connection is dialled
+R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
+
+DIAL_BUFFER_LIMIT: Final = 256 * 1024
+
+
+class Exchange(asyncio.Protocol):
+    """A client connection's state and its request/answer exchange (see the module)."""
+
+    __slots__ = (
+        "active",
+        "body_buf",
+        "body_buf_size",
+        "body_sent",
+        "chunked_request",
+        "clock",
+        "closing",
+        "deadline",
+        "dial_task",
+        "head_request",
+        "http11",
+        "idempotent",
+        "keep_alive",
+        "peer",
+        "phase",
+        "pool",
+        "read_paused",
+        "redialled",
+        "req_trailers",
+        "request_done",
+        "request_head",
+        "response_finished",
+        "response_started",
+        "retried",
+        "route",
+        "router",
+        "scan",
+        "server",
+        "stats",
+        "transport",
+        "trusted",
+        "up",
+        "upgrade_requested",
+        "view",
+        "write_paused",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.pool = server.pool
+        self.router = server.router
+        self.stats = server.stats
+        self.clock = server.clock
+        self.transport = cast(asyncio.Transport, None)
+        self.scan = http.RequestScan(kept=[])
+        self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
+        self.peer = b""
+        self.trusted = False
+        self.closing = False
+        self.deadline = 0.0
+        self.read_paused = 0
+        self.write_paused = False
+        self.phase = P_IDLE
+        self.req_trailers: list[tuple[bytes, bytes]] | None = None
+        # The exchange in flight.
+        self.active = False
+        self.up: UpstreamConnection | None = None
+        self.route: Route | None = None
+        self.request_head = b""
+        self.dial_task: asyncio.Task[None] | None = None
+        self.body_buf: list[bytes] | None = None
+        self.body_buf_size = 0
+        self.body_sent = False
+        self.request_done = True
+        self.response_started = False
+        self.response_finished = False
+        self.keep_alive = True
+        self.http11 = True
+        self.head_request = False
+        self.upgrade_requested = False
+        self.chunked_request = False
+        self.idempotent = True
+        self.retried = False  # rerouted once after a connect failure
+        self.redialled = False  # dialled afresh once after a pooled connection died
+
+    # -- the exchange --------------------------------------------------------------------
+
+    def _start(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.stats.requests += 1
+        self.active = True
+        self.deadline = 0.0
+        self.request_done = False
+        self.response_started = False
+        self.response_finished = False
+        self.body_sent = False
+        self.retried = False
+        self.redialled = False
+        self.route = None
+        self.http11 = version == "1.1"
+        self.keep_alive = keep_alive
+        self.head_request = method == b"HEAD"
+        scan = self.scan
+        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
+        self.upgrade_requested = upgrade and scan.upgrade is not None
+        self.chunked_request = scan.transfer_encoding is not None
+        self.idempotent = method in http.IDEMPOTENT_METHODS
+        if version != "1.1" and version != "1.0":
+            self._answer(505)
+            return
+        if method == b"CONNECT":
+            self._answer(405)
+            return
+        if scan.host_count > 1 or (self.http11 and scan.host_count == 0):
+            self._answer(400)
+            return
+        if target[:1] != b"/":
+            converted = _origin_form(method, target)
+            if converted is None:
+                self._answer(400)
+                return
+            target = converted
+        view = self.view
+        view.method = method
+        view.target = target
+        view.headers = headers
+        view.cookie = scan.cookie
+        route = self.router.route(view)
+        if route is None:
+            self._answer(503)
+            return
+        self._send(route)
+
+    def _send(self, route: Route) -> None:
+        """Write the request head for ``route`` on a pooled connection, or start dialling."""
+        self.route = route
+        view = self.view
+        scan = self.scan
+        self.request_head = http.build_request_head(
+            scan,
+            view.method,
+            view.target,
+            peer=self.peer,
+            cookie=route.cookie if route.cookie_changed else scan.cookie,
+            add_headers=route.add_headers,
+            upgrade=self.upgrade_requested,
+        )
+        up = self.pool.acquire(route.backend_id, route.host, route.port)
+        if up is not None:
+            self._bind(up)
+            return
+        if self.body_buf is None:
+            self.body_buf = []
+            self.body_buf_size = 0
+        self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
+
+    def _bind(self, up: UpstreamConnection) -> None:
+        self.up = up
+        # Every exchange is the base of a ClientConnection, the type upstream works with.
+        up.bind(cast("ClientConnection", self))
+        transport = up.transport
+        assert transport is not None
+        transport.write(self.request_head)
+        if self.body_buf is not None:
+            if self.body_buf:
+                transport.writelines(self.body_buf)
+                self.body_sent = True
+            self.body_buf = None
+            self.body_buf_size = 0
+            self._resume(R_DIALLING)
+        if self.request_done and self.chunked_request:
+            transport.write(self._last_chunk())
+
+    async def _dial(self, route: Route) -> None:
+        try:
+            up = await self.pool.connect(route.backend_id, route.host, route.port)
+        except (OSError, TimeoutError):
+            self.dial_task = None
+            if not self.closing and self.route is route:
+                self._dial_failed(route)
+            return
+        self.dial_task = None
+        if self.closing or self.route is not route or self.response_finished:
+            # Nobody waits for it any more; keep the fresh connection for the next one.
+            if not self.pool.release(up):
+                up.abort()
+            return
+        self._bind(up)
+
+    def _dial_failed(self, route: Route) -> None:
+        """Nothing was sent: retry once on another backend, else answer 503/502."""
+        if self.retried:
+            self.router.backend_failed(route.backend_id)
+            self._answer(502)
+            return
+        self.retried = True
+        self.stats.retries += 1
+        other = self.router.reroute(self.view, route)  # marks ``route`` failed
+        if other is None:
+            self._answer(503)
+        else:
+            self._send(other)
+
+    def _request_body(self, body: bytes) -> None:
+        up = self.up
+        if up is not None:
+            transport = up.transport
+            assert transport is not None
+            if self.chunked_request:
+                transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+            else:
+                transport.write(body)
+            self.body_sent = True
+            up.deadline = self.clock.now + self.pool.response_timeout
+        elif self.body_buf is not None:
+            if self.chunked_request:
+                self.body_buf.append(http.chunk_header(len(body)))
+                self.body_buf.append(body)
+                self.body_buf.append(b"\r\n")
+            else:
+                self.body_buf.append(body)
+            self.body_buf_size += len(body)
+            if self.body_buf_size > DIAL_BUFFER_LIMIT:
+                self._pause(R_DIALLING)
+
+    def _last_chunk(self) -> bytes:
+        trailers = self.req_trailers
+        if trailers is None:
+            return http.LAST_CHUNK
+        kept = http.scan_response(trailers, self.server.classes, learn_cookies=False).kept
+        return b"0\r\n" + b"".join(kept) + b"\r\n"
+
+    def _request_complete(self) -> None:
+        self.request_done = True
+        if self.response_finished:
+            self._next()
+            return
+        if self.chunked_request:
+            up = self.up
+            if up is not None and up.transport is not None:
+                up.transport.write(self._last_chunk())
+            elif self.body_buf is not None:
+                self.body_buf.append(self._last_chunk())
+                self.chunked_request = False  # the terminator is in the buffer now
+
+    def response_done(self) -> None:
+        """Called by the upstream connection (or a local answer) when the answer is out."""
+        self.response_finished = True
+        up = self.up
+        if up is not None and up.client is self:
+            up.abort()  # the answer ended before the request did: not reusable
+        self.up = None
+        if self.request_done:
+            self._next()
+        elif not self.keep_alive:
+            self.close_after_flush()
+
+    def _next(self) -> None:
+        """The exchange is complete on both sides: get ready for the next request."""
+        self.active = False
+        self.up = None
+        self.route = None
+        self.body_buf = None
+        self._resume(R_UPSTREAM | R_DIALLING)
+        if not self.keep_alive:
+            self.close_after_flush()
+            return
+        self.deadline = self.clock.now + self.server.idle_timeout
+        self._serve_pending()
+
+    def _serve_pending(self) -> None:
+        """Start the next pipelined request, if one was parsed meanwhile (the connection
+        keeps the queue: :class:`~limpet.proxy.client.ClientConnection`)."""
+
+    def _answer(self, status: int) -> None:
+        """Answer the current request from the proxy itself (an error)."""
+        self.stats.local(status)
+        close = not self.keep_alive or (
+            not self.request_done and (self.scan.has_body or self.upgrade_requested)
+        )
+        if status in (400, 405, 505):
+            close = True
+        self.keep_alive = not close
+        if not self.closing:
+            self.transport.write(http.error_response(status, close=close))
+        self.response_started = True
+        self.response_done()
+
+    # -- failures reported by the upstream side ------------------------------------------
+
+    def upstream_failed(self, up: UpstreamConnection, *, reset: bool) -> None:
+        """The upstream connection closed before any byte of the answer."""
+        self.up = None
+        route = self.route
+        if self.response_finished or route is None:
+            return
+        if not self.redialled and self.idempotent and not self.body_sent:
+            # Usually a pooled connection the backend had just closed: dial afresh once.
+            # If the backend is really gone the dial fails and fails over.
+            self.redialled = True
+            self.stats.retries += 1
+            if self.body_buf is None:
+                self.body_buf = []
+                self.body_buf_size = 0
+            self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
+            return
+        if reset:
+            self.router.backend_failed(route.backend_id)
+        self._answer(502)
+
+    def upstream_aborted(self) -> None:
+        """The backend went away in the middle of an answer: cut the client short too."""
+        self.up = None
+        self.abort()
+
+    def upstream_broken(self) -> None:
+        """The backend sent something that is not HTTP: 502, or cut short mid-answer."""
+        self._upstream_error(502)
+
+    def upstream_timeout(self) -> None:
+        """The backend stayed silent past the response timeout: 504, or cut short."""
+        self._upstream_error(504)
+
+    def _upstream_error(self, status: int) -> None:
+        self.up = None
+        if self.response_started:
+            self.abort()
+        else:
+            self.keep_alive = False
+            self._answer(status)
+
+    # -- closing and flow control -------------------------------------------------------
+
+    def close_after_flush(self) -> None:
+        self.phase = P_CLOSED
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+        up = self.up
+        if up is not None and up.client is self and up.state == BUSY:
+            self.up = None
+            up.abort()
+
+    def abort(self) -> None:
+        self.phase = P_CLOSED
+        self.closing = True
+        self.transport.abort()
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause(R_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume(R_UPSTREAM)
+
+    def _pause(self, reason: int) -> None:
+        if not self.read_paused and not self.closing:
+            self.transport.pause_reading()
+        self.read_paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        """Clear the ``reason`` bits (one or several); resume once none is left."""
+        if self.read_paused & reason:
+            self.read_paused &= ~reason
+            if not self.read_paused and not self.closing:
+                self.transport.resume_reading()
+
+
+def _origin_form(method: bytes, target: bytes) -> bytes | None:
+    """Turn an absolute-form target into origin form; ``*`` only for OPTIONS."""
+    if target == b"*":
+        return target if method == b"OPTIONS" else None
+    if not target.lower().startswith((b"http://", b"https://")):
+        return None
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    path: bytes = url.path or b"/"
+    return path + b"?" + url.query if url.query else path

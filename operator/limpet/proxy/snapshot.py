@@ -1,0 +1,120 @@
+"""A plan compiled for the session layer's request path: everything the router derives
+from one plan, built once and then only read.
+
+Data flow: ``Router.prepare(plan)`` builds a :class:`Snapshot` (the affinity core's router
+with its slot tables, the cookie codec with its keys and attributes, the per-mode key
+extraction, a shared :class:`~limpet.proxy.routes.Route` per backend); ``Router.install``
+swaps the router's one snapshot reference. Per request the router reads it without
+locking.
+
+Concurrency: building is pure and may run in a worker thread (slot tables take tens of
+milliseconds); after that the snapshot is read-only, except the client-IP memo inside
+:class:`~limpet.proxy.request_keys.RequestKeys`, touched on the event loop only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from limpet.affinity import (
+    AffinityType,
+    Backend,
+    BackendId,
+    CookieSettings,
+    LifetimeType,
+    Plan,
+)
+from limpet.affinity import Router as CoreRouter
+
+from .cookies import CookieAttributes, CookieCodec
+from .cookies import CookieKey as CodecKey
+from .request_keys import RequestKeys
+from .routes import NO_HEADERS, Route
+
+
+class Snapshot:
+    """Everything derived from one plan, immutable once built."""
+
+    __slots__ = (
+        "backends",
+        "codec",
+        "cookie_name",
+        "cookie_primary",
+        "cookie_probe",
+        "core",
+        "keys",
+        "modes",
+        "plan",
+        "routes",
+        "session_key",
+    )
+
+    def __init__(self, plan: Plan, core: CoreRouter, *, granularity: int, peer_memo: int) -> None:
+        a = plan.affinity
+        self.plan = plan
+        self.core = core
+        self.modes = a.modes
+        self.backends: Mapping[BackendId, Backend] = plan.backend_map()
+        self.cookie_primary = a.type is AffinityType.COOKIE
+        self.codec: CookieCodec | None = None
+        self.cookie_name: bytes | None = None
+        self.cookie_probe: bytes | None = None
+        if AffinityType.COOKIE in a.modes:
+            self.codec = CookieCodec(
+                keys=[CodecKey(k.id, k.secret) for k in plan.cookie_keys],
+                backends=self.backends,
+                attributes=cookie_attributes(a.cookie, a.absolute_timeout),
+                granularity=granularity,
+                idle_timeout=a.idle_timeout,
+                absolute_timeout=a.absolute_timeout,
+            )
+            self.cookie_name = a.cookie.name.encode("ascii")
+            self.cookie_probe = self.cookie_name + b"="
+        self.keys = RequestKeys(a, peer_memo=peer_memo)
+        # The app cookie's "NAME=" prefix: routes carry it so the engine hands the
+        # backend's matching Set-Cookie values back to the router to learn from.
+        self.session_key = self.keys.app_prefix if AffinityType.APP_COOKIE in a.modes else None
+        self.routes: Mapping[BackendId, Route] = {
+            b.id: Route(b.id, b.address, b.port, None, NO_HEADERS, None, self.session_key, False)
+            for b in plan.backends
+        }
+
+    def route(
+        self,
+        bid: BackendId,
+        rest: bytes | None,
+        stripped: bool,
+        add_headers: tuple[tuple[bytes, bytes], ...],
+        set_cookie: bytes | None,
+    ) -> Route:
+        """The route to ``bid``: the shared one when nothing is rewritten."""
+        if not stripped and not add_headers and set_cookie is None:
+            return self.routes[bid]
+        b = self.routes[bid]
+        return Route(
+            bid,
+            b.host,
+            b.port,
+            rest if stripped else None,
+            add_headers,
+            set_cookie,
+            self.session_key,
+            stripped,
+        )
+
+
+def cookie_attributes(c: CookieSettings, absolute_timeout: float | None) -> CookieAttributes:
+    """The Set-Cookie attributes a plan's cookie settings ask for."""
+    max_age: int | None = None
+    if c.lifetime_type is LifetimeType.PERMANENT:
+        seconds = c.max_age if c.max_age is not None else absolute_timeout
+        max_age = None if seconds is None else max(1, int(seconds))
+    return CookieAttributes(
+        name=c.name,
+        path=c.path,
+        domain=c.domain,
+        secure=c.secure,
+        http_only=c.http_only,
+        same_site=c.same_site.value,
+        max_age=max_age,
+    )

@@ -1,0 +1,48 @@
+"""The session book: backend numbers, live-session counts shared by every table, sweeps."""
+
+from __future__ import annotations
+
+from limpet.affinity import AffinitySettings, AffinityType, BackendId
+from limpet.proxy.sessions import SessionBook
+
+T0 = 1_800_000_000.0
+A, B = BackendId("a"), BackendId("b")
+
+
+def test_numbers_are_stable_and_counts_follow_the_tables() -> None:
+    book = SessionBook(capacity=100, epoch=T0 - 1)
+    aff = AffinitySettings(idle_timeout=60, absolute_timeout=None)
+    assert book.index(A) == 0
+    assert book.index(B) == 1
+    assert book.index(A) == 0
+    assert book.ids == [A, B]
+    assert book.track_cookie(b"s1-random-id", A, T0, aff) == 0
+    book.track_cookie(b"s2-random-id", A, T0, aff)
+    header = book.table(AffinityType.HEADER, aff)
+    header.insert(12345, book.index(B), T0)
+    assert dict(book.loads) == {A: 2, B: 1}
+    assert book.loads.get(BackendId("unknown")) == 0
+    # A cookie session seen on another backend moves its count; seen again, it is touched.
+    book.track_cookie(b"s1-random-id", B, T0 + 5, aff)
+    assert (book.count(0), book.count(1)) == (1, 2)
+    assert book.cookie_last_seen(b"s1-random-id", B, aff) == T0 + 5
+    assert book.cookie_last_seen(b"s1-random-id", A, aff) is None
+    assert book.cookie_last_seen(b"never-seen-id", A, aff) is None
+    # Idle past idleTimeout: swept, uncounted. s1 was seen later, so it stays a while.
+    assert book.sweep(T0 + 61, budget=1000) == 2
+    assert (book.count(0), book.count(1)) == (0, 1)
+    assert book.sweep(T0 + 66, budget=1000) == 1
+    assert dict(book.loads) == {A: 0, B: 0}
+    stats = book.table_stats()
+    assert stats["cookie"]["expired"] == 2
+    assert stats["header"] == {"entries": 0, "capacity": 100, "evicted": 0, "expired": 1}
+
+
+def test_adopt_numbers_backends_and_applies_new_timeouts() -> None:
+    book = SessionBook(capacity=100, epoch=T0 - 1)
+    aff = AffinitySettings(idle_timeout=600, absolute_timeout=None)
+    t = book.table(AffinityType.QUERY, aff)
+    t.insert(1, book.index(A), T0)
+    book.adopt([B, A], AffinitySettings(idle_timeout=10, absolute_timeout=None))
+    assert book.ids == [A, B]
+    assert book.sweep(T0 + 11, budget=1000) == 1  # the plan's shorter idleTimeout applies
