@@ -19,7 +19,8 @@ Every answer carries ``X-Backend: <id>``. Paths (the query string sets parameter
                                             keep-alive connection).
 - anything else                             JSON echo: method, path, version, headers, the
                                             body's length and sha256 (hashed while
-                                            streaming, never held whole), the peer port.
+                                            streaming, never held whole), the peer port
+                                            (also in the ``X-Peer-Port`` header).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def make_app(backend: str) -> web.Application:
             return ws
         payload = await echo_payload(request, backend)
         headers = dict(hdr)
+        # The proxy's source port for this request: which backend connection carried it
+        # (also in answers to HEAD, which have no body).
+        headers["X-Peer-Port"] = str(payload["peer_port"])
         if path == "/setcookie":
             headers["Set-Cookie"] = f"{q.get('name', 'APP')}={q.get('value', 'v')}; Path=/"
         if path == "/close":

@@ -113,6 +113,53 @@ def test_head_204_304(one: tuple[Backend, Proxy]) -> None:
         assert echoed(c.request("GET", "/tail"))["path"] == "/tail"
 
 
+def test_head_answers_keep_the_backend_connection(one: tuple[Backend, Proxy]) -> None:
+    _, p = one
+    ports: set[str] = set()
+    with Conn(p.address) as c:
+        for i in range(8):
+            h = c.request("HEAD", f"/head-{i}")
+            assert h.status == 200
+            assert h.body == b""
+            assert h.header("Content-Length") not in (None, "0")  # the GET's length
+            ports.add(h.header("X-Peer-Port") or "")
+            if i % 3 == 0:  # interleaved GETs: the response parser is back in step
+                g = c.request("GET", f"/get-{i}")
+                assert echoed(g)["path"] == f"/get-{i}"
+                ports.add(str(echoed(g)["peer_port"]))
+        # A 1xx before the final head of a HEAD answer (the backend sends 100 Continue).
+        c.send(b"HEAD /expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n")
+        assert c.read_head()[0] == 100
+        e = c.read_response(head_request=True)
+        assert e.status == 200
+        assert e.body == b""
+        ports.add(e.header("X-Peer-Port") or "")
+        ports.add(str(echoed(c.request("GET", "/tail"))["peer_port"]))
+    # One backend connection served every HEAD and every GET.
+    assert len(ports) == 1
+    assert "" not in ports
+    engine = p.wait_idle()
+    assert engine["upstream_connects"] == 1
+    assert engine["upstream_reuses"] == engine["requests"] - 1
+
+
+def test_head_answer_with_a_stray_body_is_not_relayed(one: tuple[Backend, Proxy]) -> None:
+    # The test backend's /download writes its body even for HEAD: the proxy relays the
+    # head only, and the connection's next answers stay correct.
+    _, p = one
+    with Conn(p.address) as c:
+        for round_ in range(5):
+            for mode in ("cl", "chunked"):
+                d = c.request("HEAD", f"/download?size=5000&mode={mode}")
+                assert d.status == 200
+                assert d.body == b""
+                g = c.request("GET", f"/after-{round_}-{mode}")
+                assert g.status == 200
+                assert echoed(g)["path"] == f"/after-{round_}-{mode}"
+    engine = p.wait_idle()
+    assert engine["local_responses"] == {}  # no 502: nothing was answered by the proxy
+
+
 def test_expect_100_continue_relayed(one: tuple[Backend, Proxy]) -> None:
     _, p = one
     with Conn(p.address) as c:

@@ -398,6 +398,17 @@ def error_response(status: int, *, close: bool) -> bytes:
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def response_keeps_alive(version: str, scan: ResponseScan) -> bool:
+    """Whether the backend keeps its connection open after this answer (by its head).
+
+    HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only with ``Connection: keep-alive``.
+    """
+    tokens = connection_tokens(scan.connection) if scan.connection else set()
+    if b"close" in tokens:
+        return False
+    return version == "1.1" or b"keep-alive" in tokens
+
+
 def response_framing(status: int, *, head_request: bool, scan: ResponseScan, http11: bool) -> int:
     """How the response body is delimited towards the client."""
     if head_request or status < 200 or status in (204, 304):

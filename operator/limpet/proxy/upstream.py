@@ -145,8 +145,12 @@ class UpstreamConnection(asyncio.Protocol):
     client connection."""
 
     __slots__ = (
+        "_after_head",
         "_expect_eof",
         "_framing",
+        "_head_done",
+        "_head_keep",
+        "_head_tail",
         "_headers",
         "_informational",
         "_out",
@@ -183,6 +187,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
+        # Answering a HEAD request: the last bytes already fed (a head's end may straddle
+        # two reads), or None for any other request. See _head_data.
+        self._head_tail: bytes | None = None
+        self._head_done = False  # the final head of a HEAD answer has been parsed
+        self._head_keep = False  # ... and the backend keeps the connection alive
+        # Pooled after a HEAD answer, and no head parsed since: garbage now means the
+        # backend sent a body for HEAD after all (see _stray).
+        self._after_head = False
         # Bytes for the client produced while parsing one read; written with one
         # writelines (one writev) at its end, so head and body share a syscall.
         self._out: list[bytes] = []
@@ -196,6 +208,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = True
         self._framing = http.FRAME_NONE
         self._expect_eof = False
+        self._head_tail = b"" if client.head_request else None
+        self._head_done = False
         self.deadline = self.pool.clock.now + self.pool.response_timeout
         if client.write_paused:
             self.pause()
@@ -259,6 +273,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_response = True
         self.deadline = self.pool.clock.now + self.pool.response_timeout
+        if self._head_tail is not None:
+            self._head_data(data)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -268,6 +285,8 @@ class UpstreamConnection(asyncio.Protocol):
                 pass
             elif isinstance(exc.__context__, _StopParsing):
                 self.abort()  # bytes beyond the answer: the connection is out of step
+            elif self._after_head:
+                self._stray()
             else:
                 self._broken()
         if self._out and self.client is not None:
@@ -350,6 +369,7 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         assert client is not None
         pool = self.pool
+        self._after_head = False
         status: int = self.parser.get_status_code()
         scan = http.scan_response(self._headers, pool.classes, learn_cookies=True)
         if status < 200:
@@ -396,10 +416,15 @@ class UpstreamConnection(asyncio.Protocol):
             and scan.content_length < 0
         )
         if client.head_request:
-            # httptools cannot be told that a HEAD answer has no body, so stop it here.
-            # The connection is not reused: its parser would wait for body bytes.
+            # httptools cannot be told that a HEAD answer has no body: stop it here, and
+            # _head_data finishes the answer and gives the next exchange a fresh parser.
             pool.router.backend_succeeded(self.backend.id)
-            self._finish(keep=False)
+            self._head_done = True
+            self._head_keep = (
+                self.reusable
+                and client.request_done
+                and http.response_keeps_alive(self.parser.get_http_version(), scan)
+            )
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
@@ -428,6 +453,55 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.router.backend_succeeded(self.backend.id)
         self._finish(keep=self.reusable and client.request_done and self.parser.should_keep_alive())
 
+    # -- answers to HEAD -------------------------------------------------------------------
+
+    def _head_data(self, data: bytes) -> None:
+        """Bytes of the answer to a HEAD request: one or more heads (1xx, then the final
+        one) and nothing else.
+
+        The parser gets the bytes as they come, but never past the empty line that ends a
+        head, so the end of the final head is known exactly. There the answer is complete:
+        the connection goes back to the pool with a fresh parser (the old one would wait
+        for the body the head describes), unless bytes follow the head, which would put
+        it out of step.
+        """
+        tail = self._head_tail
+        buf = tail + data if tail else data
+        fed = len(tail) if tail else 0
+        pos = 0
+        parser = self.parser
+        while True:
+            i = buf.find(b"\r\n\r\n", pos)
+            end = len(buf) if i < 0 else i + 4
+            try:
+                parser.feed_data(buf[fed:end])
+            except httptools.HttpParserUpgrade:
+                self._head_tail = None
+                self._tunnel(buf[end:])
+                return
+            except httptools.HttpParserError as exc:
+                if not (self._head_done and isinstance(exc.__context__, _StopParsing)):
+                    if self.state == CLOSED:
+                        pass
+                    elif self._after_head:
+                        self._stray()
+                    else:
+                        self._broken()
+                    return
+            if self._head_done:
+                keep = self._head_keep and end == len(buf)
+                self._head_tail = None
+                self._after_head = keep
+                self.parser = httptools.HttpResponseParser(self)
+                self._finish(keep=keep)
+                return
+            if i < 0:
+                self._head_tail = buf[max(pos, len(buf) - 3) :]
+                break
+            fed = pos = end  # a 1xx head, relayed; the final head follows
+        if self._out and self.client is not None:
+            self._flush(self.client)
+
     # -- helpers -------------------------------------------------------------------------
 
     def _headers_done_eof_body(self) -> bool:
@@ -444,6 +518,17 @@ class UpstreamConnection(asyncio.Protocol):
         if rest:
             client.transport.write(rest)
         client.upgraded(self)
+
+    def _stray(self) -> None:
+        """The first bytes on a connection pooled after a HEAD answer are not a response:
+        the backend sent a body for HEAD after all, which arrived only now. The
+        connection is out of step: drop it, and let the client connection retry as after
+        a stale pooled connection (once, if nothing of its request body was sent)."""
+        client = self.client
+        self._out.clear()
+        self.abort()
+        if client is not None:
+            client.upstream_failed(self, reset=False)
 
     def _broken(self) -> None:
         """The backend sent something that is not HTTP: 502 (or cut the client short if the
