@@ -44,13 +44,13 @@ from limpet.controller.config import load_cluster_config
 from limpet.controller.kube import ENDPOINTSLICES, SERVICES, STICKYSERVICES, KubeClient
 from limpet.devcluster.client import admin_client, install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
-from limpet.devcluster.fakepods import BackendSpec, FakePods
+from limpet.devcluster.fakepods import FakePods
 from limpet.devcluster.podnet import open_pod_network
 from limpet.devcluster.process import ManagedProcess
+from limpet.devcluster.proxypod import ADMIN_PORT, ProxyPodCommand
 
 REPO = Path(__file__).resolve().parents[1]
 LIMPET = str(Path(sys.executable).parent / "limpet")
-ADMIN_PORT = 9901
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -173,24 +173,6 @@ async def convergence(cluster: DevCluster, work: Path, changes: int, gap: float)
             token_file = work / "admin-token"
             token_file.write_text(token)
 
-            def proxy(spec: BackendSpec) -> list[str]:
-                state = work / f"state-{spec.pod}"
-                state.mkdir(exist_ok=True)
-                return [
-                    LIMPET,
-                    "proxy",
-                    "--listen",
-                    f"{spec.host}:{spec.port}",
-                    "--admin-listen",
-                    f"{spec.host}:{ADMIN_PORT}",
-                    "--token-file",
-                    str(token_file),
-                    "--state-dir",
-                    str(state),
-                    "--log-level",
-                    "warning",
-                ]
-
             with admin_client(cluster) as api:
                 group = FakePods(
                     api,
@@ -199,7 +181,7 @@ async def convergence(cluster: DevCluster, work: Path, changes: int, gap: float)
                     service="shop-proxy",
                     port=8080,
                     port_name="http",
-                    backend=proxy,
+                    backend=ProxyPodCommand(token_file=token_file, state_root=work),
                     create_service=False,
                 )
                 for _ in range(3):

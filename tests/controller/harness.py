@@ -39,14 +39,14 @@ from limpet.controller.kube import SERVICES, STICKYSERVICES, KubeClient
 from limpet.controller.proxies import proxy_service_name, secret_name
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
-from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods, FakePodsFactory
+from limpet.devcluster.fakepods import FakePod, FakePods, FakePodsFactory
 from limpet.devcluster.kubeconfig import write_kubeconfig
 from limpet.devcluster.process import ManagedProcess
+from limpet.devcluster.proxypod import ADMIN_PORT, ProxyPodCommand
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC_FILE = REPO / "deploy" / "rbac" / "operator-rbac.yaml"
 LIMPET = str(Path(sys.executable).parent / "limpet")
-ADMIN_PORT = 9901
 PROXY_PORT = 8080
 
 T = TypeVar("T")
@@ -186,7 +186,7 @@ class ProxyFleet:
             external_service or proxy_service_name(sticky),
             port=PROXY_PORT,
             port_name="http",
-            backend=self._command,
+            backend=ProxyPodCommand(token_file=self.token_file, state_root=work),
             create_service=external_service is not None,
         )
         if self.group.network.mode != "netns":
@@ -196,24 +196,6 @@ class ProxyFleet:
                 f"this run's fake pods are in {self.group.network.mode!r} mode",
                 pytrace=False,
             )
-
-    def _command(self, spec: BackendSpec) -> list[str]:
-        state = self.work / f"state-{spec.pod}"
-        state.mkdir(exist_ok=True)
-        return [
-            LIMPET,
-            "proxy",
-            "--listen",
-            f"{spec.host}:{spec.port}",
-            "--admin-listen",
-            f"{spec.host}:{ADMIN_PORT}",
-            "--token-file",
-            str(self.token_file),
-            "--state-dir",
-            str(state),
-            "--log-level",
-            "warning",
-        ]
 
     def add(self, count: int) -> list[FakePod]:
         return [self.group.add() for _ in range(count)]

@@ -10,6 +10,7 @@ import aiohttp
 
 from limpet.controller.kube import KubeClient
 from limpet.devcluster.fakepods import FakePodsFactory
+from limpet.devcluster.proxypod import state_dir
 from tests.controller.harness import (
     FAST,
     Scene,
@@ -118,7 +119,7 @@ async def test_restarted_proxy_gets_the_plan_again(
 
     # A proxy that restarts empty (its state lost) gets the current plan again.
     scene.fleet.group.stop_backend(pod.name)
-    shutil.rmtree(scene.fleet.work / f"state-{pod.name}")
+    shutil.rmtree(state_dir(scene.fleet.work, pod.name))
     scene.fleet.group.start_backend(pod.name)
     assert await scene.converged() == first
 

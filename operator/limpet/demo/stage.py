@@ -52,6 +52,7 @@ from limpet.devcluster.kubeconfig import write_kubeconfig
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podnet import PodNetwork, open_pod_network
 from limpet.devcluster.process import ManagedProcess
+from limpet.devcluster.proxypod import ProxyPodCommand
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO / "crds"
@@ -63,7 +64,6 @@ STICKY = "counter"
 APP_SERVICE = "counter"
 APP_PORT = 8080
 PROXY_PORT = 8080
-ADMIN_PORT = 9901
 FIELD_MANAGER = "limpet-demo"
 T = TypeVar("T")
 
@@ -145,7 +145,7 @@ class Stage:
             namespace=self.namespace,
             service=proxy_service_name(STICKY),
             port=PROXY_PORT,
-            backend=self._proxy_command,
+            backend=ProxyPodCommand(token_file=self.token_file, state_root=self.work / "proxies"),
             create_service=False,
             log_dir=self.work / "proxies",
         )
@@ -340,24 +340,6 @@ class Stage:
             return base64.b64decode(obj["data"]["admin-token"]).decode()
 
         return _wait(token, 30, "the operator's Secret with the admin token")
-
-    def _proxy_command(self, spec: BackendSpec) -> list[str]:
-        state = self.work / "proxies" / f"state-{spec.pod}"
-        state.mkdir(parents=True, exist_ok=True)
-        return _python_module(
-            "limpet.cli",
-            "proxy",
-            "--listen",
-            f"{spec.host}:{spec.port}",
-            "--admin-listen",
-            f"{spec.host}:{ADMIN_PORT}",
-            "--token-file",
-            str(self.token_file),
-            "--state-dir",
-            str(state),
-            "--log-level",
-            "warning",
-        )
 
     # -- during the run ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Modules (import what you need; this package imports nothing itself):
   (``endpointslices`` builds the manifests, ``backend`` is the default backend), on a
   pod network from ``podnet``: ``netns`` (namespaces, real pod IPs) or ``loopback``
   (placeholders plus an explicit address override). ``hostnet`` reads host routes.
+  ``proxypod`` builds the command line of a ``limpet proxy`` run as a fake pod.
 
 See docs/devcluster.md.
 """
