@@ -3,9 +3,14 @@
 Data flow: :meth:`Informer.run` lists ``resource`` in one namespace with a label and/or
 field selector (filtered by the API server, so unrelated objects never reach this
 process), stores ``transform(obj)`` per object name, then watches from the list's
-resourceVersion. After every change it calls ``on_change()``. On 410 Gone it lists again;
-on any other error it backs off and retries, forever, until cancelled. ``synced`` is set
-after the first complete list, so readers can tell "no objects" from "not known yet".
+resourceVersion. After every list it calls ``on_change(names)`` with the names whose
+entry differs from before (possibly none), and after every watch event
+``on_change({name})``. On 410 Gone it lists again; on any other error it backs off and
+retries, forever, until cancelled. ``synced`` is set after the first complete list, so
+readers can tell "no objects" from "not known yet".
+
+Users: a reconciler's watch of external-mode proxies' EndpointSlices (by label
+selector), and :class:`.watchhub.NamespaceServices` (a namespace's Services).
 
 Concurrency: one task runs :meth:`run`; readers on the same event loop read
 :attr:`items` (a dict replaced wholesale on relist, mutated in place on events).
@@ -35,7 +40,7 @@ class Informer(Generic[T]):
         namespace: str,
         *,
         transform: Callable[[Mapping[str, Any]], T],
-        on_change: Callable[[], None],
+        on_change: Callable[[set[str]], None],
         label_selector: str | None = None,
         field_selector: str | None = None,
         watch_timeout: int = 290,
@@ -64,13 +69,20 @@ class Informer(Generic[T]):
                 raw, version = await self._client.list(
                     path, label_selector=self.label_selector, field_selector=self.field_selector
                 )
+                before = self.items
                 self.items = {
                     str(o["metadata"]["name"]): self._transform(o) for o in raw if "metadata" in o
                 }
                 del raw
                 self.synced.set()
                 self.last_error = None
-                self._on_change()
+                self._on_change(
+                    {
+                        n
+                        for n in before.keys() | self.items.keys()
+                        if before.get(n) != self.items.get(n)
+                    }
+                )
                 delay = 0.1
                 while True:
                     version = await self._watch_once(path, version)
@@ -102,5 +114,5 @@ class Informer(Generic[T]):
                 self.items.pop(name, None)
             else:
                 self.items[name] = self._transform(event.object)
-            self._on_change()
+            self._on_change({name})
         return version

@@ -254,7 +254,7 @@ class Reconciler:
                 ENDPOINTSLICES,
                 self.namespace,
                 transform=parse_slice,
-                on_change=self._refresh_targets,
+                on_change=lambda _names: self._refresh_targets(),
                 label_selector=spec.proxy.label_selector(),
             )
             self._proxy_inf = inf

@@ -14,9 +14,9 @@ would make it grow with every unrelated EndpointSlice. Instead, per namespace:
   gathers a start-up burst of subscriptions into one list request. Subscribers are
   called back only when a slice of *their* Service changed.
 - :class:`NamespaceServices` watches the namespace's Services (no label names them all,
-  so this one is unfiltered) and keeps only each Service's name and port list, a few
-  dozen bytes per Service; subscribers are called back when their Service appears,
-  changes or disappears.
+  so this one is unfiltered; a plain :class:`.informer.Informer`) and keeps only each
+  Service's name and port list, a few dozen bytes per Service; subscribers are called
+  back when their Service appears, changes or disappears.
 
 Data flow: reconcilers :meth:`WatchHub.slices` / :meth:`WatchHub.services` to get the
 namespace's hub, ``subscribe(name, callback)`` and later ``unsubscribe``; they read
@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from limpet.controller.informer import Informer
 from limpet.controller.kube import (
     ENDPOINTSLICES,
     SERVICES,
@@ -85,17 +86,12 @@ class _Subscribers:
                 callback()
 
 
-class NamespaceSlices:
-    """EndpointSlices of the subscribed Services in one namespace (one watch)."""
+class _Hub:
+    """One namespace's watch of one kind, shared by the subscribers of its Services."""
 
-    def __init__(self, client: KubeClient, namespace: str, *, gather: float = 0.02) -> None:
-        self._client = client
+    def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self._gather = gather
         self._subs = _Subscribers()
-        self._items: dict[str, tuple[str, SliceView]] = {}  # slice name -> (service, view)
-        self._listed: frozenset[str] = frozenset()
-        self.restarts = 0
 
     def subscribe(self, service: str, callback: Callback) -> None:
         self._subs.add(service, callback)
@@ -106,6 +102,18 @@ class NamespaceSlices:
     @property
     def empty(self) -> bool:
         return not self._subs.by_name
+
+
+class NamespaceSlices(_Hub):
+    """EndpointSlices of the subscribed Services in one namespace (one watch)."""
+
+    def __init__(self, client: KubeClient, namespace: str, *, gather: float = 0.02) -> None:
+        super().__init__(namespace)
+        self._client = client
+        self._gather = gather
+        self._items: dict[str, tuple[str, SliceView]] = {}  # slice name -> (service, view)
+        self._listed: frozenset[str] = frozenset()
+        self.restarts = 0
 
     def synced(self, service: str) -> bool:
         return service in self._listed
@@ -203,74 +211,36 @@ class NamespaceSlices:
         return version
 
 
-class NamespaceServices:
+class NamespaceServices(_Hub):
     """Ports of every Service in one namespace (one unfiltered watch, tiny entries)."""
 
     def __init__(self, client: KubeClient, namespace: str) -> None:
-        self._client = client
-        self.namespace = namespace
-        self._subs = _Subscribers()
-        self._ports: dict[str, ServicePorts] = {}
-        self._listed = False
+        super().__init__(namespace)
+        self._announced = False
+        self._informer: Informer[ServicePorts] = Informer(
+            client, SERVICES, namespace, transform=service_ports, on_change=self._changed
+        )
 
     def subscribe(self, service: str, callback: Callback) -> None:
-        self._subs.add(service, callback)
-        if self._listed:
+        super().subscribe(service, callback)
+        if self._informer.synced.is_set():
             callback()
 
-    def unsubscribe(self, service: str, callback: Callback) -> None:
-        self._subs.remove(service, callback)
-
-    @property
-    def empty(self) -> bool:
-        return not self._subs.by_name
-
     def synced(self, service: str) -> bool:
-        return self._listed
+        return self._informer.synced.is_set()
 
     def ports(self, service: str) -> ServicePorts | None:
-        return self._ports.get(service)
+        return self._informer.items.get(service)
 
     async def run(self) -> None:
-        path = SERVICES.path(self.namespace)
-        delay = 0.1
-        while True:
-            try:
-                raw, version = await self._client.list(path)
-                ports = {str(o["metadata"]["name"]): service_ports(o) for o in raw}
-                del raw
-                changed = {
-                    n for n in set(ports) | set(self._ports) if ports.get(n) != self._ports.get(n)
-                }
-                self._ports = ports
-                first = not self._listed
-                self._listed = True
-                self._subs.notify(set(self._subs.by_name) if first else changed)
-                delay = 0.1
-                while True:
-                    version = await self._watch(path, version)
-            except WatchExpired:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except _ERRORS as exc:
-                log.warning("service watch in %s failed: %s; retrying", self.namespace, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
+        await self._informer.run()
 
-    async def _watch(self, path: str, version: str) -> str:
-        async for event in self._client.watch(path, resource_version=version):
-            meta = event.object.get("metadata") or {}
-            version = str(meta.get("resourceVersion") or version)
-            if event.type == "BOOKMARK":
-                continue
-            name = str(meta.get("name", ""))
-            if event.type == "DELETED":
-                self._ports.pop(name, None)
-            else:
-                self._ports[name] = service_ports(event.object)
-            self._subs.notify({name})
-        return version
+    def _changed(self, names: set[str]) -> None:
+        if not self._announced:
+            # The first list tells every subscriber, also those whose Service is absent.
+            self._announced = True
+            names = set(self._subs.by_name)
+        self._subs.notify(names)
 
 
 class WatchHub:

@@ -1,0 +1,107 @@
+"""The operator's watches against the real API server: :class:`Informer` and the shared
+per-namespace Service watch built on it (:class:`NamespaceServices`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from limpet.controller.informer import Informer
+from limpet.controller.kube import ENDPOINTSLICES, SERVICES, KubeClient
+from limpet.controller.membership import SliceView, parse_slice
+from limpet.controller.watchhub import NamespaceServices
+from tests.controller.harness import create_service, eventually, shop_slice
+
+
+@contextlib.asynccontextmanager
+async def _running(run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_informer_reports_changed_names(kube: KubeClient, namespace: str) -> None:
+    await kube.apply(ENDPOINTSLICES.path(namespace, "shop-burst"), shop_slice(namespace, 2))
+    other = shop_slice(namespace, 1)
+    other["metadata"]["name"] = "unrelated"
+    other["metadata"]["labels"] = {"kubernetes.io/service-name": "unrelated"}
+    await kube.apply(ENDPOINTSLICES.path(namespace, "unrelated"), other)
+    seen: list[set[str]] = []
+    informer: Informer[SliceView] = Informer(
+        kube,
+        ENDPOINTSLICES,
+        namespace,
+        transform=parse_slice,
+        on_change=seen.append,
+        label_selector="kubernetes.io/service-name=shop",
+    )
+    async with _running(informer.run):
+        await asyncio.wait_for(informer.synced.wait(), 10)
+        # The first list: every listed object is new; the server filtered the other one.
+        assert seen == [{"shop-burst"}]
+        assert list(informer.items) == ["shop-burst"]
+        assert len(informer.items["shop-burst"].endpoints) == 2
+        await kube.apply(ENDPOINTSLICES.path(namespace, "shop-burst"), shop_slice(namespace, 3))
+
+        async def three() -> bool:
+            return len(informer.items["shop-burst"].endpoints) == 3
+
+        await eventually(three, within=10, what="the modified slice")
+        assert seen[-1] == {"shop-burst"}
+        await kube.delete(ENDPOINTSLICES.path(namespace, "shop-burst"))
+
+        async def gone() -> bool:
+            return not informer.items
+
+        await eventually(gone, within=10, what="the deleted slice")
+        assert seen[-1] == {"shop-burst"}
+        assert all(names <= {"shop-burst"} for names in seen), seen
+
+
+async def test_service_ports_hub_calls_back_its_subscribers(
+    kube: KubeClient, namespace: str
+) -> None:
+    hub = NamespaceServices(kube, namespace)
+    calls: dict[str, int] = {"shop": 0, "cart": 0}
+
+    def counter(name: str) -> Callable[[], None]:
+        def callback() -> None:
+            calls[name] += 1
+
+        return callback
+
+    shop, cart = counter("shop"), counter("cart")
+    hub.subscribe("shop", shop)
+    assert not hub.synced("shop")
+    async with _running(hub.run):
+        # The first list answers every subscriber, also one whose Service does not exist.
+        async def listed() -> bool:
+            return hub.synced("shop") and calls["shop"] == 1
+
+        await eventually(listed, within=10, what="the first list")
+        assert hub.ports("shop") is None
+        # A late subscriber is answered at once, from what is already listed.
+        hub.subscribe("cart", cart)
+        assert calls["cart"] == 1
+        await create_service(kube, namespace)
+
+        async def shop_ports() -> bool:
+            return hub.ports("shop") == (("http", 80),) and calls["shop"] == 2
+
+        await eventually(shop_ports, within=10, what="the created Service's ports")
+        assert calls["cart"] == 1  # not its Service
+        await kube.delete(SERVICES.path(namespace, "shop"))
+
+        async def shop_gone() -> bool:
+            return hub.ports("shop") is None and calls["shop"] == 3
+
+        await eventually(shop_gone, within=10, what="the deleted Service")
+        hub.unsubscribe("shop", shop)
+        hub.unsubscribe("cart", cart)
+        assert hub.empty
