@@ -1,6 +1,7 @@
-"""Fixtures for the operator tests: the CRDs installed once, an async admin client.
+"""Fixtures for the operator tests: the CRDs installed once, an async admin client, the
+operator under test (``start_operator``) and ready-made scenes (``scenes``, ``scene``).
 
-Operator and proxy process fixtures live in ``tests/controller/harness.py`` and are
+Operator, proxy and scene helpers live in ``tests/controller/harness.py`` and are
 bound here; the session-wide control plane, namespaces and fake pods come from
 ``tests/conftest.py``.
 """
@@ -18,7 +19,14 @@ from limpet.controller.config import ClusterConfig, load_cluster_config
 from limpet.controller.kube import KubeClient
 from limpet.devcluster.client import install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster
-from tests.controller.harness import OperatorIdentity, OperatorProcess, StartOperator
+from limpet.devcluster.fakepods import FakePodsFactory
+from tests.controller.harness import (
+    OperatorIdentity,
+    OperatorProcess,
+    Scene,
+    Scenes,
+    StartOperator,
+)
 from tests.controller.harness import operator_identity as make_identity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +94,23 @@ def start_operator(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def scenes(
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    start_operator: StartOperator,
+    fake_pods: FakePodsFactory,
+    tmp_path: Path,
+) -> Scenes:
+    """``await scenes.open(pods=..., spec=..., ...)``: a Ready, converged "shop" scene in
+    this test's namespace."""
+    return Scenes(kube, http, namespace, start_operator, fake_pods, tmp_path)
+
+
+@pytest.fixture
+async def scene(scenes: Scenes) -> Scene:
+    """The default scene: FAST timing, 2 managed proxies, 3 backends, Ready, converged."""
+    return await scenes.open()

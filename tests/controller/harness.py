@@ -12,6 +12,8 @@ simulated users.
   proxy Service, so the operator discovers them from their EndpointSlice exactly as in a
   cluster and pushes to ``<pod IP>:<adminPort>``.
 - :class:`User` is a client with its own LB cookie, reporting which pod answered.
+- :class:`Scenes` opens a :class:`Scene`: StickyService "shop" with the operator, its
+  proxies and backends, Ready and converged (the ``scenes`` and ``scene`` fixtures).
 
 Everything talks only to loopback or to pod IPs inside this run's network namespaces.
 """
@@ -25,7 +27,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -392,6 +394,9 @@ class Scene:
         status = (await self.sticky()).get("status") or {}
         return {b.get("pod"): b["state"] for b in status.get("backends") or []}
 
+    async def state_is(self, pod: str, state: str) -> bool:
+        return (await self.backend_states()).get(pod) == state
+
     async def ready(self) -> None:
         async def probe() -> bool:
             c = await condition(self.kube, self.namespace, "shop", "Ready")
@@ -400,33 +405,53 @@ class Scene:
         await eventually(probe, within=40, what="Ready=True")
 
 
-async def make_scene(
-    kube: KubeClient,
-    http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
-    *,
-    pods: int = 3,
-    proxies: int = 2,
-    spec: dict[str, Any] | None = None,
-) -> Scene:
-    await kube.create(
-        STICKYSERVICES.path(namespace),
-        sticky_manifest("shop", "shop", **(spec or FAST), proxy={"replicas": proxies}),
-    )
-    operator = start_operator()
-    token = await read_token(kube, namespace, "shop")
-    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path)
-    fleet.add(proxies)
-    backends = fake_pods("shop")
-    backends.scale_up(pods)
-    scene = Scene(kube, http, namespace, fleet, backends)
-    scene.operator = operator
-    await scene.ready()
-    await scene.converged()
-    return scene
+@dataclass(frozen=True, slots=True)
+class Scenes:
+    """Opens scenes in one test's namespace (the ``scenes`` fixture)."""
+
+    kube: KubeClient
+    http: aiohttp.ClientSession
+    namespace: str
+    start_operator: StartOperator
+    fake_pods: FakePodsFactory
+    work: Path
+
+    async def open(
+        self,
+        *,
+        pods: int = 3,
+        proxies: int = 2,
+        spec: dict[str, Any] | None = None,
+        operator_args: Sequence[str] = (),
+        external_service: str | None = None,
+    ) -> Scene:
+        """StickyService "shop" (``spec``, FAST by default) over Service "shop" with
+        ``pods`` backends and ``proxies`` real proxies (managed ones, or with
+        ``external_service`` the pods of that Service, selected by its label), the operator
+        started with ``operator_args``; returned once Ready and every proxy runs the
+        status plan version."""
+        if external_service is None:
+            proxy: dict[str, Any] = {"replicas": proxies}
+        else:
+            selector = {"matchLabels": {"kubernetes.io/service-name": external_service}}
+            proxy = {"managed": False, "selector": selector}
+        await self.kube.create(
+            STICKYSERVICES.path(self.namespace),
+            sticky_manifest("shop", "shop", **(spec or FAST), proxy=proxy),
+        )
+        operator = self.start_operator(*operator_args)
+        token = await read_token(self.kube, self.namespace, "shop")
+        fleet = ProxyFleet(
+            self.fake_pods, "shop", token, self.work, external_service=external_service
+        )
+        fleet.add(proxies)
+        backends = self.fake_pods("shop")
+        backends.scale_up(pods)
+        scene = Scene(self.kube, self.http, self.namespace, fleet, backends)
+        scene.operator = operator
+        await scene.ready()
+        await scene.converged()
+        return scene
 
 
 def shop_slice(namespace: str, count: int) -> dict[str, Any]:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import aiohttp
 
 from limpet.controller.kube import STICKYSERVICES, KubeClient
 from limpet.devcluster.fakepods import FakePodsFactory
 from tests.controller.harness import (
+    Scene,
     StartOperator,
     User,
     condition,
     event_reasons,
     eventually,
     get_sticky,
-    make_scene,
     sticky_manifest,
 )
 
@@ -80,11 +79,8 @@ async def test_service_deleted_under_it_proxies_answer_503(
     kube: KubeClient,
     http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     user = User("u")
     await user.get(http, scene.fleet.urls()[0])
     assert await kube.delete(f"/api/v1/namespaces/{namespace}/services/shop")
@@ -106,13 +102,9 @@ async def test_service_deleted_under_it_proxies_answer_503(
 
 async def test_deleting_the_stickyservice_removes_what_it_created(
     kube: KubeClient,
-    http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     children = [
         f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-proxy",
         f"/api/v1/namespaces/{namespace}/services/shop-proxy",
@@ -138,11 +130,8 @@ async def test_key_rotation_keeps_old_cookies_valid(
     kube: KubeClient,
     http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     users = [User(f"u{i}") for i in range(20)]
     for user in users:
         await user.get(http, scene.fleet.urls()[0])

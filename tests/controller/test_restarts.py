@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from pathlib import Path
 
 import aiohttp
 
 from limpet.controller.kube import KubeClient
-from limpet.devcluster.fakepods import FakePodsFactory
 from limpet.devcluster.proxypod import state_dir
 from tests.controller.harness import (
     FAST,
     Scene,
+    Scenes,
     StartOperator,
     User,
     condition,
     event_reasons,
     eventually,
-    make_scene,
 )
-from tests.controller.test_scenarios import _state_is
 
 
 async def _watch_versions(scene: Scene, seen: dict[str, list[int]], stop: asyncio.Event) -> None:
@@ -38,21 +35,16 @@ async def _watch_versions(scene: Scene, seen: dict[str, list[int]], stop: asynci
 
 
 async def test_operator_restart_resumes_rebalance_and_drain(
-    kube: KubeClient,
     http: aiohttp.ClientSession,
-    namespace: str,
     start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scenes: Scenes,
 ) -> None:
     spec = {
         **FAST,
         "rebalance": {"window": "20s", "minIdle": "1s", "maxMovesPerSecond": 1000},
         "drain": {"timeout": "60s", "minIdle": "1s"},
     }
-    scene = await make_scene(
-        kube, http, namespace, start_operator, fake_pods, tmp_path, pods=4, spec=spec
-    )
+    scene = await scenes.open(pods=4, spec=spec)
     users = [User(f"u{i}") for i in range(30)]
     for i, user in enumerate(users):
         await user.get(http, scene.fleet.urls()[i % 2])
@@ -63,7 +55,7 @@ async def test_operator_restart_resumes_rebalance_and_drain(
         victim = sorted(scene.backends.pods)[0]
         scene.backends.terminate(victim)
         scene.backends.scale_up(6)
-        await eventually(lambda: _state_is(scene, victim, "Draining"), what="Draining")
+        await eventually(lambda: scene.state_is(victim, "Draining"), what="Draining")
 
         async def in_progress() -> bool:
             reb = (await scene.sticky())["status"].get("rebalance") or {}
@@ -106,14 +98,9 @@ async def test_operator_restart_resumes_rebalance_and_drain(
 
 
 async def test_restarted_proxy_gets_the_plan_again(
-    kube: KubeClient,
     http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     first = await scene.converged()
     pod = scene.fleet.pods[0]
 
@@ -143,13 +130,9 @@ async def test_restarted_proxy_gets_the_plan_again(
 
 async def test_proxy_down_is_reported_then_recovers(
     kube: KubeClient,
-    http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     first = await scene.converged()
     pod = scene.fleet.pods[1]
     scene.fleet.group.stop_backend(pod.name)

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import aiohttp
 
-from limpet.controller.kube import STICKYSERVICES, KubeClient
-from limpet.devcluster.fakepods import FakePodsFactory
+from limpet.controller.kube import KubeClient
 from tests.controller.harness import (
     FAST,
-    ProxyFleet,
     Scene,
-    StartOperator,
+    Scenes,
     User,
     condition,
     event_reasons,
     eventually,
-    make_scene,
-    read_token,
-    sticky_manifest,
 )
 
 
@@ -29,11 +23,8 @@ async def test_sticky_traffic_through_every_proxy(
     kube: KubeClient,
     http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     rng = random.Random(7)
     users = [User(f"u{i}") for i in range(30)]
     proxies = scene.fleet.urls()
@@ -72,15 +63,10 @@ async def test_sticky_traffic_through_every_proxy(
 
 
 async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
-    kube: KubeClient,
-    http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
 ) -> None:
     spec = {**FAST, "rebalance": {"window": "10s", "minIdle": "1s", "maxMovesPerSecond": 1000}}
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path, spec=spec)
+    scene = await scenes.open(spec=spec)
     proxy = scene.fleet.urls()
     old_pods = set(scene.backends.pods)
     busy = [User(f"busy{i}") for i in range(15)]
@@ -164,28 +150,12 @@ async def _phase(scene: Scene, phase: str) -> bool:
 
 
 async def test_terminating_pod_drains_finishes_and_is_removed(
-    kube: KubeClient,
-    http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
 ) -> None:
     spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "1s"}}
-    await kube.create(
-        STICKYSERVICES.path(namespace),
-        sticky_manifest("shop", "shop", **spec, proxy={"replicas": 2}),
-    )
-    start_operator("--standalone", "--forget-after", "3")
-    token = await read_token(kube, namespace, "shop")
-    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path)
-    fleet.add(2)
-    backends = fake_pods("shop")
-    backends.scale_up(3)
-    scene = Scene(kube, http, namespace, fleet, backends)
-    await scene.ready()
-    await scene.converged()
-    proxy = fleet.urls()
+    scene = await scenes.open(spec=spec, operator_args=("--standalone", "--forget-after", "3"))
+    backends = scene.backends
+    proxy = scene.fleet.urls()
     users = [User(f"u{i}") for i in range(40)]
     for i, user in enumerate(users):
         await user.get(http, proxy[i % 2])
@@ -197,7 +167,7 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
 
     backends.terminate(victim)
     await eventually(
-        lambda: _state_is(scene, victim, "Draining"), within=10, interval=0.05, what="Draining"
+        lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
     )
     status = (await scene.sticky())["status"]
     entry = next(b for b in status["backends"] if b["pod"] == victim)
@@ -232,15 +202,11 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
 
     # The pod goes away: the drain is finished, the backend Gone, then removed.
     backends.remove(victim)
-    await eventually(lambda: _state_is(scene, victim, "Gone"), within=10, what="Gone")
+    await eventually(lambda: scene.state_is(victim, "Gone"), within=10, what="Gone")
     assert "DrainFinished" in await event_reasons(kube, namespace, "shop")
     assert "DrainStarted" in await event_reasons(kube, namespace, "shop")
     await eventually(lambda: _absent(scene, victim), within=15, what="removed from the plan")
     await scene.converged()
-
-
-async def _state_is(scene: Scene, pod: str, state: str) -> bool:
-    return (await scene.backend_states()).get(pod) == state
 
 
 async def _absent(scene: Scene, pod: str) -> bool:
@@ -251,11 +217,8 @@ async def test_killed_pod_fails_over(
     kube: KubeClient,
     http: aiohttp.ClientSession,
     namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    scene: Scene,
 ) -> None:
-    scene = await make_scene(kube, http, namespace, start_operator, fake_pods, tmp_path)
     proxy = scene.fleet.urls()
     users = [User(f"u{i}") for i in range(30)]
     for i, user in enumerate(users):
@@ -266,7 +229,7 @@ async def test_killed_pod_fails_over(
 
     scene.backends.stop_backend(victim)  # the process dies...
     scene.backends.set_conditions(victim, ready=False, serving=False)  # ...and is seen dead
-    await eventually(lambda: _state_is(scene, victim, "Failed"), within=10, what="Failed")
+    await eventually(lambda: scene.state_is(victim, "Failed"), within=10, what="Failed")
     await scene.converged()
     for i, user in enumerate(users):
         await user.get(http, proxy[i % 2])  # raises on any non-200
@@ -279,27 +242,10 @@ async def test_killed_pod_fails_over(
 
 
 async def test_external_proxies_selected_by_label(
-    kube: KubeClient,
-    http: aiohttp.ClientSession,
-    namespace: str,
-    start_operator: StartOperator,
-    fake_pods: FakePodsFactory,
-    tmp_path: Path,
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
 ) -> None:
-    selector = {"matchLabels": {"kubernetes.io/service-name": "edge"}}
-    await kube.create(
-        STICKYSERVICES.path(namespace),
-        sticky_manifest("shop", "shop", **FAST, proxy={"managed": False, "selector": selector}),
-    )
-    start_operator()
-    token = await read_token(kube, namespace, "shop")
-    fleet = ProxyFleet(fake_pods, "shop", token, tmp_path, external_service="edge")
-    fleet.add(2)
-    backends = fake_pods("shop")
-    backends.scale_up(3)
-    scene = Scene(kube, http, namespace, fleet, backends)
-    await scene.ready()
-    await scene.converged()
+    scene = await scenes.open(external_service="edge")
+    fleet = scene.fleet
     users = [User(f"u{i}") for i in range(20)]
     for _ in range(3):
         for i, user in enumerate(users):
