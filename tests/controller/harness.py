@@ -39,10 +39,9 @@ from kubernetes import client as k8s
 
 from limpet.controller.kube import SERVICES, STICKYSERVICES, KubeClient
 from limpet.controller.proxies import proxy_service_name, secret_name
-from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.client import request, server_side_apply, service_account_kubeconfig
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.fakepods import FakePod, FakePods, FakePodsFactory
-from limpet.devcluster.kubeconfig import write_kubeconfig
 from limpet.devcluster.process import ManagedProcess
 from limpet.devcluster.proxypod import ADMIN_PORT, ProxyPodCommand
 
@@ -90,30 +89,9 @@ def operator_identity(api: k8s.ApiClient, cluster: DevCluster, out_dir: Path) ->
     server_side_apply(
         api, f"{base}/clusterrolebindings/{role_name}", binding, field_manager="tests"
     )
-    token = request(
-        api,
-        "POST",
-        f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
-        body={"spec": {"expirationSeconds": 4 * 3600}},
-    )["status"]["token"]
-    ca = cluster.paths.ca_cert.read_bytes()
-    config: dict[str, object] = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "dev",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority-data": base64.b64encode(ca).decode(),
-                },
-            }
-        ],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "dev", "user": sa}}],
-        "current-context": "operator",
-    }
-    path = write_kubeconfig(out_dir / f"operator-{suffix}.kubeconfig", config)
+    path = service_account_kubeconfig(
+        api, cluster, out_dir / f"operator-{suffix}.kubeconfig", namespace=ns, name=sa
+    )
     return OperatorIdentity(
         kubeconfig=path, namespace=ns, service_account=sa, cluster_role=role_name
     )

@@ -18,6 +18,7 @@ from limpet.devcluster.client import (
     install_crds,
     request,
     server_side_apply,
+    service_account_kubeconfig,
     wait_crds,
 )
 from limpet.devcluster.cluster import DevCluster
@@ -213,3 +214,45 @@ def test_a_certificate_from_another_ca_is_not_authenticated(
     with client_from_kubeconfig(path) as api:
         # An unverifiable client cert makes the request anonymous; anonymous may not list.
         assert _status_of(lambda: k8s.CoreV1Api(api).list_namespace()) in (401, 403)
+
+
+def test_service_account_kubeconfig_acts_as_the_account(
+    api: k8s.ApiClient, devcluster: DevCluster, namespace: str, tmp_path: Path
+) -> None:
+    request(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        body={"metadata": {"name": "bot"}},
+    )
+    path = service_account_kubeconfig(
+        api, devcluster, tmp_path / "bot.kubeconfig", namespace=namespace, name="bot"
+    )
+    assert path.stat().st_mode & 0o777 == 0o600
+    config = yaml.safe_load(path.read_text())
+    assert "namespace" not in config["contexts"][0]["context"]
+    with client_from_kubeconfig(path) as bot:
+        review = request(
+            bot,
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        user = review["status"]["userInfo"]
+        assert user["username"] == f"system:serviceaccount:{namespace}:bot"
+        # No role is bound to it: it may not list namespaces.
+        assert _status_of(lambda: k8s.CoreV1Api(bot).list_namespace()) == 403
+
+
+def test_build_kubeconfig_takes_one_credential(devcluster: DevCluster) -> None:
+    assert devcluster.pki is not None
+    with pytest.raises(ValueError, match="exactly one"):
+        build_kubeconfig(server=devcluster.server, ca_pem=devcluster.pki.ca.cert_pem, user="u")
+    with pytest.raises(ValueError, match="exactly one"):
+        build_kubeconfig(
+            server=devcluster.server,
+            ca_pem=devcluster.pki.ca.cert_pem,
+            user="u",
+            client=devcluster.pki.admin,
+            token="t",
+        )

@@ -44,11 +44,15 @@ from kubernetes import client as k8s
 
 from limpet.controller.proxies import proxy_service_name, secret_name
 from limpet.devcluster.binaries import KUBECTL, find_binary
-from limpet.devcluster.client import client_from_kubeconfig, install_crds, request
+from limpet.devcluster.client import (
+    client_from_kubeconfig,
+    install_crds,
+    request,
+    service_account_kubeconfig,
+)
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
 from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods
-from limpet.devcluster.kubeconfig import write_kubeconfig
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podnet import PodNetwork, open_pod_network
 from limpet.devcluster.process import ManagedProcess
@@ -241,34 +245,18 @@ class Stage:
         assert self.kubeconfig is not None
         if self.cluster is None:
             return self.kubeconfig
-        token = request(
-            api,
-            "POST",
-            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_SA}/token",
-            body={"spec": {"expirationSeconds": 6 * 3600}},
-        )["status"]["token"]
-        ca = self.cluster.paths.ca_cert.read_bytes()
-        config: dict[str, object] = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "demo",
-                    "cluster": {
-                        "server": self.cluster.server,
-                        "certificate-authority-data": base64.b64encode(ca).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "demo", "user": OPERATOR_SA}}],
-            "current-context": "operator",
-        }
         self.settings.say(
             f"operator identity: ServiceAccount {OPERATOR_NAMESPACE}/{OPERATOR_SA} "
             "with deploy/rbac/operator-rbac.yaml"
         )
-        return write_kubeconfig(self.work / "operator.kubeconfig", config)
+        return service_account_kubeconfig(
+            api,
+            self.cluster,
+            self.work / "operator.kubeconfig",
+            namespace=OPERATOR_NAMESPACE,
+            name=OPERATOR_SA,
+            lifetime=6 * 3600,
+        )
 
     def _create_sticky(self, api: k8s.ApiClient) -> None:
         body = {

@@ -7,6 +7,8 @@ apply of arbitrary kinds) and returns the decoded JSON; a non-2xx answer
 raises ``kubernetes.client.ApiException`` like the typed calls do.
 :func:`install_crds` server-side-applies every CustomResourceDefinition of a folder
 (``crds/``) and :func:`wait_crds` blocks until they are Established and served.
+:func:`service_account_kubeconfig` writes a kubeconfig that acts as a ServiceAccount
+(a TokenRequest token), so a process runs with exactly that account's RBAC.
 
 An ApiClient holds a urllib3 pool: close it (or use it as a context manager).
 It may be shared between threads, as urllib3 pools are thread-safe.
@@ -26,6 +28,7 @@ from kubernetes import config as k8s_config
 
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.errors import DevClusterError
+from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "limpet-devcluster"
@@ -101,6 +104,33 @@ def server_side_apply(
     if force:
         query["force"] = "true"
     return request(api, "PATCH", path, body=dict(manifest), query=query, content_type=APPLY_PATCH)
+
+
+def service_account_kubeconfig(
+    api: k8s.ApiClient,
+    cluster: DevCluster,
+    path: Path,
+    *,
+    namespace: str,
+    name: str,
+    lifetime: int = 4 * 3600,
+) -> Path:
+    """Write a kubeconfig for ServiceAccount ``namespace/name`` of ``cluster``: a token
+    from the TokenRequest API, valid ``lifetime`` seconds (no context namespace)."""
+    token = request(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        body={"spec": {"expirationSeconds": lifetime}},
+    )["status"]["token"]
+    config = build_kubeconfig(
+        server=cluster.server,
+        ca_pem=cluster.paths.ca_cert.read_bytes(),
+        user=name,
+        token=token,
+        namespace=None,
+    )
+    return write_kubeconfig(path, config)
 
 
 def install_crds(api: k8s.ApiClient, crd_dir: Path, *, field_manager: str) -> list[str]:

@@ -1,10 +1,11 @@
 """Kubeconfig files for the dev cluster.
 
-Data flow: server URL, CA and a client certificate in; a kubeconfig file out.
+Data flow: server URL, CA and a client certificate or a bearer token in; a kubeconfig
+file out.
 The file embeds the certificates (``*-data`` fields) so that it stays usable
 wherever it is copied, and is written as JSON, which kubectl and every client
 library read as YAML, so no YAML library is needed. Written atomically with
-mode 0600 (it holds a private key).
+mode 0600 (it holds a private key or a token).
 
 No shared state; safe from any thread.
 """
@@ -30,12 +31,27 @@ def build_kubeconfig(
     *,
     server: str,
     ca_pem: bytes,
-    client: CertKeyPair,
     user: str,
-    namespace: str = "default",
+    client: CertKeyPair | None = None,
+    token: str | None = None,
+    namespace: str | None = "default",
     cluster_name: str = CLUSTER_NAME,
 ) -> dict[str, object]:
+    """``user`` authenticates with ``client`` (a certificate) or ``token`` (a bearer
+    token), exactly one of them; ``namespace=None`` leaves the context's namespace out."""
+    if (client is None) == (token is None):
+        raise ValueError("build_kubeconfig needs exactly one of client and token")
+    if client is not None:
+        credentials = {
+            "client-certificate-data": _b64(client.cert_pem),
+            "client-key-data": _b64(client.key_pem),
+        }
+    else:
+        credentials = {"token": str(token)}
     context = f"{user}@{cluster_name}"
+    scope = {"cluster": cluster_name, "user": user}
+    if namespace is not None:
+        scope["namespace"] = namespace
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -45,21 +61,8 @@ def build_kubeconfig(
                 "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
             }
         ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": _b64(client.cert_pem),
-                    "client-key-data": _b64(client.key_pem),
-                },
-            }
-        ],
-        "contexts": [
-            {
-                "name": context,
-                "context": {"cluster": cluster_name, "user": user, "namespace": namespace},
-            }
-        ],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": context, "context": scope}],
         "current-context": context,
         "preferences": {},
     }
