@@ -39,7 +39,23 @@ def test_ca_is_a_self_signed_ca(pki: ClusterPKI) -> None:
     ca.verify_directly_issued_by(ca)
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert constraints.ca
-    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert constraints.path_length == 0
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign
+    assert usage.crl_sign
+
+
+def test_leaf_certs_cannot_sign_certificates(pki: ClusterPKI) -> None:
+    for pair in (pki.serving, pki.admin):
+        cert = pair.certificate
+        assert cert.issuer == pki.ca.certificate.subject
+        assert cert.not_valid_before_utc < cert.not_valid_after_utc
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        assert usage.digital_signature
+        assert not usage.key_cert_sign
+        assert not usage.crl_sign
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        assert constraints.path_length is None
 
 
 def test_serving_cert_covers_loopback_and_in_cluster_names(pki: ClusterPKI) -> None:
