@@ -112,26 +112,25 @@ def test_moved_back_to_a_stale_pod_is_a_reload_not_a_break() -> None:
     assert table.observe("s", 4, None, now=2.0).verdict == "continued"
 
 
-@pytest.mark.parametrize("port", ["99999", "http"])
-def test_bad_port_is_a_usage_error(port: str) -> None:
-    rc = subprocess.run(
+def _run_backend(port: str) -> subprocess.CompletedProcess[str]:
+    """The counter app on loopback at ``port``, run to its exit (these tests expect one)."""
+    return subprocess.run(
         [sys.executable, "-m", "limpet.demo.backend", "--host", "127.0.0.1", "--port", port],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+@pytest.mark.parametrize("port", ["99999", "http"])
+def test_bad_port_is_a_usage_error(port: str) -> None:
+    rc = _run_backend(port)
     assert rc.returncode == 2
     assert "not a port number" in rc.stderr
 
 
 def test_taken_port_exits_2(server: int) -> None:
-    rc = subprocess.run(
-        [sys.executable, "-m", "limpet.demo.backend", "--host", "127.0.0.1", "--port", str(server)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    rc = _run_backend(str(server))
     assert rc.returncode == 2
     assert "cannot listen" in rc.stderr
