@@ -11,6 +11,7 @@ Set-up (all started here, all stopped at the end, configs in a temporary directo
   session cookie obtained from the proxy itself, a warm-up run, then a measured run.
 
 Printed: requests per second, p50 and p99 latency per proxy, limpet's ratios to HAProxy,
+the same for HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default),
 the busy share of the load core (when it nears 100 % the peer's figure is bounded by
 the load generator, not by the proxy), limpet with ``--workers 2`` (pinned to both
 cores), and the memory of one million learned sessions.
@@ -238,6 +239,16 @@ def process_cpu(pid: int) -> float:
     return total / tick
 
 
+def post_script(tmp: Path, size: int) -> Path:
+    """A wrk script that makes every request a POST with a ``size``-byte body."""
+    script = tmp / f"post-{size}.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    return script
+
+
 def wrk(
     name: str,
     port: int,
@@ -248,6 +259,7 @@ def wrk(
     load_core: str,
     connections: int,
     duration: float,
+    script: Path | None = None,
 ) -> Result:
     base = [
         "taskset",
@@ -259,6 +271,7 @@ def wrk(
         "--latency",
         "-H",
         f"Cookie: {cookie}",
+        *(["-s", str(script)] if script is not None else []),
         f"http://127.0.0.1:{port}/",
     ]
     subprocess.run([*base[:-1], "-d2s", base[-1]], capture_output=True, check=True)  # warm-up
@@ -369,14 +382,14 @@ def median(results: list[Result]) -> Result:
 
 def table(results: list[Result], base: Result) -> str:
     head = (
-        f"{'proxy':<20}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'proxy CPU':>10}"
+        f"{'proxy':<22}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'proxy CPU':>10}"
         f"{'req/s/core':>11}{'load core':>10}{'errors':>7}"
         f"{'rps/HAP':>9}{'p99/HAP':>9}{'core/HAP':>10}"
     )
     lines = [head]
     for r in results:
         lines.append(
-            f"{r.name:<20}{r.rps:>8.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.proxy_cpu:>10.0%}"
+            f"{r.name:<22}{r.rps:>8.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.proxy_cpu:>10.0%}"
             f"{r.per_core:>11.0f}{r.load_core_busy:>10.0%}{r.errors:>7}"
             f"{r.rps / base.rps:>9.2f}{r.p99_ms / base.p99_ms:>9.2f}"
             f"{r.per_core / base.per_core if base.per_core else 0:>10.2f}"
@@ -391,6 +404,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=1_000_000, help="learned entries")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 100 k sessions")
+    parser.add_argument(
+        "--post-bytes",
+        type=int,
+        default=1024,
+        help="body of the extra POST runs of HAProxy and limpet (0 skips them; default 1024)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.sessions, args.rounds = 3.0, 100_000, 1
@@ -401,6 +420,7 @@ def main(argv: list[str]) -> int:
     proxy_core, load_core, both = cpu_list()
     procs = Procs()
     rounds: dict[str, list[Result]] = {}
+    post_rounds: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="limpet-bench-") as tmpdir:
         tmp = Path(tmpdir)
         try:
@@ -465,9 +485,17 @@ def main(argv: list[str]) -> int:
             port = free_port()
             proc = start_limpet(procs, tmp, port, backend_ports, workers=2, cpus=both)
             targets.append(("limpet --workers 2", port, session_cookie(port, "LIMPET"), proc.pid))
+            # POST with a small body: the request head and body reach the backend together.
+            post = post_script(tmp, args.post_bytes) if args.post_bytes > 0 else None
+            posting = [t for t in targets if t[0] in ("haproxy (1 thread)", "limpet")]
             for _ in range(args.rounds):
                 for name, port, cookie, pid in targets:
                     rounds.setdefault(name, []).append(wrk(name, port, cookie, pid=pid, **run))
+                if post is not None:
+                    for name, port, cookie, pid in posting:
+                        post_rounds.setdefault(name, []).append(
+                            wrk(name, port, cookie, pid=pid, script=post, **run)
+                        )
         finally:
             procs.stop_all()
     results = [median(rs) for rs in rounds.values()]
@@ -479,6 +507,10 @@ def main(argv: list[str]) -> int:
         f"on core {load_core}."
     )
     print(table(results, haproxy))
+    if post_rounds:
+        posts = [median(rs) for rs in post_rounds.values()]
+        print(f"POST with a {args.post_bytes}-byte body, same set-up:")
+        print(table(posts, posts[0]))
     mem = learned_memory(args.sessions)
     print(
         f"learned sessions: {int(mem['entries']):,} entries use {mem['bytes'] / 2**20:.0f} MiB "

@@ -169,18 +169,28 @@ class ClientConnection(Exchange):
             return
         if phase != P_BODY:
             self.head_bytes += len(data)
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._fed()
             self._upgrade_head_done(data[exc.args[0] :])
             return
         except httptools.HttpParserError as exc:
+            self._fed()
             if not self.closing:
                 self._bad_request(exc)
             return
+        self._fed()
         if self.phase == P_HEAD and self.head_bytes > self.server.head_guard:
             self.limit_status = 414 if not self.headers else 431
             self._bad_request(None)
+
+    def _fed(self) -> None:
+        """One read is parsed: send what it produced for the backend."""
+        self.feeding = False
+        if self.up_out is not None:
+            self.flush_up()
 
     def eof_received(self) -> bool | None:
         up = self.up

@@ -5,7 +5,9 @@ Data flow: when a request head is complete, :meth:`Exchange._start` checks it
 asks the router for a :class:`~limpet.proxy.routes.Route`, takes an idle upstream
 connection from the pool (or dials one, buffering a bounded amount of body meanwhile)
 and writes the rewritten head. Body chunks are written through as they are parsed
-(re-chunked if the client sent chunks). The answer is relayed by
+(re-chunked if the client sent chunks). Writes are coalesced per client read: the head of
+a request with a body, and the body bytes of the same read, leave in one writev when the
+read is parsed (:meth:`Exchange.flush_up`). The answer is relayed by
 ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done` at its end,
 or reports a failure (``upstream_*``): a connect failure is retried once on another
 backend, a stale pooled connection is redialled once, anything else is a 502 or 504
@@ -66,6 +68,7 @@ class Exchange(asyncio.Protocol):
         "closing",
         "deadline",
         "dial_task",
+        "feeding",
         "head_request",
         "http11",
         "idempotent",
@@ -89,6 +92,7 @@ class Exchange(asyncio.Protocol):
         "transport",
         "trusted",
         "up",
+        "up_out",
         "upgrade_requested",
         "view",
         "write_paused",
@@ -111,6 +115,11 @@ class Exchange(asyncio.Protocol):
         self.write_paused = False
         self.phase = P_IDLE
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
+        # True while the parser runs over one read of the client; bytes for the backend
+        # produced meanwhile (a request head and the body bytes of the same read) wait in
+        # ``up_out`` and go out in one writev when the read is parsed (flush_up).
+        self.feeding = False
+        self.up_out: list[bytes] | None = None
         # The exchange in flight.
         self.active = False
         self.up: UpstreamConnection | None = None
@@ -216,16 +225,35 @@ class Exchange(asyncio.Protocol):
         up.bind(cast("ClientConnection", self))
         transport = up.transport
         assert transport is not None
-        transport.write(self.request_head)
-        if self.body_buf is not None:
-            if self.body_buf:
-                transport.writelines(self.body_buf)
+        out = [self.request_head]
+        buffered = self.body_buf
+        if buffered is not None:
+            # Body bytes that arrived while dialling go out with the head.
+            if buffered:
+                out += buffered
                 self.body_sent = True
             self.body_buf = None
             self.body_buf_size = 0
-            self._resume(R_DIALLING)
         if self.request_done and self.chunked_request:
-            transport.write(self._last_chunk())
+            out.append(self._last_chunk())
+        if self.feeding and not self.request_done and self.scan.has_body:
+            # Parsing the read that holds the head: the body bytes of the same read
+            # join the head, and flush_up writes them all at once.
+            self.up_out = out
+        elif len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+        if buffered is not None:
+            self._resume(R_DIALLING)
+
+    def flush_up(self) -> None:
+        """Write what the last read produced for the backend (head and body, one writev)."""
+        out = self.up_out
+        self.up_out = None
+        up = self.up
+        if out and up is not None and up.client is self and up.transport is not None:
+            up.transport.writelines(out)
 
     async def _dial(self, route: Route) -> None:
         try:
@@ -260,12 +288,19 @@ class Exchange(asyncio.Protocol):
     def _request_body(self, body: bytes) -> None:
         up = self.up
         if up is not None:
-            transport = up.transport
-            assert transport is not None
-            if self.chunked_request:
-                transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+            out = self.up_out
+            if out is not None:
+                if self.chunked_request:
+                    out += (http.chunk_header(len(body)), body, b"\r\n")
+                else:
+                    out.append(body)
             else:
-                transport.write(body)
+                transport = up.transport
+                assert transport is not None
+                if self.chunked_request:
+                    transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+                else:
+                    transport.write(body)
             self.body_sent = True
             up.deadline = self.clock.now + self.pool.response_timeout
         elif self.body_buf is not None:
@@ -293,7 +328,9 @@ class Exchange(asyncio.Protocol):
             return
         if self.chunked_request:
             up = self.up
-            if up is not None and up.transport is not None:
+            if up is not None and self.up_out is not None:
+                self.up_out.append(self._last_chunk())
+            elif up is not None and up.transport is not None:
                 up.transport.write(self._last_chunk())
             elif self.body_buf is not None:
                 self.body_buf.append(self._last_chunk())
