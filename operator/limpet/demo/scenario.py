@@ -116,7 +116,10 @@ def sticky_spec(settings: ScenarioSettings) -> dict[str, Any]:
             "type": "Cookie",
             # The demo talks plain HTTP to the proxies.
             "cookie": {"name": "LIMPET", "secure": False},
-            "idleTimeout": "30m",
+            # Users pause at most 8 s between requests and leave after a minute or so;
+            # a short idle timeout lets the proxies stop counting users who left, so
+            # bounded loads balance the users who are still there.
+            "idleTimeout": "20s",
         },
         "balance": {"loadFactor": 1.25},
         "rebalance": {
