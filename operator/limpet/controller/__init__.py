@@ -7,6 +7,8 @@ Modules, one concern each (data flows top to bottom):
 - ``handlers``: the kopf registry (login, create/update/resume/delete, one daemon per
   StickyService) and kopf's settings.
 - ``reconciler``: one StickyService end to end: watch, plan, persist, push, report.
+- ``watches``, ``reporter``: a reconciler's subscriptions to the shared watches; its
+  status writes (serialized, written before a lifecycle change is pushed) and Events.
 - ``watchhub``, ``informer``: server-side-filtered watches, shared per namespace.
 - ``spec``, ``membership``: the spec and the EndpointSlices as typed values; backend ids.
 - ``planner``, ``debounce``: the next plan from membership and state; pacing of bursts.

@@ -36,7 +36,8 @@ import kopf
 from limpet.controller.config import ClusterConfig
 from limpet.controller.kube import KubeClient
 from limpet.controller.proxies import delete_owned
-from limpet.controller.reconciler import EventSink, Reconciler
+from limpet.controller.reconciler import Reconciler
+from limpet.controller.reporter import EventSink
 from limpet.controller.settings import OperatorSettings
 from limpet.controller.watchhub import WatchHub
 

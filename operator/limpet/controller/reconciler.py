@@ -14,13 +14,19 @@ spec and annotation changes to :meth:`Reconciler.update`. The reconciler
    passes; each pass builds the membership, asks :func:`.planner.plan_next` for the next
    plan, writes status first when the durable state changed (restart safety), hands a
    new version to the :class:`.pusher.Pusher`, and posts the planner's Events;
-5. a second task writes status when something visible changed (proxy sync, sessions),
-   at most every ``status_interval``, and posts the proxy and drain Events that depend
-   on the proxies' stats.
+5. a second task (:class:`.reporter.StatusReporter`) writes status when something
+   visible changed (proxy sync, sessions), at most every ``status_interval``, and posts
+   the proxy and drain Events that depend on the proxies' stats.
 
-Nothing here blocks: every wait is on the event loop, and a failing API call or proxy
-only delays this StickyService. Planning never runs before the watches have listed once,
-so a restart never mistakes "not listed yet" for "all pods gone".
+This module holds the loop and what it owns (body, spec, keys, planner state, pusher);
+:mod:`.watches` holds the subscriptions and :mod:`.reporter` the status and Events.
+
+Concurrency: single-threaded on the event loop; nothing here blocks, and a failing API
+call or proxy only delays this StickyService. The loop is the only writer of the
+planner state; the reporter reads it through :meth:`Reconciler._observe` and serializes
+every status write under one lock, and a plan whose durable state changed is pushed
+only after its forced status write returned. Planning never runs before the watches have
+listed once, so a restart never mistakes "not listed yet" for "all pods gone".
 """
 
 from __future__ import annotations
@@ -30,53 +36,34 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 from limpet.affinity.ids import BackendId
-from limpet.affinity.lifecycle import BackendState
 from limpet.controller.debounce import Debouncer
-from limpet.controller.informer import Informer
 from limpet.controller.keys import KeyMaterial, next_retirement, prune, rotate
-from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, ApiError, KubeClient
-from limpet.controller.membership import (
-    Member,
-    SliceView,
-    build_membership,
-    parse_slice,
-    proxy_endpoints,
-)
+from limpet.controller.kube import STICKYSERVICES, ApiError, KubeClient
+from limpet.controller.membership import Member, build_membership, proxy_endpoints
 from limpet.controller.planner import PlanInputs, PlannerState, plan_next
 from limpet.controller.proxies import (
     apply_managed,
     delete_owned,
     load_keys,
-    proxy_service_name,
     proxy_targets,
     save_keys,
 )
 from limpet.controller.pusher import Pusher
+from limpet.controller.reporter import EventSink, Observed, StatusReporter
 from limpet.controller.settings import OperatorSettings
 from limpet.controller.spec import SpecError, StickySpec, parse_spec
-from limpet.controller.status import (
-    Problem,
-    ProxySync,
-    StatusView,
-    build_status,
-    recover_state,
-)
-from limpet.controller.watchhub import NamespaceServices, NamespaceSlices, WatchHub
+from limpet.controller.status import Problem, recover_state
+from limpet.controller.watches import ServiceWatches
+from limpet.controller.watchhub import WatchHub
 
 log = logging.getLogger(__name__)
 
 ROTATE_ANNOTATION = "limpet.dev/rotate-keys"
-SESSIONS_STATUS_INTERVAL = 10.0
-OUT_OF_SYNC_GRACE = 10.0
-
-
-class EventSink(Protocol):
-    def post(self, owner: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
 
 
 class Reconciler:
@@ -94,7 +81,6 @@ class Reconciler:
         self._hub = hub
         self._http = http
         self._settings = settings
-        self._events = events
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
@@ -104,7 +90,6 @@ class Reconciler:
         self._debouncer = Debouncer(settings.debounce)
         self._debouncer.poke()  # the first pass: apply the body, start watching
         self._state: PlannerState = recover_state(body.get("status"))
-        self._last_status: dict[str, Any] | None = dict(body.get("status") or {}) or None
         self._spec: StickySpec | None = None
         self._spec_key: object = None
         self._problem: Problem | None = None
@@ -114,22 +99,25 @@ class Reconciler:
         self._rotation_seen: str | None = keys_status.get("rotationRequest")
         self._floor = 0
         self._next_wakeup: float | None = None
-        self._services: NamespaceServices | None = None
-        self._slices: NamespaceSlices | None = None
-        self._watched: tuple[str, str | None] | None = None
-        """(target Service, managed proxies' Service or None) subscribed in the hubs."""
-        self._proxy_inf: Informer[SliceView] | None = None
-        self._watch_tasks: list[asyncio.Task[None]] = []
+        self._watches = ServiceWatches(
+            client=client,
+            hub=hub,
+            namespace=self.namespace,
+            name=self.name,
+            on_members=self._debouncer.poke,
+            on_proxies=self._refresh_targets,
+        )
         self._pusher: Pusher | None = None
-        self._status_dirty = asyncio.Event()
-        self._status_lock = asyncio.Lock()
-        self._status_written_at = 0.0
-        self._drain_empty_reported: set[BackendId] = set()
-        self._out_of_sync_since: dict[str, float] = {}
-        self._out_of_sync_reported: set[str] = set()
-        self._moved_baseline: int | None = None
-        self._moved_offset = int(
-            ((body.get("status") or {}).get("rebalance") or {}).get("moved") or 0
+        self._report = StatusReporter(
+            client=client,
+            settings=settings,
+            events=events,
+            namespace=self.namespace,
+            name=self.name,
+            ref=self.ref,
+            path=self._own_path() + "/status",
+            observe=self._observe,
+            recovered=body.get("status"),
         )
         self._schedule_seen = self._state.schedule
 
@@ -150,14 +138,25 @@ class Reconciler:
         }
 
     def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
-        self._events.post(
-            self.ref, type="Warning" if warning else "Normal", reason=reason, message=message
+        self._report.event(reason, message, warning=warning)
+
+    def _observe(self) -> Observed:
+        """The reporter's snapshot; read at write time, under the reporter's lock."""
+        return Observed(
+            generation=int(self._body.get("metadata", {}).get("generation") or 0),
+            state=self._state,
+            spec=self._spec,
+            pusher=self._pusher,
+            keys=self._keys,
+            problem=self._problem,
+            keys_rotated_at=self._keys_rotated_at,
+            rotation_request=self._rotation_seen,
         )
 
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        status_task = asyncio.create_task(self._status_loop(), name=f"status:{self.name}")
+        status_task = asyncio.create_task(self._report.run(), name=f"status:{self.name}")
         try:
             while True:
                 now = time.time()
@@ -183,7 +182,7 @@ class Reconciler:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
-            await self._stop_watches()
+            await self._watches.stop()
             if self._pusher is not None:
                 await self._pusher.close()
 
@@ -197,7 +196,7 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as exc:
             self._problem = Problem("InvalidSpec", str(exc))
-            self._status_dirty.set()
+            self._report.mark_dirty()
             return
         if self._keys is None:
             self._keys, created = await load_keys(self._client, body, now=now)
@@ -223,8 +222,8 @@ class Reconciler:
                 self._event("ProxiesUnmanaged", f"deleted {', '.join(deleted)}")
         key = (spec.service, spec.proxy.managed, spec.proxy.label_selector())
         if key != self._spec_key:
-            await self._stop_watches()
-            self._start_watches(spec)
+            await self._watches.stop()
+            self._watches.start(spec)
             self._spec_key = key
         self._spec = spec
         if self._pusher is None:
@@ -232,65 +231,17 @@ class Reconciler:
                 session=self._http,
                 settings=self._settings.push,
                 token=self._keys.admin_token,
-                on_change=self._status_dirty.set,
+                on_change=self._report.mark_dirty,
                 on_ahead=self._proxy_ahead,
             )
         self._refresh_targets()
 
-    def _start_watches(self, spec: StickySpec) -> None:
-        """Subscribe to the namespace's shared watches (see :mod:`.watchhub`); external-mode
-        proxies, found by an arbitrary label selector, get a watch of their own."""
-        self._services = self._hub.services(self.namespace)
-        self._slices = self._hub.slices(self.namespace)
-        self._services.subscribe(spec.service, self._debouncer.poke)
-        self._slices.subscribe(spec.service, self._debouncer.poke)
-        proxy_service = None
-        if spec.proxy.managed:
-            proxy_service = proxy_service_name(self.name)
-            self._slices.subscribe(proxy_service, self._refresh_targets)
-        else:
-            inf: Informer[SliceView] = Informer(
-                self._client,
-                ENDPOINTSLICES,
-                self.namespace,
-                transform=parse_slice,
-                on_change=lambda _names: self._refresh_targets(),
-                label_selector=spec.proxy.label_selector(),
-            )
-            self._proxy_inf = inf
-            self._watch_tasks.append(asyncio.create_task(inf.run(), name=inf.describe()))
-        self._watched = (spec.service, proxy_service)
-
-    async def _stop_watches(self) -> None:
-        if self._watched is not None and self._services and self._slices:
-            service, proxy_service = self._watched
-            self._services.unsubscribe(service, self._debouncer.poke)
-            self._slices.unsubscribe(service, self._debouncer.poke)
-            if proxy_service is not None:
-                self._slices.unsubscribe(proxy_service, self._refresh_targets)
-            self._watched = None
-            await self._hub.release(self.namespace)
-        self._proxy_inf = None
-        tasks, self._watch_tasks = self._watch_tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def _proxy_slices(self) -> list[SliceView]:
-        if self._proxy_inf is not None:
-            return list(self._proxy_inf.items.values())
-        if self._watched is not None and self._watched[1] and self._slices is not None:
-            return self._slices.items_for(self._watched[1])
-        return []
-
     def _refresh_targets(self) -> None:
         if self._pusher is None or self._spec is None:
             return
-        endpoints = proxy_endpoints(self._proxy_slices())
+        endpoints = proxy_endpoints(self._watches.proxy_slices())
         self._pusher.set_targets(proxy_targets(endpoints, self._spec, self._settings))
-        self._status_dirty.set()
+        self._report.mark_dirty()
 
     def _proxy_ahead(self, version: int) -> None:
         if version >= self._state.version and version > self._floor:
@@ -304,10 +255,8 @@ class Reconciler:
 
     def _members(self, spec: StickySpec) -> Mapping[BackendId, Member] | None:
         """Current members, or None when the Service or its port is missing (problem set)."""
-        assert self._services is not None
-        assert self._slices is not None
         assert self._keys is not None
-        ports = self._services.ports(spec.service)
+        ports = self._watches.ports(spec.service)
         if ports is None:
             self._problem = Problem(
                 "ServiceNotFound",
@@ -327,16 +276,14 @@ class Reconciler:
             return None
         self._problem = None
         return build_membership(
-            self._slices.items_for(spec.service), port_name=port_name, id_key=self._keys.id_key
+            self._watches.member_slices(spec.service), port_name=port_name, id_key=self._keys.id_key
         )
 
     async def _plan_once(self) -> None:
         spec, keys, pusher = self._spec, self._keys, self._pusher
         if spec is None or keys is None or pusher is None:
             return
-        assert self._services is not None
-        assert self._slices is not None
-        if not (self._services.synced(spec.service) and self._slices.synced(spec.service)):
+        if not self._watches.synced(spec.service):
             self._next_wakeup = time.time() + 0.05
             return
         now = round(time.time(), 6)
@@ -364,15 +311,14 @@ class Reconciler:
         self._state = result.state
         if result.durable_changed:
             try:
-                await self._write_status(force=True)
+                await self._report.write(force=True)
             except BaseException:
                 # Not persisted, so not pushed either: the next pass plans again.
                 self._state = previous
                 raise
         if result.state.schedule is not self._schedule_seen:
             self._schedule_seen = result.state.schedule
-            self._moved_baseline = None
-            self._moved_offset = 0
+            self._report.reset_moved()
         if result.new_version:
             await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
             counts: dict[str, int] = {}
@@ -393,139 +339,4 @@ class Reconciler:
             self._event(event.kind.value, event.message, warning=event.warning)
         wakeups = [t for t in (result.next_wakeup, next_retirement(keys)) if t is not None]
         self._next_wakeup = min(wakeups) if wakeups else None
-        self._status_dirty.set()
-
-    # -- status ------------------------------------------------------------------------------
-
-    def _view(self) -> StatusView:
-        pusher, spec = self._pusher, self._spec
-        proxies = list(pusher.proxies.values()) if pusher else []
-        # The planner's version, not the pusher's: status is written before a lifecycle
-        # change is pushed, and must not call proxies that still run the old plan synced.
-        version = self._state.version if pusher else 0
-        desired = len(proxies)
-        if spec is not None and spec.proxy.managed:
-            desired = spec.proxy.replicas or self._settings.proxy_replicas
-        sync = ProxySync(
-            desired=desired,
-            discovered=len(proxies),
-            synced=sum(1 for p in proxies if version and p.version == version),
-            out_of_sync=tuple(
-                p.target.pod or p.target.url for p in proxies if p.version != version
-            ),
-            unreachable=tuple(
-                p.target.pod or p.target.url for p in proxies if p.last_error and not p.reachable
-            ),
-        )
-        moved = None
-        if self._state.schedule is not None and pusher is not None and proxies:
-            total = sum(p.migrations.get("rebalance", 0) for p in proxies)
-            if self._moved_baseline is None:
-                self._moved_baseline = total
-            moved = self._moved_offset + max(0, total - self._moved_baseline)
-        keys = self._keys
-        return StatusView(
-            generation=int(self._body.get("metadata", {}).get("generation") or 0),
-            state=self._state,
-            proxies=sync,
-            sessions=pusher.sessions() if pusher else {},
-            problem=self._problem,
-            rebalance_moved=moved,
-            key_ids=[k.id for k in keys.cookie_keys] if keys else [],
-            keys_rotated_at=self._keys_rotated_at,
-            rotation_request=self._rotation_seen,
-            now=round(time.time(), 6),
-        )
-
-    async def _write_status(self, *, force: bool = False) -> None:
-        # One writer at a time, and the view taken under the lock: a routine write that
-        # started before a plan change must not land after (and undo) the forced one.
-        async with self._status_lock:
-            await self._write_status_locked(force=force)
-
-    async def _write_status_locked(self, *, force: bool) -> None:
-        status = build_status(self._view(), self._last_status)
-        if not force and status == self._last_status:
-            return
-        if not force and self._last_status is not None:
-            visible = _without_sessions(status) != _without_sessions(self._last_status)
-            if (
-                not visible
-                and time.monotonic() - self._status_written_at < SESSIONS_STATUS_INTERVAL
-            ):
-                return
-        await self._client.apply(
-            self._own_path() + "/status",
-            {
-                "apiVersion": "limpet.dev/v1alpha1",
-                "kind": "StickyService",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "status": status,
-            },
-        )
-        self._last_status = status
-        self._status_written_at = time.monotonic()
-
-    async def _status_loop(self) -> None:
-        interval = self._settings.status_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), timeout=SESSIONS_STATUS_INTERVAL)
-            self._status_dirty.clear()
-            self._stats_events()
-            try:
-                await self._write_status()
-            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("%s/%s: status write failed: %s", self.namespace, self.name, exc)
-                self._status_dirty.set()
-            await asyncio.sleep(interval)
-
-    def _stats_events(self) -> None:
-        """Events that depend on the proxies' reports: drains emptied, proxies behind."""
-        pusher = self._pusher
-        if pusher is None:
-            return
-        now = time.monotonic()
-        reporting = [p for p in pusher.proxies.values() if p.reachable]
-        if reporting:
-            sessions = pusher.sessions()
-            for b in self._state.backends.values():
-                if b.status.state is not BackendState.DRAINING:
-                    self._drain_empty_reported.discard(b.id)
-                    continue
-                if b.id not in self._drain_empty_reported and sessions.get(b.id, 0) == 0:
-                    self._drain_empty_reported.add(b.id)
-                    self._event(
-                        "DrainEmpty", f"{b.pod or b.id} holds no sessions any more; safe to stop"
-                    )
-        for p in pusher.proxies.values():
-            name = p.target.pod or p.target.url
-            if pusher.version and p.version != pusher.version:
-                since = self._out_of_sync_since.setdefault(name, now)
-                if now - since >= OUT_OF_SYNC_GRACE and name not in self._out_of_sync_reported:
-                    self._out_of_sync_reported.add(name)
-                    self._event(
-                        "ProxyOutOfSync",
-                        f"proxy {name} runs plan {p.version} instead of {pusher.version}: "
-                        f"{p.last_error or 'no answer yet'}",
-                        warning=True,
-                    )
-            else:
-                self._out_of_sync_since.pop(name, None)
-                self._out_of_sync_reported.discard(name)
-
-
-def _without_sessions(status: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(status)
-    out["backends"] = [
-        {k: v for k, v in b.items() if k != "sessions"} for b in status.get("backends") or ()
-    ]
-    reb = dict(status.get("rebalance") or {})
-    reb.pop("moved", None)
-    reb.pop("remaining", None)
-    out["rebalance"] = reb
-    out["conditions"] = [
-        {k: v for k, v in c.items() if k != "lastTransitionTime"}
-        for c in status.get("conditions") or ()
-    ]
-    return out
+        self._report.mark_dirty()

@@ -1,0 +1,245 @@
+"""One StickyService's reports: its status subresource and its Events.
+
+Data flow: the reconciler owns the planner state, spec, keys and pusher, and hands this
+module a callable returning an :class:`Observed` snapshot of them. A write takes that
+snapshot, adds the proxies' sync and rebalance progress (a :class:`.status.StatusView`),
+builds the status with :func:`.status.build_status` and applies it to the object's
+status subresource. :meth:`StatusReporter.run` is the background task: it writes when
+:meth:`StatusReporter.mark_dirty` was called (proxy sync, sessions, problems), at most
+every ``settings.status_interval``, and session-only changes at most every
+``SESSIONS_STATUS_INTERVAL``; before each write it posts the Events that depend on the
+proxies' stats (drains emptied, proxies behind). The reconciler calls
+:meth:`StatusReporter.write` with ``force=True`` when the durable state changed, and
+pushes the plan only after that write returned.
+
+Concurrency: single-threaded on the event loop, but writes are ``await``s, so two can
+overlap (the background task and the reconciler's forced write). Every write takes one
+lock and builds its view under it: a routine write that started before a plan change
+cannot land after, and undo, the forced one. Proxies count as synced against the
+planner's version, not the pusher's, because status is written before a lifecycle change
+is pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from limpet.affinity.ids import BackendId
+from limpet.affinity.lifecycle import BackendState
+from limpet.controller.keys import KeyMaterial
+from limpet.controller.kube import ApiError, KubeClient
+from limpet.controller.planner import PlannerState
+from limpet.controller.pusher import Pusher
+from limpet.controller.settings import OperatorSettings
+from limpet.controller.spec import StickySpec
+from limpet.controller.status import Problem, ProxySync, StatusView, build_status
+
+log = logging.getLogger(__name__)
+
+SESSIONS_STATUS_INTERVAL = 10.0
+OUT_OF_SYNC_GRACE = 10.0
+
+
+class EventSink(Protocol):
+    def post(self, owner: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the reconciler knows right now, as the status reports it."""
+
+    generation: int
+    state: PlannerState
+    spec: StickySpec | None
+    pusher: Pusher | None
+    keys: KeyMaterial | None
+    problem: Problem | None
+    keys_rotated_at: float | None
+    rotation_request: str | None
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        *,
+        client: KubeClient,
+        settings: OperatorSettings,
+        events: EventSink,
+        namespace: str,
+        name: str,
+        ref: Mapping[str, Any],
+        path: str,
+        observe: Callable[[], Observed],
+        recovered: Mapping[str, Any] | None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._events = events
+        self._namespace = namespace
+        self._name = name
+        self._ref = ref
+        self._path = path
+        self._observe = observe
+        self._last_status: dict[str, Any] | None = dict(recovered or {}) or None
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._written_at = 0.0
+        self._drain_empty_reported: set[BackendId] = set()
+        self._out_of_sync_since: dict[str, float] = {}
+        self._out_of_sync_reported: set[str] = set()
+        self._moved_baseline: int | None = None
+        self._moved_offset = int(((recovered or {}).get("rebalance") or {}).get("moved") or 0)
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self._events.post(
+            self._ref, type="Warning" if warning else "Normal", reason=reason, message=message
+        )
+
+    def mark_dirty(self) -> None:
+        """Something visible changed; the background task writes soon."""
+        self._dirty.set()
+
+    def reset_moved(self) -> None:
+        """A new rebalance schedule: count its moves from the proxies' next totals."""
+        self._moved_baseline = None
+        self._moved_offset = 0
+
+    def _view(self) -> StatusView:
+        seen = self._observe()
+        pusher, spec = seen.pusher, seen.spec
+        proxies = list(pusher.proxies.values()) if pusher else []
+        # The planner's version, not the pusher's: status is written before a lifecycle
+        # change is pushed, and must not call proxies that still run the old plan synced.
+        version = seen.state.version if pusher else 0
+        desired = len(proxies)
+        if spec is not None and spec.proxy.managed:
+            desired = spec.proxy.replicas or self._settings.proxy_replicas
+        sync = ProxySync(
+            desired=desired,
+            discovered=len(proxies),
+            synced=sum(1 for p in proxies if version and p.version == version),
+            out_of_sync=tuple(
+                p.target.pod or p.target.url for p in proxies if p.version != version
+            ),
+            unreachable=tuple(
+                p.target.pod or p.target.url for p in proxies if p.last_error and not p.reachable
+            ),
+        )
+        moved = None
+        if seen.state.schedule is not None and pusher is not None and proxies:
+            total = sum(p.migrations.get("rebalance", 0) for p in proxies)
+            if self._moved_baseline is None:
+                self._moved_baseline = total
+            moved = self._moved_offset + max(0, total - self._moved_baseline)
+        keys = seen.keys
+        return StatusView(
+            generation=seen.generation,
+            state=seen.state,
+            proxies=sync,
+            sessions=pusher.sessions() if pusher else {},
+            problem=seen.problem,
+            rebalance_moved=moved,
+            key_ids=[k.id for k in keys.cookie_keys] if keys else [],
+            keys_rotated_at=seen.keys_rotated_at,
+            rotation_request=seen.rotation_request,
+            now=round(time.time(), 6),
+        )
+
+    async def write(self, *, force: bool = False) -> None:
+        # One writer at a time, and the view taken under the lock: a routine write that
+        # started before a plan change must not land after (and undo) the forced one.
+        async with self._lock:
+            await self._write_locked(force=force)
+
+    async def _write_locked(self, *, force: bool) -> None:
+        status = build_status(self._view(), self._last_status)
+        if not force and status == self._last_status:
+            return
+        if not force and self._last_status is not None:
+            visible = _without_sessions(status) != _without_sessions(self._last_status)
+            if not visible and time.monotonic() - self._written_at < SESSIONS_STATUS_INTERVAL:
+                return
+        await self._client.apply(
+            self._path,
+            {
+                "apiVersion": "limpet.dev/v1alpha1",
+                "kind": "StickyService",
+                "metadata": {"name": self._name, "namespace": self._namespace},
+                "status": status,
+            },
+        )
+        self._last_status = status
+        self._written_at = time.monotonic()
+
+    async def run(self) -> None:
+        interval = self._settings.status_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=SESSIONS_STATUS_INTERVAL)
+            self._dirty.clear()
+            self._stats_events()
+            try:
+                await self.write()
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("%s/%s: status write failed: %s", self._namespace, self._name, exc)
+                self._dirty.set()
+            await asyncio.sleep(interval)
+
+    def _stats_events(self) -> None:
+        """Events that depend on the proxies' reports: drains emptied, proxies behind."""
+        seen = self._observe()
+        pusher = seen.pusher
+        if pusher is None:
+            return
+        now = time.monotonic()
+        reporting = [p for p in pusher.proxies.values() if p.reachable]
+        if reporting:
+            sessions = pusher.sessions()
+            for b in seen.state.backends.values():
+                if b.status.state is not BackendState.DRAINING:
+                    self._drain_empty_reported.discard(b.id)
+                    continue
+                if b.id not in self._drain_empty_reported and sessions.get(b.id, 0) == 0:
+                    self._drain_empty_reported.add(b.id)
+                    self.event(
+                        "DrainEmpty", f"{b.pod or b.id} holds no sessions any more; safe to stop"
+                    )
+        for p in pusher.proxies.values():
+            name = p.target.pod or p.target.url
+            if pusher.version and p.version != pusher.version:
+                since = self._out_of_sync_since.setdefault(name, now)
+                if now - since >= OUT_OF_SYNC_GRACE and name not in self._out_of_sync_reported:
+                    self._out_of_sync_reported.add(name)
+                    self.event(
+                        "ProxyOutOfSync",
+                        f"proxy {name} runs plan {p.version} instead of {pusher.version}: "
+                        f"{p.last_error or 'no answer yet'}",
+                        warning=True,
+                    )
+            else:
+                self._out_of_sync_since.pop(name, None)
+                self._out_of_sync_reported.discard(name)
+
+
+def _without_sessions(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(status)
+    out["backends"] = [
+        {k: v for k, v in b.items() if k != "sessions"} for b in status.get("backends") or ()
+    ]
+    reb = dict(status.get("rebalance") or {})
+    reb.pop("moved", None)
+    reb.pop("remaining", None)
+    out["rebalance"] = reb
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"}
+        for c in status.get("conditions") or ()
+    ]
+    return out
