@@ -1,7 +1,7 @@
 """The traffic listener of one process: it accepts client connections, owns the upstream
 pool, and runs the one periodic sweep that enforces every timeout.
 
-Data flow: :meth:`Server.start` creates the :class:`~limpet.proxy.upstream.UpstreamPool`
+Data flow: :meth:`Server.start` creates the :class:`~limpet.proxy.pool.UpstreamPool`
 and the listening socket (its own, or one handed over by the worker supervisor with
 SO_REUSEPORT); each accepted connection is a
 :class:`~limpet.proxy.client.ClientConnection`. Limits come from the settings once:
@@ -24,8 +24,8 @@ import socket
 
 from limpet.proxy import http
 from limpet.proxy.client import ClientConnection
+from limpet.proxy.pool import Clock, EngineStats, RouterPort, UpstreamPool
 from limpet.proxy.settings import ProxySettings
-from limpet.proxy.upstream import Clock, EngineStats, RouterPort, UpstreamPool
 
 log = logging.getLogger(__name__)
 

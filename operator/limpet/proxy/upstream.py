@@ -1,41 +1,36 @@
-"""Upstream side: a keep-alive connection pool per backend, and response relaying.
+"""The upstream connection: one keep-alive TCP connection to a backend, relaying its answers.
 
-Data flow: a client connection (``server.py``) asks :meth:`UpstreamPool.acquire` for an
-idle connection to the routed backend, or awaits :meth:`UpstreamPool.connect` on a miss,
-binds the :class:`UpstreamConnection` to itself and writes the request. The upstream
-connection parses the answer with httptools and writes it straight through to the
-client's transport: the head rewritten (hop-by-hop stripped, the router's Set-Cookie
-added, the body re-framed if needed), body bytes as they arrive. When the answer is
-complete it returns itself to the pool (or closes, if it cannot be reused) and tells the
-client connection, which then reads the next request.
+Data flow: a client connection (``exchange.py``) takes an :class:`UpstreamConnection`
+from the :class:`~limpet.proxy.pool.UpstreamPool` (idle or newly dialled), binds it to
+itself with :meth:`UpstreamConnection.bind` and writes the request. The connection
+parses the answer with httptools and writes it straight through to the client's
+transport: the head rewritten (hop-by-hop stripped, the router's Set-Cookie added, the
+body re-framed if needed), body bytes as they arrive. When the answer is complete it
+returns itself to the pool (or closes, if it cannot be reused) and tells the client
+connection, which then reads the next request. After a 101 it becomes a raw tunnel.
 
 Flow control is write-through: when the client's transport buffer passes its high-water
 mark the client pauses this connection's reading, and vice versa for request bodies, so
 no body is ever held whole in memory.
 
 Concurrency: everything runs in one event loop thread, driven by protocol callbacks; no
-task exists per request. A task exists only while a new upstream connection is being
-dialled. Timeouts are enforced by one periodic sweep (``Server``) that compares the
-``deadline`` attributes set here against a coarse clock, so no timer object is created
-per request.
+task exists per request. Timeouts are enforced by one periodic sweep (``Server`` via
+:meth:`UpstreamPool.sweep`) that compares the ``deadline`` attributes set here against
+the pool's coarse clock, so no timer object is created per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from limpet.affinity import BackendId
 from limpet.proxy import http
-from limpet.proxy.routes import RequestView, Route
-from limpet.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
     from limpet.proxy.client import ClientConnection
+    from limpet.proxy.pool import PooledBackend, UpstreamPool
 
 # UpstreamConnection states.
 CONNECTING: Final = 0
@@ -45,99 +40,9 @@ TUNNEL: Final = 3  # after 101: raw bytes both ways
 CLOSED: Final = 4
 
 
-class RouterPort(Protocol):
-    """The router operations the engine calls (``limpet.proxy.routing.Router``)."""
-
-    def route(self, req: RequestView) -> Route | None: ...
-    def reroute(self, req: RequestView, failed: Route) -> Route | None: ...
-    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None: ...
-    def backend_failed(self, backend_id: BackendId) -> None: ...
-    def backend_succeeded(self, backend_id: BackendId) -> None: ...
-
-
-class Clock:
-    """A coarse clock: the sweep writes ``now`` (loop time) every tick; the hot path reads it
-    instead of calling ``loop.time()`` for every deadline."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-
-class EngineStats:
-    """Per-process counters of the data path. Plain integer attributes: incrementing one
-    is the cheapest thing Python can do."""
-
-    __slots__ = (
-        "broken_responses",
-        "connections_accepted",
-        "connections_active",
-        "connections_rejected",
-        "local_responses",
-        "requests",
-        "responses",
-        "retries",
-        "timeouts",
-        "tunnels",
-        "upstream_connect_failures",
-        "upstream_connects",
-        "upstream_reuses",
-    )
-
-    def __init__(self) -> None:
-        self.connections_accepted = 0
-        self.connections_active = 0
-        self.connections_rejected = 0
-        self.requests = 0
-        self.responses = 0
-        self.retries = 0
-        self.tunnels = 0
-        self.broken_responses = 0
-        self.upstream_connects = 0
-        self.upstream_connect_failures = 0
-        self.upstream_reuses = 0
-        self.local_responses: dict[int, int] = {}
-        self.timeouts: dict[str, int] = {}
-
-    def local(self, status: int) -> None:
-        self.local_responses[status] = self.local_responses.get(status, 0) + 1
-
-    def timeout(self, kind: str) -> None:
-        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "connections_accepted": self.connections_accepted,
-            "connections_active": self.connections_active,
-            "connections_rejected": self.connections_rejected,
-            "requests": self.requests,
-            "responses": self.responses,
-            "retries": self.retries,
-            "tunnels": self.tunnels,
-            "broken_responses": self.broken_responses,
-            "upstream_connects": self.upstream_connects,
-            "upstream_connect_failures": self.upstream_connect_failures,
-            "upstream_reuses": self.upstream_reuses,
-            "local_responses": {str(k): v for k, v in sorted(self.local_responses.items())},
-            "timeouts": dict(sorted(self.timeouts.items())),
-        }
-
-
 class _StopParsing(Exception):
     """Raised from a parser callback to stop httptools: a HEAD answer is complete, or
     bytes follow a complete answer."""
-
-
-class _Backend:
-    __slots__ = ("dial", "host", "id", "idle", "port")
-
-    def __init__(self, backend_id: str, host: str, port: int, dial: tuple[str, int]) -> None:
-        self.id = BackendId(backend_id)
-        self.host = host
-        self.port = port
-        self.dial = dial
-        self.idle: list[UpstreamConnection] = []
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -169,7 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool, backend: _Backend) -> None:
+    def __init__(self, pool: UpstreamPool, backend: PooledBackend) -> None:
         self.pool = pool
         self.backend = backend
         self.transport: asyncio.Transport | None = None
@@ -539,129 +444,3 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
         if client is not None:
             client.upstream_broken()
-
-
-class UpstreamPool:
-    """Idle keep-alive connections per backend (LIFO, so the warmest is reused first), and
-    dialling on a miss."""
-
-    __slots__ = (
-        "_backends",
-        "_loop",
-        "classes",
-        "clock",
-        "live",
-        "max_idle",
-        "pool_idle_timeout",
-        "response_timeout",
-        "router",
-        "settings",
-        "stats",
-        "tunnel_idle_timeout",
-    )
-
-    def __init__(
-        self,
-        *,
-        settings: ProxySettings,
-        router: RouterPort,
-        clock: Clock,
-        stats: EngineStats,
-        classes: http.HeaderClasses,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.settings = settings
-        self.router = router
-        self.clock = clock
-        self.stats = stats
-        self.classes = classes
-        self._loop = loop
-        self._backends: dict[str, _Backend] = {}
-        self.live: set[UpstreamConnection] = set()
-        self.max_idle = settings.pool_max_idle
-        self.pool_idle_timeout = settings.pool_idle_timeout
-        self.response_timeout = settings.response_timeout
-        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
-
-    def _backend(self, backend_id: str, host: str, port: int) -> _Backend:
-        b = self._backends.get(backend_id)
-        if b is None or b.host != host or b.port != port:
-            if b is not None:
-                # The plan moved this id to a new address: drop the old connections.
-                for conn in b.idle:
-                    conn.abort()
-            b = _Backend(backend_id, host, port, self.settings.dial_address(host, port))
-            self._backends[backend_id] = b
-        return b
-
-    def acquire(self, backend_id: str, host: str, port: int) -> UpstreamConnection | None:
-        b = self._backends.get(backend_id)
-        if b is None or b.host != host or b.port != port:
-            return None
-        idle = b.idle
-        while idle:
-            conn = idle.pop()
-            if conn.state == IDLE:
-                self.stats.upstream_reuses += 1
-                return conn
-        return None
-
-    def release(self, conn: UpstreamConnection) -> bool:
-        """Put a finished connection back; False if it must be closed instead."""
-        b = conn.backend
-        if (
-            conn.state == CLOSED
-            or len(b.idle) >= self.max_idle
-            or self._backends.get(b.id) is not b
-        ):
-            return False
-        conn.state = IDLE
-        conn.resume()
-        conn.deadline = self.clock.now + self.pool_idle_timeout
-        b.idle.append(conn)
-        return True
-
-    def forget_idle(self, conn: UpstreamConnection) -> None:
-        with contextlib.suppress(ValueError):
-            conn.backend.idle.remove(conn)
-
-    async def connect(self, backend_id: str, host: str, port: int) -> UpstreamConnection:
-        """Dial a new connection (bounded by the connect timeout). Raises OSError or
-        TimeoutError on failure."""
-        b = self._backend(backend_id, host, port)
-        self.stats.upstream_connects += 1
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                _, proto = await self._loop.create_connection(
-                    lambda: UpstreamConnection(self, b), b.dial[0], b.dial[1]
-                )
-        except (OSError, TimeoutError):
-            self.stats.upstream_connect_failures += 1
-            raise
-        return proto
-
-    def sweep(self, now: float) -> None:
-        expired = [c for c in self.live if 0.0 < c.deadline <= now and not c.paused]
-        for conn in expired:
-            # Idle in the pool too long, an answer overdue, or a silent tunnel: drop it,
-            # then tell the client (504, or close the tunnel's other end).
-            state = conn.state
-            client = conn.client
-            conn.abort()
-            if state == BUSY:
-                self.stats.timeout("response")
-                if client is not None:
-                    client.upstream_timeout()
-            elif state == TUNNEL:
-                self.stats.timeout("tunnel_idle")
-                if client is not None:
-                    client.close_after_flush()
-
-    def idle_count(self) -> int:
-        return sum(len(b.idle) for b in self._backends.values())
-
-    def close(self) -> None:
-        for conn in list(self.live):
-            conn.abort()
-        for b in self._backends.values():
-            b.idle.clear()

@@ -1,0 +1,248 @@
+"""The per-backend keep-alive pool of upstream connections, and the engine's shared parts.
+
+Data flow: :class:`~limpet.proxy.server.Server` creates one :class:`UpstreamPool` per
+process with the router (through :class:`RouterPort`), the coarse :class:`Clock` and the
+:class:`EngineStats` counters. A client connection (``exchange.py``) asks
+:meth:`UpstreamPool.acquire` for an idle connection to the routed backend (LIFO, the
+warmest first) or awaits :meth:`UpstreamPool.connect` on a miss; when an answer is
+complete the :class:`~limpet.proxy.upstream.UpstreamConnection` hands itself back with
+:meth:`UpstreamPool.release` (or closes). The connections read ``clock``, ``stats``,
+``router``, ``classes`` and the timeouts straight off the pool's attributes on the hot
+path, so those stay plain slots.
+
+Concurrency: one event loop thread, no locks. A task exists only inside
+:meth:`UpstreamPool.connect`, while a new connection is dialled. Timeouts use no timer
+per request: :meth:`UpstreamPool.sweep`, called by the server's periodic sweep, drops
+every live connection whose ``deadline`` has passed on the coarse clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Protocol
+
+from limpet.affinity import BackendId
+from limpet.proxy import http
+from limpet.proxy.routes import RequestView, Route
+from limpet.proxy.settings import ProxySettings
+from limpet.proxy.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
+
+
+class RouterPort(Protocol):
+    """The router operations the engine calls (``limpet.proxy.routing.Router``)."""
+
+    def route(self, req: RequestView) -> Route | None: ...
+    def reroute(self, req: RequestView, failed: Route) -> Route | None: ...
+    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None: ...
+    def backend_failed(self, backend_id: BackendId) -> None: ...
+    def backend_succeeded(self, backend_id: BackendId) -> None: ...
+
+
+class Clock:
+    """A coarse clock: the sweep writes ``now`` (loop time) every tick; the hot path reads it
+    instead of calling ``loop.time()`` for every deadline."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+
+class EngineStats:
+    """Per-process counters of the data path. Plain integer attributes: incrementing one
+    is the cheapest thing Python can do."""
+
+    __slots__ = (
+        "broken_responses",
+        "connections_accepted",
+        "connections_active",
+        "connections_rejected",
+        "local_responses",
+        "requests",
+        "responses",
+        "retries",
+        "timeouts",
+        "tunnels",
+        "upstream_connect_failures",
+        "upstream_connects",
+        "upstream_reuses",
+    )
+
+    def __init__(self) -> None:
+        self.connections_accepted = 0
+        self.connections_active = 0
+        self.connections_rejected = 0
+        self.requests = 0
+        self.responses = 0
+        self.retries = 0
+        self.tunnels = 0
+        self.broken_responses = 0
+        self.upstream_connects = 0
+        self.upstream_connect_failures = 0
+        self.upstream_reuses = 0
+        self.local_responses: dict[int, int] = {}
+        self.timeouts: dict[str, int] = {}
+
+    def local(self, status: int) -> None:
+        self.local_responses[status] = self.local_responses.get(status, 0) + 1
+
+    def timeout(self, kind: str) -> None:
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connections_accepted": self.connections_accepted,
+            "connections_active": self.connections_active,
+            "connections_rejected": self.connections_rejected,
+            "requests": self.requests,
+            "responses": self.responses,
+            "retries": self.retries,
+            "tunnels": self.tunnels,
+            "broken_responses": self.broken_responses,
+            "upstream_connects": self.upstream_connects,
+            "upstream_connect_failures": self.upstream_connect_failures,
+            "upstream_reuses": self.upstream_reuses,
+            "local_responses": {str(k): v for k, v in sorted(self.local_responses.items())},
+            "timeouts": dict(sorted(self.timeouts.items())),
+        }
+
+
+class PooledBackend:
+    """One backend's address and its idle connections (the pool's LIFO stack)."""
+
+    __slots__ = ("dial", "host", "id", "idle", "port")
+
+    def __init__(self, backend_id: str, host: str, port: int, dial: tuple[str, int]) -> None:
+        self.id = BackendId(backend_id)
+        self.host = host
+        self.port = port
+        self.dial = dial
+        self.idle: list[UpstreamConnection] = []
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend (LIFO, so the warmest is reused first), and
+    dialling on a miss."""
+
+    __slots__ = (
+        "_backends",
+        "_loop",
+        "classes",
+        "clock",
+        "live",
+        "max_idle",
+        "pool_idle_timeout",
+        "response_timeout",
+        "router",
+        "settings",
+        "stats",
+        "tunnel_idle_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        settings: ProxySettings,
+        router: RouterPort,
+        clock: Clock,
+        stats: EngineStats,
+        classes: http.HeaderClasses,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.clock = clock
+        self.stats = stats
+        self.classes = classes
+        self._loop = loop
+        self._backends: dict[str, PooledBackend] = {}
+        self.live: set[UpstreamConnection] = set()
+        self.max_idle = settings.pool_max_idle
+        self.pool_idle_timeout = settings.pool_idle_timeout
+        self.response_timeout = settings.response_timeout
+        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
+
+    def _backend(self, backend_id: str, host: str, port: int) -> PooledBackend:
+        b = self._backends.get(backend_id)
+        if b is None or b.host != host or b.port != port:
+            if b is not None:
+                # The plan moved this id to a new address: drop the old connections.
+                for conn in b.idle:
+                    conn.abort()
+            b = PooledBackend(backend_id, host, port, self.settings.dial_address(host, port))
+            self._backends[backend_id] = b
+        return b
+
+    def acquire(self, backend_id: str, host: str, port: int) -> UpstreamConnection | None:
+        b = self._backends.get(backend_id)
+        if b is None or b.host != host or b.port != port:
+            return None
+        idle = b.idle
+        while idle:
+            conn = idle.pop()
+            if conn.state == IDLE:
+                self.stats.upstream_reuses += 1
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> bool:
+        """Put a finished connection back; False if it must be closed instead."""
+        b = conn.backend
+        if (
+            conn.state == CLOSED
+            or len(b.idle) >= self.max_idle
+            or self._backends.get(b.id) is not b
+        ):
+            return False
+        conn.state = IDLE
+        conn.resume()
+        conn.deadline = self.clock.now + self.pool_idle_timeout
+        b.idle.append(conn)
+        return True
+
+    def forget_idle(self, conn: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            conn.backend.idle.remove(conn)
+
+    async def connect(self, backend_id: str, host: str, port: int) -> UpstreamConnection:
+        """Dial a new connection (bounded by the connect timeout). Raises OSError or
+        TimeoutError on failure."""
+        b = self._backend(backend_id, host, port)
+        self.stats.upstream_connects += 1
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, proto = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self, b), b.dial[0], b.dial[1]
+                )
+        except (OSError, TimeoutError):
+            self.stats.upstream_connect_failures += 1
+            raise
+        return proto
+
+    def sweep(self, now: float) -> None:
+        expired = [c for c in self.live if 0.0 < c.deadline <= now and not c.paused]
+        for conn in expired:
+            # Idle in the pool too long, an answer overdue, or a silent tunnel: drop it,
+            # then tell the client (504, or close the tunnel's other end).
+            state = conn.state
+            client = conn.client
+            conn.abort()
+            if state == BUSY:
+                self.stats.timeout("response")
+                if client is not None:
+                    client.upstream_timeout()
+            elif state == TUNNEL:
+                self.stats.timeout("tunnel_idle")
+                if client is not None:
+                    client.close_after_flush()
+
+    def idle_count(self) -> int:
+        return sum(len(b.idle) for b in self._backends.values())
+
+    def close(self) -> None:
+        for conn in list(self.live):
+            conn.abort()
+        for b in self._backends.values():
+            b.idle.clear()
