@@ -17,6 +17,10 @@ Every answer carries ``X-Backend: <id>``. Paths (the query string sets parameter
 - ``/arm-stale``                            echo; the next request on the same connection
                                             is met by closing it unanswered (a stale
                                             keep-alive connection).
+- ``/reset``                                reads the whole body, then resets the
+                                            connection (SO_LINGER 0 close) unanswered.
+- ``/resets``                               JSON list of the requests ``/reset`` got
+                                            (echo form, in order of arrival).
 - anything else                             JSON echo: method, path, version, headers, the
                                             body's length and sha256 (hashed while
                                             streaming, never held whole), the peer port
@@ -29,6 +33,8 @@ import argparse
 import asyncio
 import hashlib
 import signal
+import socket
+import struct
 import sys
 
 from aiohttp import WSMsgType, web
@@ -74,6 +80,7 @@ def make_app(backend: str) -> web.Application:
         return None
 
     armed: set[object] = set()
+    resets: list[dict[str, object]] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -110,6 +117,16 @@ def make_app(backend: str) -> web.Application:
             code = int(path.rsplit("/", 1)[1])
             await request.read()
             return web.Response(status=code, headers=hdr)
+        elif path == "/reset":
+            resets.append(await echo_payload(request, backend))
+            transport = request.transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()  # with a zero linger the kernel sends RST, not FIN
+            await asyncio.sleep(3600)
+        elif path == "/resets":
+            return web.json_response(resets, headers=hdr)
         elif path == "/broken":
             assert request.transport is not None
             request.transport.write(b"THIS IS NOT HTTP\r\n\r\n")

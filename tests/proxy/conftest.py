@@ -5,7 +5,7 @@
 - ``proxy``: a factory; ``proxy.start("--backend", "a=127.0.0.1:PORT", ...)`` runs
   ``python -m limpet.cli proxy`` on loopback ports chosen by the kernel, waits for its
   start-up line and returns a :class:`Proxy` (``.port``, ``.admin_port``, ``.token``,
-  ``.rss()``, ``.admin()``).
+  ``.rss()``, ``.admin()``, ``.stats()``, ``.metrics()``).
 
 Everything started here is stopped at the end of the test, and only loopback addresses
 are ever used.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -143,6 +144,18 @@ class Proxy:
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
+
+    def metrics(self) -> dict[str, float]:
+        """``GET /metrics``, read with prometheus-client's own parser: every sample as
+        ``name`` or ``name{label="value",...}`` (labels sorted by name) -> its value."""
+        status, body = self.admin("GET", "/metrics")
+        assert status == 200, body
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
 
     def wait_idle(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait until the proxy holds no client connection; return the engine stats."""

@@ -76,3 +76,31 @@ def test_supervisor_stop_takes_workers_down(backends: Backends, proxy: Proxies) 
     assert p.proc.returncode == 0
     for pid in pids:
         wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), timeout=10)
+
+
+def test_metrics_sum_the_workers_counters(backends: Backends, proxy: Proxies) -> None:
+    """``/metrics`` with two workers: every counter is the sum of both workers' figures."""
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b), "--workers", "2")
+    idle = p.metrics()
+    assert idle["limpet_proxy_workers"] == 2
+    assert idle["limpet_proxy_http_requests_total"] == 0
+    spread(p, 200)
+    for _ in range(20):
+        with Conn(p.address) as c:
+            c.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host: a parsed request, answered 400
+            assert c.read_head()[0] == 400
+            assert c.closed_by_peer()
+    procs = processes(p)
+    assert len(procs) == 2
+    assert all(w["requests"] > 0 for w in procs), procs  # so the figures below are sums
+    assert sum(w["requests"] for w in procs) == 220
+    m = p.metrics()
+    assert m["limpet_proxy_workers"] == 2
+    assert m["limpet_proxy_http_requests_total"] == 220
+    assert m['limpet_proxy_requests_total{backend="s1"}'] == 200  # routed to the backend
+    assert m["limpet_proxy_http_responses_total"] == 200
+    assert m['limpet_proxy_local_responses_total{status="400"}'] == 20
+    assert m["limpet_proxy_connections_accepted_total"] == 220
+    assert m["limpet_proxy_no_backend_total"] == 0
+    assert m['limpet_proxy_backend_up{backend="s1"}'] == 1
