@@ -72,8 +72,29 @@ def test_report_files(tmp_path: Path) -> None:
     assert page.name == HTML_NAME
     assert "data:image/png;base64," in text
     assert "No session broke outside the failover phase." in text
-    assert "Failover" in text
-    assert "failover 4" in text
+    # The summary table holds every figure the issue asks for, as computed.
+    for label, value in [
+        ("requests", "150"),
+        ("failed requests", "2"),
+        ("sessions", "10"),
+        ("sessions broken outside failover", "0"),
+        ("moves by reason", "failover 4, rebalance 3"),
+        ("sessions per pod at the end", "p0 5, p1 5"),
+        ("imbalance at the end (max / mean)", "1.00"),
+    ]:
+        assert f"<tr><td>{label}</td><td>{value}</td></tr>" in text, label
+    # One row a phase: title, length, requests, failed, sessions, broken, moves.
+    assert "<tr><td>Failover</td><td>10 s</td><td>50</td><td>2</td>" in text
+    assert "<td>1 (failover: tolerated)</td><td>failover 4</td></tr>" in text
+    assert "<tr><td>Steady on 3</td><td>10 s</td><td>100</td><td>0</td><td>10</td>" in text
+
+
+def test_report_says_when_sessions_broke(tmp_path: Path) -> None:
+    tl = recorded(steady_broken=3)
+    text = write_report(tl, summarize(tl), tmp_path / "out").read_text()
+    assert "3 session(s) broke outside the failover phase." in text
+    assert '<p class="bad">' in text
+    assert "<tr><td>sessions broken outside failover</td><td>3</td></tr>" in text
 
 
 @pytest.mark.parametrize("interactive", [True, False])

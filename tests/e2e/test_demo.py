@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
+from limpet.demo.scenario import PHASES
+from limpet.devcluster.cluster import DevCluster
 from tests.e2e.audit import POLICY, Call, calls, granted
 
 pytestmark = pytest.mark.apiserver
@@ -141,8 +143,14 @@ def test_report_is_written(demo_run: DemoRun) -> None:
     page = (demo_run.report / "report.html").read_text()
     assert "No session broke outside the failover phase." in page
     assert "data:image/png;base64," in page
-    for title in ("steady", "scale out", "drain", "kill"):
-        assert title in page
+    s = _summary(demo_run)
+    assert [p["title"] for p in s["phases"]] == [p.title for p, _ in PHASES]
+    for phase in s["phases"]:
+        # One table row a phase, with that phase's own request count.
+        assert f"<tr><td>{phase['title']}</td>" in page
+        assert f"<td>{phase['requests']}</td>" in page
+    assert f"<tr><td>requests</td><td>{s['requests']}</td></tr>" in page
+    assert f"<td>{s['imbalance_max']:.2f}</td>" in page
 
 
 def _operator_calls(run: DemoRun) -> list[Call]:
@@ -240,6 +248,7 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
         env={**os.environ, "LIMPET_USE_KUBECONFIG": ""},
     )
     assert proc.stdout is not None
+    netns_before = _netns()
     lines = []
     try:
         deadline = time.monotonic() + 90
@@ -253,6 +262,7 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
         kubeconfig = yaml.safe_load((report / "logs" / "kubeconfig").read_text())
         port = int(kubeconfig["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
         assert _listening(port)
+        assert _netns() > netns_before, "the demo's pods are network namespaces"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:
@@ -268,3 +278,34 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
     assert str(report) not in ps.stdout
     assert not _listening(port), "the local kube-apiserver was stopped"
     assert not (report / "summary.json").exists()
+    assert _netns() <= netns_before, "every network namespace of the demo was removed"
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.mark.timeout(300)
+def test_demo_on_a_kubeconfig_cluster(devcluster: DevCluster, tmp_path: Path) -> None:
+    """``LIMPET_USE_KUBECONFIG=1``: the demo on someone else's cluster (here the test
+    session's) with the proxies in external mode, so no real Deployment is made."""
+    report = tmp_path / "report"
+    done = subprocess.run(
+        _demo_argv(report, "--duration", "30", "--users", "30", "--seed", "3"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, "LIMPET_USE_KUBECONFIG": "1", "KUBECONFIG": str(devcluster.kubeconfig)},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert f"using the cluster of {devcluster.kubeconfig}" in output
+    s = json.loads((report / "summary.json").read_text())
+    assert s["ok"] is True
+    assert s["broken_outside_failover"] == 0
+    assert s["moves"].get("failover", 0) > 0, s["moves"]
+    # External mode: the operator applies no Deployment there, whose real pods would
+    # join the plan at addresses this host cannot reach.
+    assert "proxies: external, the pods of Service counter-demo-proxies" in output

@@ -11,9 +11,11 @@ operator's Secret (admin token) -> N ``limpet proxy`` processes and the counter 
 a fake pod (a network namespace with its own pod IP, published in an EndpointSlice
 exactly as kubelet and the EndpointSlice controller would).
 
-The operator manages the proxies as in a cluster: it applies their Deployment and
-Service (nothing runs them here: the demo plays kubelet and starts the processes), finds
-them through the Service's EndpointSlice and pushes plans to ``<pod IP>:9901``.
+On the local cluster the operator manages the proxies as in production: it applies
+their Deployment and Service (nothing runs them here: the demo plays kubelet and starts
+the processes), finds them through the Service's EndpointSlice and pushes plans to
+``<pod IP>:9901``. On ``$KUBECONFIG``'s cluster the proxies are external (selected by
+label), so no real Deployment is scheduled there.
 
 Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyService while the
 operator still runs (it removes what it made), stop the operator, the proxies and the
@@ -68,6 +70,8 @@ STICKY = "counter"
 APP_SERVICE = "counter"
 APP_PORT = 8080
 PROXY_PORT = 8080
+EXTERNAL_PROXIES = "counter-demo-proxies"
+"""The demo proxies' Service on ``$KUBECONFIG``'s cluster (external mode)."""
 FIELD_MANAGER = "limpet-demo"
 T = TypeVar("T")
 
@@ -147,10 +151,11 @@ class Stage:
             api,
             network,
             namespace=self.namespace,
-            service=proxy_service_name(STICKY),
+            service=self._proxy_service(),
             port=PROXY_PORT,
             backend=ProxyPodCommand(token_file=self.token_file, state_root=self.work / "proxies"),
-            create_service=False,
+            # Managed: the operator made the proxies' Service. External: ours, selector-less.
+            create_service=self.cluster is None,
             log_dir=self.work / "proxies",
         )
         self._stack.callback(self.proxies.close)
@@ -258,6 +263,23 @@ class Stage:
             lifetime=6 * 3600,
         )
 
+    def _proxy_service(self) -> str:
+        return proxy_service_name(STICKY) if self.cluster is not None else EXTERNAL_PROXIES
+
+    def _proxy_spec(self) -> dict[str, Any]:
+        """Managed proxies on the local cluster; external ones on someone else's.
+
+        On a real cluster, managed proxies would be a real Deployment whose pods (and
+        their EndpointSlice entries, at addresses this host cannot reach) the operator
+        would also push plans to. External mode selects only the demo's own proxies,
+        published in the EndpointSlice of a selector-less Service that no controller
+        touches.
+        """
+        if self.cluster is not None:
+            return {"replicas": self.settings.proxies}
+        selector = {"kubernetes.io/service-name": EXTERNAL_PROXIES}
+        return {"managed": False, "selector": {"matchLabels": selector}}
+
     def _create_sticky(self, api: k8s.ApiClient) -> None:
         body = {
             "apiVersion": "limpet.dev/v1alpha1",
@@ -267,7 +289,7 @@ class Stage:
                 "service": APP_SERVICE,
                 "port": "http",
                 **self.settings.sticky_spec,
-                "proxy": {"replicas": self.settings.proxies},
+                "proxy": self._proxy_spec(),
             },
         }
         path = f"/apis/limpet.dev/v1alpha1/namespaces/{self.namespace}/stickyservices"
@@ -276,6 +298,8 @@ class Stage:
         except k8s.ApiException as exc:
             raise StageError(f"the API server refused the StickyService: {exc.body}") from exc
         self._sticky_path = f"{path}/{STICKY}"
+        if self.cluster is None:
+            self.settings.say(f"proxies: external, the pods of Service {EXTERNAL_PROXIES}")
 
     def _start_operator(self, kubeconfig: Path) -> None:
         if self.cluster is not None:
