@@ -66,7 +66,9 @@ def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
-        "blockOwnerDeletion": True,
+        # No blockOwnerDeletion: it would need update on stickyservices/finalizers where
+        # OwnerReferencesPermissionEnforcement runs, and the operator's finalizer already
+        # deletes its children before the StickyService goes.
     }
 
 

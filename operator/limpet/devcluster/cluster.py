@@ -380,6 +380,10 @@ class DevCluster:
                 f"--service-account-signing-key-file={p.sa_private_key}",
                 f"--service-cluster-ip-range={s.service_cluster_ip_range}",
                 "--allow-privileged=true",
+                # As on OpenShift: setting ownerReferences needs delete on the child, and
+                # blockOwnerDeletion needs update on the owner's finalizers, so a test
+                # catches an operator that asks for more than deploy/'s RBAC grants.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 # Work a one-node, no-kubelet test cluster never needs:
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
