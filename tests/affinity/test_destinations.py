@@ -9,7 +9,8 @@ with ``total`` their sessions and ``W`` their slow-start ramped weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,11 +24,15 @@ from limpet.affinity import (
     BalanceSettings,
     Plan,
     Reason,
+    RebalanceSchedule,
     Router,
     Session,
     decide,
     key_hash,
     ramp,
+    release_complete_at,
+    released_fraction,
+    table,
 )
 
 from .strategies import IDS, KEY, NOW, hashes, plans, sessions
@@ -219,3 +224,77 @@ def test_excluding_every_member_leaves_no_destination() -> None:
     assert d.backend is None
     # A session on an eligible member stays where it is.
     assert decide(s, router, NOW, loads=loads, exclude=frozenset(IDS[1:3])) is KEEP
+
+
+def _target_table(plan: Plan) -> Sequence[str]:
+    """The plan's current table, built here from the backends' states and weights."""
+    serving = (BackendState.WARMING, BackendState.ACTIVE)
+    weights: dict[str, int] = {b.id: b.weight for b in plan.backends if b.state in serving}
+    return table(weights, plan.slot_table_size)
+
+
+def _assert_new_sessions_use_the_target(plan: Plan, keys: Sequence[int]) -> None:
+    router = Router(plan)
+    target = _target_table(plan)
+    idle = {b.id: 0 for b in plan.backends}
+    for h in keys:
+        want = target[h % plan.slot_table_size]
+        assert router.route_new(h, NOW) == want
+        # No load: every member is under its cap, so bounded loads divert nothing.
+        assert router.route_new(h, NOW, idle) == want
+
+
+def test_new_sessions_use_the_target_table_during_a_rebalance() -> None:
+    size = 1031
+    backends = (
+        *(
+            Backend(id=IDS[i], address="10.0.0.1", port=80, weight=w)
+            for i, w in enumerate([3, 1, 2, 2])
+        ),
+        Backend(
+            id=IDS[4],
+            address="10.0.0.1",
+            port=80,
+            state=BackendState.WARMING,
+            weight=5,
+            warming_since=NOW - 5,
+        ),
+        Backend(id=IDS[5], address="10.0.0.1", port=80, state=BackendState.DRAINING),
+    )
+    # A scale-out that also changed the table size and a weight: from-table and target
+    # disagree on many slots, and the release is half-way, so both are in use.
+    schedule = RebalanceSchedule.from_weights(
+        {IDS[0]: 3, IDS[1]: 4, IDS[2]: 2, IDS[5]: 1},
+        from_size=257,
+        start=NOW - 300,
+        window=600,
+        min_idle=30,
+        max_moves_per_second=5,
+        expected_moves=1000,
+    )
+    plan = Plan(
+        version=2,
+        backends=backends,
+        balance=BalanceSettings(slow_start=60),
+        rebalance=schedule,
+        cookie_keys=KEY,
+        slot_table_size=size,
+    )
+    assert 0 < released_fraction(schedule, NOW) < 1
+    source = table(dict[str, int](schedule.from_backends), schedule.from_size)
+    target = _target_table(plan)
+    rng = random.Random(7)
+    keys = [*range(2 * size), *(rng.getrandbits(64) for _ in range(2000))]
+    differ = sum(1 for h in keys if source[h % 257] != target[h % size])
+    assert differ > len(keys) // 2
+    _assert_new_sessions_use_the_target(plan, keys)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(plans(with_schedule=True), st.lists(hashes, min_size=1, max_size=50))
+def test_new_sessions_never_use_the_from_table(plan: Plan, keys: list[int]) -> None:
+    schedule = plan.rebalance
+    assert schedule is not None
+    assume(schedule.start <= NOW < release_complete_at(schedule))
+    assume(any(b.state.takes_new_sessions for b in plan.backends))
+    _assert_new_sessions_use_the_target(plan, keys)

@@ -280,6 +280,11 @@ BAD_FIELDS: list[tuple[str, object, str]] = [
         {"fromBackends": {"b0": 1}, "start": 1, "window": 1, "minIdle": 1, "expectedMoves": -1},
         r"rebalance\.expectedMoves",
     ),
+    (
+        "rebalance",
+        {"fromBackends": {"b0": 1}, "start": 1, "window": 1, "minIdle": 1, "maxMovesPerSecond": 5},
+        r"rebalance\.expectedMoves: required when maxMovesPerSecond is set",
+    ),
 ]
 
 
@@ -290,6 +295,19 @@ def test_bad_field_is_a_clear_error(path: str, value: object, message: str) -> N
         Plan.from_dict(data)
     with pytest.raises(PlanError, match=message):
         Plan.from_json(json.dumps(data))
+
+
+def test_rate_cap_needs_expected_moves() -> None:
+    # A rate alone used to be accepted and then silently ignored by the release schedule.
+    pool = ((BackendId("b0"), 1),)
+    with pytest.raises(PlanError, match=r"rebalance\.expectedMoves: required when"):
+        RebalanceSchedule(from_backends=pool, start=1.0, max_moves_per_second=5.0)
+    alone = RebalanceSchedule(from_backends=pool, start=1.0, expected_moves=10)
+    assert alone.max_moves_per_second is None
+    both = RebalanceSchedule(
+        from_backends=pool, start=1.0, max_moves_per_second=5.0, expected_moves=0
+    )
+    assert both.expected_moves == 0
 
 
 def test_duplicate_backend_ids() -> None:

@@ -5,13 +5,33 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.affinity import DEFAULT_SIZE, LARGE_SIZE, MAX_WEIGHT, AffinityError, SlotTable, table
-from limpet.affinity.slottable import SIZE_LADDER, bound_eps, recommended_size
+from limpet.affinity import (
+    DEFAULT_SIZE,
+    LARGE_SIZE,
+    MAX_WEIGHT,
+    AffinityError,
+    BackendId,
+    SlotTable,
+    table,
+)
+from limpet.affinity.slottable import (
+    SIZE_LADDER,
+    Scorer,
+    _rendezvous,
+    _rendezvous_by_class,
+    _rendezvous_pruned,
+    bound_eps,
+    build_index,
+    recommended_size,
+    weighted_bounds,
+)
 
 SMALL_SIZES = st.sampled_from([1, 2, 7, 101, 1031, 4099])
 ids = st.text(alphabet="abcdefghij0123456789-", min_size=1, max_size=6)
@@ -53,6 +73,31 @@ def test_weights_proportional_within_5_percent(weights: dict[str, int]) -> None:
         assert abs(counts[bid] / share - 1) <= 0.05, (bid, counts[bid], share)
 
 
+def misfit(weights: dict[str, int], size: int) -> int:
+    """Slots by which plain rendezvous misses the weighted bounds (0 without them).
+
+    The weighted bounds keep small shares close to exact, so they must correct plain
+    rendezvous by about this much, and a change of membership can redo those corrections.
+    The band here is the bounds' inner part (no dither), so it counts at least as much.
+    """
+    members = sorted(weights)
+    w = [weights[m] for m in members]
+    if not weighted_bounds(w, size):
+        return 0
+    plain = Counter(build_index([BackendId(m) for m in members], w, size, eps=math.inf))
+    eps = bound_eps(size, len(w), weighted=True)
+    total = sum(w)
+    out = 0
+    for i, weight in enumerate(w):
+        share = Fraction(size * weight, total)
+        least = max(math.ceil(share * (1 - Fraction(eps))), math.ceil(share * Fraction(95, 100)))
+        most = min(math.floor(share * (1 + Fraction(eps))), math.floor(share * Fraction(105, 100)))
+        if least > most:
+            least, most = math.floor(share), math.ceil(share)
+        out += max(0, least - plain[i], plain[i] - most)
+    return out
+
+
 @settings(max_examples=40, deadline=None)
 @given(weight_maps, st.sampled_from([1031, 4099]), st.integers(min_value=1, max_value=50))
 def test_adding_one_moves_about_its_share(weights: dict[str, int], size: int, w: int) -> None:
@@ -60,22 +105,27 @@ def test_adding_one_moves_about_its_share(weights: dict[str, int], size: int, w:
     before, after = table(weights, size), table(grown, size)
     optimum = size * w / sum(grown.values())
     eps = bound_eps(size, len(grown))
-    assert moved(before, after) <= (1 + eps + 0.1) * optimum + 2
+    # Unequal weights trade disruption for their 5 %: up to half the corrections, measured
+    # (adversarial search) at under 0.13 of them.
+    slack = (misfit(weights, size) + misfit(grown, size)) / 2
+    assert moved(before, after) <= (1 + eps + 0.1) * optimum + 2 + slack
     # Slots that moved went overwhelmingly to the new backend.
     gained = sum(1 for x, y in zip(before, after, strict=True) if x != y and y == "NEW")
-    assert gained >= 0.7 * moved(before, after)
+    assert moved(before, after) - gained <= 0.3 * moved(before, after) + slack
 
 
 @settings(max_examples=40, deadline=None)
 @given(weight_maps.filter(lambda m: len(m) >= 2), st.sampled_from([1031, 4099]))
 def test_removing_one_moves_about_its_share(weights: dict[str, int], size: int) -> None:
     gone = sorted(weights)[0]
+    smaller = {k: v for k, v in weights.items() if k != gone}
     before = table(weights, size)
-    after = table({k: v for k, v in weights.items() if k != gone}, size)
+    after = table(smaller, size)
     own = before.count(gone)
     assert gone not in after
     eps = bound_eps(size, len(weights))
-    assert moved(before, after) <= (1 + eps + 0.1) * own + 2
+    slack = (misfit(weights, size) + misfit(smaller, size)) / 2
+    assert moved(before, after) <= (1 + eps + 0.1) * own + 2 + slack
 
 
 def _equal(n: int, prefix: str = "backend-") -> dict[str, int]:
@@ -126,6 +176,82 @@ def test_weighted_shares_at_default_size(weights: dict[str, int]) -> None:
     for bid, w in weights.items():
         share = DEFAULT_SIZE * w / total
         assert abs(counts[bid] - share) <= 0.05 * share + 1, (bid, counts[bid], share)
+
+
+def _within_weighted_share(count: int, weight: int, total: int, size: int) -> bool:
+    """Within 5 % of ``size x weight / total``, or, where no whole count is that close,
+    one of the two whole counts around it (exact arithmetic, independent of the code)."""
+    share = Fraction(size * weight, total)
+    least, most = math.ceil(share * Fraction(95, 100)), math.floor(share * Fraction(105, 100))
+    if least > most:
+        least, most = math.floor(share), math.ceil(share)
+    return least <= count <= most
+
+
+@pytest.mark.parametrize("n", [50, 100])
+@pytest.mark.parametrize("heaviest", [5, 100])
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_unequal_weights_within_5_percent_at_scale(
+    n: int, heaviest: int, data: st.DataObject
+) -> None:
+    # At N=100, plain bounds (eps near 0.1) left backends up to 15 % off their share.
+    tag = data.draw(st.integers(min_value=0, max_value=10**9), label="id set")
+    weights = data.draw(
+        st.lists(st.integers(min_value=1, max_value=heaviest), min_size=n, max_size=n).filter(
+            lambda ws: len(set(ws)) > 1
+        ),
+        label="weights",
+    )
+    backends = {f"pod-{tag:x}-{i}": w for i, w in enumerate(weights)}
+    counts = Counter(table(backends))
+    total = sum(weights)
+    for bid, w in backends.items():
+        assert _within_weighted_share(counts[bid], w, total, DEFAULT_SIZE), (bid, w, counts[bid])
+
+
+def test_shares_too_small_for_5_percent_get_a_neighbouring_count() -> None:
+    # Weight 1 of 10_001 over 65537 slots is a share of 6.55: no whole count within 5 %.
+    backends = {"light": 1, **{f"heavy-{i}": 200 for i in range(50)}}
+    counts = Counter(table(backends))
+    assert counts["light"] in (6, 7)
+    for bid, w in backends.items():
+        assert _within_weighted_share(counts[bid], w, 10_001, DEFAULT_SIZE), bid
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=MAX_WEIGHT) | st.integers(1, 6), max_size=40),
+    st.sampled_from([1, 7, 101, 1031]),
+    st.booleans(),
+)
+def test_pruned_rendezvous_is_the_class_path(weights: list[int], size: int, twin: bool) -> None:
+    weights = [3, *weights]
+    members = tuple(BackendId(f"m{i:02d}") for i in range(len(weights)))
+    scorer = Scorer(members, weights, size)
+    if twin and len(weights) > 1:
+        # Equal seeds and weights tie on every slot: both paths must pick the first member.
+        scorer.seeds[1] = scorer.seeds[0]
+        weights[1] = weights[0]
+        scorer.weights[1] = scorer.weights[0]
+    by_class = _rendezvous_by_class(scorer, weights, size)
+    pruned = _rendezvous_pruned(scorer, weights, size)
+    assert np.array_equal(by_class[0], pruned[0])
+    assert np.array_equal(by_class[1], pruned[1])
+
+
+def test_pruned_rendezvous_at_the_default_size() -> None:
+    rng = np.random.default_rng(5)
+    weights = [int(w) for w in rng.integers(1, MAX_WEIGHT, size=200)]
+    members = tuple(BackendId(f"backend-{i}") for i in range(200))
+    scorer = Scorer(sorted(members), weights, DEFAULT_SIZE)
+    expected = _rendezvous_by_class(scorer, weights, DEFAULT_SIZE)
+    for got in (
+        _rendezvous(scorer, weights, DEFAULT_SIZE),
+        _rendezvous_pruned(scorer, weights, DEFAULT_SIZE),
+    ):
+        assert np.array_equal(expected[0], got[0])
+        assert np.array_equal(expected[1], got[1])
 
 
 def test_single_backend_owns_everything() -> None:

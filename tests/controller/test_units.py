@@ -249,6 +249,33 @@ def test_status_round_trip_recovers_the_durable_state() -> None:
     assert again["conditions"] == status["conditions"]
 
 
+def test_rate_cap_only_with_an_estimate() -> None:
+    three = _members(("a", R), ("b", R), ("c", R))
+    five = _members(("a", R), ("b", R), ("c", R), ("d", R), ("e", R))
+    r1 = plan_next(_spec(members=three), PlannerState(), now=1000.0)
+    # No proxy reports sessions: no estimate, so the plan carries no rate either.
+    r2 = plan_next(_spec(members=five), r1.state, now=1001.0)
+    sched = r2.plan.rebalance
+    assert sched is not None
+    assert (sched.max_moves_per_second, sched.expected_moves) == (None, None)
+    status = build_status(
+        StatusView(
+            generation=1,
+            state=r2.state,
+            proxies=ProxySync(desired=0, discovered=0, synced=0),
+            now=1002.0,
+        ),
+        None,
+    )
+    assert "maxMovesPerSecond" not in status["rebalance"]
+    # A status from an older operator with a rate alone still recovers the schedule.
+    status["rebalance"]["maxMovesPerSecond"] = 10.0
+    recovered = recover_state(status).schedule
+    assert recovered is not None
+    assert recovered.from_backends == sched.from_backends
+    assert recovered.max_moves_per_second is None
+
+
 def _many(n: int) -> dict[BackendId, Member]:
     out = {}
     for i in range(n):

@@ -4,14 +4,18 @@ Algorithm (chosen by measurement; see docs/affinity.md):
 
 1. Weighted rendezvous (HRW): slot ``s`` scores backend ``b`` as
    ``cost = -ln(u) / w_b`` with ``u = fmix32(slot_hash(s) ^ seed(b))``, and goes to the
-   lowest cost. Backends of equal weight compare raw 32-bit scores, so the logarithm is
-   taken once per weight class and slot.
+   lowest cost. Backends of equal weight compare raw 32-bit scores, so with few weight
+   classes the logarithm is taken once per class and slot. With many classes, a cheap
+   per-slot bound on the winning cost prunes the pairs, so only a few per slot need a
+   logarithm; both paths give the same result.
 2. Bounds: every backend must hold between ``floor((1 - eps) x share + d)`` and
    ``floor((1 + eps) x share + d)`` slots, where ``share = size x w_b / W``, ``d`` is a
    stable per-backend dither in [0, 1) and ``eps = max(0.04, 2.5 / sqrt(size / N))``: about
    2.5 standard deviations of HRW's own noise, so the bounds rarely bind and barely add
-   disruption, yet cap the worst backend and keep weights within 4 % while
-   ``size / N`` is large.
+   disruption, yet cap the worst backend while ``size / N`` is large. Unequal weights
+   promise more (given at least 23 slots per backend): ``eps`` is capped at 0.045 and the
+   bounds are clipped to within 5 % of the share, or to the two whole counts around a
+   share too small for any count to lie within 5 % (see :func:`weighted_bounds`).
 3. Upper bounds: deferred acceptance. An over-full backend keeps its cheapest slots and
    rejects the rest, which move to their next-cheapest backend, until none is over-full.
    With one cost per (slot, backend) shared by both sides, the result is the unique
@@ -54,6 +58,15 @@ MAX_EPS = 0.45
 """The loosest bound (tiny tables): keeps max/mean below 1.5."""
 NOISE_SIGMAS = 2.5
 """How many standard deviations of rendezvous noise the bounds allow before binding."""
+WEIGHT_TOLERANCE = 0.05
+"""Unequal weights: every backend's slot count lies within this fraction of its share."""
+WEIGHTED_MAX_EPS = 0.045
+"""The loosest bound for unequal weights: below :data:`WEIGHT_TOLERANCE`, so that the
+dithered rounding still lands within it for shares of 200 slots or more."""
+WEIGHTED_MIN_SLOTS = 23
+"""Slots per backend from which unequal weights get the tighter bounds. Below it the
+bounds' rounding can leave the lower bounds summing above ``size`` or the upper ones
+below it, so they could not all hold at once."""
 
 SIZE_LADDER = (DEFAULT_SIZE, 131071, 262147, 524287, LARGE_SIZE)
 """Prime table sizes the operator chooses from (see :func:`recommended_size`)."""
@@ -65,6 +78,12 @@ Weights = Mapping[str, int] | Mapping[BackendId, int] | Iterable[tuple[str, int]
 
 _BLOCK_ELEMENTS = 1 << 16
 """Score-matrix block: 256 KiB of uint32, small enough to stay in a CPU's L2 cache."""
+_PRUNE_BLOCK_ELEMENTS = 1 << 17
+"""The pruned path's block: it makes more numpy calls per block, so larger blocks pay."""
+_PRUNE_CLASS_RATIO = 20
+"""Use the pruned path when weight classes x this exceeds the member count."""
+_PRUNE_MARGIN = 1e-9
+"""Relative slack on the pruning bounds, far above the logarithm's rounding error."""
 _INV_2_32 = 1.0 / 4294967296.0
 
 
@@ -107,9 +126,26 @@ def recommended_size(backends: int, *, current: int | None = None) -> int:
     return max(SIZE_LADDER[-1], current or 0)
 
 
-def bound_eps(size: int, members: int) -> float:
-    """The relative slot-count bound for ``members`` backends in ``size`` slots."""
-    return min(MAX_EPS, max(MIN_EPS, NOISE_SIGMAS / math.sqrt(size / members)))
+def bound_eps(size: int, members: int, *, weighted: bool = False) -> float:
+    """The relative slot-count bound for ``members`` backends in ``size`` slots.
+
+    ``weighted`` (see :func:`weighted_bounds`) caps it at :data:`WEIGHTED_MAX_EPS`.
+    """
+    eps = min(MAX_EPS, max(MIN_EPS, NOISE_SIGMAS / math.sqrt(size / members)))
+    return min(eps, WEIGHTED_MAX_EPS) if weighted else eps
+
+
+def weighted_bounds(weights: Sequence[int], size: int) -> bool:
+    """Whether a table gets the weighted bounds: unequal weights, enough slots per backend.
+
+    Every backend's count then lies within :data:`WEIGHT_TOLERANCE` (5 %) of its share
+    ``size x w / W``. A share under 10 slots may have no whole count within 5 % of it; such
+    a backend gets one of the two whole counts around its share instead. Equal weights
+    keep the plain bounds (their balance target is looser than 5 % at large N, and
+    tightening them would cost disruption), and so do tables with fewer than
+    :data:`WEIGHTED_MIN_SLOTS` slots per backend.
+    """
+    return len(set(weights)) > 1 and size >= WEIGHTED_MIN_SLOTS * len(weights)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -190,7 +226,18 @@ def _cost(
 def _rendezvous(
     scorer: Scorer, weights: Sequence[int], size: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-    """Each slot's cheapest member and its cost."""
+    """Each slot's cheapest member and its cost (ties: the lighter, then the first member)."""
+    classes = len(set(weights))
+    # Measured crossover: a class pass costs about 20 pruned pairs per slot.
+    if classes > 1 and classes * _PRUNE_CLASS_RATIO > len(weights):
+        return _rendezvous_pruned(scorer, weights, size)
+    return _rendezvous_by_class(scorer, weights, size)
+
+
+def _rendezvous_by_class(
+    scorer: Scorer, weights: Sequence[int], size: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """:func:`_rendezvous` with one logarithm per weight class and slot."""
     owner = np.zeros(size, dtype=np.intp)
     best = np.full(size, np.inf)
     classes: dict[int, list[int]] = {}
@@ -219,15 +266,92 @@ def _rendezvous(
     return owner, best
 
 
+def _rendezvous_pruned(
+    scorer: Scorer, weights: Sequence[int], size: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """:func:`_rendezvous` with a logarithm only for the few pairs that can win a slot.
+
+    Members are grouped into bins of weights within a factor of 2. A bin's highest score
+    gives an upper bound on the slot's winning cost, and that bound gives each bin a
+    score threshold that every pair at or below the bound must reach. About 2 pairs per
+    slot pass, and only they get the exact cost, computed as in the class path. The
+    margins only widen the candidate set, so the result is exactly the class path's.
+    """
+    n = len(weights)
+    w_int = np.array(weights, dtype=np.int64)
+    # Columns in tie-break order (weight, then position), so the first minimum wins.
+    rank = np.lexsort((np.arange(n), w_int))
+    seeds = scorer.seeds[rank]
+    w = w_int[rank].astype(np.float64)
+    starts = [0]
+    for i in range(1, n):
+        if w[i] > 2.0 * w[starts[-1]]:
+            starts.append(i)
+    spans = list(zip(starts, [*starts[1:], n], strict=True))
+    first = np.array(starts, dtype=np.intp)
+    lightest = w[first][:, None]
+    heaviest = np.array([w[hi - 1] for _, hi in spans])[:, None] * (1.0 + _PRUNE_MARGIN)
+    owner = np.empty(size, dtype=np.intp)
+    best = np.empty(size)
+    cols = min(size, max(1, _PRUNE_BLOCK_ELEMENTS // n))
+    block = np.empty((n, cols), dtype=np.uint32)
+    scratch = np.empty_like(block)
+    passed = np.empty(block.shape, dtype=bool)
+    for lo in range(0, size, cols):
+        hi = min(size, lo + cols)
+        k = hi - lo
+        x, t, m = block[:, :k], scratch[:, :k], passed[:, :k]
+        np.bitwise_xor(seeds[:, None], scorer.hashes[None, lo:hi], out=x)
+        fmix32_array(x, t)
+        # The top scorer of a bin costs at most -ln(u) / (the bin's lightest weight).
+        top = np.maximum.reduceat(x, first, axis=0)
+        bound = _cost(top, lightest).min(axis=0) * (1.0 + _PRUNE_MARGIN)
+        # cost <= bound needs u >= exp(-bound x w), and w is at most the bin's heaviest;
+        # in score units that is x + 0.5 >= 2^32 u, less one unit for exp's rounding.
+        floor_u = np.exp(-(heaviest * bound[None, :]))
+        floor_x = np.maximum(np.floor(floor_u * 4294967296.0 - 0.5) - 1.0, 0.0)
+        floor_x32 = floor_x.astype(np.uint32)
+        for b, (a, z) in enumerate(spans):
+            np.greater_equal(x[a:z], floor_x32[b], out=m[a:z])
+        flat = np.flatnonzero(m)
+        j, s = np.divmod(flat, k)
+        cost = _cost(x[j, s], w[j])
+        low = np.full(k, np.inf)
+        np.minimum.at(low, s, cost)
+        hit = cost == low[s]
+        pick = np.full(k, n, dtype=np.intp)
+        np.minimum.at(pick, s[hit], j[hit])
+        owner[lo:hi] = rank[pick]
+        best[lo:hi] = low
+    return owner, best
+
+
 def _bounds(
-    members: Sequence[BackendId], weights: Sequence[int], size: int, eps: float
+    members: Sequence[BackendId],
+    weights: Sequence[int],
+    size: int,
+    eps: float,
+    tolerance: float | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per-member (lower, upper) slot counts; the uppers sum to at least ``size``."""
+    """Per-member (lower, upper) slot counts; the uppers sum to at least ``size``.
+
+    ``tolerance`` clips both bounds to within that fraction of the share, or, where no
+    whole count fits, to the two whole counts around it (see :func:`weighted_bounds`).
+    """
     w = np.array(weights, dtype=np.float64)
     share = size * w / w.sum()
     dither = np.array([backend_dither(m) for m in members])
     lower = np.floor((1.0 - eps) * share + dither).astype(np.int64)
     upper = np.floor((1.0 + eps) * share + dither).astype(np.int64)
+    if tolerance is not None:
+        # The 1e-9 keeps a count exactly at the tolerance from being lost to rounding.
+        least = np.ceil((1.0 - tolerance) * share - 1e-9)
+        most = np.floor((1.0 + tolerance) * share + 1e-9)
+        none_fits = least > most
+        least[none_fits] = np.floor(share[none_fits])
+        most[none_fits] = np.ceil(share[none_fits])
+        lower = np.clip(lower, least, most).astype(np.int64)
+        upper = np.clip(upper, least, most).astype(np.int64)
     if upper.sum() < size:  # tiny tables: dithered rounding may fall short
         upper = np.ceil((1.0 + eps) * share).astype(np.int64)
     lower = np.minimum(lower, upper)
@@ -318,14 +442,18 @@ def build_index(
     """Slot to member position for members sorted by id (see the module docstring).
 
     ``eps`` overrides :func:`bound_eps` for comparisons only (the benchmark): ``0`` gives
-    exact quotas, ``math.inf`` plain weighted rendezvous.
+    exact quotas, ``math.inf`` plain weighted rendezvous; it also turns off the weighted
+    clipping.
     """
     scorer = Scorer(members, weights, size)
     owner, cost = _rendezvous(scorer, weights, size)
+    tolerance: float | None = None
     if eps is None:
-        eps = bound_eps(size, len(members))
+        weighted = weighted_bounds(weights, size)
+        eps = bound_eps(size, len(members), weighted=weighted)
+        tolerance = WEIGHT_TOLERANCE if weighted else None
     if len(members) > 1 and math.isfinite(eps):
-        lower, upper = _bounds(members, weights, size, eps)
+        lower, upper = _bounds(members, weights, size, eps, tolerance)
         _enforce_upper(scorer, owner, cost, upper)
         _enforce_lower(scorer, owner, cost, lower)
     return owner.astype(np.int32)

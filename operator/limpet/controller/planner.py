@@ -246,7 +246,10 @@ def _schedule(
             start=now,
             window=spec.rebalance.window,
             min_idle=spec.rebalance.min_idle,
-            max_moves_per_second=float(spec.rebalance.max_moves_per_second),
+            # The rate caps a fraction of the estimate, so without one it cannot apply.
+            max_moves_per_second=(
+                None if expected is None else float(spec.rebalance.max_moves_per_second)
+            ),
             expected_moves=expected,
         )
         finished = False

@@ -283,16 +283,22 @@ def recover_state(status: Mapping[str, Any] | None) -> PlannerState:
         try:
             start = parse_ts(reb.get("startedAt"))
             if start is not None:
+                expected = int(reb["expectedMoves"]) if "expectedMoves" in reb else None
+                # Older operators wrote a rate without an estimate. That rate never applied,
+                # so drop it instead of failing validation and losing the running schedule.
+                rate = (
+                    float(reb["maxMovesPerSecond"])
+                    if "maxMovesPerSecond" in reb and expected is not None
+                    else None
+                )
                 schedule = RebalanceSchedule.from_weights(
                     {BackendId(str(e["id"])): int(e["weight"]) for e in reb["fromBackends"]},
                     from_size=int(reb.get("fromSize", DEFAULT_SIZE)),
                     start=start,
                     window=float(reb["window"]),
                     min_idle=float(reb["minIdle"]),
-                    max_moves_per_second=(
-                        float(reb["maxMovesPerSecond"]) if "maxMovesPerSecond" in reb else None
-                    ),
-                    expected_moves=int(reb["expectedMoves"]) if "expectedMoves" in reb else None,
+                    max_moves_per_second=rate,
+                    expected_moves=expected,
                 )
                 finished = reb.get("phase") == "Complete"
         except (KeyError, TypeError, ValueError):

@@ -201,7 +201,8 @@ class RebalanceSchedule:
     puts its key elsewhere. Candidates are released in release-fraction order: the released
     fraction rises linearly from 0 at ``start`` to 1 at ``start + window``, and never faster
     than ``max_moves_per_second`` for ``expected_moves`` candidates. A released candidate
-    moves once idle for ``min_idle``.
+    moves once idle for ``min_idle``. A rate needs the estimate: without it there is no
+    fraction to cap, so a rate alone is rejected rather than silently ignored.
     """
 
     from_backends: tuple[tuple[BackendId, int], ...]
@@ -211,7 +212,8 @@ class RebalanceSchedule:
     window: float = 600.0
     min_idle: float = 30.0
     max_moves_per_second: float | None = None
-    """Global move budget; ``None`` means only the window limits the pace."""
+    """Global move budget; ``None`` means only the window limits the pace. Requires
+    ``expected_moves``."""
     expected_moves: int | None = None
     """The operator's estimate of candidate sessions, which the budget is spread over."""
 
@@ -251,6 +253,11 @@ class RebalanceSchedule:
         if self.expected_moves is not None:
             checks.integer(
                 "rebalance.expectedMoves", self.expected_moves, minimum=0, maximum=1 << 53
+            )
+        if self.max_moves_per_second is not None and self.expected_moves is None:
+            raise PlanError(
+                "rebalance.expectedMoves: required when maxMovesPerSecond is set "
+                "(the budget is spread over that many moves)"
             )
 
 
