@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import aiohttp
+import pytest
 
 from limpet.controller.kube import STICKYSERVICES, KubeClient
+from limpet.controller.status import parse_ts
 from limpet.devcluster.fakepods import FakePodsFactory
+from limpet.proxy.cookies import key_tag
 from tests.controller.harness import (
     Scene,
     StartOperator,
@@ -126,6 +130,47 @@ async def test_deleting_the_stickyservice_removes_what_it_created(
     assert scene.operator.alive()
 
 
+async def _rotate(scene: Scene, request: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ask for a key rotation (with a spec change in the same patch); the new status keys,
+    once every proxy runs the plan that carries the new key."""
+    status = (await scene.sticky())["status"]
+    before, version = status["keys"]["active"], int(status["planVersion"])
+    patch: dict[str, Any] = {"metadata": {"annotations": {"limpet.dev/rotate-keys": request}}}
+    if spec is not None:
+        patch["spec"] = spec
+    await scene.kube.merge_patch(STICKYSERVICES.path(scene.namespace, "shop"), patch)
+
+    async def rotated() -> dict[str, Any] | None:
+        keys = (await scene.sticky())["status"].get("keys") or {}
+        return keys if keys.get("rotationRequest") == request and keys["active"] != before else None
+
+    async def pushed() -> bool:
+        return await scene.converged() > version
+
+    keys = await eventually(rotated, what=f"rotation {request!r}")
+    await eventually(pushed, what="the plan with the new key on every proxy")
+    return keys
+
+
+async def _stored_keys(kube: KubeClient, namespace: str) -> list[dict[str, Any]]:
+    secret = await kube.get(f"/api/v1/namespaces/{namespace}/secrets/shop-limpet")
+    assert secret is not None
+    return list(json.loads(base64.b64decode(secret["data"]["cookie-keys"])))
+
+
+def _signed_by(cookie: str | None) -> bytes:
+    """The key tag of an LB cookie (its bytes 1..4, see limpet.proxy.cookies)."""
+    assert cookie is not None
+    return base64.urlsafe_b64decode(cookie + "=" * (-len(cookie) % 4))[1:5]
+
+
+async def _rejected(scene: Scene) -> list[dict[str, int]]:
+    return [
+        dict((await scene.fleet.stats(scene.http, pod)).get("rejectedCookies") or {})
+        for pod in scene.fleet.pods
+    ]
+
+
 async def test_key_rotation_keeps_old_cookies_valid(
     kube: KubeClient,
     http: aiohttp.ClientSession,
@@ -135,31 +180,42 @@ async def test_key_rotation_keeps_old_cookies_valid(
     users = [User(f"u{i}") for i in range(20)]
     for user in users:
         await user.get(http, scene.fleet.urls()[0])
-    before = (await scene.sticky())["status"]
-    old_key = before["keys"]["active"]
-    await kube.merge_patch(
-        STICKYSERVICES.path(namespace, "shop"),
-        {"metadata": {"annotations": {"limpet.dev/rotate-keys": "2026-01"}}},
-    )
+    status = (await scene.sticky())["status"]
+    first = status["keys"]["active"]
+    assert all(_signed_by(u.cookie) == key_tag(first) for u in users)
+    rejected = await _rejected(scene)
 
-    async def rotated() -> bool:
-        keys = (await scene.sticky())["status"].get("keys") or {}
-        return keys.get("active") not in (None, old_key)
-
-    await eventually(rotated, what="a new active key")
-    version = await scene.converged()
-    assert version > before["planVersion"]
-    keys = (await scene.sticky())["status"]["keys"]
-    assert keys["ids"] == [keys["active"], old_key]
-    assert keys["rotationRequest"] == "2026-01"
-    secret = await kube.get(f"/api/v1/namespaces/{namespace}/secrets/shop-limpet")
-    assert secret is not None
-    stored = json.loads(base64.b64decode(secret["data"]["cookie-keys"]))
+    # No absoluteTimeout: a cookie's life is unbounded, old keys stay valid for the
+    # operator's default retention, 24 h.
+    keys = await _rotate(scene, "2026-01")
+    second = keys["active"]
+    assert keys["ids"] == [second, first]
+    rotated_at = parse_ts(keys["rotatedAt"])
+    assert rotated_at is not None
+    stored = await _stored_keys(kube, namespace)
     assert [k["id"] for k in stored] == keys["ids"]
-    assert "retireAt" in stored[1]
     assert "retireAt" not in stored[0]
-    # Sessions signed with the old key keep their pod (through either proxy).
+    assert stored[1]["retireAt"] - rotated_at == pytest.approx(86400, abs=1e-3)
+
+    # With absoluteTimeout, no cookie signed before the rotation outlives it: that is the
+    # retention, also for the oldest key, whose 24 h are cut short.
+    keys = await _rotate(scene, "2026-02", spec={"affinity": {"absoluteTimeout": "2h"}})
+    third = keys["active"]
+    assert keys["ids"] == [third, second, first]
+    rotated_at = parse_ts(keys["rotatedAt"])
+    assert rotated_at is not None
+    stored = await _stored_keys(kube, namespace)
+    assert [k["id"] for k in stored] == keys["ids"]
+    assert "retireAt" not in stored[0]
+    for older in stored[1:]:
+        assert older["retireAt"] - rotated_at == pytest.approx(7200, abs=1e-3), older["id"]
+
+    # Cookies signed with the first key, two rotations old, keep their pod through either
+    # proxy, and neither proxy rejected one.
+    assert all(_signed_by(u.cookie) == key_tag(first) for u in users)
     for i, user in enumerate(users):
         await user.get(http, scene.fleet.urls()[i % 2])
         assert user.moves() == 0, user.pods
-    assert "KeysRotated" in await event_reasons(kube, namespace, "shop")
+    assert await _rejected(scene) == rejected
+    reasons = await event_reasons(kube, namespace, "shop")
+    assert reasons.count("KeysRotated") == 2, reasons

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import aiohttp
 
 from limpet.controller.kube import KubeClient
+from limpet.controller.status import parse_ts
 from tests.controller.harness import (
     FAST,
     Scene,
@@ -38,18 +40,23 @@ async def test_sticky_traffic_through_every_proxy(
     obj = await scene.sticky()
     status = obj["status"]
     assert status["backendCount"] == 3
-    assert {b["state"] for b in status["backends"]} == {"Active"}
-    assert status["proxies"]["synced"] == 2
+    assert {(b["state"], b["weight"]) for b in status["backends"]} == {("Active", 100)}
+    proxies = status["proxies"]
+    assert (proxies["desired"], proxies["discovered"], proxies["synced"]) == (2, 2, 2)
     assert status["observedGeneration"] == obj["metadata"]["generation"]
-    # The operator made the managed proxies' Deployment and Service, owned by the object.
+    # The operator made the managed proxies' Deployment and Service and the keys' Secret,
+    # owned by the object (so deleting it deletes them).
     for kind, path in (
         ("Deployment", f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-proxy"),
         ("Service", f"/api/v1/namespaces/{namespace}/services/shop-proxy"),
+        ("Secret", f"/api/v1/namespaces/{namespace}/secrets/shop-limpet"),
     ):
         child = await kube.get(path)
         assert child is not None, f"no {kind}"
         owners = child["metadata"]["ownerReferences"]
-        assert owners[0]["uid"] == obj["metadata"]["uid"]
+        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+            ("StickyService", "shop", obj["metadata"]["uid"])
+        ], kind
     svc = await kube.get(f"/api/v1/namespaces/{namespace}/services/shop-proxy")
     assert svc is not None
     assert [p["targetPort"] for p in svc["spec"]["ports"]] == [8080]  # no admin port
@@ -107,12 +114,15 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
     status = (await scene.sticky())["status"]
     assert status["rebalance"]["phase"] == "InProgress"
     assert status["planVersion"] > version_before
+    assert _condition(status, "Progressing")[:2] == ("True", "Rebalancing")
 
     # Busy sessions never move while the window runs (they are never idle for minIdle).
     await keep_busy(9.0)
     assert all(u.moves() == 0 for u in busy), [u.pods for u in busy if u.moves()]
 
     await eventually(lambda: _phase(scene, "Complete"), within=10, what="rebalance complete")
+    # Right after the window the new plan may still be on its way (Progressing: Syncing).
+    await eventually(lambda: _stable(scene), within=10, what="Progressing=False after it")
     await asyncio.sleep(1.2)  # idle for minIdle
     for group in (early, late):
         for i, user in enumerate(group):
@@ -147,6 +157,86 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
 async def _phase(scene: Scene, phase: str) -> bool:
     status = (await scene.sticky()).get("status") or {}
     return bool((status.get("rebalance") or {}).get("phase") == phase)
+
+
+def _condition(status: dict[str, Any], kind: str) -> tuple[str, str, str]:
+    for c in status.get("conditions") or ():
+        if c["type"] == kind:
+            return str(c["status"]), str(c["reason"]), str(c["message"])
+    raise AssertionError(f"no {kind} condition in {status.get('conditions')}")
+
+
+async def _stable(scene: Scene) -> bool:
+    status = (await scene.sticky())["status"]
+    return _condition(status, "Progressing")[:2] == ("False", "Stable")
+
+
+async def _entry(scene: Scene, pod: str) -> dict[str, Any] | None:
+    status = (await scene.sticky())["status"]
+    return next((b for b in status["backends"] if b.get("pod") == pod), None)
+
+
+async def test_new_backend_warms_up_over_slow_start(
+    http: aiohttp.ClientSession, scenes: Scenes
+) -> None:
+    # No rebalance, so that Progressing reports the slow start itself.
+    spec = {**FAST, "slowStart": "6s", "rebalance": {"mode": "Never"}}
+    scene = await scenes.open(pods=2, spec=spec)
+    proxy = scene.fleet.urls()
+    users = [User(f"u{i}") for i in range(20)]
+    for i, user in enumerate(users):
+        await user.get(http, proxy[i % 2])  # each user through one proxy: counted once
+    status = (await scene.sticky())["status"]
+    # The first backends of an empty table have no warm peers to be protected from.
+    assert {(b["state"], b["weight"]) for b in status["backends"]} == {("Active", 100)}
+
+    (added,) = scene.backends.scale_up(3)  # to three pods
+    new = added.name
+    seen: list[tuple[str, int]] = []
+
+    async def state_of_new(state: str) -> dict[str, Any] | None:
+        entry = await _entry(scene, new)
+        if entry is None:
+            return None
+        seen.append((entry["state"], entry["weight"]))
+        return entry if entry["state"] == state else None
+
+    entry = await eventually(
+        lambda: state_of_new("Warming"), within=10, interval=0.05, what="the new pod Warming"
+    )
+    warming_since = parse_ts(entry["warmingSince"])
+    assert warming_since is not None
+    assert 0 < entry["weight"] < 100, entry
+    assert _condition((await scene.sticky())["status"], "Progressing")[:2] == ("True", "Warming")
+
+    entry = await eventually(
+        lambda: state_of_new("Active"), within=6 + 6, interval=0.2, what="the new pod Active"
+    )
+    assert entry["weight"] == 100
+    since = parse_ts(entry["since"])
+    assert since is not None
+    assert since >= warming_since + 6
+    ramp = [weight for state, weight in seen if state == "Warming"]
+    print(f"status weights while Warming: {ramp}")
+    # (Full only in the instant between the ramp's end and the planner's pass.)
+    assert all(0 < w <= 100 for w in ramp), seen
+    assert ramp == sorted(ramp), seen
+    # Written on a timer while warming (here about every second), not only when
+    # something else changes: the ramp is seen through the slow start.
+    assert len(set(ramp)) >= 3, f"the weight did not ramp: {seen}"
+    assert max(ramp) >= 50, f"the ramp's later steps never reached status: {seen}"
+    await eventually(lambda: _stable(scene), within=10, what="Progressing=False after it")
+
+    # Every pod's sessions, as the proxies count them, reach status.
+    expected = {pod: sum(1 for u in users if u.pod == pod) for pod in scene.backends.pods}
+    assert expected[new] == 0
+
+    async def sessions_reported() -> bool:
+        status = (await scene.sticky())["status"]
+        return {b["pod"]: b["sessions"] for b in status["backends"]} == expected
+
+    await eventually(sessions_reported, within=15, what=f"sessions {expected} in status")
+    await scene.converged()
 
 
 async def test_terminating_pod_drains_finishes_and_is_removed(

@@ -1,5 +1,6 @@
-"""The operator's watches against the real API server: :class:`Informer` and the shared
-per-namespace Service watch built on it (:class:`NamespaceServices`)."""
+"""The operator's watches against the real API server: :class:`Informer`, the shared
+per-namespace Service watch built on it (:class:`NamespaceServices`) and the shared,
+selector-filtered EndpointSlice watch (:class:`NamespaceSlices`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from limpet.controller.informer import Informer
 from limpet.controller.kube import ENDPOINTSLICES, SERVICES, KubeClient
 from limpet.controller.membership import SliceView, parse_slice
-from limpet.controller.watchhub import NamespaceServices
+from limpet.controller.watchhub import NamespaceServices, NamespaceSlices
 from tests.controller.harness import create_service, eventually, shop_slice
 
 
@@ -104,4 +105,92 @@ async def test_service_ports_hub_calls_back_its_subscribers(
         await eventually(shop_gone, within=10, what="the deleted Service")
         hub.unsubscribe("shop", shop)
         hub.unsubscribe("cart", cart)
+        assert hub.empty
+
+
+def _slice(namespace: str, service: str, count: int) -> dict[str, Any]:
+    obj = shop_slice(namespace, count)
+    obj["metadata"]["name"] = f"{service}-1"
+    obj["metadata"]["labels"] = {"kubernetes.io/service-name": service}
+    return obj
+
+
+async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, namespace: str) -> None:
+    hub = NamespaceSlices(kube, namespace)
+    calls: dict[str, int] = {"shop": 0, "cart": 0}
+
+    def counter(name: str) -> Callable[[], None]:
+        def callback() -> None:
+            calls[name] += 1
+
+        return callback
+
+    def endpoints(service: str) -> list[int]:
+        return [len(view.endpoints) for view in hub.items_for(service)]
+
+    async def put(service: str, count: int) -> None:
+        path = ENDPOINTSLICES.path(namespace, f"{service}-1")
+        await kube.apply(path, _slice(namespace, service, count))
+
+    shop, cart = counter("shop"), counter("cart")
+    hub.subscribe("shop", shop)
+    async with _running(hub.run):
+
+        async def listed() -> bool:
+            return hub.synced("shop") and calls["shop"] == 1
+
+        await eventually(listed, within=10, what="the first list")
+        assert hub.selector(frozenset({"shop"})) == "kubernetes.io/service-name in (shop)"
+        assert hub.items_for("shop") == []
+        # Cart's slice is written before shop's: had the watch let it through, it would
+        # have arrived before shop's (one namespace's events come in resourceVersion order).
+        await put("cart", 2)
+        await put("shop", 1)
+
+        async def shop_seen() -> bool:
+            return endpoints("shop") == [1] and calls["shop"] == 2
+
+        await eventually(shop_seen, within=10, what="shop's slice")
+        assert hub.items_for("cart") == []
+        assert not hub.synced("cart")
+        assert hub.restarts == 1
+
+        # A new name restarts the watch with the wider selector; the relist answers the
+        # newcomer and leaves the unchanged subscriber alone.
+        hub.subscribe("cart", cart)
+
+        async def cart_listed() -> bool:
+            return hub.synced("cart") and endpoints("cart") == [2] and calls["cart"] == 1
+
+        await eventually(cart_listed, within=10, what="cart's slice after subscribing")
+        assert hub.restarts == 2
+        assert endpoints("shop") == [1]
+        assert calls["shop"] == 2
+        await put("cart", 3)
+
+        async def cart_updated() -> bool:
+            return endpoints("cart") == [3] and calls["cart"] == 2
+
+        await eventually(cart_updated, within=10, what="cart's modified slice")
+        assert calls["shop"] == 2
+
+        # Unsubscribed: the watch narrows again and forgets cart's slices.
+        hub.unsubscribe("cart", cart)
+
+        async def narrowed() -> bool:
+            return hub.restarts == 3 and not hub.synced("cart")
+
+        await eventually(narrowed, within=10, what="the restart without cart")
+        assert hub.items_for("cart") == []
+        await put("cart", 1)
+        await put("shop", 2)
+
+        async def shop_updated() -> bool:
+            return endpoints("shop") == [2] and calls["shop"] == 3
+
+        await eventually(shop_updated, within=10, what="shop's modified slice")
+        assert hub.items_for("cart") == []
+        assert calls["cart"] == 2
+        assert hub.restarts == 3
+        hub.unsubscribe("shop", shop)
         assert hub.empty

@@ -8,9 +8,13 @@ server URL, TLS material as file paths, and a way to get the current bearer toke
 Both :mod:`limpet.controller.kube` (our own aiohttp client) and kopf's login handler are
 fed from it, so the operator has exactly one notion of "the cluster".
 
+In a pod the token comes from the kubelet's service-account mount (``SERVICE_ACCOUNT_DIR``;
+tests pass another folder laid out the same way) and is re-read from that file, since
+projected service-account tokens rotate.
+
 Concurrency: loading is blocking (files, perhaps an exec plugin) and happens once before
-the event loop starts. :meth:`ClusterConfig.authorization` may call the library's token
-refresh hook, which only re-reads a file (projected service-account tokens rotate).
+the event loop starts. :meth:`ClusterConfig.authorization` may re-read the token file or
+call the library's refresh hook (exec plugins), at most every ``token_reread`` seconds.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ class ClusterConfig:
         return ctx
 
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+"""Where the kubelet mounts a pod's service-account token, CA bundle and namespace."""
+
+
 def _refresher(cfg: Any, *, every: float = 30.0) -> Callable[[], str | None]:
-    """Wrap the library's refresh hook: it re-reads the token file, at most every ``every`` s."""
+    """Wrap the library's refresh hook (exec plugins, auth providers), at most every ``every`` s."""
     hook = cfg.refresh_api_key_hook
     last = [time.monotonic()]
 
@@ -76,41 +84,100 @@ def _refresher(cfg: Any, *, every: float = 30.0) -> Callable[[], str | None]:
     return token
 
 
-def load_cluster_config(kubeconfig: str | None = None, context: str | None = None) -> ClusterConfig:
-    """Like kubectl: the given file, else ``$KUBECONFIG`` or ``~/.kube/config``, else in-cluster."""
-    from kubernetes import client as k8s_client
+def _token_file(path: Path, *, every: float) -> Callable[[], str | None]:
+    """The token in ``path``, re-read at most every ``every`` s.
+
+    Not the library's refresh hook: that one re-reads only after its own fixed minute.
+    The kubelet replaces a projected token well before it expires (at 80 % of its life),
+    so any period of seconds to a minute is safe. A failed or empty re-read keeps the last
+    token: whether it is still good is the API server's call, not a reason to send none."""
+    current = [path.read_text().strip()]
+    last = [time.monotonic()]
+
+    def token() -> str | None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            try:
+                fresh = path.read_text().strip()
+            except OSError:
+                fresh = ""
+            if fresh:
+                current[0] = fresh
+        return current[0] or None
+
+    return token
+
+
+def _kubeconfig_namespace(path: str, context: str | None) -> str | None:
     from kubernetes import config as k8s_config
 
+    contexts, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+        config_file=path
+    )
+    chosen = (
+        active
+        if context is None
+        else next(
+            (c for c in contexts or () if isinstance(c, dict) and c.get("name") == context), None
+        )
+    )
+    if not isinstance(chosen, dict):
+        return None
+    namespace = (chosen.get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+def load_cluster_config(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    token_reread: float = 30.0,
+) -> ClusterConfig:
+    """Like kubectl: the given file, else ``$KUBECONFIG`` or ``~/.kube/config``, else in-cluster
+    (``$KUBERNETES_SERVICE_HOST``/``_PORT`` and the files in ``service_account_dir``, whose
+    token is re-read at most every ``token_reread`` s)."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
     cfg = k8s_client.Configuration()
-    namespace: str | None = None
-    explicit = kubeconfig or os.environ.get("KUBECONFIG")
+    # Resolved here and passed on: the library reads $KUBECONFIG once, when it is imported.
+    # An empty $KUBECONFIG counts as unset, as in kubectl.
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
     default_file = Path("~/.kube/config").expanduser()
+    if path is None and default_file.exists():
+        path = str(default_file)
     try:
-        if explicit or default_file.exists():
+        if path is not None:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=cfg
+                config_file=path, context=context, client_configuration=cfg
             )
-            _, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig
+            has_token = bool(cfg.api_key) or cfg.refresh_api_key_hook is not None
+            return ClusterConfig(
+                server=cfg.host.rstrip("/"),
+                ca_file=cfg.ssl_ca_cert,
+                verify=bool(cfg.verify_ssl),
+                cert_file=cfg.cert_file,
+                key_file=cfg.key_file,
+                default_namespace=_kubeconfig_namespace(path, context),
+                token_refresh=_refresher(cfg, every=token_reread) if has_token else None,
             )
-            if context is None and isinstance(active, dict):
-                namespace = active.get("context", {}).get("namespace")
-        else:
-            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=cfg
-            )
-            ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            if ns_file.exists():
-                namespace = ns_file.read_text().strip() or None
+        token_file = service_account_dir / "token"
+        InClusterConfigLoader(  # type: ignore[no-untyped-call]
+            token_filename=str(token_file),
+            cert_filename=str(service_account_dir / "ca.crt"),
+            try_refresh_token=False,
+        ).load_and_set(cfg)
     except k8s_config.ConfigException as exc:
         raise ConfigError(f"no cluster configuration: {exc}") from exc
-    has_token = bool(cfg.api_key) or cfg.refresh_api_key_hook is not None
+    ns_file = service_account_dir / "namespace"
+    namespace = ns_file.read_text().strip() if ns_file.exists() else ""
     return ClusterConfig(
         server=cfg.host.rstrip("/"),
         ca_file=cfg.ssl_ca_cert,
         verify=bool(cfg.verify_ssl),
-        cert_file=cfg.cert_file,
-        key_file=cfg.key_file,
-        default_namespace=namespace,
-        token_refresh=_refresher(cfg) if has_token else None,
+        default_namespace=namespace or None,
+        token_refresh=_token_file(token_file, every=token_reread),
     )

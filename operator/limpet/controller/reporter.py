@@ -7,7 +7,8 @@ builds the status with :func:`.status.build_status` and applies it to the object
 status subresource. :meth:`StatusReporter.run` is the background task: it writes when
 :meth:`StatusReporter.mark_dirty` was called (proxy sync, sessions, problems), at most
 every ``settings.status_interval``, and session-only changes at most every
-``SESSIONS_STATUS_INTERVAL``; before each write it posts the Events that depend on the
+``SESSIONS_STATUS_INTERVAL``; while a backend is Warming it also writes on a timer, as
+its weight ramps with time alone. Before each write it posts the Events that depend on the
 proxies' stats (drains emptied, proxies behind). The reconciler calls
 :meth:`StatusReporter.write` with ``force=True`` when the durable state changed, and
 pushes the plan only after that write returned.
@@ -45,6 +46,7 @@ from limpet.controller.status import Problem, ProxySync, StatusView, build_statu
 log = logging.getLogger(__name__)
 
 SESSIONS_STATUS_INTERVAL = 10.0
+RAMP_STATUS_STEPS = 10
 OUT_OF_SYNC_GRACE = 10.0
 
 
@@ -150,6 +152,7 @@ class StatusReporter:
             key_ids=[k.id for k in keys.cookie_keys] if keys else [],
             keys_rotated_at=seen.keys_rotated_at,
             rotation_request=seen.rotation_request,
+            slow_start=spec.slow_start if spec is not None else 0.0,
             now=round(time.time(), 6),
         )
 
@@ -179,11 +182,25 @@ class StatusReporter:
         self._last_status = status
         self._written_at = time.monotonic()
 
+    def _idle_wait(self) -> float:
+        """How long to wait for a change, after the status interval's pause, before writing
+        anyway. A Warming backend's weight changes with time alone, so while one warms its
+        ramp is written about ``RAMP_STATUS_STEPS`` times over the slow start (never more
+        often than the status interval allows)."""
+        seen = self._observe()
+        spec = seen.spec
+        warming = any(b.status.state is BackendState.WARMING for b in seen.state.backends.values())
+        if not warming or spec is None or spec.slow_start <= 0:
+            return SESSIONS_STATUS_INTERVAL
+        interval = self._settings.status_interval
+        step = max(interval, spec.slow_start / RAMP_STATUS_STEPS)
+        return min(SESSIONS_STATUS_INTERVAL, step - interval)
+
     async def run(self) -> None:
         interval = self._settings.status_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=SESSIONS_STATUS_INTERVAL)
+                await asyncio.wait_for(self._dirty.wait(), timeout=self._idle_wait())
             self._dirty.clear()
             self._stats_events()
             try:

@@ -20,13 +20,14 @@ Pure functions.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from limpet.affinity.hashing import DEFAULT_SIZE
 from limpet.affinity.ids import BackendId
-from limpet.affinity.lifecycle import BackendState, BackendStatus
+from limpet.affinity.lifecycle import BackendState, BackendStatus, ramp
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import RebalanceSchedule
 from limpet.controller.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
@@ -49,6 +50,17 @@ def parse_ts(text: object) -> float | None:
         return round(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp(), 6)
     except ValueError:
         return None
+
+
+def weight(status: BackendStatus, *, slow_start: float, now: float) -> int:
+    """A backend's weight as the proxies apply it at ``now``: the plan's weight, ramped
+    during slow start as each proxy ramps it (:func:`limpet.affinity.ramp`). Rounded down,
+    so it shows full only once the ramp is; at least 1, as a Warming backend takes some
+    sessions. (The plan's weight itself stays full: the ramp is the proxies' arithmetic.)"""
+    if status.state is not BackendState.WARMING:
+        return DEFAULT_WEIGHT
+    factor = ramp(warming_since=status.warming_since, slow_start=slow_start, now=now)
+    return max(1, math.floor(DEFAULT_WEIGHT * factor))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,7 @@ class StatusView:
     key_ids: Sequence[str] = ()
     keys_rotated_at: float | None = None
     rotation_request: str | None = None
+    slow_start: float = 0.0
     now: float = 0.0
 
 
@@ -188,7 +201,7 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
             "address": b.address,
             "port": b.port,
             "state": s.state.value,
-            "weight": DEFAULT_WEIGHT,
+            "weight": weight(s, slow_start=view.slow_start, now=view.now),
             "sessions": int(view.sessions.get(b.id, 0)),
             "since": ts(s.since),
             "warmingSince": ts(s.warming_since),
