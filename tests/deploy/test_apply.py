@@ -8,6 +8,7 @@ CEL validation would reject a bad StickyService.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
+from limpet.controller import proxies
+from limpet.controller.settings import OperatorSettings
+from limpet.controller.spec import parse_spec
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.namespaces import purge_namespace
 from tests.deploy.manifests import ROOT, kubectl
@@ -117,3 +121,34 @@ def test_pod_security_warnings_would_be_seen(kubeconfig: Path, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert 'would violate PodSecurity "restricted' in done.stderr
+
+
+def test_managed_proxies_meet_the_restricted_profile(kubeconfig: Path, tmp_path: Path) -> None:
+    """The proxy Deployment and Service the operator builds, for the example StickyService
+    as the API server stored it, pass Pod Security "restricted" in limpet-demo (a server
+    dry run: no kubelet here would run them)."""
+    apply(kubeconfig, "-k", str(ROOT / "deploy"))
+    wait_established(kubeconfig)
+    apply(kubeconfig, "-k", str(ROOT / "examples"))
+    got = kubectl(
+        "-n", "limpet-demo", "get", "stickyservice", "counter", "-o", "json", kubeconfig=kubeconfig
+    )
+    assert got.returncode == 0, got.stderr
+    owner = json.loads(got.stdout)
+    spec = parse_spec(owner["spec"])
+    children = tmp_path / "children.json"
+    children.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    proxies.service_manifest(owner, spec),
+                    proxies.deployment_manifest(owner, spec, OperatorSettings()),
+                ],
+            }
+        )
+    )
+    out = apply(kubeconfig, "--dry-run=server", "-f", str(children))
+    assert "deployment.apps/counter-proxy serverside-applied (server dry run)" in out
+    assert "service/counter-proxy serverside-applied (server dry run)" in out
