@@ -8,7 +8,9 @@
 #   4. smoke scenario through the proxies (kubectl port-forward): simulated users with
 #      real sessions while the app scales 3 -> 5 and one pod terminates; no session
 #      may break;
-#   5. delete the cluster (KEEP_CLUSTER=1 keeps it for a look around).
+#   5. the admin NetworkPolicy: a pod in the app's namespace reaches a proxy's traffic
+#      port but not its admin port (kind's kindnet enforces NetworkPolicy since v0.24);
+#   6. delete the cluster (KEEP_CLUSTER=1 keeps it for a look around).
 #
 # Needs docker (a running engine), kind and kubectl on PATH (kubectl falls back to the
 # one in .cache/bin), and python3 for the stdlib smoke client. The development machine
@@ -120,4 +122,41 @@ SMOKE_PID=""
 cat "$WORK/smoke.json"
 "$KUBECTL" -n "$DEMO_NS" get stickyservice counter -o wide
 ((smoke_rc == 0)) || die "smoke failed: sessions broke or requests failed"
+
+# probe NAME ADDRESS PORT: a one-shot pod (restricted profile, the image just loaded)
+# that tries one TCP connection; prints the pod's final phase (Succeeded = connected).
+probe() {
+  local name=$1 address=$2 port=$3 phase=""
+  "$KUBECTL" -n "$DEMO_NS" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $name, labels: {app.kubernetes.io/name: limpet-e2e-probe}}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: probe
+      image: $IMAGE
+      imagePullPolicy: Never
+      command: [python3, -c, "import socket; socket.create_connection(('$address', $port), 5)"]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+EOF
+  for _ in $(seq 60); do
+    phase=$("$KUBECTL" -n "$DEMO_NS" get pod "$name" -o jsonpath='{.status.phase}')
+    [[ $phase == Succeeded || $phase == Failed ]] && break
+    sleep 1
+  done
+  "$KUBECTL" -n "$DEMO_NS" delete pod "$name" --wait=false >/dev/null
+  echo "$phase"
+}
+
+say "admin port closed to everyone but the operator (NetworkPolicy)"
+proxy_ip=$("$KUBECTL" -n "$DEMO_NS" get pods -l app.kubernetes.io/name=limpet-proxy \
+  -o jsonpath='{.items[0].status.podIP}')
+[[ -n $proxy_ip ]] || die "no proxy pod IP"
+traffic=$(probe limpet-e2e-traffic "$proxy_ip" 8080)
+admin=$(probe limpet-e2e-admin "$proxy_ip" 9901)
+echo "traffic port: $traffic, admin port: $admin"
+[[ $traffic == Succeeded ]] || die "a pod could not reach the proxy's traffic port ($traffic)"
+[[ $admin == Failed ]] || die "a pod reached the proxy's admin port ($admin): is NetworkPolicy enforced by this CNI?"
 say "kind-e2e passed"
