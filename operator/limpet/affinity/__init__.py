@@ -5,6 +5,7 @@ caller passes the clock in, so every proxy replica and the operator agree. Modul
 
 - ``hashing``: stable key hashes, slots, release fractions (``key_hash``, ``slot_of``).
 - ``slottable``: the weighted slot table (``table``, ``SlotTable``, ``recommended_size``).
+- ``rendezvous``: the weighted rendezvous kernels under it, and ``Scorer``.
 - ``keys``: session keys for each affinity mode (``cookie_key``, ``value_key``,
   ``ClientIPKeys``).
 - ``bounded``: bounded-load caps and per-key preference orders.

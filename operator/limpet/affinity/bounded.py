@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .ids import BackendId
-from .slottable import Scorer
+from .rendezvous import Scorer
 
 
 def load_cap(load_factor: float, total: int, weight: float, total_weight: float) -> int:
