@@ -262,6 +262,7 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     status = (await scene.sticky())["status"]
     entry = next(b for b in status["backends"] if b["pod"] == victim)
     assert "drainDeadline" in entry
+    assert entry["weight"] == 0, "a draining pod takes no new sessions"
     await scene.converged()
 
     # No new session lands on the draining pod.

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from limpet.affinity.ids import BackendId
-from limpet.affinity.lifecycle import BackendState, Observation
+from limpet.affinity.lifecycle import BackendState, BackendStatus, Observation
 from limpet.controller.debounce import Debouncer
 from limpet.controller.keys import (
     from_secret_data,
@@ -30,7 +30,13 @@ from limpet.controller.planner import EventKind, PlanInputs, PlannerState, plan_
 from limpet.controller.proxies import child_name
 from limpet.controller.settings import DebounceSettings
 from limpet.controller.spec import SpecError, parse_duration, parse_spec
-from limpet.controller.status import ProxySync, StatusView, build_status, recover_state
+from limpet.controller.status import (
+    ProxySync,
+    StatusView,
+    build_status,
+    recover_state,
+    weight,
+)
 
 KEY = b"k" * 32
 PLAN_KEYS = new_material(0).plan_keys()
@@ -357,3 +363,20 @@ async def test_debouncer_paces_bursts_and_passes_lone_changes() -> None:
     if d.pending:
         fired += 1
     assert 2 <= fired <= 10, fired  # ~0.5 s of pokes every 5 ms: a handful of passes
+
+
+def test_status_weight_is_what_new_sessions_see() -> None:
+    def at(state: BackendState, now: float, warming_since: float | None = 100.0) -> int:
+        status = BackendStatus(state=state, since=100.0, warming_since=warming_since)
+        return weight(status, slow_start=10.0, now=now)
+
+    assert at(BackendState.ACTIVE, 200.0) == 100
+    # The ramp, rounded down, never 0 while warming, full only once it is over.
+    ramp = [at(BackendState.WARMING, 100.0 + t) for t in range(12)]
+    assert ramp[0] >= 1
+    assert ramp == sorted(ramp)
+    assert ramp[5] < 100
+    assert ramp[-1] == 100
+    # No new sessions: no weight.
+    for state in (BackendState.DRAINING, BackendState.FAILED, BackendState.GONE):
+        assert at(state, 200.0) == 0, state

@@ -53,10 +53,13 @@ def parse_ts(text: object) -> float | None:
 
 
 def weight(status: BackendStatus, *, slow_start: float, now: float) -> int:
-    """A backend's weight as the proxies apply it at ``now``: the plan's weight, ramped
-    during slow start as each proxy ramps it (:func:`limpet.affinity.ramp`). Rounded down,
-    so it shows full only once the ramp is; at least 1, as a Warming backend takes some
-    sessions. (The plan's weight itself stays full: the ramp is the proxies' arithmetic.)"""
+    """A backend's weight for new sessions as the proxies apply it at ``now``: the plan's
+    weight, ramped during slow start as each proxy ramps it (:func:`limpet.affinity.ramp`).
+    Rounded down, so it shows full only once the ramp is; at least 1, as a Warming backend
+    takes some sessions. 0 for Draining, Failed and Gone, which take none. (The plan's
+    weight itself stays full: the ramp and the states are the proxies' arithmetic.)"""
+    if not status.state.takes_new_sessions:
+        return 0
     if status.state is not BackendState.WARMING:
         return DEFAULT_WEIGHT
     factor = ramp(warming_since=status.warming_since, slow_start=slow_start, now=now)
