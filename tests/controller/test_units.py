@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -215,19 +216,26 @@ def test_planner_drain_failover_gone_and_proxy_ahead() -> None:
     assert r6.plan.version == r5.plan.version + 8
 
 
+def _status(
+    state: PlannerState,
+    *,
+    generation: int,
+    now: float,
+    proxies: int = 2,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The status for ``state`` with every one of ``proxies`` proxies in sync."""
+    sync = ProxySync(desired=proxies, discovered=proxies, synced=proxies)
+    view = StatusView(generation=generation, state=state, proxies=sync, now=now)
+    return build_status(view, previous)
+
+
 def test_status_round_trip_recovers_the_durable_state() -> None:
     three = _members(("a", R), ("b", R), ("c", R))
     r1 = plan_next(_spec(members=three), PlannerState(), now=1000.25)
     five = _members(("a", R), ("b", R), ("c", Observation.SERVING_TERMINATING), ("d", R), ("e", R))
     r2 = plan_next(_spec(members=five, sessions=77), r1.state, now=1001.5)
-    view = StatusView(
-        generation=3,
-        state=r2.state,
-        proxies=ProxySync(desired=2, discovered=2, synced=2),
-        sessions={},
-        now=1002.0,
-    )
-    status = build_status(view, None)
+    status = _status(r2.state, generation=3, now=1002.0)
     assert status["planVersion"] == r2.plan.version
     assert status["rebalance"]["phase"] == "InProgress"
     recovered = recover_state(status)
@@ -243,15 +251,7 @@ def test_status_round_trip_recovers_the_durable_state() -> None:
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Progressing"]["reason"] == "Rebalancing"
     # Transition times survive an unchanged status.
-    again = build_status(
-        StatusView(
-            generation=3,
-            state=r2.state,
-            proxies=ProxySync(desired=2, discovered=2, synced=2),
-            now=2000.0,
-        ),
-        status,
-    )
+    again = _status(r2.state, generation=3, now=2000.0, previous=status)
     assert again["conditions"] == status["conditions"]
 
 
@@ -264,15 +264,7 @@ def test_rate_cap_only_with_an_estimate() -> None:
     sched = r2.plan.rebalance
     assert sched is not None
     assert (sched.max_moves_per_second, sched.expected_moves) == (None, None)
-    status = build_status(
-        StatusView(
-            generation=1,
-            state=r2.state,
-            proxies=ProxySync(desired=0, discovered=0, synced=0),
-            now=1002.0,
-        ),
-        None,
-    )
+    status = _status(r2.state, generation=1, now=1002.0, proxies=0)
     assert "maxMovesPerSecond" not in status["rebalance"]
     # A status from an older operator with a rate alone still recovers the schedule.
     status["rebalance"]["maxMovesPerSecond"] = 10.0
