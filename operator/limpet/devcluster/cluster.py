@@ -53,7 +53,13 @@ from limpet.devcluster.errors import (
     StartCancelledError,
 )
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from limpet.devcluster.ownership import current_owner, is_alive, read_record, write_record
+from limpet.devcluster.ownership import (
+    current_owner,
+    is_alive,
+    read_record,
+    wait_gone,
+    write_record,
+)
 from limpet.devcluster.process import ManagedProcess
 
 WORK_DIR_PREFIX = "limpet-devcluster-"
@@ -141,7 +147,7 @@ def sweep_stale_work_dirs(root: Path) -> list[Path]:
         # SIGKILL is asynchronous: a large Go process takes a moment to go. Wait, so the
         # caller never sees a swept cluster's processes alive, nor have them write into
         # the directory being removed.
-        _wait_gone(killed, timeout=10.0)
+        wait_gone(killed, timeout=10.0)
         shutil.rmtree(work_dir, ignore_errors=True)
         swept.append(work_dir)
     return swept
@@ -161,20 +167,6 @@ def _kill_if_ours(pid: int, work_dir: Path) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status and "State:\tX" not in status
-
-
-def _wait_gone(pids: list[int], *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 class DevCluster:

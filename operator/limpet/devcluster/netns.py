@@ -47,7 +47,13 @@ from pathlib import Path
 
 from limpet.devcluster import hostnet
 from limpet.devcluster.errors import FakePodError
-from limpet.devcluster.ownership import current_owner, is_alive, read_record, write_record
+from limpet.devcluster.ownership import (
+    current_owner,
+    is_alive,
+    read_record,
+    wait_gone,
+    write_record,
+)
 from limpet.devcluster.podnet import Endpoint, Mode, PodSlot
 
 STATE_DIR = Path("/run/limpet/fakepods")
@@ -90,10 +96,14 @@ def _list_netns() -> list[str]:
 
 
 def _kill_and_delete_netns(name: str) -> None:
-    # A namespace lives on while processes hold it: kill them before deleting it.
+    # A namespace lives on while processes hold it: kill them before deleting it, and
+    # wait for them to be gone, so nobody sees a pod process outlive its clean-up.
+    killed = []
     for pid in hostnet.ip("netns", "pids", name, check=False).split():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+    wait_gone(killed, timeout=5.0)
     hostnet.ip("netns", "delete", name, check=False)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +68,24 @@ def read_record(path: Path) -> tuple[Owner, dict[str, object]] | None:
         return Owner.from_json(data.pop("owner")), data
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (killed, not yet reaped) counts as gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status and "State:\tX" not in status
+
+
+def wait_gone(pids: Sequence[int], *, timeout: float) -> None:
+    """Wait until none of ``pids`` runs, at most ``timeout`` s.
+
+    SIGKILL is asynchronous: a large process takes a moment to go, and callers that
+    delete what it holds (a work dir, a network namespace) or report it gone must not
+    see it still running.
+    """
+    deadline = time.monotonic() + timeout
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
