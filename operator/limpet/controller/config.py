@@ -154,30 +154,27 @@ def load_cluster_config(
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=path, context=context, client_configuration=cfg
             )
+            namespace = _kubeconfig_namespace(path, context)
             has_token = bool(cfg.api_key) or cfg.refresh_api_key_hook is not None
-            return ClusterConfig(
-                server=cfg.host.rstrip("/"),
-                ca_file=cfg.ssl_ca_cert,
-                verify=bool(cfg.verify_ssl),
-                cert_file=cfg.cert_file,
-                key_file=cfg.key_file,
-                default_namespace=_kubeconfig_namespace(path, context),
-                token_refresh=_refresher(cfg, every=token_reread) if has_token else None,
-            )
-        token_file = service_account_dir / "token"
-        InClusterConfigLoader(  # type: ignore[no-untyped-call]
-            token_filename=str(token_file),
-            cert_filename=str(service_account_dir / "ca.crt"),
-            try_refresh_token=False,
-        ).load_and_set(cfg)
+            refresh = _refresher(cfg, every=token_reread) if has_token else None
+        else:
+            token_file = service_account_dir / "token"
+            InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=str(token_file),
+                cert_filename=str(service_account_dir / "ca.crt"),
+                try_refresh_token=False,
+            ).load_and_set(cfg)
+            ns_file = service_account_dir / "namespace"
+            namespace = (ns_file.read_text().strip() or None) if ns_file.exists() else None
+            refresh = _token_file(token_file, every=token_reread)
     except k8s_config.ConfigException as exc:
         raise ConfigError(f"no cluster configuration: {exc}") from exc
-    ns_file = service_account_dir / "namespace"
-    namespace = ns_file.read_text().strip() if ns_file.exists() else ""
     return ClusterConfig(
         server=cfg.host.rstrip("/"),
         ca_file=cfg.ssl_ca_cert,
         verify=bool(cfg.verify_ssl),
-        default_namespace=namespace or None,
-        token_refresh=_token_file(token_file, every=token_reread),
+        cert_file=cfg.cert_file,
+        key_file=cfg.key_file,
+        default_namespace=namespace,
+        token_refresh=refresh,
     )
