@@ -5,6 +5,7 @@ selector-filtered EndpointSlice watch (:class:`NamespaceSlices`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -14,6 +15,16 @@ from limpet.controller.kube import ENDPOINTSLICES, SERVICES, KubeClient
 from limpet.controller.membership import SliceView, parse_slice
 from limpet.controller.watchhub import NamespaceServices, NamespaceSlices
 from tests.controller.harness import create_service, eventually, shop_slice
+
+
+class _Calls(collections.Counter[str]):
+    """How often each subscriber's callback ran."""
+
+    def callback(self, name: str) -> Callable[[], None]:
+        def called() -> None:
+            self[name] += 1
+
+        return called
 
 
 @contextlib.asynccontextmanager
@@ -27,12 +38,18 @@ async def _running(run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterato
             await task
 
 
+def _slice(namespace: str, service: str, count: int) -> dict[str, Any]:
+    obj = shop_slice(namespace, count)
+    obj["metadata"]["name"] = f"{service}-1"
+    obj["metadata"]["labels"] = {"kubernetes.io/service-name": service}
+    return obj
+
+
 async def test_informer_reports_changed_names(kube: KubeClient, namespace: str) -> None:
     await kube.apply(ENDPOINTSLICES.path(namespace, "shop-burst"), shop_slice(namespace, 2))
-    other = shop_slice(namespace, 1)
-    other["metadata"]["name"] = "unrelated"
-    other["metadata"]["labels"] = {"kubernetes.io/service-name": "unrelated"}
-    await kube.apply(ENDPOINTSLICES.path(namespace, "unrelated"), other)
+    await kube.apply(
+        ENDPOINTSLICES.path(namespace, "unrelated-1"), _slice(namespace, "unrelated", 1)
+    )
     seen: list[set[str]] = []
     informer: Informer[SliceView] = Informer(
         kube,
@@ -69,15 +86,8 @@ async def test_service_ports_hub_calls_back_its_subscribers(
     kube: KubeClient, namespace: str
 ) -> None:
     hub = NamespaceServices(kube, namespace)
-    calls: dict[str, int] = {"shop": 0, "cart": 0}
-
-    def counter(name: str) -> Callable[[], None]:
-        def callback() -> None:
-            calls[name] += 1
-
-        return callback
-
-    shop, cart = counter("shop"), counter("cart")
+    calls = _Calls()
+    shop, cart = calls.callback("shop"), calls.callback("cart")
     hub.subscribe("shop", shop)
     assert not hub.synced("shop")
     async with _running(hub.run):
@@ -108,22 +118,9 @@ async def test_service_ports_hub_calls_back_its_subscribers(
         assert hub.empty
 
 
-def _slice(namespace: str, service: str, count: int) -> dict[str, Any]:
-    obj = shop_slice(namespace, count)
-    obj["metadata"]["name"] = f"{service}-1"
-    obj["metadata"]["labels"] = {"kubernetes.io/service-name": service}
-    return obj
-
-
 async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, namespace: str) -> None:
     hub = NamespaceSlices(kube, namespace)
-    calls: dict[str, int] = {"shop": 0, "cart": 0}
-
-    def counter(name: str) -> Callable[[], None]:
-        def callback() -> None:
-            calls[name] += 1
-
-        return callback
+    calls = _Calls()
 
     def endpoints(service: str) -> list[int]:
         return [len(view.endpoints) for view in hub.items_for(service)]
@@ -132,7 +129,19 @@ async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, name
         path = ENDPOINTSLICES.path(namespace, f"{service}-1")
         await kube.apply(path, _slice(namespace, service, count))
 
-    shop, cart = counter("shop"), counter("cart")
+    async def cart_filtered_out(*, cart_count: int, shop_count: int, shop_calls: int) -> None:
+        # Cart's slice is written before shop's: had the watch let it through, it would
+        # have arrived before shop's (one namespace's events come in resourceVersion order).
+        await put("cart", cart_count)
+        await put("shop", shop_count)
+
+        async def shop_seen() -> bool:
+            return endpoints("shop") == [shop_count] and calls["shop"] == shop_calls
+
+        await eventually(shop_seen, within=10, what=f"shop's slice of {shop_count}")
+        assert hub.items_for("cart") == []
+
+    shop, cart = calls.callback("shop"), calls.callback("cart")
     hub.subscribe("shop", shop)
     async with _running(hub.run):
 
@@ -142,16 +151,7 @@ async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, name
         await eventually(listed, within=10, what="the first list")
         assert hub.selector(frozenset({"shop"})) == "kubernetes.io/service-name in (shop)"
         assert hub.items_for("shop") == []
-        # Cart's slice is written before shop's: had the watch let it through, it would
-        # have arrived before shop's (one namespace's events come in resourceVersion order).
-        await put("cart", 2)
-        await put("shop", 1)
-
-        async def shop_seen() -> bool:
-            return endpoints("shop") == [1] and calls["shop"] == 2
-
-        await eventually(shop_seen, within=10, what="shop's slice")
-        assert hub.items_for("cart") == []
+        await cart_filtered_out(cart_count=2, shop_count=1, shop_calls=2)
         assert not hub.synced("cart")
         assert hub.restarts == 1
 
@@ -182,14 +182,7 @@ async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, name
 
         await eventually(narrowed, within=10, what="the restart without cart")
         assert hub.items_for("cart") == []
-        await put("cart", 1)
-        await put("shop", 2)
-
-        async def shop_updated() -> bool:
-            return endpoints("shop") == [2] and calls["shop"] == 3
-
-        await eventually(shop_updated, within=10, what="shop's modified slice")
-        assert hub.items_for("cart") == []
+        await cart_filtered_out(cart_count=1, shop_count=2, shop_calls=3)
         assert calls["cart"] == 2
         assert hub.restarts == 3
         hub.unsubscribe("shop", shop)
