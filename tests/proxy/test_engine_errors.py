@@ -241,19 +241,29 @@ def test_no_plan_503(proxy: Proxies) -> None:
     assert status == 503
 
 
+def session_on(c: Conn, backend: str, *, path: str = "/close") -> str:
+    """A new cookie session that routes to ``backend``: the ``Cookie`` value to send.
+
+    It is found with ``path`` answers. ``/close`` answers leave the proxy no pooled
+    keep-alive connection, so the next request to that backend has to dial; any other
+    path leaves one in the pool.
+    """
+    for _ in range(50):
+        r = c.request("GET", path, headers={"Cookie": ""})
+        assert r.status == 200
+        if r.json()["backend"] == backend:
+            cookie = r.header("Set-Cookie")
+            assert cookie is not None
+            return cookie.split(";")[0]
+    raise AssertionError(f"no new session landed on {backend}")
+
+
 def test_backend_killed_failover_and_retry(backends: Backends, proxy: Proxies) -> None:
     b1, b2 = backends.start("b1"), backends.start("b2")
     p = proxy.start(*standalone_args(b1, b2))
     with Conn(p.address) as c:
-        # Find a session on b1 and keep its cookie.
-        cookie = None
-        for _ in range(50):
-            r = c.request("GET", "/who", headers={"Cookie": ""} if cookie is None else {})
-            if r.json()["backend"] == "b1":
-                cookie = r.header("Set-Cookie")
-                break
-        assert cookie is not None
-        value = cookie.split(";")[0]
+        # A session on b1, found over keep-alive: the proxy pools a connection to b1.
+        value = session_on(c, "b1", path="/who")
         assert c.request("GET", "/pinned", headers={"Cookie": value}).json()["backend"] == "b1"
         b1.kill()
         # The first GET marks b1 down, so the POST below goes straight to b2. The POST
@@ -265,22 +275,6 @@ def test_backend_killed_failover_and_retry(backends: Backends, proxy: Proxies) -
     stats = p.stats()
     assert stats["backends"]["s1"]["health"] == "down"
     assert stats["migrations"]["failover"] >= 1
-
-
-def session_on(c: Conn, backend: str) -> str:
-    """A new cookie session that routes to ``backend``: the ``Cookie`` value to send.
-
-    It is found with ``/close`` answers, so the proxy pools no keep-alive connection on
-    the way: the next request to that backend has to dial.
-    """
-    for _ in range(50):
-        r = c.request("GET", "/close", headers={"Cookie": ""})
-        assert r.status == 200
-        if r.json()["backend"] == backend:
-            cookie = r.header("Set-Cookie")
-            assert cookie is not None
-            return cookie.split(";")[0]
-    raise AssertionError(f"no new session landed on {backend}")
 
 
 def resets_seen(b: Backend) -> list[dict[str, Any]]:
