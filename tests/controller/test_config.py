@@ -15,7 +15,7 @@ from limpet.controller.config import ClusterConfig, ConfigError, load_cluster_co
 from limpet.controller.handlers import connection_info
 from limpet.controller.kube import ApiError, KubeClient
 from limpet.devcluster.certs import ADMIN_USER
-from limpet.devcluster.client import request
+from limpet.devcluster.client import request, service_account_token
 from limpet.devcluster.cluster import DevCluster
 from tests.controller.harness import eventually
 
@@ -49,13 +49,7 @@ def _service_account(api: k8s.ApiClient, namespace: str, name: str) -> str:
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         },
     )
-    token = request(
-        api,
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-        body={"spec": {"expirationSeconds": 600}},
-    )["status"]["token"]
-    return str(token)
+    return service_account_token(api, namespace=namespace, name=name, lifetime=600)
 
 
 def _mount(folder: Path, *, token: str, ca: Path, namespace: str) -> Path:

@@ -106,6 +106,20 @@ def server_side_apply(
     return request(api, "PATCH", path, body=dict(manifest), query=query, content_type=APPLY_PATCH)
 
 
+def service_account_token(
+    api: k8s.ApiClient, *, namespace: str, name: str, lifetime: int = 4 * 3600
+) -> str:
+    """A token of ServiceAccount ``namespace/name`` from the TokenRequest API, valid
+    ``lifetime`` seconds."""
+    token = request(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        body={"spec": {"expirationSeconds": lifetime}},
+    )["status"]["token"]
+    return str(token)
+
+
 def service_account_kubeconfig(
     api: k8s.ApiClient,
     cluster: DevCluster,
@@ -117,12 +131,7 @@ def service_account_kubeconfig(
 ) -> Path:
     """Write a kubeconfig for ServiceAccount ``namespace/name`` of ``cluster``: a token
     from the TokenRequest API, valid ``lifetime`` seconds (no context namespace)."""
-    token = request(
-        api,
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-        body={"spec": {"expirationSeconds": lifetime}},
-    )["status"]["token"]
+    token = service_account_token(api, namespace=namespace, name=name, lifetime=lifetime)
     config = build_kubeconfig(
         server=cluster.server,
         ca_pem=cluster.paths.ca_cert.read_bytes(),
