@@ -27,7 +27,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -294,12 +294,17 @@ async def get_sticky(kube: KubeClient, namespace: str, name: str) -> dict[str, A
     return obj
 
 
-async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> dict[str, Any]:
-    obj = await get_sticky(kube, namespace, name)
-    for c in (obj.get("status") or {}).get("conditions") or []:
+def status_condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """Condition ``kind`` of a StickyService status, or {} if it has none."""
+    for c in status.get("conditions") or []:
         if c["type"] == kind:
             return dict(c)
     return {}
+
+
+async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    obj = await get_sticky(kube, namespace, name)
+    return status_condition(obj.get("status") or {}, kind)
 
 
 async def read_token(kube: KubeClient, namespace: str, name: str) -> str:

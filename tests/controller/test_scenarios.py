@@ -18,6 +18,7 @@ from tests.controller.harness import (
     condition,
     event_reasons,
     eventually,
+    status_condition,
 )
 
 
@@ -114,7 +115,7 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
     status = (await scene.sticky())["status"]
     assert status["rebalance"]["phase"] == "InProgress"
     assert status["planVersion"] > version_before
-    assert _condition(status, "Progressing")[:2] == ("True", "Rebalancing")
+    assert _progressing(status) == ("True", "Rebalancing")
 
     # Busy sessions never move while the window runs (they are never idle for minIdle).
     await keep_busy(9.0)
@@ -159,16 +160,14 @@ async def _phase(scene: Scene, phase: str) -> bool:
     return bool((status.get("rebalance") or {}).get("phase") == phase)
 
 
-def _condition(status: dict[str, Any], kind: str) -> tuple[str, str, str]:
-    for c in status.get("conditions") or ():
-        if c["type"] == kind:
-            return str(c["status"]), str(c["reason"]), str(c["message"])
-    raise AssertionError(f"no {kind} condition in {status.get('conditions')}")
+def _progressing(status: dict[str, Any]) -> tuple[str | None, str | None]:
+    c = status_condition(status, "Progressing")
+    return c.get("status"), c.get("reason")
 
 
 async def _stable(scene: Scene) -> bool:
     status = (await scene.sticky())["status"]
-    return _condition(status, "Progressing")[:2] == ("False", "Stable")
+    return _progressing(status) == ("False", "Stable")
 
 
 async def _entry(scene: Scene, pod: str) -> dict[str, Any] | None:
@@ -207,7 +206,7 @@ async def test_new_backend_warms_up_over_slow_start(
     warming_since = parse_ts(entry["warmingSince"])
     assert warming_since is not None
     assert 0 < entry["weight"] < 100, entry
-    assert _condition((await scene.sticky())["status"], "Progressing")[:2] == ("True", "Warming")
+    assert _progressing((await scene.sticky())["status"]) == ("True", "Warming")
 
     entry = await eventually(
         lambda: state_of_new("Active"), within=6 + 6, interval=0.2, what="the new pod Active"
