@@ -68,6 +68,19 @@ def test_weights_proportional_within_5_percent(weights: dict[str, int]) -> None:
         assert abs(counts[bid] / share - 1) <= 0.05, (bid, counts[bid], share)
 
 
+FIVE_PERCENT = Fraction(5, 100)
+
+
+def _band(share: Fraction, *tolerances: Fraction) -> tuple[int, int]:
+    """The whole counts within every one of ``tolerances`` of ``share`` (exact arithmetic),
+    or, where none is, the two whole counts around it."""
+    least = max(math.ceil(share * (1 - t)) for t in tolerances)
+    most = min(math.floor(share * (1 + t)) for t in tolerances)
+    if least > most:
+        return math.floor(share), math.ceil(share)
+    return least, most
+
+
 def misfit(weights: dict[str, int], size: int) -> int:
     """Slots by which plain rendezvous misses the weighted bounds (0 without them).
 
@@ -84,11 +97,7 @@ def misfit(weights: dict[str, int], size: int) -> int:
     total = sum(w)
     out = 0
     for i, weight in enumerate(w):
-        share = Fraction(size * weight, total)
-        least = max(math.ceil(share * (1 - Fraction(eps))), math.ceil(share * Fraction(95, 100)))
-        most = min(math.floor(share * (1 + Fraction(eps))), math.floor(share * Fraction(105, 100)))
-        if least > most:
-            least, most = math.floor(share), math.ceil(share)
+        least, most = _band(Fraction(size * weight, total), Fraction(eps), FIVE_PERCENT)
         out += max(0, least - plain[i], plain[i] - most)
     return out
 
@@ -176,10 +185,7 @@ def test_weighted_shares_at_default_size(weights: dict[str, int]) -> None:
 def _within_weighted_share(count: int, weight: int, total: int, size: int) -> bool:
     """Within 5 % of ``size x weight / total``, or, where no whole count is that close,
     one of the two whole counts around it (exact arithmetic, independent of the code)."""
-    share = Fraction(size * weight, total)
-    least, most = math.ceil(share * Fraction(95, 100)), math.floor(share * Fraction(105, 100))
-    if least > most:
-        least, most = math.floor(share), math.ceil(share)
+    least, most = _band(Fraction(size * weight, total), FIVE_PERCENT)
     return least <= count <= most
 
 
