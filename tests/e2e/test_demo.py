@@ -34,6 +34,7 @@ import yaml
 
 from limpet.demo.scenario import PHASES
 from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.netns import list_netns
 from tests.e2e.audit import POLICY, Call, calls, granted
 
 pytestmark = pytest.mark.apiserver
@@ -105,8 +106,13 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
 
 
 def _summary(run: DemoRun) -> dict[str, Any]:
-    assert run.rc == 0, run.output[-3000:]
-    data: dict[str, Any] = json.loads((run.report / "summary.json").read_text())
+    return _read_summary(run.rc, run.output, run.report)
+
+
+def _read_summary(rc: int, output: str, report: Path) -> dict[str, Any]:
+    """The run's summary.json, once it exited 0 (else its output's tail is the error)."""
+    assert rc == 0, output[-3000:]
+    data: dict[str, Any] = json.loads((report / "summary.json").read_text())
     return data
 
 
@@ -282,8 +288,7 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
 
 
 def _netns() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+    return set(list_netns())
 
 
 @pytest.mark.timeout(300)
@@ -300,9 +305,8 @@ def test_demo_on_a_kubeconfig_cluster(devcluster: DevCluster, tmp_path: Path) ->
         env={**os.environ, "LIMPET_USE_KUBECONFIG": "1", "KUBECONFIG": str(devcluster.kubeconfig)},
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+    s = _read_summary(done.returncode, output, report)
     assert f"using the cluster of {devcluster.kubeconfig}" in output
-    s = json.loads((report / "summary.json").read_text())
     assert s["ok"] is True
     assert s["broken_outside_failover"] == 0
     assert s["moves"].get("failover", 0) > 0, s["moves"]

@@ -91,7 +91,8 @@ def _machine_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _list_netns() -> list[str]:
+def list_netns() -> list[str]:
+    """The names of the machine's network namespaces (``ip netns list``)."""
     return [line.split()[0] for line in hostnet.ip("netns", "list").splitlines() if line.strip()]
 
 
@@ -126,7 +127,7 @@ def sweep_stale(state_dir: Path = STATE_DIR) -> list[str]:
     """
     removed: list[str] = []
     live, _ = _live_runs(state_dir)
-    for name in _list_netns():
+    for name in list_netns():
         m = _NETNS_NAME.match(name)
         if m and m.group(1) not in live:
             _kill_and_delete_netns(name)
@@ -302,7 +303,7 @@ class NetnsPodNetwork:
         for slot in list(self._slots.values()):
             self.detach(slot)
         # Anything of ours that escaped the bookkeeping (e.g. a crash mid-attach).
-        for name in _list_netns():
+        for name in list_netns():
             if name.startswith(f"{NETNS_PREFIX}{self.run_id}-"):
                 _kill_and_delete_netns(name)
         hostnet.ip("link", "delete", self.bridge, check=False)
