@@ -340,7 +340,7 @@ def start_limpet(
 
 LEARNED_PROBE = """
 import json, random, sys, time
-from limpet.proxy.learned import LearnedTable
+from limpet.proxy.session.learned import LearnedTable
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096

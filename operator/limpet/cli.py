@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "limpet.devcluster.command",
         "run a local etcd + kube-apiserver on loopback and write a kubeconfig",
     ),
-    "proxy": ("limpet.proxy.command", "run the sticky-session proxy"),
+    "proxy": ("limpet.proxy.process.command", "run the sticky-session proxy"),
     "operator": ("limpet.controller.command", "run the StickyService operator"),
     "demo": ("limpet.demo.command", "run the end-to-end scaling demo"),
 }

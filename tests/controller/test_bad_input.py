@@ -12,7 +12,7 @@ import pytest
 from limpet.controller.kube import STICKYSERVICES, KubeClient
 from limpet.controller.status import parse_ts
 from limpet.devcluster.fakepods import FakePodsFactory
-from limpet.proxy.cookies import key_tag
+from limpet.proxy.session.cookies import key_tag
 from tests.controller.harness import (
     Scene,
     StartOperator,
@@ -159,7 +159,7 @@ async def _stored_keys(kube: KubeClient, namespace: str) -> list[dict[str, Any]]
 
 
 def _signed_by(cookie: str | None) -> bytes:
-    """The key tag of an LB cookie (its bytes 1..4, see limpet.proxy.cookies)."""
+    """The key tag of an LB cookie (its bytes 1..4, see limpet.proxy.session.cookies)."""
     assert cookie is not None
     return base64.urlsafe_b64decode(cookie + "=" * (-len(cookie) % 4))[1:5]
 

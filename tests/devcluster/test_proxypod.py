@@ -8,7 +8,7 @@ from pathlib import Path
 
 from limpet.devcluster.fakepods import BackendSpec
 from limpet.devcluster.proxypod import ADMIN_PORT, ProxyPodCommand, state_dir
-from limpet.proxy import command as proxy_command
+from limpet.proxy.process import command as proxy_command
 
 
 def test_proxy_pod_command_parses_as_limpet_proxy(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Helpers for driving the session layer's Router without sockets: a settable clock,
+"""Helpers for driving the session layer's SessionRouter without sockets: a settable clock,
 backends and plans in one line, and a browser-like client that keeps its cookies."""
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from limpet.affinity import (
     Plan,
     RebalanceSchedule,
 )
-from limpet.proxy.routing import MOVED_HEADER, RequestView, Route, Router, RouterSettings
+from limpet.proxy.session.routing import (
+    MOVED_HEADER,
+    RequestView,
+    Route,
+    RouterSettings,
+    SessionRouter,
+)
 
 T0 = 1_800_000_000.0
 K1 = CookieKey(id="k1", secret=b"1" * 32)
@@ -59,8 +65,8 @@ def mkplan(
     )
 
 
-def mkrouter(clock: Clock, plan: Plan | None = None, **kw: object) -> Router:
-    r = Router(settings=RouterSettings(**kw), clock=clock, wall=clock)  # type: ignore[arg-type]
+def mkrouter(clock: Clock, plan: Plan | None = None, **kw: object) -> SessionRouter:
+    r = SessionRouter(settings=RouterSettings(**kw), clock=clock, wall=clock)  # type: ignore[arg-type]
     if plan is not None:
         r.load_plan(plan)
     return r
@@ -84,7 +90,10 @@ class Client:
         return RequestView(b"GET", target, headers or [], self.peer, cookie)
 
     def get(
-        self, router: Router, target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None
+        self,
+        router: SessionRouter,
+        target: bytes = b"/",
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> Route:
         route = router.route(self.view(target, headers))
         assert route is not None

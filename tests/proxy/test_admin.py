@@ -13,9 +13,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
-from limpet.proxy.admin import make_admin_app
-from limpet.proxy.routing import Router, RouterSettings
-from limpet.proxy.state import PlanGate, PlanStore
+from limpet.proxy.process.admin import make_admin_app
+from limpet.proxy.process.state import PlanGate, PlanStore
+from limpet.proxy.session.routing import RouterSettings, SessionRouter
 
 TOKEN = "s3cret-token"
 
@@ -35,7 +35,7 @@ def plan(version: int, port: int = 8080) -> Plan:
 class Admin:
     url: str
     client: aiohttp.ClientSession
-    router: Router
+    router: SessionRouter
     store: PlanStore
 
     @property
@@ -45,7 +45,7 @@ class Admin:
 
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    router = Router(settings=RouterSettings())
+    router = SessionRouter(settings=RouterSettings())
     store = PlanStore(tmp_path)
     gate = PlanGate(apply=router.load_plan, store=store)
     app = make_admin_app(token=TOKEN, sink=gate, stats=router, metrics=CollectorRegistry())
@@ -174,7 +174,7 @@ async def test_stats_and_metrics(admin: Admin) -> None:
 
 
 def test_empty_token_refused() -> None:
-    router = Router(settings=RouterSettings())
+    router = SessionRouter(settings=RouterSettings())
     gate = PlanGate(apply=router.load_plan, store=None)
     with pytest.raises(ValueError, match="token"):
         make_admin_app(token="", sink=gate, stats=router, metrics=CollectorRegistry())
@@ -185,7 +185,7 @@ async def test_plan_the_consumer_refuses_is_400(tmp_path: Path) -> None:
         raise ValueError(f"cannot use version {p.version}")
 
     gate = PlanGate(apply=refuse, store=PlanStore(tmp_path))
-    router = Router(settings=RouterSettings())
+    router = SessionRouter(settings=RouterSettings())
     app = make_admin_app(token=TOKEN, sink=gate, stats=router, metrics=CollectorRegistry())
     runner = web.AppRunner(app)
     await runner.setup()

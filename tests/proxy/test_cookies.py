@@ -8,26 +8,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.proxy.cookies import (
+from limpet.proxy.session.cookies import (
     ENCODED_LEN,
     CookieAttributes,
     CookieCodec,
-    CookieKey,
     CookieRejection,
     SessionCookie,
+    SigningKey,
     cookie_values,
     strip_cookie,
 )
 
-K1 = CookieKey("k1", b"a" * 32)
-K2 = CookieKey("k2", b"b" * 32)
-K3 = CookieKey("k3", b"c" * 32)
+K1 = SigningKey("k1", b"a" * 32)
+K2 = SigningKey("k2", b"b" * 32)
+K3 = SigningKey("k3", b"c" * 32)
 BACKENDS = ["alpha", "beta", "10.0.0.7:8080"]
 NOW = 1_800_000_000.0
 
 
 def codec(
-    keys: list[CookieKey] | None = None,
+    keys: list[SigningKey] | None = None,
     *,
     backends: list[str] | None = None,
     granularity: int = 10,
@@ -146,7 +146,7 @@ def test_rotation_newest_signs_older_verify(sid: bytes, kh: int) -> None:
 
 def test_same_kid_other_secret_is_tampered() -> None:
     v = make(codec([K1]))
-    other = codec([CookieKey("k1", b"z" * 32)])
+    other = codec([SigningKey("k1", b"z" * 32)])
     assert other.decode(v, NOW) is CookieRejection.TAMPERED
 
 
@@ -241,9 +241,9 @@ def test_bad_keys() -> None:
     with pytest.raises(ValueError, match="at least one"):
         codec([])
     with pytest.raises(ValueError, match="16 bytes"):
-        CookieKey("k", b"short")
+        SigningKey("k", b"short")
     with pytest.raises(ValueError, match="twice"):
-        codec([K1, CookieKey("k1", b"q" * 32)])
+        codec([K1, SigningKey("k1", b"q" * 32)])
 
 
 def test_cookie_header_helpers() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from limpet.affinity.plan.codec import plan_to_json
-from limpet.proxy.standalone import standalone_plan
+from limpet.proxy.process.standalone import standalone_plan
 
 from .conftest import Backends, Conn, Proxies, _env, standalone_args
 

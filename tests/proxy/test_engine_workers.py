@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from limpet.affinity.plan.codec import plan_to_json
-from limpet.proxy.standalone import standalone_plan
+from limpet.proxy.process.standalone import standalone_plan
 
 from .conftest import Backends, Conn, Proxies, Proxy, standalone_args
 

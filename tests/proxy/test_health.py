@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from limpet.proxy.health import HealthState, PassiveHealth
+from limpet.proxy.session.health import HealthState, PassiveHealth
 
 
 def test_up_by_default() -> None:

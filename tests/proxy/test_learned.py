@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.proxy.learned import KEY_MASK, Entry, LearnedTable
+from limpet.proxy.session.learned import KEY_MASK, Entry, LearnedTable
 
 T0 = 1_800_000_000.0
 

@@ -14,8 +14,8 @@ from limpet.affinity import (
     key_hash,
     value_key,
 )
-from limpet.proxy.request_keys import RequestKeys
-from limpet.proxy.routes import RequestView
+from limpet.proxy.engine.port import RequestView
+from limpet.proxy.session.request_keys import RequestKeys
 
 
 @pytest.mark.parametrize("mode", [AffinityType.HEADER, AffinityType.QUERY, AffinityType.APP_COOKIE])

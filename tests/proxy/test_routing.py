@@ -1,4 +1,4 @@
-"""The Router, driven by a controllable clock: modes, fallback, stickiness, cookies,
+"""The SessionRouter, driven by a controllable clock: modes, fallback, stickiness, cookies,
 drain, gradual rebalance, failover and passive health."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from limpet.affinity import (
     table,
     value_key,
 )
-from limpet.proxy.routing import RequestView, Route, Router
+from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 
 from .routing_helpers import ABC, K1, K2, K3, T0, Client, Clock, be, mkplan, mkrouter, moved
 
@@ -664,7 +664,7 @@ def test_busy_client_ignoring_refreshes_is_not_drained_early() -> None:
 # -- bounded loads for every destination -------------------------------------------------------
 
 
-def _loads(r: Router) -> dict[str, int]:
+def _loads(r: SessionRouter) -> dict[str, int]:
     return {bid: b.sessions for bid, b in r.stats().backends.items()}
 
 
@@ -673,7 +673,7 @@ def _cap(loads: dict[str, int], eligible: Sequence[str], load_factor: float = 1.
     return math.ceil(load_factor * (total + 1) / len(eligible))
 
 
-def _pinned_to_a(clock: Clock, r: Router, n: int) -> None:
+def _pinned_to_a(clock: Clock, r: SessionRouter, n: int) -> None:
     """``n`` sessions on "a" that ``r`` learns of (placed while "a" was alone)."""
     solo = mkrouter(clock, mkplan(1, [be("a")]))
     for _ in range(n):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from limpet.affinity import AffinitySettings, AffinityType, BackendId
-from limpet.proxy.sessions import SessionBook
+from limpet.proxy.session.sessions import SessionBook
 
 T0 = 1_800_000_000.0
 A, B = BackendId("a"), BackendId("b")

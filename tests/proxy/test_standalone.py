@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from limpet.affinity import AffinityType
-from limpet.proxy.standalone import parse_affinity, standalone_plan
+from limpet.proxy.process.standalone import parse_affinity, standalone_plan
 
 from .routing_helpers import Client, Clock, mkrouter
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
-from limpet.proxy.state import PLAN_FILE, PlanGate, PlanStore, StalePlanError
+from limpet.proxy.process.state import PLAN_FILE, PlanGate, PlanStore, StalePlanError
 
 
 def plan(version: int, *, port: int = 8080) -> Plan:
@@ -127,9 +127,9 @@ def test_plan_equality_is_by_content() -> None:
 async def test_gate_stage_compiles_off_the_loop(tmp_path: Path) -> None:
     import threading
 
-    from limpet.proxy.routing import Router, RouterSettings
+    from limpet.proxy.session.routing import RouterSettings, SessionRouter
 
-    router = Router(settings=RouterSettings())
+    router = SessionRouter(settings=RouterSettings())
     threads: list[str] = []
 
     def stage(p: Plan) -> Callable[[], None]:

@@ -1,8 +1,8 @@
-"""Router statistics and their merge across worker processes."""
+"""SessionRouter statistics and their merge across worker processes."""
 
 from __future__ import annotations
 
-from limpet.proxy.stats import merge_stats
+from limpet.proxy.session.stats import merge_stats
 
 from .routing_helpers import ABC, Client, Clock, mkplan, mkrouter
 

@@ -2,7 +2,7 @@
 
 Data flow: when a request head is complete, :meth:`Exchange._start` checks it
 (version, method, Host, target form), scans its headers once (``http.scan_request``),
-asks the router for a :class:`~limpet.proxy.routes.Route`, takes an idle upstream
+asks the router for a :class:`~limpet.proxy.engine.port.Route`, takes an idle upstream
 connection from the pool (or dials one, buffering a bounded amount of body meanwhile)
 and writes the rewritten head. Body chunks are written through as they are parsed
 (re-chunked if the client sent chunks). Writes are coalesced per client read: the head of
@@ -13,7 +13,7 @@ or reports a failure (``upstream_*``): a connect failure is retried once on anot
 backend, a stale pooled connection is redialled once, anything else is a 502 or 504
 from the proxy itself (:meth:`Exchange._answer`).
 
-This is the base class of :class:`~limpet.proxy.client.ClientConnection`, which owns the
+This is the base class of :class:`~limpet.proxy.engine.client.ClientConnection`, which owns the
 input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;
 both halves are one object per connection, so the upstream side calls one object.
 
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from limpet.proxy import http
-from limpet.proxy.routes import RequestView, Route
-from limpet.proxy.upstream import BUSY, UpstreamConnection
+from limpet.proxy.engine import http
+from limpet.proxy.engine.port import RequestView, Route
+from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 
 if TYPE_CHECKING:
-    from limpet.proxy.client import ClientConnection
-    from limpet.proxy.server import Server
+    from limpet.proxy.engine.client import ClientConnection
+    from limpet.proxy.engine.server import Server
 
 # Parse phases of a client connection.
 P_IDLE: Final = 0  # between requests
@@ -363,7 +363,7 @@ class Exchange(asyncio.Protocol):
 
     def _serve_pending(self) -> None:
         """Start the next pipelined request, if one was parsed meanwhile (the connection
-        keeps the queue: :class:`~limpet.proxy.client.ClientConnection`)."""
+        keeps the queue: :class:`~limpet.proxy.engine.client.ClientConnection`)."""
 
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""

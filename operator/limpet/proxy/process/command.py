@@ -246,7 +246,7 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
             raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
         return settings, None, False
     # Standalone: imported here so that `--help` stays cheap.
-    from limpet.proxy.standalone import parse_affinity, standalone_plan
+    from limpet.proxy.process.standalone import parse_affinity, standalone_plan
 
     keys: tuple[CookieKey, ...] = ()
     if settings.cookie_key_file is not None:
@@ -279,10 +279,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if settings.workers > 1:
-            from limpet.proxy.workers import supervise
+            from limpet.proxy.process.workers import supervise
 
             return uvloop.run(supervise(settings, plan=plan, prefer_given=prefer_given))
-        from limpet.proxy.app import serve
+        from limpet.proxy.process.app import serve
 
         return uvloop.run(serve(settings, plan=plan, prefer_given=prefer_given))
     except OSError as exc:

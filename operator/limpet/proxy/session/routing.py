@@ -1,7 +1,8 @@
 """The session layer's router: which backend serves a request, and what to tell it.
 
 Data flow, per request: the engine parses the head into a
-:class:`~limpet.proxy.routes.RequestView` and calls :meth:`Router.route`. The router walks
+:class:`~limpet.proxy.engine.port.RequestView` and calls :meth:`SessionRouter.route`.
+The router walks
 the plan's affinity modes in order (primary, then fallbacks) and takes the first session
 key the request carries (:mod:`.request_keys`): a valid LB cookie (:mod:`.cookies`), the
 app cookie, the header, the query parameter or the client IP. An existing session keeps
@@ -12,15 +13,15 @@ destination, new or moved, is under its bounded-load cap. The loads are this pro
 own counts of the sessions it has seen within ``idleTimeout`` (:mod:`.sessions`).
 Passive health (:mod:`.health`) is passed to the core as ``exclude``: a backend marked
 down locally takes nothing, its sessions fail over, and the caps are those of the
-backends still up. The answer is a :class:`~limpet.proxy.routes.Route`: where to connect,
+backends still up. The answer is a :class:`~limpet.proxy.engine.port.Route`: where to connect,
 the Cookie header to forward (our cookie removed), headers to add
 (``Limpet-Session-Moved`` when a session moved) and the ``Set-Cookie`` to return (a new,
 moved or refreshed LB cookie).
 
-Plans arrive through :meth:`Router.prepare` (pure: compiles a
-:class:`~limpet.proxy.snapshot.Snapshot`, safe in a worker thread) and
-:meth:`Router.install` (an atomic reference swap on the event loop), or both at once
-through :meth:`Router.load_plan`.
+Plans arrive through :meth:`SessionRouter.prepare` (pure: compiles a
+:class:`~limpet.proxy.session.snapshot.Snapshot`, safe in a worker thread) and
+:meth:`SessionRouter.install` (an atomic reference swap on the event loop), or both at once
+through :meth:`SessionRouter.load_plan`.
 
 Hot path: the common cookie case, "sticky, nothing changed", is answered from a bounded
 cache keyed by the raw Cookie header, which returns a shared route and bumps one integer:
@@ -56,16 +57,20 @@ from limpet.affinity import (
     value_key,
 )
 from limpet.affinity import Router as CoreRouter
+from limpet.proxy.engine.port import NO_HEADERS, RequestView, Route
 
 from .cookies import CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
-from .routes import MOVED_HEADER, NO_HEADERS, RequestView, Route, RouterSettings
 from .sessions import SessionBook
+from .settings import RouterSettings
 from .snapshot import Snapshot
 from .stats import BackendStats, RouterStats
 
-__all__ = ["MOVED_HEADER", "RequestView", "Route", "Router", "RouterSettings"]
+__all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
+
+MOVED_HEADER = b"Limpet-Session-Moved"
+"""The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
 
 
 class _Probe:
@@ -80,7 +85,7 @@ class _Probe:
         self.created = 0.0
 
 
-class Router:
+class SessionRouter:
     """Routes requests to backends by session (see the module docstring)."""
 
     def __init__(

@@ -1,11 +1,11 @@
 """The per-backend keep-alive pool of upstream connections, and the engine's shared parts.
 
-Data flow: :class:`~limpet.proxy.server.Server` creates one :class:`UpstreamPool` per
+Data flow: :class:`~limpet.proxy.engine.server.Server` creates one :class:`UpstreamPool` per
 process with the router (through :class:`RouterPort`), the coarse :class:`Clock` and the
 :class:`EngineStats` counters. A client connection (``exchange.py``) asks
 :meth:`UpstreamPool.acquire` for an idle connection to the routed backend (LIFO, the
 warmest first) or awaits :meth:`UpstreamPool.connect` on a miss; when an answer is
-complete the :class:`~limpet.proxy.upstream.UpstreamConnection` hands itself back with
+complete the :class:`~limpet.proxy.engine.upstream.UpstreamConnection` hands itself back with
 :meth:`UpstreamPool.release` (or closes). The connections read ``clock``, ``stats``,
 ``router``, ``classes`` and the timeouts straight off the pool's attributes on the hot
 path, so those stay plain slots.
@@ -20,24 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Protocol
 
 from limpet.affinity import BackendId
-from limpet.proxy import http
-from limpet.proxy.routes import RequestView, Route
+from limpet.proxy.engine import http
+from limpet.proxy.engine.port import RouterPort
+from limpet.proxy.engine.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
-from limpet.proxy.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
-
-
-class RouterPort(Protocol):
-    """The router operations the engine calls (``limpet.proxy.routing.Router``)."""
-
-    def route(self, req: RequestView) -> Route | None: ...
-    def reroute(self, req: RequestView, failed: Route) -> Route | None: ...
-    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None: ...
-    def backend_failed(self, backend_id: BackendId) -> None: ...
-    def backend_succeeded(self, backend_id: BackendId) -> None: ...
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 Data flow: the supervisor owns everything that must be single: the admin API, the plan
 gate (versioning, persistence) and the state directory. Each worker is a separate Python
-process (``python -m limpet.proxy.workers FD``) running the engine and its own router on
+process (``python -m limpet.proxy.process.workers FD``) running the engine and its own router on
 the same listen address with ``SO_REUSEPORT``, so the kernel spreads connections across
 them. Each worker holds one end of a Unix socket pair; over it the supervisor sends one
 JSON message per line: ``init`` (settings and the current plan), ``plan`` (every
@@ -39,7 +39,8 @@ from typing import Any
 
 from limpet.affinity import Plan
 from limpet.affinity.plan.codec import MAX_PLAN_BYTES, plan_from_dict, plan_to_dict
-from limpet.proxy.app import (
+from limpet.proxy.engine.server import Server
+from limpet.proxy.process.app import (
     announce,
     initial_plan,
     read_token,
@@ -47,13 +48,12 @@ from limpet.proxy.app import (
     start_admin,
     stop_event,
 )
-from limpet.proxy.routing import Router, RouterSettings
-from limpet.proxy.server import Server
+from limpet.proxy.process.state import PlanGate
+from limpet.proxy.session.routing import RouterSettings, SessionRouter
+from limpet.proxy.session.stats import merge_stats
 from limpet.proxy.settings import Address, ProxySettings
-from limpet.proxy.state import PlanGate
-from limpet.proxy.stats import merge_stats
 
-log = logging.getLogger("limpet.proxy.workers")
+log = logging.getLogger("limpet.proxy.process.workers")
 
 LINE_LIMIT = 4 * MAX_PLAN_BYTES
 READY_TIMEOUT = 30.0
@@ -125,7 +125,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "limpet.proxy.workers",
+                "limpet.proxy.process.workers",
                 str(child.fileno()),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -315,7 +315,7 @@ async def _worker(fd: int) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
     init = json.loads(await reader.readline())
     settings = ProxySettings.from_json(init["settings"])
-    router = Router(settings=RouterSettings())
+    router = SessionRouter(settings=RouterSettings())
     if init.get("plan") is not None:
         router.load_plan(plan_from_dict(init["plan"]))
     server = Server(settings=settings, router=router)

@@ -1,7 +1,8 @@
 """The session layer's statistics: per-backend sessions and requests, migrations by
 reason, rejected cookies, learned-table sizes; and the merge of several workers' figures.
 
-Data flow: :meth:`limpet.proxy.routing.Router.stats` builds a :class:`RouterStats` from its
+Data flow: :meth:`limpet.proxy.session.routing.SessionRouter.stats` builds a
+:class:`RouterStats` from its
 counters; the admin API serves :meth:`RouterStats.to_dict` as ``GET /v1/stats``; with
 ``--workers N`` the supervisor collects every worker's dict and sums them with
 :func:`merge_stats`. Pure values and pure functions, no I/O, no shared state.

@@ -1,10 +1,10 @@
 """The traffic listener of one process: it accepts client connections, owns the upstream
 pool, and runs the one periodic sweep that enforces every timeout.
 
-Data flow: :meth:`Server.start` creates the :class:`~limpet.proxy.pool.UpstreamPool`
+Data flow: :meth:`Server.start` creates the :class:`~limpet.proxy.engine.pool.UpstreamPool`
 and the listening socket (its own, or one handed over by the worker supervisor with
 SO_REUSEPORT); each accepted connection is a
-:class:`~limpet.proxy.client.ClientConnection`. Limits come from the settings once:
+:class:`~limpet.proxy.engine.client.ClientConnection`. Limits come from the settings once:
 request line, header bytes and count, connections (503 beyond). Timeouts use no timer per
 request: connections set a ``deadline`` attribute against a coarse clock, and
 :meth:`Server._sweep`, every ``sweep_interval`` seconds, updates the clock, times out
@@ -22,9 +22,10 @@ import contextlib
 import logging
 import socket
 
-from limpet.proxy import http
-from limpet.proxy.client import ClientConnection
-from limpet.proxy.pool import Clock, EngineStats, RouterPort, UpstreamPool
+from limpet.proxy.engine import http
+from limpet.proxy.engine.client import ClientConnection
+from limpet.proxy.engine.pool import Clock, EngineStats, UpstreamPool
+from limpet.proxy.engine.port import RouterPort
 from limpet.proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)

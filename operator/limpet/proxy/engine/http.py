@@ -127,7 +127,6 @@ class RequestScan:
     cookie: bytes | None = None
     content_length: int = -1
     transfer_encoding: bytes | None = None
-    expect_continue: bool = False
     upgrade: bytes | None = None
     xff: bytes | None = None
     xfp: bytes | None = None
@@ -141,7 +140,6 @@ class RequestScan:
         self.cookie = None
         self.content_length = -1
         self.transfer_encoding = None
-        self.expect_continue = False
         self.upgrade = None
         self.xff = None
         self.xfp = None
@@ -208,8 +206,6 @@ def scan_request(
             if trusted:
                 kept.append(name + b": " + value + b"\r\n")
         elif code == EXPECT:
-            if value.lower() == b"100-continue":
-                scan.expect_continue = True
             kept.append(name + b": " + value + b"\r\n")
         elif code == UPGRADE:
             scan.upgrade = value
@@ -342,10 +338,6 @@ def scan_response(
     return scan
 
 
-def is_chunked(transfer_encoding: bytes) -> bool:
-    return transfer_encoding.rpartition(b",")[2].strip().lower() == b"chunked"
-
-
 _STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
 
 
@@ -393,9 +385,6 @@ def error_response(status: int, *, close: bool) -> bytes:
     data = b"".join(head) + b"\r\n" + body
     _canned[key] = data
     return data
-
-
-CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def response_keeps_alive(version: str, scan: ResponseScan) -> bool:

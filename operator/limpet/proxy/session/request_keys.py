@@ -8,7 +8,7 @@ The hash is the affinity core's ``key_hash(value_key(mode, value))``: each mode'
 prefix is precomputed, so the hot path hashes one concatenation. The LB cookie is not
 handled here: its session is in the signed cookie (``cookies.py``).
 
-Concurrency: built off the event loop (in ``Router.prepare``), then used from the event
+Concurrency: built off the event loop (in ``SessionRouter.prepare``), then used from the event
 loop only. Its one mutable part is a bounded memo of client-IP hashes per peer address
 (when no trusted proxies are configured, the key depends on the peer alone); it starts
 empty with every plan and is cleared when full.
@@ -17,8 +17,7 @@ empty with every plan and is cleared when full.
 from __future__ import annotations
 
 from limpet.affinity import AffinitySettings, AffinityType, ClientIPKeys, key_hash, value_key
-
-from .routes import RequestView
+from limpet.proxy.engine.port import RequestView
 
 _XFF = b"x-forwarded-for"
 

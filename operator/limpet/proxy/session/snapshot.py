@@ -1,15 +1,16 @@
 """A plan compiled for the session layer's request path: everything the router derives
 from one plan, built once and then only read.
 
-Data flow: ``Router.prepare(plan)`` builds a :class:`Snapshot` (the affinity core's router
+Data flow: ``SessionRouter.prepare(plan)`` builds a :class:`Snapshot` (the affinity core's router
 with its slot tables, the cookie codec with its keys and attributes, the per-mode key
-extraction, a shared :class:`~limpet.proxy.routes.Route` per backend); ``Router.install``
+extraction, a shared :class:`~limpet.proxy.engine.port.Route` per backend);
+``SessionRouter.install``
 swaps the router's one snapshot reference. Per request the router reads it without
 locking.
 
 Concurrency: building is pure and may run in a worker thread (slot tables take tens of
 milliseconds); after that the snapshot is read-only, except the client-IP memo inside
-:class:`~limpet.proxy.request_keys.RequestKeys`, touched on the event loop only.
+:class:`~limpet.proxy.session.request_keys.RequestKeys`, touched on the event loop only.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from limpet.affinity import (
     Plan,
 )
 from limpet.affinity import Router as CoreRouter
+from limpet.proxy.engine.port import NO_HEADERS, Route
 
-from .cookies import CookieAttributes, CookieCodec
-from .cookies import CookieKey as CodecKey
+from .cookies import CookieAttributes, CookieCodec, SigningKey
 from .request_keys import RequestKeys
-from .routes import NO_HEADERS, Route
 
 
 class Snapshot:
@@ -61,7 +61,7 @@ class Snapshot:
         self.cookie_probe: bytes | None = None
         if AffinityType.COOKIE in a.modes:
             self.codec = CookieCodec(
-                keys=[CodecKey(k.id, k.secret) for k in plan.cookie_keys],
+                keys=[SigningKey(k.id, k.secret) for k in plan.cookie_keys],
                 backends=self.backends,
                 attributes=cookie_attributes(a.cookie, a.absolute_timeout),
                 granularity=granularity,

@@ -1,7 +1,7 @@
 """The upstream connection: one keep-alive TCP connection to a backend, relaying its answers.
 
 Data flow: a client connection (``exchange.py``) takes an :class:`UpstreamConnection`
-from the :class:`~limpet.proxy.pool.UpstreamPool` (idle or newly dialled), binds it to
+from the :class:`~limpet.proxy.engine.pool.UpstreamPool` (idle or newly dialled), binds it to
 itself with :meth:`UpstreamConnection.bind` and writes the request. The connection
 parses the answer with httptools and writes it straight through to the client's
 transport: the head rewritten (hop-by-hop stripped, the router's Set-Cookie added, the
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from limpet.proxy import http
+from limpet.proxy.engine import http
 
 if TYPE_CHECKING:
-    from limpet.proxy.client import ClientConnection
-    from limpet.proxy.pool import PooledBackend, UpstreamPool
+    from limpet.proxy.engine.client import ClientConnection
+    from limpet.proxy.engine.pool import PooledBackend, UpstreamPool
 
 # UpstreamConnection states.
 CONNECTING: Final = 0

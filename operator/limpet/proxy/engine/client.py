@@ -3,14 +3,14 @@
 Data flow per request: bytes arrive in :meth:`ClientConnection.data_received` and go
 straight into the connection's httptools parser. Its callbacks collect the request line
 and headers (bounded: 414 and 431 beyond the limits) and, at the end of the head, start
-the exchange (:class:`~limpet.proxy.exchange.Exchange`, the base class); body chunks are
+the exchange (:class:`~limpet.proxy.engine.exchange.Exchange`, the base class); body chunks are
 passed on as they are parsed. A request parsed while the previous one is still being
 answered (pipelining) waits in a small queue, with reading paused, and is started when
 the answer is out. After an upgrade request's head the connection holds further bytes
 until the backend answers; after ``101 Switching Protocols`` both connections become a
 raw byte pipe (data, half-close and flow control pass straight through). A malformed
 request gets a 400 and the connection closes; a request head that takes longer than the
-head timeout gets a 408 (the :class:`~limpet.proxy.server.Server` sweep calls
+head timeout gets a 408 (the :class:`~limpet.proxy.engine.server.Server` sweep calls
 :meth:`ClientConnection.timed_out`).
 
 Concurrency: one event loop, callbacks only. The parser, the header scan object and the
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from limpet.proxy import http
-from limpet.proxy.exchange import (
+from limpet.proxy.engine import http
+from limpet.proxy.engine.exchange import (
     P_BODY,
     P_CLOSED,
     P_HEAD,
@@ -37,10 +37,10 @@ from limpet.proxy.exchange import (
     R_UPGRADE,
     Exchange,
 )
-from limpet.proxy.upstream import TUNNEL, UpstreamConnection
+from limpet.proxy.engine.upstream import TUNNEL, UpstreamConnection
 
 if TYPE_CHECKING:
-    from limpet.proxy.server import Server
+    from limpet.proxy.engine.server import Server
 
 
 class _Limit(Exception):

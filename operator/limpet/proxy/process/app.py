@@ -1,10 +1,11 @@
 """One proxy process: the engine, the router, the plan gate and the admin API, wired.
 
 Data flow: :func:`initial_plan` decides which plan to start from (command line and the
-state directory); :func:`serve` builds a :class:`~limpet.proxy.routing.Router`, loads that
-plan, starts the traffic :class:`~limpet.proxy.server.Server` and the admin application
+state directory); :func:`serve` builds a
+:class:`~limpet.proxy.session.routing.SessionRouter`, loads that
+plan, starts the traffic :class:`~limpet.proxy.engine.server.Server` and the admin application
 on its own listener, and runs until SIGTERM/SIGINT. Pushed plans go through the
-:class:`~limpet.proxy.state.PlanGate` (versioned, idempotent, persisted) into
+:class:`~limpet.proxy.process.state.PlanGate` (versioned, idempotent, persisted) into
 ``router.load_plan``. ``GET /v1/stats`` and ``/metrics`` read the router's stats plus the
 engine's counters (``"engine"`` in the stats dict, ``limpet_proxy_*`` engine metrics).
 
@@ -31,11 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from limpet.affinity import Plan
-from limpet.proxy.admin import StatsSource, make_admin_app
-from limpet.proxy.routing import Router, RouterSettings
-from limpet.proxy.server import Server
+from limpet.proxy.engine.server import Server
+from limpet.proxy.process.admin import StatsSource, make_admin_app
+from limpet.proxy.process.state import PlanGate, PlanStore
+from limpet.proxy.session.routing import RouterSettings, SessionRouter
 from limpet.proxy.settings import Address, ProxySettings
-from limpet.proxy.state import PlanGate, PlanStore
 
 log = logging.getLogger("limpet.proxy")
 
@@ -187,7 +188,7 @@ def announce(listen: Address, admin: Address, *, workers: int, version: int | No
 
 
 class _LocalStats:
-    def __init__(self, router: Router, server: Server) -> None:
+    def __init__(self, router: SessionRouter, server: Server) -> None:
         self._router = router
         self._server = server
 
@@ -197,7 +198,7 @@ class _LocalStats:
         return out
 
 
-def schedule_router_sweep(router: Router) -> Callable[[], None]:
+def schedule_router_sweep(router: SessionRouter) -> Callable[[], None]:
     """Run ``router.sweep`` every second; returns a function that stops it."""
     loop = asyncio.get_running_loop()
     handle: asyncio.TimerHandle | None = None
@@ -229,7 +230,7 @@ async def serve(
     """Run a single-process proxy until SIGTERM/SIGINT. Returns the exit status."""
     token = read_token(settings)
     start_plan, store = initial_plan(settings, plan, prefer_given=prefer_given)
-    router = Router(settings=router_settings or RouterSettings())
+    router = SessionRouter(settings=router_settings or RouterSettings())
     if start_plan is not None:
         router.load_plan(start_plan)
         if store is not None and start_plan is plan:

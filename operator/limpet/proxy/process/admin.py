@@ -15,7 +15,7 @@ Routes (always on the separate ``--admin-listen`` listener, never the traffic po
   matches (``hmac.compare_digest``, constant time).
 
 Data flow: the app is a thin adapter. Plans go to a :class:`PlanSink` (in one process the
-router's :class:`~limpet.proxy.state.PlanGate`; with ``--workers`` the supervisor's
+router's :class:`~limpet.proxy.process.state.PlanGate`; with ``--workers`` the supervisor's
 fan-out), stats come from a :class:`StatsSource`. Either may be synchronous or return an
 awaitable. Metrics are collected lazily from stats, so the data path only bumps plain
 integers and never touches prometheus-client.

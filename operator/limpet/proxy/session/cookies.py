@@ -72,7 +72,7 @@ class CookieRejection(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class CookieKey:
+class SigningKey:
     """One signing key. ``kid`` names it in plans; only a hash of it goes in cookies."""
 
     kid: str
@@ -168,7 +168,7 @@ class CookieCodec:
     def __init__(
         self,
         *,
-        keys: Sequence[CookieKey],
+        keys: Sequence[SigningKey],
         backends: Iterable[str],
         attributes: CookieAttributes,
         granularity: int,

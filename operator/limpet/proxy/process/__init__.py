@@ -1,0 +1,1 @@
+"""The proxy process: command line, settings, plan state, admin API, workers, stats."""
