@@ -86,9 +86,16 @@ HAPROXY = "haproxy (1 thread)"
 TOOLS = ("haproxy", "nginx", "caddy", "wrk", "taskset")
 
 
+# The learned table's module moves with issue 10's package split; the probe takes
+# whichever exists.
 LEARNED_PROBE = """
-import json, random, sys, time
-from limpet.proxy.learned import LearnedTable
+import importlib, json, random, sys, time
+for name in ("limpet.proxy.session.learned", "limpet.proxy.learned"):
+    try:
+        LearnedTable = importlib.import_module(name).LearnedTable
+        break
+    except ModuleNotFoundError:
+        continue
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096

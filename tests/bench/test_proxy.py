@@ -196,3 +196,11 @@ def test_wrk_cycles_the_cookies_in_order(
     assert len(seen) >= 2 * len(cookies)
     start = cookies.index(seen[0])
     assert seen == [cookies[(start + i) % len(cookies)] for i in range(len(seen))]
+
+
+def test_learned_memory_probe_runs() -> None:
+    """The probe imports the proxy's learned table in a subprocess; a package move
+    would break it only at the end of a long benchmark run, so it is run here."""
+    mem = proxy.learned_memory(1000)
+    assert mem["entries"] == 1000
+    assert mem["insert_us"] > 0
