@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -297,6 +298,9 @@ def main(argv: list[str]) -> int:
     missing = missing_tools()
     if missing:
         print(f"missing tools: {', '.join(missing)} (run: bash tools/apt-deps.sh)")
+        return 1
+    if args.profile is not None and importlib.util.find_spec("pyinstrument") is None:
+        print("--profile needs pyinstrument: .venv/bin/pip install pyinstrument")
         return 1
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="limpet-bench-") as tmpdir:
