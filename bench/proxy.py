@@ -220,7 +220,9 @@ def plan_loads(
     plans: dict[str, list[tuple[Peer, Load]]] = {w: [] for w in workloads}
     for peer in peers:
         if peer.cookie is None:  # nginx: the client makes the sid up
-            sessions = [Session(f"sid=bench-{i:05d}", "?") for i in range(cycle)]
+            sessions = [Session(f"sid=bench-{i:05d}", None) for i in range(cycle)]
+            check_sticky(peer.port, sessions)
+            print(f"{peer.name}: {cycle} made-up sid values, sticky on replay", flush=True)
         else:
             count = cycle if "cycle" in workloads else 50
             sessions = issue_sessions(peer.port, peer.cookie, count)

@@ -170,6 +170,34 @@ def test_a_proxy_that_moves_sessions_is_caught(fickle_server: tuple[int, list[st
         check_sticky(port, sessions)
 
 
+class _RoundRobin(_Sticky):
+    """Ignores cookies: each request goes to the next backend."""
+
+    def do_GET(self) -> None:
+        self.server.seen.append(self.headers.get("Cookie") or "")  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("X-Backend", f"b{next(self.counter) % 2 + 1}")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+@pytest.fixture
+def round_robin_server() -> Iterator[tuple[int, list[str]]]:
+    yield from _serve(_RoundRobin)
+
+
+def test_made_up_sessions_must_stay_where_they_first_went(
+    sticky_server: tuple[int, list[str]], round_robin_server: tuple[int, list[str]]
+) -> None:
+    made_up = [Session(f"S={n}", None) for n in range(10)]
+    port, seen = sticky_server
+    check_sticky(port, made_up, sample=5)
+    assert seen == [c for n in range(0, 10, 2) for c in (f"S={n}", f"S={n}")]
+    with pytest.raises(RuntimeError, match="not sticky"):
+        check_sticky(round_robin_server[0], made_up)
+
+
 def test_a_proxy_without_the_cookie_is_caught(sticky_server: tuple[int, list[str]]) -> None:
     port, _ = sticky_server
     with pytest.raises(RuntimeError, match="no LIMPET cookie"):
