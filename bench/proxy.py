@@ -1,346 +1,102 @@
-"""Proxy benchmark: limpet against HAProxy and nginx, in one run, on loopback.
+"""Proxy benchmark: limpet against HAProxy, Caddy and nginx, in one run, on loopback.
 
 Set-up (all started here, all stopped at the end, configs in a temporary directory):
 
-- two nginx backends (one nginx, ``worker_processes 1``) answering a short text body;
-- the proxy under test, pinned to core 0 with ``taskset``: limpet (cookie affinity),
-  HAProxy (``cookie SRV insert indirect nocache``, ``nbthread 1``) or nginx
+- two nginx backends (one nginx, ``worker_processes 1``) answering a short text body and
+  naming themselves in ``X-Backend``;
+- the proxies under test, each pinned to core 0 with ``taskset``: limpet (cookie
+  affinity, one process), HAProxy (``cookie SRV insert indirect nocache``, ``nbthread
+  1``), Caddy (``reverse_proxy`` with ``lb_policy cookie``, ``GOMAXPROCS=1``) and nginx
   (``hash $cookie_sid consistent``, ``worker_processes 1``); every one keeps upstream
   connections alive and adds ``X-Forwarded-For``;
 - wrk pinned to core 1 (with the backends): one thread, 32 keep-alive connections, a
-  session cookie obtained from the proxy itself, a warm-up run, then a measured run.
+  warm-up run, then a measured run, for each workload:
 
-Printed: requests per second, p50 and p99 latency per proxy, limpet's ratios to HAProxy,
-the same for HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default),
-the busy share of the load core (when it nears 100 % the peer's figure is bounded by
-the load generator, not by the proxy), limpet with ``--workers 2`` (pinned to both
-cores), and the memory of one million learned sessions.
+  - ``one``: one session cookie, obtained from the proxy itself, on every request;
+  - ``cycle``: ``--cycle`` (10 000) sessions obtained from each proxy by as many
+    requests without a cookie, cycled by wrk (a Lua script); nginx issues no cookie, so
+    it gets as many made-up ``sid`` values. HAProxy's and Caddy's cookies name the
+    backend, so their 10 000 sessions carry two distinct values; limpet's are 10 000
+    distinct signed cookies;
+  - ``new``: no cookie, so every request starts a new session (nginx, which keeps no
+    sessions, is left out).
 
-Run: ``python -m bench proxy`` (defaults), or ``python -m bench.proxy [--duration S]
-[--connections N] [--quick]``. It needs
-``haproxy``, ``nginx`` and ``wrk`` (``bash tools/apt-deps.sh`` installs them).
+  Before measuring, a sample of each proxy's sessions is replayed to check that it keeps
+  them on the backend that created them.
+
+Printed per workload: requests per second, p50 and p99 latency per proxy, the proxy's
+CPU and requests per second per core, the busy share of the load core (when it nears
+100 % the figure is bounded by the load generator, not by the proxy), errors, and the
+ratios to HAProxy, followed by limpet's ratios against issue 10's targets (figures, not
+assertions). Then limpet with ``--workers 2`` (pinned to both cores, ``one`` only),
+HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default), and the
+memory of one million learned sessions. With ``--profile FILE`` limpet runs under
+pyinstrument (``pip install pyinstrument``), which writes its report to FILE at the end;
+its figures then include the profiler's cost.
+
+Run: ``python -m bench proxy [--duration S] [--rounds N] [--workload one|cycle|new]
+[--quick]`` (``--help`` for all). It needs ``haproxy``, ``nginx``, ``caddy`` and
+``wrk`` (``bash tools/apt-deps.sh`` installs them).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
+import importlib.util
 import json
-import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BODY = "hello from the backend, a short answer\n"
+from bench._proxy_load import (
+    Load,
+    Result,
+    Session,
+    check_sticky,
+    cycle_script,
+    issue_sessions,
+    post_script,
+    run_wrk,
+)
+from bench._proxy_peers import (
+    Peer,
+    Procs,
+    cpu_list,
+    limpet_env,
+    start_backends,
+    start_caddy,
+    start_haproxy,
+    start_limpet,
+    start_nginx,
+)
+
+WORKLOADS = {
+    "one": "one session cookie on every request",
+    "cycle": "{n} sessions issued by each proxy, cycled by wrk",
+    "new": "no cookie: every request starts a new session",
+}
+# Issue 10's targets for limpet against HAProxy: requests per second at least this
+# share, p99 at most P99_TARGET times HAProxy's.
+RPS_TARGETS = {"one": 0.65, "cycle": 0.65, "new": 0.5}
+P99_TARGET = 2.0
+HAPROXY = "haproxy (1 thread)"
+TOOLS = ("haproxy", "nginx", "caddy", "wrk", "taskset")
 
 
-@dataclass(frozen=True)
-class Result:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    load_core_busy: float
-    proxy_cpu: float  # cores' worth of CPU the proxy's processes used during the run
-    errors: int
-
-    @property
-    def per_core(self) -> float:
-        """Requests per second per fully used core: the proxy's capacity, independent of
-        whether the load generator kept it busy."""
-        return self.rps / self.proxy_cpu if self.proxy_cpu > 0 else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def cpu_list() -> tuple[str, str, str]:
-    """(proxy core, load core, both) for taskset."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        c = str(cores[0])
-        return c, c, c
-    return str(cores[0]), str(cores[1]), f"{cores[0]},{cores[1]}"
-
-
-class Procs:
-    """Processes started by this run; all stopped at exit, by their own handles."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, argv: list[str], *, log: Path, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        out = log.open("wb")
-        try:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-        finally:
-            out.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
-
-
-def nginx_conf(tmp: Path, name: str, http_body: str) -> Path:
-    conf = tmp / f"{name}.conf"
-    conf.write_text(
-        f"""worker_processes 1;
-daemon off;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.error.log warn;
-events {{ worker_connections 4096; multi_accept on; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  client_body_temp_path {tmp}/{name}-body;
-  proxy_temp_path {tmp}/{name}-proxy;
-  fastcgi_temp_path {tmp}/{name}-fastcgi;
-  uwsgi_temp_path {tmp}/{name}-uwsgi;
-  scgi_temp_path {tmp}/{name}-scgi;
-{http_body}
-}}
-"""
-    )
-    return conf
-
-
-def backends_conf(tmp: Path, ports: list[int]) -> Path:
-    servers = "\n".join(
-        f"  server {{ listen 127.0.0.1:{p}; location / {{ default_type text/plain; "
-        f'return 200 "{BODY.strip()}\\n"; }} }}'
-        for p in ports
-    )
-    return nginx_conf(tmp, "backends", servers)
-
-
-def nginx_proxy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
-    upstream = "\n".join(f"    server 127.0.0.1:{p};" for p in backends)
-    body = f"""  upstream be {{
-    hash $cookie_sid consistent;
-{upstream}
-    keepalive 64;
-  }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}"""
-    return nginx_conf(tmp, "nginx-proxy", body)
-
-
-def haproxy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
-    servers = "\n".join(
-        f"  server s{i + 1} 127.0.0.1:{p} cookie s{i + 1}" for i, p in enumerate(backends)
-    )
-    conf = tmp / "haproxy.cfg"
-    conf.write_text(
-        f"""global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  option forwardfor
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  balance roundrobin
-  cookie SRV insert indirect nocache
-{servers}
-"""
-    )
-    return conf
-
-
-def session_cookie(port: int, name: str) -> str:
-    """Ask the proxy for a session and return ``name=value`` from its Set-Cookie."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-        for header in resp.headers.get_all("Set-Cookie") or []:
-            if header.startswith(name + "="):
-                return str(header).split(";")[0]
-    raise RuntimeError(f"no {name} cookie from 127.0.0.1:{port}")
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(text)
-    value = float(m.group(1))
-    return {"us": value / 1000, "ms": value, "s": value * 1000}[m.group(2)]
-
-
-def cpu_ticks(core: str) -> tuple[int, int]:
-    """(busy, total) jiffies of one core from /proc/stat."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            fields = [int(x) for x in line.split()[1:]]
-            idle = fields[3] + fields[4]
-            return sum(fields) - idle, sum(fields)
-    return 0, 1
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children (workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        pids += [int(x) for x in children.read_text().split()]
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def post_script(tmp: Path, size: int) -> Path:
-    """A wrk script that makes every request a POST with a ``size``-byte body."""
-    script = tmp / f"post-{size}.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n'
-        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
-    )
-    return script
-
-
-def wrk(
-    name: str,
-    port: int,
-    cookie: str,
-    *,
-    pid: int,
-    core: str,
-    load_core: str,
-    connections: int,
-    duration: float,
-    script: Path | None = None,
-) -> Result:
-    base = [
-        "taskset",
-        "-c",
-        core,
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        "--latency",
-        "-H",
-        f"Cookie: {cookie}",
-        *(["-s", str(script)] if script is not None else []),
-        f"http://127.0.0.1:{port}/",
-    ]
-    subprocess.run([*base[:-1], "-d2s", base[-1]], capture_output=True, check=True)  # warm-up
-    busy0, total0 = cpu_ticks(load_core)
-    cpu0, t0 = process_cpu(pid), time.monotonic()
-    out = subprocess.run(
-        [*base[:-1], f"-d{duration:g}s", base[-1]], capture_output=True, text=True, check=True
-    ).stdout
-    cpu1, t1 = process_cpu(pid), time.monotonic()
-    busy1, total1 = cpu_ticks(load_core)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    busy = (busy1 - busy0) / max(1, total1 - total0)
-    return Result(name, rps, p50, p99, busy, (cpu1 - cpu0) / (t1 - t0), errors)
-
-
-def limpet_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
-    return env
-
-
-def start_limpet(
-    procs: Procs, tmp: Path, port: int, backends: list[int], *, workers: int, cpus: str
-) -> subprocess.Popen[bytes]:
-    token = tmp / "token"
-    token.write_text("bench-token\n")
-    log = tmp / f"limpet-{workers}.log"
-    argv = [
-        "taskset",
-        "-c",
-        cpus,
-        sys.executable,
-        "-m",
-        "limpet.cli",
-        "proxy",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--token-file",
-        str(token),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-        "--affinity",
-        "cookie",
-    ]
-    for i, p in enumerate(backends):
-        argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
-    proc = procs.start(argv, log=log, env=limpet_env())
-    deadline = time.monotonic() + 30
-    while "listening on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"limpet did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return proc
-
-
+# The learned table's module moves with issue 10's package split; the probe takes
+# whichever exists.
 LEARNED_PROBE = """
-import json, random, sys, time
-from limpet.proxy.session.learned import LearnedTable
+import importlib, json, random, sys, time
+for name in ("limpet.proxy.session.learned", "limpet.proxy.learned"):
+    try:
+        LearnedTable = importlib.import_module(name).LearnedTable
+        break
+    except ModuleNotFoundError:
+        continue
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -371,7 +127,7 @@ def learned_memory(n: int) -> dict[str, float]:
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("haproxy", "nginx", "wrk", "taskset") if shutil.which(t) is None]
+    return [t for t in TOOLS if shutil.which(t) is None]
 
 
 def median(results: list[Result]) -> Result:
@@ -397,124 +153,186 @@ def table(results: list[Result], base: Result) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench proxy", description=__doc__)
+def target_line(workload: str, limpet: Result, haproxy: Result) -> str:
+    """Limpet's ratios to HAProxy beside issue 10's targets; printed, never asserted."""
+    rps = limpet.rps / haproxy.rps
+    p99 = limpet.p99_ms / haproxy.p99_ms
+    goal = RPS_TARGETS[workload]
+    return (
+        f"limpet / HAProxy ({workload}): {rps:.2f} x req/s (target >= {goal}: "
+        f"{'met' if rps >= goal else 'not met'}), {p99:.2f} x p99 (target <= {P99_TARGET:g}: "
+        f"{'met' if p99 <= P99_TARGET else 'not met'})"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench proxy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--sessions", type=int, default=1_000_000, help="learned entries")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
-    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 100 k sessions")
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=sorted(WORKLOADS),
+        help="run only this workload (repeat for more; default: all three)",
+    )
+    parser.add_argument(
+        "--cycle", type=int, default=10_000, help="sessions cycled in the cycle workload"
+    )
+    parser.add_argument("--sessions", type=int, default=1_000_000, help="learned entries")
     parser.add_argument(
         "--post-bytes",
         type=int,
         default=1024,
         help="body of the extra POST runs of HAProxy and limpet (0 skips them; default 1024)",
     )
+    parser.add_argument(
+        "--no-workers", action="store_true", help="skip limpet --workers 2 (one workload)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="run limpet under pyinstrument; its text report goes here"
+    )
+    parser.add_argument("--json", type=Path, help="also write every median result here")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 3 s (1 s warm-up), 100 k learned"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.sessions, args.rounds = 3.0, 100_000, 1
+        args.duration, args.warmup, args.sessions, args.rounds = 3.0, 1.0, 100_000, 1
+    if args.workload is None:
+        args.workload = list(WORKLOADS)
+    for name in ("duration", "rounds", "cycle", "connections"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+    return args
+
+
+def plan_loads(
+    tmp: Path, peers: list[Peer], workloads: list[str], cycle: int
+) -> dict[str, list[tuple[Peer, Load]]]:
+    """For each workload, the peers it runs against and what wrk sends them. Sessions
+    are issued by each proxy and checked for stickiness here, before any measuring."""
+    plans: dict[str, list[tuple[Peer, Load]]] = {w: [] for w in workloads}
+    for peer in peers:
+        if peer.cookie is None:  # nginx: the client makes the sid up
+            sessions = [Session(f"sid=bench-{i:05d}", None) for i in range(cycle)]
+            check_sticky(peer.port, sessions)
+            print(f"{peer.name}: {cycle} made-up sid values, sticky on replay", flush=True)
+        else:
+            count = cycle if "cycle" in workloads else 50
+            sessions = issue_sessions(peer.port, peer.cookie, count)
+            check_sticky(peer.port, sessions)
+            distinct = len({s.cookie for s in sessions})
+            spread = {b: sum(s.backend == b for s in sessions) for b in ("b1", "b2")}
+            print(
+                f"{peer.name}: {len(sessions)} sessions issued, {distinct} distinct cookie "
+                f"values, backends {spread}, sticky on replay",
+                flush=True,
+            )
+        if "one" in plans:
+            plans["one"].append((peer, Load(header=f"Cookie: {sessions[0].cookie}")))
+        if "cycle" in plans:
+            script = cycle_script(tmp, peer.name, [s.cookie for s in sessions])
+            plans["cycle"].append((peer, Load(script=script)))
+        if "new" in plans and peer.cookie is not None:
+            plans["new"].append((peer, Load()))
+    return plans
+
+
+def measure(
+    args: argparse.Namespace, procs: Procs, tmp: Path
+) -> tuple[dict[str, list[Result]], list[Result], str]:
+    proxy_core, load_core, both = cpu_list()
+    backends = start_backends(procs, tmp, core=load_core)
+    peers = [
+        start_haproxy(procs, tmp, backends, core=proxy_core),
+        start_caddy(procs, tmp, backends, core=proxy_core),
+        start_nginx(procs, tmp, backends, core=proxy_core),
+        start_limpet(procs, tmp, backends, workers=1, cpus=proxy_core, profile=args.profile),
+    ]
+    plans = plan_loads(tmp, peers, args.workload, args.cycle)
+    if "one" in plans and not args.no_workers:
+        w2 = start_limpet(procs, tmp, backends, workers=2, cpus=both)
+        cookie = issue_sessions(w2.port, "LIMPET", 1)[0].cookie
+        plans["one"].append((w2, Load(header=f"Cookie: {cookie}")))
+    posting: list[tuple[Peer, Load]] = []
+    if args.post_bytes > 0 and "one" in plans:
+        post = post_script(tmp, args.post_bytes)
+        posting = [
+            (peer, Load(header=load.header, script=post))
+            for peer, load in plans["one"]
+            if peer.name in (HAPROXY, "limpet")
+        ]
+    run = functools.partial(
+        run_wrk,
+        load_core=load_core,
+        connections=args.connections,
+        duration=args.duration,
+        warmup=args.warmup,
+    )
+    rounds: dict[str, dict[str, list[Result]]] = {w: {} for w in plans}
+    post_rounds: dict[str, list[Result]] = {}
+    # The proxies stay up; the rounds alternate between them so that a burst of
+    # unrelated load on this machine hits all of them alike.
+    for _ in range(args.rounds):
+        for workload, targets in plans.items():
+            for peer, load in targets:
+                rounds[workload].setdefault(peer.name, []).append(run(peer, load))
+        for peer, load in posting:
+            post_rounds.setdefault(peer.name, []).append(run(peer, load))
+    medians = {w: [median(rs) for rs in by_peer.values()] for w, by_peer in rounds.items()}
+    setup = (
+        f"wrk: 1 thread, {args.connections} connections, keep-alive, {args.warmup:g} s "
+        f"warm-up and {args.duration:g} s measured per run, median of {args.rounds} "
+        f"alternating rounds; proxies on core {proxy_core} (limpet --workers 2 on cores "
+        f"{both}), wrk and the nginx backends on core {load_core}."
+    )
+    return medians, [median(rs) for rs in post_rounds.values()], setup
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     missing = missing_tools()
     if missing:
         print(f"missing tools: {', '.join(missing)} (run: bash tools/apt-deps.sh)")
         return 1
-    proxy_core, load_core, both = cpu_list()
+    if args.profile is not None and importlib.util.find_spec("pyinstrument") is None:
+        print("--profile needs pyinstrument: .venv/bin/pip install pyinstrument")
+        return 1
     procs = Procs()
-    rounds: dict[str, list[Result]] = {}
-    post_rounds: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="limpet-bench-") as tmpdir:
-        tmp = Path(tmpdir)
         try:
-            backend_ports = [free_port(), free_port()]
-            procs.start(
-                [
-                    "taskset",
-                    "-c",
-                    load_core,
-                    "nginx",
-                    "-c",
-                    str(backends_conf(tmp, backend_ports)),
-                    "-p",
-                    str(tmp),
-                ],
-                log=tmp / "backends.log",
-            )
-            for p in backend_ports:
-                wait_port(p)
-            run = {
-                "core": load_core,
-                "load_core": load_core,
-                "connections": args.connections,
-                "duration": args.duration,
-            }
-            # The proxies stay up; the rounds alternate between them so that a burst of
-            # unrelated load on this machine hits all of them alike.
-            targets: list[tuple[str, int, str, int]] = []
-            port = free_port()
-            proc = procs.start(
-                [
-                    "taskset",
-                    "-c",
-                    proxy_core,
-                    "haproxy",
-                    "-f",
-                    str(haproxy_conf(tmp, port, backend_ports)),
-                ],
-                log=tmp / "haproxy.log",
-            )
-            wait_port(port)
-            targets.append(("haproxy (1 thread)", port, session_cookie(port, "SRV"), proc.pid))
-            port = free_port()
-            proc = procs.start(
-                [
-                    "taskset",
-                    "-c",
-                    proxy_core,
-                    "nginx",
-                    "-c",
-                    str(nginx_proxy_conf(tmp, port, backend_ports)),
-                    "-p",
-                    str(tmp),
-                ],
-                log=tmp / "nginx-proxy.log",
-            )
-            wait_port(port)
-            targets.append(("nginx (1 worker)", port, "sid=bench-session", proc.pid))
-            port = free_port()
-            proc = start_limpet(procs, tmp, port, backend_ports, workers=1, cpus=proxy_core)
-            targets.append(("limpet", port, session_cookie(port, "LIMPET"), proc.pid))
-            port = free_port()
-            proc = start_limpet(procs, tmp, port, backend_ports, workers=2, cpus=both)
-            targets.append(("limpet --workers 2", port, session_cookie(port, "LIMPET"), proc.pid))
-            # POST with a small body: the request head and body reach the backend together.
-            post = post_script(tmp, args.post_bytes) if args.post_bytes > 0 else None
-            posting = [t for t in targets if t[0] in ("haproxy (1 thread)", "limpet")]
-            for _ in range(args.rounds):
-                for name, port, cookie, pid in targets:
-                    rounds.setdefault(name, []).append(wrk(name, port, cookie, pid=pid, **run))
-                if post is not None:
-                    for name, port, cookie, pid in posting:
-                        post_rounds.setdefault(name, []).append(
-                            wrk(name, port, cookie, pid=pid, script=post, **run)
-                        )
+            medians, posts, setup = measure(args, procs, Path(tmpdir))
         finally:
             procs.stop_all()
-    results = [median(rs) for rs in rounds.values()]
-    haproxy = results[0]
-    print(
-        f"wrk: 1 thread, {args.connections} connections, keep-alive, session cookie set, "
-        f"{args.duration:g} s per run, median of {args.rounds} alternating rounds; proxies on "
-        f"core {proxy_core} (limpet --workers 2 on cores {both}), wrk and the nginx backends "
-        f"on core {load_core}."
-    )
-    print(table(results, haproxy))
-    if post_rounds:
-        posts = [median(rs) for rs in post_rounds.values()]
-        print(f"POST with a {args.post_bytes}-byte body, same set-up:")
+    print(setup)
+    for workload, results in medians.items():
+        print(f"\n{workload}: {WORKLOADS[workload].format(n=f'{args.cycle:,}')}")
+        haproxy = next(r for r in results if r.name == HAPROXY)
+        print(table(results, haproxy))
+        limpet = next(r for r in results if r.name == "limpet")
+        print(target_line(workload, limpet, haproxy))
+    if posts:
+        print(f"\nPOST with a {args.post_bytes}-byte body, one session cookie, same set-up:")
         print(table(posts, posts[0]))
+    if args.profile is not None:
+        print(
+            f"\nlimpet ran under pyinstrument (its figures include the profiler's cost): "
+            f"report in {args.profile}"
+        )
+    if args.json is not None:
+        blob = {w: [asdict(r) for r in rs] for w, rs in medians.items()}
+        blob["post"] = [asdict(r) for r in posts]
+        args.json.write_text(json.dumps({"setup": setup, "results": blob}, indent=2))
     mem = learned_memory(args.sessions)
     print(
-        f"learned sessions: {int(mem['entries']):,} entries use {mem['bytes'] / 2**20:.0f} MiB "
-        f"RSS ({mem['bytes'] / mem['entries']:.0f} bytes each), insert "
+        f"\nlearned sessions: {int(mem['entries']):,} entries use {mem['bytes'] / 2**20:.0f} "
+        f"MiB RSS ({mem['bytes'] / mem['entries']:.0f} bytes each), insert "
         f"{mem['insert_us']:.2f} us"
     )
     return 0
