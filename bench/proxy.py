@@ -87,16 +87,10 @@ HAPROXY = "haproxy (1 thread)"
 TOOLS = ("haproxy", "nginx", "caddy", "wrk", "taskset")
 
 
-# The learned table's module moves with issue 10's package split; the probe takes
-# whichever exists.
+# Runs in a fresh interpreter so the RSS it measures is the table's alone.
 LEARNED_PROBE = """
-import importlib, json, random, sys, time
-for name in ("limpet.proxy.session.learned", "limpet.proxy.learned"):
-    try:
-        LearnedTable = importlib.import_module(name).LearnedTable
-        break
-    except ModuleNotFoundError:
-        continue
+import json, random, sys, time
+from limpet.proxy.session.learned import LearnedTable
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
