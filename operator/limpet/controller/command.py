@@ -20,15 +20,15 @@ from types import MappingProxyType
 
 import aiohttp
 
-from limpet.controller.config import ConfigError, load_cluster_config
-from limpet.controller.kube import ApiError, KubeClient, Resource
-from limpet.controller.settings import (
+from limpet.controller.kube.client import ApiError, KubeClient, Resource
+from limpet.controller.kube.config import ConfigError, load_cluster_config
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.settings import (
     DEFAULT_PROXY_IMAGE,
     DebounceSettings,
     OperatorSettings,
     PushSettings,
 )
-from limpet.controller.watchhub import WatchHub
 
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings")
 PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")

@@ -33,13 +33,13 @@ from typing import Any
 import aiohttp
 import kopf
 
-from limpet.controller.config import ClusterConfig
-from limpet.controller.kube import KubeClient
-from limpet.controller.proxies import delete_owned
+from limpet.controller.effects.proxies import delete_owned
+from limpet.controller.effects.reporter import EventSink
+from limpet.controller.kube.client import KubeClient
+from limpet.controller.kube.config import ClusterConfig
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.settings import OperatorSettings
 from limpet.controller.reconciler import Reconciler
-from limpet.controller.reporter import EventSink
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.watchhub import WatchHub
 
 GROUP, VERSION, PLURAL = "limpet.dev", "v1alpha1", "stickyservices"
 KOPF_PREFIX = "kopf.limpet.dev"

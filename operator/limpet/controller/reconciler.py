@@ -42,24 +42,24 @@ import aiohttp
 
 from limpet.affinity.ids import BackendId
 from limpet.controller.debounce import Debouncer
-from limpet.controller.keys import KeyMaterial, next_retirement, prune, rotate
-from limpet.controller.kube import STICKYSERVICES, ApiError, KubeClient
-from limpet.controller.membership import Member, build_membership, proxy_endpoints
-from limpet.controller.planner import PlanInputs, PlannerState, plan_next
-from limpet.controller.proxies import (
+from limpet.controller.effects.proxies import (
     apply_managed,
     delete_owned,
     load_keys,
     proxy_targets,
     save_keys,
 )
-from limpet.controller.pusher import Pusher
-from limpet.controller.reporter import EventSink, Observed, StatusReporter
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import SpecError, StickySpec, parse_spec
-from limpet.controller.status import Problem, recover_state
-from limpet.controller.watches import ServiceWatches
-from limpet.controller.watchhub import WatchHub
+from limpet.controller.effects.pusher import Pusher
+from limpet.controller.effects.reporter import EventSink, Observed, StatusReporter
+from limpet.controller.kube.client import STICKYSERVICES, ApiError, KubeClient
+from limpet.controller.kube.watches import ServiceWatches
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.keys import KeyMaterial, next_retirement, prune, rotate
+from limpet.controller.model.membership import Member, build_membership, proxy_endpoints
+from limpet.controller.model.planner import PlanInputs, PlannerState, plan_next
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import SpecError, StickySpec, parse_spec
+from limpet.controller.model.status import Problem, recover_state
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ class DebounceSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PushSettings:
-    """Talking to the proxies' admin APIs (see :mod:`limpet.controller.pusher`)."""
+    """Talking to the proxies' admin APIs (see :mod:`limpet.controller.effects.pusher`)."""
 
     timeout: float = 2.0
     backoff_initial: float = 0.05

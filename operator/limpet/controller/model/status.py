@@ -30,7 +30,7 @@ from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState, BackendStatus, ramp
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import RebalanceSchedule
-from limpet.controller.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
+from limpet.controller.model.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
 
 
 def ts(epoch: float | None) -> str | None:

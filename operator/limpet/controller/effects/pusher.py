@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from limpet.controller.settings import PushSettings
+from limpet.controller.model.settings import PushSettings
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from limpet.affinity.lifecycle import (
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import Backend, CookieKey, Plan, RebalanceSchedule
 from limpet.affinity.slottable import recommended_size
-from limpet.controller.membership import Member
-from limpet.controller.spec import StickySpec
+from limpet.controller.model.membership import Member
+from limpet.controller.model.spec import StickySpec
 
 DEFAULT_WEIGHT = 100
 

@@ -37,15 +37,15 @@ from typing import Any
 
 import aiohttp
 
-from limpet.controller.informer import Informer
-from limpet.controller.kube import (
+from limpet.controller.kube.client import (
     ENDPOINTSLICES,
     SERVICES,
     ApiError,
     KubeClient,
     WatchExpired,
 )
-from limpet.controller.membership import SliceView, parse_slice
+from limpet.controller.kube.informer import Informer
+from limpet.controller.model.membership import SliceView, parse_slice
 
 log = logging.getLogger(__name__)
 

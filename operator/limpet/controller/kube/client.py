@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from limpet.controller.config import ClusterConfig
+from limpet.controller.kube.config import ClusterConfig
 
 JsonObj = dict[str, Any]
 FIELD_MANAGER: Final = "limpet-operator"

@@ -35,13 +35,13 @@ import aiohttp
 
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState
-from limpet.controller.keys import KeyMaterial
-from limpet.controller.kube import ApiError, KubeClient
-from limpet.controller.planner import PlannerState
-from limpet.controller.pusher import Pusher
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import StickySpec
-from limpet.controller.status import Problem, ProxySync, StatusView, build_status
+from limpet.controller.effects.pusher import Pusher
+from limpet.controller.kube.client import ApiError, KubeClient
+from limpet.controller.model.keys import KeyMaterial
+from limpet.controller.model.planner import PlannerState
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import StickySpec
+from limpet.controller.model.status import Problem, ProxySync, StatusView, build_status
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from limpet.controller.kube import ApiError, KubeClient, Resource, WatchExpired
+from limpet.controller.kube.client import ApiError, KubeClient, Resource, WatchExpired
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

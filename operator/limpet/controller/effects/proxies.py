@@ -22,40 +22,22 @@ Pure manifest builders plus small async helpers over :class:`~.kube.KubeClient`.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from limpet.controller.keys import KeyMaterial, from_secret_data, new_material, to_secret_data
-from limpet.controller.kube import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
-from limpet.controller.membership import ProxyEndpoint
-from limpet.controller.pusher import ProxyTarget
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import StickySpec
+from limpet.controller.effects.pusher import ProxyTarget
+from limpet.controller.kube.client import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
+from limpet.controller.model.keys import KeyMaterial, from_secret_data, new_material, to_secret_data
+from limpet.controller.model.membership import ProxyEndpoint
+from limpet.controller.model.names import proxy_service_name, secret_name
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import StickySpec
 
 OWNER_LABEL = "limpet.dev/stickyservice"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TOKEN_MOUNT = "/etc/limpet/admin"
 STATE_MOUNT = "/var/lib/limpet"
-
-
-def child_name(name: str, suffix: str, limit: int = 63) -> str:
-    """``<name>-<suffix>``, shortened with a hash when it would exceed ``limit``."""
-    full = f"{name}-{suffix}"
-    if len(full) <= limit:
-        return full
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    head = name[: limit - len(suffix) - len(digest) - 2].rstrip("-")
-    return f"{head}-{digest}-{suffix}"
-
-
-def proxy_service_name(name: str) -> str:
-    return child_name(name, "proxy")
-
-
-def secret_name(name: str) -> str:
-    return child_name(name, "limpet", limit=253)
 
 
 def owner_reference(owner: Mapping[str, Any]) -> JsonObj:

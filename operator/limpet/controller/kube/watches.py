@@ -19,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from limpet.controller.informer import Informer
-from limpet.controller.kube import ENDPOINTSLICES, KubeClient
-from limpet.controller.membership import SliceView, parse_slice
-from limpet.controller.proxies import proxy_service_name
-from limpet.controller.spec import StickySpec
-from limpet.controller.watchhub import (
+from limpet.controller.kube.client import ENDPOINTSLICES, KubeClient
+from limpet.controller.kube.informer import Informer
+from limpet.controller.kube.watchhub import (
     Callback,
     NamespaceServices,
     NamespaceSlices,
     ServicePorts,
     WatchHub,
 )
+from limpet.controller.model.membership import SliceView, parse_slice
+from limpet.controller.model.names import proxy_service_name
+from limpet.controller.model.spec import StickySpec
 
 
 class ServiceWatches:
