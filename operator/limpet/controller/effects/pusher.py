@@ -86,9 +86,6 @@ class Pusher:
     def version(self) -> int:
         return self._version
 
-    def set_token(self, token: str) -> None:
-        self._token = token
-
     async def set_plan(self, version: int, body: bytes) -> None:
         """Make ``version`` current; lower or equal versions are ignored."""
         if version <= self._version:
