@@ -197,7 +197,7 @@ async def main(args: argparse.Namespace) -> int:
         if problem is not None:
             log.error("%s", problem)
             return 2
-        hub = WatchHub(client)
+        hub = WatchHub(client, backoff=settings.retry)
         runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
         try:
             await kopf.operator(

@@ -42,19 +42,14 @@ import aiohttp
 
 from limpet.affinity.ids import BackendId
 from limpet.controller.debounce import Debouncer
-from limpet.controller.effects.proxies import (
-    apply_managed,
-    delete_owned,
-    load_keys,
-    proxy_targets,
-    save_keys,
-)
+from limpet.controller.effects.key_lifecycle import KeyLifecycle
+from limpet.controller.effects.proxies import apply_managed, delete_owned, proxy_targets
 from limpet.controller.effects.pusher import Pusher
 from limpet.controller.effects.reporter import EventSink, Observed, StatusReporter
 from limpet.controller.kube.client import STICKYSERVICES, ApiError, KubeClient
 from limpet.controller.kube.watches import ServiceWatches
 from limpet.controller.kube.watchhub import WatchHub
-from limpet.controller.model.keys import KeyMaterial, next_retirement, prune, rotate
+from limpet.controller.model.backoff import Backoff
 from limpet.controller.model.membership import Member, build_membership, proxy_endpoints
 from limpet.controller.model.planner import PlanInputs, PlannerState, plan_next
 from limpet.controller.model.settings import OperatorSettings
@@ -62,8 +57,6 @@ from limpet.controller.model.spec import SpecError, StickySpec, parse_spec
 from limpet.controller.model.status import Problem, recover_state
 
 log = logging.getLogger(__name__)
-
-ROTATE_ANNOTATION = "limpet.dev/rotate-keys"
 
 
 class Reconciler:
@@ -93,10 +86,13 @@ class Reconciler:
         self._spec: StickySpec | None = None
         self._spec_key: object = None
         self._problem: Problem | None = None
-        self._keys: KeyMaterial | None = None
-        self._keys_rotated_at: float | None = None
-        keys_status = (body.get("status") or {}).get("keys") or {}
-        self._rotation_seen: str | None = keys_status.get("rotationRequest")
+        self._keys = KeyLifecycle(
+            client=client,
+            events=events,
+            owner_ref=self.ref,
+            key_retention_default=settings.key_retention_default,
+            recovered=body.get("status"),
+        )
         self._floor = 0
         self._next_wakeup: float | None = None
         self._watches = ServiceWatches(
@@ -106,6 +102,7 @@ class Reconciler:
             name=self.name,
             on_members=self._debouncer.poke,
             on_proxies=self._refresh_targets,
+            backoff=settings.retry,
         )
         self._pusher: Pusher | None = None
         self._report = StatusReporter(
@@ -147,16 +144,17 @@ class Reconciler:
             state=self._state,
             spec=self._spec,
             pusher=self._pusher,
-            keys=self._keys,
+            keys=self._keys.material,
             problem=self._problem,
-            keys_rotated_at=self._keys_rotated_at,
-            rotation_request=self._rotation_seen,
+            keys_rotated_at=self._keys.rotated_at,
+            rotation_request=self._keys.rotation_request,
         )
 
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         status_task = asyncio.create_task(self._report.run(), name=f"status:{self.name}")
+        backoff = Backoff(self._settings.retry)
         try:
             while True:
                 now = time.time()
@@ -167,16 +165,17 @@ class Reconciler:
                         self._body_changed = False
                         await self._apply_body()
                     await self._plan_once()
+                    backoff.reset()
                 except ApiError as exc:
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
                         log.info("%s/%s is gone; stopping", self.namespace, self.name)
                         return
                     log.warning("%s/%s: API error: %s; retrying", self.namespace, self.name, exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     log.warning("%s/%s: %s; retrying", self.namespace, self.name, exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
         finally:
             status_task.cancel()
@@ -198,22 +197,7 @@ class Reconciler:
             self._problem = Problem("InvalidSpec", str(exc))
             self._report.mark_dirty()
             return
-        if self._keys is None:
-            self._keys, created = await load_keys(self._client, body, now=now)
-            if created:
-                self._event("KeysCreated", "admin token and cookie signing key created")
-        request = ((body.get("metadata") or {}).get("annotations") or {}).get(ROTATE_ANNOTATION)
-        if request and request != self._rotation_seen:
-            retention = spec.affinity.absolute_timeout or self._settings.key_retention_default
-            self._keys = rotate(self._keys, now=now, retention=retention)
-            await save_keys(self._client, body, self._keys)
-            self._rotation_seen = request
-            self._keys_rotated_at = now
-            self._event(
-                "KeysRotated",
-                f"new cookie signing key {self._keys.active_key_id}; older keys stay valid "
-                f"for {retention:g}s",
-            )
+        keys = await self._keys.apply(body, spec, now=now)
         if spec.proxy.managed:
             await apply_managed(self._client, body, spec, self._settings)
         elif self._spec is not None and self._spec.proxy.managed:
@@ -230,7 +214,7 @@ class Reconciler:
             self._pusher = Pusher(
                 session=self._http,
                 settings=self._settings.push,
-                token=self._keys.admin_token,
+                token=keys.admin_token,
                 on_change=self._report.mark_dirty,
                 on_ahead=self._proxy_ahead,
             )
@@ -255,7 +239,8 @@ class Reconciler:
 
     def _members(self, spec: StickySpec) -> Mapping[BackendId, Member] | None:
         """Current members, or None when the Service or its port is missing (problem set)."""
-        assert self._keys is not None
+        keys = self._keys.material
+        assert keys is not None
         ports = self._watches.ports(spec.service)
         if ports is None:
             self._problem = Problem(
@@ -276,21 +261,18 @@ class Reconciler:
             return None
         self._problem = None
         return build_membership(
-            self._watches.member_slices(spec.service), port_name=port_name, id_key=self._keys.id_key
+            self._watches.member_slices(spec.service), port_name=port_name, id_key=keys.id_key
         )
 
     async def _plan_once(self) -> None:
-        spec, keys, pusher = self._spec, self._keys, self._pusher
-        if spec is None or keys is None or pusher is None:
+        spec, pusher = self._spec, self._pusher
+        if spec is None or self._keys.material is None or pusher is None:
             return
         if not self._watches.synced(spec.service):
             self._next_wakeup = time.time() + 0.05
             return
         now = round(time.time(), 6)
-        pruned = prune(keys, now=now)
-        if pruned is not keys:
-            self._keys = keys = pruned
-            await save_keys(self._client, self._body, keys)
+        keys = await self._keys.current(self._body, now=now)
         members = self._members(spec)
         sessions = pusher.sessions()
         result = plan_next(
@@ -337,6 +319,6 @@ class Reconciler:
                 self._floor = 0
         for event in result.events:
             self._event(event.kind.value, event.message, warning=event.warning)
-        wakeups = [t for t in (result.next_wakeup, next_retirement(keys)) if t is not None]
+        wakeups = [t for t in (result.next_wakeup, self._keys.next_retirement()) if t is not None]
         self._next_wakeup = min(wakeups) if wakeups else None
         self._report.mark_dirty()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from limpet.controller.model.backoff import Backoff
 from limpet.controller.model.settings import PushSettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Pusher:
 
     async def _worker(self, state: ProxyState) -> None:
         s = self._settings
-        delay = s.backoff_initial
+        backoff = Backoff(s.backoff)
         first = True
         while True:
             before = (state.version, state.reachable, state.last_error)
@@ -206,7 +206,7 @@ class Pusher:
                     if not self._behind(state):
                         await self._read_stats(state)
                 state.last_error = None
-                delay = s.backoff_initial
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, TimeoutError, _Failure, ValueError) as exc:
@@ -217,8 +217,7 @@ class Pusher:
                 log.debug("proxy %s: %s", state.target.url, state.last_error)
                 if (state.version, state.reachable, state.last_error) != before:
                     self._on_change()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, s.backoff_max)
+                await asyncio.sleep(backoff.next_delay())
                 continue
             if (state.version, state.reachable, state.last_error) != before:
                 self._on_change()

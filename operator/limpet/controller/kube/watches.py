@@ -30,6 +30,7 @@ from limpet.controller.kube.watchhub import (
 )
 from limpet.controller.model.membership import SliceView, parse_slice
 from limpet.controller.model.names import proxy_service_name
+from limpet.controller.model.settings import BackoffSettings
 from limpet.controller.model.spec import StickySpec
 
 
@@ -43,6 +44,7 @@ class ServiceWatches:
         name: str,
         on_members: Callback,
         on_proxies: Callback,
+        backoff: BackoffSettings,
     ) -> None:
         self._client = client
         self._hub = hub
@@ -50,6 +52,7 @@ class ServiceWatches:
         self._name = name
         self._on_members = on_members
         self._on_proxies = on_proxies
+        self._backoff = backoff
         self._services: NamespaceServices | None = None
         self._slices: NamespaceSlices | None = None
         self._watched: tuple[str, str | None] | None = None
@@ -77,6 +80,7 @@ class ServiceWatches:
                 transform=parse_slice,
                 on_change=lambda _names: on_proxies(),
                 label_selector=spec.proxy.label_selector(),
+                backoff=self._backoff,
             )
             self._proxy_inf = inf
             self._tasks.append(asyncio.create_task(inf.run(), name=inf.describe()))
