@@ -1,32 +1,39 @@
-"""One StickyService, end to end: watch, plan, push, report.
+"""One StickyService, end to end: handler -> reconcile -> plan -> push -> status.
 
 Data flow: kopf runs :meth:`Reconciler.run` as the StickyService's daemon and forwards
 spec and annotation changes to :meth:`Reconciler.update`. The reconciler
 
-1. recovers its planner state from the object's status (:func:`.status.recover_state`)
-   and its keys from its Secret (creating both on first sight);
+1. recovers its planner state from the object's status
+   (:func:`~limpet.controller.model.status.recover_state`) and its keys from its Secret
+   (:class:`~limpet.controller.effects.key_lifecycle.KeyLifecycle`, creating both on
+   first sight);
 2. applies the managed proxies (Deployment + Service) when ``spec.proxy.managed``;
 3. subscribes to its namespace's shared, server-side-filtered watches
-   (:mod:`.watchhub`): the target Service's ports, its EndpointSlices and the managed
-   proxies' EndpointSlices (external-mode proxies get an :class:`.informer.Informer`
-   with their label selector);
-4. loops: the :class:`.debounce.Debouncer` turns watch events into paced planning
-   passes; each pass builds the membership, asks :func:`.planner.plan_next` for the next
-   plan, writes status first when the durable state changed (restart safety), hands a
-   new version to the :class:`.pusher.Pusher`, and posts the planner's Events;
-5. a second task (:class:`.reporter.StatusReporter`) writes status when something
-   visible changed (proxy sync, sessions), at most every ``status_interval``, and posts
-   the proxy and drain Events that depend on the proxies' stats.
+   (:class:`~limpet.controller.kube.watches.ServiceWatches`): the target Service's
+   ports, its EndpointSlices and the proxies' EndpointSlices. Every change pokes the
+   :class:`~limpet.controller.debounce.Debouncer`, the one way into the loop;
+4. loops: each paced pass refreshes the proxy targets, builds the membership, asks
+   :func:`~limpet.controller.model.planner.plan_next` for the next plan, writes status
+   first when the durable state changed (restart safety), hands a new version to the
+   :class:`~limpet.controller.effects.pusher.Pusher`, posts the planner's Events and
+   hands the :class:`~limpet.controller.effects.reporter.StatusReporter` a new
+   :class:`~limpet.controller.effects.reporter.Observed` snapshot;
+5. a second task follows the pusher (:attr:`Pusher.changed`): a proxy's sync state
+   changed, so the reporter gets a new snapshot; a proxy seen ahead of the planner's
+   version raises the version floor and pokes the debouncer;
+6. the reporter's own task writes status at most every ``status_interval`` and posts
+   the Events that depend on the proxies' stats.
 
-This module holds the loop and what it owns (body, spec, keys, planner state, pusher);
-:mod:`.watches` holds the subscriptions and :mod:`.reporter` the status and Events.
+Nothing downstream calls back: the pusher and the reporter hold no reference to the
+reconciler, and the reporter reads the pusher only through its
+:class:`~limpet.controller.effects.pusher.PushReport` value.
 
 Concurrency: single-threaded on the event loop; nothing here blocks, and a failing API
 call or proxy only delays this StickyService. The loop is the only writer of the
-planner state; the reporter reads it through :meth:`Reconciler._observe` and serializes
-every status write under one lock, and a plan whose durable state changed is pushed
-only after its forced status write returned. Planning never runs before the watches have
-listed once, so a restart never mistakes "not listed yet" for "all pods gone".
+planner state; every status write is serialized under the reporter's lock, and a plan
+whose durable state changed is pushed only after its forced status write returned.
+Planning never runs before the watches have listed once, so a restart never mistakes
+"not listed yet" for "all pods gone".
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from limpet.controller.kube.watches import ServiceWatches
 from limpet.controller.kube.watchhub import WatchHub
 from limpet.controller.model.backoff import Backoff
 from limpet.controller.model.membership import Member, build_membership, proxy_endpoints
-from limpet.controller.model.planner import PlanInputs, PlannerState, plan_next
+from limpet.controller.model.planner import PlanInputs, PlannerState, PlanResult, plan_next
 from limpet.controller.model.settings import OperatorSettings
 from limpet.controller.model.spec import SpecError, StickySpec, parse_spec
 from limpet.controller.model.status import Problem, recover_state
@@ -71,7 +78,6 @@ class Reconciler:
         body: Mapping[str, Any],
     ) -> None:
         self._client = client
-        self._hub = hub
         self._http = http
         self._settings = settings
         meta = body["metadata"]
@@ -83,9 +89,12 @@ class Reconciler:
         self._debouncer = Debouncer(settings.debounce)
         self._debouncer.poke()  # the first pass: apply the body, start watching
         self._state: PlannerState = recover_state(body.get("status"))
+        self._schedule_seen = self._state.schedule
         self._spec: StickySpec | None = None
         self._spec_key: object = None
         self._problem: Problem | None = None
+        self._floor = 0
+        self._next_wakeup: float | None = None
         self._keys = KeyLifecycle(
             client=client,
             events=events,
@@ -93,18 +102,16 @@ class Reconciler:
             key_retention_default=settings.key_retention_default,
             recovered=body.get("status"),
         )
-        self._floor = 0
-        self._next_wakeup: float | None = None
         self._watches = ServiceWatches(
             client=client,
             hub=hub,
             namespace=self.namespace,
             name=self.name,
-            on_members=self._debouncer.poke,
-            on_proxies=self._refresh_targets,
+            on_change=self._debouncer.poke,
             backoff=settings.retry,
         )
         self._pusher: Pusher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._report = StatusReporter(
             client=client,
             settings=settings,
@@ -113,10 +120,9 @@ class Reconciler:
             name=self.name,
             ref=self.ref,
             path=self._own_path() + "/status",
-            observe=self._observe,
+            observed=self._observed(),
             recovered=body.get("status"),
         )
-        self._schedule_seen = self._state.schedule
 
     # -- inputs from kopf ---------------------------------------------------------------------
 
@@ -134,11 +140,14 @@ class Reconciler:
             "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid},
         }
 
+    def _own_path(self) -> str:
+        return STICKYSERVICES.path(self.namespace, self.name)
+
     def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self._report.event(reason, message, warning=warning)
 
-    def _observe(self) -> Observed:
-        """The reporter's snapshot; read at write time, under the reporter's lock."""
+    def _observed(self) -> Observed:
+        """What status shows now: handed to the reporter whenever part of it changed."""
         return Observed(
             generation=int(self._body.get("metadata", {}).get("generation") or 0),
             state=self._state,
@@ -150,10 +159,13 @@ class Reconciler:
             rotation_request=self._keys.rotation_request,
         )
 
+    def _publish(self) -> None:
+        self._report.update(self._observed())
+
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        status_task = asyncio.create_task(self._report.run(), name=f"status:{self.name}")
+        self._start(self._report.run(), f"status:{self.name}")
         backoff = Backoff(self._settings.retry)
         try:
             while True:
@@ -161,10 +173,7 @@ class Reconciler:
                 wake_in = None if self._next_wakeup is None else max(0.0, self._next_wakeup - now)
                 await self._debouncer.wait(wake_in)
                 try:
-                    if self._body_changed:
-                        self._body_changed = False
-                        await self._apply_body()
-                    await self._plan_once()
+                    await self._pass()
                     backoff.reset()
                 except ApiError as exc:
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
@@ -178,15 +187,28 @@ class Reconciler:
                     await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
         finally:
-            status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status_task
-            await self._watches.stop()
-            if self._pusher is not None:
-                await self._pusher.close()
+            await self._stop()
 
-    def _own_path(self) -> str:
-        return STICKYSERVICES.path(self.namespace, self.name)
+    def _start(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._watches.stop()
+        if self._pusher is not None:
+            await self._pusher.close()
+
+    async def _pass(self) -> None:
+        if self._body_changed:
+            self._body_changed = False
+            await self._apply_body()
+        self._refresh_targets()
+        await self._plan_once()
 
     async def _apply_body(self) -> None:
         body = self._body
@@ -195,7 +217,7 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as exc:
             self._problem = Problem("InvalidSpec", str(exc))
-            self._report.mark_dirty()
+            self._publish()
             return
         keys = await self._keys.apply(body, spec, now=now)
         if spec.proxy.managed:
@@ -212,28 +234,30 @@ class Reconciler:
         self._spec = spec
         if self._pusher is None:
             self._pusher = Pusher(
-                session=self._http,
-                settings=self._settings.push,
-                token=keys.admin_token,
-                on_change=self._report.mark_dirty,
-                on_ahead=self._proxy_ahead,
+                session=self._http, settings=self._settings.push, token=keys.admin_token
             )
-        self._refresh_targets()
+            self._start(self._follow(self._pusher), f"follow-push:{self.name}")
 
     def _refresh_targets(self) -> None:
         if self._pusher is None or self._spec is None:
             return
         endpoints = proxy_endpoints(self._watches.proxy_slices())
         self._pusher.set_targets(proxy_targets(endpoints, self._spec, self._settings))
-        self._report.mark_dirty()
+        self._publish()
 
-    def _proxy_ahead(self, version: int) -> None:
-        if version >= self._state.version and version > self._floor:
-            log.info(
-                "%s/%s: a proxy holds plan %d; moving past it", self.namespace, self.name, version
-            )
-            self._floor = version
-            self._debouncer.poke()
+    async def _follow(self, pusher: Pusher) -> None:
+        """The pusher's news: new proxy sync states for status, and versions seen ahead."""
+        while True:
+            await pusher.changed.wait()
+            pusher.changed.clear()
+            ahead = pusher.ahead
+            if ahead >= self._state.version and ahead > self._floor:
+                log.info(
+                    "%s/%s: a proxy holds plan %d; moving past it", self.namespace, self.name, ahead
+                )
+                self._floor = ahead
+                self._debouncer.poke()
+            self._publish()
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -265,6 +289,7 @@ class Reconciler:
         )
 
     async def _plan_once(self) -> None:
+        """One pass of plan -> persist -> push -> status."""
         spec, pusher = self._spec, self._pusher
         if spec is None or self._keys.material is None or pusher is None:
             return
@@ -273,15 +298,14 @@ class Reconciler:
             return
         now = round(time.time(), 6)
         keys = await self._keys.current(self._body, now=now)
-        members = self._members(spec)
-        sessions = pusher.sessions()
+        push = pusher.report()
         result = plan_next(
             PlanInputs(
                 name=f"{self.namespace}/{self.name}",
                 spec=spec,
-                members=members,
+                members=self._members(spec),
                 cookie_keys=keys.plan_keys(),
-                sessions=sum(sessions.values()) if pusher.proxies else None,
+                sessions=sum(push.sessions.values()) if push.proxies else None,
                 version_floor=self._floor,
                 gone_after=self._settings.gone_after,
                 forget_after=self._settings.forget_after,
@@ -289,11 +313,22 @@ class Reconciler:
             self._state,
             now=now,
         )
+        await self._persist(result)
+        if result.new_version:
+            await self._push(pusher, result)
+        for event in result.events:
+            self._event(event.kind.value, event.message, warning=event.warning)
+        wakeups = [t for t in (result.next_wakeup, self._keys.next_retirement()) if t is not None]
+        self._next_wakeup = min(wakeups) if wakeups else None
+        self._publish()
+
+    async def _persist(self, result: PlanResult) -> None:
+        """Take the new state; write status first when its durable part changed."""
         previous = self._state
         self._state = result.state
         if result.durable_changed:
             try:
-                await self._report.write(force=True)
+                await self._report.write(self._observed(), force=True)
             except BaseException:
                 # Not persisted, so not pushed either: the next pass plans again.
                 self._state = previous
@@ -301,24 +336,21 @@ class Reconciler:
         if result.state.schedule is not self._schedule_seen:
             self._schedule_seen = result.state.schedule
             self._report.reset_moved()
-        if result.new_version:
-            await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
-            counts: dict[str, int] = {}
-            for b in result.plan.backends:
-                counts[b.state.value] = counts.get(b.state.value, 0) + 1
-            log.info(
-                "%s/%s: plan v%d to %d proxies: %s%s",
-                self.namespace,
-                self.name,
-                result.plan.version,
-                len(pusher.proxies),
-                ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no backends",
-                ", rebalancing" if result.plan.rebalance is not None else "",
-            )
-            if self._floor and result.plan.version > self._floor:
-                self._floor = 0
-        for event in result.events:
-            self._event(event.kind.value, event.message, warning=event.warning)
-        wakeups = [t for t in (result.next_wakeup, self._keys.next_retirement()) if t is not None]
-        self._next_wakeup = min(wakeups) if wakeups else None
-        self._report.mark_dirty()
+
+    async def _push(self, pusher: Pusher, result: PlanResult) -> None:
+        plan = result.plan
+        await pusher.set_plan(plan.version, plan.to_json().encode())
+        counts: dict[str, int] = {}
+        for b in plan.backends:
+            counts[b.state.value] = counts.get(b.state.value, 0) + 1
+        log.info(
+            "%s/%s: plan v%d to %d proxies: %s%s",
+            self.namespace,
+            self.name,
+            plan.version,
+            len(pusher.report().proxies),
+            ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no backends",
+            ", rebalancing" if plan.rebalance is not None else "",
+        )
+        if self._floor and plan.version > self._floor:
+            self._floor = 0
