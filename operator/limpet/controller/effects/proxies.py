@@ -99,13 +99,59 @@ def service_manifest(owner: Mapping[str, Any], spec: StickySpec) -> JsonObj:
     }
 
 
+def _proxy_container(spec: StickySpec, settings: OperatorSettings) -> JsonObj:
+    """The proxy container: ``limpet proxy`` with the admin token mounted, non-root,
+    read-only, probed on its admin port."""
+    p = spec.proxy
+    admin_probe = {"port": "admin", "scheme": "HTTP"}
+    return {
+        "name": "proxy",
+        "image": p.image or settings.proxy_image,
+        "args": [
+            "proxy",
+            "--listen",
+            f"0.0.0.0:{p.port}",
+            "--admin-listen",
+            f"0.0.0.0:{p.admin_port}",
+            "--token-file",
+            f"{TOKEN_MOUNT}/admin-token",
+            "--state-dir",
+            STATE_MOUNT,
+        ],
+        "ports": [
+            {"name": "http", "containerPort": p.port, "protocol": "TCP"},
+            {"name": "admin", "containerPort": p.admin_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", **admin_probe},
+            "periodSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", **admin_probe},
+            "periodSeconds": 10,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+            {"name": "state", "mountPath": STATE_MOUNT},
+        ],
+    }
+
+
 def deployment_manifest(
     owner: Mapping[str, Any], spec: StickySpec, settings: OperatorSettings
 ) -> JsonObj:
     name = owner["metadata"]["name"]
     labels = pod_labels(owner)
     p = spec.proxy
-    admin_probe = {"port": "admin", "scheme": "HTTP"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -128,48 +174,7 @@ def deployment_manifest(
                         "fsGroup": 10001,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [
-                        {
-                            "name": "proxy",
-                            "image": p.image or settings.proxy_image,
-                            "args": [
-                                "proxy",
-                                "--listen",
-                                f"0.0.0.0:{p.port}",
-                                "--admin-listen",
-                                f"0.0.0.0:{p.admin_port}",
-                                "--token-file",
-                                f"{TOKEN_MOUNT}/admin-token",
-                                "--state-dir",
-                                STATE_MOUNT,
-                            ],
-                            "ports": [
-                                {"name": "http", "containerPort": p.port, "protocol": "TCP"},
-                                {"name": "admin", "containerPort": p.admin_port, "protocol": "TCP"},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/readyz", **admin_probe},
-                                "periodSeconds": 2,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", **admin_probe},
-                                "periodSeconds": 10,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "64Mi"},
-                                "limits": {"memory": "256Mi"},
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
-                                {"name": "state", "mountPath": STATE_MOUNT},
-                            ],
-                        }
-                    ],
+                    "containers": [_proxy_container(spec, settings)],
                     "volumes": [
                         {
                             "name": "admin-token",
