@@ -1,6 +1,6 @@
 """``limpet operator``: run the StickyService operator (kopf, in-process).
 
-Data flow: command-line options -> :class:`~.settings.OperatorSettings`; the cluster
+Data flow: command-line options -> :class:`~.model.settings.OperatorSettings`; the cluster
 from ``--kubeconfig``, ``$KUBECONFIG`` or the pod's service account (like kubectl);
 then one event loop runs kopf with our registry (:mod:`.handlers`), one API client and
 one HTTP session for the proxies' admin APIs, until SIGINT/SIGTERM.

@@ -3,8 +3,8 @@
 Data flow: :func:`build_registry` binds handlers to a :class:`Runtime` (the shared API
 client, HTTP session for the proxies, settings, and the live reconcilers by UID):
 
-- ``@kopf.on.login``: credentials from our :class:`~.config.ClusterConfig`, so kopf and
-  our own client always talk to the same cluster as the same user.
+- ``@kopf.on.login``: credentials from our :class:`~.kube.config.ClusterConfig`, so kopf
+  and our own client always talk to the same cluster as the same user.
 - ``@kopf.daemon`` on StickyServices: runs one :class:`~.reconciler.Reconciler` per
   object for as long as it exists and this operator is active (kopf stops daemons when
   the object is deleted, when the operator exits, and when peering pauses it in favour
@@ -19,7 +19,7 @@ client, HTTP session for the proxies, settings, and the live reconcilers by UID)
 EndpointSlices are *not* watched through kopf: kopf watches a resource cluster-wide (or
 per namespace) and filters labels client-side, so every EndpointSlice in the cluster
 would flow through the operator. Each reconciler instead runs its own watches with a
-server-side label selector (see :mod:`.informer` and docs/operator.md).
+server-side label selector (see :mod:`.kube.informer` and docs/operator.md).
 """
 
 from __future__ import annotations

@@ -1,23 +1,25 @@
 """The proxies of one StickyService: what the operator creates, and how it finds them.
 
-Managed mode (default): the operator server-side-applies a Deployment running
-``limpet proxy``, a traffic Service (traffic port only: the admin port is never exposed
-by it) and, in both modes, a Secret with the admin token and keys (:mod:`.keys`). Each
-carries an ownerReference to the StickyService (garbage collection in a real cluster)
-and the label ``limpet.dev/stickyservice``; the delete handler also removes them
-explicitly, which is what happens where no garbage collector runs (the dev cluster).
+Managed mode (default): the operator server-side-applies a Deployment running ``limpet
+proxy``, a traffic Service (traffic port only: the admin port is never exposed by it)
+and, in both modes, a Secret with the admin token and keys (its content is
+:mod:`.key_lifecycle`'s; the manifest is :func:`secret_manifest`). Each carries an
+ownerReference to the StickyService (garbage collection in a real cluster) and the label
+``limpet.dev/stickyservice``; the delete handler also removes them explicitly, which is
+what happens where no garbage collector runs (the dev cluster).
 
 External mode: the user runs the proxies (or sidecars) and names them with
 ``spec.proxy.selector``, a label selector on EndpointSlices (a Service's labels are
 copied onto its slices). The operator only creates the Secret.
 
 Discovery, both modes: the proxies' EndpointSlices (label-filtered server-side, see
-:mod:`.informer`) list the proxy pods; each pod's admin URL is its address plus
-``spec.proxy.adminPort``. Tests run proxies on loopback while slices must carry pod
+:mod:`limpet.controller.kube.watches`) list the proxy pods; each pod's admin URL is its
+address plus ``spec.proxy.adminPort``. Tests run proxies on loopback while slices must carry pod
 IPs, so :func:`admin_url` honours ``OperatorSettings.admin_address_overrides``, a
 documented test-only seam that is empty in production.
 
-Pure manifest builders plus small async helpers over :class:`~.kube.KubeClient`.
+Pure manifest builders (names from :mod:`limpet.controller.model.names`) plus small
+async helpers over :class:`~limpet.controller.kube.client.KubeClient`.
 """
 
 from __future__ import annotations
