@@ -187,3 +187,11 @@ async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, name
         assert hub.restarts == 3
         hub.unsubscribe("shop", shop)
         assert hub.empty
+
+        # Nobody subscribes: the watch stops and forgets what it listed.
+        async def idle() -> bool:
+            return not hub.synced("shop") and hub.items_for("shop") == []
+
+        await eventually(idle, within=10, what="the watch without subscribers")
+        assert hub.restarts == 3
+        assert calls["shop"] == 3
