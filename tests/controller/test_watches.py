@@ -10,10 +10,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from limpet.controller.informer import Informer
-from limpet.controller.kube import ENDPOINTSLICES, SERVICES, KubeClient
-from limpet.controller.membership import SliceView, parse_slice
-from limpet.controller.watchhub import NamespaceServices, NamespaceSlices
+from limpet.controller.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from limpet.controller.kube.informer import Informer
+from limpet.controller.kube.watchhub import NamespaceServices, NamespaceSlices
+from limpet.controller.model.membership import SliceView, parse_slice
 from tests.controller.harness import create_service, eventually, shop_slice
 
 
@@ -187,3 +187,11 @@ async def test_slice_hub_watches_only_subscribed_services(kube: KubeClient, name
         assert hub.restarts == 3
         hub.unsubscribe("shop", shop)
         assert hub.empty
+
+        # Nobody subscribes: the watch stops and forgets what it listed.
+        async def idle() -> bool:
+            return not hub.synced("shop") and hub.items_for("shop") == []
+
+        await eventually(idle, within=10, what="the watch without subscribers")
+        assert hub.restarts == 3
+        assert calls["shop"] == 3

@@ -1,6 +1,6 @@
 """``limpet operator``: run the StickyService operator (kopf, in-process).
 
-Data flow: command-line options -> :class:`~.settings.OperatorSettings`; the cluster
+Data flow: command-line options -> :class:`~.model.settings.OperatorSettings`; the cluster
 from ``--kubeconfig``, ``$KUBECONFIG`` or the pod's service account (like kubectl);
 then one event loop runs kopf with our registry (:mod:`.handlers`), one API client and
 one HTTP session for the proxies' admin APIs, until SIGINT/SIGTERM.
@@ -20,15 +20,15 @@ from types import MappingProxyType
 
 import aiohttp
 
-from limpet.controller.config import ConfigError, load_cluster_config
-from limpet.controller.kube import ApiError, KubeClient, Resource
-from limpet.controller.settings import (
+from limpet.controller.kube.client import ApiError, KubeClient, Resource
+from limpet.controller.kube.config import ConfigError, load_cluster_config
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.settings import (
     DEFAULT_PROXY_IMAGE,
     DebounceSettings,
     OperatorSettings,
     PushSettings,
 )
-from limpet.controller.watchhub import WatchHub
 
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings")
 PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
@@ -43,6 +43,32 @@ def _override(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _cluster_arguments(parser)
+    _peering_arguments(parser)
+    _proxy_arguments(parser)
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    _timing_arguments(parser)
+    parser.add_argument(
+        "--admin-address-override",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="ADDRESS=HOST:PORT",
+        help="TEST ONLY: reach the proxy listed at ADDRESS through HOST:PORT (for proxies "
+        "on loopback behind placeholder EndpointSlice addresses)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which cluster, as whom, and which namespaces."""
     parser.add_argument(
         "--kubeconfig",
         help="kubeconfig file (default: $KUBECONFIG, "
@@ -56,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="serve only this namespace (repeatable); default: cluster-wide",
     )
+
+
+def _peering_arguments(parser: argparse.ArgumentParser) -> None:
+    """Several replicas: kopf peering picks the active one."""
     parser.add_argument(
         "--standalone", action="store_true", help="no kopf peering: a single replica"
     )
@@ -68,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="peering priority; the highest live replica is active (default: random)",
     )
+
+
+def _proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Defaults for managed proxies."""
     parser.add_argument(
         "--proxy-image",
         default=DEFAULT_PROXY_IMAGE,
@@ -79,12 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="managed proxies when spec.proxy.replicas is unset (default: 2)",
     )
-    parser.add_argument(
-        "--liveness",
-        metavar="URL",
-        default=None,
-        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
-    )
+
+
+def _timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """How often proxies are read, and how long vanished backends are kept."""
     parser.add_argument(
         "--stats-interval",
         type=float,
@@ -102,18 +134,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=3600.0,
         help="seconds a Gone backend stays in the plan (default: 3600)",
-    )
-    parser.add_argument(
-        "--admin-address-override",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="ADDRESS=HOST:PORT",
-        help="TEST ONLY: reach the proxy listed at ADDRESS through HOST:PORT (for proxies "
-        "on loopback behind placeholder EndpointSlice addresses)",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
 
 
@@ -197,7 +217,7 @@ async def main(args: argparse.Namespace) -> int:
         if problem is not None:
             log.error("%s", problem)
             return 2
-        hub = WatchHub(client)
+        hub = WatchHub(client, backoff=settings.retry)
         runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
         try:
             await kopf.operator(

@@ -1,61 +1,44 @@
 """The proxies of one StickyService: what the operator creates, and how it finds them.
 
-Managed mode (default): the operator server-side-applies a Deployment running
-``limpet proxy``, a traffic Service (traffic port only: the admin port is never exposed
-by it) and, in both modes, a Secret with the admin token and keys (:mod:`.keys`). Each
-carries an ownerReference to the StickyService (garbage collection in a real cluster)
-and the label ``limpet.dev/stickyservice``; the delete handler also removes them
-explicitly, which is what happens where no garbage collector runs (the dev cluster).
+Managed mode (default): the operator server-side-applies a Deployment running ``limpet
+proxy``, a traffic Service (traffic port only: the admin port is never exposed by it)
+and, in both modes, a Secret with the admin token and keys (its content is
+:mod:`.key_lifecycle`'s; the manifest is :func:`secret_manifest`). Each carries an
+ownerReference to the StickyService (garbage collection in a real cluster) and the label
+``limpet.dev/stickyservice``; the delete handler also removes them explicitly, which is
+what happens where no garbage collector runs (the dev cluster).
 
 External mode: the user runs the proxies (or sidecars) and names them with
 ``spec.proxy.selector``, a label selector on EndpointSlices (a Service's labels are
 copied onto its slices). The operator only creates the Secret.
 
 Discovery, both modes: the proxies' EndpointSlices (label-filtered server-side, see
-:mod:`.informer`) list the proxy pods; each pod's admin URL is its address plus
-``spec.proxy.adminPort``. Tests run proxies on loopback while slices must carry pod
+:mod:`limpet.controller.kube.watches`) list the proxy pods; each pod's admin URL is its
+address plus ``spec.proxy.adminPort``. Tests run proxies on loopback while slices must carry pod
 IPs, so :func:`admin_url` honours ``OperatorSettings.admin_address_overrides``, a
 documented test-only seam that is empty in production.
 
-Pure manifest builders plus small async helpers over :class:`~.kube.KubeClient`.
+Pure manifest builders (names from :mod:`limpet.controller.model.names`) plus small
+async helpers over :class:`~limpet.controller.kube.client.KubeClient`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from limpet.controller.keys import KeyMaterial, from_secret_data, new_material, to_secret_data
-from limpet.controller.kube import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
-from limpet.controller.membership import ProxyEndpoint
-from limpet.controller.pusher import ProxyTarget
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import StickySpec
+from limpet.controller.effects.pusher import ProxyTarget
+from limpet.controller.kube.client import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
+from limpet.controller.model.membership import ProxyEndpoint
+from limpet.controller.model.names import proxy_service_name, secret_name
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import StickySpec
 
 OWNER_LABEL = "limpet.dev/stickyservice"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TOKEN_MOUNT = "/etc/limpet/admin"
 STATE_MOUNT = "/var/lib/limpet"
-
-
-def child_name(name: str, suffix: str, limit: int = 63) -> str:
-    """``<name>-<suffix>``, shortened with a hash when it would exceed ``limit``."""
-    full = f"{name}-{suffix}"
-    if len(full) <= limit:
-        return full
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    head = name[: limit - len(suffix) - len(digest) - 2].rstrip("-")
-    return f"{head}-{digest}-{suffix}"
-
-
-def proxy_service_name(name: str) -> str:
-    return child_name(name, "proxy")
-
-
-def secret_name(name: str) -> str:
-    return child_name(name, "limpet", limit=253)
 
 
 def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
@@ -118,13 +101,59 @@ def service_manifest(owner: Mapping[str, Any], spec: StickySpec) -> JsonObj:
     }
 
 
+def _proxy_container(spec: StickySpec, settings: OperatorSettings) -> JsonObj:
+    """The proxy container: ``limpet proxy`` with the admin token mounted, non-root,
+    read-only, probed on its admin port."""
+    p = spec.proxy
+    admin_probe = {"port": "admin", "scheme": "HTTP"}
+    return {
+        "name": "proxy",
+        "image": p.image or settings.proxy_image,
+        "args": [
+            "proxy",
+            "--listen",
+            f"0.0.0.0:{p.port}",
+            "--admin-listen",
+            f"0.0.0.0:{p.admin_port}",
+            "--token-file",
+            f"{TOKEN_MOUNT}/admin-token",
+            "--state-dir",
+            STATE_MOUNT,
+        ],
+        "ports": [
+            {"name": "http", "containerPort": p.port, "protocol": "TCP"},
+            {"name": "admin", "containerPort": p.admin_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", **admin_probe},
+            "periodSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", **admin_probe},
+            "periodSeconds": 10,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+            {"name": "state", "mountPath": STATE_MOUNT},
+        ],
+    }
+
+
 def deployment_manifest(
     owner: Mapping[str, Any], spec: StickySpec, settings: OperatorSettings
 ) -> JsonObj:
     name = owner["metadata"]["name"]
     labels = pod_labels(owner)
     p = spec.proxy
-    admin_probe = {"port": "admin", "scheme": "HTTP"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -147,48 +176,7 @@ def deployment_manifest(
                         "fsGroup": 10001,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [
-                        {
-                            "name": "proxy",
-                            "image": p.image or settings.proxy_image,
-                            "args": [
-                                "proxy",
-                                "--listen",
-                                f"0.0.0.0:{p.port}",
-                                "--admin-listen",
-                                f"0.0.0.0:{p.admin_port}",
-                                "--token-file",
-                                f"{TOKEN_MOUNT}/admin-token",
-                                "--state-dir",
-                                STATE_MOUNT,
-                            ],
-                            "ports": [
-                                {"name": "http", "containerPort": p.port, "protocol": "TCP"},
-                                {"name": "admin", "containerPort": p.admin_port, "protocol": "TCP"},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/readyz", **admin_probe},
-                                "periodSeconds": 2,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", **admin_probe},
-                                "periodSeconds": 10,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "64Mi"},
-                                "limits": {"memory": "256Mi"},
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
-                                {"name": "state", "mountPath": STATE_MOUNT},
-                            ],
-                        }
-                    ],
+                    "containers": [_proxy_container(spec, settings)],
                     "volumes": [
                         {
                             "name": "admin-token",
@@ -261,32 +249,3 @@ def proxy_targets(
         )
         for key, ep in endpoints.items()
     }
-
-
-async def load_keys(
-    client: KubeClient, owner: Mapping[str, Any], *, now: float
-) -> tuple[KeyMaterial, bool]:
-    """The StickyService's key material from its Secret, creating the Secret if needed.
-
-    Returns ``(material, created)``. A Secret of that name that does not parse is
-    replaced (its keys were unusable anyway); a parseable one is adopted, which is what a
-    re-created StickyService of the same name wants: its old cookies stay valid.
-    """
-    ns = owner["metadata"]["namespace"]
-    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
-    existing = await client.get(path)
-    material = from_secret_data((existing or {}).get("data"))
-    if material is not None:
-        refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-        if not any(r.get("uid") == owner["metadata"].get("uid") for r in refs):
-            await save_keys(client, owner, material)
-        return material, False
-    material = new_material(now)
-    await save_keys(client, owner, material)
-    return material, True
-
-
-async def save_keys(client: KubeClient, owner: Mapping[str, Any], material: KeyMaterial) -> None:
-    ns = owner["metadata"]["namespace"]
-    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
-    await client.apply(path, secret_manifest(owner, to_secret_data(material)))

@@ -25,12 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from limpet.affinity.hashing import DEFAULT_SIZE
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState, BackendStatus, ramp
+from limpet.affinity.limits import DEFAULT_SIZE
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import RebalanceSchedule
-from limpet.controller.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
+from limpet.controller.model.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
 
 
 def ts(epoch: float | None) -> str | None:
@@ -120,18 +120,18 @@ def _condition(
     }
 
 
-def _conditions(view: StatusView, previous: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    prev = {str(c.get("type")): c for c in previous if isinstance(c, Mapping)}
-    backends = list(view.state.backends.values())
-    states = [b.status.state for b in backends]
-    taking = sum(1 for s in states if s.takes_new_sessions)
-    failed = [b for b in backends if b.status.state is BackendState.FAILED]
-    draining = [b for b in backends if b.status.state is BackendState.DRAINING]
-    warming = [b for b in backends if b.status.state is BackendState.WARMING]
-    px = view.proxies
-    sched = view.state.schedule
-    rebalancing = sched is not None and not view.state.schedule_finished
+Verdict = tuple[bool, str, str]
+"""A condition's status, reason and message."""
 
+
+def _in_state(view: StatusView, state: BackendState) -> list[TrackedBackend]:
+    return [b for b in view.state.backends.values() if b.status.state is state]
+
+
+def _ready(view: StatusView) -> Verdict:
+    """Ready: proxies found, a backend takes sessions, every proxy runs this plan."""
+    px = view.proxies
+    taking = sum(1 for b in view.state.backends.values() if b.status.state.takes_new_sessions)
     if view.problem is not None:
         ready = (False, view.problem.reason, view.problem.message)
     elif px.discovered == 0:
@@ -150,53 +150,56 @@ def _conditions(view: StatusView, previous: Sequence[Mapping[str, Any]]) -> list
             "Synced",
             f"{px.synced} proxies run plan {view.state.version} with {taking} backend(s)",
         )
+    return ready
 
-    if rebalancing:
-        assert sched is not None
-        progressing = (
-            True,
-            "Rebalancing",
-            f"gradual rebalance until {ts(release_complete_at(sched))}",
-        )
-    elif draining:
-        progressing = (True, "Draining", f"{len(draining)} backend(s) draining")
-    elif warming:
-        progressing = (True, "Warming", f"{len(warming)} backend(s) in slow start")
-    elif px.synced < px.discovered:
-        progressing = (True, "Syncing", "pushing the plan to the proxies")
-    else:
-        progressing = (False, "Stable", "nothing in progress")
 
+def _progressing(view: StatusView) -> Verdict:
+    """Progressing: a rebalance, a drain, a slow start or a push under way."""
+    sched = view.state.schedule
+    draining = _in_state(view, BackendState.DRAINING)
+    warming = _in_state(view, BackendState.WARMING)
+    if sched is not None and not view.state.schedule_finished:
+        return True, "Rebalancing", f"gradual rebalance until {ts(release_complete_at(sched))}"
+    if draining:
+        return True, "Draining", f"{len(draining)} backend(s) draining"
+    if warming:
+        return True, "Warming", f"{len(warming)} backend(s) in slow start"
+    if view.proxies.synced < view.proxies.discovered:
+        return True, "Syncing", "pushing the plan to the proxies"
+    return False, "Stable", "nothing in progress"
+
+
+def _degraded(view: StatusView) -> Verdict:
+    """Degraded: a problem, an unreachable proxy, a failed backend or missing proxies."""
+    px = view.proxies
+    failed = _in_state(view, BackendState.FAILED)
     if view.problem is not None:
-        degraded = (True, view.problem.reason, view.problem.message)
-    elif px.unreachable:
-        degraded = (
-            True,
-            "ProxyUnreachable",
-            f"admin API unreachable: {', '.join(sorted(px.unreachable)[:5])}",
-        )
-    elif failed:
+        return True, view.problem.reason, view.problem.message
+    if px.unreachable:
+        names = ", ".join(sorted(px.unreachable)[:5])
+        return True, "ProxyUnreachable", f"admin API unreachable: {names}"
+    if failed:
         names = ", ".join(sorted(b.pod or b.id for b in failed)[:5])
-        degraded = (True, "BackendsFailed", f"{len(failed)} backend(s) not serving: {names}")
-    elif px.desired > px.discovered:
-        degraded = (True, "ProxiesMissing", f"{px.discovered}/{px.desired} proxies found")
-    else:
-        degraded = (False, "AsExpected", "all backends and proxies healthy")
+        return True, "BackendsFailed", f"{len(failed)} backend(s) not serving: {names}"
+    if px.desired > px.discovered:
+        return True, "ProxiesMissing", f"{px.discovered}/{px.desired} proxies found"
+    return False, "AsExpected", "all backends and proxies healthy"
 
+
+def _conditions(view: StatusView, previous: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    prev = {str(c.get("type")): c for c in previous if isinstance(c, Mapping)}
     g, now = view.generation, view.now
     return [
-        _condition("Ready", *ready, prev, g, now),
-        _condition("Progressing", *progressing, prev, g, now),
-        _condition("Degraded", *degraded, prev, g, now),
+        _condition("Ready", *_ready(view), prev, g, now),
+        _condition("Progressing", *_progressing(view), prev, g, now),
+        _condition("Degraded", *_degraded(view), prev, g, now),
     ]
 
 
-def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The full ``status`` object (a merge-patch replaces lists whole, as intended)."""
-    previous = previous or {}
-    st = view.state
+def _backends(view: StatusView) -> list[dict[str, Any]]:
+    """``status.backends``: each backend's state, weight now, sessions and deadlines."""
     backends = []
-    for b in sorted(st.backends.values(), key=lambda t: (t.pod or "", t.id)):
+    for b in sorted(view.state.backends.values(), key=lambda t: (t.pod or "", t.id)):
         s = b.status
         entry: dict[str, Any] = {
             "id": b.id,
@@ -211,29 +214,53 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
             "drainDeadline": ts(s.drain_deadline),
         }
         backends.append({k: v for k, v in entry.items() if v is not None})
-    rebalance: dict[str, Any] = {"phase": "Idle"}
-    sched = st.schedule
-    if sched is not None:
-        done = st.schedule_finished
-        rebalance = {
-            "phase": "Complete" if done else "InProgress",
-            "startedAt": ts(sched.start),
-            "endsAt": ts(release_complete_at(sched)),
-            "window": sched.window,
-            "minIdle": sched.min_idle,
-            "fromBackends": [{"id": bid, "weight": w} for bid, w in sched.from_backends],
-            "fromSize": sched.from_size,
-        }
-        if sched.max_moves_per_second is not None:
-            rebalance["maxMovesPerSecond"] = sched.max_moves_per_second
+    return backends
+
+
+def _rebalance(view: StatusView) -> dict[str, Any]:
+    """``status.rebalance``: the schedule (enough to resume it) and its progress."""
+    sched = view.state.schedule
+    if sched is None:
+        return {"phase": "Idle"}
+    done = view.state.schedule_finished
+    rebalance: dict[str, Any] = {
+        "phase": "Complete" if done else "InProgress",
+        "startedAt": ts(sched.start),
+        "endsAt": ts(release_complete_at(sched)),
+        "window": sched.window,
+        "minIdle": sched.min_idle,
+        "fromBackends": [{"id": bid, "weight": w} for bid, w in sched.from_backends],
+        "fromSize": sched.from_size,
+    }
+    if sched.max_moves_per_second is not None:
+        rebalance["maxMovesPerSecond"] = sched.max_moves_per_second
+    if sched.expected_moves is not None:
+        rebalance["expectedMoves"] = sched.expected_moves
+    if view.rebalance_moved is not None:
+        rebalance["moved"] = view.rebalance_moved
         if sched.expected_moves is not None:
-            rebalance["expectedMoves"] = sched.expected_moves
-        if view.rebalance_moved is not None:
-            rebalance["moved"] = view.rebalance_moved
-            if sched.expected_moves is not None:
-                rebalance["remaining"] = (
-                    0 if done else max(0, sched.expected_moves - view.rebalance_moved)
-                )
+            rebalance["remaining"] = (
+                0 if done else max(0, sched.expected_moves - view.rebalance_moved)
+            )
+    return rebalance
+
+
+def _keys(view: StatusView) -> dict[str, Any] | None:
+    """``status.keys``: the cookie key ids (signing one first) and the last rotation."""
+    if not view.key_ids:
+        return None
+    keys: dict[str, Any] = {"active": view.key_ids[0], "ids": list(view.key_ids)}
+    if view.keys_rotated_at is not None:
+        keys["rotatedAt"] = ts(view.keys_rotated_at)
+    if view.rotation_request is not None:
+        keys["rotationRequest"] = view.rotation_request
+    return keys
+
+
+def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The full ``status`` object (a merge-patch replaces lists whole, as intended)."""
+    previous = previous or {}
+    st = view.state
     px = view.proxies
     status: dict[str, Any] = {
         "observedGeneration": view.generation,
@@ -241,7 +268,7 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
         "backendCount": sum(
             1 for b in st.backends.values() if b.status.state is not BackendState.GONE
         ),
-        "backends": backends,
+        "backends": _backends(view),
         "proxies": {
             "desired": px.desired,
             "discovered": px.discovered,
@@ -249,17 +276,13 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
             "summary": f"{px.synced}/{px.discovered}",
             "outOfSync": sorted(px.out_of_sync),
         },
-        "rebalance": rebalance,
+        "rebalance": _rebalance(view),
         "conditions": _conditions(view, previous.get("conditions") or []),
     }
     if st.slot_table_size is not None:
         status["slotTableSize"] = st.slot_table_size
-    if view.key_ids:
-        keys: dict[str, Any] = {"active": view.key_ids[0], "ids": list(view.key_ids)}
-        if view.keys_rotated_at is not None:
-            keys["rotatedAt"] = ts(view.keys_rotated_at)
-        if view.rotation_request is not None:
-            keys["rotationRequest"] = view.rotation_request
+    keys = _keys(view)
+    if keys is not None:
         status["keys"] = keys
     return status
 

@@ -10,12 +10,11 @@ a restart never replays a deadline or restarts a schedule), and the next instant
 which time alone changes something (slow start ends, a failed backend becomes Gone, the
 rebalance window ends).
 
-Rules beyond :func:`limpet.affinity.advance`:
+Each backend's lifecycle moves by :func:`limpet.affinity.advance` (every transition,
+with its diagram, is in :mod:`limpet.affinity.lifecycle`). Rules beyond it:
 
 - The first backends of an empty table start Active: slow start only protects a new pod
   from its warm peers.
-- A Draining backend that leaves the slices finished its drain: it becomes Gone, not
-  Failed (its remaining sessions move either way; the event says which happened).
 - Scale-out (new members in the target table, the previous table non-empty) starts a
   gradual rebalance schedule from the previous table, unless rebalance.mode is Never. A
   scale-out during a running schedule keeps that schedule's "from" table (sessions not
@@ -47,8 +46,8 @@ from limpet.affinity.lifecycle import (
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import Backend, CookieKey, Plan, RebalanceSchedule
 from limpet.affinity.slottable import recommended_size
-from limpet.controller.membership import Member
-from limpet.controller.spec import StickySpec
+from limpet.controller.model.membership import Member
+from limpet.controller.model.spec import StickySpec
 
 DEFAULT_WEIGHT = 100
 
@@ -153,24 +152,13 @@ def _advance_all(
         forget_after=inputs.forget_after,
     )
     out: dict[BackendId, TrackedBackend] = {}
-    joined: list[TrackedBackend] = []
-    draining: list[TrackedBackend] = []
-    drained: list[TrackedBackend] = []
-    failed: list[TrackedBackend] = []
-    recovered: list[TrackedBackend] = []
+    moves: list[tuple[BackendState | None, TrackedBackend]] = []
     for bid in sorted(set(members) | set(previous.backends)):
         member = members.get(bid)
         prev = previous.backends.get(bid)
         obs = member.observation if member is not None else Observation.ABSENT
         prev_status = prev.status if prev is not None else None
-        if (
-            prev_status is not None
-            and prev_status.state is BackendState.DRAINING
-            and obs is Observation.ABSENT
-        ):
-            status: BackendStatus | None = BackendStatus(state=BackendState.GONE, since=now)
-        else:
-            status = advance(prev_status, obs, now=now, timing=timing)
+        status = advance(prev_status, obs, now=now, timing=timing)
         if status is None:
             continue
         if member is not None:
@@ -181,8 +169,24 @@ def _advance_all(
             assert prev is not None
             tracked = replace(prev, status=status)
         out[bid] = tracked
-        before = prev_status.state if prev_status is not None else None
-        after = status.state
+        moves.append((prev_status.state if prev_status is not None else None, tracked))
+    return out, _lifecycle_events(spec, moves, warm_peers=warm_peers)
+
+
+def _lifecycle_events(
+    spec: StickySpec,
+    moves: list[tuple[BackendState | None, TrackedBackend]],
+    *,
+    warm_peers: bool,
+) -> list[PlanEvent]:
+    """The Events of one pass's transitions: each backend's state before, and now."""
+    joined: list[TrackedBackend] = []
+    draining: list[TrackedBackend] = []
+    drained: list[TrackedBackend] = []
+    failed: list[TrackedBackend] = []
+    recovered: list[TrackedBackend] = []
+    for before, tracked in moves:
+        after = tracked.status.state
         if after.takes_new_sessions and (before is None or not before.keeps_sessions):
             (recovered if before is not None else joined).append(tracked)
         elif after is BackendState.DRAINING and before is not BackendState.DRAINING:
@@ -214,7 +218,7 @@ def _advance_all(
         )
     if recovered:
         events.append(PlanEvent(EventKind.RECOVERED, f"serving again: {_pods(recovered)}"))
-    return out, events
+    return events
 
 
 def _schedule(
@@ -304,22 +308,18 @@ def _content(plan: Plan) -> Plan:
     return replace(plan, version=1, generated_at=None)
 
 
-def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> PlanResult:
-    """The next state and plan; see the module docstring for the rules."""
+def _plan(
+    inputs: PlanInputs,
+    backends: Mapping[BackendId, TrackedBackend],
+    schedule: RebalanceSchedule | None,
+    size: int,
+    *,
+    version: int,
+) -> Plan:
+    """The plan of these backends, schedule and table size, from the spec."""
     spec = inputs.spec
-    old_table = previous.table()
-    backends, events = _advance_all(inputs, previous, now)
-    new_table = {
-        b.id: DEFAULT_WEIGHT for b in backends.values() if b.status.state.takes_new_sessions
-    }
-    old_size = previous.slot_table_size
-    size = recommended_size(max(1, len(new_table)), current=old_size)
-    schedule, finished, sched_events = _schedule(
-        inputs, previous, old_table, new_table, old_size or size, now
-    )
-    events.extend(sched_events)
-    plan = Plan(
-        version=max(previous.version, 1),
+    return Plan(
+        version=version,
         backends=tuple(
             Backend(
                 id=b.id,
@@ -342,6 +342,22 @@ def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> Plan
         slot_table_size=size,
         name=inputs.name,
     )
+
+
+def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> PlanResult:
+    """The next state and plan; see the module docstring for the rules."""
+    old_table = previous.table()
+    backends, events = _advance_all(inputs, previous, now)
+    new_table = {
+        b.id: DEFAULT_WEIGHT for b in backends.values() if b.status.state.takes_new_sessions
+    }
+    old_size = previous.slot_table_size
+    size = recommended_size(max(1, len(new_table)), current=old_size)
+    schedule, finished, sched_events = _schedule(
+        inputs, previous, old_table, new_table, old_size or size, now
+    )
+    events.extend(sched_events)
+    plan = _plan(inputs, backends, schedule, size, version=max(previous.version, 1))
     changed = previous.plan is None or _content(previous.plan) != _content(plan)
     behind = inputs.version_floor > 0 and inputs.version_floor >= previous.version
     new_version = changed or (behind and previous.plan is not None) or previous.version == 0

@@ -1,0 +1,128 @@
+"""The pusher against a real ``limpet proxy`` process: what it reports, and nothing more.
+
+The reporter reads the proxies only through :meth:`Pusher.report` (a
+:class:`PushReport` value) and the reconciler learns of news only through
+:attr:`Pusher.changed` and :attr:`Pusher.ahead`; these tests pin that contract on real
+sockets: a push lands, a proxy already on a higher version is seen ahead, and a proxy
+that does not answer is reported unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from limpet.affinity import BackendId
+from limpet.affinity.plan.model import Backend, CookieKey, Plan
+from limpet.controller.effects.pusher import ProxyReport, ProxyTarget, Pusher, PushReport
+from limpet.controller.model.settings import BackoffSettings, PushSettings
+from tests.proxy.conftest import Proxies
+
+TOKEN = "pusher-test-token"
+FAST = PushSettings(
+    timeout=2.0, backoff=BackoffSettings(initial=0.02, maximum=0.2), stats_interval=0.1
+)
+
+
+def _plan(version: int) -> bytes:
+    plan = Plan(
+        version=version,
+        backends=(Backend(id=BackendId("b1"), address="127.0.0.1", port=9),),
+        cookie_keys=(CookieKey(id="k1", secret=b"s" * 32),),
+    )
+    return plan.to_json().encode()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def proxies(tmp_path: Path) -> Iterator[Proxies]:
+    factory = Proxies(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+async def _until(pusher: Pusher, check: Callable[[PushReport], bool]) -> PushReport:
+    """Wait on ``changed`` (as the reconciler does) until the report satisfies ``check``."""
+
+    async def wait() -> PushReport:
+        while True:
+            report = pusher.report()
+            if check(report):
+                return report
+            await pusher.changed.wait()
+            pusher.changed.clear()
+
+    return await asyncio.wait_for(wait(), 15)
+
+
+async def test_a_push_lands_and_the_report_says_so(
+    proxies: Proxies, http: aiohttp.ClientSession
+) -> None:
+    p = proxies.start(token=TOKEN)
+    pusher = Pusher(session=http, settings=FAST, token=TOKEN)
+    try:
+        pusher.set_targets(
+            {"a": ProxyTarget(key="a", url=f"http://127.0.0.1:{p.admin_port}", pod="proxy-a")}
+        )
+        await pusher.set_plan(3, _plan(3))
+        report = await _until(pusher, lambda r: r.synced(3) == 1)
+        assert report.version == 3
+        assert report.proxies == (
+            ProxyReport(name="proxy-a", version=3, reachable=True, error=None, rebalance_moves=0),
+        )
+        assert report.out_of_sync(3) == ()
+        assert report.unreachable() == ()
+        assert pusher.ahead == 0
+        # The planner's version counts, not the pusher's: a newer plan not pushed yet
+        # leaves the proxy out of sync.
+        assert [r.name for r in report.out_of_sync(4)] == ["proxy-a"]
+    finally:
+        await pusher.close()
+
+    # A second pusher (an operator that restarted and lost the version) with an older
+    # plan finds the proxy ahead, and never sends its lower version.
+    again = Pusher(session=http, settings=FAST, token=TOKEN)
+    try:
+        await again.set_plan(1, _plan(1))
+        again.set_targets({"a": ProxyTarget(key="a", url=f"http://127.0.0.1:{p.admin_port}")})
+        await asyncio.wait_for(again.changed.wait(), 15)
+        assert again.ahead == 3
+        report = again.report()
+        assert [(r.name, r.version) for r in report.out_of_sync(1)] == [
+            (f"http://127.0.0.1:{p.admin_port}", 3)
+        ]
+    finally:
+        await again.close()
+
+
+async def test_a_proxy_that_does_not_answer_is_reported_unreachable(
+    http: aiohttp.ClientSession,
+) -> None:
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pusher = Pusher(session=http, settings=FAST, token=TOKEN)
+    try:
+        await pusher.set_plan(1, _plan(1))
+        pusher.set_targets({"x": ProxyTarget(key="x", url=f"http://127.0.0.1:{port}", pod="x")})
+        report = await _until(pusher, lambda r: bool(r.unreachable()))
+        (gone,) = report.unreachable()
+        assert gone.name == "x"
+        assert not gone.reachable
+        assert gone.version is None
+        assert gone.error
+        assert report.synced(1) == 0
+    finally:
+        await pusher.close()
