@@ -27,11 +27,11 @@ KNOWN_FOREIGN_CYCLES: frozenset[frozenset[str]] = frozenset(
         # the engine branch splits it; empty this entry when it merges).
         frozenset(
             {
-                "limpet.proxy.client",
-                "limpet.proxy.exchange",
-                "limpet.proxy.pool",
-                "limpet.proxy.server",
-                "limpet.proxy.upstream",
+                "limpet.proxy.engine.client",
+                "limpet.proxy.engine.exchange",
+                "limpet.proxy.engine.pool",
+                "limpet.proxy.engine.server",
+                "limpet.proxy.engine.upstream",
             }
         ),
         # affinity.plan: Plan.to_json/from_json/to_dict/from_dict import the codec inside
