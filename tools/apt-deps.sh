@@ -2,7 +2,7 @@
 # Install the Debian packages that tests, benchmarks and the demo need, only if
 # missing. apt-get update runs at most once, and only when something is missing.
 set -euo pipefail
-packages=(iproute2 procps haproxy nginx-light wrk shellcheck)
+packages=(iproute2 procps haproxy nginx-light wrk shellcheck prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +20,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts nginx and haproxy as services on install; the benchmarks run their
 # own instances on loopback ports, so the system ones are stopped.
-for svc in nginx haproxy; do
+for svc in nginx haproxy prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
