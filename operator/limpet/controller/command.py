@@ -19,9 +19,11 @@ import random
 from types import MappingProxyType
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
 from limpet.controller.config import ConfigError, load_cluster_config
 from limpet.controller.kube import ApiError, KubeClient, Resource
+from limpet.controller.metrics import OperatorMetrics, parse_listen, serve
 from limpet.controller.settings import (
     DEFAULT_PROXY_IMAGE,
     DebounceSettings,
@@ -40,6 +42,13 @@ def _override(text: str) -> tuple[str, str]:
     if not sep or not address or not colon or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected ADDRESS=HOST:PORT, got {text!r}")
     return address, target
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        type=_listen,
+        default=None,
+        help="serve Prometheus metrics at /metrics, e.g. 0.0.0.0:8081 (default: off)",
     )
     parser.add_argument(
         "--stats-interval",
@@ -198,7 +214,18 @@ async def main(args: argparse.Namespace) -> int:
             log.error("%s", problem)
             return 2
         hub = WatchHub(client)
-        runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
+        metrics = OperatorMetrics(CollectorRegistry())
+        runtime = Runtime(
+            config=config, client=client, hub=hub, http=http, settings=settings, metrics=metrics
+        )
+        metrics.track(lambda: [r.metrics_sample() for r in runtime.reconcilers.values()])
+        listener = None
+        if args.metrics_listen is not None:
+            try:
+                listener = await serve(metrics.registry, *args.metrics_listen)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", *args.metrics_listen, exc)
+                return 2
         try:
             await kopf.operator(
                 registry=build_registry(runtime),
@@ -212,6 +239,8 @@ async def main(args: argparse.Namespace) -> int:
             )
         finally:
             await hub.close()
+            if listener is not None:
+                await listener.cleanup()
     return 0
 
 

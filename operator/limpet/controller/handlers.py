@@ -35,6 +35,7 @@ import kopf
 
 from limpet.controller.config import ClusterConfig
 from limpet.controller.kube import KubeClient
+from limpet.controller.metrics import OperatorMetrics
 from limpet.controller.proxies import delete_owned
 from limpet.controller.reconciler import Reconciler
 from limpet.controller.reporter import EventSink
@@ -63,6 +64,7 @@ class Runtime:
     settings: OperatorSettings
     events: EventSink = field(default_factory=KopfEvents)
     reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    metrics: OperatorMetrics | None = None
 
 
 def plain(value: Any) -> Any:
@@ -135,6 +137,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     settings=runtime.settings,
                     events=runtime.events,
                     body=plain(body),
+                    metrics=runtime.metrics,
                 )
                 runtime.reconcilers[uid] = reconciler
                 task = asyncio.create_task(reconciler.run(), name=f"reconcile:{uid}")

@@ -70,12 +70,14 @@ class Pusher:
         token: str,
         on_change: Callable[[], None],
         on_ahead: Callable[[int], None],
+        on_push: Callable[[float, str], None] | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
         self._token = token
         self._on_change = on_change
         self._on_ahead = on_ahead
+        self._on_push = on_push
         self._version = 0
         self._body = b""
         self._new_plan = asyncio.Condition()
@@ -161,6 +163,22 @@ class Pusher:
         state.reachable = True
 
     async def _push(self, state: ProxyState) -> None:
+        """PUT the current plan, timed and counted by result for the operator's metrics."""
+        started, result = time.perf_counter(), "error"
+        try:
+            await self._put_plan(state)
+            result = "ok"
+        except _Failure as exc:
+            result = "conflict" if exc.status == 409 else "error"
+            raise
+        except asyncio.CancelledError:
+            result = ""  # the worker was stopped (targets changed): not a push outcome
+            raise
+        finally:
+            if self._on_push is not None and result:
+                self._on_push(time.perf_counter() - started, result)
+
+    async def _put_plan(self, state: ProxyState) -> None:
         version, body = self._version, self._body
         async with self._session.put(
             state.target.url + "/v1/plan",
@@ -178,8 +196,10 @@ class Pusher:
                 await self._read_stats(state)
                 if state.version is not None and state.version >= version:
                     self._on_ahead(state.version)
-                raise _Failure(f"push v{version}: 409 {text.strip()[:200]}")
-            raise _Failure(f"push v{version}: HTTP {resp.status} {text.strip()[:200]}")
+                raise _Failure(f"push v{version}: 409 {text.strip()[:200]}", status=409)
+            raise _Failure(
+                f"push v{version}: HTTP {resp.status} {text.strip()[:200]}", status=resp.status
+            )
 
     async def _worker(self, state: ProxyState) -> None:
         s = self._settings
@@ -229,3 +249,7 @@ class Pusher:
 
 class _Failure(Exception):
     """The proxy answered, but not with success."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -45,6 +45,7 @@ from limpet.controller.debounce import Debouncer
 from limpet.controller.keys import KeyMaterial, next_retirement, prune, rotate
 from limpet.controller.kube import STICKYSERVICES, ApiError, KubeClient
 from limpet.controller.membership import Member, build_membership, proxy_endpoints
+from limpet.controller.metrics import OperatorMetrics, StickyServiceSample
 from limpet.controller.planner import PlanInputs, PlannerState, plan_next
 from limpet.controller.proxies import (
     apply_managed,
@@ -76,8 +77,10 @@ class Reconciler:
         settings: OperatorSettings,
         events: EventSink,
         body: Mapping[str, Any],
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._hub = hub
         self._http = http
         self._settings = settings
@@ -153,6 +156,22 @@ class Reconciler:
             rotation_request=self._rotation_seen,
         )
 
+    def metrics_sample(self) -> StickyServiceSample:
+        """This StickyService's state for the operator's metrics (read at scrape time)."""
+        proxies = list(self._pusher.proxies.values()) if self._pusher is not None else []
+        moved: dict[str, int] = {}
+        for p in proxies:
+            for reason, n in p.migrations.items():
+                moved[reason] = moved.get(reason, 0) + n
+        return StickyServiceSample(
+            namespace=self.namespace,
+            name=self.name,
+            plan_version=self._state.version,
+            proxies=len(proxies),
+            out_of_sync=sum(1 for p in proxies if p.version != self._state.version),
+            moved=moved,
+        )
+
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -162,11 +181,17 @@ class Reconciler:
                 now = time.time()
                 wake_in = None if self._next_wakeup is None else max(0.0, self._next_wakeup - now)
                 await self._debouncer.wait(wake_in)
+                started, ok = time.perf_counter(), False
+                cancelled = False
                 try:
                     if self._body_changed:
                         self._body_changed = False
                         await self._apply_body()
                     await self._plan_once()
+                    ok = True
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
                 except ApiError as exc:
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
                         log.info("%s/%s is gone; stopping", self.namespace, self.name)
@@ -178,6 +203,9 @@ class Reconciler:
                     log.warning("%s/%s: %s; retrying", self.namespace, self.name, exc)
                     await asyncio.sleep(1.0)
                     self._debouncer.poke()
+                finally:
+                    if self._metrics is not None and not cancelled:
+                        self._metrics.reconciled(time.perf_counter() - started, ok=ok)
         finally:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,6 +261,7 @@ class Reconciler:
                 token=self._keys.admin_token,
                 on_change=self._report.mark_dirty,
                 on_ahead=self._proxy_ahead,
+                on_push=self._metrics.pushed if self._metrics is not None else None,
             )
         self._refresh_targets()
 
