@@ -1,0 +1,271 @@
+"""deploy/helm/limpet with the helm built by tools/helm, against the real API server.
+
+- ``helm lint --strict`` with the defaults and with every option switched on;
+- ``helm template`` output applied with ``--dry-run=server`` (Pod Security "restricted"
+  enforced on the namespace: any warning fails);
+- ``helm install``, ``helm upgrade`` (a changed value changes the operator's pod
+  template, which is what makes the Deployment roll; an unchanged upgrade does not), and
+  ``helm uninstall``, which leaves the CRDs and nothing else;
+- per-namespace RBAC: the operator's ServiceAccount may do its work in the watched
+  namespaces and nothing anywhere else (``kubectl auth can-i`` as that account).
+
+The dev cluster has no kubelet, so the operator pods are not started here: the objects
+the API server stores are what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from tests.deploy.helmchart import CHART, RELEASE, helm, render
+from tests.deploy.manifests import ROOT, kubectl
+
+pytestmark = pytest.mark.apiserver
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+CLUSTER_SCOPED = ("clusterrole/limpet-operator", "clusterrolebinding/limpet-operator")
+# Every kind the chart can make outside crds/, for "what is left" queries.
+KINDS = "deployments,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies"
+
+
+@pytest.fixture
+def kubeconfig(devcluster: DevCluster) -> Iterator[Path]:
+    """The cluster without the kustomize base's cluster-scoped objects (test_apply.py makes
+    them with the same names), before and after: Helm refuses to adopt foreign objects."""
+    for obj in CLUSTER_SCOPED:
+        kubectl("delete", "--ignore-not-found", obj, kubeconfig=devcluster.kubeconfig)
+    yield devcluster.kubeconfig
+    for obj in CLUSTER_SCOPED:
+        kubectl("delete", "--ignore-not-found", obj, kubeconfig=devcluster.kubeconfig)
+
+
+@pytest.fixture
+def release_ns(admin_api: k8s.ApiClient) -> Iterator[str]:
+    name = create_namespace(admin_api, "t-helm", labels=RESTRICTED)
+    yield name
+    purge_namespace(admin_api, name)
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def get_json(kubeconfig: Path, *args: str) -> dict[str, object]:
+    got: dict[str, object] = json.loads(
+        ok(kubectl("get", *args, "-o", "json", kubeconfig=kubeconfig))
+    )
+    return got
+
+
+def operator_args(kubeconfig: Path, ns: str) -> list[str]:
+    dep = get_json(kubeconfig, "-n", ns, "deployment", "limpet-operator")
+    spec = dep["spec"]
+    assert isinstance(spec, dict)
+    args: list[str] = spec["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def generation(kubeconfig: Path, ns: str) -> int:
+    dep = get_json(kubeconfig, "-n", ns, "deployment", "limpet-operator")
+    meta = dep["metadata"]
+    assert isinstance(meta, dict)
+    return int(meta["generation"])
+
+
+ALL_ON = [
+    "--set",
+    "watchNamespaces={shop,cart}",
+    "--set",
+    "proxyAdminPolicy.namespaces={shop}",
+    "--set",
+    "proxy.replicas=3",
+    "--set",
+    "logLevel=DEBUG",
+    "--set",
+    "podAnnotations.example=yes",
+    "--set",
+    "extraArgs={--stats-interval=5}",
+]
+
+
+@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "options"])
+def test_lint_strict(values: list[str]) -> None:
+    out = ok(helm("lint", "--strict", str(CHART), *values))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_lint_refuses_standalone_with_two_replicas() -> None:
+    done = helm("template", RELEASE, str(CHART), "--set", "peering.enabled=false")
+    assert done.returncode != 0
+    assert "set replicas to 1" in done.stderr
+
+
+@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "options"])
+def test_template_passes_a_server_dry_run(
+    values: list[str], kubeconfig: Path, release_ns: str, admin_api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    extra = [create_namespace(admin_api, "t-helm-w", labels=RESTRICTED) for _ in range(2)]
+    try:
+        # The options' namespaces, renamed to ones that exist in this cluster.
+        values = [v.replace("shop", extra[0]).replace("cart", extra[1]) for v in values]
+        rendered = ok(
+            helm("template", RELEASE, str(CHART), "-n", release_ns, "--include-crds", *values)
+        )
+        manifest = tmp_path / "chart.yaml"
+        manifest.write_text(rendered)
+        done = kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            str(manifest),
+            kubeconfig=kubeconfig,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr, done.stderr
+        kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
+        assert {"Deployment", "NetworkPolicy", "CustomResourceDefinition"} <= kinds
+        assert done.stdout.count("(server dry run)") == len(
+            [d for d in yaml.safe_load_all(rendered) if d]
+        )
+    finally:
+        for ns in extra:
+            purge_namespace(admin_api, ns)
+
+
+def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str) -> None:
+    ns = release_ns
+    # Install: every object of the chart is created, in this namespace.
+    out = ok(helm("install", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig))
+    assert "STATUS: deployed" in out
+    assert "Warning" not in out
+    made = ok(kubectl("-n", ns, "get", KINDS, "-o", "name", kubeconfig=kubeconfig)).split()
+    assert sorted(made) == sorted(
+        [
+            "deployment.apps/limpet-operator",
+            "serviceaccount/limpet-operator",
+            "poddisruptionbudget.policy/limpet-operator",
+            "networkpolicy.networking.k8s.io/limpet-proxy-admin",
+        ]
+        + [s for s in made if s.startswith("serviceaccount/default")]
+    )
+    binding = get_json(kubeconfig, "clusterrolebinding", "limpet-operator")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "limpet-operator", "namespace": ns}
+    ]
+    for crd in (
+        "stickyservices.limpet.dev",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+    ):
+        ok(kubectl("get", "crd", crd, kubeconfig=kubeconfig))
+    first = generation(kubeconfig, ns)
+    assert "--log-level=INFO" in operator_args(kubeconfig, ns)
+
+    # An upgrade with the same values leaves the pod template alone: nothing rolls.
+    ok(helm("upgrade", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig))
+    assert generation(kubeconfig, ns) == first
+
+    # A changed value changes the pod template: the Deployment rolls.
+    out = ok(
+        helm(
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-n",
+            ns,
+            "--set",
+            "logLevel=DEBUG",
+            kubeconfig=kubeconfig,
+        )
+    )
+    assert "REVISION: 3" in out
+    assert generation(kubeconfig, ns) == first + 1
+    assert "--log-level=DEBUG" in operator_args(kubeconfig, ns)
+    history = ok(helm("history", RELEASE, "-n", ns, "-o", "json", kubeconfig=kubeconfig))
+    assert [r["status"] for r in json.loads(history)] == ["superseded", "superseded", "deployed"]
+
+    # Uninstall: nothing is left but the CRDs (Helm never deletes crds/ content, which
+    # would delete every StickyService with it).
+    ok(helm("uninstall", RELEASE, "-n", ns, "--wait", kubeconfig=kubeconfig))
+    left = ok(kubectl("-n", ns, "get", KINDS, "-o", "name", kubeconfig=kubeconfig)).split()
+    assert [s for s in left if not s.startswith("serviceaccount/default")] == []
+    for obj in CLUSTER_SCOPED:
+        done = kubectl("get", obj, kubeconfig=kubeconfig)
+        assert done.returncode != 0, obj
+        assert "NotFound" in done.stderr, done.stderr
+    assert ok(helm("list", "-n", ns, "-q", kubeconfig=kubeconfig)).strip() == ""
+    ok(kubectl("get", "crd", "stickyservices.limpet.dev", kubeconfig=kubeconfig))
+
+
+def test_namespaced_rbac_reaches_only_the_watched_namespaces(
+    kubeconfig: Path, release_ns: str, admin_api: k8s.ApiClient
+) -> None:
+    watched = create_namespace(admin_api, "t-helm-w", labels=RESTRICTED)
+    other = create_namespace(admin_api, "t-helm-o", labels=RESTRICTED)
+    try:
+        ok(
+            helm(
+                "install",
+                RELEASE,
+                str(CHART),
+                "-n",
+                release_ns,
+                "--set",
+                f"watchNamespaces={{{watched}}}",
+                kubeconfig=kubeconfig,
+            )
+        )
+        assert f"--namespace={watched}" in operator_args(kubeconfig, release_ns)
+        who = f"system:serviceaccount:{release_ns}:limpet-operator"
+
+        def can(*what: str) -> bool:
+            done = kubectl("auth", "can-i", *what, "--as", who, kubeconfig=kubeconfig)
+            return done.stdout.strip() == "yes"
+
+        assert can("watch", "stickyservices.limpet.dev", "-n", watched)
+        assert can("patch", "stickyservices.limpet.dev/status", "-n", watched)
+        assert can("create", "deployments.apps", "-n", watched)
+        assert can("create", "kopfpeerings.kopf.dev", "-n", watched)
+        assert not can("list", "secrets", "-n", watched), "secrets are read by name only"
+        assert not can("watch", "stickyservices.limpet.dev", "-n", other)
+        assert not can("get", "secrets", "-n", other)
+        assert not can("create", "clusterkopfpeerings.kopf.dev")
+        for obj in CLUSTER_SCOPED:
+            assert kubectl("get", obj, kubeconfig=kubeconfig).returncode != 0, obj
+        ok(helm("uninstall", RELEASE, "-n", release_ns, "--wait", kubeconfig=kubeconfig))
+        left = kubectl(
+            "-n", watched, "get", "roles,rolebindings", "-o", "name", kubeconfig=kubeconfig
+        )
+        assert ok(left).strip() == ""
+    finally:
+        helm("uninstall", RELEASE, "-n", release_ns, kubeconfig=kubeconfig)
+        for ns in (watched, other):
+            purge_namespace(admin_api, ns)
+
+
+def test_chart_rbac_rules_are_the_kustomize_rules() -> None:
+    """The namespaced Role grants what the ClusterRole grants, minus cluster-scoped peering."""
+    cluster_role = next(d for d in render() if d["kind"] == "ClusterRole")
+    role = next(d for d in render("--set", "watchNamespaces={a}") if d["kind"] == "Role")
+    base = yaml.safe_load_all((ROOT / "deploy" / "rbac" / "operator-rbac.yaml").read_text())
+    assert cluster_role["rules"] == next(d for d in base if d["kind"] == "ClusterRole")["rules"]
+    peering = {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["kopfpeerings"],
+        "verbs": ["list", "watch", "patch", "create"],
+    }
+    assert role["rules"] == [*cluster_role["rules"][:-1], peering]
