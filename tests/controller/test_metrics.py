@@ -43,6 +43,7 @@ def test_state_follows_the_live_stickyservices() -> None:
             proxies=3,
             out_of_sync=1,
             moved={"failover": 4, "drain": 2},
+            backends={"b1": ("shop-0", "Active"), "b2": ("", "Gone")},
         )
     ]
     metrics = OperatorMetrics(CollectorRegistry())
@@ -57,6 +58,8 @@ def test_state_follows_the_live_stickyservices() -> None:
     assert value(got, "limpet_operator_proxies_out_of_sync", **key) == 1
     assert value(got, "limpet_operator_sessions_moved_total", **key, reason="failover") == 4
     assert value(got, "limpet_operator_stickyservices") == 1
+    info = {"backend": "b1", "backend_pod": "shop-0", "state": "Active"}
+    assert value(got, "limpet_operator_backend_info", **key, **info) == 1
     assert value(got, "limpet_operator_plans_pushed_total", result="ok") == 1
     assert value(got, "limpet_operator_plans_pushed_total", result="conflict") == 1
     assert value(got, "limpet_operator_plans_pushed_total", result="error") == 0
@@ -109,6 +112,13 @@ async def test_a_running_operator_serves_its_metrics(
     assert value(got, "limpet_operator_proxies", **key) == 2
     assert value(got, "limpet_operator_proxies_out_of_sync", **key) == 0
     assert value(got, "limpet_operator_stickyservices") == 1
+    pods = {
+        labels["backend_pod"]
+        for (name, label_items), n in got.items()
+        if name == "limpet_operator_backend_info" and n == 1
+        for labels in [dict(label_items)]
+    }
+    assert pods == set(scene.backends.pods), "each backend id named by its pod"
     pushed = value(got, "limpet_operator_plans_pushed_total", result="ok") or 0
     assert pushed >= 2, "each proxy took at least one plan"
     assert value(got, "limpet_operator_push_duration_seconds_count", result="ok") == pushed

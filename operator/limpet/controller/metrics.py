@@ -10,7 +10,9 @@ in, and hands it to every reconciler (through the kopf runtime). Two kinds of fi
   ``error`` for anything else);
 - **state**, read at scrape time from a :data:`SampleSource` (the live reconcilers, one
   :class:`StickyServiceSample` each): plan version, proxies and proxies out of sync, and
-  the sessions the proxies moved by reason, per StickyService. A StickyService that is
+  the sessions the proxies moved by reason, per StickyService, and each backend's pod
+  and state (``limpet_operator_backend_info``, to name the proxies' opaque backend
+  ids in dashboards). A StickyService that is
   deleted, or a replica that peering paused, simply stops appearing: no stale series.
 
 ``limpet_operator_sessions_moved_total`` is the sum of the proxies' own
@@ -53,6 +55,8 @@ class StickyServiceSample:
     out_of_sync: int
     moved: Mapping[str, int] = field(default_factory=dict)
     """Sessions moved by reason, summed over the proxies' last stats."""
+    backends: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Backend id -> (pod name or "", lifecycle state), for dashboards to name pods."""
 
 
 SampleSource = Callable[[], Iterable[StickyServiceSample]]
@@ -86,6 +90,12 @@ class _StateCollector(Collector):
             "Sessions the proxies moved, by reason, per StickyService (from their stats).",
             labels=[*labels, "reason"],
         )
+        info = GaugeMetricFamily(
+            "limpet_operator_backend_info",
+            "1 per backend in the plan: its opaque id (the proxies' backend label), its pod "
+            "and its lifecycle state; join on (namespace, stickyservice, backend).",
+            labels=[*labels, "backend", "backend_pod", "state"],
+        )
         samples = sorted(self._source(), key=lambda s: (s.namespace, s.name))
         services.add_metric([], len(samples))
         for s in samples:
@@ -95,7 +105,9 @@ class _StateCollector(Collector):
             behind.add_metric(key, s.out_of_sync)
             for reason, n in sorted(s.moved.items()):
                 moved.add_metric([*key, reason], n)
-        yield from (services, version, proxies, behind, moved)
+            for bid, (pod, state) in sorted(s.backends.items()):
+                info.add_metric([*key, bid, pod, state], 1)
+        yield from (services, version, proxies, behind, moved, info)
 
 
 class OperatorMetrics:

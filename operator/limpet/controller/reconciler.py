@@ -170,6 +170,9 @@ class Reconciler:
             proxies=len(proxies),
             out_of_sync=sum(1 for p in proxies if p.version != self._state.version),
             moved=moved,
+            backends={
+                b.id: (b.pod or "", b.status.state.value) for b in self._state.backends.values()
+            },
         )
 
     # -- main loop ---------------------------------------------------------------------------
