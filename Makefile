@@ -34,9 +34,11 @@ apt-deps:
 controlplane:
 	OUT=$(CP_BIN) bash tools/controlplane/build.sh
 
-# helm, built from helm.sh/helm/v4 (tools/helm/go.mod) next to kubectl; the chart tests run it.
+# helm, built from helm.sh/helm/v4 (tools/helm/go.mod) next to kubectl, and the Prometheus
+# Operator's CRDs (pinned upstream YAML through the Go module proxy); the chart tests use both.
 helm:
 	OUT=$(CP_BIN) bash tools/helm/build.sh
+	OUT=$(CACHE)/prometheus-operator-crds bash tools/helm/prometheus-operator-crds.sh
 
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
