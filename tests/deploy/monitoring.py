@@ -67,17 +67,18 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exposed_names(text: str) -> set[str]:
-    """Every series name a Prometheus text exposition can produce (from its TYPE lines)."""
+    """Every series name a Prometheus text exposition holds or, for a family without
+    samples yet, can produce (its TYPE line's name with the type's suffixes)."""
     suffixes = {
-        "counter": ("_total", "_created"),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "summary": ("_sum", "_count", "_created"),
-        "gauge": ("",),
-        "untyped": ("",),
+        "counter": ("", "_total"),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
     }
     names: set[str] = set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             names.update(name + s for s in suffixes.get(kind, ("",)))
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
