@@ -269,3 +269,19 @@ def test_chart_rbac_rules_are_the_kustomize_rules() -> None:
         "verbs": ["list", "watch", "patch", "create"],
     }
     assert role["rules"] == [*cluster_role["rules"][:-1], peering]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("replica=3", "additional properties 'replica' not allowed"),
+        ("logLevel=LOUD", "value must be one of"),
+        ("metrics.proxies[0].namespace=Bad_NS", "does not match pattern"),
+        ("metrics.proxies[0].namespace=shop", "missing property 'stickyService'"),
+        ("extraArgs={stats-interval=5}", "does not match pattern"),
+    ],
+)
+def test_values_schema_refuses_typos_and_bad_values(value: str, message: str) -> None:
+    done = helm("template", RELEASE, str(CHART), "--set", value)
+    assert done.returncode != 0
+    assert message in done.stderr
