@@ -1,9 +1,10 @@
 """Run the helm built by tools/helm (found like kubectl: <repo>/.cache/bin, $LIMPET_BIN_DIR,
 then PATH) and render deploy/helm/limpet.
 
-``helm(...)`` returns the finished process; ``render(...)`` runs ``helm template`` and
-returns the documents. ``HELM_ONLY_LABELS`` are the labels Helm charts carry and the
-kustomize base does not (release bookkeeping); the drift test ignores exactly those.
+``helm(...)`` returns the finished process (``binary=HELM3`` runs helm 3 instead of 4);
+``render(...)`` runs ``helm template`` and returns the documents. ``HELM_ONLY_LABELS`` are
+the labels Helm charts carry and the kustomize base does not (release bookkeeping); the
+drift test ignores exactly those.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ HELM_ONLY_LABELS = frozenset(
 )
 
 
-def helm_binary() -> Path:
-    return binaries.find_binary("helm")
+HELM = "helm"
+HELM3 = "helm3"
+HELMS = (HELM, HELM3)
 
 
 def helm(
-    *args: str, kubeconfig: Path | None = None, timeout: float = 120.0
+    *args: str, kubeconfig: Path | None = None, timeout: float = 120.0, binary: str = HELM
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [str(helm_binary())]
+    cmd = [str(binaries.find_binary(binary))]
     if kubeconfig is not None:
         cmd += ["--kubeconfig", str(kubeconfig)]
     return subprocess.run(
@@ -44,9 +46,9 @@ def helm(
     )
 
 
-def render(*args: str, crds: bool = False) -> list[Doc]:
+def render(*args: str, crds: bool = False, binary: str = HELM) -> list[Doc]:
     """``helm template limpet deploy/helm/limpet -n limpet-system ARGS`` as documents."""
     extra = ["--include-crds"] if crds else []
-    done = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *extra, *args)
+    done = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *extra, *args, binary=binary)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]

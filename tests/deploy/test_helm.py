@@ -26,7 +26,7 @@ from kubernetes import client as k8s
 
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
-from tests.deploy.helmchart import CHART, RELEASE, helm, render
+from tests.deploy.helmchart import CHART, HELMS, RELEASE, helm, render
 from tests.deploy.manifests import ROOT, kubectl
 
 pytestmark = pytest.mark.apiserver
@@ -101,9 +101,10 @@ ALL_ON = [
 ]
 
 
+@pytest.mark.parametrize("binary", HELMS)
 @pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "options"])
-def test_lint_strict(values: list[str]) -> None:
-    out = ok(helm("lint", "--strict", str(CHART), *values))
+def test_lint_strict(values: list[str], binary: str) -> None:
+    out = ok(helm("lint", "--strict", str(CHART), *values, binary=binary))
     assert "1 chart(s) linted, 0 chart(s) failed" in out
 
 
@@ -146,10 +147,11 @@ def test_template_passes_a_server_dry_run(
             purge_namespace(admin_api, ns)
 
 
-def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str) -> None:
+@pytest.mark.parametrize("binary", HELMS)
+def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str, binary: str) -> None:
     ns = release_ns
     # Install: every object of the chart is created, in this namespace.
-    out = ok(helm("install", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig))
+    out = ok(helm("install", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig, binary=binary))
     assert "STATUS: deployed" in out
     assert "Warning" not in out
     made = ok(kubectl("-n", ns, "get", KINDS, "-o", "name", kubeconfig=kubeconfig)).split()
@@ -176,7 +178,7 @@ def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str) -> None:
     assert "--log-level=INFO" in operator_args(kubeconfig, ns)
 
     # An upgrade with the same values leaves the pod template alone: nothing rolls.
-    ok(helm("upgrade", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig))
+    ok(helm("upgrade", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig, binary=binary))
     assert generation(kubeconfig, ns) == first
 
     # A changed value changes the pod template: the Deployment rolls.
@@ -190,24 +192,27 @@ def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str) -> None:
             "--set",
             "logLevel=DEBUG",
             kubeconfig=kubeconfig,
+            binary=binary,
         )
     )
     assert "REVISION: 3" in out
     assert generation(kubeconfig, ns) == first + 1
     assert "--log-level=DEBUG" in operator_args(kubeconfig, ns)
-    history = ok(helm("history", RELEASE, "-n", ns, "-o", "json", kubeconfig=kubeconfig))
+    history = ok(
+        helm("history", RELEASE, "-n", ns, "-o", "json", kubeconfig=kubeconfig, binary=binary)
+    )
     assert [r["status"] for r in json.loads(history)] == ["superseded", "superseded", "deployed"]
 
     # Uninstall: nothing is left but the CRDs (Helm never deletes crds/ content, which
     # would delete every StickyService with it).
-    ok(helm("uninstall", RELEASE, "-n", ns, "--wait", kubeconfig=kubeconfig))
+    ok(helm("uninstall", RELEASE, "-n", ns, "--wait", kubeconfig=kubeconfig, binary=binary))
     left = ok(kubectl("-n", ns, "get", KINDS, "-o", "name", kubeconfig=kubeconfig)).split()
     assert [s for s in left if not s.startswith("serviceaccount/default")] == []
     for obj in CLUSTER_SCOPED:
         done = kubectl("get", obj, kubeconfig=kubeconfig)
         assert done.returncode != 0, obj
         assert "NotFound" in done.stderr, done.stderr
-    assert ok(helm("list", "-n", ns, "-q", kubeconfig=kubeconfig)).strip() == ""
+    assert ok(helm("list", "-n", ns, "-q", kubeconfig=kubeconfig, binary=binary)).strip() == ""
     ok(kubectl("get", "crd", "stickyservices.limpet.dev", kubeconfig=kubeconfig))
 
 
