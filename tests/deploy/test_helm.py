@@ -98,7 +98,36 @@ ALL_ON = [
     "podAnnotations.example=yes",
     "--set",
     "extraArgs={--stats-interval=5}",
+    "--set-json",
+    'proxyAdminPolicy.extraFrom=[{"namespaceSelector": {"matchLabels": '
+    '{"kubernetes.io/metadata.name": "monitoring"}}}]',
 ]
+
+
+def test_options_reach_the_objects() -> None:
+    docs = render(*ALL_ON)
+    op = next(d for d in docs if d["kind"] == "Deployment")
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    for arg in ("--namespace=shop", "--namespace=cart", "--proxy-replicas=3"):
+        assert arg in args
+    assert args[-1] == "--stats-interval=5"
+    assert op["spec"]["template"]["metadata"]["annotations"] == {"example": "yes"}
+    policies = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"limpet-system", "shop"}
+    admin_rule = policies["shop"]["spec"]["ingress"][1]
+    assert admin_rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "limpet-system"
+    }
+    assert admin_rule["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    roles = sorted((d["kind"], d["metadata"]["namespace"]) for d in docs if "Role" in d["kind"])
+    assert roles == [
+        ("Role", "cart"),
+        ("Role", "shop"),
+        ("RoleBinding", "cart"),
+        ("RoleBinding", "shop"),
+    ]
 
 
 @pytest.mark.parametrize("binary", HELMS)
