@@ -319,3 +319,38 @@ def test_values_schema_refuses_typos_and_bad_values(value: str, message: str) ->
     done = helm("template", RELEASE, str(CHART), "--set", value)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_probes_and_metrics_ports_are_where_the_operator_listens() -> None:
+    import argparse
+
+    from limpet.controller import command
+
+    op = next(d for d in render() if d["kind"] == "Deployment")
+    container = op["spec"]["template"]["spec"]["containers"][0]
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(container["args"][1:])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.metrics_listen == ("0.0.0.0", ports["metrics"])
+    assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
+    off = next(d for d in render("--set", "metrics.enabled=false") if d["kind"] == "Deployment")
+    off_container = off["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--metrics-listen") for a in off_container["args"])
+    assert "metrics" not in {p["name"] for p in off_container["ports"]}
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_packaged_chart_renders_what_the_folder_renders(binary: str, tmp_path: Path) -> None:
+    """`helm package` keeps everything the templates read (files/, crds/, the schema)."""
+    ok(helm("package", str(CHART), "-d", str(tmp_path), binary=binary))
+    (package,) = tmp_path.glob("limpet-*.tgz")
+    values = ["--include-crds", "--set", "metrics.dashboard.enabled=true"]
+    values += ["--set", "metrics.prometheusRule.enabled=true"]
+    packaged = ok(helm("template", RELEASE, str(package), *values, binary=binary))
+    folder = ok(helm("template", RELEASE, str(CHART), *values, binary=binary))
+    assert packaged == folder
+    assert '"title": "Limpet"' in packaged, "the dashboard file is in the package"
+    assert "alert: LimpetNoBackend" in packaged, "the rules file is in the package"
+    bad = helm("template", RELEASE, str(package), "--set", "replica=3", binary=binary)
+    assert bad.returncode != 0, "the schema travels with the package"
