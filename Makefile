@@ -34,8 +34,9 @@ apt-deps:
 controlplane:
 	OUT=$(CP_BIN) bash tools/controlplane/build.sh
 
-# helm, built from helm.sh/helm/v4 (tools/helm/go.mod) next to kubectl, and the Prometheus
-# Operator's CRDs (pinned upstream YAML through the Go module proxy); the chart tests use both.
+# helm and helm3, built from helm.sh/helm/v4 and v3 (tools/helm/go.mod) next to kubectl, and
+# the Prometheus Operator's CRDs (pinned upstream YAML through the Go module proxy): the
+# chart tests use them.
 helm:
 	OUT=$(CP_BIN) bash tools/helm/build.sh
 	OUT=$(CACHE)/prometheus-operator-crds bash tools/helm/prometheus-operator-crds.sh
