@@ -354,3 +354,67 @@ def test_packaged_chart_renders_what_the_folder_renders(binary: str, tmp_path: P
     assert "alert: LimpetNoBackend" in packaged, "the rules file is in the package"
     bad = helm("template", RELEASE, str(package), "--set", "replica=3", binary=binary)
     assert bad.returncode != 0, "the schema travels with the package"
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_a_kustomize_install_moves_to_helm_without_a_restart(
+    kubeconfig: Path, admin_api: k8s.ApiClient, binary: str
+) -> None:
+    """`helm install --take-ownership` adopts what `kubectl apply -k deploy/` made (helm 4
+    also needs --force-conflicts for the fields kubectl's server-side apply owns), and the
+    operator's pod template does not change: switching tools restarts nothing."""
+    ns = "limpet-system"
+    purge_namespace(admin_api, ns)
+    try:
+        done = kubectl("apply", "--server-side", "-k", str(ROOT / "deploy"), kubeconfig=kubeconfig)
+        assert done.returncode == 0, done.stderr
+        before = get_json(kubeconfig, "-n", ns, "deployment", "limpet-operator")["spec"]
+        adopt = ["--take-ownership"] + (["--force-conflicts"] if binary == "helm" else [])
+        plain = helm("install", RELEASE, str(CHART), "-n", ns, kubeconfig=kubeconfig, binary=binary)
+        assert plain.returncode != 0, "Helm must refuse foreign objects unless told to adopt"
+        out = ok(
+            helm(
+                "install",
+                RELEASE,
+                str(CHART),
+                "-n",
+                ns,
+                *adopt,
+                kubeconfig=kubeconfig,
+                binary=binary,
+            )
+        )
+        assert "STATUS: deployed" in out
+        after = get_json(kubeconfig, "-n", ns, "deployment", "limpet-operator")
+        assert isinstance(before, dict)
+        assert after["spec"]["template"] == before["template"]  # type: ignore[index]
+        managed = kubectl(
+            "get",
+            f"{KINDS},clusterroles,clusterrolebindings",
+            "-A",
+            "-l",
+            "app.kubernetes.io/managed-by=Helm",
+            "-o",
+            "name",
+            kubeconfig=kubeconfig,
+        )
+        assert {
+            "deployment.apps/limpet-operator",
+            "clusterrole.rbac.authorization.k8s.io/limpet-operator",
+            "networkpolicy.networking.k8s.io/limpet-proxy-admin",
+        } <= set(ok(managed).split())
+        # Helm 4 applies server-side, and kubectl still co-owns every field it applied
+        # with the same value: changing one needs --force-conflicts (helm 3 patches
+        # client-side, so never conflicts).
+        upgrade = ["upgrade", RELEASE, str(CHART), "-n", ns, "--set", "logLevel=DEBUG"]
+        if binary == "helm":
+            refused = helm(*upgrade, kubeconfig=kubeconfig, binary=binary)
+            assert refused.returncode != 0
+            assert 'conflict with "kubectl"' in refused.stderr
+            upgrade.append("--force-conflicts")
+        ok(helm(*upgrade, kubeconfig=kubeconfig, binary=binary))
+        assert "--log-level=DEBUG" in operator_args(kubeconfig, ns)
+        ok(helm("uninstall", RELEASE, "-n", ns, "--wait", kubeconfig=kubeconfig, binary=binary))
+    finally:
+        helm("uninstall", RELEASE, "-n", ns, kubeconfig=kubeconfig, binary=binary)
+        purge_namespace(admin_api, ns)
