@@ -1,11 +1,14 @@
-"""deploy/helm/limpet with the helm built by tools/helm, against the real API server.
+"""deploy/helm/limpet with the helm 4 and helm 3 built by tools/helm, against the real
+API server.
 
-- ``helm lint --strict`` with the defaults and with every option switched on;
+- ``helm lint --strict`` with the defaults and with every option switched on; the values
+  schema refuses typos; ``helm package`` renders what the folder renders;
 - ``helm template`` output applied with ``--dry-run=server`` (Pod Security "restricted"
   enforced on the namespace: any warning fails);
 - ``helm install``, ``helm upgrade`` (a changed value changes the operator's pod
-  template, which is what makes the Deployment roll; an unchanged upgrade does not), and
-  ``helm uninstall``, which leaves the CRDs and nothing else;
+  template, which is what makes the Deployment roll; an unchanged upgrade does not),
+  ``helm rollback``, and ``helm uninstall``, which leaves the CRDs and nothing else;
+- adopting a ``kubectl apply -k deploy/`` installation without changing the pod template;
 - per-namespace RBAC: the operator's ServiceAccount may do its work in the watched
   namespaces and nothing anywhere else (``kubectl auth can-i`` as that account).
 
@@ -231,6 +234,11 @@ def test_install_upgrade_uninstall(kubeconfig: Path, release_ns: str, binary: st
         helm("history", RELEASE, "-n", ns, "-o", "json", kubeconfig=kubeconfig, binary=binary)
     )
     assert [r["status"] for r in json.loads(history)] == ["superseded", "superseded", "deployed"]
+
+    # A rollback is one more roll, back to the first pod template.
+    ok(helm("rollback", RELEASE, "1", "-n", ns, kubeconfig=kubeconfig, binary=binary))
+    assert generation(kubeconfig, ns) == first + 2
+    assert "--log-level=INFO" in operator_args(kubeconfig, ns)
 
     # Uninstall: nothing is left but the CRDs (Helm never deletes crds/ content, which
     # would delete every StickyService with it).
