@@ -184,18 +184,14 @@ class Reconciler:
                 now = time.time()
                 wake_in = None if self._next_wakeup is None else max(0.0, self._next_wakeup - now)
                 await self._debouncer.wait(wake_in)
-                started, ok = time.perf_counter(), False
-                cancelled = False
+                started = time.perf_counter()
                 try:
                     if self._body_changed:
                         self._body_changed = False
                         await self._apply_body()
                     await self._plan_once()
-                    ok = True
-                except asyncio.CancelledError:
-                    cancelled = True
-                    raise
                 except ApiError as exc:
+                    self._passed(started, ok=False)
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
                         log.info("%s/%s is gone; stopping", self.namespace, self.name)
                         return
@@ -203,12 +199,12 @@ class Reconciler:
                     await asyncio.sleep(1.0)
                     self._debouncer.poke()
                 except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._passed(started, ok=False)
                     log.warning("%s/%s: %s; retrying", self.namespace, self.name, exc)
                     await asyncio.sleep(1.0)
                     self._debouncer.poke()
-                finally:
-                    if self._metrics is not None and not cancelled:
-                        self._metrics.reconciled(time.perf_counter() - started, ok=ok)
+                else:
+                    self._passed(started, ok=True)
         finally:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,6 +212,11 @@ class Reconciler:
             await self._watches.stop()
             if self._pusher is not None:
                 await self._pusher.close()
+
+    def _passed(self, started: float, *, ok: bool) -> None:
+        """One reconcile pass ended (its retry pause not included): into the metrics."""
+        if self._metrics is not None:
+            self._metrics.reconciled(time.perf_counter() - started, ok=ok)
 
     def _own_path(self) -> str:
         return STICKYSERVICES.path(self.namespace, self.name)
