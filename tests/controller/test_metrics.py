@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from limpet.controller.metrics import OperatorMetrics, StickyServiceSample, parse_listen
+from limpet.controller.pusher import ProxyTarget, Pusher
+from limpet.controller.settings import PushSettings
 from limpet.devcluster.cluster import free_port
 from tests.controller.harness import Scene, Scenes, User, eventually
 
@@ -163,3 +166,56 @@ async def test_a_running_operator_serves_its_metrics(
     assert await eventually(behind, what="one proxy out of sync") == 1
     got = await scrape(http, url)
     assert (value(got, "limpet_operator_plan_version", **key) or 0) > version
+
+
+async def test_pushes_are_counted_by_the_proxys_answer() -> None:
+    """The pusher against a real HTTP server that answers 500, then 409, then 200."""
+    answers = [500, 409, 200]
+    state = {"version": 0}
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"planVersion": state["version"] or None, "backends": {}})
+
+    async def plan(request: web.Request) -> web.Response:
+        status = answers.pop(0) if answers else 200
+        if status == 200:
+            state["version"] = 1
+        return web.json_response(
+            {"error": "no"} if status != 200 else {"version": 1}, status=status
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/stats", stats)
+    app.router.add_put("/v1/plan", plan)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    metrics = OperatorMetrics(CollectorRegistry())
+    async with aiohttp.ClientSession() as session:
+        pusher = Pusher(
+            session=session,
+            settings=PushSettings(backoff_initial=0.01, backoff_max=0.02, stats_interval=0.05),
+            token="t",
+            on_change=lambda: None,
+            on_ahead=lambda version: None,
+            on_push=metrics.pushed,
+        )
+        try:
+            pusher.set_targets({"p": ProxyTarget(key="p", url=f"http://127.0.0.1:{port}")})
+            await pusher.set_plan(1, b"{}")
+
+            async def synced() -> bool:
+                return pusher.synced() == 1
+
+            await eventually(synced, within=10, what="the proxy on plan 1")
+        finally:
+            await pusher.close()
+            await runner.cleanup()
+    got = parse(generate_latest(metrics.registry).decode())
+    counts = {
+        r: value(got, "limpet_operator_plans_pushed_total", result=r)
+        for r in ("ok", "conflict", "error")
+    }
+    assert counts == {"ok": 1, "conflict": 1, "error": 1}
+    assert value(got, "limpet_operator_push_duration_seconds_count", result="ok") == 1
