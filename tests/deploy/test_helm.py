@@ -426,3 +426,11 @@ def test_a_kustomize_install_moves_to_helm_without_a_restart(
     finally:
         helm("uninstall", RELEASE, "-n", ns, kubeconfig=kubeconfig, binary=binary)
         purge_namespace(admin_api, ns)
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_chart_refuses_kubernetes_older_than_its_crd_needs(binary: str) -> None:
+    old = helm("template", RELEASE, str(CHART), "--kube-version", "1.30.9", binary=binary)
+    assert old.returncode != 0
+    assert "kubeVersion" in old.stderr
+    ok(helm("template", RELEASE, str(CHART), "--kube-version", "1.31.0", binary=binary))
