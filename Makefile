@@ -8,7 +8,7 @@ CACHE := .cache
 CP_BIN := $(CACHE)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane bench devcluster kind-e2e clean
+.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane helm bench devcluster kind-e2e clean
 
 run: deps
 	$(BIN)/limpet demo
@@ -26,13 +26,20 @@ format: $(VENV)/.stamp
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-deps: apt-deps $(VENV)/.stamp controlplane
+deps: apt-deps $(VENV)/.stamp controlplane helm
 
 apt-deps:
 	bash tools/apt-deps.sh
 
 controlplane:
 	OUT=$(CP_BIN) bash tools/controlplane/build.sh
+
+# helm and helm3, built from helm.sh/helm/v4 and v3 (tools/helm/go.mod) next to kubectl, and
+# the Prometheus Operator's CRDs (pinned upstream YAML through the Go module proxy): the
+# chart tests use them.
+helm:
+	OUT=$(CP_BIN) bash tools/helm/build.sh
+	OUT=$(CACHE)/prometheus-operator-crds bash tools/helm/prometheus-operator-crds.sh
 
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

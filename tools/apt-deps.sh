@@ -2,7 +2,7 @@
 # Install the Debian packages that tests, benchmarks and the demo need, only if
 # missing. apt-get update runs at most once, and only when something is missing.
 set -euo pipefail
-packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck)
+packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,13 +18,13 @@ echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts nginx, haproxy and caddy as services on install (where an init system
-# runs); the benchmarks run their own instances on loopback ports, so the services just
+# Debian starts nginx, haproxy, caddy and prometheus as services on install (where an
+# init system runs); the benchmarks and tests run their own instances on loopback ports, so the services just
 # installed are stopped through the init system, which stops only its own instance.
 for p in "${missing[@]}"; do
   case "$p" in
     nginx-light) svc=nginx ;;
-    haproxy | caddy) svc=$p ;;
+    haproxy | caddy | prometheus) svc=$p ;;
     *) continue ;;
   esac
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then

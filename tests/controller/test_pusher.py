@@ -80,7 +80,13 @@ async def test_a_push_lands_and_the_report_says_so(
         report = await _until(pusher, lambda r: r.synced(3) == 1)
         assert report.version == 3
         assert report.proxies == (
-            ProxyReport(name="proxy-a", version=3, reachable=True, error=None, rebalance_moves=0),
+            ProxyReport(
+                name="proxy-a",
+                version=3,
+                reachable=True,
+                error=None,
+                migrations={"drain": 0, "expired": 0, "failover": 0, "rebalance": 0},
+            ),
         )
         assert report.out_of_sync(3) == ()
         assert report.unreachable() == ()

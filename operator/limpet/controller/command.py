@@ -19,7 +19,9 @@ import random
 from types import MappingProxyType
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
+from limpet.controller.effects.metrics import OperatorMetrics, parse_listen, serve
 from limpet.controller.kube.client import ApiError, KubeClient, Resource
 from limpet.controller.kube.config import ConfigError, load_cluster_config
 from limpet.controller.kube.watchhub import WatchHub
@@ -42,6 +44,13 @@ def _override(text: str) -> tuple[str, str]:
     return address, target
 
 
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _cluster_arguments(parser)
     _peering_arguments(parser)
@@ -51,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        type=_listen,
+        default=None,
+        help="serve Prometheus metrics at /metrics, e.g. 0.0.0.0:8081 (default: off)",
     )
     _timing_arguments(parser)
     parser.add_argument(
@@ -218,7 +234,18 @@ async def main(args: argparse.Namespace) -> int:
             log.error("%s", problem)
             return 2
         hub = WatchHub(client, backoff=settings.retry)
-        runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
+        metrics = OperatorMetrics(CollectorRegistry())
+        runtime = Runtime(
+            config=config, client=client, hub=hub, http=http, settings=settings, metrics=metrics
+        )
+        metrics.track(lambda: [r.metrics_sample() for r in runtime.reconcilers.values()])
+        listener = None
+        if args.metrics_listen is not None:
+            try:
+                listener = await serve(metrics.registry, *args.metrics_listen)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", *args.metrics_listen, exc)
+                return 2
         try:
             await kopf.operator(
                 registry=build_registry(runtime),
@@ -232,6 +259,8 @@ async def main(args: argparse.Namespace) -> int:
             )
         finally:
             await hub.close()
+            if listener is not None:
+                await listener.cleanup()
     return 0
 
 

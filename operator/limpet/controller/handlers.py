@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from limpet.controller.effects.metrics import OperatorMetrics
 from limpet.controller.effects.proxies import delete_owned
 from limpet.controller.effects.reporter import EventSink
 from limpet.controller.kube.client import KubeClient
@@ -66,6 +67,7 @@ class Runtime:
     settings: OperatorSettings
     events: EventSink = field(default_factory=KopfEvents)
     reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    metrics: OperatorMetrics | None = None
 
 
 def plain(value: Any) -> Any:
@@ -140,6 +142,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             settings=runtime.settings,
             events=runtime.events,
             body=plain(body),
+            metrics=runtime.metrics,
         )
         runtime.reconcilers[uid] = reconciler
         try:

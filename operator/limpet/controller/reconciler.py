@@ -50,6 +50,7 @@ import aiohttp
 from limpet.affinity.ids import BackendId
 from limpet.controller.debounce import Debouncer
 from limpet.controller.effects.key_lifecycle import KeyLifecycle
+from limpet.controller.effects.metrics import OperatorMetrics, StickyServiceSample
 from limpet.controller.effects.proxies import apply_managed, delete_owned, proxy_targets
 from limpet.controller.effects.pusher import Pusher
 from limpet.controller.effects.reporter import EventSink, Observed, StatusReporter
@@ -76,8 +77,10 @@ class Reconciler:
         settings: OperatorSettings,
         events: EventSink,
         body: Mapping[str, Any],
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._http = http
         self._settings = settings
         meta = body["metadata"]
@@ -162,6 +165,25 @@ class Reconciler:
     def _publish(self) -> None:
         self._report.update(self._observed())
 
+    def metrics_sample(self) -> StickyServiceSample:
+        """This StickyService's state for the operator's metrics (read at scrape time)."""
+        proxies = self._pusher.report().proxies if self._pusher is not None else ()
+        moved: dict[str, int] = {}
+        for p in proxies:
+            for reason, n in p.migrations.items():
+                moved[reason] = moved.get(reason, 0) + n
+        return StickyServiceSample(
+            namespace=self.namespace,
+            name=self.name,
+            plan_version=self._state.version,
+            proxies=len(proxies),
+            out_of_sync=sum(1 for p in proxies if p.version != self._state.version),
+            moved=moved,
+            backends={
+                b.id: (b.pod or "", b.status.state.value) for b in self._state.backends.values()
+            },
+        )
+
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -172,10 +194,12 @@ class Reconciler:
                 now = time.time()
                 wake_in = None if self._next_wakeup is None else max(0.0, self._next_wakeup - now)
                 await self._debouncer.wait(wake_in)
+                started = time.perf_counter()
                 try:
                     await self._pass()
                     backoff.reset()
                 except ApiError as exc:
+                    self._passed(started, ok=False)
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
                         log.info("%s/%s is gone; stopping", self.namespace, self.name)
                         return
@@ -183,9 +207,12 @@ class Reconciler:
                     await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
                 except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._passed(started, ok=False)
                     log.warning("%s/%s: %s; retrying", self.namespace, self.name, exc)
                     await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
+                else:
+                    self._passed(started, ok=True)
         finally:
             await self._stop()
 
@@ -209,6 +236,11 @@ class Reconciler:
             await self._apply_body()
         self._refresh_targets()
         await self._plan_once()
+
+    def _passed(self, started: float, *, ok: bool) -> None:
+        """One reconcile pass ended (its retry pause not included): into the metrics."""
+        if self._metrics is not None:
+            self._metrics.reconciled(time.perf_counter() - started, ok=ok)
 
     async def _apply_body(self) -> None:
         body = self._body
@@ -234,7 +266,10 @@ class Reconciler:
         self._spec = spec
         if self._pusher is None:
             self._pusher = Pusher(
-                session=self._http, settings=self._settings.push, token=keys.admin_token
+                session=self._http,
+                settings=self._settings.push,
+                token=keys.admin_token,
+                metrics=self._metrics,
             )
             self._start(self._follow(self._pusher), f"follow-push:{self.name}")
 

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -72,8 +72,12 @@ class ProxyReport:
     version: int | None
     reachable: bool
     error: str | None
-    rebalance_moves: int
-    """Sessions it moved for a rebalance since it started (its own count)."""
+    migrations: Mapping[str, int]
+    """Sessions it moved since it started, by reason (its own counts)."""
+
+    @property
+    def rebalance_moves(self) -> int:
+        return self.migrations.get("rebalance", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,12 @@ class PushReport:
         return tuple(p for p in self.proxies if p.error and not p.reachable)
 
 
+class PushObserver(Protocol):
+    """Where each push's duration and outcome go (the operator's metrics)."""
+
+    def pushed(self, seconds: float, result: str) -> None: ...
+
+
 class Pusher:
     def __init__(
         self,
@@ -105,10 +115,12 @@ class Pusher:
         session: aiohttp.ClientSession,
         settings: PushSettings,
         token: str,
+        metrics: PushObserver | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
         self._token = token
+        self._metrics = metrics
         self._version = 0
         self._body = b""
         self._new_plan = asyncio.Condition()
@@ -158,7 +170,7 @@ class Pusher:
                     version=p.version,
                     reachable=p.reachable,
                     error=p.last_error,
-                    rebalance_moves=p.migrations.get("rebalance", 0),
+                    migrations=dict(p.migrations),
                 )
                 for p in self._proxies.values()
             ),
@@ -205,6 +217,22 @@ class Pusher:
         state.reachable = True
 
     async def _push(self, state: ProxyState) -> None:
+        """PUT the current plan, timed and counted by result for the operator's metrics."""
+        started, result = time.perf_counter(), "error"
+        try:
+            await self._put_plan(state)
+            result = "ok"
+        except _Failure as exc:
+            result = "conflict" if exc.status == 409 else "error"
+            raise
+        except asyncio.CancelledError:
+            result = ""  # the worker was stopped (targets changed): not a push outcome
+            raise
+        finally:
+            if self._metrics is not None and result:
+                self._metrics.pushed(time.perf_counter() - started, result)
+
+    async def _put_plan(self, state: ProxyState) -> None:
         version, body = self._version, self._body
         async with self._session.put(
             state.target.url + "/v1/plan",
@@ -222,8 +250,10 @@ class Pusher:
                 await self._read_stats(state)
                 if state.version is not None and state.version >= version:
                     self._saw_ahead(state.version)
-                raise _Failure(f"push v{version}: 409 {text.strip()[:200]}")
-            raise _Failure(f"push v{version}: HTTP {resp.status} {text.strip()[:200]}")
+                raise _Failure(f"push v{version}: 409 {text.strip()[:200]}", status=409)
+            raise _Failure(
+                f"push v{version}: HTTP {resp.status} {text.strip()[:200]}", status=resp.status
+            )
 
     async def _worker(self, state: ProxyState) -> None:
         s = self._settings
@@ -272,3 +302,7 @@ class Pusher:
 
 class _Failure(Exception):
     """The proxy answered, but not with success."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
