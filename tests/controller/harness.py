@@ -330,6 +330,17 @@ async def event_reasons(kube: KubeClient, namespace: str, name: str) -> list[str
     return [e.get("reason", "") for e in await events(kube, namespace, name)]
 
 
+async def event_posted(
+    kube: KubeClient, namespace: str, name: str, reason: str, *, within: float = 10.0
+) -> None:
+    """Wait for an Event: the reporter posts Events after the status write they follow."""
+
+    async def posted() -> bool:
+        return reason in await event_reasons(kube, namespace, name)
+
+    await eventually(posted, within=within, what=f"a {reason} Event")
+
+
 # -- scenes ----------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from tests.controller.harness import (
     Scenes,
     User,
     condition,
+    event_posted,
     event_reasons,
     eventually,
     status_condition,
@@ -293,7 +294,7 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     # The pod goes away: the drain is finished, the backend Gone, then removed.
     backends.remove(victim)
     await eventually(lambda: scene.state_is(victim, "Gone"), within=10, what="Gone")
-    assert "DrainFinished" in await event_reasons(kube, namespace, "shop")
+    await event_posted(kube, namespace, "shop", "DrainFinished")
     assert "DrainStarted" in await event_reasons(kube, namespace, "shop")
     await eventually(lambda: _absent(scene, victim), within=15, what="removed from the plan")
     await scene.converged()
@@ -325,7 +326,7 @@ async def test_killed_pod_fails_over(
         await user.get(http, proxy[i % 2])  # raises on any non-200
     assert all(u.pod != victim for u in on_victim)
     assert all(u.moves() == 0 for u in others), "sessions on healthy pods moved"
-    assert "Failover" in await event_reasons(kube, namespace, "shop")
+    await event_posted(kube, namespace, "shop", "Failover")
     degraded = await condition(kube, namespace, "shop", "Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"] == "BackendsFailed"
