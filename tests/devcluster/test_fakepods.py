@@ -25,7 +25,8 @@ from limpet.devcluster.fakepods import (
 )
 from limpet.devcluster.loopback import LoopbackPodNetwork
 from limpet.devcluster.netns import NetnsPodNetwork, netns_unavailable_reason
-from limpet.devcluster.podnet import PodNetwork, PodSlot
+from limpet.devcluster.podnet import PodNetwork
+from limpet.devcluster.podslot import PodSlot
 
 pytestmark = pytest.mark.apiserver
 

@@ -48,7 +48,8 @@ from limpet.devcluster.endpointslices import (
     selectorless_service,
 )
 from limpet.devcluster.errors import FakePodError
-from limpet.devcluster.podnet import AddressOverrides, Endpoint, PodNetwork, PodSlot
+from limpet.devcluster.podnet import PodNetwork
+from limpet.devcluster.podslot import AddressOverrides, Endpoint, PodSlot
 from limpet.devcluster.process import ManagedProcess
 
 FIELD_MANAGER = "limpet-fakepods"
