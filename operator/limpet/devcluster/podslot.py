@@ -11,15 +11,12 @@ Immutable values; safe from any thread.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 Mode = Literal["netns", "loopback"]
 
 Endpoint = tuple[str, int]
-AddressOverrides = Mapping[Endpoint, Endpoint]
-"""``(published address, port) -> (loopback host, port)``: what the proxy really dials."""
 
 
 @dataclass(frozen=True, slots=True)
