@@ -161,6 +161,8 @@ class Component:
     def start(self) -> None:
         self._tries += 1
         self.port = free_port()
+        # A restart's log starts afresh: the old one only says the port was taken.
+        (self._work_dir / f"{self.name}.log").unlink(missing_ok=True)
         self.process = ManagedProcess(
             self.name,
             self._argv(self.port),
