@@ -38,15 +38,6 @@ KNOWN_FOREIGN_CYCLES: frozenset[frozenset[str]] = frozenset(
         # the methods, and the codec builds Plans. tests/proxy calls these methods, so
         # removing them waits for the proxy branch (then callers use plan_to_json & co.).
         frozenset({"limpet.affinity.plan.codec", "limpet.affinity.plan.model"}),
-        # devcluster: podnet, netns and loopback import each other (fixed on the
-        # devcluster branch; empty this entry when it merges).
-        frozenset(
-            {
-                "limpet.devcluster.loopback",
-                "limpet.devcluster.netns",
-                "limpet.devcluster.podnet",
-            }
-        ),
     }
 )
 """Strongly connected components waiting for other branches, each as its set of modules."""

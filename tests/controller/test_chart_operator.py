@@ -25,9 +25,10 @@ from kubernetes import client as k8s
 
 from limpet.controller.kube.client import KubeClient
 from limpet.devcluster.client import request, server_side_apply, service_account_kubeconfig
-from limpet.devcluster.cluster import DevCluster, free_port
+from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.fakepods import FakePodsFactory
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from limpet.devcluster.ports import free_port
 from tests.controller.harness import OperatorProcess, Scenes
 from tests.deploy.helmchart import CHART, RELEASE, helm
 from tests.deploy.manifests import kubectl

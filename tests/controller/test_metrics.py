@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from limpet.controller.effects.metrics import OperatorMetrics, StickyServiceSample, parse_listen
 from limpet.controller.effects.pusher import ProxyTarget, Pusher
 from limpet.controller.model.settings import BackoffSettings, PushSettings
-from limpet.devcluster.cluster import free_port
+from limpet.devcluster.ports import free_port
 from tests.controller.harness import Scene, Scenes, User, eventually
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

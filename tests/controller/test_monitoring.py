@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 import yaml
 
-from limpet.devcluster.cluster import free_port
+from limpet.devcluster.ports import free_port
 from limpet.devcluster.process import ManagedProcess
 from tests.controller.harness import Scene, Scenes, User, eventually
 from tests.deploy.monitoring import (

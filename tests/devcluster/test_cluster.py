@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from limpet.devcluster.client import (
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from tests.devcluster.polling import eventually
 
 pytestmark = pytest.mark.apiserver
 
@@ -126,15 +128,6 @@ def test_install_crds_applies_every_crd_of_a_folder_and_waits_until_served(
                 request(api, "DELETE", f"{CRDS}/{name}")
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def _status_of(call: Callable[[], object]) -> int:
     try:
         call()
@@ -182,7 +175,7 @@ def test_rbac_denies_a_plain_user_until_a_role_binding_allows_it(
             ),
         )
         # The authorizer reads RBAC objects from an informer: allow it a moment.
-        assert _eventually(lambda: _status_of(list_configmaps) == 200)
+        eventually(lambda: _status_of(list_configmaps) == 200, within=10, what="RBAC to apply")
         # Exactly what was granted: not secrets, and not configmaps elsewhere.
         assert _status_of(lambda: alice.list_namespaced_secret(namespace)) == 403
         assert _status_of(lambda: alice.list_namespaced_config_map("default")) == 403
@@ -256,3 +249,73 @@ def test_build_kubeconfig_takes_one_credential(devcluster: DevCluster) -> None:
             client=devcluster.pki.admin,
             token="t",
         )
+
+
+def test_a_node_identity_may_register_itself_but_touch_no_other_node(
+    devcluster: DevCluster, api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    """Node authorizer plus NodeRestriction, as in kubeadm: what a node agent may do."""
+    name = f"limpet-t-{secrets.token_hex(4)}"
+    other = f"{name}-other"
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+    strategic = "application/strategic-merge-patch+json"
+    kubeconfig = devcluster.write_user_kubeconfig(
+        tmp_path / "node", user=f"system:node:{name}", groups=("system:nodes",)
+    )
+    # Unschedulable, so that no pending pod of the session is bound to these nodes.
+    request(
+        api,
+        "POST",
+        "/api/v1/nodes",
+        body={"metadata": {"name": other}, "spec": {"unschedulable": True}},
+    )
+    try:
+        with client_from_kubeconfig(kubeconfig) as node_api:
+            request(
+                node_api,
+                "POST",
+                "/api/v1/nodes",
+                body={"metadata": {"name": name}, "spec": {"unschedulable": True}},
+            )
+            ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+            request(
+                node_api,
+                "PATCH",
+                f"/api/v1/nodes/{name}/status",
+                body=ready,
+                content_type=strategic,
+            )
+            lease = {
+                "metadata": {"name": name},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40},
+            }
+            request(node_api, "POST", leases, body=lease)
+
+            def patch_other() -> object:
+                return request(
+                    node_api,
+                    "PATCH",
+                    f"/api/v1/nodes/{other}/status",
+                    body=ready,
+                    content_type=strategic,
+                )
+
+            def other_lease() -> object:
+                return request(
+                    node_api, "POST", leases, body={**lease, "metadata": {"name": other}}
+                )
+
+            def secrets_list() -> object:
+                return request(node_api, "GET", "/api/v1/namespaces/default/secrets")
+
+            assert _status_of(patch_other) == 403
+            assert _status_of(other_lease) == 403
+            assert _status_of(secrets_list) == 403
+        node = request(api, "GET", f"/api/v1/nodes/{name}")
+        assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == [
+            "True"
+        ]
+    finally:
+        for path in (f"/api/v1/nodes/{name}", f"/api/v1/nodes/{other}", f"{leases}/{name}"):
+            with contextlib.suppress(k8s.ApiException):
+                request(api, "DELETE", path)

@@ -1,22 +1,26 @@
-"""A real etcd + kube-apiserver on loopback, envtest-style.
+"""A real control plane on loopback: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler.
 
 Data flow: :class:`DevClusterSettings` in. :meth:`DevCluster.start` finds the
 binaries, makes a private work directory (on tmpfs when there is one), writes a
 fresh PKI into it, starts etcd and kube-apiserver on free loopback ports, polls
-``/readyz`` with the admin certificate, and writes the admin kubeconfig.
-:meth:`DevCluster.stop` stops both processes (API server first) and removes the
-work directory. Start-up fails with a :class:`DevClusterError` that names the
-problem: a missing binary (and how to build it), a taken port, or a process
-that exited (with the tail of its log).
+``/readyz`` with the admin certificate, writes the admin kubeconfig, then starts
+kube-controller-manager and kube-scheduler (``components``) with their own
+certificates and kubeconfigs and polls each one's health endpoint until it reports
+every controller running. :meth:`DevCluster.stop` stops the processes (controllers,
+then the API server, then etcd) and removes the work directory. Start-up fails with
+a :class:`DevClusterError` that names the problem: a missing binary (and how to
+build it), a taken port, or a process that exited (with the tail of its log).
 
-Speed: etcd runs with ``--unsafe-no-fsync`` on tmpfs, both processes start at
-once (the API server retries etcd), and the API server skips work nobody here
+Speed: etcd runs with ``--unsafe-no-fsync`` on tmpfs, etcd and the API server start
+at once (the API server retries etcd), the two control-loop components start
+together, without leader election, and the API server skips work nobody here
 needs (API priority and fairness, the ``kubernetes`` Endpoints reconciler,
 profiling).
 
-Leftovers: the work directory holds an owner record (see ``ownership``) with
-the PIDs of its children; each start sweeps directories whose owner died,
-killing their orphaned children first.
+Leftovers: the work directory holds an owner record (see ``workdirs``) with the
+PIDs of its children; each start sweeps directories whose owner died, killing
+their orphaned children first.
 
 Concurrency: one thread owns a DevCluster (start, poll, stop). ``start`` takes
 an optional ``threading.Event`` that a signal handler may set to cancel it.
@@ -26,25 +30,31 @@ Several DevClusters, in one process or many, can run side by side.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import errno
 import http.client
 import ipaddress
 import json
-import os
 import shutil
-import signal
-import socket
 import ssl
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from limpet.devcluster import binaries
-from limpet.devcluster.certs import ADMIN_USER, CertKeyPair, ClusterPKI, PKIPaths
+from limpet.devcluster.certs import (
+    ADMIN_USER,
+    CertKeyPair,
+    ClusterPKI,
+    PKIPaths,
+)
+from limpet.devcluster.components import (
+    DEFAULT_CONTROLLERS,
+    ClusterAccess,
+    Component,
+    control_loops,
+)
 from limpet.devcluster.errors import (
     DevClusterError,
     PortInUseError,
@@ -53,17 +63,15 @@ from limpet.devcluster.errors import (
     StartCancelledError,
 )
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from limpet.devcluster.ownership import (
-    current_owner,
-    is_alive,
-    read_record,
-    wait_gone,
-    write_record,
+from limpet.devcluster.ports import check_port_free, free_port, log_says_port_taken
+from limpet.devcluster.process import ManagedProcess, stop_together
+from limpet.devcluster.workdirs import (
+    default_work_root,
+    make_work_dir,
+    record_children,
+    sweep_stale_work_dirs,
 )
-from limpet.devcluster.process import ManagedProcess
 
-WORK_DIR_PREFIX = "limpet-devcluster-"
-OWNER_FILE = "owner.json"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _PORT_RETRIES = 3
 _POLL_INTERVAL = 0.05
@@ -72,7 +80,7 @@ _POLL_INTERVAL = 0.05
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DevClusterSettings:
     bin_dir: Path | None = None
-    """Folder with etcd and kube-apiserver; None searches as ``binaries`` says."""
+    """Folder with the control-plane binaries; None searches as ``binaries`` says."""
     apiserver_port: int = 0
     """Secure port of the API server on 127.0.0.1; 0 picks a free one."""
     etcd_port: int = 0
@@ -81,92 +89,32 @@ class DevClusterSettings:
     """Where the temporary work directory goes; None prefers /dev/shm."""
     service_cluster_ip_range: str = "10.96.0.0/12"
     extra_apiserver_args: tuple[str, ...] = ()
+    controllers: tuple[str, ...] = DEFAULT_CONTROLLERS
+    """kube-controller-manager's controllers, by canonical name; empty runs none."""
+    scheduler: bool = True
+    """Run kube-scheduler."""
+    extra_controller_manager_args: tuple[str, ...] = ()
+    extra_scheduler_args: tuple[str, ...] = ()
     ready_timeout: float = 60.0
     kubeconfig: Path | None = None
     """Also write the admin kubeconfig here (it is always in the work directory)."""
     environ: dict[str, str] | None = field(default=None, compare=False)
     """Environment for binary look-up; None means os.environ."""
+    before_controllers: Callable[[DevCluster], None] | None = field(default=None, compare=False)
+    """Called once the API server is ready, before the controllers start: install
+    CustomResourceDefinitions here so that the garbage collector knows them from the
+    start (it rediscovers resource types only every 30 s)."""
 
 
-def default_work_root() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def check_port_free(port: int, what: str) -> None:
-    """Raise :class:`PortInUseError` if something already listens on 127.0.0.1:``port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Like the Go servers: a port held only by TIME_WAIT connections is free.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    f"port {port} on 127.0.0.1 (asked for the {what}) is already in use by "
-                    "another process; choose another port, or 0 to pick a free one"
-                ) from None
-            raise
-
-
-def _log_says_port_taken(text: str) -> bool:
-    return "address already in use" in text.lower()
-
-
-def sweep_stale_work_dirs(root: Path) -> list[Path]:
-    """Remove work directories of dead owners, killing their orphaned children first."""
-    swept: list[Path] = []
-    for work_dir in root.glob(WORK_DIR_PREFIX + "*"):
-        record = read_record(work_dir / OWNER_FILE)
-        if record is None:
-            # Either being set up right now, or the owner died before writing the record:
-            # only sweep the latter, judged by age.
-            with contextlib.suppress(OSError):
-                if time.time() - work_dir.stat().st_mtime > 600:
-                    shutil.rmtree(work_dir, ignore_errors=True)
-                    swept.append(work_dir)
-            continue
-        owner, extra = record
-        if is_alive(owner):
-            continue
-        children = extra.get("children", [])
-        killed = [
-            int(pid)
-            for pid in (children if isinstance(children, list) else [])
-            if _kill_if_ours(int(pid), work_dir)
-        ]
-        # SIGKILL is asynchronous: a large Go process takes a moment to go. Wait, so the
-        # caller never sees a swept cluster's processes alive, nor have them write into
-        # the directory being removed.
-        wait_gone(killed, timeout=10.0)
-        shutil.rmtree(work_dir, ignore_errors=True)
-        swept.append(work_dir)
-    return swept
-
-
-def _kill_if_ours(pid: int, work_dir: Path) -> bool:
-    """SIGKILL ``pid``'s process group if it is one of ours; whether a signal was sent."""
-    # Guard against PID reuse: only a process whose command line names our work dir.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if str(work_dir).encode() not in cmdline:
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    name: str
+    seconds: float
+    """From the start of :meth:`DevCluster.start`."""
+    url: str
+    """The health endpoint that said so."""
+    checks: tuple[str, ...] = ()
+    """The named checks it had to list as ok (one per controller)."""
 
 
 class DevCluster:
@@ -181,6 +129,9 @@ class DevCluster:
         self.etcd_port = 0
         self.version = ""
         self.ready_seconds = 0.0
+        self.apiserver_ready_seconds = 0.0
+        self.components: list[Component] = []
+        """kube-controller-manager and kube-scheduler, once started."""
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -223,6 +174,7 @@ class DevCluster:
         apiserver_bin = binaries.find_binary(
             binaries.KUBE_APISERVER, bin_dir=s.bin_dir, environ=s.environ
         )
+        component_bins = self._component_binaries()
         if s.apiserver_port:
             check_port_free(s.apiserver_port, "API server (--apiserver-port)")
         if s.etcd_port:
@@ -231,8 +183,7 @@ class DevCluster:
         sweep_stale_work_dirs(root)
         atexit.register(self.stop)
         try:
-            self.work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=root))
-            write_record(self.work_dir / OWNER_FILE, current_owner())
+            self.work_dir = make_work_dir(root)
             service_ip = str(next(ipaddress.ip_network(s.service_cluster_ip_range).hosts()))
             self.pki = ClusterPKI.generate(service_ip=service_ip)
             self.pki_paths = self.pki.write(self.work_dir / "pki")
@@ -248,9 +199,14 @@ class DevCluster:
                     if attempt == _PORT_RETRIES or (s.apiserver_port and s.etcd_port):
                         raise
                     self._stop_processes()
+            self.apiserver_ready_seconds = time.monotonic() - started
             self._kubeconfig = self.write_user_kubeconfig(
                 self.work_dir / "kubeconfig", user=ADMIN_USER, client=self.pki.admin
             )
+            if s.before_controllers is not None:
+                s.before_controllers(self)
+            self._start_components(component_bins)
+            self._wait_components_ready(started, cancel)
             if s.kubeconfig is not None:
                 self._kubeconfig = self.write_user_kubeconfig(
                     s.kubeconfig, user=ADMIN_USER, client=self.pki.admin
@@ -269,13 +225,23 @@ class DevCluster:
 
     def failure(self) -> str | None:
         """If a control-plane process has exited on its own, why (with its log tail)."""
-        for proc in (self._apiserver, self._etcd):
-            if proc is not None and proc.poll() is not None:
+        for proc in self._processes():
+            if proc.poll() is not None:
                 return proc.describe_exit()
         return None
 
     def logs(self) -> dict[str, Path]:
-        return {p.name: p.log_path for p in (self._etcd, self._apiserver) if p is not None}
+        return {p.name: p.log_path for p in self._processes()}
+
+    def readiness(self) -> list[Readiness]:
+        """When each component became ready, and where it was probed."""
+        ready = [Readiness("kube-apiserver", self.apiserver_ready_seconds, f"{self.server}/readyz")]
+        ready += [
+            Readiness(c.name, c.ready_seconds, c.url, checks=c.required_checks)
+            for c in self.components
+            if c.ready_seconds is not None
+        ]
+        return ready
 
     def write_user_kubeconfig(
         self,
@@ -324,6 +290,70 @@ class DevCluster:
         ctx.load_cert_chain(str(paths.admin_cert), str(paths.admin_key))
         return ctx
 
+    def _processes(self) -> list[ManagedProcess]:
+        """Every started process, those that depend on the others first."""
+        procs = [c.process for c in self.components if c.process is not None]
+        return procs + [p for p in (self._apiserver, self._etcd) if p is not None]
+
+    def _record_children(self) -> None:
+        assert self.work_dir is not None
+        pids = [p.pid for p in self._processes() if p.pid is not None]
+        record_children(self.work_dir, pids)
+
+    def _component_binaries(self) -> dict[str, Path]:
+        s = self.settings
+        wanted = [binaries.KUBE_CONTROLLER_MANAGER] if s.controllers else []
+        wanted += [binaries.KUBE_SCHEDULER] if s.scheduler else []
+        return {
+            name: binaries.find_binary(name, bin_dir=s.bin_dir, environ=s.environ)
+            for name in wanted
+        }
+
+    def _start_components(self, bins: dict[str, Path]) -> None:
+        s = self.settings
+        assert self.work_dir is not None
+        assert self.pki is not None
+        assert self.pki_paths is not None
+        access = ClusterAccess(
+            server=self.server, pki=self.pki, paths=self.pki_paths, work_dir=self.work_dir
+        )
+        self.components = control_loops(
+            access,
+            bins,
+            controllers=s.controllers,
+            extra_controller_manager_args=s.extra_controller_manager_args,
+            extra_scheduler_args=s.extra_scheduler_args,
+        )
+        for component in self.components:
+            component.start()
+        self._record_children()
+
+    def _wait_components_ready(self, started: float, cancel: threading.Event | None) -> None:
+        assert self._ssl is not None
+        deadline = started + self.settings.ready_timeout
+        pending = list(self.components)
+        while pending:
+            if cancel is not None and cancel.is_set():
+                raise StartCancelledError("start-up cancelled before the controllers were ready")
+            for proc in (self._apiserver, self._etcd):
+                if proc is not None and proc.poll() is not None:
+                    raise ProcessExitedError(proc.describe_exit())
+            for component in list(pending):
+                pid = component.process.pid if component.process is not None else None
+                if component.check(self._ssl):
+                    component.ready_seconds = time.monotonic() - started
+                    pending.remove(component)
+                elif component.process is not None and component.process.pid != pid:
+                    self._record_children()  # restarted on another port
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                states = "\n".join(c.describe() for c in pending)
+                raise ReadyTimeoutError(
+                    f"not ready within {self.settings.ready_timeout:.0f} s:\n{states}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
     def _launch(self, etcd_bin: Path, apiserver_bin: Path) -> None:
         s = self.settings
         assert self.work_dir is not None
@@ -366,16 +396,21 @@ class DevCluster:
                 f"--tls-cert-file={p.serving_cert}",
                 f"--tls-private-key-file={p.serving_key}",
                 f"--client-ca-file={p.ca_cert}",
-                "--authorization-mode=RBAC",
+                # As kubeadm: the Node authorizer grants a node agent (user
+                # system:node:<name>, group system:nodes) what a kubelet needs, scoped to
+                # its own pods and what they reference; NodeRestriction (below) keeps it
+                # off every other Node and its Lease.
+                "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={p.sa_public_key}",
                 f"--service-account-signing-key-file={p.sa_private_key}",
                 f"--service-cluster-ip-range={s.service_cluster_ip_range}",
                 "--allow-privileged=true",
-                # As on OpenShift: setting ownerReferences needs delete on the child, and
-                # blockOwnerDeletion needs update on the owner's finalizers, so a test
-                # catches an operator that asks for more than deploy/'s RBAC grants.
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                # OwnerReferencesPermissionEnforcement, as on OpenShift: setting
+                # ownerReferences needs delete on the child, and blockOwnerDeletion needs
+                # update on the owner's finalizers, so a test catches an operator that
+                # asks for more than deploy/'s RBAC grants.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 # Work a one-node, no-kubelet test cluster never needs:
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
@@ -387,11 +422,7 @@ class DevCluster:
         )
         self._etcd.start()
         self._apiserver.start()
-        write_record(
-            self.work_dir / OWNER_FILE,
-            current_owner(),
-            children=[self._etcd.pid, self._apiserver.pid],
-        )
+        self._record_children()
 
     def _wait_ready(self, started: float, cancel: threading.Event | None) -> None:
         assert self._etcd is not None
@@ -404,7 +435,7 @@ class DevCluster:
             for proc in (self._etcd, self._apiserver):
                 if proc.poll() is not None:
                     tail = proc.tail(60)
-                    if _log_says_port_taken(tail):
+                    if log_says_port_taken(tail):
                         raise PortInUseError(
                             f"{proc.name} could not bind its port (address already in use); "
                             f"last lines of its log:\n{tail}"
@@ -428,7 +459,10 @@ class DevCluster:
             time.sleep(_POLL_INTERVAL)
 
     def _stop_processes(self) -> None:
-        # API server first: it would otherwise spend its shutdown retrying a dead etcd.
+        # Controllers first, so that none acts on a half-stopped cluster; then the API
+        # server: it would otherwise spend its shutdown retrying a dead etcd.
+        stop_together([c.process for c in self.components if c.process is not None], timeout=5.0)
+        self.components = []
         for proc in (self._apiserver, self._etcd):
             if proc is not None:
                 proc.stop(timeout=5.0)
