@@ -176,6 +176,13 @@ class ClientConnection(Exchange):
             self._fed()
             self._upgrade_head_done(data[exc.args[0] :])
             return
+        except httptools.HttpParserInvalidMethodError:
+            self._fed()
+            if not self.closing:
+                if phase == P_IDLE and _unknown_method(data):
+                    self.limit_status = 501
+                self._bad_request(None)
+            return
         except httptools.HttpParserError as exc:
             self._fed()
             if not self.closing:
@@ -238,20 +245,23 @@ class ClientConnection(Exchange):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase == P_BODY:
-            if self.req_trailers is None:
-                self.req_trailers = [(name, value)]
-            else:
-                self.req_trailers.append((name, value))
-            return
-        self.headers.append((name, value))
+            fields = self.req_trailers
+            if fields is None:
+                fields = self.req_trailers = []
+        else:
+            fields = self.headers
+        fields.append((name, value))
+        # Trailers have the same limits as the head, counted afresh (header_bytes is reset
+        # at the end of the head).
         self.header_bytes += len(name) + len(value) + 4
         server = self.server
-        if self.header_bytes > server.max_header_bytes or len(self.headers) > server.max_headers:
+        if self.header_bytes > server.max_header_bytes or len(fields) > server.max_headers:
             self.limit_status = 431
             raise _Limit
 
     def on_headers_complete(self) -> None:
         self.phase = P_BODY
+        self.header_bytes = 0
         self.requests += 1
         parser = self.parser
         method: bytes = parser.get_method()
@@ -338,3 +348,23 @@ class ClientConnection(Exchange):
         if not self.closing:
             self.transport.write(http.error_response(status, close=True))
         self.close_after_flush()
+
+
+def _unknown_method(data: bytes) -> bool:
+    """Whether a read that starts a request opens with a well-formed method token that
+    llhttp does not know (``get``, ``FOO``): RFC 9110 9.1 says 501, not 400. Only the
+    error path calls this."""
+    method, space, _ = data.lstrip(b"\r\n").partition(b" ")
+    if not space or not http.is_token(method):
+        return False
+    try:
+        httptools.HttpRequestParser(_Ignore()).feed_data(method + b" / HTTP/1.1\r\n")
+    except httptools.HttpParserInvalidMethodError:
+        return True
+    except httptools.HttpParserError:
+        return False
+    return False
+
+
+class _Ignore:
+    """Parser callbacks that do nothing (the probe in :func:`_unknown_method`)."""

@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final, cast
 
-import httptools
-
 from limpet.proxy.engine import http
 from limpet.proxy.engine.port import RequestView, Route
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
@@ -176,18 +174,15 @@ class Exchange(asyncio.Protocol):
         if method == b"CONNECT":
             self._answer(405)
             return
-        if scan.host_count > 1 or (self.http11 and scan.host_count == 0):
-            self._answer(400)
+        origin = self._checked_target(method, target)
+        status = 400 if origin is None else self._framing_status()
+        if status:
+            self._answer(status)
             return
-        if target[:1] != b"/":
-            converted = _origin_form(method, target)
-            if converted is None:
-                self._answer(400)
-                return
-            target = converted
+        assert origin is not None
         view = self.view
         view.method = method
-        view.target = target
+        view.target = origin
         view.headers = headers
         view.cookie = scan.cookie
         route = self.router.route(view)
@@ -195,6 +190,43 @@ class Exchange(asyncio.Protocol):
             self._answer(503)
             return
         self._send(route)
+
+    def _checked_target(self, method: bytes, target: bytes) -> bytes | None:
+        """The origin-form target to forward, or None for a 400: one valid Host
+        (RFC 9112 3.2), no fragment, and an absolute-form target replaces Host with its
+        own authority (RFC 9112 3.2.2)."""
+        scan = self.scan
+        if scan.host_count > 1 or (self.http11 and scan.host_count == 0):
+            return None
+        if scan.host is not None and not http.host_ok(scan.host):
+            return None
+        if b"#" in target:
+            return None  # clients never send fragments (RFC 9112 3.2); HAProxy rejects too
+        if target[:1] == b"/":
+            return target
+        if target == b"*":
+            return target if method == b"OPTIONS" else None
+        split = http.split_absolute(target)
+        if split is None:
+            return None
+        origin, authority = split
+        http.set_host(scan, authority)
+        return origin
+
+    def _framing_status(self) -> int:
+        """The body's framing is decided here, before any byte goes to a backend (0 if
+        it is sound, else the status to answer): Transfer-Encoding must be chunked, must
+        not come with Content-Length and needs HTTP/1.1 (RFC 9112 6.1, 6.3); an upgrade
+        request carries no body (docs/proxy.md)."""
+        scan = self.scan
+        te = scan.transfer_encoding
+        if te is not None:
+            if not self.http11 or scan.content_length >= 0:
+                return 400
+            status = http.transfer_coding_status(te)
+            if status:
+                return status
+        return 400 if self.upgrade_requested and scan.has_body else 0
 
     def _send(self, route: Route) -> None:
         """Write the request head for ``route`` on a pooled connection, or start dialling."""
@@ -315,11 +347,7 @@ class Exchange(asyncio.Protocol):
                 self._pause(R_DIALLING)
 
     def _last_chunk(self) -> bytes:
-        trailers = self.req_trailers
-        if trailers is None:
-            return http.LAST_CHUNK
-        kept = http.scan_response(trailers, self.server.classes, learn_cookies=False).kept
-        return b"0\r\n" + b"".join(kept) + b"\r\n"
+        return http.last_chunk(self.req_trailers, self.server.classes)
 
     def _request_complete(self) -> None:
         self.request_done = True
@@ -371,7 +399,7 @@ class Exchange(asyncio.Protocol):
         close = not self.keep_alive or (
             not self.request_done and (self.scan.has_body or self.upgrade_requested)
         )
-        if status in (400, 405, 505):
+        if status in (400, 405, 501, 505):
             close = True
         self.keep_alive = not close
         if not self.closing:
@@ -456,17 +484,3 @@ class Exchange(asyncio.Protocol):
             self.read_paused &= ~reason
             if not self.read_paused and not self.closing:
                 self.transport.resume_reading()
-
-
-def _origin_form(method: bytes, target: bytes) -> bytes | None:
-    """Turn an absolute-form target into origin form; ``*`` only for OPTIONS."""
-    if target == b"*":
-        return target if method == b"OPTIONS" else None
-    if not target.lower().startswith((b"http://", b"https://")):
-        return None
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return None
-    path: bytes = url.path or b"/"
-    return path + b"?" + url.query if url.query else path

@@ -120,6 +120,8 @@ class UpstreamPool:
         "classes",
         "clock",
         "live",
+        "max_header_bytes",
+        "max_headers",
         "max_idle",
         "pool_idle_timeout",
         "response_timeout",
@@ -148,6 +150,8 @@ class UpstreamPool:
         self._backends: dict[str, PooledBackend] = {}
         self.live: set[UpstreamConnection] = set()
         self.max_idle = settings.pool_max_idle
+        self.max_headers = settings.max_headers
+        self.max_header_bytes = settings.max_header_bytes
         self.pool_idle_timeout = settings.pool_idle_timeout
         self.response_timeout = settings.response_timeout
         self.tunnel_idle_timeout = settings.tunnel_idle_timeout

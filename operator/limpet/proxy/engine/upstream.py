@@ -45,6 +45,10 @@ class _StopParsing(Exception):
     bytes follow a complete answer."""
 
 
+class _TooLarge(Exception):
+    """Raised from a parser callback when a response's trailer section passes the limits."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a backend. Parses responses and relays them to the bound
     client connection."""
@@ -56,10 +60,12 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_done",
         "_head_keep",
         "_head_tail",
+        "_head_unsent",
         "_headers",
         "_informational",
         "_out",
         "_reason",
+        "_trailer_bytes",
         "_trailers",
         "backend",
         "client",
@@ -92,10 +98,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._trailer_bytes = 0
         # Answering a HEAD request: the last bytes already fed (a head's end may straddle
         # two reads), or None for any other request. See _head_data.
         self._head_tail: bytes | None = None
         self._head_done = False  # the final head of a HEAD answer has been parsed
+        self._head_unsent = False  # the final head waits in _out (see _broken)
         self._head_keep = False  # ... and the backend keeps the connection alive
         # Pooled after a HEAD answer, and no head parsed since: garbage now means the
         # backend sent a body for HEAD after all (see _stray).
@@ -110,11 +118,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.state = BUSY
         self.got_response = False
-        self.reusable = True
+        # After an upgrade request the backend may be in another protocol, or still wait
+        # for what the client sends next: only a 101 answers it, and nothing else is pooled.
+        self.reusable = not client.upgrade_requested
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._head_tail = b"" if client.head_request else None
         self._head_done = False
+        self._head_unsent = False
         self.deadline = self.pool.clock.now + self.pool.response_timeout
         if client.write_paused:
             self.pause()
@@ -143,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             client.transport.writelines(out)
             out.clear()
+            self._head_unsent = False
 
     def _finish(self, keep: bool) -> None:
         """The answer is complete: pool the connection or close it, then tell the client."""
@@ -265,10 +277,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
             self._headers.append((name, value))
-        elif self._trailers is None:
-            self._trailers = [(name, value)]
-        else:
-            self._trailers.append((name, value))
+            return
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+            self._trailer_bytes = 0
+        trailers.append((name, value))
+        self._trailer_bytes += len(name) + len(value) + 4
+        pool = self.pool
+        if self._trailer_bytes > pool.max_header_bytes or len(trailers) > pool.max_headers:
+            raise _TooLarge
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -312,12 +330,13 @@ class UpstreamConnection(asyncio.Protocol):
             )
         )
         client.response_started = True
+        self._head_unsent = True
         if framing == http.FRAME_CLOSE:
             client.keep_alive = False
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
             framing != http.FRAME_NONE
-            and scan.transfer_encoding is None
+            and not http.ends_chunked(scan.transfer_encoding)
             and scan.content_length < 0
         )
         if client.head_request:
@@ -349,12 +368,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or self.state == TUNNEL:
             return
         if self._framing == http.FRAME_CHUNKED:
-            trailers = self._trailers
-            if trailers is None:
-                self._out.append(http.LAST_CHUNK)
-            else:
-                scan = http.scan_response(trailers, self.pool.classes, learn_cookies=False)
-                self._out.append(b"0\r\n" + b"".join(scan.kept) + b"\r\n")
+            self._out.append(http.last_chunk(self._trailers, self.pool.classes))
         self.pool.router.backend_succeeded(self.backend.id)
         self._finish(keep=self.reusable and client.request_done and self.parser.should_keep_alive())
 
@@ -443,4 +457,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._out.clear()
         self.abort()
         if client is not None:
+            if self._head_unsent:
+                # The head was parsed but never written: the client can still get a 502.
+                client.response_started = False
             client.upstream_broken()
