@@ -199,16 +199,12 @@ class RecordingBackend:
                 # An upgrade request is answered without upgrading, and the connection
                 # stays open, as HTTP/1.1 allows: the proxy must still not reuse it.
                 reply = b"seen %d" % len(self.messages)
-                sock.sendall(
-                    conn.send(
-                        h11.Response(
-                            status_code=200,
-                            headers=[(b"content-length", b"%d" % len(reply))],
-                        )
-                    )
-                    + conn.send(h11.Data(data=reply))
-                    + conn.send(h11.EndOfMessage())
+                out = conn.send(
+                    h11.Response(status_code=200, headers=[(b"content-length", b"%d" % len(reply))])
                 )
+                if msg.method != b"HEAD":
+                    out += conn.send(h11.Data(data=reply))
+                sock.sendall(out + conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()

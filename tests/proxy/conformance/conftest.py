@@ -31,14 +31,15 @@ class Rig:
         chunks: Iterable[bytes] | None = None,
         oracle: bool = True,
         streamed: bool = False,
+        settle: float = 0.15,
     ) -> tuple[ClientResult, list[Received]]:
         """``streamed``: the error may come after the head went out (a broken chunk), so
         an incomplete message at the backend is allowed; a complete one never is."""
-        self.backend.take(settle=0.05)
+        self.backend.take(settle=min(settle, 0.05))
         backend = self.backend
         partial, resets, errors = backend.partial, backend.resets, len(backend.errors)
         client = send_raw(self.proxy.address, data, method=method, chunks=chunks)
-        received = self.backend.take()
+        received = self.backend.take(settle=settle)
         assert self.backend.errors[errors:] == [], "the proxy sent bytes h11 rejects"
         if not streamed and client.status is not None and client.status >= 400:
             # Refused: not even an incomplete message may have reached the backend, nor a

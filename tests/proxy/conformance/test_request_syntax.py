@@ -7,6 +7,8 @@ checks the client's status and what the backend saw.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from .conftest import Rig
@@ -124,3 +126,31 @@ def test_untrusted_forwarding_fields_are_replaced(rig: Rig) -> None:
     assert msg.header(b"x-forwarded-for") == [b"127.0.0.1"]
     assert msg.header(b"x-forwarded-host") == [b"x"]
     assert msg.header(b"forwarded") == []
+
+
+def test_trailing_whitespace_is_not_part_of_host_or_cookie(rig: Rig) -> None:
+    """RFC 9110 5.5: OWS after a value is not part of it (llhttp keeps it; found by the
+    fuzzer as a joined Cookie ``a=1 ; b=2``)."""
+    data = b"GET / HTTP/1.1\r\nHost: shop \t\r\nCookie: a=1 \r\nCookie: b=2\r\n\r\n"
+    client, received = rig.exchange(data)
+    assert client.status == 200
+    assert [(m.header(b"host"), m.header(b"cookie")) for m in received] == [
+        ([b"shop"], [b"a=1; b=2"])
+    ]
+
+
+def test_garbage_after_a_complete_request_is_answered_after_it(rig: Rig) -> None:
+    """A complete request followed, in the same read, by bytes that are not HTTP: the
+    backend got the request, so the client gets its answer first, then the 400 (as
+    nginx does), never a 400 for a request that was executed (found by the fuzzer)."""
+    rig.warm()
+    data = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\x00garbage\r\n\r\n"
+    with socket.create_connection(rig.proxy.address, timeout=5) as sock:
+        sock.sendall(data)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    assert [m.target for m in rig.backend.take()] == [b"/first"]
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 400 " in raw

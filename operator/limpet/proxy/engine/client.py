@@ -79,6 +79,7 @@ class ClientConnection(Exchange):
     """One client connection: parses requests and feeds them to the exchange."""
 
     __slots__ = (
+        "deferred_status",
         "half_closed",
         "head_bytes",
         "header_bytes",
@@ -103,6 +104,7 @@ class ClientConnection(Exchange):
         self.head_bytes = 0
         self.header_bytes = 0
         self.limit_status = 0
+        self.deferred_status = 0  # an error to answer once the current answer is out
         self.requests = 0
         self.pending: deque[_Pending] | None = None
         self.upgrade_buf: list[bytes] | None = None
@@ -295,6 +297,8 @@ class ClientConnection(Exchange):
     def _serve_pending(self) -> None:
         pending = self.pending
         if pending is None:
+            if self.deferred_status:
+                self._refuse(self.deferred_status)
             return
         p = pending.popleft()
         if not pending:
@@ -340,10 +344,19 @@ class ClientConnection(Exchange):
 
     def _bad_request(self, exc: Exception | None) -> None:
         status = self.limit_status or 400
+        if self.active and self.request_done and not self.response_finished:
+            # The bad bytes follow a complete request whose answer is still due: that
+            # answer goes out first, then this error (see _serve_pending), as nginx does.
+            self.deferred_status = status
+            self._pause(R_PIPELINE)
+            return
         if self.response_started and self.active:
             # The body went bad while the answer streams: nothing sane can be sent.
             self.abort()
             return
+        self._refuse(status)
+
+    def _refuse(self, status: int) -> None:
         self.stats.local(status)
         if not self.closing:
             self.transport.write(http.error_response(status, close=True))

@@ -193,11 +193,15 @@ def scan_request(
         if code == OTHER:
             kept.append(name + b": " + value + b"\r\n")
         elif code == COOKIE:
+            # llhttp keeps trailing whitespace, which is not part of a value (RFC 9110
+            # 5.5): strip it from the values the proxy reads or joins.
+            value = value.rstrip(b" \t")
             if cookies is None:
                 cookies = [value]
             else:
                 cookies.append(value)
         elif code == HOST:
+            value = value.rstrip(b" \t")
             scan.host = value
             scan.host_count += 1
             kept.append(name + b": " + value + b"\r\n")
