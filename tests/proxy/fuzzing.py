@@ -326,7 +326,7 @@ class Harness:
         self.pool.close()
         self.loop.close()
 
-    def _idle_backend(self) -> tuple[UpstreamConnection, MemoryTransport]:
+    def idle_backend(self) -> tuple[UpstreamConnection, MemoryTransport]:
         bid, host, port = self.BACKEND
         backend = self.pool._backend(bid, host, port)
         for conn in backend.idle:
@@ -343,7 +343,7 @@ class Harness:
         """Feed one client message (split into two reads at a random-free fixed point),
         answer every backend message with ``reply``, end the client connection and apply
         the oracle's rule."""
-        up, up_transport = self._idle_backend()
+        up, up_transport = self.idle_backend()
         client = ClientConnection(self.server)
         ct = MemoryTransport()
         client.connection_made(ct)
@@ -383,7 +383,7 @@ class Harness:
     def run_response(self, raw: bytes) -> Outcome:
         """One backend answer to a plain GET: the oracle's rule for answers."""
         data = b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n"
-        up, up_transport = self._idle_backend()
+        up, up_transport = self.idle_backend()
         client = ClientConnection(self.server)
         ct = MemoryTransport()
         client.connection_made(ct)

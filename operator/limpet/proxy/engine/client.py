@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
@@ -36,11 +36,9 @@ from limpet.proxy.engine.exchange import (
     R_PIPELINE,
     R_UPGRADE,
     Exchange,
+    ServerSide,
 )
 from limpet.proxy.engine.upstream import TUNNEL, UpstreamConnection
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.server import Server
 
 
 class _Limit(Exception):
@@ -80,7 +78,6 @@ class ClientConnection(Exchange):
 
     __slots__ = (
         "deferred_status",
-        "half_closed",
         "head_bytes",
         "header_bytes",
         "headers",
@@ -93,11 +90,10 @@ class ClientConnection(Exchange):
         "url",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         super().__init__(server)
         self.parser = httptools.HttpRequestParser(self)
         self.registered = False
-        self.half_closed = False  # tunnel: the client sent EOF
         # Parse state.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []

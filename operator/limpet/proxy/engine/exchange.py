@@ -26,15 +26,14 @@ none is left.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
-from limpet.proxy.engine.port import RequestView, Route
+from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.pool import UpstreamPool
+from limpet.proxy.engine.port import RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.client import ClientConnection
-    from limpet.proxy.engine.server import Server
+from limpet.proxy.settings import ProxySettings
 
 # Parse phases of a client connection.
 P_IDLE: Final = 0  # between requests
@@ -53,6 +52,28 @@ R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
 
 
+class ServerSide(Protocol):
+    """What a client connection needs from its listener
+    (:class:`~limpet.proxy.engine.server.Server`): shared parts, limits, timeouts."""
+
+    settings: ProxySettings
+    router: RouterPort
+    stats: EngineStats
+    clock: Clock
+    classes: http.HeaderClasses
+    clients: set[Any]  # the server's ClientConnections
+    head_timeout: float
+    idle_timeout: float
+    head_guard: int
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
+
+    @property
+    def pool(self) -> UpstreamPool: ...
+
+
 class Exchange(asyncio.Protocol):
     """A client connection's state and its request/answer exchange (see the module)."""
 
@@ -67,6 +88,7 @@ class Exchange(asyncio.Protocol):
         "deadline",
         "dial_task",
         "feeding",
+        "half_closed",
         "head_request",
         "http11",
         "idempotent",
@@ -96,7 +118,7 @@ class Exchange(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         self.server = server
         self.pool = server.pool
         self.router = server.router
@@ -108,6 +130,7 @@ class Exchange(asyncio.Protocol):
         self.peer = b""
         self.trusted = False
         self.closing = False
+        self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
@@ -150,6 +173,28 @@ class Exchange(asyncio.Protocol):
         keep_alive: bool,
         upgrade: bool,
     ) -> None:
+        self._begin(method, version, keep_alive)
+        scan = self.scan
+        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
+        self.upgrade_requested = upgrade and scan.upgrade is not None
+        self.chunked_request = scan.transfer_encoding is not None
+        status, origin = self._check(method, target, version)
+        if status:
+            self._answer(status)
+            return
+        view = self.view
+        view.method = method
+        view.target = origin
+        view.headers = headers
+        view.cookie = scan.cookie
+        route = self.router.route(view)
+        if route is None:
+            self._answer(503)
+            return
+        self._send(route)
+
+    def _begin(self, method: bytes, version: str, keep_alive: bool) -> None:
+        """A new exchange: reset its state."""
         self.stats.requests += 1
         self.active = True
         self.deadline = 0.0
@@ -163,33 +208,19 @@ class Exchange(asyncio.Protocol):
         self.http11 = version == "1.1"
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
-        scan = self.scan
-        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
-        self.upgrade_requested = upgrade and scan.upgrade is not None
-        self.chunked_request = scan.transfer_encoding is not None
         self.idempotent = method in http.IDEMPOTENT_METHODS
+
+    def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
+        """Everything that refuses a request before routing: (status, b"") for a refusal,
+        else (0, the origin-form target to forward)."""
         if version != "1.1" and version != "1.0":
-            self._answer(505)
-            return
+            return 505, b""
         if method == b"CONNECT":
-            self._answer(405)
-            return
+            return 405, b""
         origin = self._checked_target(method, target)
-        status = 400 if origin is None else self._framing_status()
-        if status:
-            self._answer(status)
-            return
-        assert origin is not None
-        view = self.view
-        view.method = method
-        view.target = origin
-        view.headers = headers
-        view.cookie = scan.cookie
-        route = self.router.route(view)
-        if route is None:
-            self._answer(503)
-            return
-        self._send(route)
+        if origin is None:
+            return 400, b""
+        return self._framing_status(), origin
 
     def _checked_target(self, method: bytes, target: bytes) -> bytes | None:
         """The origin-form target to forward, or None for a 400: one valid Host
@@ -253,8 +284,7 @@ class Exchange(asyncio.Protocol):
 
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
-        # Every exchange is the base of a ClientConnection, the type upstream works with.
-        up.bind(cast("ClientConnection", self))
+        up.bind(self)
         transport = up.transport
         assert transport is not None
         out = [self.request_head]
@@ -318,30 +348,26 @@ class Exchange(asyncio.Protocol):
             self._send(other)
 
     def _request_body(self, body: bytes) -> None:
+        if not body:
+            return  # an empty chunk would read as the last one
+        # A chunked body is re-framed chunk by chunk; any other goes through as it is.
+        parts = http.chunk(body) if self.chunked_request else (body,)
         up = self.up
         if up is not None:
             out = self.up_out
             if out is not None:
-                if self.chunked_request:
-                    out += (http.chunk_header(len(body)), body, b"\r\n")
-                else:
-                    out.append(body)
+                out += parts
             else:
                 transport = up.transport
                 assert transport is not None
                 if self.chunked_request:
-                    transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+                    transport.writelines(parts)
                 else:
                     transport.write(body)
             self.body_sent = True
             up.deadline = self.clock.now + self.pool.response_timeout
         elif self.body_buf is not None:
-            if self.chunked_request:
-                self.body_buf.append(http.chunk_header(len(body)))
-                self.body_buf.append(body)
-                self.body_buf.append(b"\r\n")
-            else:
-                self.body_buf.append(body)
+            self.body_buf += parts
             self.body_buf_size += len(body)
             if self.body_buf_size > DIAL_BUFFER_LIMIT:
                 self._pause(R_DIALLING)
@@ -388,6 +414,10 @@ class Exchange(asyncio.Protocol):
             return
         self.deadline = self.clock.now + self.server.idle_timeout
         self._serve_pending()
+
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The backend answered 101 (the input side,
+        :class:`~limpet.proxy.engine.client.ClientConnection`, turns into a tunnel)."""
 
     def _serve_pending(self) -> None:
         """Start the next pipelined request, if one was parsed meanwhile (the connection

@@ -371,8 +371,10 @@ def status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
-def chunk_header(size: int) -> bytes:
-    return b"%x\r\n" % size
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """One chunk of a chunked body (RFC 9112 7.1), as parts for ``writelines``; the one
+    place the engine writes chunk framing (the last chunk: :func:`last_chunk`)."""
+    return (b"%x\r\n" % len(data), data, b"\r\n")
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -520,9 +522,19 @@ def chunked_coding(value: bytes | None) -> bytes:
     return value if ends_chunked(value) else value + b", chunked"
 
 
+_hosts_seen: dict[bytes, bool] = {}
+
+
 def host_ok(value: bytes) -> bool:
-    """RFC 9112 3.2: a Host value is ``uri-host [":" port]``; spaces, ``@``, ``/`` -> 400."""
-    return _HOST.fullmatch(value) is not None
+    """RFC 9112 3.2: a Host value is ``uri-host [":" port]``; spaces, ``@``, ``/`` -> 400.
+    Answers are cached (bounded): a process sees few distinct hosts, every request
+    checks one."""
+    ok = _hosts_seen.get(value)
+    if ok is None:
+        ok = _HOST.fullmatch(value) is not None
+        if len(_hosts_seen) < 1024:
+            _hosts_seen[value] = ok
+    return ok
 
 
 def set_host(scan: RequestScan, authority: bytes) -> None:

@@ -22,15 +22,14 @@ the pool's coarse clock, so no timer object is created per request.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
+from limpet.affinity import BackendId
 from limpet.proxy.engine import http
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.client import ClientConnection
-    from limpet.proxy.engine.pool import PooledBackend, UpstreamPool
+from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.port import Route, RouterPort
 
 # UpstreamConnection states.
 CONNECTING: Final = 0
@@ -38,6 +37,57 @@ IDLE: Final = 1  # in the pool
 BUSY: Final = 2  # bound to a client, request in flight
 TUNNEL: Final = 3  # after 101: raw bytes both ways
 CLOSED: Final = 4
+
+
+class ClientSide(Protocol):
+    """What an upstream connection needs from the client connection it serves
+    (:class:`~limpet.proxy.engine.client.ClientSide`)."""
+
+    transport: asyncio.Transport
+    route: Route | None
+    keep_alive: bool
+    request_done: bool
+    http11: bool
+    head_request: bool
+    upgrade_requested: bool
+    write_paused: bool
+    response_started: bool
+    half_closed: bool
+
+    def response_done(self) -> None: ...
+    def upstream_failed(self, up: UpstreamConnection, *, reset: bool) -> None: ...
+    def upstream_aborted(self) -> None: ...
+    def upstream_broken(self) -> None: ...
+    def upstream_timeout(self) -> None: ...
+    def upgraded(self, up: UpstreamConnection) -> None: ...
+    def close_after_flush(self) -> None: ...
+    def pause_reading_for_upstream(self) -> None: ...
+    def resume_reading_for_upstream(self) -> None: ...
+
+
+class BackendSlot(Protocol):
+    """The backend an upstream connection belongs to (the pool's ``PooledBackend``)."""
+
+    @property
+    def id(self) -> BackendId: ...
+
+
+class PoolSide(Protocol):
+    """What an upstream connection needs from its pool
+    (:class:`~limpet.proxy.engine.pool.UpstreamPool`)."""
+
+    clock: Clock
+    stats: EngineStats
+    router: RouterPort
+    classes: http.HeaderClasses
+    live: set[UpstreamConnection]
+    response_timeout: float
+    tunnel_idle_timeout: float
+    max_headers: int
+    max_header_bytes: int
+
+    def release(self, conn: UpstreamConnection) -> bool: ...
+    def forget_idle(self, conn: UpstreamConnection) -> None: ...
 
 
 class _StopParsing(Exception):
@@ -80,12 +130,12 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool, backend: PooledBackend) -> None:
+    def __init__(self, pool: PoolSide, backend: BackendSlot) -> None:
         self.pool = pool
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: ClientSide | None = None
         self.state = CONNECTING
         self.deadline = 0.0
         self.paused = False  # reading paused because the client cannot take more
@@ -114,7 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding -------------------------------------------------------------------------
 
-    def bind(self, client: ClientConnection) -> None:
+    def bind(self, client: ClientSide) -> None:
         self.client = client
         self.state = BUSY
         self.got_response = False
@@ -149,7 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _flush(self, client: ClientConnection) -> None:
+    def _flush(self, client: ClientSide) -> None:
         out = self._out
         if out:
             client.transport.writelines(out)
@@ -296,16 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
         status: int = self.parser.get_status_code()
         scan = http.scan_response(self._headers, pool.classes, learn_cookies=True)
         if status < 200:
-            if status == 101:
-                if not client.upgrade_requested:
-                    raise httptools.HttpParserError("unexpected 101")
-                self._out.append(http.build_switching_head(status, self._reason, scan))
-                client.response_started = True
-                self.state = TUNNEL
-                return
-            self._informational = True
-            if client.http11:
-                self._out.append(http.build_informational_head(status, self._reason, scan))
+            self._interim_head(client, status, scan)
             return
         route = client.route
         assert route is not None
@@ -351,12 +392,27 @@ class UpstreamConnection(asyncio.Protocol):
             )
             raise _StopParsing
 
+    def _interim_head(self, client: ClientSide, status: int, scan: http.ResponseScan) -> None:
+        """A 1xx head: 101 turns the connection into a tunnel (only after an upgrade
+        request), any other is relayed to HTTP/1.1 clients and the final head follows."""
+        if status == 101:
+            if not client.upgrade_requested:
+                raise httptools.HttpParserError("unexpected 101")
+            self._out.append(http.build_switching_head(status, self._reason, scan))
+            client.response_started = True
+            self.state = TUNNEL
+            return
+        self._informational = True
+        if client.http11:
+            self._out.append(http.build_informational_head(status, self._reason, scan))
+
     def on_body(self, body: bytes) -> None:
         client = self.client
         if client is None:
             return
         if self._framing == http.FRAME_CHUNKED:
-            self._out += (http.chunk_header(len(body)), body, b"\r\n")
+            if body:  # an empty chunk would read as the last one
+                self._out += http.chunk(body)
         else:
             self._out.append(body)
 
