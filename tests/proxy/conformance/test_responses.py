@@ -50,6 +50,10 @@ REFUSED = {
     "nul-in-value": OK + b"X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
     "unrequested-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    # llhttp reads these as not chunked (body until close), h11 as chunked (the fuzzer).
+    "te-trailing-tab": OK + b"Transfer-Encoding: Chunked\t\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "te-empty-last-element": OK + b"Transfer-Encoding: chunked, \t\r\n\r\n0\r\n\r\n",
+    "te-parameter": OK + b"Transfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n",
 }
 CUT = {
     "chunk-size-overflow": OK + b"Transfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nab\r\n",

@@ -514,6 +514,17 @@ def ends_chunked(value: bytes | None) -> bool:
     return value is not None and value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
 
 
+def response_coding_clean(value: bytes) -> bool:
+    """Whether a backend's Transfer-Encoding reads the same to llhttp and to RFC 9110:
+    tokens separated by commas and spaces only. llhttp does not see ``chunked\\t`` or
+    ``chunked, \\t`` as chunked while a strict parser does, so such an answer is
+    refused (502) rather than relayed with a body two parsers would frame differently
+    (found by the fuzzer)."""
+    if b"\t" in value:
+        return False
+    return all(is_token(element.strip(b" ")) for element in value.split(b","))
+
+
 def chunked_coding(value: bytes | None) -> bytes:
     """The Transfer-Encoding sent with a body the proxy chunks: the backend's codings
     with ``chunked`` last (a close-delimited ``gzip`` body becomes ``gzip, chunked``)."""

@@ -348,6 +348,9 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             self._interim_head(client, status, scan)
             return
+        te = scan.transfer_encoding
+        if te is not None and not http.response_coding_clean(te):
+            raise httptools.HttpParserError("ambiguous Transfer-Encoding")
         route = client.route
         assert route is not None
         if scan.set_cookies is not None:
