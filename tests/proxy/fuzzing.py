@@ -498,7 +498,7 @@ def _client_result(out: bytearray | bytes, data: bytes, *, closed: bool) -> Clie
     return ClientResult(status, headers, b"".join(body), closed, error, bytes(out))
 
 
-_EMPTY_TE_ELEMENTS = re.compile(rb"Transfer-Encoding:[ \t]*(?:,[ \t]*)+chunked")
+_EMPTY_TE_ELEMENTS = re.compile(rb"Transfer-Encoding:[ \t]*(?:,[ \t]*)+chunked", re.IGNORECASE)
 _BLANK_BEFORE_STATUS = re.compile(rb"\r\n\r\n[\r\n]+HTTP/")
 
 

@@ -243,17 +243,25 @@ class ClientConnection(Exchange):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase == P_BODY:
-            fields = self.req_trailers
-            if fields is None:
-                fields = self.req_trailers = []
-        else:
-            fields = self.headers
-        fields.append((name, value))
-        # Trailers have the same limits as the head, counted afresh (header_bytes is reset
-        # at the end of the head).
+            self._trailer(name, value)
+            return
+        self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         server = self.server
-        if self.header_bytes > server.max_header_bytes or len(fields) > server.max_headers:
+        if self.header_bytes > server.max_header_bytes or len(self.headers) > server.max_headers:
+            self.limit_status = 431
+            raise _Limit
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: the head's limits apply, counted afresh (header_bytes is reset
+        at the end of the head)."""
+        trailers = self.req_trailers
+        if trailers is None:
+            trailers = self.req_trailers = []
+        trailers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        server = self.server
+        if self.header_bytes > server.max_header_bytes or len(trailers) > server.max_headers:
             self.limit_status = 431
             raise _Limit
 

@@ -211,44 +211,45 @@ class Exchange(asyncio.Protocol):
         self.idempotent = method in http.IDEMPOTENT_METHODS
 
     def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
-        """Everything that refuses a request before routing: (status, b"") for a refusal,
-        else (0, the origin-form target to forward)."""
+        """Everything that refuses a request before routing, and so before any byte goes
+        to a backend: (status, b"") for a refusal, else (0, the origin-form target).
+
+        One valid Host (RFC 9112 3.2), no fragment, an absolute-form target replaces Host
+        with its own authority (3.2.2); the body's framing is decided here too:
+        Transfer-Encoding must be chunked, must not come with Content-Length and needs
+        HTTP/1.1 (6.1, 6.3), and an upgrade request carries no body (docs/proxy.md)."""
         if version != "1.1" and version != "1.0":
             return 505, b""
         if method == b"CONNECT":
             return 405, b""
-        origin = self._checked_target(method, target)
-        if origin is None:
-            return 400, b""
-        return self._framing_status(), origin
-
-    def _checked_target(self, method: bytes, target: bytes) -> bytes | None:
-        """The origin-form target to forward, or None for a 400: one valid Host
-        (RFC 9112 3.2), no fragment, and an absolute-form target replaces Host with its
-        own authority (RFC 9112 3.2.2)."""
         scan = self.scan
-        if scan.host_count > 1 or (self.http11 and scan.host_count == 0):
-            return None
-        if scan.host is not None and not http.host_ok(scan.host):
-            return None
-        if b"#" in target:
-            return None  # clients never send fragments (RFC 9112 3.2); HAProxy rejects too
-        if target[:1] == b"/":
-            return target
+        if scan.host_count != 1 and (scan.host_count > 1 or self.http11):
+            return 400, b""
+        host = scan.host
+        if (host is not None and not http.host_ok(host)) or b"#" in target:
+            return 400, b""  # clients never send fragments; HAProxy refuses them too
+        if target[:1] != b"/":
+            origin = self._absolute(method, target)
+            if origin is None:
+                return 400, b""
+            target = origin
+        if scan.transfer_encoding is None and not self.upgrade_requested:
+            return 0, target  # the common case: nothing more to decide
+        return self._framing_status(), target
+
+    def _absolute(self, method: bytes, target: bytes) -> bytes | None:
+        """``*`` (OPTIONS only) or an absolute-form target as origin-form, its authority
+        becoming the Host; None for a 400."""
         if target == b"*":
             return target if method == b"OPTIONS" else None
         split = http.split_absolute(target)
         if split is None:
             return None
         origin, authority = split
-        http.set_host(scan, authority)
+        http.set_host(self.scan, authority)
         return origin
 
     def _framing_status(self) -> int:
-        """The body's framing is decided here, before any byte goes to a backend (0 if
-        it is sound, else the status to answer): Transfer-Encoding must be chunked, must
-        not come with Content-Length and needs HTTP/1.1 (RFC 9112 6.1, 6.3); an upgrade
-        request carries no body (docs/proxy.md)."""
         scan = self.scan
         te = scan.transfer_encoding
         if te is not None:
@@ -351,23 +352,28 @@ class Exchange(asyncio.Protocol):
         if not body:
             return  # an empty chunk would read as the last one
         # A chunked body is re-framed chunk by chunk; any other goes through as it is.
-        parts = http.chunk(body) if self.chunked_request else (body,)
+        chunked = self.chunked_request
         up = self.up
         if up is not None:
             out = self.up_out
-            if out is not None:
-                out += parts
-            else:
+            if out is None:
                 transport = up.transport
                 assert transport is not None
-                if self.chunked_request:
-                    transport.writelines(parts)
+                if chunked:
+                    transport.writelines(http.chunk(body))
                 else:
                     transport.write(body)
+            elif chunked:
+                out += http.chunk(body)
+            else:
+                out.append(body)
             self.body_sent = True
             up.deadline = self.clock.now + self.pool.response_timeout
         elif self.body_buf is not None:
-            self.body_buf += parts
+            if chunked:
+                self.body_buf += http.chunk(body)
+            else:
+                self.body_buf.append(body)
             self.body_buf_size += len(body)
             if self.body_buf_size > DIAL_BUFFER_LIMIT:
                 self._pause(R_DIALLING)

@@ -380,7 +380,7 @@ class UpstreamConnection(asyncio.Protocol):
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
             framing != http.FRAME_NONE
-            and not http.ends_chunked(scan.transfer_encoding)
+            and (scan.transfer_encoding is None or not http.ends_chunked(scan.transfer_encoding))
             and scan.content_length < 0
         )
         if client.head_request:
