@@ -214,33 +214,32 @@ def scan_request(
                 scan.connection = [value]
             else:
                 scan.connection.append(value)
-        elif code == TRANSFER_ENCODING:
-            scan.transfer_encoding = (
-                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
-            )
-        elif code == X_FORWARDED_FOR:
-            if trusted:
-                scan.xff = value if scan.xff is None else scan.xff + b", " + value
-        elif code == X_FORWARDED_PROTO:
-            if trusted and scan.xfp is None:
-                scan.xfp = value
-        elif code == X_FORWARDED_HOST:
-            if trusted and scan.xfh is None:
-                scan.xfh = value
-        elif code == FORWARDED:
-            if trusted:
-                kept.append(name + b": " + value + b"\r\n")
-        elif code == EXPECT:
-            kept.append(name + b": " + value + b"\r\n")
-        elif code == UPGRADE:
-            scan.upgrade = value
-        elif code == SET_COOKIE:
-            kept.append(name + b": " + value + b"\r\n")
-        # DROP: hop-by-hop, never forwarded.
+        elif code != DROP:  # DROP: hop-by-hop, never forwarded
+            _scan_rare(scan, code, name, value, trusted=trusted)
     if cookies is not None:
         scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
+
+
+def _scan_rare(scan: RequestScan, code: int, name: bytes, value: bytes, *, trusted: bool) -> None:
+    """The request header classes that are rare on the hot path (a call each)."""
+    if code == TRANSFER_ENCODING:
+        te = scan.transfer_encoding
+        scan.transfer_encoding = value if te is None else te + b", " + value
+    elif code == X_FORWARDED_FOR:
+        if trusted:
+            scan.xff = value if scan.xff is None else scan.xff + b", " + value
+    elif code == X_FORWARDED_PROTO:
+        if trusted and scan.xfp is None:
+            scan.xfp = value
+    elif code == X_FORWARDED_HOST:
+        if trusted and scan.xfh is None:
+            scan.xfh = value
+    elif code == UPGRADE:
+        scan.upgrade = value
+    elif code in (EXPECT, SET_COOKIE) or (code == FORWARDED and trusted):
+        scan.kept.append(name + b": " + value + b"\r\n")
 
 
 def _strip_listed(scan: RequestScan) -> None:
