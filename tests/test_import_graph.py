@@ -23,17 +23,6 @@ PACKAGE = "limpet"
 
 KNOWN_FOREIGN_CYCLES: frozenset[frozenset[str]] = frozenset(
     {
-        # proxy: the client/server/exchange/pool/upstream knot (the proxy restructure on
-        # the engine branch splits it; empty this entry when it merges).
-        frozenset(
-            {
-                "limpet.proxy.engine.client",
-                "limpet.proxy.engine.exchange",
-                "limpet.proxy.engine.pool",
-                "limpet.proxy.engine.server",
-                "limpet.proxy.engine.upstream",
-            }
-        ),
         # affinity.plan: Plan.to_json/from_json/to_dict/from_dict import the codec inside
         # the methods, and the codec builds Plans. tests/proxy calls these methods, so
         # removing them waits for the proxy branch (then callers use plan_to_json & co.).

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from limpet.affinity.plan.codec import plan_to_dict, plan_to_json
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
 from limpet.proxy.process.admin import make_admin_app
 from limpet.proxy.process.state import PlanGate, PlanStore
@@ -66,7 +67,7 @@ async def test_healthz_and_readyz_need_no_token(admin: Admin) -> None:
         assert r.status == 503
         assert "no plan" in await r.text()
     async with admin.client.put(
-        admin.url + "/v1/plan", data=plan(1).to_json(), headers=admin.auth
+        admin.url + "/v1/plan", data=plan_to_json(plan(1)), headers=admin.auth
     ) as r:
         assert r.status == 200
     async with admin.client.get(admin.url + "/readyz") as r:
@@ -92,7 +93,7 @@ async def test_token_required(
     admin: Admin, headers: dict[str, str], method: str, path: str
 ) -> None:
     async with admin.client.request(
-        method, admin.url + path, data=plan(1).to_json(), headers=headers
+        method, admin.url + path, data=plan_to_json(plan(1)), headers=headers
     ) as r:
         assert r.status == 401
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -119,7 +120,7 @@ async def test_garbage_plan_is_400(admin: Admin, body: bytes, message: str) -> N
 
 
 async def test_field_error_names_the_field(admin: Admin) -> None:
-    data = plan(1).to_dict()
+    data = plan_to_dict(plan(1))
     data["backends"][1]["port"] = 0  # type: ignore[index]
     async with admin.client.put(
         admin.url + "/v1/plan", data=json.dumps(data), headers=admin.auth
@@ -131,7 +132,7 @@ async def test_field_error_names_the_field(admin: Admin) -> None:
 async def test_versioning(admin: Admin) -> None:
     async def put(p: Plan) -> tuple[int, dict[str, object]]:
         async with admin.client.put(
-            admin.url + "/v1/plan", data=p.to_json(), headers=admin.auth
+            admin.url + "/v1/plan", data=plan_to_json(p), headers=admin.auth
         ) as r:
             return r.status, await r.json()
 
@@ -151,7 +152,7 @@ async def test_versioning(admin: Admin) -> None:
 
 async def test_stats_and_metrics(admin: Admin) -> None:
     async with admin.client.put(
-        admin.url + "/v1/plan", data=plan(3).to_json(), headers=admin.auth
+        admin.url + "/v1/plan", data=plan_to_json(plan(3)), headers=admin.auth
     ) as r:
         assert r.status == 200
     async with admin.client.get(admin.url + "/v1/stats", headers=admin.auth) as r:
@@ -197,7 +198,7 @@ async def test_plan_the_consumer_refuses_is_400(tmp_path: Path) -> None:
             aiohttp.ClientSession() as client,
             client.put(
                 f"http://127.0.0.1:{port}/v1/plan",
-                data=plan(1).to_json(),
+                data=plan_to_json(plan(1)),
                 headers={"Authorization": f"Bearer {TOKEN}"},
             ) as r,
         ):

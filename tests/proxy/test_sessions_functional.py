@@ -25,6 +25,7 @@ from limpet.affinity import (
     Plan,
     RebalanceSchedule,
 )
+from limpet.affinity.plan.codec import plan_to_json
 
 from .conftest import Backend as BackendProc
 from .conftest import Backends, Conn, Proxies, Proxy, Response, standalone_args
@@ -68,12 +69,12 @@ def make_plan(
 
 def start_with_plan(proxy: Proxies, tmp_path: Path, plan: Plan, *extra: str) -> Proxy:
     path = tmp_path / f"plan-{plan.version}.json"
-    path.write_text(plan.to_json())
+    path.write_text(plan_to_json(plan))
     return proxy.start("--plan", str(path), *extra)
 
 
 def push(p: Proxy, plan: Plan) -> None:
-    status, body = p.admin("PUT", "/v1/plan", plan.to_json().encode())
+    status, body = p.admin("PUT", "/v1/plan", plan_to_json(plan).encode())
     assert status == 200, body
 
 
@@ -442,4 +443,4 @@ def test_restart_keeps_routing_from_state_dir(
         c.proxy = second
         assert c.get().backend == h
         c.close()
-    assert second.admin("PUT", "/v1/plan", make_plan(6, procs).to_json().encode())[0] == 409
+    assert second.admin("PUT", "/v1/plan", plan_to_json(make_plan(6, procs)).encode())[0] == 409

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
@@ -36,11 +36,9 @@ from limpet.proxy.engine.exchange import (
     R_PIPELINE,
     R_UPGRADE,
     Exchange,
+    ServerSide,
 )
 from limpet.proxy.engine.upstream import TUNNEL, UpstreamConnection
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.server import Server
 
 
 class _Limit(Exception):
@@ -79,7 +77,7 @@ class ClientConnection(Exchange):
     """One client connection: parses requests and feeds them to the exchange."""
 
     __slots__ = (
-        "half_closed",
+        "deferred_status",
         "head_bytes",
         "header_bytes",
         "headers",
@@ -92,17 +90,17 @@ class ClientConnection(Exchange):
         "url",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         super().__init__(server)
         self.parser = httptools.HttpRequestParser(self)
         self.registered = False
-        self.half_closed = False  # tunnel: the client sent EOF
         # Parse state.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
         self.header_bytes = 0
         self.limit_status = 0
+        self.deferred_status = 0  # an error to answer once the current answer is out
         self.requests = 0
         self.pending: deque[_Pending] | None = None
         self.upgrade_buf: list[bytes] | None = None
@@ -176,6 +174,13 @@ class ClientConnection(Exchange):
             self._fed()
             self._upgrade_head_done(data[exc.args[0] :])
             return
+        except httptools.HttpParserInvalidMethodError:
+            self._fed()
+            if not self.closing:
+                if phase == P_IDLE and _unknown_method(data):
+                    self.limit_status = 501
+                self._bad_request(None)
+            return
         except httptools.HttpParserError as exc:
             self._fed()
             if not self.closing:
@@ -238,10 +243,7 @@ class ClientConnection(Exchange):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase == P_BODY:
-            if self.req_trailers is None:
-                self.req_trailers = [(name, value)]
-            else:
-                self.req_trailers.append((name, value))
+            self._trailer(name, value)
             return
         self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
@@ -250,8 +252,22 @@ class ClientConnection(Exchange):
             self.limit_status = 431
             raise _Limit
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: the head's limits apply, counted afresh (header_bytes is reset
+        at the end of the head)."""
+        trailers = self.req_trailers
+        if trailers is None:
+            trailers = self.req_trailers = []
+        trailers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        server = self.server
+        if self.header_bytes > server.max_header_bytes or len(trailers) > server.max_headers:
+            self.limit_status = 431
+            raise _Limit
+
     def on_headers_complete(self) -> None:
         self.phase = P_BODY
+        self.header_bytes = 0
         self.requests += 1
         parser = self.parser
         method: bytes = parser.get_method()
@@ -285,6 +301,8 @@ class ClientConnection(Exchange):
     def _serve_pending(self) -> None:
         pending = self.pending
         if pending is None:
+            if self.deferred_status:
+                self._refuse(self.deferred_status)
             return
         p = pending.popleft()
         if not pending:
@@ -330,11 +348,40 @@ class ClientConnection(Exchange):
 
     def _bad_request(self, exc: Exception | None) -> None:
         status = self.limit_status or 400
+        if self.active and self.request_done and not self.response_finished:
+            # The bad bytes follow a complete request whose answer is still due: that
+            # answer goes out first, then this error (see _serve_pending), as nginx does.
+            self.deferred_status = status
+            self._pause(R_PIPELINE)
+            return
         if self.response_started and self.active:
             # The body went bad while the answer streams: nothing sane can be sent.
             self.abort()
             return
+        self._refuse(status)
+
+    def _refuse(self, status: int) -> None:
         self.stats.local(status)
         if not self.closing:
             self.transport.write(http.error_response(status, close=True))
         self.close_after_flush()
+
+
+def _unknown_method(data: bytes) -> bool:
+    """Whether a read that starts a request opens with a well-formed method token that
+    llhttp does not know (``get``, ``FOO``): RFC 9110 9.1 says 501, not 400. Only the
+    error path calls this."""
+    method, space, _ = data.lstrip(b"\r\n").partition(b" ")
+    if not space or not http.is_token(method):
+        return False
+    try:
+        httptools.HttpRequestParser(_Ignore()).feed_data(method + b" / HTTP/1.1\r\n")
+    except httptools.HttpParserInvalidMethodError:
+        return True
+    except httptools.HttpParserError:
+        return False
+    return False
+
+
+class _Ignore:
+    """Parser callbacks that do nothing (the probe in :func:`_unknown_method`)."""

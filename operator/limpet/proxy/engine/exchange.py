@@ -26,17 +26,14 @@ none is left.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, cast
-
-import httptools
+from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
-from limpet.proxy.engine.port import RequestView, Route
+from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.pool import UpstreamPool
+from limpet.proxy.engine.port import RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.client import ClientConnection
-    from limpet.proxy.engine.server import Server
+from limpet.proxy.settings import ProxySettings
 
 # Parse phases of a client connection.
 P_IDLE: Final = 0  # between requests
@@ -55,6 +52,28 @@ R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
 
 
+class ServerSide(Protocol):
+    """What a client connection needs from its listener
+    (:class:`~limpet.proxy.engine.server.Server`): shared parts, limits, timeouts."""
+
+    settings: ProxySettings
+    router: RouterPort
+    stats: EngineStats
+    clock: Clock
+    classes: http.HeaderClasses
+    clients: set[Any]  # the server's ClientConnections
+    head_timeout: float
+    idle_timeout: float
+    head_guard: int
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
+
+    @property
+    def pool(self) -> UpstreamPool: ...
+
+
 class Exchange(asyncio.Protocol):
     """A client connection's state and its request/answer exchange (see the module)."""
 
@@ -69,6 +88,7 @@ class Exchange(asyncio.Protocol):
         "deadline",
         "dial_task",
         "feeding",
+        "half_closed",
         "head_request",
         "http11",
         "idempotent",
@@ -98,7 +118,7 @@ class Exchange(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         self.server = server
         self.pool = server.pool
         self.router = server.router
@@ -110,6 +130,7 @@ class Exchange(asyncio.Protocol):
         self.peer = b""
         self.trusted = False
         self.closing = False
+        self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
@@ -152,6 +173,28 @@ class Exchange(asyncio.Protocol):
         keep_alive: bool,
         upgrade: bool,
     ) -> None:
+        self._begin(method, version, keep_alive)
+        scan = self.scan
+        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
+        self.upgrade_requested = upgrade and scan.upgrade is not None
+        self.chunked_request = scan.transfer_encoding is not None
+        status, origin = self._check(method, target, version)
+        if status:
+            self._answer(status)
+            return
+        view = self.view
+        view.method = method
+        view.target = origin
+        view.headers = headers
+        view.cookie = scan.cookie
+        route = self.router.route(view)
+        if route is None:
+            self._answer(503)
+            return
+        self._send(route)
+
+    def _begin(self, method: bytes, version: str, keep_alive: bool) -> None:
+        """A new exchange: reset its state."""
         self.stats.requests += 1
         self.active = True
         self.deadline = 0.0
@@ -165,36 +208,57 @@ class Exchange(asyncio.Protocol):
         self.http11 = version == "1.1"
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
-        scan = self.scan
-        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
-        self.upgrade_requested = upgrade and scan.upgrade is not None
-        self.chunked_request = scan.transfer_encoding is not None
         self.idempotent = method in http.IDEMPOTENT_METHODS
+
+    def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
+        """Everything that refuses a request before routing, and so before any byte goes
+        to a backend: (status, b"") for a refusal, else (0, the origin-form target).
+
+        One valid Host (RFC 9112 3.2), no fragment, an absolute-form target replaces Host
+        with its own authority (3.2.2); the body's framing is decided here too:
+        Transfer-Encoding must be chunked, must not come with Content-Length and needs
+        HTTP/1.1 (6.1, 6.3), and an upgrade request carries no body (docs/proxy.md)."""
         if version != "1.1" and version != "1.0":
-            self._answer(505)
-            return
+            return 505, b""
         if method == b"CONNECT":
-            self._answer(405)
-            return
-        if scan.host_count > 1 or (self.http11 and scan.host_count == 0):
-            self._answer(400)
-            return
+            return 405, b""
+        scan = self.scan
+        if scan.host_count != 1 and (scan.host_count > 1 or self.http11):
+            return 400, b""
+        host = scan.host
+        if (host is not None and not http.host_ok(host)) or b"#" in target:
+            return 400, b""  # clients never send fragments; HAProxy refuses them too
         if target[:1] != b"/":
-            converted = _origin_form(method, target)
-            if converted is None:
-                self._answer(400)
-                return
-            target = converted
-        view = self.view
-        view.method = method
-        view.target = target
-        view.headers = headers
-        view.cookie = scan.cookie
-        route = self.router.route(view)
-        if route is None:
-            self._answer(503)
-            return
-        self._send(route)
+            origin = self._absolute(method, target)
+            if origin is None:
+                return 400, b""
+            target = origin
+        if scan.transfer_encoding is None and not self.upgrade_requested:
+            return 0, target  # the common case: nothing more to decide
+        return self._framing_status(), target
+
+    def _absolute(self, method: bytes, target: bytes) -> bytes | None:
+        """``*`` (OPTIONS only) or an absolute-form target as origin-form, its authority
+        becoming the Host; None for a 400."""
+        if target == b"*":
+            return target if method == b"OPTIONS" else None
+        split = http.split_absolute(target)
+        if split is None:
+            return None
+        origin, authority = split
+        http.set_host(self.scan, authority)
+        return origin
+
+    def _framing_status(self) -> int:
+        scan = self.scan
+        te = scan.transfer_encoding
+        if te is not None:
+            if not self.http11 or scan.content_length >= 0:
+                return 400
+            status = http.transfer_coding_status(te)
+            if status:
+                return status
+        return 400 if self.upgrade_requested and scan.has_body else 0
 
     def _send(self, route: Route) -> None:
         """Write the request head for ``route`` on a pooled connection, or start dialling."""
@@ -221,8 +285,7 @@ class Exchange(asyncio.Protocol):
 
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
-        # Every exchange is the base of a ClientConnection, the type upstream works with.
-        up.bind(cast("ClientConnection", self))
+        up.bind(self)
         transport = up.transport
         assert transport is not None
         out = [self.request_head]
@@ -286,28 +349,29 @@ class Exchange(asyncio.Protocol):
             self._send(other)
 
     def _request_body(self, body: bytes) -> None:
+        if not body:
+            return  # an empty chunk would read as the last one
+        # A chunked body is re-framed chunk by chunk; any other goes through as it is.
+        chunked = self.chunked_request
         up = self.up
         if up is not None:
             out = self.up_out
-            if out is not None:
-                if self.chunked_request:
-                    out += (http.chunk_header(len(body)), body, b"\r\n")
-                else:
-                    out.append(body)
-            else:
+            if out is None:
                 transport = up.transport
                 assert transport is not None
-                if self.chunked_request:
-                    transport.writelines((http.chunk_header(len(body)), body, b"\r\n"))
+                if chunked:
+                    transport.writelines(http.chunk(body))
                 else:
                     transport.write(body)
+            elif chunked:
+                out += http.chunk(body)
+            else:
+                out.append(body)
             self.body_sent = True
             up.deadline = self.clock.now + self.pool.response_timeout
         elif self.body_buf is not None:
-            if self.chunked_request:
-                self.body_buf.append(http.chunk_header(len(body)))
-                self.body_buf.append(body)
-                self.body_buf.append(b"\r\n")
+            if chunked:
+                self.body_buf += http.chunk(body)
             else:
                 self.body_buf.append(body)
             self.body_buf_size += len(body)
@@ -315,11 +379,7 @@ class Exchange(asyncio.Protocol):
                 self._pause(R_DIALLING)
 
     def _last_chunk(self) -> bytes:
-        trailers = self.req_trailers
-        if trailers is None:
-            return http.LAST_CHUNK
-        kept = http.scan_response(trailers, self.server.classes, learn_cookies=False).kept
-        return b"0\r\n" + b"".join(kept) + b"\r\n"
+        return http.last_chunk(self.req_trailers, self.server.classes)
 
     def _request_complete(self) -> None:
         self.request_done = True
@@ -361,6 +421,10 @@ class Exchange(asyncio.Protocol):
         self.deadline = self.clock.now + self.server.idle_timeout
         self._serve_pending()
 
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The backend answered 101 (the input side,
+        :class:`~limpet.proxy.engine.client.ClientConnection`, turns into a tunnel)."""
+
     def _serve_pending(self) -> None:
         """Start the next pipelined request, if one was parsed meanwhile (the connection
         keeps the queue: :class:`~limpet.proxy.engine.client.ClientConnection`)."""
@@ -371,7 +435,7 @@ class Exchange(asyncio.Protocol):
         close = not self.keep_alive or (
             not self.request_done and (self.scan.has_body or self.upgrade_requested)
         )
-        if status in (400, 405, 505):
+        if status in (400, 405, 501, 505):
             close = True
         self.keep_alive = not close
         if not self.closing:
@@ -456,17 +520,3 @@ class Exchange(asyncio.Protocol):
             self.read_paused &= ~reason
             if not self.read_paused and not self.closing:
                 self.transport.resume_reading()
-
-
-def _origin_form(method: bytes, target: bytes) -> bytes | None:
-    """Turn an absolute-form target into origin form; ``*`` only for OPTIONS."""
-    if target == b"*":
-        return target if method == b"OPTIONS" else None
-    if not target.lower().startswith((b"http://", b"https://")):
-        return None
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return None
-    path: bytes = url.path or b"/"
-    return path + b"?" + url.query if url.query else path

@@ -11,11 +11,17 @@ lower-casing.
 Hop-by-hop handling (RFC 9110 section 7.6.1): ``Connection`` and every header it lists,
 ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`` (the body is
 re-framed instead) and ``Upgrade`` (kept only on upgrade requests and 101 answers) are
-never forwarded.
+never forwarded. ``Connection`` cannot remove the fields that frame, route or identify a
+message (:data:`PROTECTED`): a listed ``Content-Length`` would leave a body unframed.
+
+Request checks that decide the framing and the target (:func:`transfer_coding_ok`,
+:func:`host_ok`, :func:`split_absolute`) run before the head goes to a backend;
+:func:`kept_trailers` filters trailer fields.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -95,6 +101,21 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
 
 # Tokens of Connection that name no header to strip.
 _PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Fields that Connection never removes: framing, routing, cookies and forwarding (the
+# proxy writes its own). HAProxy and nginx ignore such tokens too.
+PROTECTED: Final = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"cookie",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+    }
+)
+_NOT_STRIPPED: Final = _PLAIN_CONNECTION_TOKENS | PROTECTED
 # Whole Connection values seen in practice that list nothing to strip (fast path).
 _PLAIN_CONNECTION_VALUES: Final = frozenset(
     {
@@ -172,11 +193,15 @@ def scan_request(
         if code == OTHER:
             kept.append(name + b": " + value + b"\r\n")
         elif code == COOKIE:
+            # llhttp keeps trailing whitespace, which is not part of a value (RFC 9110
+            # 5.5): strip it from the values the proxy reads or joins.
+            value = value.rstrip(b" \t")
             if cookies is None:
                 cookies = [value]
             else:
                 cookies.append(value)
         elif code == HOST:
+            value = value.rstrip(b" \t")
             scan.host = value
             scan.host_count += 1
             kept.append(name + b": " + value + b"\r\n")
@@ -189,52 +214,45 @@ def scan_request(
                 scan.connection = [value]
             else:
                 scan.connection.append(value)
-        elif code == TRANSFER_ENCODING:
-            scan.transfer_encoding = (
-                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
-            )
-        elif code == X_FORWARDED_FOR:
-            if trusted:
-                scan.xff = value if scan.xff is None else scan.xff + b", " + value
-        elif code == X_FORWARDED_PROTO:
-            if trusted and scan.xfp is None:
-                scan.xfp = value
-        elif code == X_FORWARDED_HOST:
-            if trusted and scan.xfh is None:
-                scan.xfh = value
-        elif code == FORWARDED:
-            if trusted:
-                kept.append(name + b": " + value + b"\r\n")
-        elif code == EXPECT:
-            kept.append(name + b": " + value + b"\r\n")
-        elif code == UPGRADE:
-            scan.upgrade = value
-        elif code == SET_COOKIE:
-            kept.append(name + b": " + value + b"\r\n")
-        # DROP: hop-by-hop, never forwarded.
+        elif code != DROP:  # DROP: hop-by-hop, never forwarded
+            _scan_rare(scan, code, name, value, trusted=trusted)
     if cookies is not None:
         scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
 
 
+def _scan_rare(scan: RequestScan, code: int, name: bytes, value: bytes, *, trusted: bool) -> None:
+    """The request header classes that are rare on the hot path (a call each)."""
+    if code == TRANSFER_ENCODING:
+        te = scan.transfer_encoding
+        scan.transfer_encoding = value if te is None else te + b", " + value
+    elif code == X_FORWARDED_FOR:
+        if trusted:
+            scan.xff = value if scan.xff is None else scan.xff + b", " + value
+    elif code == X_FORWARDED_PROTO:
+        if trusted and scan.xfp is None:
+            scan.xfp = value
+    elif code == X_FORWARDED_HOST:
+        if trusted and scan.xfh is None:
+            scan.xfh = value
+    elif code == UPGRADE:
+        scan.upgrade = value
+    elif code in (EXPECT, SET_COOKIE) or (code == FORWARDED and trusted):
+        scan.kept.append(name + b": " + value + b"\r\n")
+
+
 def _strip_listed(scan: RequestScan) -> None:
     """Drop the headers that ``Connection`` lists (rare, so the slow path re-parses lines)."""
     assert scan.connection is not None
-    listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
+    scan.kept = _without_listed(scan.kept, scan.connection)
+
+
+def _without_listed(kept: list[bytes], connection: list[bytes]) -> list[bytes]:
+    listed = connection_tokens(connection) - _NOT_STRIPPED
     if not listed:
-        return
-    scan.kept = [
-        line for line in scan.kept if line.partition(b":")[0].strip().lower() not in listed
-    ]
-    if b"cookie" in listed:
-        scan.cookie = None
-    if b"x-forwarded-for" in listed:
-        scan.xff = None
-    if b"x-forwarded-proto" in listed:
-        scan.xfp = None
-    if b"x-forwarded-host" in listed:
-        scan.xfh = None
+        return kept
+    return [line for line in kept if line.partition(b":")[0].strip().lower() not in listed]
 
 
 def build_request_head(
@@ -250,10 +268,13 @@ def build_request_head(
     """The request head sent upstream (always HTTP/1.1, always keep-alive unless upgrading).
 
     ``cookie`` is the Cookie value to send (the router's rewrite or the original), or None.
-    A chunked request body keeps its transfer-coding list; the engine re-frames the chunks.
+    A chunked request body is sent as ``Transfer-Encoding: chunked``; the engine re-frames
+    the chunks.
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     parts += scan.kept
+    if scan.host is None:
+        parts.append(b"Host: \r\n")  # HTTP/1.0 without Host: HTTP/1.1 needs one
     if cookie is not None:
         parts += (b"Cookie: ", cookie, b"\r\n")
     parts += (b"X-Forwarded-For: ", peer if scan.xff is None else scan.xff + b", " + peer, b"\r\n")
@@ -264,7 +285,8 @@ def build_request_head(
     for name, value in add_headers:
         parts += (name, b": ", value, b"\r\n")
     if scan.transfer_encoding is not None:
-        parts += (b"Transfer-Encoding: ", scan.transfer_encoding, b"\r\n")
+        # Checked to be exactly chunked (transfer_coding_status); the engine re-chunks.
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     if upgrade and scan.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", scan.upgrade, b"\r\n\r\n")
     else:
@@ -330,11 +352,7 @@ def scan_response(
             # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
             kept.append(name + b": " + value + b"\r\n")
     if scan.connection is not None and _lists_headers(scan.connection):
-        listed = connection_tokens(scan.connection) - _PLAIN_CONNECTION_TOKENS
-        if listed:
-            scan.kept = [
-                line for line in kept if line.partition(b":")[0].strip().lower() not in listed
-            ]
+        scan.kept = _without_listed(kept, scan.connection)
     return scan
 
 
@@ -352,8 +370,10 @@ def status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
-def chunk_header(size: int) -> bytes:
-    return b"%x\r\n" % size
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """One chunk of a chunked body (RFC 9112 7.1), as parts for ``writelines``; the one
+    place the engine writes chunk framing (the last chunk: :func:`last_chunk`)."""
+    return (b"%x\r\n" % len(data), data, b"\r\n")
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -427,8 +447,7 @@ def build_response_head(
     if set_cookie is not None:
         parts += (b"Set-Cookie: ", set_cookie, b"\r\n")
     if framing == FRAME_CHUNKED:
-        te = scan.transfer_encoding
-        parts += (b"Transfer-Encoding: ", b"chunked" if te is None else te, b"\r\n")
+        parts += (b"Transfer-Encoding: ", chunked_coding(scan.transfer_encoding), b"\r\n")
     elif framing == FRAME_NONE and scan.transfer_encoding is not None and status not in (204, 304):
         # HEAD answers describe the GET answer's framing.
         parts += (b"Transfer-Encoding: ", scan.transfer_encoding, b"\r\n")
@@ -456,3 +475,130 @@ def build_informational_head(status: int, reason: bytes, scan: ResponseScan) -> 
     parts += scan.kept
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# -- checks that decide framing and target before anything is forwarded ------------------
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 3986 host [ ":" port ]: reg-name, IPv4 or an IP literal in brackets (RFC 9112 3.2).
+_HOST: Final = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]*)?")
+
+
+def is_token(value: bytes) -> bool:
+    return _TOKEN.fullmatch(value) is not None
+
+
+def transfer_coding_status(value: bytes) -> int:
+    """0 if a request's Transfer-Encoding frames its body (exactly ``chunked``), else the
+    status to answer before anything is forwarded: 400 when ``chunked`` is not the one
+    final coding or the list is malformed (RFC 9112 6.3 item 4), 501 for a coding Limpet
+    does not implement before ``chunked`` (RFC 9112 6.1, as nginx)."""
+    names = []
+    for element in value.split(b","):
+        element = element.strip(b" \t")
+        if not element:
+            continue  # empty list elements are allowed (RFC 9110 5.6.1)
+        name = element.partition(b";")[0].rstrip(b" \t")
+        if not is_token(name) or name != element:
+            return 400  # transfer-parameters are defined for no coding Limpet knows
+        names.append(name.lower())
+    if not names or names[-1] != b"chunked" or names.count(b"chunked") != 1:
+        return 400
+    return 0 if len(names) == 1 else 501
+
+
+def ends_chunked(value: bytes | None) -> bool:
+    """Whether a Transfer-Encoding list ends in chunked (else a response body runs to
+    the close, RFC 9112 6.3 item 4)."""
+    return value is not None and value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
+
+
+def response_coding_clean(value: bytes) -> bool:
+    """Whether a backend's Transfer-Encoding reads the same to llhttp and to RFC 9110:
+    tokens separated by commas and spaces only. llhttp does not see ``chunked\\t`` or
+    ``chunked, \\t`` as chunked while a strict parser does, so such an answer is
+    refused (502) rather than relayed with a body two parsers would frame differently
+    (found by the fuzzer)."""
+    if b"\t" in value:
+        return False
+    return all(is_token(element.strip(b" ")) for element in value.split(b","))
+
+
+def chunked_coding(value: bytes | None) -> bytes:
+    """The Transfer-Encoding sent with a body the proxy chunks: the backend's codings
+    with ``chunked`` last (a close-delimited ``gzip`` body becomes ``gzip, chunked``)."""
+    if value is None:
+        return b"chunked"
+    return value if ends_chunked(value) else value + b", chunked"
+
+
+_hosts_seen: dict[bytes, bool] = {}
+
+
+def host_ok(value: bytes) -> bool:
+    """RFC 9112 3.2: a Host value is ``uri-host [":" port]``; spaces, ``@``, ``/`` -> 400.
+    Answers are cached (bounded): a process sees few distinct hosts, every request
+    checks one."""
+    ok = _hosts_seen.get(value)
+    if ok is None:
+        ok = _HOST.fullmatch(value) is not None
+        if len(_hosts_seen) < 1024:
+            _hosts_seen[value] = ok
+    return ok
+
+
+def set_host(scan: RequestScan, authority: bytes) -> None:
+    """Forward ``authority`` as the Host (an absolute-form target's, RFC 9112 3.2.2)."""
+    kept = [line for line in scan.kept if line.partition(b":")[0].lower() != b"host"]
+    kept.append(b"Host: " + authority + b"\r\n")
+    scan.kept = kept
+    scan.host = authority
+
+
+def split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
+    """An absolute-form target (``http://authority/path?query``) as its origin-form and
+    its authority, or None if it is not one Limpet accepts (another scheme, userinfo,
+    an invalid authority)."""
+    if not target[:8].lower().startswith((b"http://", b"https://")):
+        return None
+    rest = target.partition(b"://")[2]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if not authority or b"@" in authority or not host_ok(authority):
+        return None
+    if tail[:1] == b"?":
+        tail = b"/" + tail
+    return (tail or b"/"), authority
+
+
+# Trailer fields never forwarded (RFC 9110 6.5.1): framing, routing, cookies, forwarding,
+# request modifiers and the fields that describe the content. Hop-by-hop ones are dropped
+# by their class already.
+_TRAILER_BANNED: Final = frozenset(
+    {
+        b"authorization",
+        b"cache-control",
+        b"content-encoding",
+        b"content-range",
+        b"content-type",
+        b"max-forwards",
+        b"limpet-session-moved",
+        b"www-authenticate",
+    }
+)
+
+
+def kept_trailers(trailers: list[tuple[bytes, bytes]], classes: HeaderClasses) -> bytes:
+    """The trailer section that is forwarded, serialised (may be empty)."""
+    out = []
+    for name, value in trailers:
+        if classes.get(name) == OTHER and name.lower() not in _TRAILER_BANNED:
+            out.append(name + b": " + value + b"\r\n")
+    return b"".join(out)
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None, classes: HeaderClasses) -> bytes:
+    """The last chunk and the filtered trailer section."""
+    if trailers is None:
+        return LAST_CHUNK
+    return b"0\r\n" + kept_trailers(trailers, classes) + b"\r\n"

@@ -20,81 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 from limpet.affinity import BackendId
 from limpet.proxy.engine import http
+from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.port import RouterPort
 from limpet.proxy.engine.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
-
-
-class Clock:
-    """A coarse clock: the sweep writes ``now`` (loop time) every tick; the hot path reads it
-    instead of calling ``loop.time()`` for every deadline."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-
-class EngineStats:
-    """Per-process counters of the data path. Plain integer attributes: incrementing one
-    is the cheapest thing Python can do."""
-
-    __slots__ = (
-        "broken_responses",
-        "connections_accepted",
-        "connections_active",
-        "connections_rejected",
-        "local_responses",
-        "requests",
-        "responses",
-        "retries",
-        "timeouts",
-        "tunnels",
-        "upstream_connect_failures",
-        "upstream_connects",
-        "upstream_reuses",
-    )
-
-    def __init__(self) -> None:
-        self.connections_accepted = 0
-        self.connections_active = 0
-        self.connections_rejected = 0
-        self.requests = 0
-        self.responses = 0
-        self.retries = 0
-        self.tunnels = 0
-        self.broken_responses = 0
-        self.upstream_connects = 0
-        self.upstream_connect_failures = 0
-        self.upstream_reuses = 0
-        self.local_responses: dict[int, int] = {}
-        self.timeouts: dict[str, int] = {}
-
-    def local(self, status: int) -> None:
-        self.local_responses[status] = self.local_responses.get(status, 0) + 1
-
-    def timeout(self, kind: str) -> None:
-        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "connections_accepted": self.connections_accepted,
-            "connections_active": self.connections_active,
-            "connections_rejected": self.connections_rejected,
-            "requests": self.requests,
-            "responses": self.responses,
-            "retries": self.retries,
-            "tunnels": self.tunnels,
-            "broken_responses": self.broken_responses,
-            "upstream_connects": self.upstream_connects,
-            "upstream_connect_failures": self.upstream_connect_failures,
-            "upstream_reuses": self.upstream_reuses,
-            "local_responses": {str(k): v for k, v in sorted(self.local_responses.items())},
-            "timeouts": dict(sorted(self.timeouts.items())),
-        }
 
 
 class PooledBackend:
@@ -120,6 +53,8 @@ class UpstreamPool:
         "classes",
         "clock",
         "live",
+        "max_header_bytes",
+        "max_headers",
         "max_idle",
         "pool_idle_timeout",
         "response_timeout",
@@ -148,6 +83,8 @@ class UpstreamPool:
         self._backends: dict[str, PooledBackend] = {}
         self.live: set[UpstreamConnection] = set()
         self.max_idle = settings.pool_max_idle
+        self.max_headers = settings.max_headers
+        self.max_header_bytes = settings.max_header_bytes
         self.pool_idle_timeout = settings.pool_idle_timeout
         self.response_timeout = settings.response_timeout
         self.tunnel_idle_timeout = settings.tunnel_idle_timeout
@@ -177,7 +114,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> bool:
         """Put a finished connection back; False if it must be closed instead."""
-        b = conn.backend
+        b = cast(PooledBackend, conn.backend)
         if (
             conn.state == CLOSED
             or len(b.idle) >= self.max_idle
@@ -192,7 +129,7 @@ class UpstreamPool:
 
     def forget_idle(self, conn: UpstreamConnection) -> None:
         with contextlib.suppress(ValueError):
-            conn.backend.idle.remove(conn)
+            cast(PooledBackend, conn.backend).idle.remove(conn)
 
     async def connect(self, backend_id: str, host: str, port: int) -> UpstreamConnection:
         """Dial a new connection (bounded by the connect timeout). Raises OSError or

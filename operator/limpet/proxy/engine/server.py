@@ -24,7 +24,8 @@ import socket
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.client import ClientConnection
-from limpet.proxy.engine.pool import Clock, EngineStats, UpstreamPool
+from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.port import RouterPort
 from limpet.proxy.settings import ProxySettings
 

@@ -22,15 +22,14 @@ the pool's coarse clock, so no timer object is created per request.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
+from limpet.affinity import BackendId
 from limpet.proxy.engine import http
-
-if TYPE_CHECKING:
-    from limpet.proxy.engine.client import ClientConnection
-    from limpet.proxy.engine.pool import PooledBackend, UpstreamPool
+from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.port import Route, RouterPort
 
 # UpstreamConnection states.
 CONNECTING: Final = 0
@@ -40,9 +39,64 @@ TUNNEL: Final = 3  # after 101: raw bytes both ways
 CLOSED: Final = 4
 
 
+class ClientSide(Protocol):
+    """What an upstream connection needs from the client connection it serves
+    (:class:`~limpet.proxy.engine.client.ClientSide`)."""
+
+    transport: asyncio.Transport
+    route: Route | None
+    keep_alive: bool
+    request_done: bool
+    http11: bool
+    head_request: bool
+    upgrade_requested: bool
+    write_paused: bool
+    response_started: bool
+    half_closed: bool
+
+    def response_done(self) -> None: ...
+    def upstream_failed(self, up: UpstreamConnection, *, reset: bool) -> None: ...
+    def upstream_aborted(self) -> None: ...
+    def upstream_broken(self) -> None: ...
+    def upstream_timeout(self) -> None: ...
+    def upgraded(self, up: UpstreamConnection) -> None: ...
+    def close_after_flush(self) -> None: ...
+    def pause_reading_for_upstream(self) -> None: ...
+    def resume_reading_for_upstream(self) -> None: ...
+
+
+class BackendSlot(Protocol):
+    """The backend an upstream connection belongs to (the pool's ``PooledBackend``)."""
+
+    @property
+    def id(self) -> BackendId: ...
+
+
+class PoolSide(Protocol):
+    """What an upstream connection needs from its pool
+    (:class:`~limpet.proxy.engine.pool.UpstreamPool`)."""
+
+    clock: Clock
+    stats: EngineStats
+    router: RouterPort
+    classes: http.HeaderClasses
+    live: set[UpstreamConnection]
+    response_timeout: float
+    tunnel_idle_timeout: float
+    max_headers: int
+    max_header_bytes: int
+
+    def release(self, conn: UpstreamConnection) -> bool: ...
+    def forget_idle(self, conn: UpstreamConnection) -> None: ...
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to stop httptools: a HEAD answer is complete, or
     bytes follow a complete answer."""
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback when a response's trailer section passes the limits."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -56,10 +110,12 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_done",
         "_head_keep",
         "_head_tail",
+        "_head_unsent",
         "_headers",
         "_informational",
         "_out",
         "_reason",
+        "_trailer_bytes",
         "_trailers",
         "backend",
         "client",
@@ -74,12 +130,12 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool, backend: PooledBackend) -> None:
+    def __init__(self, pool: PoolSide, backend: BackendSlot) -> None:
         self.pool = pool
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: ClientSide | None = None
         self.state = CONNECTING
         self.deadline = 0.0
         self.paused = False  # reading paused because the client cannot take more
@@ -92,10 +148,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._trailer_bytes = 0
         # Answering a HEAD request: the last bytes already fed (a head's end may straddle
         # two reads), or None for any other request. See _head_data.
         self._head_tail: bytes | None = None
         self._head_done = False  # the final head of a HEAD answer has been parsed
+        self._head_unsent = False  # the final head waits in _out (see _broken)
         self._head_keep = False  # ... and the backend keeps the connection alive
         # Pooled after a HEAD answer, and no head parsed since: garbage now means the
         # backend sent a body for HEAD after all (see _stray).
@@ -106,15 +164,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding -------------------------------------------------------------------------
 
-    def bind(self, client: ClientConnection) -> None:
+    def bind(self, client: ClientSide) -> None:
         self.client = client
         self.state = BUSY
         self.got_response = False
-        self.reusable = True
+        # After an upgrade request the backend may be in another protocol, or still wait
+        # for what the client sends next: only a 101 answers it, and nothing else is pooled.
+        self.reusable = not client.upgrade_requested
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._head_tail = b"" if client.head_request else None
         self._head_done = False
+        self._head_unsent = False
         self.deadline = self.pool.clock.now + self.pool.response_timeout
         if client.write_paused:
             self.pause()
@@ -138,11 +199,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _flush(self, client: ClientConnection) -> None:
+    def _flush(self, client: ClientSide) -> None:
         out = self._out
         if out:
             client.transport.writelines(out)
             out.clear()
+            self._head_unsent = False
 
     def _finish(self, keep: bool) -> None:
         """The answer is complete: pool the connection or close it, then tell the client."""
@@ -265,10 +327,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
             self._headers.append((name, value))
-        elif self._trailers is None:
-            self._trailers = [(name, value)]
-        else:
-            self._trailers.append((name, value))
+            return
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+            self._trailer_bytes = 0
+        trailers.append((name, value))
+        self._trailer_bytes += len(name) + len(value) + 4
+        pool = self.pool
+        if self._trailer_bytes > pool.max_header_bytes or len(trailers) > pool.max_headers:
+            raise _TooLarge
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -278,17 +346,11 @@ class UpstreamConnection(asyncio.Protocol):
         status: int = self.parser.get_status_code()
         scan = http.scan_response(self._headers, pool.classes, learn_cookies=True)
         if status < 200:
-            if status == 101:
-                if not client.upgrade_requested:
-                    raise httptools.HttpParserError("unexpected 101")
-                self._out.append(http.build_switching_head(status, self._reason, scan))
-                client.response_started = True
-                self.state = TUNNEL
-                return
-            self._informational = True
-            if client.http11:
-                self._out.append(http.build_informational_head(status, self._reason, scan))
+            self._interim_head(client, status, scan)
             return
+        te = scan.transfer_encoding
+        if te is not None and not http.response_coding_clean(te):
+            raise httptools.HttpParserError("ambiguous Transfer-Encoding")
         route = client.route
         assert route is not None
         if scan.set_cookies is not None:
@@ -312,12 +374,13 @@ class UpstreamConnection(asyncio.Protocol):
             )
         )
         client.response_started = True
+        self._head_unsent = True
         if framing == http.FRAME_CLOSE:
             client.keep_alive = False
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
             framing != http.FRAME_NONE
-            and scan.transfer_encoding is None
+            and (scan.transfer_encoding is None or not http.ends_chunked(scan.transfer_encoding))
             and scan.content_length < 0
         )
         if client.head_request:
@@ -332,12 +395,27 @@ class UpstreamConnection(asyncio.Protocol):
             )
             raise _StopParsing
 
+    def _interim_head(self, client: ClientSide, status: int, scan: http.ResponseScan) -> None:
+        """A 1xx head: 101 turns the connection into a tunnel (only after an upgrade
+        request), any other is relayed to HTTP/1.1 clients and the final head follows."""
+        if status == 101:
+            if not client.upgrade_requested:
+                raise httptools.HttpParserError("unexpected 101")
+            self._out.append(http.build_switching_head(status, self._reason, scan))
+            client.response_started = True
+            self.state = TUNNEL
+            return
+        self._informational = True
+        if client.http11:
+            self._out.append(http.build_informational_head(status, self._reason, scan))
+
     def on_body(self, body: bytes) -> None:
         client = self.client
         if client is None:
             return
         if self._framing == http.FRAME_CHUNKED:
-            self._out += (http.chunk_header(len(body)), body, b"\r\n")
+            if body:  # an empty chunk would read as the last one
+                self._out += http.chunk(body)
         else:
             self._out.append(body)
 
@@ -349,12 +427,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or self.state == TUNNEL:
             return
         if self._framing == http.FRAME_CHUNKED:
-            trailers = self._trailers
-            if trailers is None:
-                self._out.append(http.LAST_CHUNK)
-            else:
-                scan = http.scan_response(trailers, self.pool.classes, learn_cookies=False)
-                self._out.append(b"0\r\n" + b"".join(scan.kept) + b"\r\n")
+            self._out.append(http.last_chunk(self._trailers, self.pool.classes))
         self.pool.router.backend_succeeded(self.backend.id)
         self._finish(keep=self.reusable and client.request_done and self.parser.should_keep_alive())
 
@@ -443,4 +516,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._out.clear()
         self.abort()
         if client is not None:
+            if self._head_unsent:
+                # The head was parsed but never written: the client can still get a 502.
+                client.response_started = False
             client.upstream_broken()

@@ -140,19 +140,8 @@ class ProxyCollector(Collector):
         yield from (requests, sessions, up, migrations, rejected, no_backend, version)
 
 
-def make_admin_app(
-    *,
-    token: str,
-    sink: PlanSink,
-    stats: StatsSource,
-    metrics: CollectorRegistry,
-) -> web.Application:
-    """The admin application. ``metrics`` gets the proxy's collector registered in it."""
-    if not token:
-        raise ValueError("the admin API needs a non-empty bearer token")
-    expected = token.encode("utf-8")
-    collector = ProxyCollector()
-    metrics.register(collector)
+def _bearer_auth(expected: bytes) -> Any:
+    """The middleware that asks for the bearer token on every path but PUBLIC_PATHS."""
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -167,6 +156,12 @@ def make_admin_app(
                 )
         result: web.StreamResponse = await handler(request)
         return result
+
+    return auth
+
+
+def _plan_handler(sink: PlanSink) -> Any:
+    """``PUT /v1/plan``: 400 for a plan that is invalid or unusable, 409 for a stale one."""
 
     async def put_plan(request: web.Request) -> web.Response:
         body = await request.read()
@@ -183,6 +178,23 @@ def make_admin_app(
             # slot table it cannot build): the plan is refused, nothing changed.
             return _error(400, f"plan rejected: {exc}")
         return _json({"version": plan.version, "changed": changed is not False})
+
+    return put_plan
+
+
+def make_admin_app(
+    *,
+    token: str,
+    sink: PlanSink,
+    stats: StatsSource,
+    metrics: CollectorRegistry,
+) -> web.Application:
+    """The admin application. ``metrics`` gets the proxy's collector registered in it."""
+    if not token:
+        raise ValueError("the admin API needs a non-empty bearer token")
+    expected = token.encode("utf-8")
+    collector = ProxyCollector()
+    metrics.register(collector)
 
     async def get_stats(request: web.Request) -> web.Response:
         return _json(await _stats(stats))
@@ -202,8 +214,10 @@ def make_admin_app(
             return web.Response(status=503, text="no plan loaded yet\n")
         return web.Response(text=f"ready: plan version {current}\n")
 
-    app = web.Application(middlewares=[auth], client_max_size=MAX_PLAN_BYTES + 1024)
-    app.router.add_put("/v1/plan", put_plan)
+    app = web.Application(
+        middlewares=[_bearer_auth(expected)], client_max_size=MAX_PLAN_BYTES + 1024
+    )
+    app.router.add_put("/v1/plan", _plan_handler(sink))
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

@@ -38,6 +38,14 @@ class UsageError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _one_line_errors(parser)
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    _source_options(parser.add_argument_group("what to serve"))
+    _process_options(parser.add_argument_group("process"))
+    _limit_options(parser.add_argument_group("timeouts (seconds) and limits"))
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     def one_line_error(message: str) -> NoReturn:
         sys.stderr.write(f"limpet proxy: error: {message} (see limpet proxy --help)\n")
         sys.exit(2)
@@ -57,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return parsed, extra
 
     setattr(parser, "parse_known_args", parse_known_args)  # noqa: B010
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    src = parser.add_argument_group("what to serve")
+
+
+def _source_options(src: argparse._ArgumentGroup) -> None:
     src.add_argument("--plan", metavar="FILE", help="serve from this plan file (JSON)")
     src.add_argument(
         "--backend",
@@ -79,7 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="standalone mode: LB cookie signing secret (16+ bytes); else generated at start",
     )
-    proc = parser.add_argument_group("process")
+
+
+def _process_options(proc: argparse._ArgumentGroup) -> None:
     proc.add_argument("--listen", metavar="HOST:PORT", default=str(DEFAULTS.listen))
     proc.add_argument(
         "--admin-listen",
@@ -114,7 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='tests and the local demo only: JSON {"podIP:port": "127.0.0.1:port"}',
     )
     proc.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    lim = parser.add_argument_group("timeouts (seconds) and limits")
+
+
+def _limit_options(lim: argparse._ArgumentGroup) -> None:
     for name, metavar, help_text in (
         ("head-timeout", "S", "time allowed to send a request head (slowloris guard)"),
         ("idle-timeout", "S", "idle time allowed between keep-alive requests"),
@@ -179,6 +192,12 @@ def _backends(specs: list[str]) -> list[tuple[str, str, int]]:
 
 def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
     """Arguments -> (settings, starting plan, whether that plan beats a saved one)."""
+    settings = _settings(args)
+    plan, fresh = _starting_plan(args, settings)
+    return settings, plan, fresh
+
+
+def _settings(args: argparse.Namespace) -> ProxySettings:
     try:
         workers = int(args.workers)
     except ValueError:
@@ -230,13 +249,17 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
             raise UsageError(f"--token-file: cannot read {settings.token_file}: {exc}") from None
         if not token:
             raise UsageError(f"--token-file: {settings.token_file} is empty")
+    return settings
+
+
+def _starting_plan(args: argparse.Namespace, settings: ProxySettings) -> tuple[Plan | None, bool]:
     if args.plan and args.backend:
         raise UsageError("--plan and --backend exclude each other")
     if args.plan:
         if args.affinity or args.cookie_key_file:
             raise UsageError("--affinity and --cookie-key-file are for standalone (--backend)")
         try:
-            return settings, plan_from_json(Path(args.plan).read_bytes()), False
+            return plan_from_json(Path(args.plan).read_bytes()), False
         except OSError as exc:
             raise UsageError(f"--plan: {exc.strerror or exc}: {args.plan}") from None
         except PlanError as exc:
@@ -244,7 +267,7 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
     if not args.backend:
         if args.affinity or args.cookie_key_file:
             raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
-        return settings, None, False
+        return None, False
     # Standalone: imported here so that `--help` stays cheap.
     from limpet.proxy.process.standalone import parse_affinity, standalone_plan
 
@@ -256,12 +279,13 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
             raise UsageError(f"--cookie-key-file: {exc}") from None
     try:
         affinity = parse_affinity(
-            args.affinity or "cookie", trusted_proxies=[str(n) for n in trusted]
+            args.affinity or "cookie",
+            trusted_proxies=[str(n) for n in settings.trusted_proxies],
         )
         plan = standalone_plan(_backends(args.backend), affinity, keys)
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
-    return settings, plan, True
+    return plan, True
 
 
 def run(args: argparse.Namespace) -> int:

@@ -282,28 +282,59 @@ class SessionRouter:
                 return None
             reason = None  # nowhere to drain to: stay on the still-serving backend
         if reason is None:
-            refresh = codec.needs_refresh(sc, wall)
-            set_cookie = None
-            if refresh:
-                set_cookie = codec.issue(
-                    session_id=sc.session_id,
-                    backend_id=bid,
-                    key_hash=sc.key_hash,
-                    issued=sc.issued,
-                    wall=wall,
-                )
-            route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
-            idx = self._book.track_cookie(sc.session_id, bid, wall, snap.plan.affinity)
-            if refresh:
-                # One refresh per step: a client that keeps the old cookie is not sent
-                # the new one again on every response of this step.
-                quiet = snap.route(bid, rest, True, NO_HEADERS, None)
-                until = codec.floor(wall) + codec.granularity
-                self._cache_put(snap, header, quiet, until, sc, bid, idx)
-            else:
-                self._cache_put(snap, header, route, codec.refresh_due(sc), sc, bid, idx)
-            return route
+            return self._cookie_stays(snap, sc, bid, header, rest, wall)
         assert new is not None
+        return self._cookie_moves(snap, sc, bid, new, reason, header, rest, wall)
+
+    def _cookie_stays(
+        self,
+        snap: Snapshot,
+        sc: SessionCookie,
+        bid: BackendId,
+        header: bytes | None,
+        rest: bytes | None,
+        wall: float,
+    ) -> Route:
+        """The session keeps its backend; its cookie is refreshed once per step."""
+        codec = snap.codec
+        assert codec is not None
+        refresh = codec.needs_refresh(sc, wall)
+        set_cookie = None
+        if refresh:
+            set_cookie = codec.issue(
+                session_id=sc.session_id,
+                backend_id=bid,
+                key_hash=sc.key_hash,
+                issued=sc.issued,
+                wall=wall,
+            )
+        route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
+        idx = self._book.track_cookie(sc.session_id, bid, wall, snap.plan.affinity)
+        if refresh:
+            # One refresh per step: a client that keeps the old cookie is not sent
+            # the new one again on every response of this step.
+            quiet = snap.route(bid, rest, True, NO_HEADERS, None)
+            until = codec.floor(wall) + codec.granularity
+            self._cache_put(snap, header, quiet, until, sc, bid, idx)
+        else:
+            self._cache_put(snap, header, route, codec.refresh_due(sc), sc, bid, idx)
+        return route
+
+    def _cookie_moves(
+        self,
+        snap: Snapshot,
+        sc: SessionCookie,
+        bid: BackendId,
+        new: BackendId,
+        reason: Reason,
+        header: bytes | None,
+        rest: bytes | None,
+        wall: float,
+    ) -> Route:
+        """The affinity core moves the session (or it expired): a new cookie, and the
+        moved header when the backend changes."""
+        codec = snap.codec
+        assert codec is not None
         issued = sc.issued
         session_id = sc.session_id
         if reason is Reason.EXPIRED:
