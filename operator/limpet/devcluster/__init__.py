@@ -10,7 +10,8 @@ Modules (import what you need; this package imports nothing itself):
 - ``fakepods``: :class:`FakePods`, backends published through real EndpointSlices
   (``endpointslices`` builds the manifests, ``backend`` is the default backend), on a
   pod network from ``podnet``: ``netns`` (namespaces, real pod IPs) or ``loopback``
-  (placeholders plus an explicit address override). ``hostnet`` reads host routes.
+  (placeholders plus an explicit address override), both handing out ``podslot``'s
+  values. ``hostnet`` reads host routes.
   ``proxypod`` builds the command line of a ``limpet proxy`` run as a fake pod.
 
 See docs/devcluster.md.

@@ -12,8 +12,7 @@ real pods. :meth:`set_conditions`, :meth:`remove`, :meth:`stop_backend` and
 tests simulate scaling, rolling updates, draining and crashes.
 
 In loopback mode :meth:`overrides` gives the explicit address override
-``(address, port) -> (127.0.0.1, port)`` for the proxy; :func:`format_overrides`
-writes it as JSON (``{"203.0.113.1:8080": "127.0.0.1:40123"}``).
+``(address, port) -> (127.0.0.1, port)`` for the proxy.
 
 Clean-up: :meth:`close` (also at exit) stops the backends, deletes the
 namespaces, the slices and the Service it made. The pod network itself is
@@ -27,7 +26,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import http.client
-import json
 import shutil
 import socket
 import sys
@@ -48,7 +46,8 @@ from limpet.devcluster.endpointslices import (
     selectorless_service,
 )
 from limpet.devcluster.errors import FakePodError
-from limpet.devcluster.podnet import AddressOverrides, Endpoint, PodNetwork, PodSlot
+from limpet.devcluster.podnet import PodNetwork
+from limpet.devcluster.podslot import Endpoint, PodSlot
 from limpet.devcluster.process import ManagedProcess
 
 FIELD_MANAGER = "limpet-fakepods"
@@ -124,20 +123,6 @@ class FakePod:
             return resp.status, resp.read()
         finally:
             conn.close()
-
-
-def format_overrides(overrides: AddressOverrides) -> str:
-    return json.dumps(
-        {f"{a}:{p}": f"{h}:{q}" for (a, p), (h, q) in sorted(overrides.items())}, indent=2
-    )
-
-
-def parse_overrides(text: str) -> dict[Endpoint, Endpoint]:
-    def split(hostport: str) -> Endpoint:
-        host, _, port = hostport.rpartition(":")
-        return host.strip("[]"), int(port)
-
-    return {split(k): split(v) for k, v in json.loads(text).items()}
 
 
 class FakePodsFactory(Protocol):
@@ -301,10 +286,6 @@ class FakePods:
         """The address override for the proxy; empty when pods have real addresses."""
         ours = {(p.address, p.port) for p in self._pods.values()}
         return {k: v for k, v in self.network.overrides().items() if k in ours}
-
-    def write_overrides(self, path: Path) -> Path:
-        path.write_text(format_overrides(self.overrides()) + "\n")
-        return path
 
     def verify(self) -> None:
         for pod in self._pods.values():

@@ -54,7 +54,7 @@ from limpet.devcluster.ownership import (
     wait_gone,
     write_record,
 )
-from limpet.devcluster.podnet import Endpoint, Mode, PodSlot
+from limpet.devcluster.podslot import Endpoint, Mode, PodSlot
 
 STATE_DIR = Path("/run/limpet/fakepods")
 POD_SUBNET_POOL = ipaddress.IPv4Network("10.200.0.0/13")

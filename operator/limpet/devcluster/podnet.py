@@ -6,9 +6,10 @@ the root namespace (the proxy, the tests) reaches it, and how to wrap a
 command so that it runs "inside" the pod. Two implementations exist:
 ``netns.NetnsPodNetwork`` (real namespaces, real pod IPs) and
 ``loopback.LoopbackPodNetwork`` (backends on loopback, placeholder addresses
-in the slice, plus an explicit address override). :func:`open_pod_network`
-picks one: ``LIMPET_FAKEPODS=netns|loopback`` forces it, otherwise namespaces
-when they work here (root and ``ip netns``), else loopback.
+in the slice, plus an explicit address override); both hand out the value types
+of ``podslot``. :func:`open_pod_network` picks one: ``LIMPET_FAKEPODS=netns|loopback``
+forces it, otherwise namespaces when they work here (root and ``ip netns``), else
+loopback.
 
 Implementations are used from one thread at a time.
 """
@@ -17,32 +18,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from limpet.devcluster.errors import FakePodError, NetnsUnavailableError
+from limpet.devcluster.loopback import LoopbackPodNetwork
+from limpet.devcluster.netns import NetnsPodNetwork, netns_unavailable_reason
+from limpet.devcluster.podslot import Endpoint, Mode, PodSlot
 
-Mode = Literal["netns", "loopback"]
 ENV_MODE = "LIMPET_FAKEPODS"
-
-Endpoint = tuple[str, int]
-AddressOverrides = Mapping[Endpoint, Endpoint]
-"""``(published address, port) -> (loopback host, port)``: what the proxy really dials."""
-
-
-@dataclass(frozen=True, slots=True)
-class PodSlot:
-    pod: str
-    address: str
-    """What the EndpointSlice says: a pod IP in a namespace, or a placeholder."""
-    port: int
-    """The port the EndpointSlice says."""
-    bind: Endpoint
-    """Where the backend listens, as seen from inside its namespace."""
-    connect: Endpoint
-    """Where the root namespace reaches the backend."""
-    netns: str | None = None
-    host_link: str | None = None
 
 
 class PodNetwork(Protocol):
@@ -79,10 +62,6 @@ def open_pod_network(
     *, mode: Mode | None = None, environ: Mapping[str, str] | None = None
 ) -> PodNetwork:
     """A ready pod network of the forced or the best available kind."""
-    # Imported here: each implementation is only loaded when chosen.
-    from limpet.devcluster.loopback import LoopbackPodNetwork
-    from limpet.devcluster.netns import NetnsPodNetwork, netns_unavailable_reason
-
     chosen = mode or requested_mode(environ)
     if chosen is None:
         chosen = "netns" if netns_unavailable_reason() is None else "loopback"
