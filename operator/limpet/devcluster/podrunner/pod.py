@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from limpet.devcluster.podnet import PodSlot
 from limpet.devcluster.podrunner.container import (
     MIN_KILL_GRACE,
     Backoff,
@@ -49,6 +48,7 @@ from limpet.devcluster.podrunner.spec import (
 )
 from limpet.devcluster.podrunner.status import ContainerView, now_rfc3339, pod_status
 from limpet.devcluster.podrunner.volumes import materialize, token_request
+from limpet.devcluster.podslot import PodSlot
 
 log = logging.getLogger("limpet.podrunner")
 STATUS_DEBOUNCE = 0.05

@@ -30,12 +30,12 @@ from pathlib import Path
 import aiohttp
 
 from limpet.devcluster.netns import NetnsPodNetwork
-from limpet.devcluster.podnet import PodSlot
 from limpet.devcluster.podrunner import node as nodes
 from limpet.devcluster.podrunner.container import MIN_KILL_GRACE, Backoff
 from limpet.devcluster.podrunner.images import ImageTable, default_table
 from limpet.devcluster.podrunner.kubeapi import JsonObj, KubeApi
 from limpet.devcluster.podrunner.pod import PodEnv, PodWorker, pod_path
+from limpet.devcluster.podslot import PodSlot
 
 log = logging.getLogger("limpet.podrunner")
 
