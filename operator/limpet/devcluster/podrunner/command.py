@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import signal
 import sys
@@ -40,6 +41,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--backoff-cap", type=float, default=300.0, help="longest back-off, s (default 300)"
     )
     p.add_argument("--lease-renew", type=float, default=10.0, help="Lease renewal period, s")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop (as on SIGTERM) when the parent process dies, even by SIGKILL",
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.exit_with_parent:
+        # PR_SET_PDEATHSIG: the kernel sends SIGTERM when the parent dies, so an orphaned
+        # runner never keeps pods of a dead dev cluster running.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
     reason = netns_unavailable_reason()
     if reason is not None:
         print(f"limpet pod runner: error: it needs network namespaces ({reason})", file=sys.stderr)

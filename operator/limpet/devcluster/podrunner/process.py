@@ -102,6 +102,7 @@ class PodRunnerProcess:
                 "--backoff", str(o.backoff),
                 "--backoff-cap", str(o.backoff_cap),
                 "--lease-renew", str(o.lease_renew),
+                "--exit-with-parent",
             ],
             log_path=self.log_path,
         )  # fmt: skip
