@@ -14,7 +14,7 @@ from limpet.controller.command import _override
 from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, KubeClient
 from limpet.controller.proxies import admin_url
 from limpet.controller.settings import OperatorSettings
-from limpet.devcluster.cluster import free_port
+from limpet.devcluster.ports import free_port
 from limpet.devcluster.process import ManagedProcess
 from tests.controller.harness import (
     LIMPET,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from limpet.devcluster.cluster import free_port
+from limpet.devcluster.ports import free_port
 from tests.controller.harness import StartOperator, eventually
 
 

@@ -46,7 +46,8 @@ def test_ca_is_a_self_signed_ca(pki: ClusterPKI) -> None:
 
 
 def test_leaf_certs_cannot_sign_certificates(pki: ClusterPKI) -> None:
-    for pair in (pki.serving, pki.admin):
+    components = (pki.controller_manager, pki.scheduler)
+    for pair in (pki.serving, pki.admin, *(p for c in components for p in (c.client, c.serving))):
         cert = pair.certificate
         assert cert.issuer == pki.ca.certificate.subject
         assert cert.not_valid_before_utc < cert.not_valid_after_utc
@@ -81,6 +82,33 @@ def test_admin_cert_is_in_system_masters(pki: ClusterPKI) -> None:
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
+@pytest.mark.parametrize(
+    ("component", "user"),
+    [
+        ("controller_manager", "system:kube-controller-manager"),
+        ("scheduler", "system:kube-scheduler"),
+    ],
+)
+def test_components_get_their_bootstrap_user_and_a_loopback_serving_cert(
+    pki: ClusterPKI, component: str, user: str
+) -> None:
+    creds = getattr(pki, component)
+    client = creds.client.certificate
+    client.verify_directly_issued_by(pki.ca.certificate)
+    # The bootstrap ClusterRoleBinding names the user; no group, least of all masters.
+    assert _names(client, NameOID.COMMON_NAME) == [user]
+    assert _names(client, NameOID.ORGANIZATION_NAME) == []
+    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    serving = creds.serving.certificate
+    serving.verify_directly_issued_by(pki.ca.certificate)
+    san = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    eku = serving.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
 def test_client_cert_carries_user_and_groups(pki: ClusterPKI) -> None:
     cert = pki.ca.issue_client(common_name="alice", groups=("dev", "ops")).certificate
     assert _names(cert, NameOID.COMMON_NAME) == ["alice"]
@@ -109,8 +137,12 @@ def test_service_account_keys_are_a_pair() -> None:
 
 def test_write_puts_private_keys_in_owner_only_files(pki: ClusterPKI, tmp_path: Path) -> None:
     paths = pki.write(tmp_path / "pki")
-    for key in (paths.ca_key, paths.serving_key, paths.sa_private_key, paths.admin_key):
+    components = (paths.controller_manager, paths.scheduler)
+    keys = [paths.ca_key, paths.serving_key, paths.sa_private_key, paths.admin_key]
+    keys += [k for c in components for k in (c.client_key, c.serving_key)]
+    for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    assert paths.scheduler.client_cert.read_bytes() == pki.scheduler.client.cert_pem
     assert paths.ca_cert.read_bytes() == pki.ca.cert_pem
     x509.load_pem_x509_certificate(paths.serving_cert.read_bytes())
 

@@ -24,6 +24,7 @@ from limpet.devcluster.client import (
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from tests.devcluster.polling import eventually
 
 pytestmark = pytest.mark.apiserver
 
@@ -126,15 +127,6 @@ def test_install_crds_applies_every_crd_of_a_folder_and_waits_until_served(
                 request(api, "DELETE", f"{CRDS}/{name}")
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def _status_of(call: Callable[[], object]) -> int:
     try:
         call()
@@ -182,7 +174,7 @@ def test_rbac_denies_a_plain_user_until_a_role_binding_allows_it(
             ),
         )
         # The authorizer reads RBAC objects from an informer: allow it a moment.
-        assert _eventually(lambda: _status_of(list_configmaps) == 200)
+        eventually(lambda: _status_of(list_configmaps) == 200, within=10, what="RBAC to apply")
         # Exactly what was granted: not secrets, and not configmaps elsewhere.
         assert _status_of(lambda: alice.list_namespaced_secret(namespace)) == 403
         assert _status_of(lambda: alice.list_namespaced_config_map("default")) == 403

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
+from limpet.devcluster.binaries import find_binary
 from limpet.devcluster.client import client_from_kubeconfig
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import (
@@ -76,6 +77,59 @@ def test_apiserver_that_exits_is_reported_with_its_log_tail(tmp_path: Path) -> N
     assert message.startswith("kube-apiserver exited with code")
     assert "unknown flag: --no-such-flag" in message
     assert list(tmp_path.iterdir()) == []  # the work dir went with it
+
+
+@pytest.mark.parametrize("component", ["kube-controller-manager", "kube-scheduler"])
+def test_a_component_that_exits_is_reported_with_its_log_tail(
+    tmp_path: Path, component: str
+) -> None:
+    bad = ("--no-such-flag=1",)
+    if component == "kube-scheduler":
+        settings = DevClusterSettings(work_root=tmp_path, extra_scheduler_args=bad)
+    else:
+        settings = DevClusterSettings(work_root=tmp_path, extra_controller_manager_args=bad)
+    with pytest.raises(ProcessExitedError) as info:
+        DevCluster(settings).start()
+    message = str(info.value)
+    assert message.startswith(f"{component} exited with code")
+    assert f"last lines of {component}.log" in message
+    assert "unknown flag: --no-such-flag" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_component_that_dies_later_is_reported_by_failure(tmp_path: Path) -> None:
+    with DevCluster(DevClusterSettings(work_root=tmp_path, controllers=())) as cluster:
+        [scheduler] = cluster.components
+        assert scheduler.process is not None
+        assert scheduler.process.pid is not None
+        assert cluster.failure() is None
+        os.kill(scheduler.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while cluster.failure() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failure = cluster.failure()
+        assert failure is not None
+        assert failure.startswith("kube-scheduler was killed by signal SIGKILL")
+        assert "last lines of kube-scheduler.log" in failure
+
+
+def test_controllers_are_optional_and_need_their_binaries_only_when_on(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("etcd", "kube-apiserver"):
+        (bin_dir / name).symlink_to(find_binary(name))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(BinaryNotFoundError, match="kube-controller-manager not found"):
+        DevCluster(DevClusterSettings(bin_dir=bin_dir, work_root=work)).start()
+    with pytest.raises(BinaryNotFoundError, match="kube-scheduler not found"):
+        DevCluster(DevClusterSettings(bin_dir=bin_dir, work_root=work, controllers=())).start()
+    assert list(work.iterdir()) == []
+    bare = DevClusterSettings(bin_dir=bin_dir, work_root=work, controllers=(), scheduler=False)
+    with DevCluster(bare) as cluster:
+        assert cluster.components == []
+        assert [r.name for r in cluster.readiness()] == ["kube-apiserver"]
+        assert cluster.get("/readyz") == (200, b"ok")
 
 
 def test_ready_timeout_names_what_it_waited_for(tmp_path: Path) -> None:
@@ -170,13 +224,17 @@ def test_command_becomes_ready_and_cleans_up_on_sigterm(
     proc, output, work_root = command
     output.wait_for("Stop with Ctrl-C", timeout=90)  # the last line of the usage text
     assert output.lines[0].startswith("limpet devcluster: ready in ")
+    components = [line.split()[0] for line in output.lines[1:4]]
+    assert components == ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    assert all(" ready at " in line and "https://127.0.0.1:" in line for line in output.lines[1:4])
+    assert "(12 controllers)" in output.lines[2]
     kubeconfig = tmp_path / "kubeconfig"
     assert f"export KUBECONFIG={kubeconfig}" in [line.strip() for line in output.lines]
     assert any("kubectl get namespaces" in line for line in output.lines)
 
     [work_dir] = list(work_root.iterdir())
     children = json.loads((work_dir / "owner.json").read_text())["children"]
-    assert len(children) == 2
+    assert len(children) == 4  # etcd, kube-apiserver, kube-controller-manager, kube-scheduler
     assert all(_pid_alive(pid) for pid in children)
     with client_from_kubeconfig(kubeconfig) as api:
         names = [

@@ -1,4 +1,5 @@
-"""Finding the control-plane binaries (etcd, kube-apiserver, kubectl).
+"""Finding the control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kubectl).
 
 Data flow: a name goes in, an executable path comes out, or a
 :class:`BinaryNotFoundError` that lists where we looked and how to build them.
@@ -20,6 +21,8 @@ from limpet.devcluster.errors import BinaryNotFoundError
 
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
+KUBE_CONTROLLER_MANAGER = "kube-controller-manager"
+KUBE_SCHEDULER = "kube-scheduler"
 KUBECTL = "kubectl"
 ENV_BIN_DIR = "LIMPET_BIN_DIR"
 
@@ -70,7 +73,7 @@ def find_binary(
         looked.append(f"{directory} ({why})")
     raise BinaryNotFoundError(
         f"{name} not found; looked in: {', '.join(looked)}. "
-        "Build the control plane with `make controlplane` (it writes etcd, kube-apiserver "
-        f"and kubectl to <repo>/.cache/bin), or point --bin-dir / ${ENV_BIN_DIR} at a folder "
-        "holding them."
+        "Build the control plane with `make controlplane` (it writes etcd, kube-apiserver, "
+        "kube-controller-manager, kube-scheduler and kubectl to <repo>/.cache/bin), or point "
+        f"--bin-dir / ${ENV_BIN_DIR} at a folder holding them."
     )

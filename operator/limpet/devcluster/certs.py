@@ -2,11 +2,15 @@
 
 Data flow: :meth:`ClusterPKI.generate` makes, in memory, a CA, the API server's
 serving certificate (SANs for loopback and the in-cluster ``kubernetes`` names),
-the service-account signing key pair and the admin client certificate
-(CN ``limpet-admin``, O ``system:masters``). :meth:`ClusterPKI.write` puts them
-as PEM files into the cluster's private work directory, where kube-apiserver
-and clients read them. :meth:`CertificateAuthority.issue_client` signs more
-client certificates later, e.g. for an unprivileged test user.
+the service-account signing key pair, the admin client certificate
+(CN ``limpet-admin``, O ``system:masters``) and, for kube-controller-manager and
+kube-scheduler each, a client certificate whose CN is the user that the API
+server's bootstrap RBAC binds (``system:kube-controller-manager``,
+``system:kube-scheduler``) and a serving certificate for its secure port on
+loopback. :meth:`ClusterPKI.write` puts them as PEM files into the cluster's
+private work directory, where the components and clients read them.
+:meth:`CertificateAuthority.issue_client` signs more client certificates later,
+e.g. for an unprivileged test user.
 
 All keys are ECDSA P-256: they take microseconds to generate (RSA takes tens of
 milliseconds each) and kube-apiserver, kubectl, Python's ssl and the service
@@ -30,6 +34,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ADMIN_USER = "limpet-admin"
 ADMIN_GROUP = "system:masters"
+# The users the API server's bootstrap ClusterRoleBindings of the same names grant
+# the controller manager's and the scheduler's permissions to.
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+SCHEDULER_USER = "system:kube-scheduler"
 
 # What clients may call the API server: loopback, and the names and Service IP
 # under which in-cluster clients know it.
@@ -219,6 +227,43 @@ class ServiceAccountKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class ComponentCredentials:
+    """What a control-plane component with a secure port gets: a client certificate for
+    its calls to the API server and a serving certificate for its own port."""
+
+    client: CertKeyPair
+    serving: CertKeyPair
+
+    @classmethod
+    def generate(cls, ca: CertificateAuthority, *, user: str) -> ComponentCredentials:
+        return cls(
+            client=ca.issue_client(common_name=user),
+            serving=ca.issue_server(
+                common_name=user, dns_names=("localhost",), ip_addresses=("127.0.0.1",)
+            ),
+        )
+
+    def write(self, directory: Path, name: str) -> ComponentPaths:
+        paths = ComponentPaths(
+            client_cert=directory / f"{name}-client.crt",
+            client_key=directory / f"{name}-client.key",
+            serving_cert=directory / f"{name}-serving.crt",
+            serving_key=directory / f"{name}-serving.key",
+        )
+        self.client.write(paths.client_cert, paths.client_key)
+        self.serving.write(paths.serving_cert, paths.serving_key)
+        return paths
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentPaths:
+    client_cert: Path
+    client_key: Path
+    serving_cert: Path
+    serving_key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class PKIPaths:
     """Where :meth:`ClusterPKI.write` put each file."""
 
@@ -230,6 +275,8 @@ class PKIPaths:
     sa_public_key: Path
     admin_cert: Path
     admin_key: Path
+    controller_manager: ComponentPaths
+    scheduler: ComponentPaths
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +287,8 @@ class ClusterPKI:
     serving: CertKeyPair
     service_account: ServiceAccountKeys
     admin: CertKeyPair
+    controller_manager: ComponentCredentials
+    scheduler: ComponentCredentials
 
     @classmethod
     def generate(cls, *, service_ip: str | None = None) -> ClusterPKI:
@@ -253,6 +302,8 @@ class ClusterPKI:
             serving=ca.issue_server(ip_addresses=ips),
             service_account=ServiceAccountKeys.generate(),
             admin=ca.issue_client(common_name=ADMIN_USER, groups=(ADMIN_GROUP,)),
+            controller_manager=ComponentCredentials.generate(ca, user=CONTROLLER_MANAGER_USER),
+            scheduler=ComponentCredentials.generate(ca, user=SCHEDULER_USER),
         )
 
     def write(self, directory: Path) -> PKIPaths:
@@ -266,6 +317,8 @@ class ClusterPKI:
             sa_public_key=directory / "sa.pub",
             admin_cert=directory / "admin.crt",
             admin_key=directory / "admin.key",
+            controller_manager=self.controller_manager.write(directory, "controller-manager"),
+            scheduler=self.scheduler.write(directory, "scheduler"),
         )
         CertKeyPair(self.ca.cert_pem, _key_pem(self.ca.key)).write(paths.ca_cert, paths.ca_key)
         self.serving.write(paths.serving_cert, paths.serving_key)

@@ -1,13 +1,16 @@
-"""A real etcd + kube-apiserver on loopback, envtest-style.
+"""A real control plane on loopback: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler.
 
 Data flow: :class:`DevClusterSettings` in. :meth:`DevCluster.start` finds the
 binaries, makes a private work directory (on tmpfs when there is one), writes a
 fresh PKI into it, starts etcd and kube-apiserver on free loopback ports, polls
-``/readyz`` with the admin certificate, and writes the admin kubeconfig.
-:meth:`DevCluster.stop` stops both processes (API server first) and removes the
-work directory. Start-up fails with a :class:`DevClusterError` that names the
-problem: a missing binary (and how to build it), a taken port, or a process
-that exited (with the tail of its log).
+``/readyz`` with the admin certificate, writes the admin kubeconfig, then starts
+kube-controller-manager and kube-scheduler (``components``) with their own
+certificates and kubeconfigs and polls each one's health endpoint until it reports
+every controller running. :meth:`DevCluster.stop` stops the processes (controllers,
+then the API server, then etcd) and removes the work directory. Start-up fails with
+a :class:`DevClusterError` that names the problem: a missing binary (and how to
+build it), a taken port, or a process that exited (with the tail of its log).
 
 Speed: etcd runs with ``--unsafe-no-fsync`` on tmpfs, both processes start at
 once (the API server retries etcd), and the API server skips work nobody here
@@ -27,14 +30,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import http.client
 import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import tempfile
 import threading
@@ -44,7 +45,22 @@ from pathlib import Path
 from types import TracebackType
 
 from limpet.devcluster import binaries
-from limpet.devcluster.certs import ADMIN_USER, CertKeyPair, ClusterPKI, PKIPaths
+from limpet.devcluster.certs import (
+    ADMIN_USER,
+    CONTROLLER_MANAGER_USER,
+    SCHEDULER_USER,
+    CertKeyPair,
+    ClusterPKI,
+    PKIPaths,
+)
+from limpet.devcluster.components import (
+    DEFAULT_CONTROLLERS,
+    Component,
+    ComponentFiles,
+    controller_manager,
+    scheduler,
+    scheduler_config,
+)
 from limpet.devcluster.errors import (
     DevClusterError,
     PortInUseError,
@@ -60,7 +76,8 @@ from limpet.devcluster.ownership import (
     wait_gone,
     write_record,
 )
-from limpet.devcluster.process import ManagedProcess
+from limpet.devcluster.ports import check_port_free, free_port, log_says_port_taken
+from limpet.devcluster.process import ManagedProcess, stop_together
 
 WORK_DIR_PREFIX = "limpet-devcluster-"
 OWNER_FILE = "owner.json"
@@ -72,7 +89,7 @@ _POLL_INTERVAL = 0.05
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DevClusterSettings:
     bin_dir: Path | None = None
-    """Folder with etcd and kube-apiserver; None searches as ``binaries`` says."""
+    """Folder with the control-plane binaries; None searches as ``binaries`` says."""
     apiserver_port: int = 0
     """Secure port of the API server on 127.0.0.1; 0 picks a free one."""
     etcd_port: int = 0
@@ -81,6 +98,12 @@ class DevClusterSettings:
     """Where the temporary work directory goes; None prefers /dev/shm."""
     service_cluster_ip_range: str = "10.96.0.0/12"
     extra_apiserver_args: tuple[str, ...] = ()
+    controllers: tuple[str, ...] = DEFAULT_CONTROLLERS
+    """kube-controller-manager's controllers, by canonical name; empty runs none."""
+    scheduler: bool = True
+    """Run kube-scheduler."""
+    extra_controller_manager_args: tuple[str, ...] = ()
+    extra_scheduler_args: tuple[str, ...] = ()
     ready_timeout: float = 60.0
     kubeconfig: Path | None = None
     """Also write the admin kubeconfig here (it is always in the work directory)."""
@@ -88,38 +111,22 @@ class DevClusterSettings:
     """Environment for binary look-up; None means os.environ."""
 
 
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    name: str
+    seconds: float
+    """From the start of :meth:`DevCluster.start`."""
+    url: str
+    """The health endpoint that said so."""
+    checks: tuple[str, ...] = ()
+    """The named checks it had to list as ok (one per controller)."""
+
+
 def default_work_root() -> Path:
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         return shm
     return Path(tempfile.gettempdir())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def check_port_free(port: int, what: str) -> None:
-    """Raise :class:`PortInUseError` if something already listens on 127.0.0.1:``port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Like the Go servers: a port held only by TIME_WAIT connections is free.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    f"port {port} on 127.0.0.1 (asked for the {what}) is already in use by "
-                    "another process; choose another port, or 0 to pick a free one"
-                ) from None
-            raise
-
-
-def _log_says_port_taken(text: str) -> bool:
-    return "address already in use" in text.lower()
 
 
 def sweep_stale_work_dirs(root: Path) -> list[Path]:
@@ -181,6 +188,9 @@ class DevCluster:
         self.etcd_port = 0
         self.version = ""
         self.ready_seconds = 0.0
+        self.apiserver_ready_seconds = 0.0
+        self.components: list[Component] = []
+        """kube-controller-manager and kube-scheduler, once started."""
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -223,6 +233,7 @@ class DevCluster:
         apiserver_bin = binaries.find_binary(
             binaries.KUBE_APISERVER, bin_dir=s.bin_dir, environ=s.environ
         )
+        component_bins = self._component_binaries()
         if s.apiserver_port:
             check_port_free(s.apiserver_port, "API server (--apiserver-port)")
         if s.etcd_port:
@@ -248,9 +259,12 @@ class DevCluster:
                     if attempt == _PORT_RETRIES or (s.apiserver_port and s.etcd_port):
                         raise
                     self._stop_processes()
+            self.apiserver_ready_seconds = time.monotonic() - started
             self._kubeconfig = self.write_user_kubeconfig(
                 self.work_dir / "kubeconfig", user=ADMIN_USER, client=self.pki.admin
             )
+            self._start_components(component_bins)
+            self._wait_components_ready(started, cancel)
             if s.kubeconfig is not None:
                 self._kubeconfig = self.write_user_kubeconfig(
                     s.kubeconfig, user=ADMIN_USER, client=self.pki.admin
@@ -269,13 +283,23 @@ class DevCluster:
 
     def failure(self) -> str | None:
         """If a control-plane process has exited on its own, why (with its log tail)."""
-        for proc in (self._apiserver, self._etcd):
-            if proc is not None and proc.poll() is not None:
+        for proc in self._processes():
+            if proc.poll() is not None:
                 return proc.describe_exit()
         return None
 
     def logs(self) -> dict[str, Path]:
-        return {p.name: p.log_path for p in (self._etcd, self._apiserver) if p is not None}
+        return {p.name: p.log_path for p in self._processes()}
+
+    def readiness(self) -> list[Readiness]:
+        """When each component became ready, and where it was probed."""
+        ready = [Readiness("kube-apiserver", self.apiserver_ready_seconds, f"{self.server}/readyz")]
+        ready += [
+            Readiness(c.name, c.ready_seconds, c.url, checks=c.required_checks)
+            for c in self.components
+            if c.ready_seconds is not None
+        ]
+        return ready
 
     def write_user_kubeconfig(
         self,
@@ -323,6 +347,102 @@ class DevCluster:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(paths.ca_cert))
         ctx.load_cert_chain(str(paths.admin_cert), str(paths.admin_key))
         return ctx
+
+    def _processes(self) -> list[ManagedProcess]:
+        """Every started process, those that depend on the others first."""
+        procs = [c.process for c in self.components if c.process is not None]
+        return procs + [p for p in (self._apiserver, self._etcd) if p is not None]
+
+    def _record_children(self) -> None:
+        assert self.work_dir is not None
+        pids = [p.pid for p in self._processes() if p.pid is not None]
+        write_record(self.work_dir / OWNER_FILE, current_owner(), children=pids)
+
+    def _component_binaries(self) -> dict[str, Path]:
+        s = self.settings
+        wanted = [binaries.KUBE_CONTROLLER_MANAGER] if s.controllers else []
+        wanted += [binaries.KUBE_SCHEDULER] if s.scheduler else []
+        return {
+            name: binaries.find_binary(name, bin_dir=s.bin_dir, environ=s.environ)
+            for name in wanted
+        }
+
+    def _start_components(self, bins: dict[str, Path]) -> None:
+        """Give each component its kubeconfig (its own client certificate) and start it."""
+        s = self.settings
+        assert self.work_dir is not None
+        assert self.pki is not None
+        assert self.pki_paths is not None
+        work = self.work_dir
+        if binaries.KUBE_CONTROLLER_MANAGER in bins:
+            files = ComponentFiles(
+                kubeconfig=self.write_user_kubeconfig(
+                    work / "controller-manager.kubeconfig",
+                    user=CONTROLLER_MANAGER_USER,
+                    client=self.pki.controller_manager.client,
+                ),
+                pki=self.pki_paths,
+                own=self.pki_paths.controller_manager,
+            )
+            self.components.append(
+                controller_manager(
+                    bins[binaries.KUBE_CONTROLLER_MANAGER],
+                    files,
+                    work_dir=work,
+                    controllers=s.controllers,
+                    extra=s.extra_controller_manager_args,
+                )
+            )
+        if binaries.KUBE_SCHEDULER in bins:
+            files = ComponentFiles(
+                kubeconfig=self.write_user_kubeconfig(
+                    work / "scheduler.kubeconfig",
+                    user=SCHEDULER_USER,
+                    client=self.pki.scheduler.client,
+                ),
+                pki=self.pki_paths,
+                own=self.pki_paths.scheduler,
+            )
+            config = work / "scheduler-config.json"
+            config.write_text(json.dumps(scheduler_config(files.kubeconfig), indent=2))
+            self.components.append(
+                scheduler(
+                    bins[binaries.KUBE_SCHEDULER],
+                    files,
+                    work_dir=work,
+                    config=config,
+                    extra=s.extra_scheduler_args,
+                )
+            )
+        for component in self.components:
+            component.start()
+        self._record_children()
+
+    def _wait_components_ready(self, started: float, cancel: threading.Event | None) -> None:
+        assert self._ssl is not None
+        deadline = started + self.settings.ready_timeout
+        pending = list(self.components)
+        while pending:
+            if cancel is not None and cancel.is_set():
+                raise StartCancelledError("start-up cancelled before the controllers were ready")
+            for proc in (self._apiserver, self._etcd):
+                if proc is not None and proc.poll() is not None:
+                    raise ProcessExitedError(proc.describe_exit())
+            for component in list(pending):
+                pid = component.process.pid if component.process is not None else None
+                if component.check(self._ssl):
+                    component.ready_seconds = time.monotonic() - started
+                    pending.remove(component)
+                elif component.process is not None and component.process.pid != pid:
+                    self._record_children()  # restarted on another port
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                states = "\n".join(c.describe() for c in pending)
+                raise ReadyTimeoutError(
+                    f"not ready within {self.settings.ready_timeout:.0f} s:\n{states}"
+                )
+            time.sleep(_POLL_INTERVAL)
 
     def _launch(self, etcd_bin: Path, apiserver_bin: Path) -> None:
         s = self.settings
@@ -387,11 +507,7 @@ class DevCluster:
         )
         self._etcd.start()
         self._apiserver.start()
-        write_record(
-            self.work_dir / OWNER_FILE,
-            current_owner(),
-            children=[self._etcd.pid, self._apiserver.pid],
-        )
+        self._record_children()
 
     def _wait_ready(self, started: float, cancel: threading.Event | None) -> None:
         assert self._etcd is not None
@@ -404,7 +520,7 @@ class DevCluster:
             for proc in (self._etcd, self._apiserver):
                 if proc.poll() is not None:
                     tail = proc.tail(60)
-                    if _log_says_port_taken(tail):
+                    if log_says_port_taken(tail):
                         raise PortInUseError(
                             f"{proc.name} could not bind its port (address already in use); "
                             f"last lines of its log:\n{tail}"
@@ -428,7 +544,10 @@ class DevCluster:
             time.sleep(_POLL_INTERVAL)
 
     def _stop_processes(self) -> None:
-        # API server first: it would otherwise spend its shutdown retrying a dead etcd.
+        # Controllers first, so that none acts on a half-stopped cluster; then the API
+        # server: it would otherwise spend its shutdown retrying a dead etcd.
+        stop_together([c.process for c in self.components if c.process is not None], timeout=5.0)
+        self.components = []
         for proc in (self._apiserver, self._etcd):
             if proc is not None:
                 proc.stop(timeout=5.0)

@@ -1,12 +1,13 @@
 """``limpet devcluster``: run a local control plane in the foreground.
 
 Data flow: arguments -> :class:`DevClusterSettings` -> :class:`DevCluster`.
-Once ``/readyz`` answers, it prints how to use the cluster (the kubeconfig to
-export, the kubectl to call) and waits. SIGINT or SIGTERM, at any point,
-including during start-up, stops kube-apiserver and etcd and removes the
-temporary work directory; the written kubeconfig stays (it is the user's path).
-If a control-plane process dies on its own, the command says so, with the tail
-of that process's log, and exits 1.
+Once every component is ready (kube-apiserver's ``/readyz``, every controller in
+kube-controller-manager's ``/healthz``, kube-scheduler's ``/readyz``), it prints
+when each became ready and how to use the cluster (the kubeconfig to export, the
+kubectl to call) and waits. SIGINT or SIGTERM, at any point, including during
+start-up, stops the control plane and removes the temporary work directory; the
+written kubeconfig stays (it is the user's path). If a control-plane process dies
+on its own, the command says so, with the tail of that process's log, and exits 1.
 
 Concurrency: single-threaded. Signal handlers only set an Event that the main
 thread polls, so no clean-up ever runs inside a signal handler.
@@ -24,6 +25,7 @@ from types import FrameType
 from limpet.devcluster import binaries
 from limpet.devcluster.client import admin_client
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
+from limpet.devcluster.components import CONTROLLER_MANAGER
 from limpet.devcluster.errors import BinaryNotFoundError, DevClusterError, StartCancelledError
 from limpet.devcluster.netns import netns_unavailable_reason
 from limpet.devcluster.podrunner.process import PodRunnerOptions, PodRunnerProcess
@@ -45,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help=(
-            "folder with etcd, kube-apiserver and kubectl (default: $LIMPET_BIN_DIR, "
-            "else <repo>/.cache/bin, else PATH)"
+            "folder with etcd, kube-apiserver, kube-controller-manager, kube-scheduler and "
+            "kubectl (default: $LIMPET_BIN_DIR, else <repo>/.cache/bin, else PATH)"
         ),
     )
     parser.add_argument(
@@ -85,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="give up if /readyz does not answer 200 within this time (default: 60)",
+        help="give up if the control plane is not ready within this time (default: 60)",
     )
 
 
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             if failure is not None:
                 _err(f"the control plane stopped on its own: {failure}")
                 return 1
-        _say(f"limpet devcluster: {received[-1]}: stopping kube-apiserver and etcd")
+        _say(f"limpet devcluster: {received[-1]}: stopping the control plane")
         return 0
     finally:
         if runner is not None:
@@ -168,12 +170,17 @@ def _print_usage(
         kubectl = str(binaries.find_binary(binaries.KUBECTL, bin_dir=settings.bin_dir))
     except BinaryNotFoundError:
         kubectl = "kubectl  # (not found: build it with `make controlplane`)"
+    components = [
+        f"  {r.name:<24} ready at {r.seconds:4.1f} s  {r.url}"
+        + (f"  ({len(r.checks)} controllers)" if r.name == CONTROLLER_MANAGER else "")
+        for r in cluster.readiness()
+    ]
     _say(
         "\n".join(
             [
                 f"limpet devcluster: ready in {cluster.ready_seconds:.1f} s "
                 f"(Kubernetes {cluster.version})",
-                f"  API server: {cluster.server}",
+                *components,
                 f"  kubeconfig: {cluster.kubeconfig}  (user limpet-admin, group system:masters)",
                 f"  work dir:   {cluster.work_dir}  (removed on exit)",
                 *(

@@ -20,9 +20,9 @@ import ipaddress
 from collections.abc import Sequence
 
 from limpet.devcluster import hostnet
-from limpet.devcluster.cluster import free_port
 from limpet.devcluster.errors import FakePodError
 from limpet.devcluster.podslot import Endpoint, Mode, PodSlot
+from limpet.devcluster.ports import free_port
 
 PLACEHOLDER_NETWORKS = (
     ipaddress.IPv4Network("203.0.113.0/24"),  # TEST-NET-3

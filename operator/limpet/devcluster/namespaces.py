@@ -1,14 +1,15 @@
 """Test namespaces: create a fresh one, and really get rid of it afterwards.
 
 Data flow: :func:`create_namespace` makes ``<prefix>-<random>`` and returns its
-name. :func:`purge_namespace` deletes it *completely*. A dev cluster runs no
-kube-controller-manager, so a deleted namespace would otherwise stay
-``Terminating`` forever with all its objects, and cluster-wide watchers (the
-operator under test) would keep seeing them. Purging therefore does the
-namespace controller's job: delete the namespace (no new objects can be made
-in it from then on), find every namespaced resource type through aggregated
-discovery, delete every object of them (dropping finalizers, whose owners may
-be gone), then finalize the namespace.
+name. :func:`purge_namespace` deletes it *completely, now*. The dev cluster's
+namespace controller would finalize a deleted namespace too, but only after
+seconds (it rediscovers every resource type and backs off while objects remain),
+and until then cluster-wide watchers (the operator under test) keep seeing its
+objects. Purging therefore does the namespace controller's job at once: delete
+the namespace (no new objects can be made in it from then on), find every
+namespaced resource type through aggregated discovery, delete every object of
+them (dropping finalizers, whose owners may be gone), then finalize the
+namespace. Whatever the controller did meanwhile is a 404 here, and ignored.
 
 Synchronous, a few dozen requests; safe to run from several threads on
 different namespaces.

@@ -79,6 +79,12 @@ class ManagedProcess:
             how = f"was killed by signal {signal.Signals(-code).name}"
         return f"{self.name} {how}; last lines of {self.log_path.name}:\n{self.tail(lines)}"
 
+    def terminate(self) -> None:
+        """SIGTERM the process group and return at once (``stop`` then waits)."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL after ``timeout``; idempotent."""
         proc = self._proc
@@ -96,3 +102,12 @@ class ManagedProcess:
         # Children that outlived the leader (none expected) go with the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop_together(processes: Sequence[ManagedProcess], *, timeout: float = 10.0) -> None:
+    """Stop several processes whose shutdowns do not depend on each other, in parallel:
+    SIGTERM them all, then wait for each (SIGKILL after ``timeout``)."""
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.stop(timeout=timeout)
