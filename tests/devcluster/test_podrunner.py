@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import http.client
 import itertools
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -385,3 +387,75 @@ def test_restart_policy_never_ends_succeeded_or_failed(
         term = container_status(pod, "main")["state"]["terminated"]
         assert term["exitCode"] == code
         assert container_status(pod, "main")["restartCount"] == 0
+
+
+def _container_pid(marker: str) -> int:
+    """The PID of the one process whose command line holds ``marker`` (unique per test)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in argv:
+                found.append(int(proc.name))
+    assert len(found) == 1, f"processes holding {marker!r}: {found}"
+    return found[0]
+
+
+def test_a_container_killed_with_sigkill_is_restarted_and_reported(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    marker = f"{time.time_ns() % 10**9}"
+    create_pod(
+        api,
+        namespace,
+        "victim",
+        [{"name": "main", "image": "busybox", "command": ["sleep", f"{marker}"]}],
+        node=_node(pod_runner),
+    )
+    wait_pod(api, namespace, "victim", "Ready", is_ready)
+    pid = _container_pid(marker)
+    os.kill(pid, signal.SIGKILL)
+    pod = wait_pod(
+        api,
+        namespace,
+        "victim",
+        "restarted",
+        lambda p: (
+            container_status(p, "main").get("restartCount") == 1
+            and "running" in container_status(p, "main")["state"]
+        ),
+    )
+    last = container_status(pod, "main")["lastState"]["terminated"]
+    assert last["exitCode"] == 137
+    assert last["signal"] == 9
+    assert last["reason"] == "Error"
+    assert _container_pid(marker) != pid
+
+
+def test_an_http_pre_stop_hook_reaches_the_app_before_sigterm(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    app = {
+        **COUNTER,
+        "args": ["--port=8080", "--verbose"],
+        "lifecycle": {"preStop": {"httpGet": {"path": "/pre-stop-hook", "port": "http"}}},
+    }
+    pod = create_pod(
+        api,
+        namespace,
+        "hooked",
+        [app],
+        node=_node(pod_runner),
+        securityContext={"runAsUser": 65532},
+        terminationGracePeriodSeconds=5,
+    )
+    wait_pod(api, namespace, "hooked", "Ready", is_ready)
+    _, gone_after = delete_and_watch(api, namespace, "hooked")
+    assert gone_after is not None
+    assert gone_after < 5.0  # the app exits on SIGTERM: no need to wait out the grace
+    log_dir = pod_runner.work_dir / "pods" / "logs" / f"{namespace}_hooked_{pod['metadata']['uid']}"
+    log = (log_dir / "counter.log").read_text()
+    assert "GET /pre-stop-hook" in log
