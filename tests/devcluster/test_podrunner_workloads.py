@@ -8,14 +8,12 @@ or an EndpointSlice.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from limpet.devcluster.binaries import KUBECTL, find_binary
 from limpet.devcluster.client import request
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.podrunner.process import PodRunnerProcess
@@ -24,31 +22,13 @@ from tests.e2e.managed import (
     Client,
     app_manifests,
     apply,
+    kubectl,
     pods,
     wait_for,
     wait_ready_pods,
 )
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
-    done = subprocess.run(
-        [
-            str(find_binary(KUBECTL)),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "-n",
-            namespace,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 def slice_endpoints(api: k8s.ApiClient, namespace: str, service: str) -> dict[str, dict[str, Any]]:

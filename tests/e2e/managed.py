@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
+from limpet.devcluster.binaries import KUBECTL, find_binary
 from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.cluster import DevCluster
 from tests.controller.harness import FAST, OperatorIdentity, OperatorProcess
 
 T = TypeVar("T")
@@ -51,7 +54,11 @@ def get(api: k8s.ApiClient, path: str) -> dict[str, Any] | None:
         raise
 
 
-def app_manifests(namespace: str, *, replicas: int = 3, name: str = "shop") -> list[dict[str, Any]]:
+def app_manifests(
+    namespace: str, *, replicas: int = 3, name: str = "shop", pre_stop: int = 0, grace: int = 5
+) -> list[dict[str, Any]]:
+    """The counter app's Deployment and Service; ``pre_stop`` seconds of preStop sleep keep
+    a terminating pod serving (as examples/app does), so Limpet can drain it."""
     labels = {"app.kubernetes.io/name": name}
     deployment = {
         "apiVersion": "apps/v1",
@@ -66,7 +73,7 @@ def app_manifests(namespace: str, *, replicas: int = 3, name: str = "shop") -> l
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 5,
+                    "terminationGracePeriodSeconds": grace,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
                     "containers": [
                         {
@@ -90,6 +97,11 @@ def app_manifests(namespace: str, *, replicas: int = 3, name: str = "shop") -> l
                                 "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
+                            **(
+                                {"lifecycle": {"preStop": {"sleep": {"seconds": pre_stop}}}}
+                                if pre_stop
+                                else {}
+                            ),
                         }
                     ],
                 },
@@ -183,9 +195,16 @@ def condition(status: Mapping[str, Any], kind: str) -> str | None:
 
 @dataclass
 class Client:
-    """One user: keeps its cookies (Limpet's and the app's) and reports which pod answered."""
+    """One user: keeps its cookies (Limpet's and the app's) and reports which pod answered.
+
+    With ``session``, it names its session and its completed requests to the counter app
+    (``X-Demo-Session``, ``X-Demo-Count``), which then judges each answer: ``continued``,
+    ``reloaded`` (moved, and Limpet announced it) or ``broken`` (moved unannounced).
+    """
 
     cookies: dict[str, str] = field(default_factory=dict)
+    session: str = ""
+    count: int = 0
 
     def get(self, ip: str, port: int = 8080, path: str = "/") -> tuple[int, dict[str, Any]]:
         conn = http.client.HTTPConnection(ip, port, timeout=5)
@@ -193,15 +212,44 @@ class Client:
             headers = {"Accept": "application/json"}
             if self.cookies:
                 headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            if self.session:
+                headers["X-Demo-Session"] = self.session
+                headers["X-Demo-Count"] = str(self.count)
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             for value in resp.headers.get_all("Set-Cookie") or []:
                 name, _, rest = value.split(";", 1)[0].partition("=")
                 self.cookies[name.strip()] = rest
-            return resp.status, json.loads(body) if body.startswith(b"{") else {}
+            answer = json.loads(body) if body.startswith(b"{") else {}
+            if resp.status == 200:
+                self.count += 1
+            return resp.status, answer
         finally:
             conn.close()
+
+
+def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
+    done = subprocess.run(
+        [
+            str(find_binary(KUBECTL)),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-n",
+            namespace,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def proxy_labels(sticky: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": sticky}
 
 
 def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> OperatorProcess:

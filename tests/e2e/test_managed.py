@@ -31,6 +31,7 @@ from tests.e2e.managed import (
     condition,
     get,
     pods,
+    proxy_labels,
     ready_pods,
     start_operator,
     sticky_manifest,
@@ -61,10 +62,6 @@ def operator(
     finally:
         proc.stop()
         print(f"---- operator log (last lines) ----\n{proc.tail(60)}")
-
-
-def proxy_labels(sticky: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": sticky}
 
 
 def open_shop(
