@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from limpet.devcluster.podrunner import probes
 from limpet.devcluster.podrunner.spec import ConfigError, ContainerPlan, Probe
 from limpet.devcluster.podrunner.status import ContainerView, State, now_rfc3339
 
+log = logging.getLogger("limpet.podrunner")
 LAUNCHER = "limpet.devcluster.podrunner.launcher"
 MIN_KILL_GRACE = 2.0
 """As a kubelet: a process gets at least this long after SIGTERM, even past the grace."""
@@ -126,6 +128,7 @@ class Container:
 
     def _event(self, what: str) -> None:
         self.events.append((time.monotonic(), what))
+        log.info("pod %s, container %s: %s", self.ctx.pod_name, self.name, what)
 
     # -- the supervision loop -------------------------------------------------------------------
 
