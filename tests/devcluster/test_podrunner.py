@@ -10,7 +10,9 @@ pod IP that the runner reported.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
+import ipaddress
 import itertools
 import os
 import signal
@@ -22,7 +24,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from limpet.devcluster.client import request
-from limpet.devcluster.podrunner.process import PodRunnerProcess
+from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.podrunner.process import PodRunnerOptions, PodRunnerProcess
 from tests.devcluster.podrunner_helpers import (
     condition,
     container_status,
@@ -116,7 +119,6 @@ def test_a_bound_pod_runs_becomes_ready_and_serves_on_its_ip(
     assert condition(pod, "ContainersReady") == "True"
     assert condition(pod, "Initialized") == "True"
     node = request(api, "GET", f"/api/v1/nodes/{_node(pod_runner)}")
-    import ipaddress
 
     assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network(node["spec"]["podCIDR"])
     assert status["podIPs"] == [{"ip": status["podIP"]}]
@@ -459,3 +461,42 @@ def test_an_http_pre_stop_hook_reaches_the_app_before_sigterm(
     log_dir = pod_runner.work_dir / "pods" / "logs" / f"{namespace}_hooked_{pod['metadata']['uid']}"
     log = (log_dir / "counter.log").read_text()
     assert "GET /pre-stop-hook" in log
+
+
+def test_one_runner_can_register_several_nodes_each_with_its_share_of_the_pod_subnet(
+    api: k8s.ApiClient,
+    devcluster: DevCluster,
+    namespace: str,
+    pod_runner: PodRunnerProcess,
+    tmp_path: Path,
+) -> None:
+    extra = PodRunnerProcess(
+        devcluster, tmp_path / "extra", PodRunnerOptions(nodes=2, node_prefix="extra-node")
+    )
+    extra.start(api)
+    try:
+        assert extra.nodes == ["extra-node-0", "extra-node-1"]
+        cidrs = [
+            ipaddress.ip_network(request(api, "GET", f"/api/v1/nodes/{n}")["spec"]["podCIDR"])
+            for n in extra.nodes
+        ]
+        assert cidrs[0].prefixlen == cidrs[1].prefixlen == 25
+        assert not cidrs[0].overlaps(cidrs[1])
+        create_pod(
+            api,
+            namespace,
+            "second",
+            [COUNTER],
+            node="extra-node-1",
+            securityContext={"runAsUser": 65532},
+        )
+        pod = wait_pod(api, namespace, "second", "Ready", is_ready)
+        ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(ip) in cidrs[1]
+        assert _http_get(ip, 8080)[0] == 200
+    finally:
+        extra.stop()
+        # The scheduler must not pick these Nodes for later tests' pods.
+        for n in ["extra-node-0", "extra-node-1"]:
+            with contextlib.suppress(k8s.ApiException):
+                request(api, "DELETE", f"/api/v1/nodes/{n}")
