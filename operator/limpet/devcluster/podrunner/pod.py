@@ -24,13 +24,14 @@ import base64
 import contextlib
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 
+from limpet.devcluster.errors import DevClusterError
 from limpet.devcluster.podrunner.container import (
     MIN_KILL_GRACE,
     Backoff,
@@ -46,7 +47,7 @@ from limpet.devcluster.podrunner.spec import (
     container_plan,
     referenced_objects,
 )
-from limpet.devcluster.podrunner.status import ContainerView, now_rfc3339, pod_status
+from limpet.devcluster.podrunner.status import ContainerView, State, now_rfc3339, pod_status
 from limpet.devcluster.podrunner.volumes import materialize, token_request
 from limpet.devcluster.podslot import PodSlot
 
@@ -226,7 +227,8 @@ class PodWorker:
                 return True
             except ConfigError as e:
                 self._waiting(e.reason, e.message)
-            except (ApiError, aiohttp.ClientError, OSError) as e:
+            except (ApiError, aiohttp.ClientError, OSError, DevClusterError) as e:
+                # A full pod subnet, an API hiccup: shown, and retried.
                 self._waiting("ContainerCreating", f"{type(e).__name__}: {e}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._terminate.wait(), delay)
@@ -234,8 +236,6 @@ class PodWorker:
         return False
 
     def _waiting(self, reason: str, message: str) -> None:
-        from limpet.devcluster.podrunner.status import State
-
         for c in [*self.init_containers, *self.containers]:
             c.view = ContainerView(
                 name=c.name,
@@ -393,6 +393,3 @@ class PodWorker:
             return
         self._written = comparable
         self.pod = {**self.pod, "status": answer.get("status", status)}
-
-
-Spawn = Callable[[PodWorker], Awaitable[None]]

@@ -33,7 +33,7 @@ from limpet.devcluster.netns import NetnsPodNetwork
 from limpet.devcluster.podrunner import node as nodes
 from limpet.devcluster.podrunner.container import MIN_KILL_GRACE, Backoff
 from limpet.devcluster.podrunner.images import ImageTable, default_table
-from limpet.devcluster.podrunner.kubeapi import JsonObj, KubeApi
+from limpet.devcluster.podrunner.kubeapi import ApiError, JsonObj, KubeApi
 from limpet.devcluster.podrunner.pod import PodEnv, PodWorker, pod_path
 from limpet.devcluster.podslot import PodSlot
 
@@ -175,6 +175,16 @@ class PodRunner:
                 await self._handle(node, obj)
 
     async def _handle(self, node: str, pod: JsonObj) -> None:
+        # One pod's trouble (an API error while completing its deletion) must not end the
+        # node's watch.
+        try:
+            await self._dispatch(node, pod)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+            log.warning(
+                "pod %s/%s: %s", pod["metadata"].get("namespace"), pod["metadata"]["name"], e
+            )
+
+    async def _dispatch(self, node: str, pod: JsonObj) -> None:
         uid = pod["metadata"]["uid"]
         worker = self.workers.get(uid)
         if worker is not None:
