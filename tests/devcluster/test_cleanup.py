@@ -152,6 +152,7 @@ def test_a_killed_dev_cluster_is_swept_with_its_processes(spawn: Spawn, tmp_path
     proc.wait(timeout=30)
     children = report["children"]
     assert isinstance(children, list)
+    assert len(children) == 4  # etcd, kube-apiserver, kube-controller-manager, kube-scheduler
     work_dir = Path(str(report["work_dir"]))
     assert work_dir.exists()
     assert all(_alive(p) for p in children)  # orphaned, still running

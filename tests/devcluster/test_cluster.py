@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -248,3 +249,73 @@ def test_build_kubeconfig_takes_one_credential(devcluster: DevCluster) -> None:
             client=devcluster.pki.admin,
             token="t",
         )
+
+
+def test_a_node_identity_may_register_itself_but_touch_no_other_node(
+    devcluster: DevCluster, api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    """Node authorizer plus NodeRestriction, as in kubeadm: what a node agent may do."""
+    name = f"limpet-t-{secrets.token_hex(4)}"
+    other = f"{name}-other"
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+    strategic = "application/strategic-merge-patch+json"
+    kubeconfig = devcluster.write_user_kubeconfig(
+        tmp_path / "node", user=f"system:node:{name}", groups=("system:nodes",)
+    )
+    # Unschedulable, so that no pending pod of the session is bound to these nodes.
+    request(
+        api,
+        "POST",
+        "/api/v1/nodes",
+        body={"metadata": {"name": other}, "spec": {"unschedulable": True}},
+    )
+    try:
+        with client_from_kubeconfig(kubeconfig) as node_api:
+            request(
+                node_api,
+                "POST",
+                "/api/v1/nodes",
+                body={"metadata": {"name": name}, "spec": {"unschedulable": True}},
+            )
+            ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+            request(
+                node_api,
+                "PATCH",
+                f"/api/v1/nodes/{name}/status",
+                body=ready,
+                content_type=strategic,
+            )
+            lease = {
+                "metadata": {"name": name},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40},
+            }
+            request(node_api, "POST", leases, body=lease)
+
+            def patch_other() -> object:
+                return request(
+                    node_api,
+                    "PATCH",
+                    f"/api/v1/nodes/{other}/status",
+                    body=ready,
+                    content_type=strategic,
+                )
+
+            def other_lease() -> object:
+                return request(
+                    node_api, "POST", leases, body={**lease, "metadata": {"name": other}}
+                )
+
+            def secrets_list() -> object:
+                return request(node_api, "GET", "/api/v1/namespaces/default/secrets")
+
+            assert _status_of(patch_other) == 403
+            assert _status_of(other_lease) == 403
+            assert _status_of(secrets_list) == 403
+        node = request(api, "GET", f"/api/v1/nodes/{name}")
+        assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == [
+            "True"
+        ]
+    finally:
+        for path in (f"/api/v1/nodes/{name}", f"/api/v1/nodes/{other}", f"{leases}/{name}"):
+            with contextlib.suppress(k8s.ApiException):
+                request(api, "DELETE", path)

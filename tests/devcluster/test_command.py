@@ -113,6 +113,24 @@ def test_a_component_that_dies_later_is_reported_by_failure(tmp_path: Path) -> N
         assert "last lines of kube-scheduler.log" in failure
 
 
+def test_a_controller_that_never_starts_times_out_naming_it(tmp_path: Path) -> None:
+    # Without --allocate-node-cidrs, kube-controller-manager skips node IPAM: its check
+    # never appears, and the time-out must say which one is missing.
+    settings = DevClusterSettings(
+        work_root=tmp_path,
+        controllers=("deployment-controller", "node-ipam-controller"),
+        scheduler=False,
+        ready_timeout=20,
+    )
+    with pytest.raises(ReadyTimeoutError) as info:
+        DevCluster(settings).start()
+    message = str(info.value)
+    assert "kube-controller-manager: still missing: node-ipam-controller;" in message
+    assert "[+]deployment-controller ok" in message
+    assert "last lines of kube-controller-manager.log" in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_controllers_are_optional_and_need_their_binaries_only_when_on(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -486,16 +486,21 @@ class DevCluster:
                 f"--tls-cert-file={p.serving_cert}",
                 f"--tls-private-key-file={p.serving_key}",
                 f"--client-ca-file={p.ca_cert}",
-                "--authorization-mode=RBAC",
+                # As kubeadm: the Node authorizer grants a node agent (user
+                # system:node:<name>, group system:nodes) what a kubelet needs, scoped to
+                # its own pods and what they reference; NodeRestriction (below) keeps it
+                # off every other Node and its Lease.
+                "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={p.sa_public_key}",
                 f"--service-account-signing-key-file={p.sa_private_key}",
                 f"--service-cluster-ip-range={s.service_cluster_ip_range}",
                 "--allow-privileged=true",
-                # As on OpenShift: setting ownerReferences needs delete on the child, and
-                # blockOwnerDeletion needs update on the owner's finalizers, so a test
-                # catches an operator that asks for more than deploy/'s RBAC grants.
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                # OwnerReferencesPermissionEnforcement, as on OpenShift: setting
+                # ownerReferences needs delete on the child, and blockOwnerDeletion needs
+                # update on the owner's finalizers, so a test catches an operator that
+                # asks for more than deploy/'s RBAC grants.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 # Work a one-node, no-kubelet test cluster never needs:
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",

@@ -147,6 +147,8 @@ class Component:
         self.ready_seconds: float | None = None
         """Seconds from the cluster's start to this component's readiness."""
         self.last_answer = "no answer yet"
+        self.missing: tuple[str, ...] = self.required_checks
+        """Required checks its last answer did not list as ok."""
         self._argv = argv
         self._work_dir = work_dir
         self._tries = 0
@@ -159,6 +161,8 @@ class Component:
     def start(self) -> None:
         self._tries += 1
         self.port = free_port()
+        # A restart's log starts afresh: the old one only says the port was taken.
+        (self._work_dir / f"{self.name}.log").unlink(missing_ok=True)
         self.process = ManagedProcess(
             self.name,
             self._argv(self.port),
@@ -181,8 +185,10 @@ class Component:
             raise ProcessExitedError(proc.describe_exit())
         status, body = self._get(context)
         text = body.decode(errors="replace")
+        lines = text.splitlines()
+        self.missing = tuple(c for c in self.required_checks if f"[+]{c} ok" not in lines)
         self.last_answer = f"{self.probe_path} answered {status}: {text[-600:]}"
-        return status == 200 and all(f"[+]{c} ok" in text for c in self.required_checks)
+        return status == 200 and not self.missing
 
     def _get(self, context: ssl.SSLContext) -> tuple[int, bytes]:
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=2.0)
@@ -198,7 +204,8 @@ class Component:
     def describe(self) -> str:
         """For a start-up timeout: what it last answered, and its log tail."""
         tail = self.process.tail(30) if self.process is not None else "(not started)"
-        return f"{self.name}: {self.last_answer}; last lines of {self.name}.log:\n{tail}"
+        missing = f"still missing: {', '.join(self.missing)}; " if self.missing else ""
+        return f"{self.name}: {missing}{self.last_answer}; last lines of {self.name}.log:\n{tail}"
 
 
 def controller_manager(

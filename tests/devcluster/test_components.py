@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import secrets
+import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from limpet.devcluster import components
+from limpet.devcluster.binaries import KUBE_SCHEDULER, find_binary
 from limpet.devcluster.client import client_from_kubeconfig, request, service_account_token
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.components import (
@@ -29,8 +32,11 @@ from limpet.devcluster.components import (
     DEFAULT_CONTROLLERS,
     SCHEDULER,
     Component,
+    ComponentFiles,
+    scheduler,
 )
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
+from limpet.devcluster.ports import free_port
 from tests.devcluster.polling import eventually
 
 pytestmark = pytest.mark.apiserver
@@ -592,3 +598,35 @@ def test_node_lifecycle_taints_nodes_by_condition(api: k8s.ApiClient, node: str)
     )
     not_ready = ("node.kubernetes.io/not-ready", "NoSchedule")
     eventually(lambda: not_ready in taints(), what="the not-ready taint")
+
+
+def test_a_component_whose_port_was_taken_starts_again_on_another(
+    devcluster: DevCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone grabs the port we picked before the component binds it.
+    with socket.create_server(("127.0.0.1", 0)) as thief:
+        taken = thief.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(components, "free_port", lambda: next(picks, None) or free_port())
+        assert devcluster.work_dir is not None
+        paths = devcluster.paths
+        extra = scheduler(
+            find_binary(KUBE_SCHEDULER),
+            ComponentFiles(
+                kubeconfig=devcluster.work_dir / "scheduler.kubeconfig",
+                pki=paths,
+                own=paths.scheduler,
+            ),
+            work_dir=tmp_path,
+            config=devcluster.work_dir / "scheduler-config.json",
+        )
+        extra.start()
+        assert extra.port == taken
+        try:
+            ctx = _context(devcluster, cert=(paths.admin_cert, paths.admin_key))
+            eventually(lambda: extra.check(ctx), what="the restarted scheduler")
+            assert extra.port != taken
+            assert "address already in use" not in (tmp_path / "kube-scheduler.log").read_text()
+        finally:
+            assert extra.process is not None
+            extra.process.stop()
