@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
         DevCluster() as c,
         admin_client(c) as api,
     ):
-        runner = PodRunnerProcess(c, Path(tmp) / "runner").start(api)
+        runner = PodRunnerProcess(c, Path(tmp) / "runner").start()
         try:
             assert runner.proc is not None
             assert runner.proc.pid is not None

@@ -128,14 +128,14 @@ def fake_pods(
 
 @pytest.fixture(scope="session")
 def pod_runner(
-    devcluster: DevCluster, admin_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PodRunnerProcess]:
     # A short back-off so restart tests take seconds; the doubling is what they check.
     runner = PodRunnerProcess(
         devcluster, tmp_path_factory.mktemp("podrunner"), PodRunnerOptions(backoff=1.0)
     )
     try:
-        runner.start(admin_api)
+        runner.start()
     except DevClusterError as e:
         pytest.fail(f"the pod runner did not start: {e}", pytrace=False)
     try:

@@ -473,7 +473,7 @@ def test_one_runner_can_register_several_nodes_each_with_its_share_of_the_pod_su
     extra = PodRunnerProcess(
         devcluster, tmp_path / "extra", PodRunnerOptions(nodes=2, node_prefix="extra-node")
     )
-    extra.start(api)
+    extra.start()
     try:
         assert extra.nodes == ["extra-node-0", "extra-node-1"]
         cidrs = [

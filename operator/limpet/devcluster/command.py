@@ -23,7 +23,6 @@ from pathlib import Path
 from types import FrameType
 
 from limpet.devcluster import binaries
-from limpet.devcluster.client import admin_client
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.components import CONTROLLER_MANAGER
 from limpet.devcluster.errors import BinaryNotFoundError, DevClusterError, StartCancelledError
@@ -158,9 +157,7 @@ def _start_pod_runner(cluster: DevCluster, nodes: int) -> PodRunnerProcess | Non
     runner = PodRunnerProcess(
         cluster, cluster.work_dir / "podrunner", PodRunnerOptions(nodes=nodes)
     )
-    with admin_client(cluster) as api:
-        runner.start(api)
-    return runner
+    return runner.start()
 
 
 def _print_usage(

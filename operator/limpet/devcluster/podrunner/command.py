@@ -26,7 +26,13 @@ from limpet.devcluster.podrunner.runner import PodRunner, RunnerSettings
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m limpet.devcluster.podrunner")
-    p.add_argument("--kubeconfig", type=Path, required=True, help="the node identity's kubeconfig")
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        action="append",
+        required=True,
+        help="a Node's identity (system:node:<name>); once per Node, in order, or once for all",
+    )
     p.add_argument(
         "--work-dir", type=Path, required=True, help="volumes, specs and logs of the pods"
     )
@@ -57,7 +63,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     runner = PodRunner(
         RunnerSettings(
-            kubeconfig=args.kubeconfig,
+            kubeconfigs=tuple(args.kubeconfig),
             work_dir=args.work_dir,
             nodes=args.nodes,
             node_prefix=args.node_prefix,

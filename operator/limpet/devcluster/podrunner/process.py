@@ -1,9 +1,10 @@
 """The pod runner as a child process of a dev cluster (tests, ``limpet devcluster``, demo).
 
-Data flow: :meth:`PodRunnerProcess.start` grants the node identity its RBAC (the
-built-in ClusterRole ``system:node`` bound to the group ``system:nodes``, as clusters
-did before the Node authorizer), issues it a client certificate from the cluster CA
-(user ``system:node:<first node>``), starts ``python -m limpet.devcluster.podrunner``
+Data flow: :meth:`PodRunnerProcess.start` issues each Node an identity, a client
+certificate from the cluster CA for user ``system:node:<node>`` in group
+``system:nodes``: the dev cluster's Node authorizer and NodeRestriction give it exactly
+a kubelet's rights (its own Node and Lease, the Pods bound to it and what they mount),
+and no RBAC binding is needed. It then starts ``python -m limpet.devcluster.podrunner``
 with its output in ``podrunner.log`` and waits for its "ready" lines (the Nodes are
 registered and Ready). A runner that exits during start-up is reported with its log
 tail. :meth:`stop` sends SIGTERM (the runner stops its pods and deletes its network
@@ -19,15 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubernetes import client as k8s
-
-from limpet.devcluster.client import server_side_apply
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.errors import DevClusterError
 from limpet.devcluster.process import ManagedProcess
 
 NODE_GROUP = "system:nodes"
-BINDING = "limpet:pod-runner-nodes"
 READY_PREFIX = "limpet pod runner: ready: node "
 
 
@@ -45,27 +42,6 @@ class PodRunnerOptions:
     ready_timeout: float = 30.0
 
 
-def grant_node_rbac(api: k8s.ApiClient) -> None:
-    server_side_apply(
-        api,
-        f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{BINDING}",
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": BINDING},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:node",
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": NODE_GROUP}
-            ],
-        },
-        field_manager="limpet-podrunner",
-    )
-
-
 class PodRunnerProcess:
     def __init__(
         self, cluster: DevCluster, work_dir: Path, options: PodRunnerOptions | None = None
@@ -81,21 +57,24 @@ class PodRunnerProcess:
     def log_path(self) -> Path:
         return self.work_dir / "podrunner.log"
 
-    def start(self, api: k8s.ApiClient) -> PodRunnerProcess:
+    def start(self) -> PodRunnerProcess:
         o = self.options
         started = time.monotonic()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        grant_node_rbac(api)
-        kubeconfig = self.cluster.write_user_kubeconfig(
-            self.work_dir / "node.kubeconfig",
-            user=f"system:node:{o.node_prefix}-0",
-            groups=(NODE_GROUP,),
-        )
+        identities: list[str] = []
+        for i in range(o.nodes):
+            node = f"{o.node_prefix}-{i}"
+            path = self.cluster.write_user_kubeconfig(
+                self.work_dir / f"{node}.kubeconfig",
+                user=f"system:node:{node}",
+                groups=(NODE_GROUP,),
+            )
+            identities += ["--kubeconfig", str(path)]
         self.proc = ManagedProcess(
             "pod runner",
             [
                 sys.executable, "-m", "limpet.devcluster.podrunner",
-                "--kubeconfig", str(kubeconfig),
+                *identities,
                 "--work-dir", str(self.work_dir / "pods"),
                 "--nodes", str(o.nodes),
                 "--node-prefix", o.node_prefix,

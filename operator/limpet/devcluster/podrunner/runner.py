@@ -42,7 +42,9 @@ log = logging.getLogger("limpet.podrunner")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerSettings:
-    kubeconfig: Path
+    kubeconfigs: tuple[Path, ...]
+    """One identity per Node (``system:node:<name>``, as the Node authorizer and
+    NodeRestriction want), in Node order; a single one serves every Node."""
     work_dir: Path
     nodes: int = 1
     node_prefix: str = "limpet-node"
@@ -91,20 +93,25 @@ class PodRunner:
         self.node_specs: list[nodes.NodeSpec] = []
         self.ready = asyncio.Event()
         self._envs: dict[str, PodEnv] = {}
-        self._api: KubeApi | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         s.work_dir.mkdir(parents=True, exist_ok=True)
         network = await asyncio.to_thread(NetnsPodNetwork.create)
-        api = KubeApi(s.kubeconfig, secrets_dir=s.work_dir / "identity")
-        self._api = api
+        apis = [
+            KubeApi(
+                s.kubeconfigs[min(i, len(s.kubeconfigs) - 1)],
+                secrets_dir=s.work_dir / f"identity-{i}",
+            )
+            for i in range(s.nodes)
+        ]
         http = aiohttp.ClientSession()
         lock = asyncio.Lock()
         background: list[asyncio.Task[None]] = []
         try:
-            ca_pem = (s.work_dir / "identity" / "ca.crt").read_bytes()
+            ca_pem = (s.work_dir / "identity-0" / "ca.crt").read_bytes()
             for i, cidr in enumerate(node_cidrs(network.subnet, s.nodes)):
+                api = apis[i]
                 spec = nodes.NodeSpec(
                     name=f"{s.node_prefix}-{i}",
                     pod_cidr=str(cidr),
@@ -135,13 +142,14 @@ class PodRunner:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._stop_pods()
-            for spec in self.node_specs:
+            for api, spec in zip(apis, self.node_specs, strict=False):
                 with contextlib.suppress(Exception):
                     await nodes.set_ready(
                         api, spec, ready=False, message="limpet pod runner stopped"
                     )
             await http.close()
-            await api.close()
+            for api in apis:
+                await api.close()
             await asyncio.to_thread(network.close)
 
     async def _stop_pods(self) -> None:
