@@ -310,6 +310,19 @@ def test_a_failing_liveness_probe_restarts_with_growing_back_off(
     gaps = [b - a for a, b in itertools.pairwise(starts[i] for i in range(4))]
     # Back-off 1 s, 2 s, 4 s on top of the same probe-and-kill time: the gaps grow.
     assert gaps[2] > gaps[0] + 2.0, gaps
+    # As a kubelet, the runner records what happened as Events on the Pod.
+    events = request(
+        api,
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        query={"fieldSelector": "involvedObject.name=flaky"},
+    )["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"Started", "Unhealthy", "Killing", "BackOff"} <= reasons, reasons
+    unhealthy = next(e for e in events if e["reason"] == "Unhealthy")
+    assert unhealthy["type"] == "Warning"
+    assert "Liveness probe failed" in unhealthy["message"]
+    assert unhealthy["involvedObject"]["fieldPath"] == "spec.containers{main}"
 
 
 def test_pre_stop_then_sigterm_then_sigkill_after_the_grace_period(

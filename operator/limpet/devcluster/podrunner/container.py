@@ -37,6 +37,15 @@ from limpet.devcluster.podrunner.status import ContainerView, State, now_rfc3339
 
 log = logging.getLogger("limpet.podrunner")
 LAUNCHER = "limpet.devcluster.podrunner.launcher"
+EVENT_TYPES = {
+    "Started": "Normal",
+    "Killing": "Normal",
+    "Failed": "Warning",
+    "BackOff": "Warning",
+    "Unhealthy": "Warning",
+    "FailedPreStopHook": "Warning",
+}
+"""The container events a kubelet also records as Kubernetes Events (the rest only logs)."""
 MIN_KILL_GRACE = 2.0
 """As a kubelet: a process gets at least this long after SIGTERM, even past the grace."""
 
@@ -64,6 +73,8 @@ class ContainerContext:
     grace_seconds: float
     build_plan: Callable[[str], Awaitable[ContainerPlan]]
     changed: Callable[[], None]
+    report: Callable[[str, str, str, str], None] = lambda *_: None
+    """(container, Normal|Warning, reason, message): a Kubernetes Event on the Pod."""
 
 
 def launcher_spec(plan: ContainerPlan, ctx: ContainerContext, scratch: Path) -> dict[str, object]:
@@ -129,6 +140,10 @@ class Container:
     def _event(self, what: str) -> None:
         self.events.append((time.monotonic(), what))
         log.info("pod %s, container %s: %s", self.ctx.pod_name, self.name, what)
+        reason, _, message = what.partition(": ")
+        kind = EVENT_TYPES.get(reason)
+        if kind is not None:
+            self.ctx.report(self.name, kind, reason, message or f"{reason} container {self.name}")
 
     # -- the supervision loop -------------------------------------------------------------------
 

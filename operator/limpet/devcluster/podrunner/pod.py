@@ -108,6 +108,7 @@ class PodWorker:
         self._dirty = asyncio.Event()
         self._written: JsonObj | None = None
         self._sources: Sources | None = None
+        self._posting: set[asyncio.Task[None]] = set()
         self._restored = {
             s["name"]: int(s.get("restartCount", 0))
             for s in (pod.get("status") or {}).get("containerStatuses") or []
@@ -211,6 +212,7 @@ class PodWorker:
             grace_seconds=float(self.pod.get("spec", {}).get("terminationGracePeriodSeconds", 30)),
             build_plan=self._plan,
             changed=self.changed,
+            report=self.report,
         )
         c = Container(body["name"], str(body.get("image", "")), ctx, init=init)
         c.view = ContainerView(
@@ -337,6 +339,43 @@ class PodWorker:
             slot, self.slot = self.slot, None
             await self.env.network.detach(slot)
         await asyncio.to_thread(shutil.rmtree, self.dir, True)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def report(self, container: str, kind: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on the Pod (``kubectl describe pod``), in the background."""
+        task = asyncio.create_task(self._post_event(container, kind, reason, message))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _post_event(self, container: str, kind: str, reason: str, message: str) -> None:
+        meta = self.pod["metadata"]
+        node = self.pod.get("spec", {}).get("nodeName", "")
+        now = now_rfc3339()
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": self.uid,
+                "fieldPath": f"spec.containers{{{container}}}",
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.env.api.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+            log.warning("pod %s: event %s not recorded: %s", self.key, reason, e)
 
     # -- status ---------------------------------------------------------------------------------
 
