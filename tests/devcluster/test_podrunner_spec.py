@@ -14,6 +14,7 @@ from limpet.devcluster.podrunner.runner import node_cidrs
 from limpet.devcluster.podrunner.spec import (
     ConfigError,
     Sources,
+    check_supported,
     container_plan,
     expand,
     field_value,
@@ -183,6 +184,24 @@ def test_probes_and_pre_stop_resolve_named_ports() -> None:
     assert (p.pre_stop.kind, p.pre_stop.seconds) == ("sleep", 5.0)
     with pytest.raises(ConfigError):
         plan({"image": "limpet", "readinessProbe": {"httpGet": {"port": "nope"}}})
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ({"hostNetwork": True}, "hostNetwork"),
+        ({"hostPID": True}, "hostPID"),
+        ({"initContainers": [{"name": "s", "restartPolicy": "Always"}]}, "sidecars"),
+    ],
+)
+def test_what_the_runner_cannot_honour_is_refused_by_name(
+    spec: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        check_supported({"spec": spec})
+    assert e.value.reason == "CreateContainerConfigError"
+    assert needle in e.value.message
+    check_supported({"spec": {"initContainers": [{"name": "i"}]}})  # a plain one is fine
 
 
 def test_referenced_objects_cover_env_and_volumes() -> None:

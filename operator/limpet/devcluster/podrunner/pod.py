@@ -44,6 +44,7 @@ from limpet.devcluster.podrunner.spec import (
     ConfigError,
     ContainerPlan,
     Sources,
+    check_supported,
     container_plan,
     referenced_objects,
 )
@@ -248,6 +249,7 @@ class PodWorker:
         self.changed()
 
     async def _set_up(self) -> None:
+        check_supported(self.pod)
         if self.slot is None:
             self.slot = await self.env.network.attach(self.key)
             for c in [*self.init_containers, *self.containers]:

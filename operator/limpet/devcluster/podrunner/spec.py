@@ -131,6 +131,25 @@ def referenced_objects(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     return secrets, config_maps
 
 
+def check_supported(pod: Mapping[str, Any]) -> None:
+    """Refuse, clearly, what the runner cannot honour at the pod level."""
+    spec = pod.get("spec", {})
+    for field_name in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field_name):
+            raise ConfigError(
+                "CreateContainerConfigError",
+                f"{field_name}: true is not supported by the pod runner (pods get their own "
+                "network namespace)",
+            )
+    for c in spec.get("initContainers", []):
+        if c.get("restartPolicy") == "Always":
+            raise ConfigError(
+                "CreateContainerConfigError",
+                f"init container {c['name']}: sidecars (restartPolicy: Always) are not "
+                "supported by the pod runner",
+            )
+
+
 # -- the downward API ---------------------------------------------------------------------------
 
 _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
