@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from limpet.devcluster.cluster import sweep_stale_work_dirs
 from limpet.devcluster.netns import STATE_DIR, NetnsPodNetwork, netns_unavailable_reason
 from limpet.devcluster.ownership import current_owner
+from limpet.devcluster.workdirs import sweep_stale_work_dirs
 
 Spawn = Callable[[str], subprocess.Popen[str]]
 

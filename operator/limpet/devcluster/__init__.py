@@ -5,7 +5,7 @@ Modules (import what you need; this package imports nothing itself):
 - ``cluster``: :class:`DevCluster`, etcd, kube-apiserver, kube-controller-manager and
   kube-scheduler on loopback (``components`` runs the last two); ``command`` is
   ``limpet devcluster``. ``certs``, ``kubeconfig``, ``binaries``, ``process``,
-  ``ports`` and ``ownership`` are its parts.
+  ``ports``, ``workdirs`` and ``ownership`` are its parts.
 - ``client``: ``kubernetes`` API clients, raw/server-side-apply requests, CRD
   installation; ``namespaces``: fresh test namespaces and their complete purge.
 - ``fakepods``: :class:`FakePods`, backends published through real EndpointSlices

@@ -12,14 +12,15 @@ then the API server, then etcd) and removes the work directory. Start-up fails w
 a :class:`DevClusterError` that names the problem: a missing binary (and how to
 build it), a taken port, or a process that exited (with the tail of its log).
 
-Speed: etcd runs with ``--unsafe-no-fsync`` on tmpfs, both processes start at
-once (the API server retries etcd), and the API server skips work nobody here
+Speed: etcd runs with ``--unsafe-no-fsync`` on tmpfs, etcd and the API server start
+at once (the API server retries etcd), the two control-loop components start
+together, without leader election, and the API server skips work nobody here
 needs (API priority and fairness, the ``kubernetes`` Endpoints reconciler,
 profiling).
 
-Leftovers: the work directory holds an owner record (see ``ownership``) with
-the PIDs of its children; each start sweeps directories whose owner died,
-killing their orphaned children first.
+Leftovers: the work directory holds an owner record (see ``workdirs``) with the
+PIDs of its children; each start sweeps directories whose owner died, killing
+their orphaned children first.
 
 Concurrency: one thread owns a DevCluster (start, poll, stop). ``start`` takes
 an optional ``threading.Event`` that a signal handler may set to cancel it.
@@ -29,15 +30,11 @@ Several DevClusters, in one process or many, can run side by side.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import http.client
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import ssl
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,19 +44,15 @@ from types import TracebackType
 from limpet.devcluster import binaries
 from limpet.devcluster.certs import (
     ADMIN_USER,
-    CONTROLLER_MANAGER_USER,
-    SCHEDULER_USER,
     CertKeyPair,
     ClusterPKI,
     PKIPaths,
 )
 from limpet.devcluster.components import (
     DEFAULT_CONTROLLERS,
+    ClusterAccess,
     Component,
-    ComponentFiles,
-    controller_manager,
-    scheduler,
-    scheduler_config,
+    control_loops,
 )
 from limpet.devcluster.errors import (
     DevClusterError,
@@ -69,18 +62,15 @@ from limpet.devcluster.errors import (
     StartCancelledError,
 )
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from limpet.devcluster.ownership import (
-    current_owner,
-    is_alive,
-    read_record,
-    wait_gone,
-    write_record,
-)
 from limpet.devcluster.ports import check_port_free, free_port, log_says_port_taken
 from limpet.devcluster.process import ManagedProcess, stop_together
+from limpet.devcluster.workdirs import (
+    default_work_root,
+    make_work_dir,
+    record_children,
+    sweep_stale_work_dirs,
+)
 
-WORK_DIR_PREFIX = "limpet-devcluster-"
-OWNER_FILE = "owner.json"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _PORT_RETRIES = 3
 _POLL_INTERVAL = 0.05
@@ -120,60 +110,6 @@ class Readiness:
     """The health endpoint that said so."""
     checks: tuple[str, ...] = ()
     """The named checks it had to list as ok (one per controller)."""
-
-
-def default_work_root() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
-def sweep_stale_work_dirs(root: Path) -> list[Path]:
-    """Remove work directories of dead owners, killing their orphaned children first."""
-    swept: list[Path] = []
-    for work_dir in root.glob(WORK_DIR_PREFIX + "*"):
-        record = read_record(work_dir / OWNER_FILE)
-        if record is None:
-            # Either being set up right now, or the owner died before writing the record:
-            # only sweep the latter, judged by age.
-            with contextlib.suppress(OSError):
-                if time.time() - work_dir.stat().st_mtime > 600:
-                    shutil.rmtree(work_dir, ignore_errors=True)
-                    swept.append(work_dir)
-            continue
-        owner, extra = record
-        if is_alive(owner):
-            continue
-        children = extra.get("children", [])
-        killed = [
-            int(pid)
-            for pid in (children if isinstance(children, list) else [])
-            if _kill_if_ours(int(pid), work_dir)
-        ]
-        # SIGKILL is asynchronous: a large Go process takes a moment to go. Wait, so the
-        # caller never sees a swept cluster's processes alive, nor have them write into
-        # the directory being removed.
-        wait_gone(killed, timeout=10.0)
-        shutil.rmtree(work_dir, ignore_errors=True)
-        swept.append(work_dir)
-    return swept
-
-
-def _kill_if_ours(pid: int, work_dir: Path) -> bool:
-    """SIGKILL ``pid``'s process group if it is one of ours; whether a signal was sent."""
-    # Guard against PID reuse: only a process whose command line names our work dir.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if str(work_dir).encode() not in cmdline:
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 class DevCluster:
@@ -242,8 +178,7 @@ class DevCluster:
         sweep_stale_work_dirs(root)
         atexit.register(self.stop)
         try:
-            self.work_dir = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=root))
-            write_record(self.work_dir / OWNER_FILE, current_owner())
+            self.work_dir = make_work_dir(root)
             service_ip = str(next(ipaddress.ip_network(s.service_cluster_ip_range).hosts()))
             self.pki = ClusterPKI.generate(service_ip=service_ip)
             self.pki_paths = self.pki.write(self.work_dir / "pki")
@@ -356,7 +291,7 @@ class DevCluster:
     def _record_children(self) -> None:
         assert self.work_dir is not None
         pids = [p.pid for p in self._processes() if p.pid is not None]
-        write_record(self.work_dir / OWNER_FILE, current_owner(), children=pids)
+        record_children(self.work_dir, pids)
 
     def _component_binaries(self) -> dict[str, Path]:
         s = self.settings
@@ -368,52 +303,20 @@ class DevCluster:
         }
 
     def _start_components(self, bins: dict[str, Path]) -> None:
-        """Give each component its kubeconfig (its own client certificate) and start it."""
         s = self.settings
         assert self.work_dir is not None
         assert self.pki is not None
         assert self.pki_paths is not None
-        work = self.work_dir
-        if binaries.KUBE_CONTROLLER_MANAGER in bins:
-            files = ComponentFiles(
-                kubeconfig=self.write_user_kubeconfig(
-                    work / "controller-manager.kubeconfig",
-                    user=CONTROLLER_MANAGER_USER,
-                    client=self.pki.controller_manager.client,
-                ),
-                pki=self.pki_paths,
-                own=self.pki_paths.controller_manager,
-            )
-            self.components.append(
-                controller_manager(
-                    bins[binaries.KUBE_CONTROLLER_MANAGER],
-                    files,
-                    work_dir=work,
-                    controllers=s.controllers,
-                    extra=s.extra_controller_manager_args,
-                )
-            )
-        if binaries.KUBE_SCHEDULER in bins:
-            files = ComponentFiles(
-                kubeconfig=self.write_user_kubeconfig(
-                    work / "scheduler.kubeconfig",
-                    user=SCHEDULER_USER,
-                    client=self.pki.scheduler.client,
-                ),
-                pki=self.pki_paths,
-                own=self.pki_paths.scheduler,
-            )
-            config = work / "scheduler-config.json"
-            config.write_text(json.dumps(scheduler_config(files.kubeconfig), indent=2))
-            self.components.append(
-                scheduler(
-                    bins[binaries.KUBE_SCHEDULER],
-                    files,
-                    work_dir=work,
-                    config=config,
-                    extra=s.extra_scheduler_args,
-                )
-            )
+        access = ClusterAccess(
+            server=self.server, pki=self.pki, paths=self.pki_paths, work_dir=self.work_dir
+        )
+        self.components = control_loops(
+            access,
+            bins,
+            controllers=s.controllers,
+            extra_controller_manager_args=s.extra_controller_manager_args,
+            extra_scheduler_args=s.extra_scheduler_args,
+        )
         for component in self.components:
             component.start()
         self._record_children()

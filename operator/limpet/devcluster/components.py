@@ -1,9 +1,9 @@
 """kube-controller-manager and kube-scheduler, the dev cluster's control loops.
 
 Data flow: once kube-apiserver is ready, :class:`~limpet.devcluster.cluster.DevCluster`
-builds a :class:`Component` for each of them with :func:`controller_manager` and
-:func:`scheduler`. Each component gets a kubeconfig holding its own client
-certificate (CN ``system:kube-controller-manager`` or ``system:kube-scheduler``, the
+asks :func:`control_loops` for a :class:`Component` for each of them (built by
+:func:`controller_manager` and :func:`scheduler`). Each gets a kubeconfig holding its
+own client certificate (CN ``system:kube-controller-manager`` or ``system:kube-scheduler``, the
 users the API server's bootstrap RBAC binds), the flags kubeadm gives it (less what a
 test cluster without cloud, storage or leader election needs), and a serving
 certificate from the cluster CA for its secure port on loopback.
@@ -21,13 +21,22 @@ Not thread-safe: the DevCluster's thread owns its components.
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from limpet.devcluster.certs import ComponentPaths, PKIPaths
+from limpet.devcluster.certs import (
+    CONTROLLER_MANAGER_USER,
+    SCHEDULER_USER,
+    ClusterPKI,
+    ComponentCredentials,
+    ComponentPaths,
+    PKIPaths,
+)
 from limpet.devcluster.errors import PortInUseError, ProcessExitedError
+from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from limpet.devcluster.ports import free_port, log_says_port_taken
 from limpet.devcluster.process import ManagedProcess
 
@@ -237,3 +246,74 @@ def scheduler(
         probe_path="/readyz",
         required_checks=("sched-handler-sync",),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterAccess:
+    """Where the components find the API server, and the credentials they get."""
+
+    server: str
+    pki: ClusterPKI
+    paths: PKIPaths
+    work_dir: Path
+
+
+def _files(
+    access: ClusterAccess, name: str, *, user: str, creds: ComponentCredentials, own: ComponentPaths
+) -> ComponentFiles:
+    """Write component ``name``'s kubeconfig: its own client certificate, as ``user``."""
+    config = build_kubeconfig(
+        server=access.server, ca_pem=access.pki.ca.cert_pem, client=creds.client, user=user
+    )
+    return ComponentFiles(
+        kubeconfig=write_kubeconfig(access.work_dir / f"{name}.kubeconfig", config),
+        pki=access.paths,
+        own=own,
+    )
+
+
+def control_loops(
+    access: ClusterAccess,
+    binaries: Mapping[str, Path],
+    *,
+    controllers: Sequence[str],
+    extra_controller_manager_args: Sequence[str] = (),
+    extra_scheduler_args: Sequence[str] = (),
+) -> list[Component]:
+    """The components whose binary is in ``binaries`` (keyed by component name), with
+    their kubeconfigs and the scheduler's configuration written; not started yet."""
+    work = access.work_dir
+    found: list[Component] = []
+    if CONTROLLER_MANAGER in binaries:
+        files = _files(
+            access,
+            "controller-manager",
+            user=CONTROLLER_MANAGER_USER,
+            creds=access.pki.controller_manager,
+            own=access.paths.controller_manager,
+        )
+        found.append(
+            controller_manager(
+                binaries[CONTROLLER_MANAGER],
+                files,
+                work_dir=work,
+                controllers=controllers,
+                extra=extra_controller_manager_args,
+            )
+        )
+    if SCHEDULER in binaries:
+        files = _files(
+            access,
+            "scheduler",
+            user=SCHEDULER_USER,
+            creds=access.pki.scheduler,
+            own=access.paths.scheduler,
+        )
+        config = work / "scheduler-config.json"
+        config.write_text(json.dumps(scheduler_config(files.kubeconfig), indent=2))
+        found.append(
+            scheduler(
+                binaries[SCHEDULER], files, work_dir=work, config=config, extra=extra_scheduler_args
+            )
+        )
+    return found
