@@ -404,8 +404,7 @@ def test_restart_policy_never_ends_succeeded_or_failed(
         assert container_status(pod, "main")["restartCount"] == 0
 
 
-def _container_pid(marker: str) -> int:
-    """The PID of the one process whose command line holds ``marker`` (unique per test)."""
+def _processes_holding(marker: str) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -415,6 +414,19 @@ def _container_pid(marker: str) -> int:
                 continue
             if marker.encode() in argv:
                 found.append(int(proc.name))
+    return found
+
+
+def _container_pid(marker: str, timeout: float = 10.0) -> int:
+    """The PID of the one process whose command line holds ``marker`` (unique per test).
+
+    Waits: a container counts as running from its launcher's start, a moment before the
+    launcher ``exec``s the command."""
+    deadline = time.monotonic() + timeout
+    found = _processes_holding(marker)
+    while len(found) != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        found = _processes_holding(marker)
     assert len(found) == 1, f"processes holding {marker!r}: {found}"
     return found[0]
 
