@@ -525,3 +525,84 @@ def test_one_runner_can_register_several_nodes_each_with_its_share_of_the_pod_su
         for n in ["extra-node-0", "extra-node-1"]:
             with contextlib.suppress(k8s.ApiException):
                 request(api, "DELETE", f"/api/v1/nodes/{n}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_pod_waits_for_its_last_container_without_spinning(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    assert pod_runner.proc is not None
+    assert pod_runner.proc.pid is not None
+    create_pod(
+        api,
+        namespace,
+        "staggered",
+        [
+            {"name": "quick", "image": "busybox", "command": ["true"]},
+            {"name": "slow", "image": "busybox", "command": ["sleep", "3"]},
+        ],
+        node=_node(pod_runner),
+        restartPolicy="Never",
+    )
+    wait_pod(
+        api,
+        namespace,
+        "staggered",
+        "with its quick container done",
+        lambda p: "terminated" in container_status(p, "quick").get("state", {}),
+    )
+    before = _cpu_seconds(pod_runner.proc.pid)
+    pod = wait_pod(api, namespace, "staggered", "Succeeded", _phase_is("Succeeded"))
+    used = _cpu_seconds(pod_runner.proc.pid) - before
+    assert used < 1.0, f"the runner used {used:.2f} s of CPU while one container slept"
+    assert container_status(pod, "slow")["state"]["terminated"]["exitCode"] == 0
+
+
+def test_init_containers_run_first_and_a_failed_one_fails_the_pod(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess, tmp_path: Path
+) -> None:
+    out = _out_dir(tmp_path)
+    work = {"name": "work", "mountPath": "/work"}
+    main = {
+        "name": "main",
+        "image": "busybox",
+        "command": ["sh", "-c", "cat /work/x > /out/seen; sleep 3600"],
+        "volumeMounts": [work, {"name": "out", "mountPath": "/out"}],
+    }
+    prepare = {
+        "name": "prepare",
+        "image": "busybox",
+        "command": ["sh", "-c", "echo prepared > /work/x"],
+        "volumeMounts": [work],
+    }
+    create_pod(
+        api,
+        namespace,
+        "inited",
+        [main],
+        node=_node(pod_runner),
+        initContainers=[prepare],
+        volumes=[{"name": "work", "emptyDir": {}}, {"name": "out", "hostPath": {"path": str(out)}}],
+    )
+    pod = wait_pod(api, namespace, "inited", "Ready", is_ready)
+    assert condition(pod, "Initialized") == "True"
+    [init] = pod["status"]["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert _wait_file(out / "seen").strip() == "prepared"
+    create_pod(
+        api,
+        namespace,
+        "uninited",
+        [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+        node=_node(pod_runner),
+        restartPolicy="Never",
+        initContainers=[{"name": "prepare", "image": "busybox", "command": ["false"]}],
+    )
+    pod = wait_pod(api, namespace, "uninited", "Failed", _phase_is("Failed"))
+    assert condition(pod, "Initialized") == "False"
+    assert "waiting" in container_status(pod, "main")["state"]  # never started

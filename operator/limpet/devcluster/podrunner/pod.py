@@ -176,9 +176,10 @@ class PodWorker:
         tasks = [asyncio.create_task(c.run()) for c in self.containers]
         stop = asyncio.create_task(self._terminated())
         try:
-            await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            while not self._terminate.is_set() and not all(t.done() for t in tasks):
-                await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            # Until deletion, or until every container is done for good (restartPolicy).
+            pending: set[asyncio.Task[None]] = {stop, *tasks}
+            while stop in pending and pending - {stop}:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if self._terminate.is_set():
                 await asyncio.gather(*(c.stop(self.grace) for c in self.containers))
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -399,6 +400,8 @@ class PodWorker:
         )
         if self.init_containers:
             status["initContainerStatuses"] = [c.view.to_json() for c in self.init_containers]
+            if any(c.view.done and c.view.state.exit_code != 0 for c in self.init_containers):
+                status["phase"] = "Failed"  # an init container failed for good
         return status
 
     def _pod_ip(self) -> str:
