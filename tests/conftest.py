@@ -11,6 +11,8 @@
 - ``fake_pods`` (per test): ``fake_pods("shop")`` makes a
   :class:`limpet.devcluster.fakepods.FakePods` in the test's namespace; all are
   closed after the test.
+- ``pod_runner`` (session): the pod runner (a kubelet-like node agent) on one Node,
+  started on first use; Pods bound to its node run as processes in network namespaces.
 
 The logic lives in ``limpet.devcluster`` so the demo reuses it; this file only
 binds it to pytest's lifetimes.
@@ -35,6 +37,7 @@ from limpet.devcluster.fakepods import (
 )
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podnet import PodNetwork, open_pod_network
+from limpet.devcluster.podrunner.process import PodRunnerOptions, PodRunnerProcess
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +124,21 @@ def fake_pods(
     finally:
         for group in reversed(groups):
             group.close()
+
+
+@pytest.fixture(scope="session")
+def pod_runner(
+    devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunnerProcess]:
+    # A short back-off so restart tests take seconds; the doubling is what they check.
+    runner = PodRunnerProcess(
+        devcluster, tmp_path_factory.mktemp("podrunner"), PodRunnerOptions(backoff=1.0)
+    )
+    try:
+        runner.start()
+    except DevClusterError as e:
+        pytest.fail(f"the pod runner did not start: {e}", pytrace=False)
+    try:
+        yield runner
+    finally:
+        runner.stop()
