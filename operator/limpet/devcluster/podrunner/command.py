@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from limpet.devcluster.netns import netns_unavailable_reason
+from limpet.devcluster.podrunner.apirelay import API_PREFIX, SERVICE_PORT
 from limpet.devcluster.podrunner.container import Backoff
 from limpet.devcluster.podrunner.runner import PodRunner, RunnerSettings
 
@@ -77,6 +78,8 @@ async def _main(args: argparse.Namespace) -> int:
     if runner.ready.is_set():
         for n in runner.node_specs:
             print(f"limpet pod runner: ready: node {n.name} podCIDR {n.pod_cidr}", flush=True)
+        if runner.relay is not None:
+            print(f"{API_PREFIX}{runner.relay.listen}:{SERVICE_PORT}", flush=True)
     await task
     return 0
 

@@ -28,6 +28,7 @@ it as the container's ``StartError``) and exits 128. Single-threaded by design
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -151,9 +152,31 @@ def make_root(scratch: Path) -> Path:
     return root
 
 
+def in_root(root: Path, path: str) -> Path:
+    """``path`` inside ``root``, its symlinks followed as after a chroot (an absolute link
+    is relative to ``root``): ``/var/run -> /run`` must not lead a mount point out of the
+    container's root onto the host's ``/run``."""
+    parts = list(Path(path.lstrip("/")).parts)
+    current = root
+    for _ in range(256):  # a link loop ends here, not in recursion
+        if not parts:
+            return current
+        part = parts.pop(0)
+        candidate = current / part
+        if part == "..":
+            current = current.parent if current != root else root
+        elif candidate.is_symlink():
+            link = os.readlink(candidate)
+            current = root if link.startswith("/") else current
+            parts = list(Path(link.lstrip("/")).parts) + parts
+        elif part != ".":
+            current = candidate
+    raise OSError(errno.ELOOP, f"too many symlinks in {path}")
+
+
 def mount_volumes(spec: dict[str, Any], root: Path) -> None:
     for m in sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts)):
-        target = root / m["target"].lstrip("/")
+        target = in_root(root, m["target"])
         source = Path(m["source"])
         if not target.exists():
             if source.is_dir():

@@ -78,6 +78,8 @@ class PodEnv:
     log_dir: Path
     ca_pem: bytes
     backoff: Backoff
+    service_env: tuple[tuple[str, str], ...] = ()
+    """``KUBERNETES_SERVICE_HOST`` and friends, for every container (:mod:`.apirelay`)."""
 
 
 def pod_path(pod: Mapping[str, Any]) -> str:
@@ -335,6 +337,7 @@ class PodWorker:
             sources,
             pod_ip=self.slot.address,
             host_ip=self.env.network.host_ip,
+            service_env=dict(self.env.service_env),
         )
 
     async def _release(self) -> None:

@@ -6,9 +6,10 @@ certificate from the cluster CA for user ``system:node:<node>`` in group
 a kubelet's rights (its own Node and Lease, the Pods bound to it and what they mount),
 and no RBAC binding is needed. It then starts ``python -m limpet.devcluster.podrunner``
 with its output in ``podrunner.log`` and waits for its "ready" lines (the Nodes are
-registered and Ready). A runner that exits during start-up is reported with its log
-tail. :meth:`stop` sends SIGTERM (the runner stops its pods and deletes its network
-namespaces) and SIGKILL after a timeout.
+registered and Ready) and the address of its relay to the API server, which it adds to
+the API server's serving certificate (``DevCluster.serve_at``). A runner that exits
+during start-up is reported with its log tail. :meth:`stop` sends SIGTERM (the runner
+stops its pods and deletes its network namespaces) and SIGKILL after a timeout.
 
 Synchronous; one owner thread.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.errors import DevClusterError
+from limpet.devcluster.podrunner.apirelay import API_PREFIX
 from limpet.devcluster.process import ManagedProcess
 
 NODE_GROUP = "system:nodes"
@@ -50,6 +52,8 @@ class PodRunnerProcess:
         self.work_dir = work_dir
         self.options = options or PodRunnerOptions()
         self.nodes: list[str] = []
+        self.api_address = ""
+        """``host:443``, where pods reach the API server (the runner's relay)."""
         self.ready_seconds = 0.0
         self.proc: ManagedProcess | None = None
 
@@ -92,8 +96,12 @@ class PodRunnerProcess:
                 raise PodRunnerError(self.proc.describe_exit())
             text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             ready = [line for line in text.splitlines() if line.startswith(READY_PREFIX)]
-            if len(ready) >= o.nodes:
+            api = [line for line in text.splitlines() if line.startswith(API_PREFIX)]
+            if len(ready) >= o.nodes and api:
                 self.nodes = [line.removeprefix(READY_PREFIX).split()[0] for line in ready]
+                self.api_address = api[0].removeprefix(API_PREFIX).strip()
+                # Pods verify the API server as https://<bridge address>:443.
+                self.cluster.serve_at(self.api_address.rsplit(":", 1)[0])
                 self.ready_seconds = time.monotonic() - started
                 return self
             if time.monotonic() > deadline:

@@ -31,6 +31,7 @@ import aiohttp
 
 from limpet.devcluster.netns import NetnsPodNetwork
 from limpet.devcluster.podrunner import node as nodes
+from limpet.devcluster.podrunner.apirelay import ApiRelay, loopback_target, service_env
 from limpet.devcluster.podrunner.container import MIN_KILL_GRACE, Backoff
 from limpet.devcluster.podrunner.images import ImageTable, default_table
 from limpet.devcluster.podrunner.kubeapi import ApiError, JsonObj, KubeApi
@@ -93,6 +94,7 @@ class PodRunner:
         self.node_specs: list[nodes.NodeSpec] = []
         self.ready = asyncio.Event()
         self._envs: dict[str, PodEnv] = {}
+        self.relay: ApiRelay | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -108,7 +110,9 @@ class PodRunner:
         http = aiohttp.ClientSession()
         lock = asyncio.Lock()
         background: list[asyncio.Task[None]] = []
+        self.relay = ApiRelay(listen=network.gateway, target=loopback_target(apis[0].server))
         try:
+            await self.relay.start()
             ca_pem = (s.work_dir / "identity-0" / "ca.crt").read_bytes()
             for i, cidr in enumerate(node_cidrs(network.subnet, s.nodes)):
                 api = apis[i]
@@ -129,6 +133,7 @@ class PodRunner:
                     log_dir=s.work_dir / "logs",
                     ca_pem=ca_pem,
                     backoff=s.backoff,
+                    service_env=tuple(service_env(network.gateway).items()),
                 )
                 uid = created["metadata"]["uid"]
                 background.append(
@@ -147,6 +152,7 @@ class PodRunner:
                     await nodes.set_ready(
                         api, spec, ready=False, message="limpet pod runner stopped"
                     )
+            await self.relay.close()
             await http.close()
             for api in apis:
                 await api.close()

@@ -222,8 +222,10 @@ def container_env(
     *,
     pod_ip: str,
     host_ip: str,
+    service_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    env: dict[str, str] = dict(image.env)
+    # As a kubelet: the image's env, then the services' (the container's own env wins).
+    env: dict[str, str] = dict(image.env) | dict(service_env or {})
     env["HOSTNAME"] = pod.get("metadata", {}).get("name", "")
     for e in container.get("envFrom", []):
         prefix = e.get("prefix", "")
@@ -385,6 +387,7 @@ def container_plan(
     *,
     pod_ip: str,
     host_ip: str,
+    service_env: Mapping[str, str] | None = None,
 ) -> ContainerPlan:
     reference = str(container.get("image", ""))
     image = table.resolve(reference)
@@ -395,7 +398,9 @@ def container_plan(
             f"(known: {', '.join(table.known())}); see docs/devcluster.md",
         )
     uid, gid, groups, read_only = _security(pod, container, image)
-    env = container_env(container, pod, image, sources, pod_ip=pod_ip, host_ip=host_ip)
+    env = container_env(
+        container, pod, image, sources, pod_ip=pod_ip, host_ip=host_ip, service_env=service_env
+    )
     csc = container.get("securityContext") or {}
     drop = tuple((csc.get("capabilities") or {}).get("drop", []))
     return ContainerPlan(
