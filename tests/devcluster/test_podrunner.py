@@ -606,3 +606,54 @@ def test_init_containers_run_first_and_a_failed_one_fails_the_pod(
     pod = wait_pod(api, namespace, "uninited", "Failed", _phase_is("Failed"))
     assert condition(pod, "Initialized") == "False"
     assert "waiting" in container_status(pod, "main")["state"]  # never started
+
+
+def test_a_startup_probe_holds_readiness_until_it_passes(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    create_pod(
+        api,
+        namespace,
+        "slowstart",
+        [
+            {
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", "sleep 2; touch /tmp/started; sleep 3600"],
+                "startupProbe": {
+                    "exec": {"command": ["test", "-e", "/tmp/started"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 30,
+                },
+                "readinessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": 1},
+            },
+            {
+                "name": "web",
+                "image": "limpet",
+                "command": ["python", "-m", "limpet.demo.backend", "--port=8080"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            },
+        ],
+        node=_node(pod_runner),
+    )
+    pod = wait_pod(
+        api,
+        namespace,
+        "slowstart",
+        "running, not yet started",
+        lambda p: "running" in container_status(p, "main").get("state", {}),
+    )
+    assert container_status(pod, "main")["started"] is False
+    pod = wait_pod(
+        api, namespace, "slowstart", "started", lambda p: container_status(p, "main")["started"]
+    )
+    # Started, but its readiness probe (nothing listens on port 1) keeps it, and the pod,
+    # not ready, while the other container, probed over TCP, is ready.
+    pod = wait_pod(
+        api, namespace, "slowstart", "web ready", lambda p: container_status(p, "web")["ready"]
+    )
+    assert container_status(pod, "main")["ready"] is False
+    assert not is_ready(pod)
+    assert condition(pod, "ContainersReady") == "False"
+    # The exec probe ran inside the container's own root: the host has no such file.
+    assert not Path("/tmp/started").exists()
