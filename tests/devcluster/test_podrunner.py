@@ -657,3 +657,37 @@ def test_a_startup_probe_holds_readiness_until_it_passes(
     assert condition(pod, "ContainersReady") == "False"
     # The exec probe ran inside the container's own root: the host has no such file.
     assert not Path("/tmp/started").exists()
+
+
+def test_the_termination_message_and_a_private_dev(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    script = (
+        "ls /dev > /dev/termination-log; test -e /dev/kmsg && echo HOSTDEV >> /dev/termination-log; "
+        "echo bye >> /dev/termination-log; exit 4"
+    )
+    create_pod(
+        api,
+        namespace,
+        "farewell",
+        [
+            {"name": "main", "image": "busybox", "command": ["sh", "-c", script]},
+            {
+                "name": "logs",
+                "image": "busybox",
+                "command": ["sh", "-c", "echo from-the-log; exit 2"],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            },
+        ],
+        node=_node(pod_runner),
+        restartPolicy="Never",
+    )
+    pod = wait_pod(api, namespace, "farewell", "Failed", _phase_is("Failed"))
+    main = container_status(pod, "main")["state"]["terminated"]
+    assert main["exitCode"] == 4
+    lines = main["message"].split()
+    assert lines[-1] == "bye"
+    assert {"null", "urandom", "shm", "termination-log"} <= set(lines)
+    assert "HOSTDEV" not in lines  # the host's block devices are not in the container's /dev
+    assert "from-the-log" in container_status(pod, "logs")["state"]["terminated"]["message"]
+    assert not Path("/dev/termination-log").exists()
