@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import secrets
 import socket
 import ssl
@@ -25,8 +26,15 @@ from kubernetes import client as k8s
 
 from limpet.devcluster import components
 from limpet.devcluster.binaries import KUBE_SCHEDULER, find_binary
-from limpet.devcluster.client import client_from_kubeconfig, request, service_account_token
-from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.client import (
+    admin_client,
+    client_from_kubeconfig,
+    install_crds,
+    request,
+    service_account_token,
+    wait_crds,
+)
+from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.components import (
     CONTROLLER_MANAGER,
     DEFAULT_CONTROLLERS,
@@ -630,3 +638,57 @@ def test_a_component_whose_port_was_taken_starts_again_on_another(
         finally:
             assert extra.process is not None
             extra.process.stop()
+
+
+def test_a_crd_installed_before_the_controllers_is_garbage_collected_at_once(
+    tmp_path: Path,
+) -> None:
+    # The collector rediscovers resource types every 30 s; a CRD installed through the
+    # before_controllers hook is known to it from the start.
+    group = f"t{secrets.token_hex(3)}.limpet.test"
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "widget.yaml").write_text(
+        json.dumps(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"widgets.{group}"},
+                "spec": {
+                    "group": group,
+                    "scope": "Namespaced",
+                    "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {"openAPIV3Schema": {"type": "object"}},
+                        }
+                    ],
+                },
+            }
+        )
+    )
+
+    def install(cluster: DevCluster) -> None:
+        with admin_client(cluster) as api:
+            wait_crds(api, install_crds(api, crds, field_manager="test"))
+
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = DevClusterSettings(work_root=work, before_controllers=install, scheduler=False)
+    with DevCluster(settings) as cluster, admin_client(cluster) as api:
+        widget = request(
+            api,
+            "POST",
+            f"/apis/{group}/v1/namespaces/default/widgets",
+            body={"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w"}},
+        )
+        _config_map(api, "default", "part", owners=[_owner_ref(widget)])
+        request(api, "DELETE", f"/apis/{group}/v1/namespaces/default/widgets/w")
+        eventually(
+            lambda: _gone(api, "/api/v1/namespaces/default/configmaps/part"),
+            within=10,
+            what="the custom owner's dependent to be collected",
+        )

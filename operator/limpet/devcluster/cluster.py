@@ -37,6 +37,7 @@ import shutil
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,6 +100,10 @@ class DevClusterSettings:
     """Also write the admin kubeconfig here (it is always in the work directory)."""
     environ: dict[str, str] | None = field(default=None, compare=False)
     """Environment for binary look-up; None means os.environ."""
+    before_controllers: Callable[[DevCluster], None] | None = field(default=None, compare=False)
+    """Called once the API server is ready, before the controllers start: install
+    CustomResourceDefinitions here so that the garbage collector knows them from the
+    start (it rediscovers resource types only every 30 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +203,8 @@ class DevCluster:
             self._kubeconfig = self.write_user_kubeconfig(
                 self.work_dir / "kubeconfig", user=ADMIN_USER, client=self.pki.admin
             )
+            if s.before_controllers is not None:
+                s.before_controllers(self)
             self._start_components(component_bins)
             self._wait_components_ready(started, cancel)
             if s.kubeconfig is not None:
