@@ -663,7 +663,8 @@ def test_the_termination_message_and_a_private_dev(
     api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
 ) -> None:
     script = (
-        "ls /dev > /dev/termination-log; test -e /dev/kmsg && echo HOSTDEV >> /dev/termination-log; "
+        "ls /dev > /dev/termination-log; "
+        "test -e /dev/kmsg && echo HOSTDEV >> /dev/termination-log; "
         "echo bye >> /dev/termination-log; exit 4"
     )
     create_pod(
