@@ -606,3 +606,89 @@ def test_init_containers_run_first_and_a_failed_one_fails_the_pod(
     pod = wait_pod(api, namespace, "uninited", "Failed", _phase_is("Failed"))
     assert condition(pod, "Initialized") == "False"
     assert "waiting" in container_status(pod, "main")["state"]  # never started
+
+
+def test_a_startup_probe_holds_readiness_until_it_passes(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    create_pod(
+        api,
+        namespace,
+        "slowstart",
+        [
+            {
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", "sleep 2; touch /tmp/started; sleep 3600"],
+                "startupProbe": {
+                    "exec": {"command": ["test", "-e", "/tmp/started"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 30,
+                },
+                "readinessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": 1},
+            },
+            {
+                "name": "web",
+                "image": "limpet",
+                "command": ["python", "-m", "limpet.demo.backend", "--port=8080"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            },
+        ],
+        node=_node(pod_runner),
+    )
+    pod = wait_pod(
+        api,
+        namespace,
+        "slowstart",
+        "running, not yet started",
+        lambda p: "running" in container_status(p, "main").get("state", {}),
+    )
+    assert container_status(pod, "main")["started"] is False
+    pod = wait_pod(
+        api, namespace, "slowstart", "started", lambda p: container_status(p, "main")["started"]
+    )
+    # Started, but its readiness probe (nothing listens on port 1) keeps it, and the pod,
+    # not ready, while the other container, probed over TCP, is ready.
+    pod = wait_pod(
+        api, namespace, "slowstart", "web ready", lambda p: container_status(p, "web")["ready"]
+    )
+    assert container_status(pod, "main")["ready"] is False
+    assert not is_ready(pod)
+    assert condition(pod, "ContainersReady") == "False"
+    # The exec probe ran inside the container's own root: the host has no such file.
+    assert not Path("/tmp/started").exists()
+
+
+def test_the_termination_message_and_a_private_dev(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    script = (
+        "ls /dev > /dev/termination-log; "
+        "test -e /dev/kmsg && echo HOSTDEV >> /dev/termination-log; "
+        "echo bye >> /dev/termination-log; exit 4"
+    )
+    create_pod(
+        api,
+        namespace,
+        "farewell",
+        [
+            {"name": "main", "image": "busybox", "command": ["sh", "-c", script]},
+            {
+                "name": "logs",
+                "image": "busybox",
+                "command": ["sh", "-c", "echo from-the-log; exit 2"],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            },
+        ],
+        node=_node(pod_runner),
+        restartPolicy="Never",
+    )
+    pod = wait_pod(api, namespace, "farewell", "Failed", _phase_is("Failed"))
+    main = container_status(pod, "main")["state"]["terminated"]
+    assert main["exitCode"] == 4
+    lines = main["message"].split()
+    assert lines[-1] == "bye"
+    assert {"null", "urandom", "shm", "termination-log"} <= set(lines)
+    assert "HOSTDEV" not in lines  # the host's block devices are not in the container's /dev
+    assert "from-the-log" in container_status(pod, "logs")["state"]["terminated"]["message"]
+    assert not Path("/dev/termination-log").exists()

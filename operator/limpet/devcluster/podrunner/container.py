@@ -34,6 +34,7 @@ import aiohttp
 from limpet.devcluster.podrunner import probes
 from limpet.devcluster.podrunner.spec import ConfigError, ContainerPlan, Probe
 from limpet.devcluster.podrunner.status import ContainerView, State, now_rfc3339
+from limpet.devcluster.process import tail_file
 
 log = logging.getLogger("limpet.podrunner")
 LAUNCHER = "limpet.devcluster.podrunner.launcher"
@@ -46,6 +47,8 @@ EVENT_TYPES = {
     "FailedPreStopHook": "Warning",
 }
 """The container events a kubelet also records as Kubernetes Events (the rest only logs)."""
+TERMINATION_LOG = "termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
 MIN_KILL_GRACE = 2.0
 """As a kubelet: a process gets at least this long after SIGTERM, even past the grace."""
 
@@ -88,6 +91,13 @@ def launcher_spec(plan: ContainerPlan, ctx: ContainerContext, scratch: Path) -> 
         if m.sub_path:
             source = source / m.sub_path
         mounts.append({"source": str(source), "target": m.path, "read_only": m.read_only})
+    mounts.append(
+        {
+            "source": str(scratch / TERMINATION_LOG),
+            "target": plan.termination_message_path,
+            "read_only": False,
+        }
+    )
     return {
         "netns": ctx.netns,
         "scratch": str(scratch),
@@ -209,6 +219,9 @@ class Container:
         scratch = self._spec_path.parent
         scratch.mkdir(parents=True, exist_ok=True)
         (scratch / "start-error").unlink(missing_ok=True)
+        message_file = scratch / TERMINATION_LOG
+        message_file.write_bytes(b"")
+        message_file.chmod(0o666)  # the container's user writes it
         self._spec_path.write_text(json.dumps(launcher_spec(plan, self.ctx, scratch)))
         self._spec_path.chmod(0o600)
         self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
@@ -250,8 +263,22 @@ class Container:
         # Children the container left behind go with its process group.
         _signal_group(proc.pid, signal.SIGKILL)
         self._proc = None
-        self._set(state=self._terminated(code, started_at), ready=False)
+        state = self._terminated(code, started_at)
+        if not state.message:
+            state = replace(state, message=self._termination_message(plan, state.exit_code))
+        self._set(state=state, ready=False)
         return self.view.state.exit_code
+
+    def _termination_message(self, plan: ContainerPlan, exit_code: int) -> str:
+        """What the container wrote to its terminationMessagePath, else (policy
+        FallbackToLogsOnError, on error) the end of its log, as a kubelet reports it."""
+        data = b""
+        with contextlib.suppress(OSError):
+            data = (self._spec_path.parent / TERMINATION_LOG).read_bytes()
+        message = data[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace").strip()
+        if not message and plan.fallback_to_logs_on_error and exit_code != 0:
+            message = tail_file(self.ctx.log_dir / f"{self.name}.log", 80)[-2048:]
+        return message
 
     def _terminated(self, code: int, started_at: str) -> State:
         error_file = self._spec_path.parent / "start-error"

@@ -8,11 +8,13 @@ Run as root by the pod runner, once per container start::
 ``run`` joins the pod's network namespace (``/run/netns/<name>``, made by the runner and
 checked), makes a private mount namespace (``unshare(CLONE_NEWNS)``, propagation
 private) and a private root: an overlay of the host's ``/`` whose writable layer is on the
-pod's tmpfs, with the host's other mounts (``/proc``, ``/dev`` ...) bound back in. In it,
-it mounts the volumes at their ``mountPath`` (bind mounts of the runner's volume
-folders; mount points are made in the overlay, never on the host), makes the image's
-folders reachable by the container's user (:func:`expose`), mounts a private tmpfs on
-``/dev/shm`` (which also hides the runner's folders), remounts the root read-only for
+pod's tmpfs, with the host's other mounts (``/proc``, ``/sys`` ...) bound back in, and a
+private ``/dev`` (:func:`make_dev`: a few devices and a ``/dev/shm`` of its own; the
+host's ``/dev/shm``, with the runner's folders, stays out of sight). In it, it mounts
+the volumes at their ``mountPath`` (bind mounts of the runner's volume folders; mount
+points are made in the overlay, never on the host) and the container's
+termination-message file (``/dev/termination-log`` by default), makes the image's
+folders reachable by the container's user (:func:`expose`), remounts the root read-only for
 ``readOnlyRootFilesystem``, ``chroot``s into it, drops capabilities from the bounding
 set, sets ``no_new_privs`` (``allowPrivilegeEscalation: false``), switches to the
 container's groups and user, changes to its working directory and ``exec``s its command
@@ -40,6 +42,7 @@ from typing import Any
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
+MS_NOSUID = 2
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
@@ -174,6 +177,29 @@ def in_root(root: Path, path: str) -> Path:
     raise OSError(errno.ELOOP, f"too many symlinks in {path}")
 
 
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def make_dev(root: Path) -> None:
+    """A private ``/dev`` as a container runtime makes it: a tmpfs with the harmless
+    devices bound in, ``/dev/shm`` of its own, and the usual links. The host's other
+    devices (and its ``/dev/shm``, where the runner keeps its folders) stay out of sight."""
+    dev = root / "dev"
+    _mount("dev", str(dev), "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    for name in DEVICES:
+        (dev / name).touch()
+        _mount(f"/dev/{name}", str(dev / name), None, MS_BIND)
+    (dev / "shm").mkdir()
+    _mount("shm", str(dev / "shm"), "tmpfs", MS_NOSUID, "mode=1777,size=64m")
+    for link, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        (dev / link).symlink_to(target)
+
+
 def mount_volumes(spec: dict[str, Any], root: Path) -> None:
     for m in sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts)):
         target = in_root(root, m["target"])
@@ -259,9 +285,9 @@ def run(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     root = make_root(scratch)
+    make_dev(root)
     mount_volumes(spec, root)
     covers = expose(spec["image_paths"], scratch, root)
-    _mount("shm", str(root / "dev/shm"), "tmpfs", 0, "mode=1777,size=64m")
     if spec["read_only_root"]:
         for path in [root, *covers]:
             _mount(None, str(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY)

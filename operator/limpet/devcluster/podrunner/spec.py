@@ -96,6 +96,8 @@ class ContainerPlan:
     startup: Probe | None = None
     pre_stop: Hook | None = None
     image_paths: tuple[str, ...] = ()
+    termination_message_path: str = "/dev/termination-log"
+    fallback_to_logs_on_error: bool = False
 
 
 # -- references ---------------------------------------------------------------------------------
@@ -429,4 +431,7 @@ def container_plan(
         startup=probe(container, container.get("startupProbe"), "startupProbe"),
         pre_stop=pre_stop(container),
         image_paths=image.paths,
+        termination_message_path=container.get("terminationMessagePath") or "/dev/termination-log",
+        fallback_to_logs_on_error=container.get("terminationMessagePolicy")
+        == "FallbackToLogsOnError",
     )
