@@ -65,11 +65,14 @@ PEERING = "/apis/kopf.dev/v1/clusterkopfpeerings/limpet"
 @pytest.fixture
 def kubeconfig(devcluster: DevCluster, pod_runner: PodRunnerProcess) -> Iterator[Path]:
     """The cluster with the pod runner, without the cluster-scoped objects of another
-    installation (Helm refuses to adopt them), before and after."""
+    installation (Helm refuses to adopt them), before and after. Afterwards also without
+    the ClusterKopfPeering: an operator pod that stops after its ClusterRole went cannot
+    remove itself from it, and its entry would pause the next test's operator for a
+    minute (the operator makes the object again when it starts)."""
     for obj in CLUSTER_SCOPED:
         kubectl("delete", "--ignore-not-found", obj, kubeconfig=devcluster.kubeconfig)
     yield devcluster.kubeconfig
-    for obj in CLUSTER_SCOPED:
+    for obj in (*CLUSTER_SCOPED, "clusterkopfpeering/limpet"):
         kubectl("delete", "--ignore-not-found", obj, kubeconfig=devcluster.kubeconfig)
 
 
