@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from limpet.devcluster.podrunner.apirelay import SERVICE_PORT
+from limpet.devcluster.podrunner.apirelay import SERVICE_PORT, loopback_target, service_env
+from limpet.devcluster.podrunner.images import default_table
 from limpet.devcluster.podrunner.launcher import in_root
 from limpet.devcluster.podrunner.process import PodRunnerProcess
+from limpet.devcluster.podrunner.spec import Sources, container_env
 from tests.devcluster.podrunner_helpers import create_pod, wait_pod
 
 SCRIPT = """
@@ -100,3 +102,26 @@ def test_mount_points_follow_symlinks_inside_the_containers_root(tmp_path: Path)
     assert in_root(root, "/../../var/run") == root / "run"
     with pytest.raises(OSError, match="too many symlinks"):
         in_root(root, "/loop/x")
+
+
+def test_the_relay_goes_only_to_a_loopback_api_server() -> None:
+    assert loopback_target("https://127.0.0.1:6443") == ("127.0.0.1", 6443)
+    assert loopback_target("https://[::1]:6443/") == ("::1", 6443)
+    for server in ("https://10.0.0.1:6443", "https://192.0.2.7"):
+        with pytest.raises(ValueError, match="not on loopback"):
+            loopback_target(server)
+
+
+def test_the_containers_own_env_wins_over_the_service_variables() -> None:
+    env = service_env("10.201.7.1")
+    assert env["KUBERNETES_PORT_443_TCP"] == "tcp://10.201.7.1:443"
+    pod = {"metadata": {"name": "p", "namespace": "n"}, "spec": {}}
+    container = {"name": "c", "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]}
+    image = default_table().resolve("busybox")
+    assert image is not None
+    got = container_env(
+        container, pod, image, Sources(), pod_ip="10.201.7.2", host_ip="10.201.7.1",
+        service_env=env,
+    )  # fmt: skip
+    assert got["KUBERNETES_SERVICE_HOST"] == "10.201.7.1"
+    assert got["KUBERNETES_SERVICE_PORT"] == "6443"
