@@ -185,7 +185,9 @@ def _print_usage(
                     if runner is None
                     else [
                         f"  pod runner: {', '.join(runner.nodes)} Ready "
-                        f"{runner.ready_seconds:.1f} s later (log: {runner.log_path})"
+                        f"{runner.ready_seconds:.1f} s later (log: {runner.log_path})",
+                        f"  pods reach the API server at https://{runner.api_address} "
+                        "(KUBERNETES_SERVICE_HOST/_PORT)",
                     ]
                 ),
                 "Use it from another shell:",
