@@ -11,6 +11,11 @@
 - ``fake_pods`` (per test): ``fake_pods("shop")`` makes a
   :class:`limpet.devcluster.fakepods.FakePods` in the test's namespace; all are
   closed after the test.
+- ``pod_runner`` (module): the pod runner (a kubelet-like node agent) on one Node,
+  started on first use in a module and stopped after it; Pods bound to its node run as
+  processes in network namespaces. Only per module: the operator tests run their managed
+  proxies as fake pods and count them, so the Pods of the operator's own proxy
+  Deployment must not run then (with no runner they stay Pending, as before).
 
 The logic lives in ``limpet.devcluster`` so the demo reuses it; this file only
 binds it to pytest's lifetimes.
@@ -18,13 +23,14 @@ binds it to pytest's lifetimes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client as k8s
 
-from limpet.devcluster.client import admin_client
+from limpet.devcluster.client import admin_client, request
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError
 from limpet.devcluster.fakepods import (
@@ -35,6 +41,7 @@ from limpet.devcluster.fakepods import (
 )
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podnet import PodNetwork, open_pod_network
+from limpet.devcluster.podrunner.process import PodRunnerOptions, PodRunnerProcess
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +128,26 @@ def fake_pods(
     finally:
         for group in reversed(groups):
             group.close()
+
+
+@pytest.fixture(scope="module")
+def pod_runner(
+    devcluster: DevCluster, admin_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunnerProcess]:
+    # A short back-off so restart tests take seconds; the doubling is what they check.
+    runner = PodRunnerProcess(
+        devcluster, tmp_path_factory.mktemp("podrunner"), PodRunnerOptions(backoff=1.0)
+    )
+    try:
+        runner.start()
+    except DevClusterError as e:
+        pytest.fail(f"the pod runner did not start: {e}", pytrace=False)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        # As an admin retires a machine: its Node goes (a node may not delete its own
+        # Node), so the next module's runner registers it afresh with its new pod CIDR.
+        for node in runner.nodes:
+            with contextlib.suppress(k8s.ApiException):
+                request(admin_api, "DELETE", f"/api/v1/nodes/{node}")

@@ -3,9 +3,10 @@
 - Installed with ``helm install`` (defaults: cluster-wide RBAC, peering, metrics): the
   operator runs with exactly the arguments of the Deployment the API server stored, as
   the chart's ServiceAccount (a TokenRequest token, as a pod would get), and brings a
-  StickyService to Ready with every proxy on its plan; its metrics port answers. The dev
-  cluster has no kubelet that could run the Deployment's pods, so the test starts that
-  process itself, on loopback ports instead of the pod's 0.0.0.0.
+  StickyService to Ready with every proxy on its plan; its metrics port answers. The test
+  starts that process itself (on loopback ports instead of the pod's 0.0.0.0) so that it
+  sees every request the operator makes; tests/deploy/test_helm_pods.py runs the
+  Deployment's pods themselves on the pod runner.
 - Per-namespace RBAC (``watchNamespaces``): the chart's Role and RoleBinding for one
   watched namespace; the operator, with no cluster-wide permission at all and kopf
   peering through a ``KopfPeering``, does the same.

@@ -11,6 +11,7 @@ import pytest
 
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState, BackendStatus, Observation
+from limpet.controller.command import peer_identity
 from limpet.controller.debounce import Debouncer
 from limpet.controller.model.keys import (
     from_secret_data,
@@ -372,3 +373,13 @@ def test_status_weight_is_what_new_sessions_see() -> None:
     # No new sessions: no weight.
     for state in (BackendState.DRAINING, BackendState.FAILED, BackendState.GONE):
         assert at(state, 200.0) == 0, state
+
+
+def test_peer_identity_names_the_pod_without_the_password_database() -> None:
+    # The image's user 65532 has no passwd entry; kopf's default identity needs one.
+    first = peer_identity({"POD_NAME": "limpet-operator-7d9f-abcde"})
+    second = peer_identity({"POD_NAME": "limpet-operator-7d9f-abcde"})
+    assert first.startswith("limpet-operator-7d9f-abcde/")
+    assert first != second  # a restarted container is a new peer
+    assert peer_identity({"POD_ID": "given"}) == "given"
+    assert peer_identity({}).split("/")[0]  # the host name, outside a pod

@@ -12,8 +12,8 @@ API server.
 - per-namespace RBAC: the operator's ServiceAccount may do its work in the watched
   namespaces and nothing anywhere else (``kubectl auth can-i`` as that account).
 
-The dev cluster has no kubelet, so the operator pods are not started here: the objects
-the API server stores are what is checked.
+Here the objects the API server stores are what is checked; test_helm_pods.py runs the
+operator pods on the pod runner.
 """
 
 from __future__ import annotations

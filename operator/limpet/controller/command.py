@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
+import secrets
+import socket
+from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any, cast
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -170,6 +175,19 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
+def peer_identity(environ: Mapping[str, str] = os.environ) -> str:
+    """This replica's name in the peering object: the pod's name and a random suffix.
+
+    Not kopf's default, which asks the password database for the user's name and fails
+    with KeyError for a user without an entry: the image runs as 65532, which has none
+    (seen when the chart's pods first ran on the dev cluster's pod runner). kopf's own
+    ``$POD_ID`` still wins."""
+    if pod_id := environ.get("POD_ID"):
+        return pod_id
+    name = environ.get("POD_NAME") or socket.gethostname()
+    return f"{name}/{secrets.token_hex(3)}"
+
+
 async def ensure_peering(client: KubeClient, settings: OperatorSettings) -> None:
     """Create the kopf peering object(s) this operator announces itself in, if missing."""
     targets = (
@@ -256,6 +274,8 @@ async def main(args: argparse.Namespace) -> int:
                 priority=settings.priority,
                 peering_name=None if settings.standalone else settings.peering_name,
                 liveness_endpoint=settings.liveness_endpoint,
+                # kopf's Identity is a NewType of str that kopf does not export.
+                identity=cast(Any, peer_identity()),
             )
         finally:
             await hub.close()

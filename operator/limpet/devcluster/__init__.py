@@ -14,6 +14,9 @@ Modules (import what you need; this package imports nothing itself):
   (placeholders plus an explicit address override), both handing out ``podslot``'s
   values. ``hostnet`` reads host routes.
   ``proxypod`` builds the command line of a ``limpet proxy`` run as a fake pod.
+- ``podrunner``: the pod runner, a kubelet-like node agent: Nodes and Leases, and every
+  Pod bound to them run as processes in network namespaces (``podrunner.process``
+  starts it for a DevCluster).
 
 See docs/devcluster.md.
 """

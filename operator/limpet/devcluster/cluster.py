@@ -65,6 +65,7 @@ from limpet.devcluster.errors import (
 from limpet.devcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from limpet.devcluster.ports import check_port_free, free_port, log_says_port_taken
 from limpet.devcluster.process import ManagedProcess, stop_together
+from limpet.devcluster.serving import reissue
 from limpet.devcluster.workdirs import (
     default_work_root,
     make_work_dir,
@@ -136,6 +137,8 @@ class DevCluster:
         self._apiserver: ManagedProcess | None = None
         self._ssl: ssl.SSLContext | None = None
         self._kubeconfig: Path | None = None
+        self.serving_ips: list[str] = []
+        """The addresses in the API server's serving certificate."""
 
     # -- public surface -------------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class DevCluster:
             self.work_dir = make_work_dir(root)
             service_ip = str(next(ipaddress.ip_network(s.service_cluster_ip_range).hosts()))
             self.pki = ClusterPKI.generate(service_ip=service_ip)
+            self.serving_ips = ["127.0.0.1", "::1", service_ip]
             self.pki_paths = self.pki.write(self.work_dir / "pki")
             self._ssl = self._client_ssl(self.pki_paths)
             for attempt in range(1, _PORT_RETRIES + 1):
@@ -267,6 +271,24 @@ class DevCluster:
             namespace=namespace,
         )
         return write_kubeconfig(path, config)
+
+    def serve_at(self, address: str) -> None:
+        """Add ``address`` to the API server's serving certificate (it still listens on
+        loopback only; the pod runner relays its pod network's address to it)."""
+        if self.pki is None or self._ssl is None:
+            raise DevClusterError("the dev cluster is not started")
+        if address in self.serving_ips:
+            return
+        ips = [*self.serving_ips, address]
+        reissue(
+            self.pki.ca,
+            cert_path=self.paths.serving_cert,
+            key_path=self.paths.serving_key,
+            ip_addresses=ips,
+            port=self.apiserver_port,
+            ctx=self._ssl,
+        )
+        self.serving_ips = ips
 
     def get(self, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET ``path`` from the API server as the admin user: (status, body)."""

@@ -26,6 +26,8 @@ from limpet.devcluster import binaries
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.components import CONTROLLER_MANAGER
 from limpet.devcluster.errors import BinaryNotFoundError, DevClusterError, StartCancelledError
+from limpet.devcluster.netns import netns_unavailable_reason
+from limpet.devcluster.podrunner.process import PodRunnerOptions, PodRunnerProcess
 
 _WATCH_INTERVAL = 0.5
 
@@ -70,6 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="parent of the temporary work directory (default: /dev/shm when writable)",
     )
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "Nodes run by the pod runner, which starts the Pods bound to them as processes "
+            "in network namespaces (default: 1; 0: no pod runner; needs root)"
+        ),
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=float,
         default=60.0,
@@ -104,24 +116,28 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     cluster = DevCluster(settings)
+    runner: PodRunnerProcess | None = None
     try:
         try:
             cluster.start(cancel=stop)
+            runner = _start_pod_runner(cluster, args.nodes)
         except StartCancelledError:
             _say(f"limpet devcluster: {received[-1]} during start-up; stopped and cleaned up")
             return 0
         except DevClusterError as e:
             _err(str(e))
             return 1
-        _print_usage(cluster, settings)
+        _print_usage(cluster, settings, runner)
         while not stop.wait(_WATCH_INTERVAL):
-            failure = cluster.failure()
+            failure = cluster.failure() or (runner.failure() if runner is not None else None)
             if failure is not None:
                 _err(f"the control plane stopped on its own: {failure}")
                 return 1
         _say(f"limpet devcluster: {received[-1]}: stopping the control plane")
         return 0
     finally:
+        if runner is not None:
+            runner.stop()
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -129,7 +145,24 @@ def run(args: argparse.Namespace) -> int:
             _say(f"limpet devcluster: stopped; removed {cluster.work_dir}")
 
 
-def _print_usage(cluster: DevCluster, settings: DevClusterSettings) -> None:
+def _start_pod_runner(cluster: DevCluster, nodes: int) -> PodRunnerProcess | None:
+    """The pod runner on ``nodes`` Nodes, or None (with the reason) when it cannot run."""
+    if nodes <= 0:
+        return None
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        _say(f"limpet devcluster: no pod runner: it needs network namespaces ({reason})")
+        return None
+    assert cluster.work_dir is not None
+    runner = PodRunnerProcess(
+        cluster, cluster.work_dir / "podrunner", PodRunnerOptions(nodes=nodes)
+    )
+    return runner.start()
+
+
+def _print_usage(
+    cluster: DevCluster, settings: DevClusterSettings, runner: PodRunnerProcess | None
+) -> None:
     try:
         kubectl = str(binaries.find_binary(binaries.KUBECTL, bin_dir=settings.bin_dir))
     except BinaryNotFoundError:
@@ -147,6 +180,16 @@ def _print_usage(cluster: DevCluster, settings: DevClusterSettings) -> None:
                 *components,
                 f"  kubeconfig: {cluster.kubeconfig}  (user limpet-admin, group system:masters)",
                 f"  work dir:   {cluster.work_dir}  (removed on exit)",
+                *(
+                    []
+                    if runner is None
+                    else [
+                        f"  pod runner: {', '.join(runner.nodes)} Ready "
+                        f"{runner.ready_seconds:.1f} s later (log: {runner.log_path})",
+                        f"  pods reach the API server at https://{runner.api_address} "
+                        "(KUBERNETES_SERVICE_HOST/_PORT)",
+                    ]
+                ),
                 "Use it from another shell:",
                 f"  export KUBECONFIG={cluster.kubeconfig}",
                 f"  {kubectl} get namespaces",

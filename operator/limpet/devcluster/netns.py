@@ -196,16 +196,21 @@ class NetnsPodNetwork:
                 raise
         return net
 
-    def attach(self, pod: str, port: int) -> PodSlot:
+    def attach(
+        self, pod: str, port: int, *, within: ipaddress.IPv4Network | None = None
+    ) -> PodSlot:
+        """A new namespace for ``pod``; ``within`` limits its address (a node's pod CIDR)."""
         if self._closed:
             raise FakePodError("the pod network is closed")
-        if not self._free:
-            raise FakePodError(f"pod subnet {self.subnet} is full")
+        free = [a for a in self._free if within is None or ipaddress.IPv4Address(a) in within]
+        if not free:
+            raise FakePodError(f"pod subnet {within or self.subnet} is full")
         index = self._next_index
         self._next_index += 1
         ns = f"{NETNS_PREFIX}{self.run_id}-{index}"
         host_link = f"lp{self.run_id}v{index}"
-        address = self._free.popleft()
+        address = free[0]
+        self._free.remove(address)
         slot = PodSlot(
             pod=pod,
             address=address,

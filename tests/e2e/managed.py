@@ -1,0 +1,265 @@
+"""A StickyService in managed mode, run for real: the operator as a process under deploy/'s
+RBAC, and everything else as a cluster runs it.
+
+The app is a Deployment of the sample counter app and a Service with a selector. The
+operator applies the proxies' Deployment, Service and Secret; kube-controller-manager's
+deployment and replicaset controllers make the Pods, kube-scheduler binds them to the
+pod runner's Node, the pod runner runs them (the proxies mount their Secret), the
+EndpointSlice controller publishes them, and the operator finds the proxies in those
+slices and pushes plans to them. Nothing here writes a Pod status or an EndpointSlice.
+
+Requests go only to pod IPs that the pod runner reported, inside its network namespaces.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+
+from limpet.devcluster.binaries import KUBECTL, find_binary
+from limpet.devcluster.client import request, server_side_apply
+from limpet.devcluster.cluster import DevCluster
+from tests.controller.harness import FAST, OperatorIdentity, OperatorProcess
+
+T = TypeVar("T")
+APP_LABELS = {"app.kubernetes.io/name": "shop"}
+
+
+def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 90.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def get(api: k8s.ApiClient, path: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = request(api, "GET", path)
+        return found
+    except k8s.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def app_manifests(
+    namespace: str, *, replicas: int = 3, name: str = "shop", pre_stop: int = 0, grace: int = 5
+) -> list[dict[str, Any]]:
+    """The counter app's Deployment and Service; ``pre_stop`` seconds of preStop sleep keep
+    a terminating pod serving (as examples/app does), so Limpet can drain it."""
+    labels = {"app.kubernetes.io/name": name}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": grace,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "ghcr.io/limpet-dev/limpet:0.1.0",
+                            "command": ["python", "-m", "limpet.demo.backend"],
+                            "args": ["--port=8080"],
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                }
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 1,
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            **(
+                                {"lifecycle": {"preStop": {"sleep": {"seconds": pre_stop}}}}
+                                if pre_stop
+                                else {}
+                            ),
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    return [deployment, service]
+
+
+def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) -> dict[str, Any]:
+    return {
+        "apiVersion": "limpet.dev/v1alpha1",
+        "kind": "StickyService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "service": name,
+            "port": "http",
+            **FAST,
+            "proxy": {"managed": True, "replicas": replicas},
+        },
+    }
+
+
+PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "Service": "/api/v1/namespaces/{ns}/services/{name}",
+    "StickyService": "/apis/limpet.dev/v1alpha1/namespaces/{ns}/stickyservices/{name}",
+}
+
+
+def apply(api: k8s.ApiClient, manifest: Mapping[str, Any]) -> None:
+    meta = manifest["metadata"]
+    path = PATHS[manifest["kind"]].format(ns=meta["namespace"], name=meta["name"])
+    server_side_apply(api, path, dict(manifest), field_manager="limpet-e2e")
+
+
+def pods(api: k8s.ApiClient, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
+    items: list[dict[str, Any]] = request(
+        api, "GET", f"/api/v1/namespaces/{namespace}/pods", query=query
+    )["items"]
+    return items
+
+
+def ready_pods(
+    api: k8s.ApiClient, namespace: str, selector: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    def ready(p: dict[str, Any]) -> bool:
+        conditions = (p.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    return [
+        p
+        for p in pods(api, namespace, selector)
+        if ready(p) and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def wait_ready_pods(
+    api: k8s.ApiClient, namespace: str, selector: Mapping[str, str], count: int
+) -> list[dict[str, Any]]:
+    """Exactly ``count`` Ready pods matching ``selector`` (not terminating)."""
+
+    def probe() -> list[dict[str, Any]] | None:
+        found = ready_pods(api, namespace, selector)
+        return found if len(found) == count else None
+
+    return wait_for(f"{count} Ready pods {dict(selector)}", probe)
+
+
+def sticky_status(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = get(api, PATHS["StickyService"].format(ns=namespace, name=name)) or {}
+    return dict(obj.get("status") or {})
+
+
+def condition(status: Mapping[str, Any], kind: str) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == kind:
+            return str(c.get("status"))
+    return None
+
+
+@dataclass
+class Client:
+    """One user: keeps its cookies (Limpet's and the app's) and reports which pod answered.
+
+    With ``session``, it names its session and its completed requests to the counter app
+    (``X-Demo-Session``, ``X-Demo-Count``), which then judges each answer: ``continued``,
+    ``reloaded`` (moved, and Limpet announced it) or ``broken`` (moved unannounced).
+    """
+
+    cookies: dict[str, str] = field(default_factory=dict)
+    session: str = ""
+    count: int = 0
+
+    def get(self, ip: str, port: int = 8080, path: str = "/") -> tuple[int, dict[str, Any]]:
+        conn = http.client.HTTPConnection(ip, port, timeout=5)
+        try:
+            headers = {"Accept": "application/json"}
+            if self.cookies:
+                headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            if self.session:
+                headers["X-Demo-Session"] = self.session
+                headers["X-Demo-Count"] = str(self.count)
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            for value in resp.headers.get_all("Set-Cookie") or []:
+                name, _, rest = value.split(";", 1)[0].partition("=")
+                self.cookies[name.strip()] = rest
+            answer = json.loads(body) if body.startswith(b"{") else {}
+            if resp.status == 200:
+                self.count += 1
+            return resp.status, answer
+        finally:
+            conn.close()
+
+
+def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
+    done = subprocess.run(
+        [
+            str(find_binary(KUBECTL)),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-n",
+            namespace,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def proxy_labels(sticky: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": sticky}
+
+
+def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> OperatorProcess:
+    args = [
+        "--standalone",
+        "--namespace",
+        namespace,
+        "--stats-interval",
+        "0.5",
+        "--gone-after",
+        "2",
+    ]
+    return OperatorProcess(identity.kubeconfig, log, args).start()
