@@ -40,8 +40,8 @@ from typing import Any
 
 import aiohttp
 
-from limpet.controller.config import load_cluster_config
-from limpet.controller.kube import ENDPOINTSLICES, SERVICES, STICKYSERVICES, KubeClient
+from limpet.controller.kube.client import ENDPOINTSLICES, SERVICES, STICKYSERVICES, KubeClient
+from limpet.controller.kube.config import load_cluster_config
 from limpet.devcluster.client import admin_client, install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.fakepods import FakePods

@@ -71,9 +71,11 @@ def test_terminating_drains_with_a_deadline_kept_across_updates() -> None:
     assert d is not None
     assert (d.state, d.drain_deadline) == (D, 310)
     assert advance(d, Observation.SERVING_TERMINATING, now=200, timing=TIMING) is d
-    failed = advance(d, Observation.ABSENT, now=320, timing=TIMING)
-    assert failed is not None
-    assert failed.state is F
+    # A draining pod that leaves the slices was deleted: its drain is over, it did not fail.
+    gone = advance(d, Observation.ABSENT, now=320, timing=TIMING)
+    assert gone == BackendStatus(state=G, since=320)
+    failed = advance(d, Observation.NOT_SERVING, now=320, timing=TIMING)
+    assert failed == BackendStatus(state=F, since=320)
 
 
 def test_failed_then_gone_then_forgotten() -> None:

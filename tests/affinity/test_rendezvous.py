@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.affinity import BackendId
-from limpet.affinity.hashing import DEFAULT_SIZE
+from limpet.affinity.limits import DEFAULT_SIZE, MAX_WEIGHT
 from limpet.affinity.rendezvous import Scorer, rendezvous, rendezvous_by_class, rendezvous_pruned
-from limpet.affinity.slottable import MAX_WEIGHT
 
 
 @settings(max_examples=80, deadline=None)

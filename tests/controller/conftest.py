@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from kubernetes import client as k8s
 
-from limpet.controller.config import ClusterConfig, load_cluster_config
-from limpet.controller.kube import KubeClient
+from limpet.controller.kube.client import KubeClient
+from limpet.controller.kube.config import ClusterConfig, load_cluster_config
 from limpet.devcluster.client import install_crds, wait_crds
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.fakepods import FakePodsFactory

@@ -37,8 +37,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from limpet.controller.kube import SERVICES, STICKYSERVICES, KubeClient
-from limpet.controller.proxies import proxy_service_name, secret_name
+from limpet.controller.kube.client import SERVICES, STICKYSERVICES, KubeClient
+from limpet.controller.model.names import proxy_service_name, secret_name
 from limpet.devcluster.client import request, server_side_apply, service_account_kubeconfig
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.fakepods import FakePod, FakePods, FakePodsFactory

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from limpet.controller.command import _override
-from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, KubeClient
-from limpet.controller.proxies import admin_url
-from limpet.controller.settings import OperatorSettings
+from limpet.controller.effects.proxies import admin_url
+from limpet.controller.kube.client import ENDPOINTSLICES, STICKYSERVICES, KubeClient
+from limpet.controller.model.settings import OperatorSettings
 from limpet.devcluster.cluster import free_port
 from limpet.devcluster.process import ManagedProcess
 from tests.controller.harness import (

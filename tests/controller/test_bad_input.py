@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from limpet.controller.kube import STICKYSERVICES, KubeClient
-from limpet.controller.status import parse_ts
+from limpet.controller.kube.client import STICKYSERVICES, KubeClient
+from limpet.controller.model.status import parse_ts
 from limpet.devcluster.fakepods import FakePodsFactory
 from limpet.proxy.session.cookies import key_tag
 from tests.controller.harness import (

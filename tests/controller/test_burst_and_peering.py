@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from limpet.controller.kube import ENDPOINTSLICES, STICKYSERVICES, KubeClient
+from limpet.controller.kube.client import ENDPOINTSLICES, STICKYSERVICES, KubeClient
 from tests.controller.harness import (
     OperatorProcess,
     StartOperator,

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from limpet.controller.config import ClusterConfig, ConfigError, load_cluster_config
 from limpet.controller.handlers import connection_info
-from limpet.controller.kube import ApiError, KubeClient
+from limpet.controller.kube.client import ApiError, KubeClient
+from limpet.controller.kube.config import ClusterConfig, ConfigError, load_cluster_config
 from limpet.devcluster.certs import ADMIN_USER
 from limpet.devcluster.client import request, service_account_token
 from limpet.devcluster.cluster import DevCluster

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from limpet.controller.kube import STICKYSERVICES, ApiError, KubeClient
-from limpet.controller.spec import parse_spec
+from limpet.controller.kube.client import STICKYSERVICES, ApiError, KubeClient
+from limpet.controller.model.spec import parse_spec
 
 
 def sticky(name: str, spec: dict[str, Any]) -> dict[str, Any]:

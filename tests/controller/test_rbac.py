@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from kubernetes import client as k8s
 
-from limpet.controller.kube import STICKYSERVICES, KubeClient
+from limpet.controller.kube.client import STICKYSERVICES, KubeClient
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
 from tests.controller.harness import (

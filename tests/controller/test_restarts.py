@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from limpet.controller.kube import KubeClient
+from limpet.controller.kube.client import KubeClient
 from limpet.devcluster.proxypod import state_dir
 from tests.controller.harness import (
     FAST,

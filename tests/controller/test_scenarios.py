@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from limpet.controller.kube import KubeClient
-from limpet.controller.status import parse_ts
+from limpet.controller.kube.client import KubeClient
+from limpet.controller.model.status import parse_ts
 from tests.controller.harness import (
     FAST,
     Scene,

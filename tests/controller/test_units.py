@@ -12,7 +12,7 @@ import pytest
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState, BackendStatus, Observation
 from limpet.controller.debounce import Debouncer
-from limpet.controller.keys import (
+from limpet.controller.model.keys import (
     from_secret_data,
     new_material,
     next_retirement,
@@ -20,18 +20,18 @@ from limpet.controller.keys import (
     rotate,
     to_secret_data,
 )
-from limpet.controller.membership import (
+from limpet.controller.model.membership import (
     Member,
     backend_id,
     build_membership,
     parse_slice,
     proxy_endpoints,
 )
-from limpet.controller.planner import EventKind, PlanInputs, PlannerState, plan_next
-from limpet.controller.proxies import child_name
-from limpet.controller.settings import DebounceSettings
-from limpet.controller.spec import SpecError, parse_duration, parse_spec
-from limpet.controller.status import (
+from limpet.controller.model.names import child_name
+from limpet.controller.model.planner import EventKind, PlanInputs, PlannerState, plan_next
+from limpet.controller.model.settings import DebounceSettings
+from limpet.controller.model.spec import SpecError, parse_duration, parse_spec
+from limpet.controller.model.status import (
     ProxySync,
     StatusView,
     build_status,

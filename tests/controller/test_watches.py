@@ -10,10 +10,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from limpet.controller.informer import Informer
-from limpet.controller.kube import ENDPOINTSLICES, SERVICES, KubeClient
-from limpet.controller.membership import SliceView, parse_slice
-from limpet.controller.watchhub import NamespaceServices, NamespaceSlices
+from limpet.controller.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from limpet.controller.kube.informer import Informer
+from limpet.controller.kube.watchhub import NamespaceServices, NamespaceSlices
+from limpet.controller.model.membership import SliceView, parse_slice
 from tests.controller.harness import create_service, eventually, shop_slice
 
 

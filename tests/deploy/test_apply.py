@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from limpet.controller import proxies
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import parse_spec
+from limpet.controller.effects import proxies
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import parse_spec
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.namespaces import purge_namespace
 from tests.deploy.manifests import ROOT, kubectl

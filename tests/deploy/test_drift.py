@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from limpet.controller import proxies
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import parse_spec
+from limpet.controller.effects import proxies
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import parse_spec
 from limpet.demo import backend
 from tests.deploy.manifests import ROOT, Doc, build, container, find
 

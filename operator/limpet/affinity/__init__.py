@@ -24,9 +24,6 @@ Typical proxy use::
 
 from .errors import AffinityError, PlanError
 from .hashing import (
-    DEFAULT_SIZE,
-    LARGE_SIZE,
-    MAX_SIZE,
     key_hash,
     release_fraction,
     slot_of,
@@ -43,6 +40,7 @@ from .lifecycle import (
     observe,
     ramp,
 )
+from .limits import DEFAULT_SIZE, LARGE_SIZE, MAX_SIZE, MAX_WEIGHT
 from .migration import (
     KEEP,
     Decision,
@@ -69,7 +67,7 @@ from .plan import (
     SameSite,
 )
 from .router import Router
-from .slottable import MAX_WEIGHT, SlotTable, recommended_size, table
+from .slottable import SlotTable, recommended_size, table
 
 __all__ = [
     "DEFAULT_SIZE",

@@ -18,14 +18,7 @@ import numpy.typing as npt
 
 from .errors import AffinityError
 from .ids import BackendId, KeyHash
-
-DEFAULT_SIZE = 65537
-"""Default slot-table size: a prime of about 64 Ki slots."""
-
-LARGE_SIZE = 1_000_003
-"""The largest supported slot-table size (a prime), recommended above a few hundred backends."""
-
-MAX_SIZE = LARGE_SIZE
+from .limits import DEFAULT_SIZE, MAX_SIZE
 
 _MASK64 = (1 << 64) - 1
 _M1 = 0xBF58476D1CE4E5B9

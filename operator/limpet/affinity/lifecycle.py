@@ -5,13 +5,21 @@ Data flow (operator side): each EndpointSlice endpoint's conditions are reduced 
 previous :class:`BackendStatus` at an instant and yields the next one, which the operator
 writes into the plan. The proxy only reads the state, and uses :func:`ramp` for the
 slow-start weight of a Warming backend. Pure functions over frozen values; callers pass
-the clock in, so replicas given the same inputs agree.
+the clock in, so replicas given the same inputs agree. Every transition of a backend's
+lifecycle is here; the planner only applies them.
 
-States::
+States (``absent``: not in any EndpointSlice; ``!serving``: listed, not serving)::
 
     (new) --ready--> Warming --slowStart elapsed--> Active
     Warming|Active --serving && terminating--> Draining (no new sessions, a deadline)
-    any --!serving or absent--> Failed --goneAfter--> Gone --forgetAfter--> (dropped)
+    Draining --ready--> Active                 (conditions flapped: serve it again)
+    Draining --absent--> Gone                  (the drain finished: the pod was deleted)
+    Warming|Active|Draining --!serving--> Failed
+    Warming|Active --absent--> Failed
+    Failed --absent for goneAfter--> Gone --absent for forgetAfter--> (dropped)
+    Gone --!serving--> Failed
+    Failed|Gone --ready--> Warming (Active without slow start)
+    (new) --!serving--> Failed;  (new) --absent--> (not listed)
 """
 
 from __future__ import annotations
@@ -145,6 +153,10 @@ def advance(
         if observation is Observation.ABSENT:
             return None
         return BackendStatus(state=BackendState.FAILED, since=now)
+    if previous.state is BackendState.DRAINING and observation is Observation.ABSENT:
+        # A drained pod leaves the slices when it is deleted: its drain is over, it did
+        # not fail (its remaining sessions move either way).
+        return BackendStatus(state=BackendState.GONE, since=now)
     if previous.state.keeps_sessions:
         return BackendStatus(state=BackendState.FAILED, since=now)
     if previous.state is BackendState.FAILED:

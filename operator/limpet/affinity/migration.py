@@ -1,11 +1,11 @@
 """The migration decision: for one session at one instant, keep it or move it, and why.
 
 Data flow (proxy, per request of an existing session): the session's pinned backend, key
-hash, last-seen and created times, a compiled plan (:class:`~limpet.affinity.router.Router`)
-and the request's arrival time go in; a :class:`Decision` comes out. The function is pure:
-every proxy replica given the same inputs returns the same answer. The common case
-returns the shared :data:`KEEP` object, and moves return decisions cached per router,
-so the hot path allocates nothing.
+hash, last-seen and created times, a compiled plan (a :class:`CompiledPlan`, which
+:class:`limpet.affinity.router.Router` is) and the request's arrival time go in; a
+:class:`Decision` comes out. The function is pure: every proxy replica given the same
+inputs returns the same answer. The common case returns the shared :data:`KEEP` object,
+and moves return decisions cached per router, so the hot path allocates nothing.
 
 Order of the rules (the first that applies wins):
 
@@ -22,7 +22,7 @@ Order of the rules (the first that applies wins):
 5. otherwise keep.
 
 Destinations: expired, failover and drain go where a new session of the key would go
-(:meth:`~limpet.affinity.router.Router.route_new`): the first eligible member of the
+(:meth:`CompiledPlan.move`, the router's ``route_new``): the first eligible member of the
 key's preference order under its bounded-load cap. A rebalance goes only to the new owner,
 and waits while it is full. So, with loads given, no destination is ever at or above its
 cap, and none is Draining, Failed, Gone or excluded.
@@ -45,7 +45,6 @@ from .lifecycle import BackendState
 
 if TYPE_CHECKING:
     from .plan.model import RebalanceSchedule
-    from .router import Router
 
 
 class Reason(enum.Enum):
@@ -91,6 +90,61 @@ class SessionLike(Protocol):
     def created(self) -> float: ...
 
 
+class CompiledPlan(Protocol):
+    """What the decision reads from a compiled plan.
+
+    :class:`limpet.affinity.router.Router` fits; the router builds on this module's
+    :class:`Decision`, so this module names the router only through this protocol (the
+    import graph stays acyclic).
+    """
+
+    @property
+    def idle_timeout(self) -> float | None: ...
+    @property
+    def absolute_timeout(self) -> float | None: ...
+    @property
+    def drain_min_idle(self) -> float: ...
+    @property
+    def states(self) -> Mapping[BackendId, BackendState]: ...
+    @property
+    def drain_deadlines(self) -> Mapping[BackendId, float]: ...
+    @property
+    def schedule(self) -> RebalanceSchedule | None: ...
+    @property
+    def owners(self) -> tuple[BackendId, ...]: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def source_owners(self) -> tuple[BackendId, ...]: ...
+    @property
+    def source_size(self) -> int: ...
+
+    def move(
+        self,
+        reason: Reason,
+        key_hash: int,
+        now: float,
+        loads: Mapping[BackendId, int] | None,
+        total: int | None,
+        *,
+        exclude: AbstractSet[BackendId] = ...,
+    ) -> Decision:
+        """A move of the key to where a new session of it would go now."""
+        ...
+
+    def under_cap(
+        self,
+        backend: BackendId,
+        now: float,
+        loads: Mapping[BackendId, int],
+        total: int | None = None,
+        *,
+        exclude: AbstractSet[BackendId] = ...,
+    ) -> bool: ...
+
+    def moved_to(self, reason: Reason, backend: BackendId) -> Decision: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """A plain session record, for callers without their own type."""
@@ -130,7 +184,7 @@ def release_complete_at(schedule: RebalanceSchedule) -> float:
 
 def decide(
     session: SessionLike,
-    router: Router,
+    router: CompiledPlan,
     now: float,
     *,
     loads: Mapping[BackendId, int] | None = None,

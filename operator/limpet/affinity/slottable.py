@@ -35,17 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import AffinityError
-from .hashing import (
-    DEFAULT_SIZE,
-    LARGE_SIZE,
-    backend_dither,
-    check_size,
-)
+from .hashing import backend_dither, check_size
 from .ids import BackendId
+from .limits import DEFAULT_SIZE, LARGE_SIZE, MAX_WEIGHT
 from .rendezvous import Scorer, rendezvous
-
-MAX_WEIGHT = 1_000_000
-"""The largest accepted weight (also the plan's limit)."""
 
 MIN_EPS = 0.04
 """The tightest slot-count bound, relative to a backend's weighted share."""

@@ -20,15 +20,15 @@ from types import MappingProxyType
 
 import aiohttp
 
-from limpet.controller.config import ConfigError, load_cluster_config
-from limpet.controller.kube import ApiError, KubeClient, Resource
-from limpet.controller.settings import (
+from limpet.controller.kube.client import ApiError, KubeClient, Resource
+from limpet.controller.kube.config import ConfigError, load_cluster_config
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.settings import (
     DEFAULT_PROXY_IMAGE,
     DebounceSettings,
     OperatorSettings,
     PushSettings,
 )
-from limpet.controller.watchhub import WatchHub
 
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings")
 PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
@@ -197,7 +197,7 @@ async def main(args: argparse.Namespace) -> int:
         if problem is not None:
             log.error("%s", problem)
             return 2
-        hub = WatchHub(client)
+        hub = WatchHub(client, backoff=settings.retry)
         runtime = Runtime(config=config, client=client, hub=hub, http=http, settings=settings)
         try:
             await kopf.operator(

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from limpet.controller.settings import DebounceSettings
+from limpet.controller.model.settings import DebounceSettings
 
 
 class Debouncer:

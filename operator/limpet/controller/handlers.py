@@ -8,7 +8,9 @@ client, HTTP session for the proxies, settings, and the live reconcilers by UID)
 - ``@kopf.daemon`` on StickyServices: runs one :class:`~.reconciler.Reconciler` per
   object for as long as it exists and this operator is active (kopf stops daemons when
   the object is deleted, when the operator exits, and when peering pauses it in favour
-  of a higher-priority replica). A reconciler that crashes is restarted with back-off.
+  of a higher-priority replica). A reconciler that crashes raises ``kopf.TemporaryError``
+  with a delay from ``settings.restart`` (:mod:`.model.backoff`), and kopf's daemon
+  machinery calls the daemon again after it.
 - ``@kopf.on.create`` / ``on.update`` / ``on.resume``: hand the new body (spec and
   annotations, e.g. the key-rotation request) to the object's reconciler.
 - ``@kopf.on.delete``: remove what the operator created for the object (Deployment,
@@ -33,13 +35,14 @@ from typing import Any
 import aiohttp
 import kopf
 
-from limpet.controller.config import ClusterConfig
-from limpet.controller.kube import KubeClient
-from limpet.controller.proxies import delete_owned
+from limpet.controller.effects.proxies import delete_owned
+from limpet.controller.effects.reporter import EventSink
+from limpet.controller.kube.client import KubeClient
+from limpet.controller.kube.config import ClusterConfig
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model import backoff
+from limpet.controller.model.settings import OperatorSettings
 from limpet.controller.reconciler import Reconciler
-from limpet.controller.reporter import EventSink
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.watchhub import WatchHub
 
 GROUP, VERSION, PLURAL = "limpet.dev", "v1alpha1", "stickyservices"
 KOPF_PREFIX = "kopf.limpet.dev"
@@ -119,49 +122,60 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if removed:
             logger.info("deleted %s", ", ".join(removed))
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
-    async def reconcile(body: kopf.Body, uid: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        async def until_stopped() -> None:
-            await stopped.wait()
-
-        stop = asyncio.create_task(until_stopped())
-        delay = 1.0
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        cancellation_timeout=10.0,
+        errors=kopf.ErrorsMode.TEMPORARY,
+    )
+    async def reconcile(
+        body: kopf.Body, uid: str, stopped: kopf.DaemonStopped, retry: int, **_: Any
+    ) -> None:
+        reconciler = Reconciler(
+            client=runtime.client,
+            hub=runtime.hub,
+            http=runtime.http,
+            settings=runtime.settings,
+            events=runtime.events,
+            body=plain(body),
+        )
+        runtime.reconcilers[uid] = reconciler
         try:
-            while not stopped:
-                reconciler = Reconciler(
-                    client=runtime.client,
-                    hub=runtime.hub,
-                    http=runtime.http,
-                    settings=runtime.settings,
-                    events=runtime.events,
-                    body=plain(body),
-                )
-                runtime.reconcilers[uid] = reconciler
-                task = asyncio.create_task(reconciler.run(), name=f"reconcile:{uid}")
-                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    return
-                if task.exception() is None:
-                    return  # the object is gone
-                log.error(
-                    "reconciler of %s crashed; restarting in %.0fs",
-                    uid,
-                    delay,
-                    exc_info=task.exception(),
-                )
-                await asyncio.wait({stop}, timeout=delay)
-                delay = min(delay * 2, 60.0)
+            await run_until_stopped(reconciler, stopped)
+        except Exception as exc:
+            # kopf calls the daemon again after the delay (its retry count grows), with
+            # the object's newest body: a fresh reconciler recovers from status.
+            wait = backoff.delay(runtime.settings.restart, retry)
+            log.error("reconciler of %s crashed; restarting in %.1fs", uid, wait, exc_info=exc)
+            raise kopf.TemporaryError(f"reconciler crashed: {exc!r}", delay=wait) from exc
         finally:
-            if runtime.reconcilers.get(uid) is not None and stopped:
+            if stopped and runtime.reconcilers.get(uid) is reconciler:
                 runtime.reconcilers.pop(uid, None)
-            stop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stop
 
     return registry
+
+
+async def run_until_stopped(reconciler: Reconciler, stopped: kopf.DaemonStopped) -> None:
+    """Run ``reconciler`` until it returns (its object is gone) or kopf stops the daemon
+    (deletion, operator exit, peering pause): then it is cancelled and awaited."""
+
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    task = asyncio.create_task(reconciler.run(), name=f"reconcile:{reconciler.uid}")
+    stop = asyncio.create_task(until_stopped())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stop):
+            if not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+    if not task.cancelled():
+        task.result()  # raises what the reconciler raised
 
 
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:

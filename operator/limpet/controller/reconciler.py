@@ -1,32 +1,39 @@
-"""One StickyService, end to end: watch, plan, push, report.
+"""One StickyService, end to end: handler -> reconcile -> plan -> push -> status.
 
 Data flow: kopf runs :meth:`Reconciler.run` as the StickyService's daemon and forwards
 spec and annotation changes to :meth:`Reconciler.update`. The reconciler
 
-1. recovers its planner state from the object's status (:func:`.status.recover_state`)
-   and its keys from its Secret (creating both on first sight);
+1. recovers its planner state from the object's status
+   (:func:`~limpet.controller.model.status.recover_state`) and its keys from its Secret
+   (:class:`~limpet.controller.effects.key_lifecycle.KeyLifecycle`, creating both on
+   first sight);
 2. applies the managed proxies (Deployment + Service) when ``spec.proxy.managed``;
 3. subscribes to its namespace's shared, server-side-filtered watches
-   (:mod:`.watchhub`): the target Service's ports, its EndpointSlices and the managed
-   proxies' EndpointSlices (external-mode proxies get an :class:`.informer.Informer`
-   with their label selector);
-4. loops: the :class:`.debounce.Debouncer` turns watch events into paced planning
-   passes; each pass builds the membership, asks :func:`.planner.plan_next` for the next
-   plan, writes status first when the durable state changed (restart safety), hands a
-   new version to the :class:`.pusher.Pusher`, and posts the planner's Events;
-5. a second task (:class:`.reporter.StatusReporter`) writes status when something
-   visible changed (proxy sync, sessions), at most every ``status_interval``, and posts
-   the proxy and drain Events that depend on the proxies' stats.
+   (:class:`~limpet.controller.kube.watches.ServiceWatches`): the target Service's
+   ports, its EndpointSlices and the proxies' EndpointSlices. Every change pokes the
+   :class:`~limpet.controller.debounce.Debouncer`, the one way into the loop;
+4. loops: each paced pass refreshes the proxy targets, builds the membership, asks
+   :func:`~limpet.controller.model.planner.plan_next` for the next plan, writes status
+   first when the durable state changed (restart safety), hands a new version to the
+   :class:`~limpet.controller.effects.pusher.Pusher`, posts the planner's Events and
+   hands the :class:`~limpet.controller.effects.reporter.StatusReporter` a new
+   :class:`~limpet.controller.effects.reporter.Observed` snapshot;
+5. a second task follows the pusher (:attr:`Pusher.changed`): a proxy's sync state
+   changed, so the reporter gets a new snapshot; a proxy seen ahead of the planner's
+   version raises the version floor and pokes the debouncer;
+6. the reporter's own task writes status at most every ``status_interval`` and posts
+   the Events that depend on the proxies' stats.
 
-This module holds the loop and what it owns (body, spec, keys, planner state, pusher);
-:mod:`.watches` holds the subscriptions and :mod:`.reporter` the status and Events.
+Nothing downstream calls back: the pusher and the reporter hold no reference to the
+reconciler, and the reporter reads the pusher only through its
+:class:`~limpet.controller.effects.pusher.PushReport` value.
 
 Concurrency: single-threaded on the event loop; nothing here blocks, and a failing API
 call or proxy only delays this StickyService. The loop is the only writer of the
-planner state; the reporter reads it through :meth:`Reconciler._observe` and serializes
-every status write under one lock, and a plan whose durable state changed is pushed
-only after its forced status write returned. Planning never runs before the watches have
-listed once, so a restart never mistakes "not listed yet" for "all pods gone".
+planner state; every status write is serialized under the reporter's lock, and a plan
+whose durable state changed is pushed only after its forced status write returned.
+Planning never runs before the watches have listed once, so a restart never mistakes
+"not listed yet" for "all pods gone".
 """
 
 from __future__ import annotations
@@ -42,28 +49,21 @@ import aiohttp
 
 from limpet.affinity.ids import BackendId
 from limpet.controller.debounce import Debouncer
-from limpet.controller.keys import KeyMaterial, next_retirement, prune, rotate
-from limpet.controller.kube import STICKYSERVICES, ApiError, KubeClient
-from limpet.controller.membership import Member, build_membership, proxy_endpoints
-from limpet.controller.planner import PlanInputs, PlannerState, plan_next
-from limpet.controller.proxies import (
-    apply_managed,
-    delete_owned,
-    load_keys,
-    proxy_targets,
-    save_keys,
-)
-from limpet.controller.pusher import Pusher
-from limpet.controller.reporter import EventSink, Observed, StatusReporter
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import SpecError, StickySpec, parse_spec
-from limpet.controller.status import Problem, recover_state
-from limpet.controller.watches import ServiceWatches
-from limpet.controller.watchhub import WatchHub
+from limpet.controller.effects.key_lifecycle import KeyLifecycle
+from limpet.controller.effects.proxies import apply_managed, delete_owned, proxy_targets
+from limpet.controller.effects.pusher import Pusher
+from limpet.controller.effects.reporter import EventSink, Observed, StatusReporter
+from limpet.controller.kube.client import STICKYSERVICES, ApiError, KubeClient
+from limpet.controller.kube.watches import ServiceWatches
+from limpet.controller.kube.watchhub import WatchHub
+from limpet.controller.model.backoff import Backoff
+from limpet.controller.model.membership import Member, build_membership, proxy_endpoints
+from limpet.controller.model.planner import PlanInputs, PlannerState, PlanResult, plan_next
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import SpecError, StickySpec, parse_spec
+from limpet.controller.model.status import Problem, recover_state
 
 log = logging.getLogger(__name__)
-
-ROTATE_ANNOTATION = "limpet.dev/rotate-keys"
 
 
 class Reconciler:
@@ -78,7 +78,6 @@ class Reconciler:
         body: Mapping[str, Any],
     ) -> None:
         self._client = client
-        self._hub = hub
         self._http = http
         self._settings = settings
         meta = body["metadata"]
@@ -90,24 +89,29 @@ class Reconciler:
         self._debouncer = Debouncer(settings.debounce)
         self._debouncer.poke()  # the first pass: apply the body, start watching
         self._state: PlannerState = recover_state(body.get("status"))
+        self._schedule_seen = self._state.schedule
         self._spec: StickySpec | None = None
         self._spec_key: object = None
         self._problem: Problem | None = None
-        self._keys: KeyMaterial | None = None
-        self._keys_rotated_at: float | None = None
-        keys_status = (body.get("status") or {}).get("keys") or {}
-        self._rotation_seen: str | None = keys_status.get("rotationRequest")
         self._floor = 0
         self._next_wakeup: float | None = None
+        self._keys = KeyLifecycle(
+            client=client,
+            events=events,
+            owner_ref=self.ref,
+            key_retention_default=settings.key_retention_default,
+            recovered=body.get("status"),
+        )
         self._watches = ServiceWatches(
             client=client,
             hub=hub,
             namespace=self.namespace,
             name=self.name,
-            on_members=self._debouncer.poke,
-            on_proxies=self._refresh_targets,
+            on_change=self._debouncer.poke,
+            backoff=settings.retry,
         )
         self._pusher: Pusher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._report = StatusReporter(
             client=client,
             settings=settings,
@@ -116,10 +120,9 @@ class Reconciler:
             name=self.name,
             ref=self.ref,
             path=self._own_path() + "/status",
-            observe=self._observe,
+            observed=self._observed(),
             recovered=body.get("status"),
         )
-        self._schedule_seen = self._state.schedule
 
     # -- inputs from kopf ---------------------------------------------------------------------
 
@@ -137,57 +140,75 @@ class Reconciler:
             "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid},
         }
 
+    def _own_path(self) -> str:
+        return STICKYSERVICES.path(self.namespace, self.name)
+
     def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self._report.event(reason, message, warning=warning)
 
-    def _observe(self) -> Observed:
-        """The reporter's snapshot; read at write time, under the reporter's lock."""
+    def _observed(self) -> Observed:
+        """What status shows now: handed to the reporter whenever part of it changed."""
         return Observed(
             generation=int(self._body.get("metadata", {}).get("generation") or 0),
             state=self._state,
             spec=self._spec,
             pusher=self._pusher,
-            keys=self._keys,
+            keys=self._keys.material,
             problem=self._problem,
-            keys_rotated_at=self._keys_rotated_at,
-            rotation_request=self._rotation_seen,
+            keys_rotated_at=self._keys.rotated_at,
+            rotation_request=self._keys.rotation_request,
         )
+
+    def _publish(self) -> None:
+        self._report.update(self._observed())
 
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        status_task = asyncio.create_task(self._report.run(), name=f"status:{self.name}")
+        self._start(self._report.run(), f"status:{self.name}")
+        backoff = Backoff(self._settings.retry)
         try:
             while True:
                 now = time.time()
                 wake_in = None if self._next_wakeup is None else max(0.0, self._next_wakeup - now)
                 await self._debouncer.wait(wake_in)
                 try:
-                    if self._body_changed:
-                        self._body_changed = False
-                        await self._apply_body()
-                    await self._plan_once()
+                    await self._pass()
+                    backoff.reset()
                 except ApiError as exc:
                     if exc.status == 404 and await self._client.get(self._own_path()) is None:
                         log.info("%s/%s is gone; stopping", self.namespace, self.name)
                         return
                     log.warning("%s/%s: API error: %s; retrying", self.namespace, self.name, exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     log.warning("%s/%s: %s; retrying", self.namespace, self.name, exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(backoff.next_delay())
                     self._debouncer.poke()
         finally:
-            status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status_task
-            await self._watches.stop()
-            if self._pusher is not None:
-                await self._pusher.close()
+            await self._stop()
 
-    def _own_path(self) -> str:
-        return STICKYSERVICES.path(self.namespace, self.name)
+    def _start(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._watches.stop()
+        if self._pusher is not None:
+            await self._pusher.close()
+
+    async def _pass(self) -> None:
+        if self._body_changed:
+            self._body_changed = False
+            await self._apply_body()
+        self._refresh_targets()
+        await self._plan_once()
 
     async def _apply_body(self) -> None:
         body = self._body
@@ -196,24 +217,9 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as exc:
             self._problem = Problem("InvalidSpec", str(exc))
-            self._report.mark_dirty()
+            self._publish()
             return
-        if self._keys is None:
-            self._keys, created = await load_keys(self._client, body, now=now)
-            if created:
-                self._event("KeysCreated", "admin token and cookie signing key created")
-        request = ((body.get("metadata") or {}).get("annotations") or {}).get(ROTATE_ANNOTATION)
-        if request and request != self._rotation_seen:
-            retention = spec.affinity.absolute_timeout or self._settings.key_retention_default
-            self._keys = rotate(self._keys, now=now, retention=retention)
-            await save_keys(self._client, body, self._keys)
-            self._rotation_seen = request
-            self._keys_rotated_at = now
-            self._event(
-                "KeysRotated",
-                f"new cookie signing key {self._keys.active_key_id}; older keys stay valid "
-                f"for {retention:g}s",
-            )
+        keys = await self._keys.apply(body, spec, now=now)
         if spec.proxy.managed:
             await apply_managed(self._client, body, spec, self._settings)
         elif self._spec is not None and self._spec.proxy.managed:
@@ -228,34 +234,37 @@ class Reconciler:
         self._spec = spec
         if self._pusher is None:
             self._pusher = Pusher(
-                session=self._http,
-                settings=self._settings.push,
-                token=self._keys.admin_token,
-                on_change=self._report.mark_dirty,
-                on_ahead=self._proxy_ahead,
+                session=self._http, settings=self._settings.push, token=keys.admin_token
             )
-        self._refresh_targets()
+            self._start(self._follow(self._pusher), f"follow-push:{self.name}")
 
     def _refresh_targets(self) -> None:
         if self._pusher is None or self._spec is None:
             return
         endpoints = proxy_endpoints(self._watches.proxy_slices())
         self._pusher.set_targets(proxy_targets(endpoints, self._spec, self._settings))
-        self._report.mark_dirty()
+        self._publish()
 
-    def _proxy_ahead(self, version: int) -> None:
-        if version >= self._state.version and version > self._floor:
-            log.info(
-                "%s/%s: a proxy holds plan %d; moving past it", self.namespace, self.name, version
-            )
-            self._floor = version
-            self._debouncer.poke()
+    async def _follow(self, pusher: Pusher) -> None:
+        """The pusher's news: new proxy sync states for status, and versions seen ahead."""
+        while True:
+            await pusher.changed.wait()
+            pusher.changed.clear()
+            ahead = pusher.ahead
+            if ahead >= self._state.version and ahead > self._floor:
+                log.info(
+                    "%s/%s: a proxy holds plan %d; moving past it", self.namespace, self.name, ahead
+                )
+                self._floor = ahead
+                self._debouncer.poke()
+            self._publish()
 
     # -- planning ----------------------------------------------------------------------------
 
     def _members(self, spec: StickySpec) -> Mapping[BackendId, Member] | None:
         """Current members, or None when the Service or its port is missing (problem set)."""
-        assert self._keys is not None
+        keys = self._keys.material
+        assert keys is not None
         ports = self._watches.ports(spec.service)
         if ports is None:
             self._problem = Problem(
@@ -276,30 +285,27 @@ class Reconciler:
             return None
         self._problem = None
         return build_membership(
-            self._watches.member_slices(spec.service), port_name=port_name, id_key=self._keys.id_key
+            self._watches.member_slices(spec.service), port_name=port_name, id_key=keys.id_key
         )
 
     async def _plan_once(self) -> None:
-        spec, keys, pusher = self._spec, self._keys, self._pusher
-        if spec is None or keys is None or pusher is None:
+        """One pass of plan -> persist -> push -> status."""
+        spec, pusher = self._spec, self._pusher
+        if spec is None or self._keys.material is None or pusher is None:
             return
         if not self._watches.synced(spec.service):
             self._next_wakeup = time.time() + 0.05
             return
         now = round(time.time(), 6)
-        pruned = prune(keys, now=now)
-        if pruned is not keys:
-            self._keys = keys = pruned
-            await save_keys(self._client, self._body, keys)
-        members = self._members(spec)
-        sessions = pusher.sessions()
+        keys = await self._keys.current(self._body, now=now)
+        push = pusher.report()
         result = plan_next(
             PlanInputs(
                 name=f"{self.namespace}/{self.name}",
                 spec=spec,
-                members=members,
+                members=self._members(spec),
                 cookie_keys=keys.plan_keys(),
-                sessions=sum(sessions.values()) if pusher.proxies else None,
+                sessions=sum(push.sessions.values()) if push.proxies else None,
                 version_floor=self._floor,
                 gone_after=self._settings.gone_after,
                 forget_after=self._settings.forget_after,
@@ -307,11 +313,22 @@ class Reconciler:
             self._state,
             now=now,
         )
+        await self._persist(result)
+        if result.new_version:
+            await self._push(pusher, result)
+        for event in result.events:
+            self._event(event.kind.value, event.message, warning=event.warning)
+        wakeups = [t for t in (result.next_wakeup, self._keys.next_retirement()) if t is not None]
+        self._next_wakeup = min(wakeups) if wakeups else None
+        self._publish()
+
+    async def _persist(self, result: PlanResult) -> None:
+        """Take the new state; write status first when its durable part changed."""
         previous = self._state
         self._state = result.state
         if result.durable_changed:
             try:
-                await self._report.write(force=True)
+                await self._report.write(self._observed(), force=True)
             except BaseException:
                 # Not persisted, so not pushed either: the next pass plans again.
                 self._state = previous
@@ -319,24 +336,21 @@ class Reconciler:
         if result.state.schedule is not self._schedule_seen:
             self._schedule_seen = result.state.schedule
             self._report.reset_moved()
-        if result.new_version:
-            await pusher.set_plan(result.plan.version, result.plan.to_json().encode())
-            counts: dict[str, int] = {}
-            for b in result.plan.backends:
-                counts[b.state.value] = counts.get(b.state.value, 0) + 1
-            log.info(
-                "%s/%s: plan v%d to %d proxies: %s%s",
-                self.namespace,
-                self.name,
-                result.plan.version,
-                len(pusher.proxies),
-                ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no backends",
-                ", rebalancing" if result.plan.rebalance is not None else "",
-            )
-            if self._floor and result.plan.version > self._floor:
-                self._floor = 0
-        for event in result.events:
-            self._event(event.kind.value, event.message, warning=event.warning)
-        wakeups = [t for t in (result.next_wakeup, next_retirement(keys)) if t is not None]
-        self._next_wakeup = min(wakeups) if wakeups else None
-        self._report.mark_dirty()
+
+    async def _push(self, pusher: Pusher, result: PlanResult) -> None:
+        plan = result.plan
+        await pusher.set_plan(plan.version, plan.to_json().encode())
+        counts: dict[str, int] = {}
+        for b in plan.backends:
+            counts[b.state.value] = counts.get(b.state.value, 0) + 1
+        log.info(
+            "%s/%s: plan v%d to %d proxies: %s%s",
+            self.namespace,
+            self.name,
+            plan.version,
+            len(pusher.report().proxies),
+            ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no backends",
+            ", rebalancing" if plan.rebalance is not None else "",
+        )
+        if self._floor and plan.version > self._floor:
+            self._floor = 0

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from limpet.controller.proxies import proxy_service_name, secret_name
+from limpet.controller.model.names import proxy_service_name, secret_name
 from limpet.devcluster.binaries import KUBECTL, find_binary
 from limpet.devcluster.client import (
     client_from_kubeconfig,

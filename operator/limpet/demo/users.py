@@ -126,9 +126,6 @@ class UserPool:
         self._phase = name
         self._tallies.setdefault(name, PhaseTally())
 
-    def set_population(self, population: int) -> None:
-        self._population = population
-
     def set_targets(self, targets: Sequence[str]) -> None:
         """The proxies to spread requests over, from the next request on."""
         if not targets:

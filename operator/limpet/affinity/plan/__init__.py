@@ -8,7 +8,7 @@ is documented in ``docs/plan.md``. Pure values, no I/O.
 
 from ..errors import PlanError
 from ..lifecycle import BackendState
-from ..slottable import MAX_WEIGHT
+from ..limits import MAX_WEIGHT
 from .codec import plan_from_dict, plan_from_json, plan_to_dict, plan_to_json
 from .model import (
     SCHEMA_VERSION,

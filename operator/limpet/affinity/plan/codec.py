@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import PlanError
-from ..hashing import DEFAULT_SIZE
 from ..ids import BackendId
 from ..lifecycle import BackendState
+from ..limits import DEFAULT_SIZE
 from .model import (
     SCHEMA_VERSION,
     AffinitySettings,

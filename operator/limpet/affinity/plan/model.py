@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import PlanError
-from ..hashing import DEFAULT_SIZE, MAX_SIZE
 from ..ids import BackendId
 from ..lifecycle import BackendState
-from ..slottable import MAX_WEIGHT
+from ..limits import DEFAULT_SIZE, MAX_SIZE, MAX_WEIGHT
 from . import checks
 
 if TYPE_CHECKING:

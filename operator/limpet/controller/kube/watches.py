@@ -3,15 +3,15 @@
 Data flow: the reconciler calls :meth:`ServiceWatches.start` with the parsed spec (and
 :meth:`ServiceWatches.stop` before starting again when the target Service or the proxy
 mode changes). ``start`` subscribes to the namespace's shared, server-side-filtered
-watches (:mod:`.watchhub`): the target Service's ports and EndpointSlices call
-``on_members``; the managed proxies' EndpointSlices call ``on_proxies``. External-mode
-proxies, found by an arbitrary label selector, get an :class:`.informer.Informer` of
-their own whose changes also call ``on_proxies``. The reconciler then reads
-:meth:`synced`, :meth:`ports`, :meth:`member_slices` and :meth:`proxy_slices`.
+watches (:mod:`.watchhub`): the target Service's ports and EndpointSlices, and the
+managed proxies' EndpointSlices. External-mode proxies, found by an arbitrary label
+selector, get an :class:`.informer.Informer` of their own. Any change of any of them
+calls ``on_change`` (the reconciler's debouncer poke: the one way in); the reconciler
+then reads :meth:`synced`, :meth:`ports`, :meth:`member_slices` and :meth:`proxy_slices`.
 
-Concurrency: single-threaded on the event loop. The callbacks run synchronously from
-the watch tasks and must not block. ``on_members`` and ``on_proxies`` are stored once,
-so the objects unsubscribed are the ones subscribed.
+Concurrency: single-threaded on the event loop. The callback runs synchronously from
+the watch tasks and must not block. It is stored once, so the object unsubscribed is the
+one subscribed.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from limpet.controller.informer import Informer
-from limpet.controller.kube import ENDPOINTSLICES, KubeClient
-from limpet.controller.membership import SliceView, parse_slice
-from limpet.controller.proxies import proxy_service_name
-from limpet.controller.spec import StickySpec
-from limpet.controller.watchhub import (
+from limpet.controller.kube.client import ENDPOINTSLICES, KubeClient
+from limpet.controller.kube.informer import Informer
+from limpet.controller.kube.watchhub import (
     Callback,
     NamespaceServices,
     NamespaceSlices,
     ServicePorts,
     WatchHub,
 )
+from limpet.controller.model.membership import SliceView, parse_slice
+from limpet.controller.model.names import proxy_service_name
+from limpet.controller.model.settings import BackoffSettings
+from limpet.controller.model.spec import StickySpec
 
 
 class ServiceWatches:
@@ -41,15 +42,15 @@ class ServiceWatches:
         hub: WatchHub,
         namespace: str,
         name: str,
-        on_members: Callback,
-        on_proxies: Callback,
+        on_change: Callback,
+        backoff: BackoffSettings,
     ) -> None:
         self._client = client
         self._hub = hub
         self._namespace = namespace
         self._name = name
-        self._on_members = on_members
-        self._on_proxies = on_proxies
+        self._on_change = on_change
+        self._backoff = backoff
         self._services: NamespaceServices | None = None
         self._slices: NamespaceSlices | None = None
         self._watched: tuple[str, str | None] | None = None
@@ -62,21 +63,22 @@ class ServiceWatches:
         proxies, found by an arbitrary label selector, get a watch of their own."""
         self._services = self._hub.services(self._namespace)
         self._slices = self._hub.slices(self._namespace)
-        self._services.subscribe(spec.service, self._on_members)
-        self._slices.subscribe(spec.service, self._on_members)
+        self._services.subscribe(spec.service, self._on_change)
+        self._slices.subscribe(spec.service, self._on_change)
         proxy_service = None
         if spec.proxy.managed:
             proxy_service = proxy_service_name(self._name)
-            self._slices.subscribe(proxy_service, self._on_proxies)
+            self._slices.subscribe(proxy_service, self._on_change)
         else:
-            on_proxies = self._on_proxies
+            on_change = self._on_change
             inf: Informer[SliceView] = Informer(
                 self._client,
                 ENDPOINTSLICES,
                 self._namespace,
                 transform=parse_slice,
-                on_change=lambda _names: on_proxies(),
+                on_change=lambda _names: on_change(),
                 label_selector=spec.proxy.label_selector(),
+                backoff=self._backoff,
             )
             self._proxy_inf = inf
             self._tasks.append(asyncio.create_task(inf.run(), name=inf.describe()))
@@ -85,10 +87,10 @@ class ServiceWatches:
     async def stop(self) -> None:
         if self._watched is not None and self._services and self._slices:
             service, proxy_service = self._watched
-            self._services.unsubscribe(service, self._on_members)
-            self._slices.unsubscribe(service, self._on_members)
+            self._services.unsubscribe(service, self._on_change)
+            self._slices.unsubscribe(service, self._on_change)
             if proxy_service is not None:
-                self._slices.unsubscribe(proxy_service, self._on_proxies)
+                self._slices.unsubscribe(proxy_service, self._on_change)
             self._watched = None
             await self._hub.release(self._namespace)
         self._proxy_inf = None

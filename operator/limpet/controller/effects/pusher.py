@@ -8,13 +8,15 @@ with its admin URL). One worker task per proxy loops:
 2. While the proxy runs an older version than the current plan, ``PUT /v1/plan``; on a
    connection error, a timeout or a 5xx it backs off exponentially (with jitter) and
    tries again. A 409 means the proxy holds a version this process did not push (an
-   operator restart that lost it, or a plan from elsewhere): the worker reports it through
-   ``on_ahead`` so the planner issues a version above it. A lower version is never sent.
+   operator restart that lost it, or a plan from elsewhere): the worker records it in
+   ``ahead`` so the planner issues a version above it. A lower version is never sent.
 3. Otherwise it waits for a newer plan or ``stats_interval``, then reads stats again: a
    proxy that restarted (no plan, or its persisted older one) is pushed to again, and the
    per-backend session counts feed status and the rebalance estimate.
 
-Every change of a proxy's sync state calls ``on_change`` (synchronous, cheap).
+Every change of a proxy's sync state sets :attr:`Pusher.changed`; a proxy found on a
+higher version raises :attr:`Pusher.ahead`. :meth:`Pusher.report` is the value the
+status is made of. The pusher calls nobody back: its reader waits on ``changed``.
 
 Concurrency: one event loop. Workers are independent, so a slow or dead proxy delays
 nobody else. The plan body is encoded once per version and shared.
@@ -25,15 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from limpet.controller.settings import PushSettings
+from limpet.controller.model.backoff import Backoff
+from limpet.controller.model.settings import PushSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,41 @@ class ProxyState:
     synced_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyReport:
+    """One proxy as the pusher last heard from it."""
+
+    name: str
+    """Its pod's name, else its admin URL."""
+    version: int | None
+    reachable: bool
+    error: str | None
+    rebalance_moves: int
+    """Sessions it moved for a rebalance since it started (its own count)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport:
+    """What the proxies said, at one instant: the value status and Events are made of."""
+
+    version: int
+    """The pusher's current plan version (0: none yet)."""
+    proxies: tuple[ProxyReport, ...]
+    sessions: Mapping[str, int]
+    """Sessions per backend id, summed over proxies (cookie sessions may be counted by
+    each proxy that saw them: an upper bound)."""
+
+    def synced(self, version: int) -> int:
+        """How many proxies run plan ``version`` (none while ``version`` is 0)."""
+        return sum(1 for p in self.proxies if version and p.version == version)
+
+    def out_of_sync(self, version: int) -> tuple[ProxyReport, ...]:
+        return tuple(p for p in self.proxies if p.version != version)
+
+    def unreachable(self) -> tuple[ProxyReport, ...]:
+        return tuple(p for p in self.proxies if p.error and not p.reachable)
+
+
 class Pusher:
     def __init__(
         self,
@@ -68,26 +105,25 @@ class Pusher:
         session: aiohttp.ClientSession,
         settings: PushSettings,
         token: str,
-        on_change: Callable[[], None],
-        on_ahead: Callable[[int], None],
     ) -> None:
         self._session = session
         self._settings = settings
         self._token = token
-        self._on_change = on_change
-        self._on_ahead = on_ahead
         self._version = 0
         self._body = b""
         self._new_plan = asyncio.Condition()
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self.proxies: dict[str, ProxyState] = {}
+        self._proxies: dict[str, ProxyState] = {}
+        self.changed = asyncio.Event()
+        """Set when a proxy's sync state changed or one was seen ahead; its one reader
+        (the reconciler) clears it."""
+        self.ahead = 0
+        """The highest plan version seen on a proxy that this pusher did not push (an
+        operator restart lost it, or a plan came from elsewhere); 0: none."""
 
     @property
     def version(self) -> int:
         return self._version
-
-    def set_token(self, token: str) -> None:
-        self._token = token
 
     async def set_plan(self, version: int, body: bytes) -> None:
         """Make ``version`` current; lower or equal versions are ignored."""
@@ -99,31 +135,39 @@ class Pusher:
 
     def set_targets(self, targets: Mapping[str, ProxyTarget]) -> None:
         for key in list(self._workers):
-            if key not in targets or self.proxies[key].target != targets[key]:
+            if key not in targets or self._proxies[key].target != targets[key]:
                 self._workers.pop(key).cancel()
-                self.proxies.pop(key, None)
+                self._proxies.pop(key, None)
         for key, target in targets.items():
             if key not in self._workers:
-                self.proxies[key] = ProxyState(target=target)
+                self._proxies[key] = ProxyState(target=target)
                 self._workers[key] = asyncio.create_task(
-                    self._worker(self.proxies[key]), name=f"push:{target.url}"
+                    self._worker(self._proxies[key]), name=f"push:{target.url}"
                 )
-        self._on_change()
 
-    def synced(self) -> int:
-        return sum(1 for p in self.proxies.values() if p.version == self._version)
-
-    def out_of_sync(self) -> list[ProxyState]:
-        return [p for p in self.proxies.values() if p.version != self._version]
-
-    def sessions(self) -> dict[str, int]:
-        """Sessions per backend id, summed over proxies (cookie sessions may be counted
-        by each proxy that saw them: an upper bound)."""
-        total: dict[str, int] = {}
-        for p in self.proxies.values():
+    def report(self) -> PushReport:
+        sessions: dict[str, int] = {}
+        for p in self._proxies.values():
             for bid, n in p.sessions.items():
-                total[bid] = total.get(bid, 0) + n
-        return total
+                sessions[bid] = sessions.get(bid, 0) + n
+        return PushReport(
+            version=self._version,
+            proxies=tuple(
+                ProxyReport(
+                    name=p.target.pod or p.target.url,
+                    version=p.version,
+                    reachable=p.reachable,
+                    error=p.last_error,
+                    rebalance_moves=p.migrations.get("rebalance", 0),
+                )
+                for p in self._proxies.values()
+            ),
+            sessions=sessions,
+        )
+
+    def _saw_ahead(self, version: int) -> None:
+        self.ahead = max(self.ahead, version)
+        self.changed.set()
 
     async def close(self) -> None:
         tasks = list(self._workers.values())
@@ -177,13 +221,13 @@ class Pusher:
             if resp.status == 409:
                 await self._read_stats(state)
                 if state.version is not None and state.version >= version:
-                    self._on_ahead(state.version)
+                    self._saw_ahead(state.version)
                 raise _Failure(f"push v{version}: 409 {text.strip()[:200]}")
             raise _Failure(f"push v{version}: HTTP {resp.status} {text.strip()[:200]}")
 
     async def _worker(self, state: ProxyState) -> None:
         s = self._settings
-        delay = s.backoff_initial
+        backoff = Backoff(s.backoff)
         first = True
         while True:
             before = (state.version, state.reachable, state.last_error)
@@ -196,7 +240,7 @@ class Pusher:
                         and state.version >= self._version > 0
                         and state.version != state.pushed
                     ):
-                        self._on_ahead(state.version)
+                        self._saw_ahead(state.version)
                 if self._behind(state):
                     await self._push(state)
                 else:
@@ -209,7 +253,7 @@ class Pusher:
                     if not self._behind(state):
                         await self._read_stats(state)
                 state.last_error = None
-                delay = s.backoff_initial
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, TimeoutError, _Failure, ValueError) as exc:
@@ -219,12 +263,11 @@ class Pusher:
                     first = True
                 log.debug("proxy %s: %s", state.target.url, state.last_error)
                 if (state.version, state.reachable, state.last_error) != before:
-                    self._on_change()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, s.backoff_max)
+                    self.changed.set()
+                await asyncio.sleep(backoff.next_delay())
                 continue
             if (state.version, state.reachable, state.last_error) != before:
-                self._on_change()
+                self.changed.set()
 
 
 class _Failure(Exception):

@@ -5,7 +5,7 @@ loaders (the same rules as kubectl: ``$KUBECONFIG`` or ``~/.kube/config`` with i
 context, exec plugins and auth providers; otherwise the pod's service account) for a
 ``kubernetes.client.Configuration`` and reduces it to a frozen :class:`ClusterConfig`: a
 server URL, TLS material as file paths, and a way to get the current bearer token.
-Both :mod:`limpet.controller.kube` (our own aiohttp client) and kopf's login handler are
+Both :mod:`limpet.controller.kube.client` (our own aiohttp client) and kopf's login handler are
 fed from it, so the operator has exactly one notion of "the cluster".
 
 In a pod the token comes from the kubelet's service-account mount (``SERVICE_ACCOUNT_DIR``;

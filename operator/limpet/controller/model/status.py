@@ -25,12 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from limpet.affinity.hashing import DEFAULT_SIZE
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState, BackendStatus, ramp
+from limpet.affinity.limits import DEFAULT_SIZE
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import RebalanceSchedule
-from limpet.controller.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
+from limpet.controller.model.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
 
 
 def ts(epoch: float | None) -> str | None:

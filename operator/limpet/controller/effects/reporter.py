@@ -1,17 +1,19 @@
 """One StickyService's reports: its status subresource and its Events.
 
 Data flow: the reconciler owns the planner state, spec, keys and pusher, and hands this
-module a callable returning an :class:`Observed` snapshot of them. A write takes that
-snapshot, adds the proxies' sync and rebalance progress (a :class:`.status.StatusView`),
-builds the status with :func:`.status.build_status` and applies it to the object's
-status subresource. :meth:`StatusReporter.run` is the background task: it writes when
-:meth:`StatusReporter.mark_dirty` was called (proxy sync, sessions, problems), at most
-every ``settings.status_interval``, and session-only changes at most every
-``SESSIONS_STATUS_INTERVAL``; while a backend is Warming it also writes on a timer, as
-its weight ramps with time alone. Before each write it posts the Events that depend on the
-proxies' stats (drains emptied, proxies behind). The reconciler calls
-:meth:`StatusReporter.write` with ``force=True`` when the durable state changed, and
-pushes the plan only after that write returned.
+module an :class:`Observed` snapshot of them (:meth:`StatusReporter.update`) whenever
+one of them changed. A write takes the latest snapshot, adds the proxies' sync and
+rebalance progress from the pusher's :class:`~.pusher.PushReport` (a value, read at write
+time, so session counts are current), builds the status with
+:func:`~limpet.controller.model.status.build_status` and applies it to the object's status
+subresource. :meth:`StatusReporter.run` is the background task: it writes after an
+``update``, at most every ``settings.status_interval``, and session-only changes at most
+every ``SESSIONS_STATUS_INTERVAL``; while a backend is Warming it also writes on a timer,
+as its weight ramps with time alone. Before each write it posts the Events that depend
+on the proxies' stats (drains emptied, proxies behind). The reconciler calls
+:meth:`StatusReporter.write` with ``force=True`` and a new snapshot when the durable
+state changed, and pushes the plan only after that write returned. This module calls
+nothing upstream: it is the last stage of handler -> reconcile -> plan -> push -> status.
 
 Concurrency: single-threaded on the event loop, but writes are ``await``s, so two can
 overlap (the background task and the reconciler's forced write). Every write takes one
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,13 +37,13 @@ import aiohttp
 
 from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState
-from limpet.controller.keys import KeyMaterial
-from limpet.controller.kube import ApiError, KubeClient
-from limpet.controller.planner import PlannerState
-from limpet.controller.pusher import Pusher
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import StickySpec
-from limpet.controller.status import Problem, ProxySync, StatusView, build_status
+from limpet.controller.effects.pusher import Pusher
+from limpet.controller.kube.client import ApiError, KubeClient
+from limpet.controller.model.keys import KeyMaterial
+from limpet.controller.model.planner import PlannerState
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import StickySpec
+from limpet.controller.model.status import Problem, ProxySync, StatusView, build_status
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class StatusReporter:
         name: str,
         ref: Mapping[str, Any],
         path: str,
-        observe: Callable[[], Observed],
+        observed: Observed,
         recovered: Mapping[str, Any] | None,
     ) -> None:
         self._client = client
@@ -89,7 +91,7 @@ class StatusReporter:
         self._name = name
         self._ref = ref
         self._path = path
-        self._observe = observe
+        self._seen = observed
         self._last_status: dict[str, Any] | None = dict(recovered or {}) or None
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -105,8 +107,9 @@ class StatusReporter:
             self._ref, type="Warning" if warning else "Normal", reason=reason, message=message
         )
 
-    def mark_dirty(self) -> None:
-        """Something visible changed; the background task writes soon."""
+    def update(self, observed: Observed) -> None:
+        """What the reconciler knows now; the background task writes it soon."""
+        self._seen = observed
         self._dirty.set()
 
     def reset_moved(self) -> None:
@@ -115,29 +118,26 @@ class StatusReporter:
         self._moved_offset = 0
 
     def _view(self) -> StatusView:
-        seen = self._observe()
-        pusher, spec = seen.pusher, seen.spec
-        proxies = list(pusher.proxies.values()) if pusher else []
+        seen = self._seen
+        spec = seen.spec
+        push = seen.pusher.report() if seen.pusher is not None else None
+        proxies = push.proxies if push is not None else ()
         # The planner's version, not the pusher's: status is written before a lifecycle
         # change is pushed, and must not call proxies that still run the old plan synced.
-        version = seen.state.version if pusher else 0
+        version = seen.state.version if push is not None else 0
         desired = len(proxies)
         if spec is not None and spec.proxy.managed:
             desired = spec.proxy.replicas or self._settings.proxy_replicas
         sync = ProxySync(
             desired=desired,
             discovered=len(proxies),
-            synced=sum(1 for p in proxies if version and p.version == version),
-            out_of_sync=tuple(
-                p.target.pod or p.target.url for p in proxies if p.version != version
-            ),
-            unreachable=tuple(
-                p.target.pod or p.target.url for p in proxies if p.last_error and not p.reachable
-            ),
+            synced=push.synced(version) if push is not None else 0,
+            out_of_sync=tuple(p.name for p in push.out_of_sync(version)) if push else (),
+            unreachable=tuple(p.name for p in push.unreachable()) if push else (),
         )
         moved = None
-        if seen.state.schedule is not None and pusher is not None and proxies:
-            total = sum(p.migrations.get("rebalance", 0) for p in proxies)
+        if seen.state.schedule is not None and proxies:
+            total = sum(p.rebalance_moves for p in proxies)
             if self._moved_baseline is None:
                 self._moved_baseline = total
             moved = self._moved_offset + max(0, total - self._moved_baseline)
@@ -146,7 +146,7 @@ class StatusReporter:
             generation=seen.generation,
             state=seen.state,
             proxies=sync,
-            sessions=pusher.sessions() if pusher else {},
+            sessions=dict(push.sessions) if push is not None else {},
             problem=seen.problem,
             rebalance_moved=moved,
             key_ids=[k.id for k in keys.cookie_keys] if keys else [],
@@ -156,10 +156,13 @@ class StatusReporter:
             now=round(time.time(), 6),
         )
 
-    async def write(self, *, force: bool = False) -> None:
+    async def write(self, observed: Observed | None = None, *, force: bool = False) -> None:
+        """Write status now (``force``: even when unchanged), from ``observed`` if given."""
         # One writer at a time, and the view taken under the lock: a routine write that
         # started before a plan change must not land after (and undo) the forced one.
         async with self._lock:
+            if observed is not None:
+                self._seen = observed
             await self._write_locked(force=force)
 
     async def _write_locked(self, *, force: bool) -> None:
@@ -187,7 +190,7 @@ class StatusReporter:
         anyway. A Warming backend's weight changes with time alone, so while one warms its
         ramp is written about ``RAMP_STATUS_STEPS`` times over the slow start (never more
         often than the status interval allows)."""
-        seen = self._observe()
+        seen = self._seen
         spec = seen.spec
         warming = any(b.status.state is BackendState.WARMING for b in seen.state.backends.values())
         if not warming or spec is None or spec.slow_start <= 0:
@@ -212,14 +215,13 @@ class StatusReporter:
 
     def _stats_events(self) -> None:
         """Events that depend on the proxies' reports: drains emptied, proxies behind."""
-        seen = self._observe()
-        pusher = seen.pusher
-        if pusher is None:
+        seen = self._seen
+        if seen.pusher is None:
             return
+        push = seen.pusher.report()
         now = time.monotonic()
-        reporting = [p for p in pusher.proxies.values() if p.reachable]
-        if reporting:
-            sessions = pusher.sessions()
+        if any(p.reachable for p in push.proxies):
+            sessions = push.sessions
             for b in seen.state.backends.values():
                 if b.status.state is not BackendState.DRAINING:
                     self._drain_empty_reported.discard(b.id)
@@ -229,16 +231,16 @@ class StatusReporter:
                     self.event(
                         "DrainEmpty", f"{b.pod or b.id} holds no sessions any more; safe to stop"
                     )
-        for p in pusher.proxies.values():
-            name = p.target.pod or p.target.url
-            if pusher.version and p.version != pusher.version:
+        for p in push.proxies:
+            name = p.name
+            if push.version and p.version != push.version:
                 since = self._out_of_sync_since.setdefault(name, now)
                 if now - since >= OUT_OF_SYNC_GRACE and name not in self._out_of_sync_reported:
                     self._out_of_sync_reported.add(name)
                     self.event(
                         "ProxyOutOfSync",
-                        f"proxy {name} runs plan {p.version} instead of {pusher.version}: "
-                        f"{p.last_error or 'no answer yet'}",
+                        f"proxy {name} runs plan {p.version} instead of {push.version}: "
+                        f"{p.error or 'no answer yet'}",
                         warning=True,
                     )
             else:

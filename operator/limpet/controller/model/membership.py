@@ -116,15 +116,6 @@ def backend_id(id_key: bytes, ref: str) -> BackendId:
     return BackendId("b" + base64.b32encode(digest[:15]).decode("ascii").lower())
 
 
-def slice_port(slices: Iterable[SliceView], port_name: str) -> int | None:
-    """The target port published under ``port_name`` (the Service port's name)."""
-    for view in slices:
-        for name, number in view.ports:
-            if name == port_name:
-                return number
-    return None
-
-
 def build_membership(
     slices: Iterable[SliceView], *, port_name: str, id_key: bytes
 ) -> dict[BackendId, Member]:

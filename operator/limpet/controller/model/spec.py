@@ -4,8 +4,10 @@ Data flow: the reconciler passes ``body["spec"]``; :func:`parse_spec` returns a 
 :class:`StickySpec` or raises :class:`SpecError` with the field's path. The API server
 already validated and defaulted the object (crds/stickyservice.yaml); the defaults are
 repeated here so that an object stored before a CRD upgrade, or a partial dict in a
-test, still reads the same. :meth:`StickySpec.affinity_settings` and friends map the
-spec onto the plan schema (limpet.affinity.plan). Pure functions.
+test, still reads the same. The spec carries the plan schema's values where they map
+one to one (``StickySpec.affinity`` is an :class:`AffinitySettings`), and
+:meth:`StickySpec.balance_settings` and :meth:`StickySpec.drain_settings` build the
+others (limpet.affinity.plan). Pure functions.
 """
 
 from __future__ import annotations

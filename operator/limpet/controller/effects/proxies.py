@@ -22,40 +22,21 @@ Pure manifest builders plus small async helpers over :class:`~.kube.KubeClient`.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from limpet.controller.keys import KeyMaterial, from_secret_data, new_material, to_secret_data
-from limpet.controller.kube import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
-from limpet.controller.membership import ProxyEndpoint
-from limpet.controller.pusher import ProxyTarget
-from limpet.controller.settings import OperatorSettings
-from limpet.controller.spec import StickySpec
+from limpet.controller.effects.pusher import ProxyTarget
+from limpet.controller.kube.client import DEPLOYMENTS, SECRETS, SERVICES, JsonObj, KubeClient
+from limpet.controller.model.membership import ProxyEndpoint
+from limpet.controller.model.names import proxy_service_name, secret_name
+from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.spec import StickySpec
 
 OWNER_LABEL = "limpet.dev/stickyservice"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TOKEN_MOUNT = "/etc/limpet/admin"
 STATE_MOUNT = "/var/lib/limpet"
-
-
-def child_name(name: str, suffix: str, limit: int = 63) -> str:
-    """``<name>-<suffix>``, shortened with a hash when it would exceed ``limit``."""
-    full = f"{name}-{suffix}"
-    if len(full) <= limit:
-        return full
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    head = name[: limit - len(suffix) - len(digest) - 2].rstrip("-")
-    return f"{head}-{digest}-{suffix}"
-
-
-def proxy_service_name(name: str) -> str:
-    return child_name(name, "proxy")
-
-
-def secret_name(name: str) -> str:
-    return child_name(name, "limpet", limit=253)
 
 
 def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
@@ -261,32 +242,3 @@ def proxy_targets(
         )
         for key, ep in endpoints.items()
     }
-
-
-async def load_keys(
-    client: KubeClient, owner: Mapping[str, Any], *, now: float
-) -> tuple[KeyMaterial, bool]:
-    """The StickyService's key material from its Secret, creating the Secret if needed.
-
-    Returns ``(material, created)``. A Secret of that name that does not parse is
-    replaced (its keys were unusable anyway); a parseable one is adopted, which is what a
-    re-created StickyService of the same name wants: its old cookies stay valid.
-    """
-    ns = owner["metadata"]["namespace"]
-    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
-    existing = await client.get(path)
-    material = from_secret_data((existing or {}).get("data"))
-    if material is not None:
-        refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-        if not any(r.get("uid") == owner["metadata"].get("uid") for r in refs):
-            await save_keys(client, owner, material)
-        return material, False
-    material = new_material(now)
-    await save_keys(client, owner, material)
-    return material, True
-
-
-async def save_keys(client: KubeClient, owner: Mapping[str, Any], material: KeyMaterial) -> None:
-    ns = owner["metadata"]["namespace"]
-    path = SECRETS.path(ns, secret_name(owner["metadata"]["name"]))
-    await client.apply(path, secret_manifest(owner, to_secret_data(material)))

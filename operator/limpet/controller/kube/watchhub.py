@@ -10,11 +10,11 @@ would make it grow with every unrelated EndpointSlice. Instead, per namespace:
   ``kubernetes.io/service-name in (a, b, ...)``: the API server sends only the slices
   of Services that some StickyService uses (its target Service and its managed proxies'
   Service). When the set of names changes (a StickyService is created, deleted or
-  retargeted) the watch is restarted with the new selector, after a short pause that
-  gathers a start-up burst of subscriptions into one list request. Subscribers are
-  called back only when a slice of *their* Service changed.
+  retargeted) its :class:`.informer.Informer` lists again with the new selector, after
+  a short pause that gathers a start-up burst of subscriptions into one list request.
+  Subscribers are called back only when a slice of *their* Service changed.
 - :class:`NamespaceServices` watches the namespace's Services (no label names them all,
-  so this one is unfiltered; a plain :class:`.informer.Informer`) and keeps only each
+  so this one is unfiltered; an :class:`.informer.Informer` too) and keeps only each
   Service's name and port list, a few dozen bytes per Service; subscribers are called
   back when their Service appears, changes or disappears.
 
@@ -30,29 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from limpet.controller.informer import Informer
-from limpet.controller.kube import (
-    ENDPOINTSLICES,
-    SERVICES,
-    ApiError,
-    KubeClient,
-    WatchExpired,
-)
-from limpet.controller.membership import SliceView, parse_slice
-
-log = logging.getLogger(__name__)
+from limpet.controller.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from limpet.controller.kube.informer import Informer, Selection
+from limpet.controller.model.membership import SliceView, parse_slice
+from limpet.controller.model.settings import RETRY, BackoffSettings
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 Callback = Callable[[], None]
 ServicePorts = tuple[tuple[str, int], ...]
-_ERRORS = (ApiError, aiohttp.ClientError, TimeoutError, ValueError, KeyError)
+ServiceSlice = tuple[str, SliceView]
+"""A slice as the shared watch keeps it: (its Service's name, the slice)."""
 
 
 def service_ports(obj: Mapping[str, Any]) -> ServicePorts:
@@ -63,14 +54,17 @@ def service_ports(obj: Mapping[str, Any]) -> ServicePorts:
     )
 
 
+def service_slice(obj: Mapping[str, Any]) -> ServiceSlice:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(SERVICE_NAME_LABEL, "")), parse_slice(obj)
+
+
 class _Subscribers:
     def __init__(self) -> None:
         self.by_name: dict[str, list[Callback]] = {}
-        self.changed = asyncio.Event()
 
     def add(self, name: str, callback: Callback) -> None:
         self.by_name.setdefault(name, []).append(callback)
-        self.changed.set()
 
     def remove(self, name: str, callback: Callback) -> None:
         callbacks = self.by_name.get(name, [])
@@ -78,7 +72,6 @@ class _Subscribers:
             callbacks.remove(callback)
         if not callbacks:
             self.by_name.pop(name, None)
-        self.changed.set()
 
     def notify(self, names: set[str]) -> None:
         for name in names:
@@ -104,121 +97,106 @@ class _Hub:
         return not self._subs.by_name
 
 
+@dataclass(frozen=True, slots=True)
+class _Services(Selection):
+    """The slice watch's selection, with the Services it covers."""
+
+    services: frozenset[str] = frozenset()
+
+
 class NamespaceSlices(_Hub):
     """EndpointSlices of the subscribed Services in one namespace (one watch)."""
 
-    def __init__(self, client: KubeClient, namespace: str, *, gather: float = 0.02) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        *,
+        gather: float = 0.02,
+        backoff: BackoffSettings = RETRY,
+    ) -> None:
         super().__init__(namespace)
-        self._client = client
-        self._gather = gather
-        self._items: dict[str, tuple[str, SliceView]] = {}  # slice name -> (service, view)
+        self._informer: Informer[ServiceSlice] = Informer(
+            client,
+            ENDPOINTSLICES,
+            namespace,
+            transform=service_slice,
+            on_change=self._changed,
+            gather=gather,
+            backoff=backoff,
+        )
+        self._informer.select(None)  # nothing until somebody subscribes
+        self._service_of: dict[str, str] = {}
+        """Slice name -> its Service, as last told to the subscribers."""
         self._listed: frozenset[str] = frozenset()
-        self.restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        """How often the watch listed (a new set of Services, a 410, an error)."""
+        return self._informer.lists
+
+    def subscribe(self, service: str, callback: Callback) -> None:
+        super().subscribe(service, callback)
+        self._reselect()
+
+    def unsubscribe(self, service: str, callback: Callback) -> None:
+        super().unsubscribe(service, callback)
+        self._reselect()
 
     def synced(self, service: str) -> bool:
-        return service in self._listed
+        listed = self._informer.listed
+        return isinstance(listed, _Services) and service in listed.services
 
     def items_for(self, service: str) -> list[SliceView]:
-        return [view for svc, view in self._items.values() if svc == service]
+        return [view for svc, view in self._informer.items.values() if svc == service]
 
     def selector(self, names: frozenset[str]) -> str:
         return f"{SERVICE_NAME_LABEL} in ({','.join(sorted(names))})"
 
     async def run(self) -> None:
-        path = ENDPOINTSLICES.path(self.namespace)
-        delay = 0.1
-        while True:
-            await self._subs.changed.wait()
-            await asyncio.sleep(self._gather)  # gather a burst of subscriptions
-            self._subs.changed.clear()
-            names = frozenset(self._subs.by_name)
-            if not names:
-                self._items, self._listed = {}, frozenset()
-                continue
-            try:
-                version = await self._relist(path, names)
-                delay = 0.1
-                while not self._subs.changed.is_set():
-                    watch = asyncio.create_task(self._watch(path, names, version))
-                    changed = asyncio.create_task(self._subs.changed.wait())
-                    try:
-                        done, _ = await asyncio.wait(
-                            {watch, changed}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    finally:
-                        for task in (watch, changed):
-                            task.cancel()
-                            with contextlib.suppress(
-                                asyncio.CancelledError, *_ERRORS, WatchExpired
-                            ):
-                                await task
-                    if watch in done and watch.exception() is None:
-                        version = watch.result()
-                    elif watch in done:
-                        exc = watch.exception()
-                        assert exc is not None
-                        raise exc
-            except WatchExpired:
-                self._subs.changed.set()
-            except asyncio.CancelledError:
-                raise
-            except _ERRORS as exc:
-                log.warning("slice watch in %s failed: %s; retrying", self.namespace, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
-                self._subs.changed.set()
+        await self._informer.run()
 
-    async def _relist(self, path: str, names: frozenset[str]) -> str:
-        raw, version = await self._client.list(path, label_selector=self.selector(names))
-        items: dict[str, tuple[str, SliceView]] = {}
-        for obj in raw:
-            service = ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-            if service:
-                items[str(obj["metadata"]["name"])] = (str(service), parse_slice(obj))
-        del raw
-        before = self._by_service(self._items)
-        after = self._by_service(items)
-        self._items = items
-        fresh = names - self._listed
-        self._listed = names
-        self.restarts += 1
-        changed = {n for n in names if before.get(n) != after.get(n)} | set(fresh)
-        self._subs.notify(changed)
-        return version
+    def _reselect(self) -> None:
+        names = frozenset(self._subs.by_name)
+        self._informer.select(_Services(self.selector(names), services=names) if names else None)
 
-    @staticmethod
-    def _by_service(items: Mapping[str, tuple[str, SliceView]]) -> dict[str, set[SliceView]]:
-        out: dict[str, set[SliceView]] = {}
-        for service, view in items.values():
-            out.setdefault(service, set()).add(view)
-        return out
-
-    async def _watch(self, path: str, names: frozenset[str], version: str) -> str:
-        async for event in self._client.watch(
-            path, resource_version=version, label_selector=self.selector(names)
-        ):
-            meta = event.object.get("metadata") or {}
-            version = str(meta.get("resourceVersion") or version)
-            if event.type == "BOOKMARK":
-                continue
-            name = str(meta.get("name", ""))
-            service = str((meta.get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
-            old = self._items.pop(name, None)
-            if event.type != "DELETED":
-                self._items[name] = (service, parse_slice(event.object))
-            touched = {service} | ({old[0]} if old else set())
-            self._subs.notify(touched)
-        return version
+    def _changed(self, names: set[str]) -> None:
+        items = self._informer.items
+        touched: set[str] = set()
+        for name in names:
+            old = self._service_of.pop(name, None)
+            if old is not None:
+                touched.add(old)
+            entry = items.get(name)
+            if entry is not None:
+                self._service_of[name] = entry[0]
+                touched.add(entry[0])
+        listed = self._informer.listed
+        services = listed.services if isinstance(listed, _Services) else frozenset()
+        if services != self._listed:
+            # A list with a new set of Services answers the newcomers, also those whose
+            # Service has no slices yet.
+            touched |= services - self._listed
+            self._listed = services
+            self._service_of = {n: svc for n, (svc, _) in items.items()}
+        self._subs.notify(touched)
 
 
 class NamespaceServices(_Hub):
     """Ports of every Service in one namespace (one unfiltered watch, tiny entries)."""
 
-    def __init__(self, client: KubeClient, namespace: str) -> None:
+    def __init__(
+        self, client: KubeClient, namespace: str, *, backoff: BackoffSettings = RETRY
+    ) -> None:
         super().__init__(namespace)
         self._announced = False
         self._informer: Informer[ServicePorts] = Informer(
-            client, SERVICES, namespace, transform=service_ports, on_change=self._changed
+            client,
+            SERVICES,
+            namespace,
+            transform=service_ports,
+            on_change=self._changed,
+            backoff=backoff,
         )
 
     def subscribe(self, service: str, callback: Callback) -> None:
@@ -246,8 +224,9 @@ class NamespaceServices(_Hub):
 class WatchHub:
     """The per-namespace hubs of one operator process, started and stopped on demand."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, *, backoff: BackoffSettings = RETRY) -> None:
         self._client = client
+        self._backoff = backoff
         self._slices: dict[str, NamespaceSlices] = {}
         self._services: dict[str, NamespaceServices] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -255,7 +234,8 @@ class WatchHub:
     def slices(self, namespace: str) -> NamespaceSlices:
         hub = self._slices.get(namespace)
         if hub is None:
-            hub = self._slices[namespace] = NamespaceSlices(self._client, namespace)
+            hub = NamespaceSlices(self._client, namespace, backoff=self._backoff)
+            self._slices[namespace] = hub
             self._tasks[("slices", namespace)] = asyncio.create_task(
                 hub.run(), name=f"slices:{namespace}"
             )
@@ -264,7 +244,8 @@ class WatchHub:
     def services(self, namespace: str) -> NamespaceServices:
         hub = self._services.get(namespace)
         if hub is None:
-            hub = self._services[namespace] = NamespaceServices(self._client, namespace)
+            hub = NamespaceServices(self._client, namespace, backoff=self._backoff)
+            self._services[namespace] = hub
             self._tasks[("services", namespace)] = asyncio.create_task(
                 hub.run(), name=f"services:{namespace}"
             )

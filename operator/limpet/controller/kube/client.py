@@ -16,7 +16,6 @@ Concurrency: one event loop; a client may be used by many tasks at once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -27,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from limpet.controller.config import ClusterConfig
+from limpet.controller.kube.config import ClusterConfig
 
 JsonObj = dict[str, Any]
 FIELD_MANAGER: Final = "limpet-operator"
@@ -303,12 +302,3 @@ def _error(status: int, payload: bytes) -> ApiError:
         return ApiError(status, str(data.get("message", "")), reason=str(data.get("reason", "")))
     except (ValueError, AttributeError):
         return ApiError(status, payload[:300].decode(errors="replace"))
-
-
-async def sleep_or(event: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -10,12 +10,11 @@ a restart never replays a deadline or restarts a schedule), and the next instant
 which time alone changes something (slow start ends, a failed backend becomes Gone, the
 rebalance window ends).
 
-Rules beyond :func:`limpet.affinity.advance`:
+Each backend's lifecycle moves by :func:`limpet.affinity.advance` (every transition,
+with its diagram, is in :mod:`limpet.affinity.lifecycle`). Rules beyond it:
 
 - The first backends of an empty table start Active: slow start only protects a new pod
   from its warm peers.
-- A Draining backend that leaves the slices finished its drain: it becomes Gone, not
-  Failed (its remaining sessions move either way; the event says which happened).
 - Scale-out (new members in the target table, the previous table non-empty) starts a
   gradual rebalance schedule from the previous table, unless rebalance.mode is Never. A
   scale-out during a running schedule keeps that schedule's "from" table (sessions not
@@ -47,8 +46,8 @@ from limpet.affinity.lifecycle import (
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import Backend, CookieKey, Plan, RebalanceSchedule
 from limpet.affinity.slottable import recommended_size
-from limpet.controller.membership import Member
-from limpet.controller.spec import StickySpec
+from limpet.controller.model.membership import Member
+from limpet.controller.model.spec import StickySpec
 
 DEFAULT_WEIGHT = 100
 
@@ -163,14 +162,7 @@ def _advance_all(
         prev = previous.backends.get(bid)
         obs = member.observation if member is not None else Observation.ABSENT
         prev_status = prev.status if prev is not None else None
-        if (
-            prev_status is not None
-            and prev_status.state is BackendState.DRAINING
-            and obs is Observation.ABSENT
-        ):
-            status: BackendStatus | None = BackendStatus(state=BackendState.GONE, since=now)
-        else:
-            status = advance(prev_status, obs, now=now, timing=timing)
+        status = advance(prev_status, obs, now=now, timing=timing)
         if status is None:
             continue
         if member is not None:

@@ -33,12 +33,25 @@ class DebounceSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BackoffSettings:
+    """Retry pacing (see :mod:`limpet.controller.model.backoff`): ``initial`` seconds after
+    the first failure, doubling up to ``maximum``, each delay jittered by ±50 %."""
+
+    initial: float = 0.1
+    maximum: float = 10.0
+
+
+RETRY = BackoffSettings()
+"""Watches and API calls: 0.1 s doubling to 10 s."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PushSettings:
-    """Talking to the proxies' admin APIs (see :mod:`limpet.controller.pusher`)."""
+    """Talking to the proxies' admin APIs (see :mod:`limpet.controller.effects.pusher`)."""
 
     timeout: float = 2.0
-    backoff_initial: float = 0.05
-    backoff_max: float = 5.0
+    backoff: BackoffSettings = BackoffSettings(initial=0.05, maximum=5.0)
+    """A proxy is on the data path: retry it sooner than the API server."""
     stats_interval: float = 2.0
     """How often each proxy's stats are read: sessions for status, and a check that it
     still runs our plan version (a proxy that restarted with an older one gets a re-push)."""
@@ -58,6 +71,10 @@ class OperatorSettings:
     liveness_endpoint: str | None = None
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    retry: BackoffSettings = RETRY
+    """Watches and API calls that failed (a 410 Gone re-lists at once, without it)."""
+    restart: BackoffSettings = BackoffSettings(initial=1.0, maximum=60.0)
+    """A reconciler that crashed is started again by kopf after this backoff."""
     status_interval: float = 1.0
     """Minimum seconds between routine status writes (those that carry no recovery state)."""
     gone_after: float = 30.0
