@@ -166,7 +166,7 @@ class AppClient:
 
 def replicas(clock: Clock, n: int = 3, **kw: object) -> list[SessionRouter]:
     plan = mkplan(1, ABC, affinity=APP, keys=(K1,), **kw)  # type: ignore[arg-type]
-    return [mkrouter(clock, plan, cookie_granularity=1) for _ in range(n)]
+    return [mkrouter(clock, plan) for _ in range(n)]
 
 
 def test_any_replica_keeps_the_app_session_from_the_first_request() -> None:

@@ -9,7 +9,8 @@ one event loop per process and nothing here blocks.
 
 Wire format (version 1), 57 bytes, base64url without padding = 76 characters::
 
-    0      version          1 byte   (1)
+    0      version, step    1 byte   low 4 bits: version (1); high 4 bits: the
+                                     granularity in seconds (1..15; 0: 5 s)
     1..4   key tag          4 bytes  SHA-256("limpet-cookie-kid\\0" + kid)[:4]
     5..16  session id      12 bytes  random, opaque
     17..24 backend token    8 bytes  HMAC-SHA256(secret, "limpet-backend\\0" + id)[:8]
@@ -24,7 +25,9 @@ what makes rotation safe. Times are coarse on purpose: the cookie is re-issued o
 when the current time has moved into a new granularity step, not on every response.
 Because requests between two refreshes do not move ``last seen``, the last activity
 lies in ``[last_seen, last_seen + granularity)``; idleness is therefore measured from
-``last_seen + granularity``, which never overstates how idle a session is.
+``last_seen + granularity``, which never overstates how idle a session is. Each cookie
+states its own granularity (the plan's ``lastSeenGranularity`` when it was issued), so a
+plan that changes the step never misreads the cookies issued under the old one.
 
 Decoding never raises on client input: it returns a :class:`CookieRejection` whose
 value names the metric label (tampered, expired, garbage, unknown_key,
@@ -48,6 +51,8 @@ from dataclasses import dataclass
 
 VERSION = 1
 BOUND_VERSION = 2
+MAX_GRANULARITY = 15
+LEGACY_GRANULARITY = 5
 MAX_TAIL = 600
 KEY_TAG_LEN = 4
 SESSION_ID_LEN = 12
@@ -145,6 +150,8 @@ class SessionCookie:
     last_seen: int
     signed_by_newest: bool
     tail: bytes = b""
+    granularity: int = LEGACY_GRANULARITY
+    """The step the cookie's times were floored to when it was issued."""
 
 
 def key_tag(kid: str) -> bytes:
@@ -193,8 +200,8 @@ class CookieCodec:
     ) -> None:
         if not keys:
             raise ValueError("at least one cookie signing key is required")
-        if granularity < 1:
-            raise ValueError("cookie granularity must be at least one second")
+        if not 1 <= granularity <= MAX_GRANULARITY:
+            raise ValueError(f"cookie granularity must be 1..{MAX_GRANULARITY} seconds")
         backend_ids = list(backends)
         # key tag -> (secret, backend token -> backend id, is newest)
         table: dict[bytes, tuple[bytes, dict[bytes, str], bool]] = {}
@@ -258,7 +265,7 @@ class CookieCodec:
         if len(tail) > MAX_TAIL:
             raise ValueError(f"cookie tail longer than {MAX_TAIL} bytes")
         body = _BODY.pack(
-            self._version,
+            self._version | self._granularity << 4,
             self._newest_tag,
             session_id,
             token,
@@ -318,7 +325,7 @@ class CookieCodec:
             )
         except (binascii.Error, ValueError):
             return CookieRejection.GARBAGE
-        if len(raw) < RAW_LEN or raw[0] != self._version:
+        if len(raw) < RAW_LEN or raw[0] & 0x0F != self._version:
             return CookieRejection.GARBAGE
         entry = self._keys.get(raw[1 : 1 + KEY_TAG_LEN])
         if entry is None:
@@ -334,18 +341,24 @@ class CookieCodec:
             return CookieRejection.GARBAGE
         if self._absolute is not None and wall - issued >= self._absolute:
             return CookieRejection.EXPIRED
-        if self._idle is not None and wall - (last_seen + self._granularity) >= self._idle:
+        step = raw[0] >> 4 or LEGACY_GRANULARITY
+        if self._idle is not None and wall - (last_seen + step) >= self._idle:
             return CookieRejection.EXPIRED
         backend = tokens.get(token)
         if backend is None:
             return CookieRejection.UNKNOWN_BACKEND
         return SessionCookie(
-            sid, backend, key_hash, issued, last_seen, newest, bytes(signed[BODY_LEN:])
+            sid, backend, key_hash, issued, last_seen, newest, bytes(signed[BODY_LEN:]), step
         )
 
     def needs_refresh(self, cookie: SessionCookie, wall: float) -> bool:
-        """True when the cookie should be re-issued: a new last-seen step, or an old key."""
-        return self.floor(wall) > cookie.last_seen or not cookie.signed_by_newest
+        """True when the cookie should be re-issued: a new last-seen step, an old key, or
+        another plan's granularity."""
+        return (
+            self.floor(wall) > cookie.last_seen
+            or not cookie.signed_by_newest
+            or cookie.granularity != self._granularity
+        )
 
     def refresh_due(self, cookie: SessionCookie) -> int:
         """The first wall-clock second at which :meth:`needs_refresh` turns true."""
@@ -353,7 +366,7 @@ class CookieCodec:
 
     def last_activity_bound(self, cookie: SessionCookie) -> int:
         """Latest moment the session can have been active, as far as the cookie knows."""
-        return cookie.last_seen + self._granularity
+        return cookie.last_seen + cookie.granularity
 
 
 def cookie_values(header: bytes, name: bytes) -> list[bytes]:

@@ -132,7 +132,7 @@ class SessionRouter:
         prev = self._snap
         core = CoreRouter(plan, previous=None if prev is None else prev.core)
         s = self._settings
-        return Snapshot(plan, core, granularity=s.cookie_granularity, peer_memo=s.route_cache_size)
+        return Snapshot(plan, core, granularity=plan.granularity, peer_memo=s.route_cache_size)
 
     def install(self, snap: Snapshot) -> None:
         """Switch to a prepared snapshot. Takes effect for the next request."""
