@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from limpet.affinity import (
+    AffinitySettings,
     Backend,
     BackendId,
     BackendState,
@@ -65,9 +66,11 @@ def plans(draw: st.DrawFn, *, with_schedule: bool | None = None) -> Plan:
             max_moves_per_second=rate,
             expected_moves=expected,
         )
+    granularity = draw(st.none() | st.integers(min_value=1, max_value=15))
     return Plan(
         version=draw(st.integers(min_value=1, max_value=1000)),
         backends=tuple(backends),
+        affinity=AffinitySettings(last_seen_granularity=granularity),
         balance=BalanceSettings(
             load_factor=draw(st.floats(1.0, 3.0)), slow_start=draw(st.floats(0, 300))
         ),

@@ -23,6 +23,7 @@ from limpet.affinity import (
     ClientIPSettings,
     CookieKey,
     CookieSettings,
+    DrainSettings,
     LifetimeType,
     Plan,
     PlanError,
@@ -98,6 +99,7 @@ def full_plan() -> Plan:
             ),
             idle_timeout=None,
             absolute_timeout=7200.0,
+            last_seen_granularity=2,
         ),
         rebalance=RebalanceSchedule.from_weights(
             {BackendId("p-1"): 100, BackendId("p-3"): 100},
@@ -156,6 +158,26 @@ def test_explicit_null_timeouts_mean_no_limit() -> None:
     plan = Plan.from_dict(data)
     assert plan.affinity.idle_timeout is None
     assert plan.affinity.absolute_timeout is None
+
+
+def test_granularity_is_explicit_or_a_tenth_of_the_smallest_min_idle() -> None:
+    plan = full_plan()
+    assert plan.granularity == 2
+    derived = Plan(version=1, backends=(), cookie_keys=KEY, drain=DrainSettings(min_idle=45.0))
+    assert derived.granularity == 4
+    for idle, step in ((0.5, 1), (600, 5)):
+        plan = Plan(version=1, backends=(), cookie_keys=KEY, drain=DrainSettings(min_idle=idle))
+        assert plan.granularity == step
+    with_rebalance = Plan(
+        version=1,
+        backends=(),
+        cookie_keys=KEY,
+        drain=DrainSettings(min_idle=45.0),
+        rebalance=RebalanceSchedule.from_weights(
+            {BackendId("a"): 1}, start=1.0, window=10.0, min_idle=12.0
+        ),
+    )
+    assert with_rebalance.granularity == 1
 
 
 def test_secret_is_not_in_repr() -> None:
@@ -257,6 +279,9 @@ BAD_FIELDS: list[tuple[str, object, str]] = [
     ("affinity.clientIP.trustedProxies", ["nope"], r"trustedProxies\[0\]: not a CIDR"),
     ("affinity.clientIP.trustedProxies", [10], r"trustedProxies\[0\]: must be a CIDR string"),
     ("affinity.idleTimeout", 0, r"affinity\.idleTimeout"),
+    ("affinity.lastSeenGranularity", 0, r"affinity\.lastSeenGranularity: must be .* 1\.\.15"),
+    ("affinity.lastSeenGranularity", 16, r"affinity\.lastSeenGranularity: must be .* 1\.\.15"),
+    ("affinity.lastSeenGranularity", 1.5, r"affinity\.lastSeenGranularity: must be an integer"),
     ("affinity.absoluteTimeout", "1h", r"affinity\.absoluteTimeout: must be a number"),
     ("balance.loadFactor", 0.5, r"balance\.loadFactor: must be a finite number in \[1\.0"),
     ("balance.slowStart", -1, r"balance\.slowStart"),

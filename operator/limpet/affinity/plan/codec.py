@@ -207,6 +207,7 @@ def _affinity(o: _Obj | None) -> AffinitySettings:
             client_ip=client_ip,
             idle_timeout=idle,  # type: ignore[arg-type]
             absolute_timeout=absolute,  # type: ignore[arg-type]
+            last_seen_granularity=o.get("lastSeenGranularity", None),  # type: ignore[arg-type]
         ),
     )
     o.done()
@@ -402,6 +403,7 @@ def plan_to_dict(plan: Plan) -> dict[str, object]:
             },
             "idleTimeout": a.idle_timeout,
             "absoluteTimeout": a.absolute_timeout,
+            "lastSeenGranularity": a.last_seen_granularity,
         },
         "balance": {"loadFactor": plan.balance.load_factor, "slowStart": plan.balance.slow_start},
         "drain": {"minIdle": plan.drain.min_idle},

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 """The plan schema this code reads and writes (``schemaVersion`` in JSON)."""
 
+MAX_GRANULARITY = 15
+"""The coarsest last-seen step a cookie can state (it has four bits for it)."""
+
 
 MAX_PLAN_VERSION = (1 << 63) - 1
 
@@ -55,6 +58,11 @@ class LifetimeType(enum.Enum):
 
     SESSION = "Session"
     PERMANENT = "Permanent"
+
+
+def derived_granularity(min_idle: float) -> int:
+    """The last-seen step for a smallest minIdle: a tenth of it, within 1..5 s."""
+    return min(5, max(1, int(min_idle // 10)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +133,10 @@ class AffinitySettings:
     """A session idle this long is expired (a new session); ``None``: no idle limit."""
     absolute_timeout: float | None = 86400.0
     """A session this old is expired (a new session); ``None``: no age limit."""
+    last_seen_granularity: int | None = None
+    """Seconds (1..15): the step of the LB cookie's (and companion's) times, so its
+    refresh interval and the tolerance of ``minIdle``. ``None``: derived from the plan's
+    smallest minIdle (:meth:`Plan.granularity`)."""
 
     @property
     def modes(self) -> tuple[AffinityType, ...]:
@@ -157,6 +169,13 @@ class AffinitySettings:
                 checks.matching(f"affinity.{label}", value, pattern, "a valid name")
         checks.optional_number("affinity.idleTimeout", self.idle_timeout, minimum=1.0)
         checks.optional_number("affinity.absoluteTimeout", self.absolute_timeout, minimum=1.0)
+        if self.last_seen_granularity is not None:
+            checks.integer(
+                "affinity.lastSeenGranularity",
+                self.last_seen_granularity,
+                minimum=1,
+                maximum=MAX_GRANULARITY,
+            )
         if (
             self.cookie.lifetime_type is LifetimeType.PERMANENT
             and self.cookie.max_age is None
@@ -362,6 +381,21 @@ class Plan:
         if not isinstance(self.name, str) or len(self.name) > 512:
             raise PlanError("name: must be a string of at most 512 characters")
         checks.optional_number("generatedAt", self.generated_at)
+
+    @property
+    def granularity(self) -> int:
+        """The last-seen step in seconds: ``affinity.lastSeenGranularity``, else a tenth
+        of the smallest minIdle (drain, and rebalance while one runs), within 1..5 s.
+
+        A session is moved for idleness only when idle for minIdle, measured from the
+        end of its last step: never early, and at most one step late."""
+        explicit = self.affinity.last_seen_granularity
+        if explicit is not None:
+            return explicit
+        idle = self.drain.min_idle
+        if self.rebalance is not None:
+            idle = min(idle, self.rebalance.min_idle)
+        return derived_granularity(idle)
 
     def backend_map(self) -> dict[BackendId, Backend]:
         """The backends by id (a fresh dict)."""

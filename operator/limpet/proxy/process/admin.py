@@ -129,6 +129,14 @@ class ProxyCollector(Collector):
         )
         for reason, n in sorted(s.get("rejectedCookies", {}).items()):
             rejected.add_metric([reason], n)
+        app_cookie = CounterMetricFamily(
+            "limpet_proxy_app_cookie_outcomes",
+            "AppCookie requests that carried only one of the app cookie and its companion, "
+            "or a companion that failed verification, by reason (served, never refused).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.get("appCookie", {}).items()):
+            app_cookie.add_metric([reason], n)
         no_backend = CounterMetricFamily(
             "limpet_proxy_no_backend", "Requests answered 503 because no backend was available."
         )
@@ -137,7 +145,7 @@ class ProxyCollector(Collector):
             "limpet_proxy_plan_version", "Version of the plan in use (0 before the first)."
         )
         version.add_metric([], s.get("planVersion") or 0)
-        yield from (requests, sessions, up, migrations, rejected, no_backend, version)
+        yield from (requests, sessions, up, migrations, rejected, app_cookie, no_backend, version)
 
 
 def make_admin_app(

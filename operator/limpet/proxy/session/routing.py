@@ -37,6 +37,7 @@ reference.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
@@ -54,18 +55,18 @@ from limpet.affinity import (
     cookie_key,
     decide,
     key_hash,
-    value_key,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, RequestView, Route
 
-from .cookies import CookieRejection, SessionCookie, strip_cookie
+from .companion import parse_app_set_cookie
+from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
-from .sessions import SessionBook
+from .sessions import SessionBook, sid_hash
 from .settings import RouterSettings
 from .snapshot import Snapshot
-from .stats import BackendStats, RouterStats
+from .stats import AppCookieOutcome, BackendStats, RouterStats
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
 
@@ -112,6 +113,7 @@ class SessionRouter:
         self._migrations = dict.fromkeys(Reason, 0)
         self._rejected = dict.fromkeys(CookieRejection, 0)
         self._no_backend = 0
+        self._app_outcomes = dict.fromkeys(AppCookieOutcome, 0)
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class SessionRouter:
         prev = self._snap
         core = CoreRouter(plan, previous=None if prev is None else prev.core)
         s = self._settings
-        return Snapshot(plan, core, granularity=s.cookie_granularity, peer_memo=s.route_cache_size)
+        return Snapshot(plan, core, granularity=plan.granularity, peer_memo=s.route_cache_size)
 
     def install(self, snap: Snapshot) -> None:
         """Switch to a prepared snapshot. Takes effect for the next request."""
@@ -182,24 +184,45 @@ class SessionRouter:
             return None
         return route
 
-    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None:
-        """Learn app-cookie sessions from the backend's ``Set-Cookie`` values."""
+    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> Route:
+        """Learn app-cookie sessions from the backend's ``Set-Cookie`` values, and answer
+        the route whose ``Set-Cookie`` the client gets: with the AppCookie companion
+        issued (or deleted) beside the app's own cookie, which passes untouched."""
         prefix = route.session_key
         snap = self._snap
         if prefix is None or not set_cookies or snap is None:
-            return
-        table = self._book.table(AffinityType.APP_COOKIE, snap.plan.affinity)
+            return route
+        book = self._book
+        a = snap.plan.affinity
+        wall = self._wall()
+        companion = snap.companion if route.backend_id in snap.backends else None
+        answer: bytes | None = None
         for header in set_cookies:
-            header = header.lstrip()
-            if not header.startswith(prefix):
+            got = parse_app_set_cookie(header, prefix, wall)
+            if got is None:
                 continue
-            first, _, attrs = header.partition(b";")
-            value = first[len(prefix) :].strip().strip(b'"')
-            # A deletion (empty value or Max-Age=0) teaches nothing; the old value's
-            # entry simply idles out.
-            if value and b"max-age=0" not in attrs.lower().replace(b" ", b""):
-                h = key_hash(value_key(AffinityType.APP_COOKIE, value))
-                table.insert(h, self._book.index(route.backend_id), self._wall())
+            if got.deleted:
+                # The old value's entry simply idles out; its companion goes with it.
+                if companion is not None:
+                    answer = companion.delete(got.scope)
+                continue
+            h = snap.keys.app_hash(got.value)
+            bid = route.backend_id
+            seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
+            book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            if companion is not None:
+                answer = companion.issue(
+                    session_id=b"",
+                    backend_id=bid,
+                    key_hash=h,
+                    issued=companion.floor(wall if seen is None else seen),
+                    wall=wall,
+                    bind=got.value,
+                    tail=got.scope.pack(),
+                )
+        if answer is None:
+            return route
+        return dataclasses.replace(route, set_cookie=answer)
 
     def backend_failed(self, backend_id: BackendId) -> None:
         generation = self._health.generation
@@ -219,21 +242,43 @@ class SessionRouter:
     def _route(self, snap: Snapshot, req: RequestView, wall: float) -> Route | None:
         cookie = req.cookie
         lb_values: list[bytes] = []
+        companions: list[bytes] = []
         rest = cookie
         stripped = False
         if snap.cookie_probe is not None and cookie is not None and snap.cookie_probe in cookie:
             assert snap.cookie_name is not None
             lb_values, rest = strip_cookie(cookie, snap.cookie_name)
             stripped = bool(lb_values)
+        probe = snap.companion_probe
+        if probe is not None and rest is not None and probe in rest:
+            assert snap.companion_name is not None
+            companions, left = strip_cookie(rest, snap.companion_name)
+            if companions:
+                rest, stripped = left, True
         walk = self._walk
         for n, (mode, table) in enumerate(walk):
             if table is None:  # the LB cookie
                 if lb_values:
-                    sc = self._decode(snap, lb_values, wall)
+                    sc = self._decode(snap.codec, lb_values, wall)
                     if sc is not None:
-                        return self._cookie_session(snap, sc, cookie, rest, wall)
+                        return self._held(snap, sc, None, cookie, rest, wall)
                 return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
-            h = snap.keys.hash(mode, req)
+            if mode is AffinityType.APP_COOKIE and snap.companion is not None:
+                value = snap.keys.app_value(cookie)
+                if value is None:
+                    if companions:
+                        self._app_outcomes[AppCookieOutcome.APP_COOKIE_MISSING] += 1
+                    continue
+                if companions:
+                    sc = self._decode(snap.companion, companions, wall, bind=value)
+                    if sc is not None:
+                        return self._held(snap, sc, value, cookie, rest, wall)
+                    self._app_outcomes[AppCookieOutcome.COMPANION_REJECTED] += 1
+                else:
+                    self._app_outcomes[AppCookieOutcome.COMPANION_MISSING] += 1
+                h: int | None = snap.keys.app_hash(value)
+            else:
+                h = snap.keys.hash(mode, req)
             if h is not None:
                 placed = self._learned(snap, table, h, wall)
                 if placed is None:
@@ -244,12 +289,18 @@ class SessionRouter:
 
     # -- cookie sessions ------------------------------------------------------------------
 
-    def _decode(self, snap: Snapshot, values: list[bytes], wall: float) -> SessionCookie | None:
-        codec = snap.codec
+    def _decode(
+        self,
+        codec: CookieCodec | None,
+        values: list[bytes],
+        wall: float,
+        *,
+        bind: bytes | None = None,
+    ) -> SessionCookie | None:
         assert codec is not None
         first: CookieRejection | None = None
         for v in values:
-            got = codec.decode(v, wall)
+            got = codec.decode(v, wall, bind=bind)
             if isinstance(got, SessionCookie):
                 return got
             first = first or got
@@ -257,21 +308,31 @@ class SessionRouter:
             self._rejected[first] += 1
         return None
 
-    def _cookie_session(
+    def _held(
         self,
         snap: Snapshot,
         sc: SessionCookie,
+        bind: bytes | None,
         header: bytes | None,
         rest: bytes | None,
         wall: float,
     ) -> Route | None:
-        codec = snap.codec
+        """A session whose signed cookie names its backend: the LB cookie (``bind`` is
+        ``None``) or the AppCookie companion of app-cookie value ``bind``."""
+        codec = snap.codec if bind is None else snap.companion
         assert codec is not None
+        a = snap.plan.affinity
+        # Cookie sessions are tracked by their random id, app sessions by their key.
+        mode, th = (
+            (AffinityType.COOKIE, sid_hash(sc.session_id))
+            if bind is None
+            else (AffinityType.APP_COOKIE, sc.key_hash)
+        )
         bid = BackendId(sc.backend_id)
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
-        seen = self._book.cookie_last_seen(sc.session_id, bid, snap.plan.affinity)
+        seen = self._book.last_seen(mode, th, bid, a)
         if seen is not None:
             bound = max(bound, seen + codec.granularity)
         d = self._decide(snap, bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
@@ -291,9 +352,11 @@ class SessionRouter:
                     key_hash=sc.key_hash,
                     issued=sc.issued,
                     wall=wall,
+                    bind=bind,
+                    tail=sc.tail,
                 )
             route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
-            idx = self._book.track_cookie(sc.session_id, bid, wall, snap.plan.affinity)
+            idx = self._book.track(mode, th, bid, wall, a, created=sc.issued)
             if refresh:
                 # One refresh per step: a client that keeps the old cookie is not sent
                 # the new one again on every response of this step.
@@ -307,14 +370,23 @@ class SessionRouter:
         issued = sc.issued
         session_id = sc.session_id
         if reason is Reason.EXPIRED:
-            session_id, issued = os.urandom(12), codec.floor(wall)
+            issued = codec.floor(wall)
+            if bind is None:
+                session_id = os.urandom(12)
+                th = sid_hash(session_id)
         set_cookie = codec.issue(
-            session_id=session_id, backend_id=new, key_hash=sc.key_hash, issued=issued, wall=wall
+            session_id=session_id,
+            backend_id=new,
+            key_hash=sc.key_hash,
+            issued=issued,
+            wall=wall,
+            bind=bind,
+            tail=sc.tail,
         )
         if new != bid or reason is not Reason.EXPIRED:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
-        idx = self._book.track_cookie(session_id, new, wall, snap.plan.affinity)
+        idx = self._book.track(mode, th, new, wall, a, created=issued)
         route = snap.route(new, rest, True, moved, set_cookie)
         # The client may keep sending the old cookie until it stores the new one: answer
         # it with the new pin for the rest of this step, without announcing a second move.
@@ -351,7 +423,7 @@ class SessionRouter:
             if found is None:
                 return None
             bid = found
-        self._book.track_cookie(session_id, bid, wall, snap.plan.affinity)
+        self._book.track(AffinityType.COOKIE, sid_hash(session_id), bid, wall, snap.plan.affinity)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
         )
@@ -465,6 +537,7 @@ class SessionRouter:
             backends=backends,
             migrations={r.value: n for r, n in self._migrations.items()},
             rejected_cookies={r.value: n for r, n in self._rejected.items()},
+            app_cookie={o.value: n for o, n in self._app_outcomes.items()},
             no_backend=self._no_backend,
             learned=book.table_stats(),
         )

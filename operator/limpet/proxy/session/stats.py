@@ -10,9 +10,20 @@ counters; the admin API serves :meth:`RouterStats.to_dict` as ``GET /v1/stats``;
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class AppCookieOutcome(enum.Enum):
+    """A request that carried only one of the app cookie and its companion, or a
+    companion that failed verification; the value is the metric label. Each is served
+    (from the learned table, or as a request without a key), never refused."""
+
+    COMPANION_MISSING = "companion_missing"
+    APP_COOKIE_MISSING = "app_cookie_missing"
+    COMPANION_REJECTED = "companion_rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,7 @@ class RouterStats:
     rejected_cookies: Mapping[str, int]
     no_backend: int
     learned: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    app_cookie: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served by ``GET /v1/stats`` (and merged across workers)."""
@@ -49,6 +61,7 @@ class RouterStats:
             },
             "migrations": dict(self.migrations),
             "rejectedCookies": dict(self.rejected_cookies),
+            "appCookie": dict(self.app_cookie),
             "learned": {name: dict(v) for name, v in self.learned.items()},
         }
 
@@ -69,6 +82,7 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "backends": {},
         "migrations": {},
         "rejectedCookies": {},
+        "appCookie": {},
         "learned": {},
     }
     versions: list[int] = []
@@ -89,7 +103,7 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             acc["requests"] += b.get("requests", 0)
             if _HEALTH_RANK.get(b.get("health", "up"), 0) > _HEALTH_RANK[acc["health"]]:
                 acc["health"] = b["health"]
-        for key in ("migrations", "rejectedCookies"):
+        for key in ("migrations", "rejectedCookies", "appCookie"):
             for reason, n in p.get(key, {}).items():
                 out[key][reason] = out[key].get(reason, 0) + n
         for name, t in p.get("learned", {}).items():
