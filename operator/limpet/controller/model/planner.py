@@ -334,7 +334,7 @@ def _plan(
             )
             for b in sorted(backends.values(), key=lambda t: t.id)
         ),
-        affinity=spec.affinity,
+        affinity=spec.plan_affinity(),
         balance=spec.balance_settings(),
         drain=spec.drain_settings(),
         rebalance=schedule,
