@@ -1,0 +1,143 @@
+"""model/counts: distinct live sessions per backend from several proxies, counted once."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from limpet.controller.model.counts import (
+    HASH_SPACE,
+    ProxyCounts,
+    Sketch,
+    combine,
+    parse_counts,
+    union_estimate,
+)
+
+
+def _stats(backends: dict[str, dict[str, object]], store: object = None) -> dict[str, object]:
+    out: dict[str, object] = {"planVersion": 3, "backends": backends}
+    if store is not None:
+        out["sessionStore"] = store
+    return out
+
+
+def _sketch(hashes: set[int], k: int) -> dict[str, object]:
+    smallest = sorted(hashes)[:k]
+    return {"k": k, "hashes": [f"{h:016x}" for h in smallest]}
+
+
+def test_without_sketches_the_max_not_the_sum() -> None:
+    # The same 5 users through both proxies, and 2 more through the second only.
+    a = parse_counts(_stats({"b1": {"sessions": 5}}))
+    b = parse_counts(_stats({"b1": {"sessions": 7}, "b2": {"sessions": 1}}))
+    counts = combine({"p0": a, "p1": b})
+    assert counts.sessions == {"b1": 7, "b2": 1}  # a lower bound; the sum (12) over-counts
+    assert counts.method == {"b1": "max", "b2": "max"}
+    assert counts.total == 8
+
+
+def test_complete_sketches_count_exactly() -> None:
+    rng = random.Random(1)
+    users = {rng.randrange(HASH_SPACE) for _ in range(40)}
+    assert len(users) == 40
+    ordered = sorted(users)
+    via_a, via_b = set(ordered[:30]), set(ordered[10:])  # 20 users seen by both
+    a = parse_counts(_stats({"b1": {"sessions": 30, "sketch": _sketch(via_a, 256)}}))
+    b = parse_counts(_stats({"b1": {"sessions": 30, "sketch": _sketch(via_b, 256)}}))
+    counts = combine({"p0": a, "p1": b})
+    assert counts.sessions == {"b1": 40}
+    assert counts.method == {"b1": "sketch"}
+
+
+def test_one_proxy_without_a_sketch_falls_back_to_max() -> None:
+    a = parse_counts(_stats({"b1": {"sessions": 3, "sketch": _sketch({1, 2, 3}, 16)}}))
+    b = parse_counts(_stats({"b1": {"sessions": 4}}))
+    counts = combine({"p0": a, "p1": b})
+    assert (counts.sessions["b1"], counts.method["b1"]) == (4, "max")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(min_value=300, max_value=20_000),
+    replicas=st.integers(min_value=1, max_value=4),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_full_sketches_estimate_the_union(n: int, replicas: int, seed: int) -> None:
+    rng = random.Random(seed)
+    users = [rng.randrange(HASH_SPACE) for _ in range(n)]
+    n = len(set(users))
+    seen: list[set[int]] = [set() for _ in range(replicas)]
+    for h in users:  # each user reached one to all replicas
+        for r in rng.sample(range(replicas), rng.randint(1, replicas)):
+            seen[r].add(h)
+    k = 256
+    estimate = union_estimate(Sketch(k=k, hashes=frozenset(sorted(s)[:k])) for s in seen if s)
+    # KMV's relative standard error is about 1/sqrt(k - 2) (6.3 %); 5 of them never fails.
+    assert abs(estimate - n) <= 5 * n / (k - 2) ** 0.5, (estimate, n)
+
+
+def test_the_store_count_wins_and_its_state_is_reported() -> None:
+    connected = {"state": "connected", "fallbacks": 0, "backends": {"b1": 19, "b2": 4}}
+    lagging = {"state": "connected", "backends": {"b1": 17}}
+    down = {"state": "unreachable", "error": "Connection refused", "fallbacks": 12}
+    counts = combine(
+        {
+            "p0": parse_counts(_stats({"b1": {"sessions": 50}}, connected)),
+            "p1": parse_counts(_stats({"b1": {"sessions": 40}}, lagging)),
+            "p2": parse_counts(_stats({"b1": {"sessions": 9}}, down)),
+        }
+    )
+    assert counts.sessions == {"b1": 19, "b2": 4}
+    assert counts.method == {"b1": "store", "b2": "store"}
+    assert counts.store_connected == 2
+    assert counts.store_unreachable == {"p2": "Connection refused"}
+
+
+def test_a_disabled_store_is_no_store() -> None:
+    counts = combine({"p0": parse_counts(_stats({"b1": {"sessions": 2}}, {"state": "disabled"}))})
+    assert counts.store_connected == 0
+    assert counts.store_unreachable == {}
+    assert counts.method == {"b1": "max"}
+
+
+def test_drain_live_counts_only_recent_sessions() -> None:
+    # 6 sessions on the draining b1, none active within drain.minIdle on either proxy.
+    a = parse_counts(_stats({"b1": {"sessions": 6, "drainLive": 0}}))
+    b = parse_counts(_stats({"b1": {"sessions": 4, "drainLive": 0}}))
+    assert combine({"p0": a, "p1": b}).drain_live == {"b1": 0}
+    # One proxy still serves a live one there.
+    c = parse_counts(_stats({"b1": {"sessions": 4, "drainLive": 1}}))
+    assert combine({"p0": a, "p1": c}).drain_live == {"b1": 1}
+    # A proxy that does not report drainLive: its whole count is taken as live.
+    d = parse_counts(_stats({"b1": {"sessions": 2}}))
+    assert combine({"p0": a, "p1": d}).drain_live == {"b1": 2}
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        {"backends": "nope"},
+        {"backends": {"b1": {"sessions": -3, "drainLive": "x"}}},
+        {"backends": {"b1": {"sessions": 2, "sketch": {"k": 2, "hashes": []}}}},
+        {"backends": {"b1": {"sessions": 2, "sketch": {"k": 8, "hashes": ["zz"]}}}},
+        {"backends": {"b1": {"sessions": 2, "sketch": {"k": 8, "hashes": ["1", "01"]}}}},
+        {"backends": {"b1": {"sketch": {"k": 8, "hashes": [f"{HASH_SPACE:x}"]}}}},
+        {"backends": {"b1": {}}, "sessionStore": {"state": 7}},
+        {"backends": {}, "sessionStore": {"state": "connected", "backends": {"b1": True}}},
+    ],
+)
+def test_malformed_fields_are_ignored(junk: dict[str, object]) -> None:
+    parsed = parse_counts(junk)
+    assert all(b.sketch is None for b in parsed.backends.values())
+    assert all(b.sessions >= 0 for b in parsed.backends.values())
+    counts = combine({"p": parsed})
+    assert all(n >= 0 for n in counts.sessions.values())
+
+
+def test_no_proxies_no_counts() -> None:
+    assert combine({}).sessions == {}
+    assert combine({"p": ProxyCounts()}).total == 0
