@@ -96,7 +96,8 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
     versions: list[int] = []
     missing = False
-    for p in parts:
+    parts_list = list(parts)
+    for p in parts_list:
         v = p.get("planVersion")
         if isinstance(v, int):
             versions.append(v)
@@ -121,6 +122,9 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             acc_t = out["learned"].setdefault(name, {})
             for k, n in t.items():
                 acc_t[k] = acc_t.get(k, 0) + n
+    ups = [p["sessionStore"]["up"] for p in parts_list if "up" in p.get("sessionStore", {})]
+    if ups:
+        out["sessionStore"]["up"] = min(ups)  # up only while every worker reaches it
     if versions and not missing:
         out["planVersion"] = min(versions)
     return out
