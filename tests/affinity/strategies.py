@@ -15,6 +15,7 @@ from limpet.affinity import (
     Plan,
     RebalanceSchedule,
     Session,
+    SessionStoreSettings,
 )
 
 NOW = 1_700_000_000.0
@@ -76,6 +77,9 @@ def plans(draw: st.DrawFn, *, with_schedule: bool | None = None) -> Plan:
         ),
         drain=DrainSettings(min_idle=draw(st.floats(0, 60))),
         rebalance=schedule,
+        session_store=draw(
+            st.none() | st.just(SessionStoreSettings(address="127.0.0.1:6379", database=1))
+        ),
         cookie_keys=KEY,
         slot_table_size=size,
     )

@@ -29,6 +29,7 @@ from limpet.affinity import (
     PlanError,
     RebalanceSchedule,
     SameSite,
+    SessionStoreSettings,
 )
 from limpet.affinity.plan import plan_from_dict, plan_from_json, plan_to_dict, plan_to_json
 
@@ -109,6 +110,18 @@ def full_plan() -> Plan:
             min_idle=30.0,
             max_moves_per_second=50.0,
             expected_moves=1200,
+        ),
+        session_store=SessionStoreSettings(
+            address="[fd00::7]:6380",
+            database=2,
+            tls=True,
+            tls_server_name="redis.web.svc",
+            ca_file="/etc/limpet/store/ca.crt",
+            username="limpet",
+            password_file="/etc/limpet/store/password",
+            key_prefix="limpet:web/shop:",
+            timeout=0.1,
+            ttl_slack=30.0,
         ),
         cookie_keys=(
             CookieKey(id="2024-02", secret=b"n" * 32),
@@ -286,6 +299,14 @@ BAD_FIELDS: list[tuple[str, object, str]] = [
     ("balance.loadFactor", 0.5, r"balance\.loadFactor: must be a finite number in \[1\.0"),
     ("balance.slowStart", -1, r"balance\.slowStart"),
     ("drain.minIdle", -0.1, r"drain\.minIdle"),
+    ("sessionStore", {}, r"sessionStore\.address: required"),
+    ("sessionStore", {"address": "redis"}, r"sessionStore\.address: must be host:port"),
+    ("sessionStore", {"address": "a b:1"}, r"sessionStore\.address"),
+    ("sessionStore", {"address": "r:6379", "caFile": "/ca"}, r"sessionStore\.tls: caFile"),
+    ("sessionStore", {"address": "r:6379", "passwordFile": "rel"}, r"passwordFile"),
+    ("sessionStore", {"address": "r:6379", "timeout": 0}, r"sessionStore\.timeout"),
+    ("sessionStore", {"address": "r:6379", "keyPrefix": "a b"}, r"sessionStore\.keyPrefix"),
+    ("sessionStore", {"address": "r:6379", "db": 1}, r"unknown field\(s\) 'db'"),
     ("rebalance", {"start": 1.0, "window": 1.0, "minIdle": 1.0}, r"rebalance\.fromBackends"),
     ("rebalance", {"fromBackends": {}, "start": 1, "window": 1, "minIdle": 1}, "fromBackends"),
     ("rebalance", {"fromBackends": {"b0": 0}, "start": 1, "window": 1, "minIdle": 1}, "b0"),

@@ -18,12 +18,17 @@ import http.client
 import json
 import random
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from limpet.affinity import Plan
 
@@ -160,3 +165,60 @@ def push(replicas: list[Proxy], plan: Plan) -> None:
     for p in replicas:
         status, answer = p.admin("PUT", "/v1/plan", body)
         assert status == 200, answer
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is missing: run tools/apt-deps.sh (Debian's redis-server)")
+        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.tmp), "--protected-mode", "yes"]
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> bytes:
+        """One command in RESP, the raw reply (for the test's own look at the store)."""
+        out = f"*{len(args)}\r\n".encode()
+        for a in args:
+            out += f"${len(a.encode())}\r\n{a}\r\n".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(out)
+            return s.recv(1 << 16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

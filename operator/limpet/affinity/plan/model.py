@@ -280,6 +280,64 @@ class RebalanceSchedule:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStoreSettings:
+    """A Redis-protocol store (Redis 7 or Valkey) shared by every proxy replica.
+
+    Secrets are never in the plan: ``password_file`` and ``ca_file`` are paths inside the
+    proxy (the operator mounts the Secret there). Entries expire ``ttl_slack`` seconds
+    after the session's ``idleTimeout`` (or, without one, after ``absoluteTimeout``).
+    """
+
+    address: str
+    """``host:port``, ``[v6]:port``; the host is an IP literal or a DNS name."""
+    database: int = 0
+    tls: bool = False
+    tls_server_name: str | None = None
+    ca_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    key_prefix: str = "limpet:"
+    timeout: float = 0.25
+    """Seconds a store call may take before the proxy falls back to its own tables."""
+    ttl_slack: float = 60.0
+
+    def __post_init__(self) -> None:
+        host, _ = split_address("sessionStore.address", self.address)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            checks.matching("sessionStore.address", host, checks.HOSTNAME_RE, "host:port")
+        checks.integer("sessionStore.database", self.database, minimum=0, maximum=1023)
+        checks.boolean("sessionStore.tls", self.tls)
+        if self.tls_server_name is not None:
+            checks.matching(
+                "sessionStore.tlsServerName", self.tls_server_name, checks.HOSTNAME_RE, "a name"
+            )
+        for label, path in (("caFile", self.ca_file), ("passwordFile", self.password_file)):
+            if path is not None:
+                checks.matching(f"sessionStore.{label}", path, checks.FILE_PATH_RE, "a path")
+        if (self.ca_file is not None or self.tls_server_name is not None) and not self.tls:
+            raise PlanError("sessionStore.tls: caFile and tlsServerName need tls: true")
+        if self.username is not None:
+            checks.matching("sessionStore.username", self.username, checks.TOKEN_RE, "a name")
+        checks.matching("sessionStore.keyPrefix", self.key_prefix, checks.KEY_PREFIX_RE, "a prefix")
+        checks.number("sessionStore.timeout", self.timeout, minimum=0.001, maximum=10.0)
+        checks.number("sessionStore.ttlSlack", self.ttl_slack, minimum=0.0, maximum=86400.0)
+
+
+def split_address(field: str, text: object) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to (host, port); a :class:`PlanError` otherwise."""
+    if not isinstance(text, str):
+        raise PlanError(f"{field}: must be a string")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PlanError(f"{field}: must be host:port, got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CookieKey:
     """One LB-cookie signing key. The newest key (first in the plan) signs."""
 
@@ -334,6 +392,8 @@ class Plan:
     balance: BalanceSettings = field(default_factory=BalanceSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     rebalance: RebalanceSchedule | None = None
+    session_store: SessionStoreSettings | None = None
+    """The store every replica shares (cluster-wide session counts); ``None``: none."""
     cookie_keys: tuple[CookieKey, ...] = ()
     """Newest first: the first key signs, every listed key verifies."""
     slot_table_size: int = DEFAULT_SIZE
@@ -368,6 +428,10 @@ class Plan:
                 raise PlanError(f"{label}: must be {kind.__name__}, got {value!r}")
         if self.rebalance is not None and not isinstance(self.rebalance, RebalanceSchedule):
             raise PlanError("rebalance: must be a RebalanceSchedule or None")
+        if self.session_store is not None and not isinstance(
+            self.session_store, SessionStoreSettings
+        ):
+            raise PlanError("sessionStore: must be SessionStoreSettings or None")
         if not isinstance(self.cookie_keys, tuple) or not all(
             isinstance(k, CookieKey) for k in self.cookie_keys
         ):

@@ -137,6 +137,28 @@ class ProxyCollector(Collector):
         )
         for reason, n in sorted(s.get("appCookie", {}).items()):
             app_cookie.add_metric([reason], n)
+        store = s.get("sessionStore") or {}
+        store_up = GaugeMetricFamily(
+            "limpet_proxy_session_store_up",
+            "1 while the session store answers, 0 while the proxy uses its own counts "
+            "(absent without a store).",
+        )
+        fallbacks = CounterMetricFamily(
+            "limpet_proxy_session_store_fallbacks",
+            "Store write-backs that failed or timed out (local counts were used).",
+        )
+        cluster = GaugeMetricFamily(
+            "limpet_proxy_cluster_sessions",
+            "Distinct live sessions per backend across every replica, from the store.",
+            labels=["backend"],
+        )
+        for bid, n in sorted((s.get("clusterSessions") or {}).items()):
+            cluster.add_metric([bid], n)
+        stores: tuple[Metric, ...] = ()
+        if store:
+            store_up.add_metric([], store.get("up", 0))
+            fallbacks.add_metric([], store.get("fallbacks", 0))
+            stores = (store_up, fallbacks, cluster)
         no_backend = CounterMetricFamily(
             "limpet_proxy_no_backend", "Requests answered 503 because no backend was available."
         )
@@ -146,6 +168,7 @@ class ProxyCollector(Collector):
         )
         version.add_metric([], s.get("planVersion") or 0)
         yield from (requests, sessions, up, migrations, rejected, app_cookie, no_backend, version)
+        yield from stores
 
 
 def make_admin_app(

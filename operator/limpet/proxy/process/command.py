@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from limpet.affinity import CookieKey, Plan, PlanError
+from limpet.affinity import CookieKey, Plan, PlanError, SessionStoreSettings
 from limpet.affinity.plan.codec import plan_from_json
 from limpet.proxy.settings import Address, ProxySettings, load_address_override
 
@@ -79,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="standalone mode: LB cookie signing secret (16+ bytes); else generated at start",
     )
+    store = parser.add_argument_group(
+        "session store (standalone mode; with --plan the plan's sessionStore)"
+    )
+    store.add_argument(
+        "--session-store",
+        metavar="HOST:PORT",
+        help="a Redis-protocol server shared by every replica (cluster-wide session counts)",
+    )
+    store.add_argument("--session-store-password-file", metavar="FILE")
+    store.add_argument("--session-store-prefix", metavar="PREFIX", default="limpet:")
+    store.add_argument("--session-store-tls", action="store_true")
+    store.add_argument("--session-store-ca-file", metavar="FILE")
     proc = parser.add_argument_group("process")
     proc.add_argument("--listen", metavar="HOST:PORT", default=str(DEFAULTS.listen))
     proc.add_argument(
@@ -164,6 +176,34 @@ def load_cookie_key(path: Path) -> CookieKey:
     return CookieKey(id="f" + hashlib.sha256(secret).hexdigest()[:12], secret=secret)
 
 
+def _store(args: argparse.Namespace) -> SessionStoreSettings | None:
+    """``--session-store*`` as plan settings (``None`` without ``--session-store``)."""
+    if not args.session_store:
+        if args.session_store_password_file or args.session_store_ca_file:
+            raise UsageError("--session-store-* options need --session-store HOST:PORT")
+        return None
+    for option, path in (
+        ("--session-store-password-file", args.session_store_password_file),
+        ("--session-store-ca-file", args.session_store_ca_file),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{option}: no such file: {path}")
+    try:
+        return SessionStoreSettings(
+            address=args.session_store,
+            tls=bool(args.session_store_tls or args.session_store_ca_file),
+            ca_file=str(Path(args.session_store_ca_file).resolve())
+            if args.session_store_ca_file
+            else None,
+            password_file=str(Path(args.session_store_password_file).resolve())
+            if args.session_store_password_file
+            else None,
+            key_prefix=args.session_store_prefix,
+        )
+    except PlanError as exc:
+        raise UsageError(f"--session-store: {exc}") from None
+
+
 def _backends(specs: list[str]) -> list[tuple[str, str, int]]:
     out: list[tuple[str, str, int]] = []
     for spec in specs:
@@ -232,9 +272,12 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
             raise UsageError(f"--token-file: {settings.token_file} is empty")
     if args.plan and args.backend:
         raise UsageError("--plan and --backend exclude each other")
+    store = _store(args)
     if args.plan:
-        if args.affinity or args.cookie_key_file:
-            raise UsageError("--affinity and --cookie-key-file are for standalone (--backend)")
+        if args.affinity or args.cookie_key_file or store:
+            raise UsageError(
+                "--affinity, --cookie-key-file and --session-store are for standalone (--backend)"
+            )
         try:
             return settings, plan_from_json(Path(args.plan).read_bytes()), False
         except OSError as exc:
@@ -242,8 +285,10 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
         except PlanError as exc:
             raise UsageError(f"--plan {args.plan}: {exc}") from None
     if not args.backend:
-        if args.affinity or args.cookie_key_file:
-            raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
+        if args.affinity or args.cookie_key_file or store:
+            raise UsageError(
+                "--affinity, --cookie-key-file and --session-store need --backend ID=HOST:PORT"
+            )
         return settings, None, False
     # Standalone: imported here so that `--help` stays cheap.
     from limpet.proxy.process.standalone import parse_affinity, standalone_plan
@@ -258,7 +303,7 @@ def build(args: argparse.Namespace) -> tuple[ProxySettings, Plan | None, bool]:
         affinity = parse_affinity(
             args.affinity or "cookie", trusted_proxies=[str(n) for n in trusted]
         )
-        plan = standalone_plan(_backends(args.backend), affinity, keys)
+        plan = standalone_plan(_backends(args.backend), affinity, keys, session_store=store)
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     return settings, plan, True

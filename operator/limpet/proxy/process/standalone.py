@@ -23,6 +23,7 @@ from limpet.affinity import (
     CookieKey,
     CookieSettings,
     Plan,
+    SessionStoreSettings,
 )
 
 
@@ -77,6 +78,7 @@ def standalone_plan(
     cookie_keys: Sequence[CookieKey] = (),
     *,
     version: int = 1,
+    session_store: SessionStoreSettings | None = None,
 ) -> Plan:
     """A plan for ``limpet proxy --backend ID=HOST:PORT ... --affinity ...``.
 
@@ -101,5 +103,6 @@ def standalone_plan(
         ),
         affinity=settings,
         cookie_keys=keys,
+        session_store=session_store,
         name="standalone",
     )

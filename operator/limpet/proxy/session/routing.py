@@ -42,7 +42,7 @@ import functools
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from limpet.affinity import (
@@ -63,12 +63,17 @@ from .companion import parse_app_set_cookie
 from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
-from .sessions import SessionBook, sid_hash
+from .sessions import TABLE_CODES, TABLE_NAMES, SessionBook, sid_hash
 from .settings import RouterSettings
 from .snapshot import Snapshot
 from .stats import AppCookieOutcome, BackendStats, RouterStats
+from .store import Batch, Touch
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
+
+MAX_KEY = (1 << 64) - 1
+STORE_BACKLOG = 1 << 18
+"""Sessions kept for the store while it is away; beyond this the oldest news is dropped."""
 
 MOVED_HEADER = b"Limpet-Session-Moved"
 """The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
@@ -114,6 +119,11 @@ class SessionRouter:
         self._rejected = dict.fromkeys(CookieRejection, 0)
         self._no_backend = 0
         self._app_outcomes = dict.fromkeys(AppCookieOutcome, 0)
+        # The shared store (store.py): sessions seen since the last write-back (None: no
+        # store), and the cluster-wide counts bounded loads caps against while it answers.
+        self._touched: dict[bytes, tuple[int, float, int]] | None = None
+        self._cluster: dict[BackendId, int] | None = None
+        self._store_stats = dict.fromkeys(("flushes", "fallbacks", "written", "dropped"), 0)
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -209,7 +219,8 @@ class SessionRouter:
             h = snap.keys.app_hash(got.value)
             bid = route.backend_id
             seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
-            book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
             if companion is not None:
                 answer = companion.issue(
                     session_id=b"",
@@ -357,6 +368,7 @@ class SessionRouter:
                 )
             route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
             idx = self._book.track(mode, th, bid, wall, a, created=sc.issued)
+            self._note(TABLE_CODES[TABLE_NAMES[mode]], th, idx, wall)
             if refresh:
                 # One refresh per step: a client that keeps the old cookie is not sent
                 # the new one again on every response of this step.
@@ -387,6 +399,8 @@ class SessionRouter:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
         idx = self._book.track(mode, th, new, wall, a, created=issued)
+        old = -1 if new == bid else self._book.index(bid)
+        self._note(TABLE_CODES[TABLE_NAMES[mode]], th, idx, wall, new=old < 0, moved_from=old)
         route = snap.route(new, rest, True, moved, set_cookie)
         # The client may keep sending the old cookie until it stores the new one: answer
         # it with the new pin for the rest of this step, without announcing a second move.
@@ -423,7 +437,9 @@ class SessionRouter:
             if found is None:
                 return None
             bid = found
-        self._book.track(AffinityType.COOKIE, sid_hash(session_id), bid, wall, snap.plan.affinity)
+        th = sid_hash(session_id)
+        idx = self._book.track(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
         )
@@ -459,33 +475,123 @@ class SessionRouter:
     ) -> tuple[BackendId, tuple[tuple[bytes, bytes], ...]] | None:
         """Look up or place a learned-mode session: ``(backend, headers to add)``."""
         i = t.find(h)
+        code = TABLE_CODES[t.name]
         if i < 0:
             found = self._place(snap, h, wall)
             if found is None:
                 return None
-            t.insert(h, self._book.index(found), wall)
+            idx = self._book.index(found)
+            t.insert(h, idx, wall)
+            self._note(code, h, idx, wall, new=True)
             return found, NO_HEADERS
-        bid = self._ids[t.backend(i)]
+        old = t.backend(i)
+        bid = self._ids[old]
         d = self._decide(snap, bid, h, t.last_seen(i), t.created(i), wall)
         reason = d.reason
         new = d.backend
         if reason is None:
             t.touch(i, wall)
+            self._note(code, h, old, wall)
             return bid, NO_HEADERS
         if new is None:
             if reason is Reason.DRAIN and self._health.available(bid, self._clock()):
                 t.touch(i, wall)
+                self._note(code, h, old, wall)
                 return bid, NO_HEADERS
             return None
+        idx = self._book.index(new)
         if reason is Reason.EXPIRED:
             t.remove(h)
-            t.insert(h, self._book.index(new), wall)
-            if new == bid:
-                return bid, NO_HEADERS
+            t.insert(h, idx, wall)
         else:
-            t.move(i, self._book.index(new), wall)
+            t.move(i, idx, wall)
+        self._note(code, h, idx, wall, moved_from=old)
+        if new == bid:
+            return bid, NO_HEADERS
         self._migrations[reason] += 1
         return new, ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
+
+    # -- the shared store ---------------------------------------------------------------
+
+    def _note(
+        self, code: int, h: int, idx: int, wall: float, *, new: bool = False, moved_from: int = -1
+    ) -> None:
+        """Remember a session seen (placed, moved) for the next store write-back."""
+        touched = self._touched
+        if touched is None:
+            return
+        member = bytes((code,)) + (h & MAX_KEY).to_bytes(8, "little")
+        prev = touched.get(member)
+        if prev is not None and prev[2] >= 0 and moved_from >= 0:
+            moved_from = prev[2]
+        if moved_from == idx:
+            moved_from = -1
+        touched[member] = (idx, wall, moved_from)
+        cluster = self._cluster
+        if cluster is not None and (new or moved_from >= 0):
+            bid = self._ids[idx]
+            cluster[bid] = cluster.get(bid, 0) + 1
+            if moved_from >= 0:
+                gone = self._ids[moved_from]
+                cluster[gone] = max(0, cluster.get(gone, 0) - 1)
+
+    def store_attached(self) -> None:
+        """A store is configured: start noting sessions for it."""
+        if self._touched is None:
+            self._touched = {}
+
+    def store_detached(self) -> None:
+        """No store (any more): local counts, nothing noted."""
+        self._touched = None
+        self._cluster = None
+
+    def take_touches(self) -> Batch:
+        """The sessions noted since the last call, as one write-back batch."""
+        self.store_attached()
+        touched, self._touched = self._touched or {}, {}
+        self._store_stats["written"] += len(touched)
+        ids = self._ids
+        snap = self._snap
+        wall = self._wall()
+        a = None if snap is None else snap.plan.affinity
+        live = None if a is None else (a.idle_timeout or a.absolute_timeout)
+        store = None if snap is None else snap.plan.session_store
+        slack = 60.0 if store is None else store.ttl_slack
+        return Batch(
+            touches=[
+                Touch(m, ids[i], seen, None if f < 0 else ids[f])
+                for m, (i, seen, f) in touched.items()
+            ],
+            backends=[] if snap is None else [b.id for b in snap.plan.backends],
+            now=wall,
+            live_since=None if live is None else wall - live,
+            ttl=max(1, int((live or 86400.0) + slack)),
+        )
+
+    def store_counts(self, counts: Mapping[str, int]) -> None:
+        """The store answered: cap bounded loads against these cluster-wide counts."""
+        self._store_stats["flushes"] += 1
+        self._cluster = {BackendId(b): n for b, n in counts.items()}
+
+    def store_failed(self, batch: Batch) -> None:
+        """The store did not answer: local counts again; keep the batch for the next try."""
+        self._store_stats["fallbacks"] += 1
+        self._cluster = None
+        touched = self._touched
+        if touched is None:
+            return
+        numbers = self._numbers
+        for t in batch.touches:
+            if len(touched) >= STORE_BACKLOG:
+                self._store_stats["dropped"] += 1
+                continue
+            if t.member not in touched and t.backend in numbers:
+                f = -1 if t.moved_from is None else numbers.get(t.moved_from, -1)
+                touched[t.member] = (numbers[t.backend], t.last_seen, f)
+
+    def _loads(self) -> Mapping[BackendId, int]:
+        cluster = self._cluster
+        return self._book.loads if cluster is None else cluster
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -503,11 +609,11 @@ class SessionRouter:
         p.key_hash = h
         p.last_seen = last_seen
         p.created = created
-        return decide(p, snap.core, wall, loads=self._book.loads, exclude=self._down())
+        return decide(p, snap.core, wall, loads=self._loads(), exclude=self._down())
 
     def _place(self, snap: Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""
-        return snap.core.route_new(h, wall, self._book.loads, exclude=self._down())
+        return snap.core.route_new(h, wall, self._loads(), exclude=self._down())
 
     def _down(self) -> AbstractSet[BackendId]:
         """Backends passive health has marked down: the affinity core excludes them."""
@@ -538,6 +644,12 @@ class SessionRouter:
             migrations={r.value: n for r, n in self._migrations.items()},
             rejected_cookies={r.value: n for r, n in self._rejected.items()},
             app_cookie={o.value: n for o, n in self._app_outcomes.items()},
+            store={}
+            if self._touched is None
+            else {**self._store_stats, "up": int(self._cluster is not None)},
+            cluster=None
+            if self._cluster is None
+            else {str(b): n for b, n in self._cluster.items()},
             no_backend=self._no_backend,
             learned=book.table_stats(),
         )

@@ -32,6 +32,16 @@ TABLE_NAMES = {
 }
 
 
+TABLE_CODES = {
+    "cookie": ord("C"),
+    "app-cookie": ord("A"),
+    "header": ord("H"),
+    "query": ord("Q"),
+    "client-ip": ord("I"),
+}
+"""One byte per table, prefixed to a session's key in the shared store."""
+
+
 def sid_hash(session_id: bytes) -> int:
     """The cookie-session tracker's key: the random session id's first 8 bytes."""
     return int.from_bytes(session_id[:8], "little")

@@ -43,6 +43,11 @@ class RouterStats:
     no_backend: int
     learned: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     app_cookie: Mapping[str, int] = field(default_factory=dict)
+    store: Mapping[str, int] = field(default_factory=dict)
+    """Store write-backs (flushes, fallbacks, written, dropped) and ``up`` (0/1); empty:
+    no store configured."""
+    cluster: Mapping[str, int] | None = None
+    """Distinct live sessions per backend across every replica (from the store)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served by ``GET /v1/stats`` (and merged across workers)."""
@@ -62,6 +67,8 @@ class RouterStats:
             "migrations": dict(self.migrations),
             "rejectedCookies": dict(self.rejected_cookies),
             "appCookie": dict(self.app_cookie),
+            "sessionStore": dict(self.store),
+            "clusterSessions": None if self.cluster is None else dict(self.cluster),
             "learned": {name: dict(v) for name, v in self.learned.items()},
         }
 
@@ -83,11 +90,14 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "migrations": {},
         "rejectedCookies": {},
         "appCookie": {},
+        "sessionStore": {},
+        "clusterSessions": None,
         "learned": {},
     }
     versions: list[int] = []
     missing = False
-    for p in parts:
+    parts_list = list(parts)
+    for p in parts_list:
         v = p.get("planVersion")
         if isinstance(v, int):
             versions.append(v)
@@ -103,13 +113,18 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             acc["requests"] += b.get("requests", 0)
             if _HEALTH_RANK.get(b.get("health", "up"), 0) > _HEALTH_RANK[acc["health"]]:
                 acc["health"] = b["health"]
-        for key in ("migrations", "rejectedCookies", "appCookie"):
+        if out["clusterSessions"] is None and p.get("clusterSessions") is not None:
+            out["clusterSessions"] = dict(p["clusterSessions"])  # the same store for all
+        for key in ("migrations", "rejectedCookies", "appCookie", "sessionStore"):
             for reason, n in p.get(key, {}).items():
                 out[key][reason] = out[key].get(reason, 0) + n
         for name, t in p.get("learned", {}).items():
             acc_t = out["learned"].setdefault(name, {})
             for k, n in t.items():
                 acc_t[k] = acc_t.get(k, 0) + n
+    ups = [p["sessionStore"]["up"] for p in parts_list if "up" in p.get("sessionStore", {})]
+    if ups:
+        out["sessionStore"]["up"] = min(ups)  # up only while every worker reaches it
     if versions and not missing:
         out["planVersion"] = min(versions)
     return out

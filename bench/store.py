@@ -1,0 +1,192 @@
+"""Session-store benchmark: a learned mode (Header) with and without the shared store.
+
+Set-up (all started here, all stopped at the end, on loopback): two nginx backends, a
+real ``redis-server`` (Debian's; no persistence), and ``limpet proxy --affinity
+header:X-Session-Id`` pinned to one core, first without a store, then with
+``--session-store``. wrk (one thread, 32 keep-alive connections, on the other core)
+cycles ``--sessions`` distinct header values through a Lua script.
+
+Printed: requests per second, p50 and p99 latency, the proxy's CPU, for both runs and
+their ratio; the store round-trips (pipelined write-backs) and Redis commands per
+request; and the memory Redis uses per live session entry (``MEMORY USAGE`` of the
+per-backend sets over their entries). Figures, not assertions.
+
+Run: ``python -m bench store [--duration S] [--sessions N]``. Needs ``nginx``, ``wrk``
+and ``redis-server`` (``bash tools/apt-deps.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.proxy import (
+    Procs,
+    Result,
+    backends_conf,
+    cpu_list,
+    free_port,
+    limpet_env,
+    wait_port,
+    wrk,
+)
+
+HEADER = "X-Session-Id"
+
+
+def redis(port: int, *args: str) -> bytes:
+    """One RESP command on a fresh connection; the raw reply."""
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        out += f"${len(a.encode())}\r\n{a}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(out)
+        time.sleep(0.05)
+        return s.recv(1 << 20)
+
+
+def redis_int(port: int, *args: str) -> int:
+    reply = redis(port, *args)
+    return int(reply[1:].split(b"\r\n", 1)[0]) if reply[:1] == b":" else 0
+
+
+def info_field(port: int, name: str) -> int:
+    for line in redis(port, "INFO", "all").decode(errors="replace").splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
+def sessions_script(tmp: Path, n: int) -> Path:
+    script = tmp / f"sessions-{n}.lua"
+    script.write_text(
+        "local i = 0\n"
+        "request = function()\n"
+        f"  i = (i + 1) % {n}\n"
+        f'  return wrk.format(nil, nil, {{["{HEADER}"] = "s" .. i}})\n'
+        "end\n"
+    )
+    return script
+
+
+def start_proxy(
+    procs: Procs, tmp: Path, backends: list[int], *, core: str, store: str | None, name: str
+) -> tuple[int, int, int]:
+    """(traffic port, admin port, pid) of a limpet proxy in header mode."""
+    port, admin = free_port(), free_port()
+    token = tmp / "token"
+    token.write_text("bench-token\n")
+    argv = ["taskset", "-c", core, sys.executable, "-m", "limpet.cli", "proxy"]
+    argv += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
+    argv += ["--token-file", str(token), "--log-level", "warning"]
+    argv += ["--affinity", f"header:{HEADER}"]
+    for i, p in enumerate(backends):
+        argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
+    if store is not None:
+        argv += ["--session-store", store, "--session-store-prefix", "bench:"]
+    proc = procs.start(argv, log=tmp / f"{name}.log", env=limpet_env())
+    wait_port(port, 30)
+    return port, admin, proc.pid
+
+
+def stats(admin: int) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/stats")
+    req.add_header("Authorization", "Bearer bench-token")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+        return result
+
+
+def line(r: Result) -> str:
+    return (
+        f"{r.name:<14} {r.rps:>9.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  "
+        f"proxy cpu {r.proxy_cpu:4.2f}  errors {r.errors}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench store", description=__doc__)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--sessions", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    missing = [t for t in ("nginx", "wrk", "redis-server") if shutil.which(t) is None]
+    if missing:
+        print(f"missing: {', '.join(missing)} (run: bash tools/apt-deps.sh)")
+        return 1
+    core, load_core, _ = cpu_list()
+    procs = Procs()
+    with tempfile.TemporaryDirectory(prefix="limpet-bench-store-") as d:
+        tmp = Path(d)
+        try:
+            ports = [free_port(), free_port()]
+            procs.start(["nginx", "-c", str(backends_conf(tmp, ports))], log=tmp / "nginx.log")
+            for p in ports:
+                wait_port(p)
+            rport = free_port()
+            server = ["redis-server", "--port", str(rport), "--bind", "127.0.0.1"]
+            server += ["--save", "", "--appendonly", "no", "--dir", str(tmp)]
+            procs.start(server, log=tmp / "redis.log")
+            wait_port(rport)
+            script = sessions_script(tmp, args.sessions)
+            results: list[Result] = []
+            figures: dict[str, float] = {}
+            for name, store in (("no store", None), ("redis store", f"127.0.0.1:{rport}")):
+                port, admin, pid = start_proxy(
+                    procs, tmp, ports, core=core, store=store, name=name.replace(" ", "-")
+                )
+                cmds0 = info_field(rport, "total_commands_processed")
+                before = stats(admin)
+                r = wrk(
+                    name,
+                    port,
+                    "x=1",
+                    pid=pid,
+                    core=load_core,
+                    load_core=load_core,
+                    connections=32,
+                    duration=args.duration,
+                    script=script,
+                )
+                time.sleep(1.5)  # one more write-back for the last requests
+                after = stats(admin)
+                results.append(r)
+                if store is not None:
+                    requests = int(after["requests"]) - int(before["requests"])
+                    s0 = before.get("sessionStore") or {}
+                    s1 = after.get("sessionStore") or {}
+                    flushes = s1.get("flushes", 0) - s0.get("flushes", 0)
+                    cmds = info_field(rport, "total_commands_processed") - cmds0
+                    figures["round_trips_per_request"] = flushes / max(1, requests)
+                    figures["commands_per_request"] = cmds / max(1, requests)
+                    entries = sum(
+                        redis_int(rport, "ZCARD", f"bench:live:b{i + 1}") for i in range(2)
+                    )
+                    used = sum(
+                        redis_int(rport, "MEMORY", "USAGE", f"bench:live:b{i + 1}", "SAMPLES", "0")
+                        for i in range(2)
+                    )
+                    figures["entries"] = entries
+                    figures["bytes_per_entry"] = used / max(1, entries)
+            base = results[0]
+            for r in results:
+                print(line(r) + f"  x{r.rps / base.rps:.2f} of no store")
+            print(
+                f"store round-trips per request: {figures['round_trips_per_request']:.5f} "
+                f"(one pipelined write-back per step); Redis commands per request: "
+                f"{figures['commands_per_request']:.3f}"
+            )
+            print(
+                f"Redis memory per live session entry: {figures['bytes_per_entry']:.1f} bytes "
+                f"({figures['entries']:.0f} entries)"
+            )
+        finally:
+            procs.stop_all()
+    return 0
