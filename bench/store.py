@@ -28,15 +28,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.proxy import (
+from bench._proxy_load import Load, Result, run_wrk
+from bench._proxy_peers import (
+    Peer,
     Procs,
-    Result,
     backends_conf,
     cpu_list,
     free_port,
     limpet_env,
     wait_port,
-    wrk,
 )
 
 HEADER = "X-Session-Id"
@@ -144,16 +144,13 @@ def main(argv: list[str]) -> int:
                 )
                 cmds0 = info_field(rport, "total_commands_processed")
                 before = stats(admin)
-                r = wrk(
-                    name,
-                    port,
-                    "x=1",
-                    pid=pid,
-                    core=load_core,
+                r = run_wrk(
+                    Peer(name, port, pid, None),
+                    Load(header="Cookie: x=1", script=script),
                     load_core=load_core,
                     connections=32,
                     duration=args.duration,
-                    script=script,
+                    warmup=2.0,
                 )
                 time.sleep(1.5)  # one more write-back for the last requests
                 after = stats(admin)

@@ -18,11 +18,19 @@ from limpet.controller.model.counts import (
 )
 
 
-def _stats(backends: dict[str, dict[str, object]], store: object = None) -> dict[str, object]:
-    out: dict[str, object] = {"planVersion": 3, "backends": backends}
-    if store is not None:
-        out["sessionStore"] = store
-    return out
+def _stats(
+    backends: dict[str, dict[str, object]],
+    store: dict[str, int] | None = None,
+    cluster: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """A stats body as ``limpet proxy`` serves it (``sessionStore`` is ``{}`` without a
+    store, ``clusterSessions`` ``null`` while the store is down or absent)."""
+    return {
+        "planVersion": 3,
+        "backends": backends,
+        "sessionStore": store or {},
+        "clusterSessions": cluster,
+    }
 
 
 def _sketch(hashes: set[int], k: int) -> dict[str, object]:
@@ -81,27 +89,40 @@ def test_full_sketches_estimate_the_union(n: int, replicas: int, seed: int) -> N
 
 
 def test_the_store_count_wins_and_its_state_is_reported() -> None:
-    connected = {"state": "connected", "fallbacks": 0, "backends": {"b1": 19, "b2": 4}}
-    lagging = {"state": "connected", "backends": {"b1": 17}}
-    down = {"state": "unreachable", "error": "Connection refused", "fallbacks": 12}
+    up = {"flushes": 9, "fallbacks": 0, "written": 40, "dropped": 0, "up": 1}
+    down = {"flushes": 3, "fallbacks": 12, "written": 10, "dropped": 0, "up": 0}
     counts = combine(
         {
-            "p0": parse_counts(_stats({"b1": {"sessions": 50}}, connected)),
-            "p1": parse_counts(_stats({"b1": {"sessions": 40}}, lagging)),
-            "p2": parse_counts(_stats({"b1": {"sessions": 9}}, down)),
+            "p0": parse_counts(_stats({"b1": {"sessions": 50}}, up, {"b1": 19, "b2": 4})),
+            "p1": parse_counts(_stats({"b1": {"sessions": 40}}, up, {"b1": 17})),
+            "p2": parse_counts(_stats({"b1": {"sessions": 9}}, down, None)),
         }
     )
     assert counts.sessions == {"b1": 19, "b2": 4}
     assert counts.method == {"b1": "store", "b2": "store"}
     assert counts.store_connected == 2
-    assert counts.store_unreachable == {"p2": "Connection refused"}
+    assert counts.store_unreachable == {"p2": "12 failed write-backs"}
 
 
-def test_a_disabled_store_is_no_store() -> None:
-    counts = combine({"p0": parse_counts(_stats({"b1": {"sessions": 2}}, {"state": "disabled"}))})
-    assert counts.store_connected == 0
-    assert counts.store_unreachable == {}
-    assert counts.method == {"b1": "max"}
+def test_no_store_or_not_flushed_yet_is_neither_connected_nor_down() -> None:
+    fresh = {"flushes": 0, "fallbacks": 0, "written": 0, "dropped": 0, "up": 0}
+    for store in (None, fresh):
+        counts = combine({"p0": parse_counts(_stats({"b1": {"sessions": 2}}, store))})
+        assert counts.store_connected == 0
+        assert counts.store_unreachable == {}
+        assert counts.method == {"b1": "max"}
+
+
+def test_every_store_down_falls_back_to_the_proxies_counts() -> None:
+    down = {"flushes": 1, "fallbacks": 2, "written": 1, "dropped": 0, "up": 0}
+    counts = combine(
+        {
+            "p0": parse_counts(_stats({"b1": {"sessions": 5}}, down)),
+            "p1": parse_counts(_stats({"b1": {"sessions": 3}}, down)),
+        }
+    )
+    assert counts.sessions == {"b1": 5}
+    assert set(counts.store_unreachable) == {"p0", "p1"}
 
 
 def test_drain_live_counts_only_recent_sessions() -> None:
@@ -126,8 +147,9 @@ def test_drain_live_counts_only_recent_sessions() -> None:
         {"backends": {"b1": {"sessions": 2, "sketch": {"k": 8, "hashes": ["zz"]}}}},
         {"backends": {"b1": {"sessions": 2, "sketch": {"k": 8, "hashes": ["1", "01"]}}}},
         {"backends": {"b1": {"sketch": {"k": 8, "hashes": [f"{HASH_SPACE:x}"]}}}},
-        {"backends": {"b1": {}}, "sessionStore": {"state": 7}},
-        {"backends": {}, "sessionStore": {"state": "connected", "backends": {"b1": True}}},
+        {"backends": {"b1": {}}, "sessionStore": {"up": "yes"}},
+        {"backends": {}, "sessionStore": {"up": 1}, "clusterSessions": {"b1": True}},
+        {"backends": {}, "sessionStore": [], "clusterSessions": [3]},
     ],
 )
 def test_malformed_fields_are_ignored(junk: dict[str, object]) -> None:

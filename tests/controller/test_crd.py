@@ -120,6 +120,7 @@ VALID = [
         "sessionStore": {
             "address": "redis.cache.svc:6379",
             "username": "limpet",
+            "database": 3,
             "passwordSecretRef": {"name": "redis-auth"},
             "tls": {
                 "enabled": True,
@@ -274,6 +275,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "affinity.lastSeenGranularity must not exceed a non-zero rebalance.minIdle",
     ),
     ("store-needs-address", {"sessionStore": {}}, "spec.sessionStore.address: Required value"),
+    (
+        "store-address-v6",
+        {"sessionStore": {"address": "[fd00::7::1]:6379"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-username",
+        {"sessionStore": {"address": "r:6379", "username": "a:b"}},
+        "sessionStore.username must be a token",
+    ),
+    ("store-database", {"sessionStore": {"address": "r:6379", "database": 1024}}, "1023"),
     (
         "store-address-no-port",
         {"sessionStore": {"address": "redis"}},

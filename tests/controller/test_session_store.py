@@ -13,7 +13,9 @@ import aiohttp
 from limpet.controller.kube.client import SECRETS, KubeClient
 from tests.controller.harness import FAST, Scenes, eventually, status_condition
 
-STORE = {"address": "redis.cache:6379", "passwordSecretRef": {"name": "redis-auth"}}
+# Loopback inside each proxy's pod (network namespace); nothing listens on port 1.
+CLOSED = "127.0.0.1:1"
+STORE = {"address": CLOSED, "passwordSecretRef": {"name": "redis-auth"}}
 
 
 async def _condition(scenes: Scenes, kind: str) -> dict[str, Any]:
@@ -62,13 +64,15 @@ async def test_missing_store_secret_degrades_then_clears(
         {"data": {"password": base64.b64encode(b"s3cret").decode()}},
     )
 
-    async def cleared() -> bool:
-        return (await _condition(scenes, "Degraded")).get("status") == "False"
+    async def secret_found() -> bool:
+        c = await _condition(scenes, "Degraded")
+        return c.get("reason") != "SessionStoreSecretMissing"
 
-    await eventually(cleared, within=20, what="Degraded cleared once the Secret is complete")
-    # These proxies do not report a store connection: said plainly, not claimed.
+    await eventually(secret_found, within=20, what="Degraded no longer blames the Secret")
+    # Nothing listens at the address, so no proxy can claim the store connected.
     agree = await _condition(scenes, "ReplicasAgree")
-    assert (agree["status"], agree["reason"]) == ("False", "SessionStoreNotReported")
+    assert agree["status"] == "False"
+    assert agree["reason"] in ("SessionStoreNotReported", "SessionStoreUnreachable"), agree
     assert scene.operator is not None
     assert scene.operator.alive(), scene.operator.tail()
 
@@ -93,6 +97,24 @@ async def test_missing_store_secret_degrades_then_clears(
     } in (mounts)
     stats = await scene.fleet.stats(http, scene.fleet.pods[0])
     assert "s3cret" not in repr(stats)
+
+
+async def test_proxies_that_cannot_reach_the_store_make_it_degraded(scenes: Scenes) -> None:
+    spec = {**FAST, "sessionStore": {"address": CLOSED, "timeout": "100ms"}}
+    scene = await scenes.open(spec=spec)  # Ready: traffic does not wait for the store
+
+    async def unreachable() -> bool:
+        c = await _condition(scenes, "Degraded")
+        return c.get("status") == "True" and c.get("reason") == "SessionStoreUnreachable"
+
+    await eventually(unreachable, within=20, what="Degraded: SessionStoreUnreachable")
+    message = (await _condition(scenes, "Degraded"))["message"]
+    assert f"cannot reach the session store at {CLOSED}" in message
+    assert "failed write-backs" in message
+    assert any(p.name in message for p in scene.fleet.pods), message
+    agree = await _condition(scenes, "ReplicasAgree")
+    assert (agree["status"], agree["reason"]) == ("False", "SessionStoreUnreachable")
+    assert (await _condition(scenes, "Ready"))["status"] == "True"
 
 
 async def test_without_a_store_replicas_agree_says_what_can_split(scenes: Scenes) -> None:

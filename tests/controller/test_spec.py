@@ -38,23 +38,42 @@ def test_store_reads_every_field_with_defaults() -> None:
     assert store.tls.enabled
     assert store.tls.ca_secret == KeyRef(name="ca", key="bundle.pem")
     assert store.tls.ca_config_map is None
-    assert store.timeout == pytest.approx(0.2)
+    assert store.timeout == pytest.approx(0.25)
     assert store.prefix_for("web", "shop") == "limpet:web/shop:"
-    # An entry outlives its session by the slack only; no absolute limit means none.
-    assert store.entry_ttls(spec.affinity) == (630.0, None)
+    # The plan names files, never the password.
+    plan = store.plan_settings("web", "shop")
+    assert plan.address == "redis.cache:6379"
+    assert plan.tls
+    assert plan.password_file == "/etc/limpet/session-store/password"
+    assert plan.ca_file == "/etc/limpet/session-store/ca.crt"
+    assert plan.key_prefix == "limpet:web/shop:"
+    assert (plan.timeout, plan.ttl_slack) == (0.25, 60.0)
 
 
-def test_store_prefix_and_ttls_follow_the_spec() -> None:
+def test_store_without_secrets_or_tls_names_no_files() -> None:
     spec = parse_spec(
         _spec(
-            affinity={"idleTimeout": "1m", "absoluteTimeout": "1h"},
-            sessionStore={"address": "r:6379", "keyPrefix": "p:", "ttlSlack": "5s"},
+            sessionStore={
+                "address": "[fd00::7]:6380",
+                "database": 2,
+                "keyPrefix": "p:",
+                "ttlSlack": "5s",
+                "timeout": "40ms",
+                "tls": {"enabled": False},
+            }
         )
     )
     store = spec.session_store
     assert store is not None
-    assert store.prefix_for("web", "shop") == "p:"
-    assert store.entry_ttls(spec.affinity) == (65.0, 3605.0)
+    plan = store.plan_settings("web", "shop")
+    assert (plan.password_file, plan.ca_file, plan.tls, plan.tls_server_name) == (
+        None,
+        None,
+        False,
+        None,
+    )
+    assert (plan.database, plan.key_prefix, plan.ttl_slack) == (2, "p:", 5.0)
+    assert plan.timeout == pytest.approx(0.04)
 
 
 def test_store_without_address_is_a_spec_error() -> None:
@@ -91,3 +110,30 @@ def test_the_planner_states_the_step_and_it_survives_the_codec() -> None:
     again = plan_from_json(plan_to_json(plan))
     assert again.affinity.last_seen_granularity == 4
     assert again.granularity == 4
+    assert again.session_store is None
+
+
+def test_the_planner_carries_the_store_and_it_survives_the_codec() -> None:
+    spec = parse_spec(
+        _spec(
+            sessionStore={
+                "address": "redis.cache:6379",
+                "username": "limpet",
+                "passwordSecretRef": {"name": "auth", "key": "pw"},
+                "tls": {"enabled": True, "caConfigMapRef": {"name": "ca"}, "serverName": "r.c"},
+            }
+        )
+    )
+    inputs = PlanInputs(
+        name="web/shop", spec=spec, members={}, cookie_keys=new_material(0).plan_keys()
+    )
+    body = plan_to_json(plan_next(inputs, PlannerState(), now=1000.0).plan)
+    assert '"auth"' not in body  # the Secret's name and key stay out of the plan
+    assert '"pw"' not in body
+    store = plan_from_json(body).session_store
+    assert store is not None
+    assert store.key_prefix == "limpet:web/shop:"
+    assert store.username == "limpet"
+    assert (store.tls, store.tls_server_name) == (True, "r.c")
+    assert store.password_file == "/etc/limpet/session-store/password"
+    assert store.ca_file == "/etc/limpet/session-store/ca.crt"

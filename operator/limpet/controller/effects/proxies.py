@@ -33,20 +33,18 @@ from limpet.controller.kube.client import DEPLOYMENTS, SECRETS, SERVICES, JsonOb
 from limpet.controller.model.membership import ProxyEndpoint
 from limpet.controller.model.names import proxy_service_name, secret_name
 from limpet.controller.model.settings import OperatorSettings
-from limpet.controller.model.spec import StickySpec
+from limpet.controller.model.spec import STORE_FILES, StickySpec
 
 OWNER_LABEL = "limpet.dev/stickyservice"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TOKEN_MOUNT = "/etc/limpet/admin"
 STATE_MOUNT = "/var/lib/limpet"
-STORE_MOUNT = "/etc/limpet/session-store"
-"""Where managed proxies find the session store's password (``password``) and CA
-(``ca.crt``): files from the user's Secret/ConfigMap, projected read-only by the kubelet,
-so the password never travels in a plan or through the operator."""
 
 
 def store_volume(spec: StickySpec) -> JsonObj | None:
-    """The projected volume with the store's password and CA files, if any is set."""
+    """The projected volume with the store's password and CA files, if any is set: the
+    kubelet reads the user's Secret/ConfigMap, so the password never travels in a plan
+    or through the operator."""
     store = spec.session_store
     if store is None:
         return None
@@ -177,7 +175,7 @@ def _proxy_container(spec: StickySpec, settings: OperatorSettings) -> JsonObj:
             {"name": "state", "mountPath": STATE_MOUNT},
         ]
         + (
-            [{"name": "session-store", "mountPath": STORE_MOUNT, "readOnly": True}]
+            [{"name": "session-store", "mountPath": STORE_FILES, "readOnly": True}]
             if store_volume(spec) is not None
             else []
         ),

@@ -8,9 +8,9 @@ store conditions) and the planner (``expectedMoves``) read. Pure functions, no I
 Each proxy counts the sessions *it* served within ``idleTimeout``; a user whose requests
 are spread over replicas is in several proxies' counts. So, per backend, best first:
 
-1. ``store``: a proxy connected to the session store reports the store's cluster-wide
-   count (``sessionStore.backends``); every connected proxy reads the same store, and
-   the largest report wins (a lagging reader only lowers its own).
+1. ``store``: a proxy connected to the session store (``sessionStore.up``) reports the
+   store's cluster-wide count (``clusterSessions``); every connected proxy reads the
+   same store, and the largest report wins (a lagging reader only lowers its own).
 2. ``sketch``: each proxy reports a bottom-k sketch of its sessions' 64-bit hashes (the
    same hash for the same session in every replica); the union of the sketches is the
    sketch of the union, so the distinct count is exact below k sessions and a KMV
@@ -60,7 +60,7 @@ class StoreState:
     """``sessionStore`` in a proxy's stats."""
 
     state: str
-    """``connected``, ``unreachable`` or ``disabled``."""
+    """``connected``, ``unreachable`` or ``pending`` (configured, nothing flushed yet)."""
     error: str | None = None
     fallbacks: int = 0
     backends: Mapping[str, int] = field(default_factory=dict)
@@ -116,20 +116,24 @@ def _backend(raw: Mapping[str, Any]) -> BackendCounts:
     )
 
 
-def _store(raw: object) -> StoreState | None:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("state"), str):
+def _store(raw: object, cluster: object) -> StoreState | None:
+    """``sessionStore`` (``{}`` without a store; else write-back counters and ``up``) and
+    ``clusterSessions`` (the store's per-backend counts, ``null`` while it is down)."""
+    if not isinstance(raw, Mapping) or not raw:
         return None
-    counts = raw.get("backends")
-    error = raw.get("error")
+    up, fallbacks = _int(raw.get("up")), _int(raw.get("fallbacks")) or 0
+    if up:
+        state = "connected"
+    elif up == 0 and fallbacks:
+        state = "unreachable"
+    else:
+        state = "pending"  # not flushed yet: neither claimed nor blamed
+    counts = cluster if isinstance(cluster, Mapping) else {}
     return StoreState(
-        state=raw["state"],
-        error=str(error)[:200] if error else None,
-        fallbacks=_int(raw.get("fallbacks")) or 0,
-        backends={
-            str(b): n
-            for b, v in (counts.items() if isinstance(counts, Mapping) else ())
-            if (n := _int(v)) is not None
-        },
+        state=state,
+        error=f"{fallbacks} failed write-backs" if state == "unreachable" else None,
+        fallbacks=fallbacks,
+        backends={str(b): n for b, v in counts.items() if (n := _int(v)) is not None},
     )
 
 
@@ -142,7 +146,7 @@ def parse_counts(stats: Mapping[str, Any]) -> ProxyCounts:
             for bid, b in (backends.items() if isinstance(backends, Mapping) else ())
             if isinstance(b, Mapping)
         },
-        store=_store(stats.get("sessionStore")),
+        store=_store(stats.get("sessionStore"), stats.get("clusterSessions")),
     )
 
 
@@ -181,7 +185,7 @@ def combine(proxies: Mapping[str, ProxyCounts]) -> SessionCounts:
         for bid, b in counts.backends.items():
             per_backend.setdefault(bid, []).append(b)
         store = counts.store
-        if store is None or store.state == "disabled":
+        if store is None or store.state == "pending":
             continue
         if store.state == "connected":
             connected += 1

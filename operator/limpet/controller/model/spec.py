@@ -8,9 +8,9 @@ test, still reads the same. The spec carries the plan schema's values where they
 one to one (``StickySpec.affinity`` is an :class:`AffinitySettings`), and
 :meth:`StickySpec.balance_settings` and :meth:`StickySpec.drain_settings` build the
 others (limpet.affinity.plan). ``spec.sessionStore`` reads into a
-:class:`SessionStoreSpec`: where the store is, the Secret/ConfigMap keys the proxies need
-(references only; the operator never copies the password into a plan) and the entry
-TTLs it derives from the affinity timeouts. Pure functions.
+:class:`SessionStoreSpec`: where the store is and the Secret/ConfigMap keys the proxies
+need (references only; the plan's section, :meth:`SessionStoreSpec.plan_settings`, names
+files, never the password). Pure functions.
 """
 
 from __future__ import annotations
@@ -30,8 +30,13 @@ from limpet.affinity.plan.model import (
     DrainSettings,
     LifetimeType,
     SameSite,
+    SessionStoreSettings,
     derived_granularity,
 )
+
+STORE_FILES = "/etc/limpet/session-store"
+"""Where proxies find the session store's ``password`` and ``ca.crt`` files (managed
+proxies: a read-only projected volume of the user's Secret/ConfigMap keys)."""
 
 
 class SpecError(ValueError):
@@ -104,27 +109,35 @@ class SessionStoreSpec:
     """``spec.sessionStore``: a Redis-protocol store shared by every proxy replica."""
 
     address: str
+    database: int = 0
     username: str | None = None
     password: KeyRef | None = None
     tls: StoreTLSSpec = StoreTLSSpec()
     key_prefix: str | None = None
-    timeout: float = 0.2
-    ttl_slack: float = 30.0
+    timeout: float = 0.25
+    ttl_slack: float = 60.0
 
     def prefix_for(self, namespace: str, name: str) -> str:
         """The key prefix: the spec's, else one per StickyService so that two never meet."""
         return self.key_prefix or f"limpet:{namespace}/{name}:"
 
-    def entry_ttls(self, affinity: AffinitySettings) -> tuple[float | None, float | None]:
-        """(idle, absolute) TTLs of a store entry in seconds: an entry lives
-        ``idleTimeout + ttlSlack`` past its last write-back and never more than
-        ``absoluteTimeout + ttlSlack`` past its creation (``None``: no such limit). The
-        slack covers the batched last-seen write-back, so an entry never expires before
-        the session it records."""
-        idle, absolute = affinity.idle_timeout, affinity.absolute_timeout
-        return (
-            None if idle is None else idle + self.ttl_slack,
-            None if absolute is None else absolute + self.ttl_slack,
+    def plan_settings(self, namespace: str, name: str) -> SessionStoreSettings:
+        """The plan's ``sessionStore``: no secret in it, only the paths where managed
+        proxies find the password and CA (``STORE_FILES``; external proxies mount the
+        same Secret keys there)."""
+        tls = self.tls
+        has_ca = tls.enabled and (tls.ca_secret or tls.ca_config_map) is not None
+        return SessionStoreSettings(
+            address=self.address,
+            database=self.database,
+            tls=tls.enabled,
+            tls_server_name=tls.server_name if tls.enabled else None,
+            ca_file=f"{STORE_FILES}/ca.crt" if has_ca else None,
+            username=self.username,
+            password_file=f"{STORE_FILES}/password" if self.password is not None else None,
+            key_prefix=self.prefix_for(namespace, name),
+            timeout=self.timeout,
+            ttl_slack=self.ttl_slack,
         )
 
 
@@ -238,6 +251,7 @@ def _session_store(data: Mapping[str, Any]) -> SessionStoreSpec | None:
     tls = data.get("tls") or {}
     return SessionStoreSpec(
         address=address,
+        database=int(data.get("database", 0)),
         username=data.get("username"),
         password=_key_ref(data.get("passwordSecretRef"), f"{field}.passwordSecretRef", "password"),
         tls=StoreTLSSpec(
@@ -249,8 +263,8 @@ def _session_store(data: Mapping[str, Any]) -> SessionStoreSpec | None:
             server_name=tls.get("serverName"),
         ),
         key_prefix=data.get("keyPrefix"),
-        timeout=parse_duration(f"{field}.timeout", data.get("timeout", "200ms")),
-        ttl_slack=parse_duration(f"{field}.ttlSlack", data.get("ttlSlack", "30s")),
+        timeout=parse_duration(f"{field}.timeout", data.get("timeout", "250ms")),
+        ttl_slack=parse_duration(f"{field}.ttlSlack", data.get("ttlSlack", "60s")),
     )
 
 
