@@ -101,7 +101,7 @@ def test_the_store_count_wins_and_its_state_is_reported() -> None:
     assert counts.sessions == {"b1": 19, "b2": 4}
     assert counts.method == {"b1": "store", "b2": "store"}
     assert counts.store_connected == 2
-    assert counts.store_unreachable == {"p2": "12 failed write-backs"}
+    assert counts.store_unreachable == {"p2": "its write-backs fail"}
 
 
 def test_no_store_or_not_flushed_yet_is_neither_connected_nor_down() -> None:

@@ -244,7 +244,9 @@ async def test_new_backend_warms_up_over_slow_start(
 async def test_terminating_pod_drains_finishes_and_is_removed(
     kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
 ) -> None:
-    spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "1s"}}
+    # minIdle 5 s: the busy users' last request before the drain (then the wait for
+    # Draining and 30 fresh users) must stay under it on a loaded machine.
+    spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "5s"}}
     scene = await scenes.open(spec=spec, operator_args=("--standalone", "--forget-after", "3"))
     backends = scene.backends
     proxy = scene.fleet.urls()
@@ -274,8 +276,8 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert victim not in {u.pod for u in fresh}
 
     # Busy sessions stay until the deadline; idle ones leave at their next request. (The
-    # proxy knows a cookie session's last request to within its 5 s cookie granularity, so
-    # "idle for minIdle" is seen after minIdle + 5 s at most.)
+    # proxy knows a cookie session's last request to within one last-seen step, 1 s here,
+    # so "idle for minIdle" is seen after minIdle + 1 s at most: 6 s < the 7 s below.)
     loop = asyncio.get_running_loop()
     start = loop.time()
     while loop.time() - start < 7.0:
@@ -349,3 +351,51 @@ async def test_external_proxies_selected_by_label(
     # External mode: the operator runs no proxies of its own.
     assert await kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-proxy") is None
     assert await kube.get(f"/api/v1/namespaces/{namespace}/services/shop-proxy") is None
+
+
+async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
+) -> None:
+    # Sessions end 3 s after their last request; the drain deadline is far away, so a
+    # DrainEmpty can only come from the proxies' live counts, not from the deadline.
+    spec = {
+        **FAST,
+        "affinity": {**FAST["affinity"], "idleTimeout": "3s"},
+        "drain": {"timeout": "2m", "minIdle": "1s"},
+    }
+    scene = await scenes.open(spec=spec)
+    proxies = scene.fleet.urls()
+    rng = random.Random(11)
+    users = [User(f"u{i}") for i in range(24)]
+    for user in users:
+        await user.get(http, rng.choice(proxies))
+    victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
+    on_victim = [u for u in users if u.pod == victim]
+    scene.backends.terminate(victim)
+    await eventually(
+        lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
+    )
+    # While its users keep coming (each to a random replica), the pod is not empty.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < 5.0:
+        for user in on_victim:
+            await user.get(http, rng.choice(proxies))
+        await asyncio.sleep(0.2)
+    assert all(u.pod == victim for u in on_victim), "busy sessions left the draining pod"
+    assert "DrainEmpty" not in await event_reasons(kube, namespace, "shop")
+
+    # They stop: once no replica holds a live session there, DrainEmpty, long before
+    # the deadline and while the pod is still Draining.
+    async def drain_empty() -> bool:
+        return "DrainEmpty" in await event_reasons(kube, namespace, "shop")
+
+    await eventually(drain_empty, within=25, what="DrainEmpty")
+    assert loop.time() - start < 60
+    assert await scene.state_is(victim, "Draining")
+
+    async def none_in_status() -> bool:
+        entry = await _entry(scene, victim)
+        return entry is not None and entry["sessions"] == 0
+
+    await eventually(none_in_status, within=15, what="0 sessions on the drained pod in status")

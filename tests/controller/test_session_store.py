@@ -110,7 +110,7 @@ async def test_proxies_that_cannot_reach_the_store_make_it_degraded(scenes: Scen
     await eventually(unreachable, within=20, what="Degraded: SessionStoreUnreachable")
     message = (await _condition(scenes, "Degraded"))["message"]
     assert f"cannot reach the session store at {CLOSED}" in message
-    assert "failed write-backs" in message
+    assert "its write-backs fail" in message
     assert any(p.name in message for p in scene.fleet.pods), message
     agree = await _condition(scenes, "ReplicasAgree")
     assert (agree["status"], agree["reason"]) == ("False", "SessionStoreUnreachable")

@@ -131,7 +131,9 @@ def _store(raw: object, cluster: object) -> StoreState | None:
     counts = cluster if isinstance(cluster, Mapping) else {}
     return StoreState(
         state=state,
-        error=f"{fallbacks} failed write-backs" if state == "unreachable" else None,
+        # No count in the text: a message that changed at every flush would rewrite
+        # status every second for as long as the store is down.
+        error="its write-backs fail" if state == "unreachable" else None,
         fallbacks=fallbacks,
         backends={str(b): n for b, v in counts.items() if (n := _int(v)) is not None},
     )
