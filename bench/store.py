@@ -11,8 +11,9 @@ their ratio; the store round-trips (pipelined write-backs) and Redis commands pe
 request; and the memory Redis uses per live session entry (``MEMORY USAGE`` of the
 per-backend sets over their entries). Figures, not assertions.
 
-Run: ``python -m bench store [--duration S] [--sessions N]``. Needs ``nginx``, ``wrk``
-and ``redis-server`` (``bash tools/apt-deps.sh``).
+Run: ``python -m bench store`` (defaults: 8 s runs, 10 000 sessions; ``main(["--duration",
+"S", "--sessions", "N"])`` for others). Needs ``nginx``, ``wrk`` and ``redis-server``
+(``bash tools/apt-deps.sh``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def start_proxy(
         argv += ["--session-store", store, "--session-store-prefix", "bench:"]
     proc = procs.start(argv, log=tmp / f"{name}.log", env=limpet_env())
     wait_port(port, 30)
+    wait_port(admin, 30)
     return port, admin, proc.pid
 
 
