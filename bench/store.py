@@ -9,10 +9,16 @@ cycles ``--sessions`` distinct header values through a Lua script.
 Printed: requests per second, p50 and p99 latency, the proxy's CPU, for both runs and
 their ratio; the store round-trips (pipelined write-backs) and Redis commands per
 request; and the memory Redis uses per live session entry (``MEMORY USAGE`` of the
-per-backend sets over their entries). Figures, not assertions.
+per-backend sets over their entries). Then the end-of-window imbalance of live sessions
+(max/mean over 4 backends, ``loadFactor`` 1.25) with three session routers in this
+process, users arriving and leaving on a simulated clock and picking a router at random
+for every request, once with per-router counts and once with cluster-wide counts from
+the same ``redis-server`` (the real store client and write-back, flushed every
+simulated second). Figures, not assertions.
 
-Run: ``python -m bench store [--duration S] [--sessions N]``. Needs ``nginx``, ``wrk``
-and ``redis-server`` (``bash tools/apt-deps.sh``).
+Run: ``python -m bench store`` (defaults: 8 s runs, 10 000 sessions; ``main(["--duration",
+"S", "--sessions", "N"])`` for others). Needs ``nginx``, ``wrk`` and ``redis-server``
+(``bash tools/apt-deps.sh``).
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ def start_proxy(
         argv += ["--session-store", store, "--session-store-prefix", "bench:"]
     proc = procs.start(argv, log=tmp / f"{name}.log", env=limpet_env())
     wait_port(port, 30)
+    wait_port(admin, 30)
     return port, admin, proc.pid
 
 
@@ -103,6 +110,83 @@ def stats(admin: int) -> dict[str, Any]:
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
+
+
+def imbalance(rport: int | None, *, seed: int = 1, window: int = 300) -> float:
+    """Max/mean of the live users' backends at the end of ``window`` simulated seconds."""
+    import asyncio
+    import random
+
+    from limpet.affinity import (
+        AffinitySettings,
+        Backend,
+        BackendId,
+        BalanceSettings,
+        CookieKey,
+        Plan,
+        SessionStoreSettings,
+    )
+    from limpet.proxy.process.redis_store import RedisStore
+    from limpet.proxy.process.store_sync import StoreSync
+    from limpet.proxy.session.routing import RequestView, RouterSettings, SessionRouter
+
+    now = [1_800_000_000.0]
+    store = None
+    if rport is not None:
+        store = SessionStoreSettings(address=f"127.0.0.1:{rport}", key_prefix=f"imb{seed}:")
+    plan = Plan(
+        version=1,
+        backends=tuple(
+            Backend(id=BackendId(f"b{i}"), address="127.0.0.1", port=1 + i) for i in range(4)
+        ),
+        affinity=AffinitySettings(idle_timeout=120.0),
+        balance=BalanceSettings(load_factor=1.25),
+        session_store=store,
+        cookie_keys=(CookieKey(id="k", secret=b"k" * 32),),
+    )
+    routers = []
+    for _ in range(3):
+        r = SessionRouter(settings=RouterSettings(), clock=lambda: now[0], wall=lambda: now[0])
+        r.load_plan(plan)
+        routers.append(r)
+    rng = random.Random(seed)
+    # user: [next request time, requests left, cookie value, backend]
+    users: list[list[object]] = []
+
+    async def run() -> None:
+        syncs = [StoreSync(r, RedisStore) for r in routers] if store is not None else []
+        for second in range(window):
+            for _ in range(3):  # arrivals per second
+                users.append([now[0] + rng.uniform(0, 1), rng.randint(15, 60), None, None])
+            end = now[0] + 1.0
+            for u in users:
+                while u[1] and u[0] < end:  # type: ignore[operator]
+                    cookie = None if u[2] is None else b"LIMPET=" + u[2]  # type: ignore[operator]
+                    route = rng.choice(routers).route(
+                        RequestView(b"GET", b"/", [], "192.0.2.1", cookie)
+                    )
+                    assert route is not None
+                    if route.set_cookie is not None:
+                        u[2] = route.set_cookie.split(b";")[0].partition(b"=")[2]
+                    u[3] = route.backend_id
+                    u[1] = int(u[1]) - 1  # type: ignore[call-overload]
+                    u[0] = float(u[0]) + rng.uniform(2.0, 8.0)  # type: ignore[arg-type]
+            now[0] = end
+            for r in routers:
+                r.sweep()
+            for sync in syncs:
+                await sync.flush()
+            del second
+        for sync in syncs:
+            await sync.close()
+
+    asyncio.run(run())
+    live: dict[object, int] = {}
+    for u in users:
+        if u[1] and u[3] is not None:
+            live[u[3]] = live.get(u[3], 0) + 1
+    counts = [live.get(BackendId(f"b{i}"), 0) for i in range(4)]
+    return max(counts) / (sum(counts) / len(counts))
 
 
 def line(r: Result) -> str:
@@ -184,6 +268,15 @@ def main(argv: list[str]) -> int:
                 f"Redis memory per live session entry: {figures['bytes_per_entry']:.1f} bytes "
                 f"({figures['entries']:.0f} entries)"
             )
+            # New cookie sessions take random ids, so each run differs: report several.
+            local = [imbalance(None, seed=seed) for seed in range(8)]
+            cluster = [imbalance(rport, seed=seed) for seed in range(8)]
+            for label, got in (("per-router counts", local), ("cluster-wide counts", cluster)):
+                print(
+                    f"end-of-window live max/mean, 3 routers, 8 runs, {label}: "
+                    f"mean {sum(got) / len(got):.3f}, worst {max(got):.3f}, "
+                    f"runs over 1.1: {sum(g > 1.1 for g in got)}"
+                )
         finally:
             procs.stop_all()
     return 0

@@ -268,3 +268,21 @@ def test_rotated_app_cookie_value_gets_a_new_companion_on_the_same_backend() -> 
     for r in rs:
         assert c.get(r).backend_id == home
     assert all(n == 0 for r in rs for n in r.stats().app_cookie.values())
+
+
+def test_sticky_app_sessions_are_answered_from_the_route_cache() -> None:
+    clock = Clock()
+    (r,) = replicas(clock, n=1)
+    c = AppClient("cached")
+    c.get(r)
+    clock.t += 0.2  # inside the companion's step: no refresh due
+    first = r.route(c.view())
+    assert first is not None
+    assert first.set_cookie is None
+    assert r.route(c.view()) is first  # the cached answer, no HMAC
+    clock.t += 1.0  # the next step: refreshed, not cached past its step
+    again = r.route(c.view())
+    assert again is not None
+    assert again is not first
+    assert again.set_cookie is not None
+    assert again.set_cookie.startswith(b"LIMPETAPP=")

@@ -100,20 +100,31 @@ class Tally:
 
 @dataclass
 class User:
-    """A browser: a cookie jar, and the pod the app last answered from."""
+    """A browser (a cookie jar), or with ``keyed`` a script that names its session in
+    ``X-Demo-Session`` and ``?sid=``, from ``source`` (a loopback address of its own);
+    and the pod the app last answered from."""
 
     name: str
+    keyed: bool = False
+    source: str | None = None
     jar: dict[str, str] = field(default_factory=dict)
     pod: str | None = None
     pods: list[str] = field(default_factory=list)
+    count: int = 0
 
     def request(self, replica: Proxy, tally: Tally) -> None:
-        conn = http.client.HTTPConnection(*replica.address, timeout=10)
+        where = None if self.source is None else (self.source, 0)
+        conn = http.client.HTTPConnection(*replica.address, timeout=10, source_address=where)
         try:
             headers = {"Accept": "application/json"}
+            target = f"/u/{self.name}"
+            if self.keyed:
+                headers["X-Demo-Session"] = self.name
+                headers["X-Demo-Count"] = str(self.count)
+                target += f"?sid={self.name}"
             if self.jar:
                 headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
-            conn.request("GET", f"/u/{self.name}", headers=headers)
+            conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:
@@ -136,6 +147,7 @@ class User:
             tally.moves[doc["moved"]] += 1
         self.pod = doc["pod"]
         self.pods.append(doc["pod"])
+        self.count = doc["count"]
 
 
 def rounds(

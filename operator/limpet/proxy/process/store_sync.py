@@ -41,7 +41,11 @@ class StoreSync:
                 await asyncio.sleep(1.0 if plan is None else float(plan.granularity))
                 await self.flush()
         finally:
-            await self._switch(None)
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the store client (the loop may be restarted afterwards)."""
+        await self._switch(None)
 
     async def flush(self) -> bool:
         """One write-back; ``True`` when the store answered."""

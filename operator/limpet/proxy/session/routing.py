@@ -23,10 +23,11 @@ Plans arrive through :meth:`SessionRouter.prepare` (pure: compiles a
 :meth:`SessionRouter.install` (an atomic reference swap on the event loop), or both at once
 through :meth:`SessionRouter.load_plan`.
 
-Hot path: the common cookie case, "sticky, nothing changed", is answered from a bounded
-cache keyed by the raw Cookie header, which returns a shared route and bumps one integer:
-no HMAC, no allocation. A cached answer is valid until the cookie's next refresh step,
-the session's absolute expiry or its backend's drain deadline, and the cache is dropped
+Hot path: the common cookie case (LB cookie, or AppCookie with its companion), "sticky,
+nothing changed", is answered from a bounded cache keyed by the raw Cookie header, which
+returns a shared route and bumps one integer: no HMAC, no allocation. A cached answer is
+valid until the cookie's next refresh step, the session's absolute expiry or its
+backend's drain deadline, and the cache is dropped
 on every plan change and whenever passive health marks a backend down, so it never
 outlives the facts it was computed from.
 

@@ -60,7 +60,6 @@ class Snapshot:
         self.core = core
         self.modes = a.modes
         self.backends: Mapping[BackendId, Backend] = plan.backend_map()
-        self.cookie_primary = a.type is AffinityType.COOKIE
         self.codec: CookieCodec | None = None
         self.cookie_name: bytes | None = None
         self.cookie_probe: bytes | None = None
@@ -92,6 +91,9 @@ class Snapshot:
             )
             self.companion_name = name.encode("ascii")
             self.companion_probe = self.companion_name + b"="
+        # The primary session lives in a signed cookie (the LB cookie or the companion):
+        # the router may cache its answers by the raw Cookie header.
+        self.cookie_primary = a.type is AffinityType.COOKIE or self.companion is not None
         self.keys = RequestKeys(a, peer_memo=peer_memo)
         # The app cookie's "NAME=" prefix: routes carry it so the engine hands the
         # backend's matching Set-Cookie values back to the router to learn from.
