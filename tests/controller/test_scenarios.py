@@ -360,7 +360,7 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
     # DrainEmpty can only come from the proxies' live counts, not from the deadline.
     spec = {
         **FAST,
-        "affinity": {**FAST["affinity"], "idleTimeout": "3s"},
+        "affinity": {"type": "Cookie", "cookie": {"secure": False}, "idleTimeout": "3s"},
         "drain": {"timeout": "2m", "minIdle": "1s"},
     }
     scene = await scenes.open(spec=spec)
