@@ -146,7 +146,9 @@ async def test_valid_specs_are_accepted(
     kube: KubeClient, namespace: str, spec: dict[str, Any]
 ) -> None:
     obj = await create(kube, namespace, "ok", spec)
-    parse_spec(obj["spec"])  # the operator reads whatever the API server accepts
+    parsed = parse_spec(obj["spec"])  # the operator reads whatever the API server accepts
+    if parsed.session_store is not None:  # ...and the plan schema takes its store section
+        parsed.session_store.plan_settings(namespace, "ok")
 
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
@@ -275,6 +277,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "affinity.lastSeenGranularity must not exceed a non-zero rebalance.minIdle",
     ),
     ("store-needs-address", {"sessionStore": {}}, "spec.sessionStore.address: Required value"),
+    (
+        "store-address-long",
+        {"sessionStore": {"address": ".".join(["a" * 63] * 4) + ":6379"}},
+        "sessionStore.address must be host:port",
+    ),
     (
         "store-address-v6",
         {"sessionStore": {"address": "[fd00::7::1]:6379"}},
