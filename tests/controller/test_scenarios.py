@@ -91,8 +91,8 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
                 await user.get(http, proxy[i % 2])
             await asyncio.sleep(0.2)
 
-    # Let the other sessions become idle (minIdle 1 s plus the proxy's 5 s cookie
-    # granularity), so that in the early check only the release schedule holds them back;
+    # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
+    # most 5 s), so that in the early check only the release schedule holds them back;
     # the busy ones keep busy.
     await keep_busy(6.5)
 
@@ -254,6 +254,17 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert busy
     assert idle
 
+    # The busy sessions keep busy from now on: the proxy honours minIdle (1 s) to within
+    # its last-seen step (1 s here), so a pause during the set-up below would make them idle.
+    setup_done = asyncio.Event()
+
+    async def keep_busy() -> None:
+        while not setup_done.is_set():
+            for i, user in enumerate(busy):
+                await user.get(http, proxy[i % 2])
+            await asyncio.sleep(0.2)
+
+    busy_task = asyncio.create_task(keep_busy())
     backends.terminate(victim)
     await eventually(
         lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
@@ -271,8 +282,10 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert victim not in {u.pod for u in fresh}
 
     # Busy sessions stay until the deadline; idle ones leave at their next request. (The
-    # proxy knows a cookie session's last request to within its 5 s cookie granularity, so
-    # "idle for minIdle" is seen after minIdle + 5 s at most.)
+    # proxy knows a cookie session's last request to within its last-seen step, so "idle
+    # for minIdle" is seen after minIdle + one step at most.)
+    setup_done.set()
+    await busy_task
     loop = asyncio.get_running_loop()
     start = loop.time()
     while loop.time() - start < 7.0:
