@@ -91,8 +91,8 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
                 await user.get(http, proxy[i % 2])
             await asyncio.sleep(0.2)
 
-    # Let the other sessions become idle (minIdle 1 s plus the proxy's 5 s cookie
-    # granularity), so that in the early check only the release schedule holds them back;
+    # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
+    # most 5 s), so that in the early check only the release schedule holds them back;
     # the busy ones keep busy.
     await keep_busy(6.5)
 
@@ -244,9 +244,7 @@ async def test_new_backend_warms_up_over_slow_start(
 async def test_terminating_pod_drains_finishes_and_is_removed(
     kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
 ) -> None:
-    # minIdle 5 s: the busy users' last request before the drain (then the wait for
-    # Draining and 30 fresh users) must stay under it on a loaded machine.
-    spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "5s"}}
+    spec = {**FAST, "drain": {"timeout": "14s", "minIdle": "1s"}}
     scene = await scenes.open(spec=spec, operator_args=("--standalone", "--forget-after", "3"))
     backends = scene.backends
     proxy = scene.fleet.urls()
@@ -259,6 +257,17 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert busy
     assert idle
 
+    # The busy sessions keep busy from now on: the proxy honours minIdle (1 s) to within
+    # its last-seen step (1 s here), so a pause during the set-up below would make them idle.
+    setup_done = asyncio.Event()
+
+    async def keep_busy() -> None:
+        while not setup_done.is_set():
+            for i, user in enumerate(busy):
+                await user.get(http, proxy[i % 2])
+            await asyncio.sleep(0.2)
+
+    busy_task = asyncio.create_task(keep_busy())
     backends.terminate(victim)
     await eventually(
         lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
@@ -276,8 +285,10 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert victim not in {u.pod for u in fresh}
 
     # Busy sessions stay until the deadline; idle ones leave at their next request. (The
-    # proxy knows a cookie session's last request to within one last-seen step, 1 s here,
-    # so "idle for minIdle" is seen after minIdle + 1 s at most: 6 s < the 7 s below.)
+    # proxy knows a cookie session's last request to within its last-seen step, so "idle
+    # for minIdle" is seen after minIdle + one step at most.)
+    setup_done.set()
+    await busy_task
     loop = asyncio.get_running_loop()
     start = loop.time()
     while loop.time() - start < 7.0:
