@@ -2,7 +2,7 @@
 # Install the Debian packages that tests, benchmarks and the demo need, only if
 # missing. apt-get update runs at most once, and only when something is missing.
 set -euo pipefail
-packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus)
+packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,7 +24,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for p in "${missing[@]}"; do
   case "$p" in
     nginx-light) svc=nginx ;;
-    haproxy | caddy | prometheus) svc=$p ;;
+    haproxy | caddy | prometheus | redis-server) svc=$p ;;
     *) continue ;;
   esac
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then

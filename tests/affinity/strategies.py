@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from limpet.affinity import (
+    AffinitySettings,
     Backend,
     BackendId,
     BackendState,
@@ -14,6 +15,7 @@ from limpet.affinity import (
     Plan,
     RebalanceSchedule,
     Session,
+    SessionStoreSettings,
 )
 
 NOW = 1_700_000_000.0
@@ -65,14 +67,19 @@ def plans(draw: st.DrawFn, *, with_schedule: bool | None = None) -> Plan:
             max_moves_per_second=rate,
             expected_moves=expected,
         )
+    granularity = draw(st.none() | st.integers(min_value=1, max_value=15))
     return Plan(
         version=draw(st.integers(min_value=1, max_value=1000)),
         backends=tuple(backends),
+        affinity=AffinitySettings(last_seen_granularity=granularity),
         balance=BalanceSettings(
             load_factor=draw(st.floats(1.0, 3.0)), slow_start=draw(st.floats(0, 300))
         ),
         drain=DrainSettings(min_idle=draw(st.floats(0, 60))),
         rebalance=schedule,
+        session_store=draw(
+            st.none() | st.just(SessionStoreSettings(address="127.0.0.1:6379", database=1))
+        ),
         cookie_keys=KEY,
         slot_table_size=size,
     )

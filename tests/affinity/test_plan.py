@@ -23,11 +23,13 @@ from limpet.affinity import (
     ClientIPSettings,
     CookieKey,
     CookieSettings,
+    DrainSettings,
     LifetimeType,
     Plan,
     PlanError,
     RebalanceSchedule,
     SameSite,
+    SessionStoreSettings,
 )
 from limpet.affinity.plan import plan_from_dict, plan_from_json, plan_to_dict, plan_to_json
 
@@ -98,6 +100,7 @@ def full_plan() -> Plan:
             ),
             idle_timeout=None,
             absolute_timeout=7200.0,
+            last_seen_granularity=2,
         ),
         rebalance=RebalanceSchedule.from_weights(
             {BackendId("p-1"): 100, BackendId("p-3"): 100},
@@ -107,6 +110,18 @@ def full_plan() -> Plan:
             min_idle=30.0,
             max_moves_per_second=50.0,
             expected_moves=1200,
+        ),
+        session_store=SessionStoreSettings(
+            address="[fd00::7]:6380",
+            database=2,
+            tls=True,
+            tls_server_name="redis.web.svc",
+            ca_file="/etc/limpet/store/ca.crt",
+            username="limpet",
+            password_file="/etc/limpet/store/password",
+            key_prefix="limpet:web/shop:",
+            timeout=0.1,
+            ttl_slack=30.0,
         ),
         cookie_keys=(
             CookieKey(id="2024-02", secret=b"n" * 32),
@@ -156,6 +171,26 @@ def test_explicit_null_timeouts_mean_no_limit() -> None:
     plan = Plan.from_dict(data)
     assert plan.affinity.idle_timeout is None
     assert plan.affinity.absolute_timeout is None
+
+
+def test_granularity_is_explicit_or_a_tenth_of_the_smallest_min_idle() -> None:
+    plan = full_plan()
+    assert plan.granularity == 2
+    derived = Plan(version=1, backends=(), cookie_keys=KEY, drain=DrainSettings(min_idle=45.0))
+    assert derived.granularity == 4
+    for idle, step in ((0.5, 1), (600, 5)):
+        plan = Plan(version=1, backends=(), cookie_keys=KEY, drain=DrainSettings(min_idle=idle))
+        assert plan.granularity == step
+    with_rebalance = Plan(
+        version=1,
+        backends=(),
+        cookie_keys=KEY,
+        drain=DrainSettings(min_idle=45.0),
+        rebalance=RebalanceSchedule.from_weights(
+            {BackendId("a"): 1}, start=1.0, window=10.0, min_idle=12.0
+        ),
+    )
+    assert with_rebalance.granularity == 1
 
 
 def test_secret_is_not_in_repr() -> None:
@@ -257,10 +292,21 @@ BAD_FIELDS: list[tuple[str, object, str]] = [
     ("affinity.clientIP.trustedProxies", ["nope"], r"trustedProxies\[0\]: not a CIDR"),
     ("affinity.clientIP.trustedProxies", [10], r"trustedProxies\[0\]: must be a CIDR string"),
     ("affinity.idleTimeout", 0, r"affinity\.idleTimeout"),
+    ("affinity.lastSeenGranularity", 0, r"affinity\.lastSeenGranularity: must be .* 1\.\.15"),
+    ("affinity.lastSeenGranularity", 16, r"affinity\.lastSeenGranularity: must be .* 1\.\.15"),
+    ("affinity.lastSeenGranularity", 1.5, r"affinity\.lastSeenGranularity: must be an integer"),
     ("affinity.absoluteTimeout", "1h", r"affinity\.absoluteTimeout: must be a number"),
     ("balance.loadFactor", 0.5, r"balance\.loadFactor: must be a finite number in \[1\.0"),
     ("balance.slowStart", -1, r"balance\.slowStart"),
     ("drain.minIdle", -0.1, r"drain\.minIdle"),
+    ("sessionStore", {}, r"sessionStore\.address: required"),
+    ("sessionStore", {"address": "redis"}, r"sessionStore\.address: must be host:port"),
+    ("sessionStore", {"address": "a b:1"}, r"sessionStore\.address"),
+    ("sessionStore", {"address": "r:6379", "caFile": "/ca"}, r"sessionStore\.tls: caFile"),
+    ("sessionStore", {"address": "r:6379", "passwordFile": "rel"}, r"passwordFile"),
+    ("sessionStore", {"address": "r:6379", "timeout": 0}, r"sessionStore\.timeout"),
+    ("sessionStore", {"address": "r:6379", "keyPrefix": "a b"}, r"sessionStore\.keyPrefix"),
+    ("sessionStore", {"address": "r:6379", "db": 1}, r"unknown field\(s\) 'db'"),
     ("rebalance", {"start": 1.0, "window": 1.0, "minIdle": 1.0}, r"rebalance\.fromBackends"),
     ("rebalance", {"fromBackends": {}, "start": 1, "window": 1, "minIdle": 1}, "fromBackends"),
     ("rebalance", {"fromBackends": {"b0": 0}, "start": 1, "window": 1, "minIdle": 1}, "b0"),

@@ -107,19 +107,48 @@ VALID = [
         "port": 80,
         "slowStart": "0s",
         "rebalance": {"mode": "Never"},
-        "drain": {"timeout": "1h30m", "minIdle": "500ms"},
+        "drain": {"timeout": "1h30m", "minIdle": "1500ms"},
         "proxy": {"managed": False, "selector": {"matchLabels": {"app": "edge"}}},
     },
     {"service": "web", "port": 80, "proxy": {"replicas": 5, "image": "r.example/limpet:1"}},
+    {
+        "service": "web",
+        "port": 80,
+        "affinity": {"type": "Header", "header": {"name": "X-User"}, "lastSeenGranularity": "2s"},
+        "rebalance": {"minIdle": "0s"},
+        "drain": {"minIdle": "2s"},
+        "sessionStore": {
+            "address": "redis.cache.svc:6379",
+            "username": "limpet",
+            "database": 3,
+            "passwordSecretRef": {"name": "redis-auth"},
+            "tls": {
+                "enabled": True,
+                "caConfigMapRef": {"name": "redis-ca"},
+                "serverName": "redis.cache.svc",
+            },
+            "keyPrefix": "shop:",
+            "timeout": "50ms",
+            "ttlSlack": "1m",
+        },
+    },
+    {"service": "web", "port": 80, "sessionStore": {"address": "[fd00::7]:6380"}},
+    {"service": "web", "port": 80, "sessionStore": {"address": "10.0.0.7:6379"}},
 ]
 
 
-@pytest.mark.parametrize("spec", VALID, ids=["cookie", "appcookie", "query", "external", "managed"])
+@pytest.mark.parametrize(
+    "spec",
+    VALID,
+    ids=["cookie", "appcookie", "query", "external", "managed", "store", "store-v6", "store-v4"],
+)
 async def test_valid_specs_are_accepted(
     kube: KubeClient, namespace: str, spec: dict[str, Any]
 ) -> None:
     obj = await create(kube, namespace, "ok", spec)
-    parse_spec(obj["spec"])  # the operator reads whatever the API server accepts
+    parsed = parse_spec(obj["spec"])  # the operator reads whatever the API server accepts
+    if parsed.session_store is not None:  # ...and the plan schema takes its store section
+        parsed.session_store.plan_settings(namespace, "ok")
 
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
@@ -221,6 +250,97 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "drain-idle-over-timeout",
         {"drain": {"timeout": "10s", "minIdle": "1m"}},
         "drain.minIdle must not exceed drain.timeout",
+    ),
+    (
+        "rebalance-min-idle-sub-second",
+        {"rebalance": {"minIdle": "500ms"}},
+        "rebalance.minIdle must be 0s or at least 1s: idleness is measured",
+    ),
+    (
+        "drain-min-idle-sub-second",
+        {"drain": {"minIdle": "999ms"}},
+        "drain.minIdle must be 0s or at least 1s",
+    ),
+    (
+        "granularity-format",
+        {"affinity": {"lastSeenGranularity": "1500ms"}},
+        "affinity.lastSeenGranularity must be whole seconds from 1s to 15s",
+    ),
+    (
+        "granularity-range",
+        {"affinity": {"lastSeenGranularity": "16s"}},
+        "affinity.lastSeenGranularity must be whole seconds from 1s to 15s",
+    ),
+    (
+        "granularity-over-min-idle",
+        {"affinity": {"lastSeenGranularity": "5s"}, "drain": {"minIdle": "3s"}},
+        "affinity.lastSeenGranularity must not exceed a non-zero rebalance.minIdle",
+    ),
+    ("store-needs-address", {"sessionStore": {}}, "spec.sessionStore.address: Required value"),
+    (
+        "store-address-long",
+        {"sessionStore": {"address": ".".join(["a" * 63] * 4) + ":6379"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-address-v6",
+        {"sessionStore": {"address": "[fd00::7::1]:6379"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-username",
+        {"sessionStore": {"address": "r:6379", "username": "a:b"}},
+        "sessionStore.username must be a token",
+    ),
+    ("store-database", {"sessionStore": {"address": "r:6379", "database": 1024}}, "1023"),
+    (
+        "store-address-no-port",
+        {"sessionStore": {"address": "redis"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-address-port-range",
+        {"sessionStore": {"address": "redis:70000"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-address-upper",
+        {"sessionStore": {"address": "Redis.Cache:6379"}},
+        "sessionStore.address must be host:port",
+    ),
+    (
+        "store-password-name",
+        {"sessionStore": {"address": "r:6379", "passwordSecretRef": {"name": "Bad_Name"}}},
+        "must be the name of an object in this namespace",
+    ),
+    (
+        "store-ca-twice",
+        {
+            "sessionStore": {
+                "address": "r:6379",
+                "tls": {
+                    "enabled": True,
+                    "caSecretRef": {"name": "a"},
+                    "caConfigMapRef": {"name": "b"},
+                },
+            }
+        },
+        "sessionStore.tls takes caSecretRef or caConfigMapRef, not both",
+    ),
+    (
+        "store-tls-off",
+        {"sessionStore": {"address": "r:6379", "tls": {"serverName": "r"}}},
+        "only apply when tls.enabled is true",
+    ),
+    (
+        "store-prefix",
+        {"sessionStore": {"address": "r:6379", "keyPrefix": "a b"}},
+        "sessionStore.keyPrefix must be 1..64 letters",
+    ),
+    (
+        "store-timeout",
+        {"sessionStore": {"address": "r:6379", "timeout": "10s"}},
+        "sessionStore.timeout must be between 10ms and 5s",
     ),
     ("slow-start-range", {"slowStart": "2h"}, "slowStart must be at most 1h"),
     ("slow-start-format", {"slowStart": "soon"}, "must be a duration such as"),

@@ -3,8 +3,9 @@
 The reporter reads the proxies only through :meth:`Pusher.report` (a
 :class:`PushReport` value) and the reconciler learns of news only through
 :attr:`Pusher.changed` and :attr:`Pusher.ahead`; these tests pin that contract on real
-sockets: a push lands, a proxy already on a higher version is seen ahead, and a proxy
-that does not answer is reported unreachable.
+sockets: a push lands, a proxy already on a higher version is seen ahead, a proxy
+that does not answer is reported unreachable, and a session seen by two proxies is
+reported once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from limpet.affinity import BackendId
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
 from limpet.controller.effects.pusher import ProxyReport, ProxyTarget, Pusher, PushReport
 from limpet.controller.model.settings import BackoffSettings, PushSettings
-from tests.proxy.conftest import Proxies
+from tests.proxy.conftest import Backends, Proxies
 
 TOKEN = "pusher-test-token"
 FAST = PushSettings(
@@ -29,10 +30,10 @@ FAST = PushSettings(
 )
 
 
-def _plan(version: int) -> bytes:
+def _plan(version: int, port: int = 9) -> bytes:
     plan = Plan(
         version=version,
-        backends=(Backend(id=BackendId("b1"), address="127.0.0.1", port=9),),
+        backends=(Backend(id=BackendId("b1"), address="127.0.0.1", port=port),),
         cookie_keys=(CookieKey(id="k1", secret=b"s" * 32),),
     )
     return plan.to_json().encode()
@@ -130,5 +131,55 @@ async def test_a_proxy_that_does_not_answer_is_reported_unreachable(
         assert gone.version is None
         assert gone.error
         assert report.synced(1) == 0
+    finally:
+        await pusher.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    factory = Backends()
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+async def test_a_session_seen_by_two_proxies_is_reported_once(
+    proxies: Proxies, backends: Backends, http: aiohttp.ClientSession
+) -> None:
+    app = backends.start("b1")
+    a, b = proxies.start(token=TOKEN), proxies.start(token=TOKEN)
+    pusher = Pusher(session=http, settings=FAST, token=TOKEN)
+    try:
+        pusher.set_targets(
+            {
+                name: ProxyTarget(key=name, url=f"http://127.0.0.1:{p.admin_port}", pod=name)
+                for name, p in (("a", a), ("b", b))
+            }
+        )
+        await pusher.set_plan(1, _plan(1, app.port))
+        await _until(pusher, lambda r: r.synced(1) == 2)
+        # Ten users, each through proxy a and then, with a's cookie, through proxy b.
+        for _ in range(10):
+            async with http.get(a.url()) as first:
+                assert first.status == 200
+                cookie = first.headers["Set-Cookie"].split(";", 1)[0]
+            async with http.get(b.url(), headers={"Cookie": cookie}) as again:
+                assert again.status == 200
+        # Each proxy counts all ten (the old sum said 20); the report says 10.
+        # (Stats feed the report on every read; ``changed`` is only for sync news.)
+        for _ in range(100):
+            report = pusher.report()
+            if report.sessions.get("b1", 0) >= 10:
+                break
+            await asyncio.sleep(0.1)
+        for p in (a, b):
+            async with http.get(
+                f"http://127.0.0.1:{p.admin_port}/v1/stats",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as resp:
+                assert (await resp.json())["backends"]["b1"]["sessions"] == 10
+        assert dict(report.sessions) == {"b1": 10}
+        assert report.counts.method == {"b1": "max"}
     finally:
         await pusher.close()

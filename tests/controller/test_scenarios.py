@@ -92,8 +92,8 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
                 await user.get(http, proxy[i % 2])
             await asyncio.sleep(0.2)
 
-    # Let the other sessions become idle (minIdle 1 s plus the proxy's 5 s cookie
-    # granularity), so that in the early check only the release schedule holds them back;
+    # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
+    # most 5 s), so that in the early check only the release schedule holds them back;
     # the busy ones keep busy.
     await keep_busy(6.5)
 
@@ -184,8 +184,10 @@ async def test_new_backend_warms_up_over_slow_start(
     scene = await scenes.open(pods=2, spec=spec)
     proxy = scene.fleet.urls()
     users = [User(f"u{i}") for i in range(20)]
-    for i, user in enumerate(users):
-        await user.get(http, proxy[i % 2])  # each user through one proxy: counted once
+    for user in users:
+        for url in proxy:  # every user through both proxies, and still counted once
+            await user.get(http, url)
+    assert all(u.moves() == 0 for u in users)
     status = (await scene.sticky())["status"]
     # The first backends of an empty table have no warm peers to be protected from.
     assert {(b["state"], b["weight"]) for b in status["backends"]} == {("Active", 100)}
@@ -227,7 +229,8 @@ async def test_new_backend_warms_up_over_slow_start(
     assert max(ramp) >= 50, f"the ramp's later steps never reached status: {seen}"
     await eventually(lambda: _stable(scene), within=10, what="Progressing=False after it")
 
-    # Every pod's sessions, as the proxies count them, reach status.
+    # Every pod's sessions reach status, each counted once however many proxies saw it
+    # (the sum of the proxies' counts would be twice these).
     expected = {pod: sum(1 for u in users if u.pod == pod) for pod in scene.backends.pods}
     assert expected[new] == 0
 
@@ -255,6 +258,17 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert busy
     assert idle
 
+    # The busy sessions keep busy from now on: the proxy honours minIdle (1 s) to within
+    # its last-seen step (1 s here), so a pause during the set-up below would make them idle.
+    setup_done = asyncio.Event()
+
+    async def keep_busy() -> None:
+        while not setup_done.is_set():
+            for i, user in enumerate(busy):
+                await user.get(http, proxy[i % 2])
+            await asyncio.sleep(0.2)
+
+    busy_task = asyncio.create_task(keep_busy())
     backends.terminate(victim)
     await eventually(
         lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
@@ -272,8 +286,10 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     assert victim not in {u.pod for u in fresh}
 
     # Busy sessions stay until the deadline; idle ones leave at their next request. (The
-    # proxy knows a cookie session's last request to within its 5 s cookie granularity, so
-    # "idle for minIdle" is seen after minIdle + 5 s at most.)
+    # proxy knows a cookie session's last request to within its last-seen step, so "idle
+    # for minIdle" is seen after minIdle + one step at most.)
+    setup_done.set()
+    await busy_task
     loop = asyncio.get_running_loop()
     start = loop.time()
     while loop.time() - start < 7.0:
@@ -347,3 +363,51 @@ async def test_external_proxies_selected_by_label(
     # External mode: the operator runs no proxies of its own.
     assert await kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-proxy") is None
     assert await kube.get(f"/api/v1/namespaces/{namespace}/services/shop-proxy") is None
+
+
+async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, scenes: Scenes
+) -> None:
+    # Sessions end 3 s after their last request; the drain deadline is far away, so a
+    # DrainEmpty can only come from the proxies' live counts, not from the deadline.
+    spec = {
+        **FAST,
+        "affinity": {"type": "Cookie", "cookie": {"secure": False}, "idleTimeout": "3s"},
+        "drain": {"timeout": "2m", "minIdle": "1s"},
+    }
+    scene = await scenes.open(spec=spec)
+    proxies = scene.fleet.urls()
+    rng = random.Random(11)
+    users = [User(f"u{i}") for i in range(24)]
+    for user in users:
+        await user.get(http, rng.choice(proxies))
+    victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
+    on_victim = [u for u in users if u.pod == victim]
+    scene.backends.terminate(victim)
+    await eventually(
+        lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
+    )
+    # While its users keep coming (each to a random replica), the pod is not empty.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < 5.0:
+        for user in on_victim:
+            await user.get(http, rng.choice(proxies))
+        await asyncio.sleep(0.2)
+    assert all(u.pod == victim for u in on_victim), "busy sessions left the draining pod"
+    assert "DrainEmpty" not in await event_reasons(kube, namespace, "shop")
+
+    # They stop: once no replica holds a live session there, DrainEmpty, long before
+    # the deadline and while the pod is still Draining.
+    async def drain_empty() -> bool:
+        return "DrainEmpty" in await event_reasons(kube, namespace, "shop")
+
+    await eventually(drain_empty, within=25, what="DrainEmpty")
+    assert loop.time() - start < 60
+    assert await scene.state_is(victim, "Draining")
+
+    async def none_in_status() -> bool:
+        entry = await _entry(scene, victim)
+        return entry is not None and entry["sessions"] == 0
+
+    await eventually(none_in_status, within=15, what="0 sessions on the drained pod in status")

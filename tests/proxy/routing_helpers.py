@@ -16,6 +16,7 @@ from limpet.affinity import (
     DrainSettings,
     Plan,
     RebalanceSchedule,
+    SessionStoreSettings,
 )
 from limpet.proxy.session.routing import (
     MOVED_HEADER,
@@ -53,6 +54,7 @@ def mkplan(
     drain: DrainSettings | None = None,
     rebalance: RebalanceSchedule | None = None,
     load_factor: float = 1.25,
+    session_store: SessionStoreSettings | None = None,
 ) -> Plan:
     return Plan(
         version=version,
@@ -62,6 +64,7 @@ def mkplan(
         drain=drain or DrainSettings(),
         rebalance=rebalance,
         balance=BalanceSettings(load_factor=load_factor),
+        session_store=session_store,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import hmac
 
 import pytest
 from hypothesis import given, settings
@@ -71,7 +72,7 @@ def test_round_trip(sid: bytes, kh: int, wall: float, backend: str) -> None:
         ch in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for ch in v
     )
     got = c.decode(v, wall)
-    assert got == SessionCookie(sid, backend, kh, t, t, True)
+    assert got == SessionCookie(sid, backend, kh, t, t, True, granularity=10)
 
 
 @settings(max_examples=300, deadline=None)
@@ -164,13 +165,20 @@ def test_no_internal_names_in_cookie() -> None:
 
 
 def test_idle_timeout_counts_from_end_of_granularity_step() -> None:
-    c = codec(granularity=60, idle=1800, absolute=None)
-    start = 1_800_000_000.0  # a multiple of 60
+    c = codec(granularity=15, idle=1800, absolute=None)
+    start = 1_800_000_000.0  # a multiple of 15
     v = make(c, wall=start)
-    # The session may have been active up to start+60, so it is not idle for 1800 s
-    # until start+60+1800.
-    assert isinstance(c.decode(v, start + 1859), SessionCookie)
-    assert c.decode(v, start + 1860) is CookieRejection.EXPIRED
+    # The session may have been active up to start+15, so it is not idle for 1800 s
+    # until start+15+1800.
+    assert isinstance(c.decode(v, start + 1814), SessionCookie)
+    assert c.decode(v, start + 1815) is CookieRejection.EXPIRED
+    # A codec with another step reads the cookie by the step the cookie states.
+    fine = codec(granularity=1, idle=1800, absolute=None)
+    got = fine.decode(v, start + 1)
+    assert isinstance(got, SessionCookie)
+    assert fine.last_activity_bound(got) == start + 15
+    assert fine.needs_refresh(got, start + 1)
+    assert fine.decode(v, start + 1815) is CookieRejection.EXPIRED
 
 
 def test_absolute_timeout() -> None:
@@ -189,8 +197,21 @@ def test_future_cookie_is_garbage() -> None:
     assert isinstance(c.decode(make(c, wall=NOW + 60), NOW), SessionCookie)  # small skew is fine
 
 
+def test_legacy_cookie_without_a_step_reads_as_five_seconds() -> None:
+    c = codec(granularity=10)
+    v = bytearray(binascii.a2b_base64(make(c).replace(b"-", b"+").replace(b"_", b"/")))
+    assert v[0] == 1 | 10 << 4
+    v[0] = 1  # version 1 as older proxies wrote it: no step in the high bits
+    body = bytes(v[:-16])
+    v[-16:] = hmac.digest(K1.secret, body, "sha256")[:16]
+    legacy = binascii.b2a_base64(bytes(v), newline=False).replace(b"+", b"-").replace(b"/", b"_")
+    got = c.decode(legacy, NOW)
+    assert isinstance(got, SessionCookie)
+    assert got.granularity == 5
+
+
 def test_refresh_only_on_new_step() -> None:
-    c = codec(granularity=30)
+    c = codec(granularity=15)
     start = 1_800_000_010.0
     got = c.decode(make(c, wall=start), start)
     assert isinstance(got, SessionCookie)

@@ -41,7 +41,7 @@ def test_no_plan_means_no_route() -> None:
 
 def test_cookie_sticky_over_many_requests_and_stripped() -> None:
     clock = Clock()
-    r = mkrouter(clock, mkplan(1, ABC))
+    r = mkrouter(clock, mkplan(1, ABC, affinity=AffinitySettings(last_seen_granularity=5)))
     c = Client()
     first = c.get(r)
     assert first.set_cookie is not None
@@ -60,7 +60,7 @@ def test_cookie_sticky_over_many_requests_and_stripped() -> None:
         assert route.cookie == b"app=1"
         assert moved(route) is None
         refreshes += route.set_cookie is not None
-    # Refreshed once per 5 s granularity step, not on every response.
+    # Refreshed once per 5 s granularity step (the plan's), not on every response.
     assert 110 <= refreshes <= 121
     stats = r.stats()
     assert stats.backends[first.backend_id].requests == 601
@@ -622,7 +622,7 @@ def test_sweep_expires_idle_learned_sessions() -> None:
 
 def test_client_ignoring_refreshes_gets_one_per_step() -> None:
     clock = Clock()
-    r = mkrouter(clock, mkplan(1, ABC))
+    r = mkrouter(clock, mkplan(1, ABC, affinity=AffinitySettings(last_seen_granularity=5)))
     first = Client().get(r)
     assert first.set_cookie is not None
     fixed = first.set_cookie.split(b";")[0]  # like wrk: the same Cookie header forever
@@ -761,3 +761,33 @@ def test_cookie_sessions_count_only_while_active() -> None:
         assert sum(_loads(r).values()) == 30
     assert r.stats().rejected_cookies["expired"] + r.stats().migrations["expired"] >= 30
     assert sum(_loads(r).values()) == 30
+
+
+def test_granularity_follows_the_plan_and_cookies_state_their_own() -> None:
+    clock = Clock()
+    coarse = mkplan(1, ABC, affinity=AffinitySettings(last_seen_granularity=5))
+    assert mkplan(1, ABC, drain=DrainSettings(min_idle=2.0)).granularity == 1
+    assert mkplan(1, ABC, drain=DrainSettings(min_idle=30.0)).granularity == 3
+    r = mkrouter(clock, coarse)
+    c = Client()
+    home = c.get(r).backend_id
+    # A drain with minIdle 2 s and a 1 s step: a session last seen under the 5 s step is
+    # still judged by its own step (it may have been active until T0+5)...
+    fine = mkplan(
+        2,
+        [be(b, BackendState.DRAINING) if b == home else be(b) for b in "abc"],
+        drain=DrainSettings(min_idle=2.0),
+    )
+    r.load_plan(fine)
+    clock.t = T0 + 6.5
+    route = c.get(r)
+    assert route.backend_id == home
+    assert route.set_cookie is not None  # re-issued at once under the plan's 1 s step
+    # ...and from then on minIdle holds within that step: idle 2.5 s at T0+9 is within
+    # the 1 s tolerance (kept), idle 3 s past the end of the step at T0+12.5 moves.
+    clock.t = T0 + 9.0
+    assert c.get(r).backend_id == home
+    clock.t = T0 + 12.5
+    route = c.get(r)
+    assert route.backend_id != home
+    assert moved(route) == f"drain; from={home}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from limpet.affinity import AffinitySettings, AffinityType, BackendId
-from limpet.proxy.session.sessions import SessionBook
+from limpet.proxy.session.sessions import SessionBook, sid_hash
+
+COOKIE = AffinityType.COOKIE
 
 T0 = 1_800_000_000.0
 A, B = BackendId("a"), BackendId("b")
@@ -16,18 +18,18 @@ def test_numbers_are_stable_and_counts_follow_the_tables() -> None:
     assert book.index(B) == 1
     assert book.index(A) == 0
     assert book.ids == [A, B]
-    assert book.track_cookie(b"s1-random-id", A, T0, aff) == 0
-    book.track_cookie(b"s2-random-id", A, T0, aff)
+    assert book.track(COOKIE, sid_hash(b"s1-random-id"), A, T0, aff) == 0
+    book.track(COOKIE, sid_hash(b"s2-random-id"), A, T0, aff)
     header = book.table(AffinityType.HEADER, aff)
     header.insert(12345, book.index(B), T0)
     assert dict(book.loads) == {A: 2, B: 1}
     assert book.loads.get(BackendId("unknown")) == 0
     # A cookie session seen on another backend moves its count; seen again, it is touched.
-    book.track_cookie(b"s1-random-id", B, T0 + 5, aff)
+    book.track(COOKIE, sid_hash(b"s1-random-id"), B, T0 + 5, aff)
     assert (book.count(0), book.count(1)) == (1, 2)
-    assert book.cookie_last_seen(b"s1-random-id", B, aff) == T0 + 5
-    assert book.cookie_last_seen(b"s1-random-id", A, aff) is None
-    assert book.cookie_last_seen(b"never-seen-id", A, aff) is None
+    assert book.last_seen(COOKIE, sid_hash(b"s1-random-id"), B, aff) == T0 + 5
+    assert book.last_seen(COOKIE, sid_hash(b"s1-random-id"), A, aff) is None
+    assert book.last_seen(COOKIE, sid_hash(b"never-seen-id"), A, aff) is None
     # Idle past idleTimeout: swept, uncounted. s1 was seen later, so it stays a while.
     assert book.sweep(T0 + 61, budget=1000) == 2
     assert (book.count(0), book.count(1)) == (0, 1)

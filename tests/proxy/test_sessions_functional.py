@@ -230,18 +230,30 @@ def test_app_cookie_mode_learns_from_set_cookie(backends: Backends, proxy: Proxi
     procs = three(backends)
     p = proxy.start(*standalone_args(*procs, affinity="app-cookie:JSESSIONID"))
     where: dict[int, str] = {}
+    companions: dict[int, str] = {}
     for u in range(15):
-        # The app issues the cookie on whichever backend served the login...
+        # The app issues the cookie on whichever backend served the login; the proxy
+        # adds its signed companion, scoped like the app's cookie...
         login = get(p, f"/setcookie?name=JSESSIONID&value=sess{u}")
-        assert login.response.header("Set-Cookie") == f"JSESSIONID=sess{u}; Path=/"
+        app, companion = login.response.all("Set-Cookie")
+        assert app == f"JSESSIONID=sess{u}; Path=/"
+        assert companion.startswith("LIMPETAPP=")
+        assert companion.endswith("; Path=/; HttpOnly")
+        companions[u] = companion.split(";")[0]
         where[u] = login.backend
-    for _ in range(3):
+    for rnd in range(3):
         for u in range(15):
-            # ...and every later request carrying it goes back there.
-            seen = get(p, "/", [("Cookie", f"lang=en; JSESSIONID=sess{u}")])
+            # ...and every later request carrying them goes back there; the app sees
+            # its own cookies, without the companion. Without the companion (rnd 2) the
+            # learned table still knows the session, and the miss is counted.
+            both = f"lang=en; {companions[u]}; JSESSIONID=sess{u}" if rnd < 2 else None
+            seen = get(p, "/", [("Cookie", both or f"lang=en; JSESSIONID=sess{u}")])
             assert seen.backend == where[u]
             assert seen.header("Cookie") == f"lang=en; JSESSIONID=sess{u}"
     assert p.stats()["learned"]["app-cookie"]["entries"] == 15
+    metrics = p.metrics()
+    assert metrics['limpet_proxy_app_cookie_outcomes_total{reason="companion_missing"}'] == 15
+    assert metrics['limpet_proxy_app_cookie_outcomes_total{reason="companion_rejected"}'] == 0
 
 
 def test_client_ip_mode_trusts_xff_only_from_trusted_proxies(

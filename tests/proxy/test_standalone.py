@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from limpet.affinity import AffinityType
+from limpet.proxy.process.command import UsageError, add_arguments, build
 from limpet.proxy.process.standalone import parse_affinity, standalone_plan
 
 from .routing_helpers import Client, Clock, mkrouter
@@ -40,3 +44,37 @@ def test_parse_affinity_errors(text: str, message: str) -> None:
         parse_affinity(text)
     with pytest.raises(ValueError, match="at least one"):
         standalone_plan([], "cookie")
+
+
+def _build(*argv: str) -> object:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return build(parser.parse_args(list(argv)))[1]
+
+
+def test_session_store_flags(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("hunter2\n")
+    backend = "--backend=a=127.0.0.1:8001"
+    plan = _build(backend, "--session-store", "127.0.0.1:6390")
+    store = getattr(plan, "session_store", None)
+    assert store is not None
+    assert (store.address, store.key_prefix, store.tls) == ("127.0.0.1:6390", "limpet:", False)
+    plan = _build(
+        backend,
+        "--session-store=r.example:6379",
+        f"--session-store-password-file={password}",
+        "--session-store-prefix=shop:",
+        "--session-store-tls",
+    )
+    store = getattr(plan, "session_store", None)
+    assert store is not None
+    assert (store.password_file, store.key_prefix, store.tls) == (str(password), "shop:", True)
+    with pytest.raises(UsageError, match="host:port"):
+        _build(backend, "--session-store", "nope")
+    with pytest.raises(UsageError, match="no such file"):
+        _build(backend, "--session-store=r:1", f"--session-store-password-file={tmp_path}/x")
+    with pytest.raises(UsageError, match="need --session-store"):
+        _build(backend, f"--session-store-password-file={password}")
+    with pytest.raises(UsageError, match="need --backend"):
+        _build("--session-store", "127.0.0.1:6390")

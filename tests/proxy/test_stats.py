@@ -43,3 +43,12 @@ def test_merge_takes_the_worst_health_and_sums_learned_tables() -> None:
     }
     assert merged["learned"] == {"header": {"entries": 10}}
     assert merge_stats([])["planVersion"] is None
+
+
+def test_merge_store_figures_sum_and_up_only_when_every_worker_is() -> None:
+    a = {"sessionStore": {"flushes": 3, "fallbacks": 0, "up": 1}, "clusterSessions": {"b": 4}}
+    b = {"sessionStore": {"flushes": 2, "fallbacks": 1, "up": 0}, "clusterSessions": None}
+    merged = merge_stats([a, b])
+    assert merged["sessionStore"] == {"flushes": 5, "fallbacks": 1, "up": 0}
+    assert merged["clusterSessions"] == {"b": 4}
+    assert merge_stats([a])["sessionStore"]["up"] == 1

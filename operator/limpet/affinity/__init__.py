@@ -65,6 +65,7 @@ from .plan import (
     Plan,
     RebalanceSchedule,
     SameSite,
+    SessionStoreSettings,
 )
 from .router import Router
 from .slottable import SlotTable, recommended_size, table
@@ -103,6 +104,7 @@ __all__ = [
     "SameSite",
     "Session",
     "SessionLike",
+    "SessionStoreSettings",
     "SlotTable",
     "advance",
     "client_address",

@@ -54,6 +54,7 @@ from limpet.controller.effects.metrics import OperatorMetrics, StickyServiceSamp
 from limpet.controller.effects.proxies import apply_managed, delete_owned, proxy_targets
 from limpet.controller.effects.pusher import Pusher
 from limpet.controller.effects.reporter import EventSink, Observed, StatusReporter
+from limpet.controller.effects.store_refs import StoreRefs
 from limpet.controller.kube.client import STICKYSERVICES, ApiError, KubeClient
 from limpet.controller.kube.watches import ServiceWatches
 from limpet.controller.kube.watchhub import WatchHub
@@ -115,6 +116,9 @@ class Reconciler:
         )
         self._pusher: Pusher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_refs = StoreRefs(
+            client, self.namespace, spec=lambda: self._spec, on_change=self._publish
+        )
         self._report = StatusReporter(
             client=client,
             settings=settings,
@@ -160,6 +164,7 @@ class Reconciler:
             problem=self._problem,
             keys_rotated_at=self._keys.rotated_at,
             rotation_request=self._keys.rotation_request,
+            store_problem=self._store_refs.problem,
         )
 
     def _publish(self) -> None:
@@ -188,6 +193,7 @@ class Reconciler:
 
     async def run(self) -> None:
         self._start(self._report.run(), f"status:{self.name}")
+        self._start(self._store_refs.run(), f"store-refs:{self.name}")
         backoff = Backoff(self._settings.retry)
         try:
             while True:
@@ -264,6 +270,7 @@ class Reconciler:
             self._watches.start(spec)
             self._spec_key = key
         self._spec = spec
+        self._store_refs.recheck()
         if self._pusher is None:
             self._pusher = Pusher(
                 session=self._http,

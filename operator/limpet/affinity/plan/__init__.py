@@ -24,6 +24,7 @@ from .model import (
     Plan,
     RebalanceSchedule,
     SameSite,
+    SessionStoreSettings,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PlanError",
     "RebalanceSchedule",
     "SameSite",
+    "SessionStoreSettings",
     "plan_from_dict",
     "plan_from_json",
     "plan_to_dict",

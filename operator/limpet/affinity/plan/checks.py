@@ -22,6 +22,10 @@ HOSTNAME_RE = re.compile(
 )
 COOKIE_PATH_RE = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
 """A cookie Path: starts with '/', printable ASCII without ';' or spaces."""
+FILE_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]{0,1023}")
+"""An absolute file path inside the proxy (mounted Secrets)."""
+KEY_PREFIX_RE = re.compile(r"[\x21-\x7e]{0,128}")
+"""A store key prefix: printable ASCII without spaces."""
 QUERY_NAME_RE = re.compile(r"[A-Za-z0-9._~!$'()*+,;:@/?%-]{1,256}")
 
 

@@ -35,6 +35,7 @@ from .model import (
     Plan,
     RebalanceSchedule,
     SameSite,
+    SessionStoreSettings,
 )
 
 MAX_PLAN_BYTES = 32 * 1024 * 1024
@@ -207,6 +208,7 @@ def _affinity(o: _Obj | None) -> AffinitySettings:
             client_ip=client_ip,
             idle_timeout=idle,  # type: ignore[arg-type]
             absolute_timeout=absolute,  # type: ignore[arg-type]
+            last_seen_granularity=o.get("lastSeenGranularity", None),  # type: ignore[arg-type]
         ),
     )
     o.done()
@@ -259,6 +261,45 @@ def _rebalance(o: _Obj | None) -> RebalanceSchedule | None:
     return result
 
 
+def _session_store(o: _Obj | None) -> SessionStoreSettings | None:
+    if o is None:
+        return None
+    result = _build(
+        "",
+        lambda: SessionStoreSettings(
+            address=o.text("address"),
+            database=o.get("database", 0),  # type: ignore[arg-type]
+            tls=o.get("tls", False),  # type: ignore[arg-type]
+            tls_server_name=o.text("tlsServerName", None),
+            ca_file=o.text("caFile", None),
+            username=o.text("username", None),
+            password_file=o.text("passwordFile", None),
+            key_prefix=o.text("keyPrefix", "limpet:"),
+            timeout=o.get("timeout", 0.25),  # type: ignore[arg-type]
+            ttl_slack=o.get("ttlSlack", 60.0),  # type: ignore[arg-type]
+        ),
+    )
+    o.done()
+    return result
+
+
+def _store_dict(s: SessionStoreSettings | None) -> dict[str, object] | None:
+    if s is None:
+        return None
+    return {
+        "address": s.address,
+        "database": s.database,
+        "tls": s.tls,
+        "tlsServerName": s.tls_server_name,
+        "caFile": s.ca_file,
+        "username": s.username,
+        "passwordFile": s.password_file,
+        "keyPrefix": s.key_prefix,
+        "timeout": s.timeout,
+        "ttlSlack": s.ttl_slack,
+    }
+
+
 def _cookie_key(i: int, raw: object) -> CookieKey:
     o = _Obj(f"cookieKeys[{i}]", raw)
     key_id = o.text("id")
@@ -306,6 +347,7 @@ def plan_from_dict(data: object) -> Plan:
     balance = _balance(o.obj("balance"))
     drain = _drain(o.obj("drain"))
     rebalance = _rebalance(o.obj("rebalance"))
+    store = _session_store(o.obj("sessionStore"))
     result = _build(
         "",
         lambda: Plan(
@@ -315,6 +357,7 @@ def plan_from_dict(data: object) -> Plan:
             balance=balance,
             drain=drain,
             rebalance=rebalance,
+            session_store=store,
             cookie_keys=keys,
             slot_table_size=o.get("slotTableSize", DEFAULT_SIZE),  # type: ignore[arg-type]
             name=o.text("name", ""),
@@ -402,6 +445,7 @@ def plan_to_dict(plan: Plan) -> dict[str, object]:
             },
             "idleTimeout": a.idle_timeout,
             "absoluteTimeout": a.absolute_timeout,
+            "lastSeenGranularity": a.last_seen_granularity,
         },
         "balance": {"loadFactor": plan.balance.load_factor, "slowStart": plan.balance.slow_start},
         "drain": {"minIdle": plan.drain.min_idle},
@@ -416,6 +460,7 @@ def plan_to_dict(plan: Plan) -> dict[str, object]:
             "maxMovesPerSecond": r.max_moves_per_second,
             "expectedMoves": r.expected_moves,
         },
+        "sessionStore": _store_dict(plan.session_store),
         "cookieKeys": [
             {"id": k.id, "secret": base64.b64encode(k.secret).decode("ascii")}
             for k in plan.cookie_keys

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 """The plan schema this code reads and writes (``schemaVersion`` in JSON)."""
 
+MAX_GRANULARITY = 15
+"""The coarsest last-seen step a cookie can state (it has four bits for it)."""
+
 
 MAX_PLAN_VERSION = (1 << 63) - 1
 
@@ -55,6 +58,11 @@ class LifetimeType(enum.Enum):
 
     SESSION = "Session"
     PERMANENT = "Permanent"
+
+
+def derived_granularity(min_idle: float) -> int:
+    """The last-seen step for a smallest minIdle: a tenth of it, within 1..5 s."""
+    return min(5, max(1, int(min_idle // 10)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +133,10 @@ class AffinitySettings:
     """A session idle this long is expired (a new session); ``None``: no idle limit."""
     absolute_timeout: float | None = 86400.0
     """A session this old is expired (a new session); ``None``: no age limit."""
+    last_seen_granularity: int | None = None
+    """Seconds (1..15): the step of the LB cookie's (and companion's) times, so its
+    refresh interval and the tolerance of ``minIdle``. ``None``: derived from the plan's
+    smallest minIdle (:meth:`Plan.granularity`)."""
 
     @property
     def modes(self) -> tuple[AffinityType, ...]:
@@ -157,6 +169,13 @@ class AffinitySettings:
                 checks.matching(f"affinity.{label}", value, pattern, "a valid name")
         checks.optional_number("affinity.idleTimeout", self.idle_timeout, minimum=1.0)
         checks.optional_number("affinity.absoluteTimeout", self.absolute_timeout, minimum=1.0)
+        if self.last_seen_granularity is not None:
+            checks.integer(
+                "affinity.lastSeenGranularity",
+                self.last_seen_granularity,
+                minimum=1,
+                maximum=MAX_GRANULARITY,
+            )
         if (
             self.cookie.lifetime_type is LifetimeType.PERMANENT
             and self.cookie.max_age is None
@@ -261,6 +280,64 @@ class RebalanceSchedule:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStoreSettings:
+    """A Redis-protocol store (Redis 7 or Valkey) shared by every proxy replica.
+
+    Secrets are never in the plan: ``password_file`` and ``ca_file`` are paths inside the
+    proxy (the operator mounts the Secret there). Entries expire ``ttl_slack`` seconds
+    after the session's ``idleTimeout`` (or, without one, after ``absoluteTimeout``).
+    """
+
+    address: str
+    """``host:port``, ``[v6]:port``; the host is an IP literal or a DNS name."""
+    database: int = 0
+    tls: bool = False
+    tls_server_name: str | None = None
+    ca_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    key_prefix: str = "limpet:"
+    timeout: float = 0.25
+    """Seconds a store call may take before the proxy falls back to its own tables."""
+    ttl_slack: float = 60.0
+
+    def __post_init__(self) -> None:
+        host, _ = split_address("sessionStore.address", self.address)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            checks.matching("sessionStore.address", host, checks.HOSTNAME_RE, "host:port")
+        checks.integer("sessionStore.database", self.database, minimum=0, maximum=1023)
+        checks.boolean("sessionStore.tls", self.tls)
+        if self.tls_server_name is not None:
+            checks.matching(
+                "sessionStore.tlsServerName", self.tls_server_name, checks.HOSTNAME_RE, "a name"
+            )
+        for label, path in (("caFile", self.ca_file), ("passwordFile", self.password_file)):
+            if path is not None:
+                checks.matching(f"sessionStore.{label}", path, checks.FILE_PATH_RE, "a path")
+        if (self.ca_file is not None or self.tls_server_name is not None) and not self.tls:
+            raise PlanError("sessionStore.tls: caFile and tlsServerName need tls: true")
+        if self.username is not None:
+            checks.matching("sessionStore.username", self.username, checks.TOKEN_RE, "a name")
+        checks.matching("sessionStore.keyPrefix", self.key_prefix, checks.KEY_PREFIX_RE, "a prefix")
+        checks.number("sessionStore.timeout", self.timeout, minimum=0.001, maximum=10.0)
+        checks.number("sessionStore.ttlSlack", self.ttl_slack, minimum=0.0, maximum=86400.0)
+
+
+def split_address(field: str, text: object) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to (host, port); a :class:`PlanError` otherwise."""
+    if not isinstance(text, str):
+        raise PlanError(f"{field}: must be a string")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PlanError(f"{field}: must be host:port, got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CookieKey:
     """One LB-cookie signing key. The newest key (first in the plan) signs."""
 
@@ -315,6 +392,8 @@ class Plan:
     balance: BalanceSettings = field(default_factory=BalanceSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     rebalance: RebalanceSchedule | None = None
+    session_store: SessionStoreSettings | None = None
+    """The store every replica shares (cluster-wide session counts); ``None``: none."""
     cookie_keys: tuple[CookieKey, ...] = ()
     """Newest first: the first key signs, every listed key verifies."""
     slot_table_size: int = DEFAULT_SIZE
@@ -349,6 +428,10 @@ class Plan:
                 raise PlanError(f"{label}: must be {kind.__name__}, got {value!r}")
         if self.rebalance is not None and not isinstance(self.rebalance, RebalanceSchedule):
             raise PlanError("rebalance: must be a RebalanceSchedule or None")
+        if self.session_store is not None and not isinstance(
+            self.session_store, SessionStoreSettings
+        ):
+            raise PlanError("sessionStore: must be SessionStoreSettings or None")
         if not isinstance(self.cookie_keys, tuple) or not all(
             isinstance(k, CookieKey) for k in self.cookie_keys
         ):
@@ -362,6 +445,21 @@ class Plan:
         if not isinstance(self.name, str) or len(self.name) > 512:
             raise PlanError("name: must be a string of at most 512 characters")
         checks.optional_number("generatedAt", self.generated_at)
+
+    @property
+    def granularity(self) -> int:
+        """The last-seen step in seconds: ``affinity.lastSeenGranularity``, else a tenth
+        of the smallest minIdle (drain, and rebalance while one runs), within 1..5 s.
+
+        A session is moved for idleness only when idle for minIdle, measured from the
+        end of its last step: never early, and at most one step late."""
+        explicit = self.affinity.last_seen_granularity
+        if explicit is not None:
+            return explicit
+        idle = self.drain.min_idle
+        if self.rebalance is not None:
+            idle = min(idle, self.rebalance.min_idle)
+        return derived_granularity(idle)
 
     def backend_map(self) -> dict[BackendId, Backend]:
         """The backends by id (a fresh dict)."""

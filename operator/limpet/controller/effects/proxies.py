@@ -33,12 +33,41 @@ from limpet.controller.kube.client import DEPLOYMENTS, SECRETS, SERVICES, JsonOb
 from limpet.controller.model.membership import ProxyEndpoint
 from limpet.controller.model.names import proxy_service_name, secret_name
 from limpet.controller.model.settings import OperatorSettings
-from limpet.controller.model.spec import StickySpec
+from limpet.controller.model.spec import STORE_FILES, StickySpec
 
 OWNER_LABEL = "limpet.dev/stickyservice"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TOKEN_MOUNT = "/etc/limpet/admin"
 STATE_MOUNT = "/var/lib/limpet"
+
+
+def store_volume(spec: StickySpec) -> JsonObj | None:
+    """The projected volume with the store's password and CA files, if any is set: the
+    kubelet reads the user's Secret/ConfigMap, so the password never travels in a plan
+    or through the operator."""
+    store = spec.session_store
+    if store is None:
+        return None
+    sources: list[JsonObj] = []
+    if store.password is not None:
+        sources.append(
+            {
+                "secret": {
+                    "name": store.password.name,
+                    "items": [{"key": store.password.key, "path": "password", "mode": 0o440}],
+                }
+            }
+        )
+    tls = store.tls
+    if tls.enabled and tls.ca_secret is not None:
+        item = {"key": tls.ca_secret.key, "path": "ca.crt"}
+        sources.append({"secret": {"name": tls.ca_secret.name, "items": [item]}})
+    if tls.enabled and tls.ca_config_map is not None:
+        item = {"key": tls.ca_config_map.key, "path": "ca.crt"}
+        sources.append({"configMap": {"name": tls.ca_config_map.name, "items": [item]}})
+    if not sources:
+        return None
+    return {"name": "session-store", "projected": {"sources": sources}}
 
 
 def owner_reference(owner: Mapping[str, Any]) -> JsonObj:
@@ -144,7 +173,12 @@ def _proxy_container(spec: StickySpec, settings: OperatorSettings) -> JsonObj:
         "volumeMounts": [
             {"name": "admin-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
             {"name": "state", "mountPath": STATE_MOUNT},
-        ],
+        ]
+        + (
+            [{"name": "session-store", "mountPath": STORE_FILES, "readOnly": True}]
+            if store_volume(spec) is not None
+            else []
+        ),
     }
 
 
@@ -186,6 +220,7 @@ def deployment_manifest(
                             },
                         },
                         {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}},
+                        *([] if (store := store_volume(spec)) is None else [store]),
                     ],
                 },
             },

@@ -12,7 +12,8 @@ with its admin URL). One worker task per proxy loops:
    ``ahead`` so the planner issues a version above it. A lower version is never sent.
 3. Otherwise it waits for a newer plan or ``stats_interval``, then reads stats again: a
    proxy that restarted (no plan, or its persisted older one) is pushed to again, and the
-   per-backend session counts feed status and the rebalance estimate.
+   counting fields (:mod:`~limpet.controller.model.counts`) feed status and the
+   rebalance estimate.
 
 Every change of a proxy's sync state sets :attr:`Pusher.changed`; a proxy found on a
 higher version raises :attr:`Pusher.ahead`. :meth:`Pusher.report` is the value the
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from limpet.controller.model.backoff import Backoff
+from limpet.controller.model.counts import ProxyCounts, SessionCounts, combine, parse_counts
 from limpet.controller.model.settings import PushSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class ProxyState:
     """The highest version this process successfully pushed to it."""
     reachable: bool = False
     last_error: str | None = None
-    sessions: dict[str, int] = field(default_factory=dict)
+    counts: ProxyCounts = field(default_factory=ProxyCounts)
     migrations: dict[str, int] = field(default_factory=dict)
     synced_at: float | None = None
 
@@ -87,9 +89,13 @@ class PushReport:
     version: int
     """The pusher's current plan version (0: none yet)."""
     proxies: tuple[ProxyReport, ...]
-    sessions: Mapping[str, int]
-    """Sessions per backend id, summed over proxies (cookie sessions may be counted by
-    each proxy that saw them: an upper bound)."""
+    counts: SessionCounts
+    """Distinct live sessions per backend, counted once however many proxies saw them
+    (:func:`~limpet.controller.model.counts.combine`)."""
+
+    @property
+    def sessions(self) -> Mapping[str, int]:
+        return self.counts.sessions
 
     def synced(self, version: int) -> int:
         """How many proxies run plan ``version`` (none while ``version`` is 0)."""
@@ -158,10 +164,7 @@ class Pusher:
                 )
 
     def report(self) -> PushReport:
-        sessions: dict[str, int] = {}
-        for p in self._proxies.values():
-            for bid, n in p.sessions.items():
-                sessions[bid] = sessions.get(bid, 0) + n
+        counts = combine({p.target.pod or p.target.url: p.counts for p in self._proxies.values()})
         return PushReport(
             version=self._version,
             proxies=tuple(
@@ -174,7 +177,7 @@ class Pusher:
                 )
                 for p in self._proxies.values()
             ),
-            sessions=sessions,
+            counts=counts,
         )
 
     def _saw_ahead(self, version: int) -> None:
@@ -208,11 +211,7 @@ class Pusher:
             data: dict[str, Any] = await resp.json()
         reported = data.get("planVersion")
         state.version = int(reported) if isinstance(reported, int) else None
-        state.sessions = {
-            str(bid): int(b.get("sessions", 0))
-            for bid, b in (data.get("backends") or {}).items()
-            if isinstance(b, dict)
-        }
+        state.counts = parse_counts(data)
         state.migrations = {str(k): int(v) for k, v in (data.get("migrations") or {}).items()}
         state.reachable = True
 

@@ -39,9 +39,11 @@ from limpet.affinity.ids import BackendId
 from limpet.affinity.lifecycle import BackendState
 from limpet.controller.effects.pusher import Pusher
 from limpet.controller.kube.client import ApiError, KubeClient
+from limpet.controller.model.counts import SessionCounts
 from limpet.controller.model.keys import KeyMaterial
 from limpet.controller.model.planner import PlannerState
 from limpet.controller.model.settings import OperatorSettings
+from limpet.controller.model.sharing import Sharing, learned_modes
 from limpet.controller.model.spec import StickySpec
 from limpet.controller.model.status import Problem, ProxySync, StatusView, build_status
 
@@ -68,6 +70,8 @@ class Observed:
     problem: Problem | None
     keys_rotated_at: float | None
     rotation_request: str | None
+    store_problem: str | None = None
+    """What the session store's configuration misses (a Secret or key), if anything."""
 
 
 class StatusReporter:
@@ -154,6 +158,7 @@ class StatusReporter:
             rotation_request=seen.rotation_request,
             slow_start=spec.slow_start if spec is not None else 0.0,
             now=round(time.time(), 6),
+            sharing=_sharing(spec, sync, push.counts if push is not None else None, seen),
         )
 
     async def write(self, observed: Observed | None = None, *, force: bool = False) -> None:
@@ -221,15 +226,17 @@ class StatusReporter:
         push = seen.pusher.report()
         now = time.monotonic()
         if any(p.reachable for p in push.proxies):
-            sessions = push.sessions
+            live = push.counts.drain_live
             for b in seen.state.backends.values():
                 if b.status.state is not BackendState.DRAINING:
                     self._drain_empty_reported.discard(b.id)
                     continue
-                if b.id not in self._drain_empty_reported and sessions.get(b.id, 0) == 0:
+                if b.id not in self._drain_empty_reported and live.get(b.id, 0) == 0:
                     self._drain_empty_reported.add(b.id)
                     self.event(
-                        "DrainEmpty", f"{b.pod or b.id} holds no sessions any more; safe to stop"
+                        "DrainEmpty",
+                        f"{b.pod or b.id} holds no live session any more (none active within "
+                        "drain.minIdle; older ones move at their next request); safe to stop",
                     )
         for p in push.proxies:
             name = p.name
@@ -246,6 +253,22 @@ class StatusReporter:
             else:
                 self._out_of_sync_since.pop(name, None)
                 self._out_of_sync_reported.discard(name)
+
+
+def _sharing(
+    spec: StickySpec | None, sync: ProxySync, counts: SessionCounts | None, seen: Observed
+) -> Sharing:
+    if spec is None:
+        return Sharing()
+    store = spec.session_store
+    return Sharing(
+        replicas=max(sync.desired, sync.discovered),
+        learned=learned_modes(spec.affinity),
+        store_address=store.address if store is not None else None,
+        secret_problem=seen.store_problem if store is not None else None,
+        unreachable=counts.store_unreachable if counts is not None else {},
+        connected=counts.store_connected if counts is not None else 0,
+    )
 
 
 def _without_sessions(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,13 @@ from limpet.affinity.lifecycle import (
     advance,
 )
 from limpet.affinity.migration import release_complete_at
-from limpet.affinity.plan.model import Backend, CookieKey, Plan, RebalanceSchedule
+from limpet.affinity.plan.model import (
+    Backend,
+    CookieKey,
+    Plan,
+    RebalanceSchedule,
+    SessionStoreSettings,
+)
 from limpet.affinity.slottable import recommended_size
 from limpet.controller.model.membership import Member
 from limpet.controller.model.spec import StickySpec
@@ -334,14 +340,24 @@ def _plan(
             )
             for b in sorted(backends.values(), key=lambda t: t.id)
         ),
-        affinity=spec.affinity,
+        affinity=spec.plan_affinity(),
         balance=spec.balance_settings(),
         drain=spec.drain_settings(),
         rebalance=schedule,
         cookie_keys=inputs.cookie_keys,
         slot_table_size=size,
         name=inputs.name,
+        session_store=_store(inputs),
     )
+
+
+def _store(inputs: PlanInputs) -> SessionStoreSettings | None:
+    """The plan's ``sessionStore``; its key prefix defaults per StickyService."""
+    store = inputs.spec.session_store
+    if store is None:
+        return None
+    namespace, _, name = inputs.name.partition("/")
+    return store.plan_settings(namespace, name)
 
 
 def plan_next(inputs: PlanInputs, previous: PlannerState, *, now: float) -> PlanResult:

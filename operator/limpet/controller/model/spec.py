@@ -7,7 +7,10 @@ repeated here so that an object stored before a CRD upgrade, or a partial dict i
 test, still reads the same. The spec carries the plan schema's values where they map
 one to one (``StickySpec.affinity`` is an :class:`AffinitySettings`), and
 :meth:`StickySpec.balance_settings` and :meth:`StickySpec.drain_settings` build the
-others (limpet.affinity.plan). Pure functions.
+others (limpet.affinity.plan). ``spec.sessionStore`` reads into a
+:class:`SessionStoreSpec`: where the store is and the Secret/ConfigMap keys the proxies
+need (references only; the plan's section, :meth:`SessionStoreSpec.plan_settings`, names
+files, never the password). Pure functions.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from limpet.affinity.plan.model import (
@@ -27,7 +30,13 @@ from limpet.affinity.plan.model import (
     DrainSettings,
     LifetimeType,
     SameSite,
+    SessionStoreSettings,
+    derived_granularity,
 )
+
+STORE_FILES = "/etc/limpet/session-store"
+"""Where proxies find the session store's ``password`` and ``ca.crt`` files (managed
+proxies: a read-only projected volume of the user's Secret/ConfigMap keys)."""
 
 
 class SpecError(ValueError):
@@ -80,6 +89,59 @@ class ProxySpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRef:
+    """One key of a Secret or ConfigMap in the StickyService's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreTLSSpec:
+    enabled: bool = False
+    ca_secret: KeyRef | None = None
+    ca_config_map: KeyRef | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStoreSpec:
+    """``spec.sessionStore``: a Redis-protocol store shared by every proxy replica."""
+
+    address: str
+    database: int = 0
+    username: str | None = None
+    password: KeyRef | None = None
+    tls: StoreTLSSpec = StoreTLSSpec()
+    key_prefix: str | None = None
+    timeout: float = 0.25
+    ttl_slack: float = 60.0
+
+    def prefix_for(self, namespace: str, name: str) -> str:
+        """The key prefix: the spec's, else one per StickyService so that two never meet."""
+        return self.key_prefix or f"limpet:{namespace}/{name}:"
+
+    def plan_settings(self, namespace: str, name: str) -> SessionStoreSettings:
+        """The plan's ``sessionStore``: no secret in it, only the paths where managed
+        proxies find the password and CA (``STORE_FILES``; external proxies mount the
+        same Secret keys there)."""
+        tls = self.tls
+        has_ca = tls.enabled and (tls.ca_secret or tls.ca_config_map) is not None
+        return SessionStoreSettings(
+            address=self.address,
+            database=self.database,
+            tls=tls.enabled,
+            tls_server_name=tls.server_name if tls.enabled else None,
+            ca_file=f"{STORE_FILES}/ca.crt" if has_ca else None,
+            username=self.username,
+            password_file=f"{STORE_FILES}/password" if self.password is not None else None,
+            key_prefix=self.prefix_for(namespace, name),
+            timeout=self.timeout,
+            ttl_slack=self.ttl_slack,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StickySpec:
     service: str
     port: int | str
@@ -90,6 +152,24 @@ class StickySpec:
     drain_min_idle: float = 10.0
     slow_start: float = 60.0
     proxy: ProxySpec = ProxySpec()
+    session_store: SessionStoreSpec | None = None
+
+    def last_seen_granularity(self) -> int:
+        """The last-seen step (seconds) the plan states: the spec's, else a tenth of the
+        smallest minIdle the spec sets (drain's, and rebalance's when Gradual), within
+        1..5 s. Derived from the spec rather than from whether a rebalance runs, so the
+        step (and with it every cookie's refresh) does not change when one starts."""
+        explicit = self.affinity.last_seen_granularity
+        if explicit is not None:
+            return explicit
+        idle = self.drain_min_idle
+        if self.rebalance.mode == "Gradual":
+            idle = min(idle, self.rebalance.min_idle)
+        return derived_granularity(idle)
+
+    def plan_affinity(self) -> AffinitySettings:
+        """The plan's affinity section, with the last-seen step always stated."""
+        return replace(self.affinity, last_seen_granularity=self.last_seen_granularity())
 
     def balance_settings(self) -> BalanceSettings:
         return BalanceSettings(load_factor=self.load_factor, slow_start=self.slow_start)
@@ -136,7 +216,11 @@ def _affinity(data: Mapping[str, Any]) -> AffinitySettings:
             ipaddress.ip_network(p, strict=False) for p in ip.get("trustedProxies") or ()
         ),
     )
+    step = data.get("lastSeenGranularity")
     return AffinitySettings(
+        last_seen_granularity=(
+            int(parse_duration("spec.affinity.lastSeenGranularity", step)) if step else None
+        ),
         type=kind,
         fallback=fallback,
         cookie=cookie,
@@ -146,6 +230,41 @@ def _affinity(data: Mapping[str, Any]) -> AffinitySettings:
         client_ip=client_ip,
         idle_timeout=parse_duration("spec.affinity.idleTimeout", data.get("idleTimeout", "30m")),
         absolute_timeout=absolute_s,
+    )
+
+
+def _key_ref(data: object, field: str, default_key: str) -> KeyRef | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+        raise SpecError(f"{field}.name: required")
+    return KeyRef(name=data["name"], key=str(data.get("key") or default_key))
+
+
+def _session_store(data: Mapping[str, Any]) -> SessionStoreSpec | None:
+    if not data:
+        return None
+    field = "spec.sessionStore"
+    address = data.get("address")
+    if not isinstance(address, str) or ":" not in address:
+        raise SpecError(f"{field}.address: must be host:port")
+    tls = data.get("tls") or {}
+    return SessionStoreSpec(
+        address=address,
+        database=int(data.get("database", 0)),
+        username=data.get("username"),
+        password=_key_ref(data.get("passwordSecretRef"), f"{field}.passwordSecretRef", "password"),
+        tls=StoreTLSSpec(
+            enabled=bool(tls.get("enabled", False)),
+            ca_secret=_key_ref(tls.get("caSecretRef"), f"{field}.tls.caSecretRef", "ca.crt"),
+            ca_config_map=_key_ref(
+                tls.get("caConfigMapRef"), f"{field}.tls.caConfigMapRef", "ca.crt"
+            ),
+            server_name=tls.get("serverName"),
+        ),
+        key_prefix=data.get("keyPrefix"),
+        timeout=parse_duration(f"{field}.timeout", data.get("timeout", "250ms")),
+        ttl_slack=parse_duration(f"{field}.ttlSlack", data.get("ttlSlack", "60s")),
     )
 
 
@@ -187,4 +306,5 @@ def parse_spec(spec: Mapping[str, Any]) -> StickySpec:
             admin_port=int(prx.get("adminPort", 9901)),
             selector=dict(selector) if selector else None,
         ),
+        session_store=_session_store(_obj(spec, "sessionStore")),
     )

@@ -4,8 +4,9 @@ Data flow, out: the reconciler gathers a :class:`StatusView` (planner state, pro
 sessions from the proxies' stats, a problem if any) and :func:`build_status` renders the
 ``status`` object: observedGeneration, planVersion, per-backend state/weight/sessions/
 deadlines, proxies desired/synced, rebalance progress, key ids, and the conditions Ready,
-Progressing and Degraded with reasons (``lastTransitionTime`` kept while a condition's
-status is unchanged).
+Progressing, Degraded and ReplicasAgree (:mod:`.sharing`) with reasons
+(``lastTransitionTime`` kept while a condition's status is unchanged). ``sessions`` are
+distinct live sessions, counted once across proxies (:mod:`.counts`).
 
 Data flow, in: on (re)start :func:`recover_state` reads the same status back into a
 :class:`~.planner.PlannerState`: plan version, each backend's lifecycle (state, since,
@@ -31,6 +32,7 @@ from limpet.affinity.limits import DEFAULT_SIZE
 from limpet.affinity.migration import release_complete_at
 from limpet.affinity.plan.model import RebalanceSchedule
 from limpet.controller.model.planner import DEFAULT_WEIGHT, PlannerState, TrackedBackend
+from limpet.controller.model.sharing import Sharing, replicas_agree, store_degraded
 
 
 def ts(epoch: float | None) -> str | None:
@@ -96,6 +98,7 @@ class StatusView:
     rotation_request: str | None = None
     slow_start: float = 0.0
     now: float = 0.0
+    sharing: Sharing = field(default_factory=Sharing)
 
 
 def _condition(
@@ -178,6 +181,9 @@ def _degraded(view: StatusView) -> Verdict:
     if px.unreachable:
         names = ", ".join(sorted(px.unreachable)[:5])
         return True, "ProxyUnreachable", f"admin API unreachable: {names}"
+    store = store_degraded(view.sharing)
+    if store is not None:
+        return store
     if failed:
         names = ", ".join(sorted(b.pod or b.id for b in failed)[:5])
         return True, "BackendsFailed", f"{len(failed)} backend(s) not serving: {names}"
@@ -193,6 +199,7 @@ def _conditions(view: StatusView, previous: Sequence[Mapping[str, Any]]) -> list
         _condition("Ready", *_ready(view), prev, g, now),
         _condition("Progressing", *_progressing(view), prev, g, now),
         _condition("Degraded", *_degraded(view), prev, g, now),
+        _condition("ReplicasAgree", *replicas_agree(view.sharing), prev, g, now),
     ]
 
 

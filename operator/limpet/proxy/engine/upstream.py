@@ -354,7 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
         route = client.route
         assert route is not None
         if scan.set_cookies is not None:
-            pool.router.on_response(route, scan.set_cookies)
+            route = pool.router.on_response(route, scan.set_cookies)
         framing = http.response_framing(
             status, head_request=client.head_request, scan=scan, http11=client.http11
         )

@@ -129,6 +129,36 @@ class ProxyCollector(Collector):
         )
         for reason, n in sorted(s.get("rejectedCookies", {}).items()):
             rejected.add_metric([reason], n)
+        app_cookie = CounterMetricFamily(
+            "limpet_proxy_app_cookie_outcomes",
+            "AppCookie requests that carried only one of the app cookie and its companion, "
+            "or a companion that failed verification, by reason (served, never refused).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.get("appCookie", {}).items()):
+            app_cookie.add_metric([reason], n)
+        store = s.get("sessionStore") or {}
+        store_up = GaugeMetricFamily(
+            "limpet_proxy_session_store_up",
+            "1 while the session store answers, 0 while the proxy uses its own counts "
+            "(absent without a store).",
+        )
+        fallbacks = CounterMetricFamily(
+            "limpet_proxy_session_store_fallbacks",
+            "Store write-backs that failed or timed out (local counts were used).",
+        )
+        cluster = GaugeMetricFamily(
+            "limpet_proxy_cluster_sessions",
+            "Distinct live sessions per backend across every replica, from the store.",
+            labels=["backend"],
+        )
+        for bid, n in sorted((s.get("clusterSessions") or {}).items()):
+            cluster.add_metric([bid], n)
+        stores: tuple[Metric, ...] = ()
+        if store:
+            store_up.add_metric([], store.get("up", 0))
+            fallbacks.add_metric([], store.get("fallbacks", 0))
+            stores = (store_up, fallbacks, cluster)
         no_backend = CounterMetricFamily(
             "limpet_proxy_no_backend", "Requests answered 503 because no backend was available."
         )
@@ -137,7 +167,8 @@ class ProxyCollector(Collector):
             "limpet_proxy_plan_version", "Version of the plan in use (0 before the first)."
         )
         version.add_metric([], s.get("planVersion") or 0)
-        yield from (requests, sessions, up, migrations, rejected, no_backend, version)
+        yield from (requests, sessions, up, migrations, rejected, app_cookie, no_backend, version)
+        yield from stores
 
 
 def _bearer_auth(expected: bytes) -> Any:

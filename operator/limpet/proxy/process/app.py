@@ -13,7 +13,7 @@ With ``--workers N`` (N > 1) ``workers.py`` runs the admin side in a supervisor 
 module's pieces in each worker; the helpers here are shared by both.
 
 Concurrency: everything runs on one uvloop event loop. The router's learned-session
-sweeper is one periodic timer.
+sweeper is one periodic timer; the session-store write-back (``store_sync.py``) one task.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from limpet.affinity import Plan
 from limpet.proxy.engine.server import Server
 from limpet.proxy.process.admin import StatsSource, make_admin_app
 from limpet.proxy.process.state import PlanGate, PlanStore
+from limpet.proxy.process.store_sync import start_store_sync
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
 from limpet.proxy.settings import Address, ProxySettings
 
@@ -199,9 +200,11 @@ class _LocalStats:
 
 
 def schedule_router_sweep(router: SessionRouter) -> Callable[[], None]:
-    """Run ``router.sweep`` every second; returns a function that stops it."""
+    """Run ``router.sweep`` every second, and the session-store write-back (which is idle
+    while the plan names no store); returns a function that stops both."""
     loop = asyncio.get_running_loop()
     handle: asyncio.TimerHandle | None = None
+    stop_sync = start_store_sync(router)
 
     def tick() -> None:
         nonlocal handle
@@ -214,6 +217,7 @@ def schedule_router_sweep(router: SessionRouter) -> Callable[[], None]:
     handle = loop.call_later(ROUTER_SWEEP_INTERVAL, tick)
 
     def cancel() -> None:
+        stop_sync()
         if handle is not None:
             handle.cancel()
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from limpet.affinity import CookieKey, Plan, PlanError
+from limpet.affinity import CookieKey, Plan, PlanError, SessionStoreSettings
 from limpet.affinity.plan.codec import plan_from_json
 from limpet.proxy.settings import Address, ProxySettings, load_address_override
 
@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _one_line_errors(parser)
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     _source_options(parser.add_argument_group("what to serve"))
+    _store_options(
+        parser.add_argument_group("session store (standalone mode; with --plan the plan's sessionStore)")
+    )
     _process_options(parser.add_argument_group("process"))
     _limit_options(parser.add_argument_group("timeouts (seconds) and limits"))
 
@@ -88,6 +91,18 @@ def _source_options(src: argparse._ArgumentGroup) -> None:
         metavar="FILE",
         help="standalone mode: LB cookie signing secret (16+ bytes); else generated at start",
     )
+
+
+def _store_options(store: argparse._ArgumentGroup) -> None:
+    store.add_argument(
+        "--session-store",
+        metavar="HOST:PORT",
+        help="a Redis-protocol server shared by every replica (cluster-wide session counts)",
+    )
+    store.add_argument("--session-store-password-file", metavar="FILE")
+    store.add_argument("--session-store-prefix", metavar="PREFIX", default="limpet:")
+    store.add_argument("--session-store-tls", action="store_true")
+    store.add_argument("--session-store-ca-file", metavar="FILE")
 
 
 def _process_options(proc: argparse._ArgumentGroup) -> None:
@@ -177,6 +192,34 @@ def load_cookie_key(path: Path) -> CookieKey:
     return CookieKey(id="f" + hashlib.sha256(secret).hexdigest()[:12], secret=secret)
 
 
+def _store(args: argparse.Namespace) -> SessionStoreSettings | None:
+    """``--session-store*`` as plan settings (``None`` without ``--session-store``)."""
+    if not args.session_store:
+        if args.session_store_password_file or args.session_store_ca_file:
+            raise UsageError("--session-store-* options need --session-store HOST:PORT")
+        return None
+    for option, path in (
+        ("--session-store-password-file", args.session_store_password_file),
+        ("--session-store-ca-file", args.session_store_ca_file),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{option}: no such file: {path}")
+    try:
+        return SessionStoreSettings(
+            address=args.session_store,
+            tls=bool(args.session_store_tls or args.session_store_ca_file),
+            ca_file=str(Path(args.session_store_ca_file).resolve())
+            if args.session_store_ca_file
+            else None,
+            password_file=str(Path(args.session_store_password_file).resolve())
+            if args.session_store_password_file
+            else None,
+            key_prefix=args.session_store_prefix,
+        )
+    except PlanError as exc:
+        raise UsageError(f"--session-store: {exc}") from None
+
+
 def _backends(specs: list[str]) -> list[tuple[str, str, int]]:
     out: list[tuple[str, str, int]] = []
     for spec in specs:
@@ -255,9 +298,12 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
 def _starting_plan(args: argparse.Namespace, settings: ProxySettings) -> tuple[Plan | None, bool]:
     if args.plan and args.backend:
         raise UsageError("--plan and --backend exclude each other")
+    store = _store(args)
     if args.plan:
-        if args.affinity or args.cookie_key_file:
-            raise UsageError("--affinity and --cookie-key-file are for standalone (--backend)")
+        if args.affinity or args.cookie_key_file or store:
+            raise UsageError(
+                "--affinity, --cookie-key-file and --session-store are for standalone (--backend)"
+            )
         try:
             return plan_from_json(Path(args.plan).read_bytes()), False
         except OSError as exc:
@@ -265,8 +311,10 @@ def _starting_plan(args: argparse.Namespace, settings: ProxySettings) -> tuple[P
         except PlanError as exc:
             raise UsageError(f"--plan {args.plan}: {exc}") from None
     if not args.backend:
-        if args.affinity or args.cookie_key_file:
-            raise UsageError("--affinity and --cookie-key-file need --backend ID=HOST:PORT")
+        if args.affinity or args.cookie_key_file or store:
+            raise UsageError(
+                "--affinity, --cookie-key-file and --session-store need --backend ID=HOST:PORT"
+            )
         return None, False
     # Standalone: imported here so that `--help` stays cheap.
     from limpet.proxy.process.standalone import parse_affinity, standalone_plan
@@ -282,7 +330,7 @@ def _starting_plan(args: argparse.Namespace, settings: ProxySettings) -> tuple[P
             args.affinity or "cookie",
             trusted_proxies=[str(n) for n in settings.trusted_proxies],
         )
-        plan = standalone_plan(_backends(args.backend), affinity, keys)
+        plan = standalone_plan(_backends(args.backend), affinity, keys, session_store=store)
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     return plan, True

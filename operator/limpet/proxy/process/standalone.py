@@ -23,6 +23,7 @@ from limpet.affinity import (
     CookieKey,
     CookieSettings,
     Plan,
+    SessionStoreSettings,
 )
 
 
@@ -77,16 +78,20 @@ def standalone_plan(
     cookie_keys: Sequence[CookieKey] = (),
     *,
     version: int = 1,
+    session_store: SessionStoreSettings | None = None,
 ) -> Plan:
     """A plan for ``limpet proxy --backend ID=HOST:PORT ... --affinity ...``.
 
-    Every backend is Active with equal weight. Cookie affinity without keys gets a fresh
-    random key, so a standalone proxy works with no key file (its cookies then do not
-    survive a restart). Raises ``ValueError`` (a ``PlanError`` for plan fields).
+    Every backend is Active with equal weight. Cookie affinity (and AppCookie, whose
+    companion cookie is signed) without keys gets a fresh random key, so a standalone
+    proxy works with no key file (its cookies then neither survive a restart nor agree
+    with other replicas: give every replica the same ``--cookie-key-file``). Raises
+    ``ValueError`` (a ``PlanError`` for plan fields).
     """
     settings = parse_affinity(affinity) if isinstance(affinity, str) else affinity
     keys = tuple(cookie_keys)
-    if not keys and AffinityType.COOKIE in settings.modes:
+    signed = (AffinityType.COOKIE, AffinityType.APP_COOKIE)
+    if not keys and any(m in settings.modes for m in signed):
         keys = (generate_cookie_key(),)
     if not backends:
         raise ValueError("at least one --backend ID=HOST:PORT is required")
@@ -98,5 +103,6 @@ def standalone_plan(
         ),
         affinity=settings,
         cookie_keys=keys,
+        session_store=session_store,
         name="standalone",
     )

@@ -9,7 +9,8 @@ one event loop per process and nothing here blocks.
 
 Wire format (version 1), 57 bytes, base64url without padding = 76 characters::
 
-    0      version          1 byte   (1)
+    0      version, step    1 byte   low 4 bits: version (1); high 4 bits: the
+                                     granularity in seconds (1..15; 0: 5 s)
     1..4   key tag          4 bytes  SHA-256("limpet-cookie-kid\\0" + kid)[:4]
     5..16  session id      12 bytes  random, opaque
     17..24 backend token    8 bytes  HMAC-SHA256(secret, "limpet-backend\\0" + id)[:8]
@@ -24,11 +25,18 @@ what makes rotation safe. Times are coarse on purpose: the cookie is re-issued o
 when the current time has moved into a new granularity step, not on every response.
 Because requests between two refreshes do not move ``last seen``, the last activity
 lies in ``[last_seen, last_seen + granularity)``; idleness is therefore measured from
-``last_seen + granularity``, which never overstates how idle a session is.
+``last_seen + granularity``, which never overstates how idle a session is. Each cookie
+states its own granularity (the plan's ``lastSeenGranularity`` when it was issued), so a
+plan that changes the step never misreads the cookies issued under the old one.
 
 Decoding never raises on client input: it returns a :class:`CookieRejection` whose
 value names the metric label (tampered, expired, garbage, unknown_key,
 unknown_backend).
+
+Version 2 is the AppCookie companion (``companion.py``): the same 41-byte body, then a
+variable tail (the app cookie's scope) under the same MAC, and a session id *bound* to
+the app cookie's value, ``HMAC-SHA256(secret, "limpet-app\0" + value)[:12]``, so that a
+companion presented with any other app-cookie value fails as tampered.
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 VERSION = 1
+BOUND_VERSION = 2
+MAX_GRANULARITY = 15
+LEGACY_GRANULARITY = 5
+MAX_TAIL = 600
 KEY_TAG_LEN = 4
 SESSION_ID_LEN = 12
 BACKEND_TOKEN_LEN = 8
@@ -50,6 +62,7 @@ _BODY = struct.Struct(">B4s12s8sQII")
 BODY_LEN = _BODY.size  # 41
 RAW_LEN = BODY_LEN + MAC_LEN  # 57, a multiple of 3: base64 needs no padding
 ENCODED_LEN = RAW_LEN * 4 // 3  # 76
+_MAX_ENCODED = (RAW_LEN + MAX_TAIL) * 4 // 3 + 3
 MAX_KEY_HASH = (1 << 64) - 1
 _MAX_U32 = (1 << 32) - 1
 # A cookie "last seen" this far in the future (replica clock skew) is still accepted;
@@ -136,10 +149,18 @@ class SessionCookie:
     issued: int
     last_seen: int
     signed_by_newest: bool
+    tail: bytes = b""
+    granularity: int = LEGACY_GRANULARITY
+    """The step the cookie's times were floored to when it was issued."""
 
 
 def key_tag(kid: str) -> bytes:
     return hashlib.sha256(b"limpet-cookie-kid\0" + kid.encode()).digest()[:KEY_TAG_LEN]
+
+
+def bound_session_id(secret: bytes, value: bytes) -> bytes:
+    """The session id of a companion cookie: a keyed hash of the app cookie's value."""
+    return hmac.digest(secret, b"limpet-app\0" + value, "sha256")[:SESSION_ID_LEN]
 
 
 def backend_token(secret: bytes, backend_id: str) -> bytes:
@@ -161,6 +182,7 @@ class CookieCodec:
         "_newest_tokens",
         "_prefix",
         "_suffix",
+        "_version",
         "attributes",
         "name",
     )
@@ -174,11 +196,12 @@ class CookieCodec:
         granularity: int,
         idle_timeout: float | None,
         absolute_timeout: float | None,
+        bound: bool = False,
     ) -> None:
         if not keys:
             raise ValueError("at least one cookie signing key is required")
-        if granularity < 1:
-            raise ValueError("cookie granularity must be at least one second")
+        if not 1 <= granularity <= MAX_GRANULARITY:
+            raise ValueError(f"cookie granularity must be 1..{MAX_GRANULARITY} seconds")
         backend_ids = list(backends)
         # key tag -> (secret, backend token -> backend id, is newest)
         table: dict[bytes, tuple[bytes, dict[bytes, str], bool]] = {}
@@ -198,6 +221,7 @@ class CookieCodec:
         self._newest_tag = key_tag(keys[0].kid)
         self._newest_tokens = {bid: tok for tok, bid in table[self._newest_tag][1].items()}
         self._granularity = granularity
+        self._version = BOUND_VERSION if bound else VERSION
         self._idle = idle_timeout
         self._absolute = absolute_timeout
         self.attributes = attributes
@@ -214,14 +238,34 @@ class CookieCodec:
         return t - t % self._granularity
 
     def encode(
-        self, *, session_id: bytes, backend_id: str, key_hash: int, issued: int, last_seen: int
+        self,
+        *,
+        session_id: bytes,
+        backend_id: str,
+        key_hash: int,
+        issued: int,
+        last_seen: int,
+        bind: bytes | None = None,
+        tail: bytes = b"",
     ) -> bytes:
-        """The cookie value (no name, no attributes), signed with the newest key."""
+        """The cookie value (no name, no attributes), signed with the newest key.
+
+        A bound codec (version 2) derives the session id from ``bind`` (the app cookie's
+        value) and signs ``tail`` with the body.
+        """
         token = self._newest_tokens.get(backend_id)
         if token is None:
             raise KeyError(f"backend {backend_id!r} is not in this plan")
+        if self._version == BOUND_VERSION:
+            if bind is None:
+                raise ValueError("a companion cookie is bound to an app-cookie value")
+            session_id = bound_session_id(self._newest, bind)
+        elif tail:
+            raise ValueError("only a companion cookie carries a tail")
+        if len(tail) > MAX_TAIL:
+            raise ValueError(f"cookie tail longer than {MAX_TAIL} bytes")
         body = _BODY.pack(
-            VERSION,
+            self._version | self._granularity << 4,
             self._newest_tag,
             session_id,
             token,
@@ -229,59 +273,92 @@ class CookieCodec:
             min(max(issued, 0), _MAX_U32),
             min(max(last_seen, 0), _MAX_U32),
         )
-        mac = hmac.digest(self._newest, body, "sha256")[:MAC_LEN]
-        return binascii.b2a_base64(body + mac, newline=False).translate(_FROM_STD_B64)
+        signed = body + tail
+        mac = hmac.digest(self._newest, signed, "sha256")[:MAC_LEN]
+        encoded = binascii.b2a_base64(signed + mac, newline=False).translate(_FROM_STD_B64)
+        return encoded.rstrip(b"=")
 
-    def set_cookie(self, value: bytes) -> bytes:
-        """A full Set-Cookie header value for ``value``."""
+    def set_cookie(self, value: bytes, tail: bytes = b"", wall: float = 0.0) -> bytes:
+        """A full Set-Cookie header value for ``value`` (``tail`` and ``wall`` are for
+        codecs whose attributes depend on them, the companion's)."""
         return self._prefix + value + self._suffix
 
     def issue(
-        self, *, session_id: bytes, backend_id: str, key_hash: int, issued: int, wall: float
+        self,
+        *,
+        session_id: bytes,
+        backend_id: str,
+        key_hash: int,
+        issued: int,
+        wall: float,
+        bind: bytes | None = None,
+        tail: bytes = b"",
     ) -> bytes:
         """Set-Cookie header value for a session seen now."""
-        return self.set_cookie(
-            self.encode(
-                session_id=session_id,
-                backend_id=backend_id,
-                key_hash=key_hash,
-                issued=issued,
-                last_seen=self.floor(wall),
-            )
+        value = self.encode(
+            session_id=session_id,
+            backend_id=backend_id,
+            key_hash=key_hash,
+            issued=issued,
+            last_seen=self.floor(wall),
+            bind=bind,
+            tail=tail,
         )
+        return self.set_cookie(value, tail, wall)
 
-    def decode(self, value: bytes, wall: float) -> SessionCookie | CookieRejection:
-        """Verify ``value`` at wall-clock time ``wall``. Never raises on client input."""
-        if len(value) != ENCODED_LEN:
+    def decode(
+        self, value: bytes, wall: float, *, bind: bytes | None = None
+    ) -> SessionCookie | CookieRejection:
+        """Verify ``value`` at wall-clock time ``wall``. Never raises on client input.
+
+        A bound codec also checks that the cookie belongs to the app-cookie value
+        ``bind``; one that does not is :attr:`CookieRejection.TAMPERED`.
+        """
+        bound = self._version == BOUND_VERSION
+        n = len(value)
+        longest = _MAX_ENCODED if bound else ENCODED_LEN
+        if not ENCODED_LEN <= n <= longest:
             return CookieRejection.GARBAGE
         try:
-            raw = binascii.a2b_base64(value.translate(_TO_STD_B64), strict_mode=True)
+            raw = binascii.a2b_base64(
+                value.translate(_TO_STD_B64) + b"=" * (-n % 4), strict_mode=True
+            )
         except (binascii.Error, ValueError):
             return CookieRejection.GARBAGE
-        if len(raw) != RAW_LEN or raw[0] != VERSION:
+        if len(raw) < RAW_LEN or raw[0] & 0x0F != self._version:
             return CookieRejection.GARBAGE
         entry = self._keys.get(raw[1 : 1 + KEY_TAG_LEN])
         if entry is None:
             return CookieRejection.UNKNOWN_KEY
         secret, tokens, newest = entry
-        body = raw[:BODY_LEN]
-        if not hmac.compare_digest(hmac.digest(secret, body, "sha256")[:MAC_LEN], raw[BODY_LEN:]):
+        signed = raw[:-MAC_LEN]
+        if not hmac.compare_digest(hmac.digest(secret, signed, "sha256")[:MAC_LEN], raw[-MAC_LEN:]):
             return CookieRejection.TAMPERED
-        _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(body)
+        _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(signed[:BODY_LEN])
+        if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(secret, bind))):
+            return CookieRejection.TAMPERED
         if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
             return CookieRejection.GARBAGE
         if self._absolute is not None and wall - issued >= self._absolute:
             return CookieRejection.EXPIRED
-        if self._idle is not None and wall - (last_seen + self._granularity) >= self._idle:
+        step = raw[0] >> 4 or LEGACY_GRANULARITY
+        if self._idle is not None and wall - (last_seen + step) >= self._idle:
             return CookieRejection.EXPIRED
         backend = tokens.get(token)
         if backend is None:
             return CookieRejection.UNKNOWN_BACKEND
-        return SessionCookie(sid, backend, key_hash, issued, last_seen, newest)
+        return SessionCookie(
+            sid, backend, key_hash, issued, last_seen, newest, bytes(signed[BODY_LEN:]), step
+        )
 
     def needs_refresh(self, cookie: SessionCookie, wall: float) -> bool:
-        """True when the cookie should be re-issued: a new last-seen step, or an old key."""
-        return self.floor(wall) > cookie.last_seen or not cookie.signed_by_newest
+        """True when the cookie should be re-issued: a new last-seen step, an old key, or
+        another plan's granularity."""
+        return (
+            self.floor(wall) > cookie.last_seen
+            or not cookie.signed_by_newest
+            or cookie.granularity != self._granularity
+        )
 
     def refresh_due(self, cookie: SessionCookie) -> int:
         """The first wall-clock second at which :meth:`needs_refresh` turns true."""
@@ -289,7 +366,7 @@ class CookieCodec:
 
     def last_activity_bound(self, cookie: SessionCookie) -> int:
         """Latest moment the session can have been active, as far as the cookie knows."""
-        return cookie.last_seen + self._granularity
+        return cookie.last_seen + cookie.granularity
 
 
 def cookie_values(header: bytes, name: bytes) -> list[bytes]:

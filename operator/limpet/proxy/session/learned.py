@@ -139,8 +139,13 @@ class LearnedTable:
         self._backend[i] = backend
         self._last[i] = self._ticks_up(wall)
 
-    def insert(self, key_hash: int, backend: int, wall: float) -> int:
-        """Add (or re-pin) ``key_hash``; evicts the least recently seen when full."""
+    def insert(
+        self, key_hash: int, backend: int, wall: float, *, created: float | None = None
+    ) -> int:
+        """Add (or re-pin) ``key_hash``; evicts the least recently seen when full.
+
+        ``created`` (default ``wall``) is when the session began, when it is known from
+        elsewhere (a companion cookie's issue time)."""
         k = key_hash & KEY_MASK
         i = self._index.get(k, -1)
         if i >= 0:
@@ -148,7 +153,7 @@ class LearnedTable:
             return i
         if len(self._index) >= self.capacity:
             self._evict()
-        t = self._ticks(wall)
+        t = self._ticks(wall if created is None else min(created, wall))
         up = self._ticks_up(wall)
         if self._free:
             i = self._free.pop()

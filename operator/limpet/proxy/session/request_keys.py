@@ -79,17 +79,24 @@ class RequestKeys:
                     return key_hash(self.query_key + part[len(probe) :])
             return None
         if mode is AffinityType.APP_COOKIE:
-            prefix = self.app_prefix
-            cookie = req.cookie
-            if prefix is None or cookie is None or prefix not in cookie:
-                return None
-            for part in cookie.split(b";"):
-                part = part.strip()
-                if part.startswith(prefix):
-                    value = part[len(prefix) :].strip(b'"')
-                    return key_hash(self.app_key + value) if value else None
-            return None
+            app = self.app_value(req.cookie)
+            return None if app is None else self.app_hash(app)
         return None
+
+    def app_value(self, cookie: bytes | None) -> bytes | None:
+        """The app cookie's (first, non-empty) value in a Cookie header, if any."""
+        prefix = self.app_prefix
+        if prefix is None or cookie is None or prefix not in cookie:
+            return None
+        for part in cookie.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return part[len(prefix) :].strip(b'"') or None
+        return None
+
+    def app_hash(self, value: bytes) -> int:
+        """The session key hash of an app-cookie value."""
+        return key_hash(self.app_key + value)
 
     def client_ip_hash(self, req: RequestView) -> int | None:
         """The client-IP key's hash: the peer, or X-Forwarded-For behind trusted proxies."""

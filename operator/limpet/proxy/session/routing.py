@@ -23,10 +23,11 @@ Plans arrive through :meth:`SessionRouter.prepare` (pure: compiles a
 :meth:`SessionRouter.install` (an atomic reference swap on the event loop), or both at once
 through :meth:`SessionRouter.load_plan`.
 
-Hot path: the common cookie case, "sticky, nothing changed", is answered from a bounded
-cache keyed by the raw Cookie header, which returns a shared route and bumps one integer:
-no HMAC, no allocation. A cached answer is valid until the cookie's next refresh step,
-the session's absolute expiry or its backend's drain deadline, and the cache is dropped
+Hot path: the common cookie case (LB cookie, or AppCookie with its companion), "sticky,
+nothing changed", is answered from a bounded cache keyed by the raw Cookie header, which
+returns a shared route and bumps one integer: no HMAC, no allocation. A cached answer is
+valid until the cookie's next refresh step, the session's absolute expiry or its
+backend's drain deadline, and the cache is dropped
 on every plan change and whenever passive health marks a backend down, so it never
 outlives the facts it was computed from.
 
@@ -37,11 +38,12 @@ reference.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from limpet.affinity import (
@@ -54,20 +56,25 @@ from limpet.affinity import (
     cookie_key,
     decide,
     key_hash,
-    value_key,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, RequestView, Route
 
-from .cookies import CookieRejection, SessionCookie, strip_cookie
+from .companion import parse_app_set_cookie
+from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
-from .sessions import SessionBook
+from .sessions import TABLE_CODES, TABLE_NAMES, SessionBook, sid_hash
 from .settings import RouterSettings
 from .snapshot import Snapshot
-from .stats import BackendStats, RouterStats
+from .stats import AppCookieOutcome, BackendStats, RouterStats
+from .store import Batch, Touch
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
+
+MAX_KEY = (1 << 64) - 1
+STORE_BACKLOG = 1 << 18
+"""Sessions kept for the store while it is away; beyond this the oldest news is dropped."""
 
 MOVED_HEADER = b"Limpet-Session-Moved"
 """The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
@@ -83,6 +90,19 @@ class _Probe:
         self.key_hash = 0
         self.last_seen = 0.0
         self.created = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Held:
+    """A session pinned by a signed cookie, as the routing steps below see it."""
+
+    sc: SessionCookie
+    bind: bytes | None
+    """The app-cookie value an AppCookie companion is bound to; None for the LB cookie."""
+    mode: AffinityType
+    th: int
+    """The key the session is tracked under: its random id's hash, or the app key's."""
+    bid: BackendId
 
 
 class SessionRouter:
@@ -112,6 +132,12 @@ class SessionRouter:
         self._migrations = dict.fromkeys(Reason, 0)
         self._rejected = dict.fromkeys(CookieRejection, 0)
         self._no_backend = 0
+        self._app_outcomes = dict.fromkeys(AppCookieOutcome, 0)
+        # The shared store (store.py): sessions seen since the last write-back (None: no
+        # store), and the cluster-wide counts bounded loads caps against while it answers.
+        self._touched: dict[bytes, tuple[int, float, int]] | None = None
+        self._cluster: dict[BackendId, int] | None = None
+        self._store_stats = dict.fromkeys(("flushes", "fallbacks", "written", "dropped"), 0)
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -130,7 +156,7 @@ class SessionRouter:
         prev = self._snap
         core = CoreRouter(plan, previous=None if prev is None else prev.core)
         s = self._settings
-        return Snapshot(plan, core, granularity=s.cookie_granularity, peer_memo=s.route_cache_size)
+        return Snapshot(plan, core, granularity=plan.granularity, peer_memo=s.route_cache_size)
 
     def install(self, snap: Snapshot) -> None:
         """Switch to a prepared snapshot. Takes effect for the next request."""
@@ -182,24 +208,46 @@ class SessionRouter:
             return None
         return route
 
-    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> None:
-        """Learn app-cookie sessions from the backend's ``Set-Cookie`` values."""
+    def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> Route:
+        """Learn app-cookie sessions from the backend's ``Set-Cookie`` values, and answer
+        the route whose ``Set-Cookie`` the client gets: with the AppCookie companion
+        issued (or deleted) beside the app's own cookie, which passes untouched."""
         prefix = route.session_key
         snap = self._snap
         if prefix is None or not set_cookies or snap is None:
-            return
-        table = self._book.table(AffinityType.APP_COOKIE, snap.plan.affinity)
+            return route
+        book = self._book
+        a = snap.plan.affinity
+        wall = self._wall()
+        companion = snap.companion if route.backend_id in snap.backends else None
+        answer: bytes | None = None
         for header in set_cookies:
-            header = header.lstrip()
-            if not header.startswith(prefix):
+            got = parse_app_set_cookie(header, prefix, wall)
+            if got is None:
                 continue
-            first, _, attrs = header.partition(b";")
-            value = first[len(prefix) :].strip().strip(b'"')
-            # A deletion (empty value or Max-Age=0) teaches nothing; the old value's
-            # entry simply idles out.
-            if value and b"max-age=0" not in attrs.lower().replace(b" ", b""):
-                h = key_hash(value_key(AffinityType.APP_COOKIE, value))
-                table.insert(h, self._book.index(route.backend_id), self._wall())
+            if got.deleted:
+                # The old value's entry simply idles out; its companion goes with it.
+                if companion is not None:
+                    answer = companion.delete(got.scope)
+                continue
+            h = snap.keys.app_hash(got.value)
+            bid = route.backend_id
+            seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
+            idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
+            if companion is not None:
+                answer = companion.issue(
+                    session_id=b"",
+                    backend_id=bid,
+                    key_hash=h,
+                    issued=companion.floor(wall if seen is None else seen),
+                    wall=wall,
+                    bind=got.value,
+                    tail=got.scope.pack(),
+                )
+        if answer is None:
+            return route
+        return dataclasses.replace(route, set_cookie=answer)
 
     def backend_failed(self, backend_id: BackendId) -> None:
         generation = self._health.generation
@@ -219,21 +267,43 @@ class SessionRouter:
     def _route(self, snap: Snapshot, req: RequestView, wall: float) -> Route | None:
         cookie = req.cookie
         lb_values: list[bytes] = []
+        companions: list[bytes] = []
         rest = cookie
         stripped = False
         if snap.cookie_probe is not None and cookie is not None and snap.cookie_probe in cookie:
             assert snap.cookie_name is not None
             lb_values, rest = strip_cookie(cookie, snap.cookie_name)
             stripped = bool(lb_values)
+        probe = snap.companion_probe
+        if probe is not None and rest is not None and probe in rest:
+            assert snap.companion_name is not None
+            companions, left = strip_cookie(rest, snap.companion_name)
+            if companions:
+                rest, stripped = left, True
         walk = self._walk
         for n, (mode, table) in enumerate(walk):
             if table is None:  # the LB cookie
                 if lb_values:
-                    sc = self._decode(snap, lb_values, wall)
+                    sc = self._decode(snap.codec, lb_values, wall)
                     if sc is not None:
-                        return self._cookie_session(snap, sc, cookie, rest, wall)
+                        return self._held(snap, sc, None, cookie, rest, wall)
                 return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
-            h = snap.keys.hash(mode, req)
+            if mode is AffinityType.APP_COOKIE and snap.companion is not None:
+                value = snap.keys.app_value(cookie)
+                if value is None:
+                    if companions:
+                        self._app_outcomes[AppCookieOutcome.APP_COOKIE_MISSING] += 1
+                    continue
+                if companions:
+                    sc = self._decode(snap.companion, companions, wall, bind=value)
+                    if sc is not None:
+                        return self._held(snap, sc, value, cookie, rest, wall)
+                    self._app_outcomes[AppCookieOutcome.COMPANION_REJECTED] += 1
+                else:
+                    self._app_outcomes[AppCookieOutcome.COMPANION_MISSING] += 1
+                h: int | None = snap.keys.app_hash(value)
+            else:
+                h = snap.keys.hash(mode, req)
             if h is not None:
                 placed = self._learned(snap, table, h, wall)
                 if placed is None:
@@ -244,12 +314,18 @@ class SessionRouter:
 
     # -- cookie sessions ------------------------------------------------------------------
 
-    def _decode(self, snap: Snapshot, values: list[bytes], wall: float) -> SessionCookie | None:
-        codec = snap.codec
+    def _decode(
+        self,
+        codec: CookieCodec | None,
+        values: list[bytes],
+        wall: float,
+        *,
+        bind: bytes | None = None,
+    ) -> SessionCookie | None:
         assert codec is not None
         first: CookieRejection | None = None
         for v in values:
-            got = codec.decode(v, wall)
+            got = codec.decode(v, wall, bind=bind)
             if isinstance(got, SessionCookie):
                 return got
             first = first or got
@@ -257,47 +333,57 @@ class SessionRouter:
             self._rejected[first] += 1
         return None
 
-    def _cookie_session(
+    def _held(
         self,
         snap: Snapshot,
         sc: SessionCookie,
+        bind: bytes | None,
         header: bytes | None,
         rest: bytes | None,
         wall: float,
     ) -> Route | None:
-        codec = snap.codec
+        """A session whose signed cookie names its backend: the LB cookie (``bind`` is
+        ``None``) or the AppCookie companion of app-cookie value ``bind``."""
+        codec = snap.codec if bind is None else snap.companion
         assert codec is not None
-        bid = BackendId(sc.backend_id)
+        a = snap.plan.affinity
+        # Cookie sessions are tracked by their random id, app sessions by their key.
+        held = _Held(
+            sc=sc,
+            bind=bind,
+            mode=AffinityType.COOKIE if bind is None else AffinityType.APP_COOKIE,
+            th=sid_hash(sc.session_id) if bind is None else sc.key_hash,
+            bid=BackendId(sc.backend_id),
+        )
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
-        seen = self._book.cookie_last_seen(sc.session_id, bid, snap.plan.affinity)
+        seen = self._book.last_seen(held.mode, held.th, held.bid, a)
         if seen is not None:
             bound = max(bound, seen + codec.granularity)
-        d = self._decide(snap, bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
+        d = self._decide(snap, held.bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
         reason = d.reason
         new = d.backend
         if reason is not None and new is None:
-            if reason is not Reason.DRAIN or not self._health.available(bid, self._clock()):
+            if reason is not Reason.DRAIN or not self._health.available(held.bid, self._clock()):
                 return None
             reason = None  # nowhere to drain to: stay on the still-serving backend
         if reason is None:
-            return self._cookie_stays(snap, sc, bid, header, rest, wall)
+            return self._held_stays(snap, codec, held, header, rest, wall)
         assert new is not None
-        return self._cookie_moves(snap, sc, bid, new, reason, header, rest, wall)
+        return self._held_moves(snap, codec, held, new, reason, header, rest, wall)
 
-    def _cookie_stays(
+    def _held_stays(
         self,
         snap: Snapshot,
-        sc: SessionCookie,
-        bid: BackendId,
+        codec: CookieCodec,
+        held: _Held,
         header: bytes | None,
         rest: bytes | None,
         wall: float,
     ) -> Route:
         """The session keeps its backend; its cookie is refreshed once per step."""
-        codec = snap.codec
-        assert codec is not None
+        sc, bid = held.sc, held.bid
         refresh = codec.needs_refresh(sc, wall)
         set_cookie = None
         if refresh:
@@ -307,9 +393,12 @@ class SessionRouter:
                 key_hash=sc.key_hash,
                 issued=sc.issued,
                 wall=wall,
+                bind=held.bind,
+                tail=sc.tail,
             )
         route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
-        idx = self._book.track_cookie(sc.session_id, bid, wall, snap.plan.affinity)
+        idx = self._book.track(held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued)
+        self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
         if refresh:
             # One refresh per step: a client that keeps the old cookie is not sent
             # the new one again on every response of this step.
@@ -320,11 +409,11 @@ class SessionRouter:
             self._cache_put(snap, header, route, codec.refresh_due(sc), sc, bid, idx)
         return route
 
-    def _cookie_moves(
+    def _held_moves(
         self,
         snap: Snapshot,
-        sc: SessionCookie,
-        bid: BackendId,
+        codec: CookieCodec,
+        held: _Held,
         new: BackendId,
         reason: Reason,
         header: bytes | None,
@@ -333,19 +422,30 @@ class SessionRouter:
     ) -> Route:
         """The affinity core moves the session (or it expired): a new cookie, and the
         moved header when the backend changes."""
-        codec = snap.codec
-        assert codec is not None
+        sc, bid, th = held.sc, held.bid, held.th
         issued = sc.issued
         session_id = sc.session_id
         if reason is Reason.EXPIRED:
-            session_id, issued = os.urandom(12), codec.floor(wall)
+            issued = codec.floor(wall)
+            if held.bind is None:
+                session_id = os.urandom(12)
+                th = sid_hash(session_id)
         set_cookie = codec.issue(
-            session_id=session_id, backend_id=new, key_hash=sc.key_hash, issued=issued, wall=wall
+            session_id=session_id,
+            backend_id=new,
+            key_hash=sc.key_hash,
+            issued=issued,
+            wall=wall,
+            bind=held.bind,
+            tail=sc.tail,
         )
         if new != bid or reason is not Reason.EXPIRED:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
-        idx = self._book.track_cookie(session_id, new, wall, snap.plan.affinity)
+        idx = self._book.track(held.mode, th, new, wall, snap.plan.affinity, created=issued)
+        old = -1 if new == bid else self._book.index(bid)
+        code = TABLE_CODES[TABLE_NAMES[held.mode]]
+        self._note(code, th, idx, wall, new=old < 0, moved_from=old)
         route = snap.route(new, rest, True, moved, set_cookie)
         # The client may keep sending the old cookie until it stores the new one: answer
         # it with the new pin for the rest of this step, without announcing a second move.
@@ -382,7 +482,9 @@ class SessionRouter:
             if found is None:
                 return None
             bid = found
-        self._book.track_cookie(session_id, bid, wall, snap.plan.affinity)
+        th = sid_hash(session_id)
+        idx = self._book.track(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
         )
@@ -418,33 +520,123 @@ class SessionRouter:
     ) -> tuple[BackendId, tuple[tuple[bytes, bytes], ...]] | None:
         """Look up or place a learned-mode session: ``(backend, headers to add)``."""
         i = t.find(h)
+        code = TABLE_CODES[t.name]
         if i < 0:
             found = self._place(snap, h, wall)
             if found is None:
                 return None
-            t.insert(h, self._book.index(found), wall)
+            idx = self._book.index(found)
+            t.insert(h, idx, wall)
+            self._note(code, h, idx, wall, new=True)
             return found, NO_HEADERS
-        bid = self._ids[t.backend(i)]
+        old = t.backend(i)
+        bid = self._ids[old]
         d = self._decide(snap, bid, h, t.last_seen(i), t.created(i), wall)
         reason = d.reason
         new = d.backend
         if reason is None:
             t.touch(i, wall)
+            self._note(code, h, old, wall)
             return bid, NO_HEADERS
         if new is None:
             if reason is Reason.DRAIN and self._health.available(bid, self._clock()):
                 t.touch(i, wall)
+                self._note(code, h, old, wall)
                 return bid, NO_HEADERS
             return None
+        idx = self._book.index(new)
         if reason is Reason.EXPIRED:
             t.remove(h)
-            t.insert(h, self._book.index(new), wall)
-            if new == bid:
-                return bid, NO_HEADERS
+            t.insert(h, idx, wall)
         else:
-            t.move(i, self._book.index(new), wall)
+            t.move(i, idx, wall)
+        self._note(code, h, idx, wall, moved_from=old)
+        if new == bid:
+            return bid, NO_HEADERS
         self._migrations[reason] += 1
         return new, ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
+
+    # -- the shared store ---------------------------------------------------------------
+
+    def _note(
+        self, code: int, h: int, idx: int, wall: float, *, new: bool = False, moved_from: int = -1
+    ) -> None:
+        """Remember a session seen (placed, moved) for the next store write-back."""
+        touched = self._touched
+        if touched is None:
+            return
+        member = bytes((code,)) + (h & MAX_KEY).to_bytes(8, "little")
+        prev = touched.get(member)
+        if prev is not None and prev[2] >= 0 and moved_from >= 0:
+            moved_from = prev[2]
+        if moved_from == idx:
+            moved_from = -1
+        touched[member] = (idx, wall, moved_from)
+        cluster = self._cluster
+        if cluster is not None and (new or moved_from >= 0):
+            bid = self._ids[idx]
+            cluster[bid] = cluster.get(bid, 0) + 1
+            if moved_from >= 0:
+                gone = self._ids[moved_from]
+                cluster[gone] = max(0, cluster.get(gone, 0) - 1)
+
+    def store_attached(self) -> None:
+        """A store is configured: start noting sessions for it."""
+        if self._touched is None:
+            self._touched = {}
+
+    def store_detached(self) -> None:
+        """No store (any more): local counts, nothing noted."""
+        self._touched = None
+        self._cluster = None
+
+    def take_touches(self) -> Batch:
+        """The sessions noted since the last call, as one write-back batch."""
+        self.store_attached()
+        touched, self._touched = self._touched or {}, {}
+        self._store_stats["written"] += len(touched)
+        ids = self._ids
+        snap = self._snap
+        wall = self._wall()
+        a = None if snap is None else snap.plan.affinity
+        live = None if a is None else (a.idle_timeout or a.absolute_timeout)
+        store = None if snap is None else snap.plan.session_store
+        slack = 60.0 if store is None else store.ttl_slack
+        return Batch(
+            touches=[
+                Touch(m, ids[i], seen, None if f < 0 else ids[f])
+                for m, (i, seen, f) in touched.items()
+            ],
+            backends=[] if snap is None else [b.id for b in snap.plan.backends],
+            now=wall,
+            live_since=None if live is None else wall - live,
+            ttl=max(1, int((live or 86400.0) + slack)),
+        )
+
+    def store_counts(self, counts: Mapping[str, int]) -> None:
+        """The store answered: cap bounded loads against these cluster-wide counts."""
+        self._store_stats["flushes"] += 1
+        self._cluster = {BackendId(b): n for b, n in counts.items()}
+
+    def store_failed(self, batch: Batch) -> None:
+        """The store did not answer: local counts again; keep the batch for the next try."""
+        self._store_stats["fallbacks"] += 1
+        self._cluster = None
+        touched = self._touched
+        if touched is None:
+            return
+        numbers = self._numbers
+        for t in batch.touches:
+            if len(touched) >= STORE_BACKLOG:
+                self._store_stats["dropped"] += 1
+                continue
+            if t.member not in touched and t.backend in numbers:
+                f = -1 if t.moved_from is None else numbers.get(t.moved_from, -1)
+                touched[t.member] = (numbers[t.backend], t.last_seen, f)
+
+    def _loads(self) -> Mapping[BackendId, int]:
+        cluster = self._cluster
+        return self._book.loads if cluster is None else cluster
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -462,11 +654,11 @@ class SessionRouter:
         p.key_hash = h
         p.last_seen = last_seen
         p.created = created
-        return decide(p, snap.core, wall, loads=self._book.loads, exclude=self._down())
+        return decide(p, snap.core, wall, loads=self._loads(), exclude=self._down())
 
     def _place(self, snap: Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""
-        return snap.core.route_new(h, wall, self._book.loads, exclude=self._down())
+        return snap.core.route_new(h, wall, self._loads(), exclude=self._down())
 
     def _down(self) -> AbstractSet[BackendId]:
         """Backends passive health has marked down: the affinity core excludes them."""
@@ -496,6 +688,13 @@ class SessionRouter:
             backends=backends,
             migrations={r.value: n for r, n in self._migrations.items()},
             rejected_cookies={r.value: n for r, n in self._rejected.items()},
+            app_cookie={o.value: n for o, n in self._app_outcomes.items()},
+            store={}
+            if self._touched is None
+            else {**self._store_stats, "up": int(self._cluster is not None)},
+            cluster=None
+            if self._cluster is None
+            else {str(b): n for b, n in self._cluster.items()},
             no_backend=self._no_backend,
             learned=book.table_stats(),
         )

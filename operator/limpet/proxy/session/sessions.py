@@ -32,6 +32,16 @@ TABLE_NAMES = {
 }
 
 
+TABLE_CODES = {
+    "cookie": ord("C"),
+    "app-cookie": ord("A"),
+    "header": ord("H"),
+    "query": ord("Q"),
+    "client-ip": ord("I"),
+}
+"""One byte per table, prefixed to a session's key in the shared store."""
+
+
 def sid_hash(session_id: bytes) -> int:
     """The cookie-session tracker's key: the random session id's first 8 bytes."""
     return int.from_bytes(session_id[:8], "little")
@@ -117,28 +127,45 @@ class SessionBook:
                 idle_timeout=affinity.idle_timeout, absolute_timeout=affinity.absolute_timeout
             )
 
-    def track_cookie(
-        self, session_id: bytes, bid: BackendId, wall: float, affinity: AffinitySettings
+    def track(
+        self,
+        mode: AffinityType,
+        h: int,
+        bid: BackendId,
+        wall: float,
+        affinity: AffinitySettings,
+        *,
+        created: float | None = None,
     ) -> int:
-        """Count a cookie session on ``bid`` as seen at ``wall``. Returns the backend number."""
+        """Count session ``h`` of ``mode`` on ``bid`` as seen at ``wall`` (inserting it,
+        created at ``created``, when new). Returns the backend number."""
         idx = self.index(bid)
-        t = self.table(AffinityType.COOKIE, affinity)
-        h = sid_hash(session_id)
+        t = self.table(mode, affinity)
         i = t.find(h)
         if i < 0:
-            t.insert(h, idx, wall)
+            t.insert(h, idx, wall, created=created)
         elif t.backend(i) != idx:
             t.move(i, idx, wall)
         else:
             t.touch(i, wall)
         return idx
 
-    def cookie_last_seen(
-        self, session_id: bytes, bid: BackendId, affinity: AffinitySettings
+    def created(
+        self, mode: AffinityType, h: int, bid: BackendId, affinity: AffinitySettings
     ) -> float | None:
-        """When this process last saw the cookie session on ``bid`` (``None``: not there)."""
-        t = self.table(AffinityType.COOKIE, affinity)
-        i = t.find(sid_hash(session_id))
+        """When session ``h`` of ``mode`` began on ``bid``, as this process knows it."""
+        t = self.table(mode, affinity)
+        i = t.find(h)
+        if i >= 0 and self.ids[t.backend(i)] == bid:
+            return t.created(i)
+        return None
+
+    def last_seen(
+        self, mode: AffinityType, h: int, bid: BackendId, affinity: AffinitySettings
+    ) -> float | None:
+        """When this process last saw session ``h`` of ``mode`` on ``bid`` (``None``: not there)."""
+        t = self.table(mode, affinity)
+        i = t.find(h)
         if i >= 0 and self.ids[t.backend(i)] == bid:
             return t.last_seen(i)
         return None

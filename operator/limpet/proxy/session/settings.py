@@ -15,9 +15,6 @@ class RouterSettings:
 
     learned_capacity: int = 1_000_000
     """Entries per learned table (one table per key mode, one for cookie sessions)."""
-    cookie_granularity: int = 5
-    """Seconds: the LB cookie's time resolution and its refresh interval while active.
-    Keep it below the smallest drain/rebalance minIdle, and equal on every replica."""
     route_cache_size: int = 65536
     health_backoff: float = 1.0
     health_backoff_cap: float = 30.0
@@ -27,5 +24,3 @@ class RouterSettings:
     def __post_init__(self) -> None:
         if self.learned_capacity < 1 or self.route_cache_size < 0 or self.sweep_budget < 1:
             raise ValueError("router capacities must be positive")
-        if self.cookie_granularity < 1:
-            raise ValueError("cookie_granularity must be at least 1 second")

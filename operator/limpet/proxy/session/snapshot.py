@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from limpet.affinity import (
+    AffinitySettings,
     AffinityType,
     Backend,
     BackendId,
@@ -28,6 +29,7 @@ from limpet.affinity import (
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, Route
 
+from .companion import CompanionCodec
 from .cookies import CookieAttributes, CookieCodec, SigningKey
 from .request_keys import RequestKeys
 
@@ -38,6 +40,9 @@ class Snapshot:
     __slots__ = (
         "backends",
         "codec",
+        "companion",
+        "companion_name",
+        "companion_probe",
         "cookie_name",
         "cookie_primary",
         "cookie_probe",
@@ -55,7 +60,6 @@ class Snapshot:
         self.core = core
         self.modes = a.modes
         self.backends: Mapping[BackendId, Backend] = plan.backend_map()
-        self.cookie_primary = a.type is AffinityType.COOKIE
         self.codec: CookieCodec | None = None
         self.cookie_name: bytes | None = None
         self.cookie_probe: bytes | None = None
@@ -70,6 +74,26 @@ class Snapshot:
             )
             self.cookie_name = a.cookie.name.encode("ascii")
             self.cookie_probe = self.cookie_name + b"="
+        # AppCookie as the primary mode, with signing keys: the companion LB cookie
+        # (companion.py) pins the app's sessions on every replica without shared state.
+        self.companion: CompanionCodec | None = None
+        self.companion_name: bytes | None = None
+        self.companion_probe: bytes | None = None
+        if a.type is AffinityType.APP_COOKIE and plan.cookie_keys:
+            name = companion_name(a)
+            self.companion = CompanionCodec(
+                name=name,
+                keys=[SigningKey(k.id, k.secret) for k in plan.cookie_keys],
+                backends=self.backends,
+                granularity=granularity,
+                idle_timeout=a.idle_timeout,
+                absolute_timeout=a.absolute_timeout,
+            )
+            self.companion_name = name.encode("ascii")
+            self.companion_probe = self.companion_name + b"="
+        # The primary session lives in a signed cookie (the LB cookie or the companion):
+        # the router may cache its answers by the raw Cookie header.
+        self.cookie_primary = a.type is AffinityType.COOKIE or self.companion is not None
         self.keys = RequestKeys(a, peer_memo=peer_memo)
         # The app cookie's "NAME=" prefix: routes carry it so the engine hands the
         # backend's matching Set-Cookie values back to the router to learn from.
@@ -101,6 +125,11 @@ class Snapshot:
             self.session_key,
             stripped,
         )
+
+
+def companion_name(a: AffinitySettings) -> str:
+    """The AppCookie companion's name: the LB cookie's name + ``APP`` (``LIMPETAPP``)."""
+    return a.cookie.name + "APP"
 
 
 def cookie_attributes(c: CookieSettings, absolute_timeout: float | None) -> CookieAttributes:

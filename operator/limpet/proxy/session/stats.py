@@ -10,9 +10,20 @@ counters; the admin API serves :meth:`RouterStats.to_dict` as ``GET /v1/stats``;
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class AppCookieOutcome(enum.Enum):
+    """A request that carried only one of the app cookie and its companion, or a
+    companion that failed verification; the value is the metric label. Each is served
+    (from the learned table, or as a request without a key), never refused."""
+
+    COMPANION_MISSING = "companion_missing"
+    APP_COOKIE_MISSING = "app_cookie_missing"
+    COMPANION_REJECTED = "companion_rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,12 @@ class RouterStats:
     rejected_cookies: Mapping[str, int]
     no_backend: int
     learned: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    app_cookie: Mapping[str, int] = field(default_factory=dict)
+    store: Mapping[str, int] = field(default_factory=dict)
+    """Store write-backs (flushes, fallbacks, written, dropped) and ``up`` (0/1); empty:
+    no store configured."""
+    cluster: Mapping[str, int] | None = None
+    """Distinct live sessions per backend across every replica (from the store)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served by ``GET /v1/stats`` (and merged across workers)."""
@@ -49,6 +66,9 @@ class RouterStats:
             },
             "migrations": dict(self.migrations),
             "rejectedCookies": dict(self.rejected_cookies),
+            "appCookie": dict(self.app_cookie),
+            "sessionStore": dict(self.store),
+            "clusterSessions": None if self.cluster is None else dict(self.cluster),
             "learned": {name: dict(v) for name, v in self.learned.items()},
         }
 
@@ -69,11 +89,15 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "backends": {},
         "migrations": {},
         "rejectedCookies": {},
+        "appCookie": {},
+        "sessionStore": {},
+        "clusterSessions": None,
         "learned": {},
     }
     versions: list[int] = []
     missing = False
-    for p in parts:
+    parts_list = list(parts)
+    for p in parts_list:
         v = p.get("planVersion")
         if isinstance(v, int):
             versions.append(v)
@@ -89,13 +113,18 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             acc["requests"] += b.get("requests", 0)
             if _HEALTH_RANK.get(b.get("health", "up"), 0) > _HEALTH_RANK[acc["health"]]:
                 acc["health"] = b["health"]
-        for key in ("migrations", "rejectedCookies"):
+        if out["clusterSessions"] is None and p.get("clusterSessions") is not None:
+            out["clusterSessions"] = dict(p["clusterSessions"])  # the same store for all
+        for key in ("migrations", "rejectedCookies", "appCookie", "sessionStore"):
             for reason, n in p.get(key, {}).items():
                 out[key][reason] = out[key].get(reason, 0) + n
         for name, t in p.get("learned", {}).items():
             acc_t = out["learned"].setdefault(name, {})
             for k, n in t.items():
                 acc_t[k] = acc_t.get(k, 0) + n
+    ups = [p["sessionStore"]["up"] for p in parts_list if "up" in p.get("sessionStore", {})]
+    if ups:
+        out["sessionStore"]["up"] = min(ups)  # up only while every worker reaches it
     if versions and not missing:
         out["planVersion"] = min(versions)
     return out

@@ -1,0 +1,93 @@
+"""The loop that writes the session router's batches to the shared store and brings back
+cluster-wide session counts (see ``limpet.proxy.session.store`` for the data flow).
+
+Once per last-seen step of the router's plan, :class:`StoreSync` takes the router's batch
+and flushes it to the store the plan names (built by a factory, rebuilt when the plan's
+``sessionStore`` changes). A failure or a timeout (``sessionStore.timeout``) makes the
+router fall back to its own counts and keep the batch; the transition is logged once.
+Concurrency: one task on the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from limpet.affinity import SessionStoreSettings
+from limpet.proxy.session.routing import SessionRouter
+from limpet.proxy.session.store import SessionStore
+
+log = logging.getLogger("limpet.proxy.store")
+
+StoreFactory = Callable[[SessionStoreSettings], SessionStore]
+
+
+class StoreSync:
+    """Writes the router's batches to the store of the router's plan, once per interval."""
+
+    def __init__(self, router: SessionRouter, factory: StoreFactory) -> None:
+        self._router = router
+        self._factory = factory
+        self._settings: SessionStoreSettings | None = None
+        self._store: SessionStore | None = None
+        self._up = True
+
+    async def run(self) -> None:
+        """Flush forever, at the plan's last-seen step (cancel to stop)."""
+        try:
+            while True:
+                plan = self._router.plan
+                await asyncio.sleep(1.0 if plan is None else float(plan.granularity))
+                await self.flush()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the store client (the loop may be restarted afterwards)."""
+        await self._switch(None)
+
+    async def flush(self) -> bool:
+        """One write-back; ``True`` when the store answered."""
+        plan = self._router.plan
+        settings = None if plan is None else plan.session_store
+        if settings != self._settings:
+            await self._switch(settings)
+        store = self._store
+        if store is None or settings is None:
+            self._router.store_detached()
+            return False
+        batch = self._router.take_touches()
+        try:
+            counts = await asyncio.wait_for(store.flush(batch), settings.timeout)
+        except Exception as exc:  # any failure of the store: fall back, never fail traffic
+            self._router.store_failed(batch)
+            if self._up:
+                log.warning(
+                    "session store %s unavailable, using local counts: %r", settings.address, exc
+                )
+            self._up = False
+            return False
+        self._router.store_counts(counts)
+        if not self._up:
+            log.info("session store %s is back", settings.address)
+        self._up = True
+        return True
+
+    async def _switch(self, settings: SessionStoreSettings | None) -> None:
+        old, self._store, self._settings = self._store, None, settings
+        if old is not None:
+            try:
+                await old.close()
+            except Exception:
+                log.exception("closing the session store failed")
+        if settings is not None:
+            self._store = self._factory(settings)
+
+
+def start_store_sync(router: SessionRouter) -> Callable[[], None]:
+    """Run :class:`StoreSync` with the Redis store on this loop; returns its stopper."""
+    from limpet.proxy.process.redis_store import RedisStore
+
+    task = asyncio.get_running_loop().create_task(StoreSync(router, RedisStore).run())
+    return task.cancel  # type: ignore[return-value]

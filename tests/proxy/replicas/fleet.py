@@ -1,0 +1,236 @@
+"""A fleet for multi-replica tests: real counter backends (the demo app, which judges
+every request of every session itself), several ``limpet proxy`` replicas, and
+browser-like users that pick a replica at random for every request.
+
+Data flow: :class:`Counters` starts ``python -m limpet.demo.backend`` processes on
+loopback ports; the replicas are started with the proxy fixture's factory; a
+:class:`User` keeps a cookie jar exactly as a browser would (``Set-Cookie`` stored,
+``Max-Age=0`` deletes) and sends each request, over ``http.client`` (a parser that is not
+the proxy's), to a replica a seeded random generator picks. The app's verdict
+(``new``, ``continued``, ``reloaded`` after an announced move, ``broken`` after an
+unannounced one) is the oracle; :class:`Tally` sums them per phase. Only loopback
+addresses are used; every process started here is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from limpet.affinity import Plan
+
+from ..conftest import Proxy, _env, _stop
+
+LOOPBACK = ("--host", "127.0.0.1", "--port", "0")
+LISTENING = re.compile(r"counter (\S+) listening on \S+:(\d+)")
+
+
+@dataclass
+class CounterApp:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: the pod dies with its sessions."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stats(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/stats")
+            result: dict[str, Any] = json.loads(conn.getresponse().read())
+            return result
+        finally:
+            conn.close()
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.apps: dict[str, CounterApp] = {}
+
+    def start(self, name: str) -> CounterApp:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "limpet.demo.backend", *LOOPBACK, "--name", name],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=_env(),
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        m = LISTENING.search(line)
+        if m is None:
+            _stop(proc)
+            raise RuntimeError(f"counter {name} did not start: {line!r}")
+        app = CounterApp(name, int(m[2]), proc)
+        self.apps[name] = app
+        return app
+
+    def close(self) -> None:
+        for app in self.apps.values():
+            _stop(app.proc)
+
+
+@dataclass
+class Tally:
+    verdicts: Counter[str] = field(default_factory=Counter)
+    moves: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.verdicts.update(other.verdicts)
+        self.moves.update(other.moves)
+        self.errors += other.errors
+
+
+@dataclass
+class User:
+    """A browser (a cookie jar), or with ``keyed`` a script that names its session in
+    ``X-Demo-Session`` and ``?sid=``, from ``source`` (a loopback address of its own);
+    and the pod the app last answered from."""
+
+    name: str
+    keyed: bool = False
+    source: str | None = None
+    jar: dict[str, str] = field(default_factory=dict)
+    pod: str | None = None
+    pods: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def request(self, replica: Proxy, tally: Tally) -> None:
+        where = None if self.source is None else (self.source, 0)
+        conn = http.client.HTTPConnection(*replica.address, timeout=10, source_address=where)
+        try:
+            headers = {"Accept": "application/json"}
+            target = f"/u/{self.name}"
+            if self.keyed:
+                headers["X-Demo-Session"] = self.name
+                headers["X-Demo-Count"] = str(self.count)
+                target += f"?sid={self.name}"
+            if self.jar:
+                headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                tally.errors.append(f"{self.name}: {resp.status} {body[:80]!r}")
+                return
+            for value in resp.headers.get_all("Set-Cookie") or []:
+                name, _, rest = value.partition("=")
+                if re.search(r"(?i);\s*max-age=0(;|$)", value):
+                    self.jar.pop(name, None)
+                else:
+                    self.jar[name] = rest.split(";")[0]
+        except OSError as exc:
+            tally.errors.append(f"{self.name}: {exc!r}")
+            return
+        finally:
+            conn.close()
+        doc = json.loads(body)
+        tally.verdicts[doc["verdict"]] += 1
+        if doc["moved"]:
+            tally.moves[doc["moved"]] += 1
+        self.pod = doc["pod"]
+        self.pods.append(doc["pod"])
+        self.count = doc["count"]
+
+
+def rounds(
+    users: list[User],
+    replicas: list[Proxy],
+    rng: random.Random,
+    *,
+    count: int,
+    gap: float,
+) -> Tally:
+    """``count`` rounds in which every user (in a shuffled order) sends one request to a
+    random replica, ``gap`` seconds apart: the users' think time."""
+    tally = Tally()
+    for n in range(count):
+        if n:
+            time.sleep(gap)
+        order = list(users)
+        rng.shuffle(order)
+        for user in order:
+            user.request(rng.choice(replicas), tally)
+    return tally
+
+
+def push(replicas: list[Proxy], plan: Plan) -> None:
+    """Send ``plan`` to every replica's admin API, as the operator would."""
+    body = plan.to_json().encode()
+    for p in replicas:
+        status, answer = p.admin("PUT", "/v1/plan", body)
+        assert status == 200, answer
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is missing: run tools/apt-deps.sh (Debian's redis-server)")
+        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.tmp), "--protected-mode", "yes"]
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> bytes:
+        """One command in RESP, the raw reply (for the test's own look at the store)."""
+        out = f"*{len(args)}\r\n".encode()
+        for a in args:
+            out += f"${len(a.encode())}\r\n{a}\r\n".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(out)
+            return s.recv(1 << 16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
