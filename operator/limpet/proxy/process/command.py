@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     _source_options(parser.add_argument_group("what to serve"))
     _store_options(
-        parser.add_argument_group("session store (standalone mode; with --plan the plan's sessionStore)")
+        parser.add_argument_group(
+            "session store (standalone mode; with --plan the plan's sessionStore)"
+        )
     )
     _process_options(parser.add_argument_group("process"))
     _limit_options(parser.add_argument_group("timeouts (seconds) and limits"))
