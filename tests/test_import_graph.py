@@ -7,9 +7,7 @@ name`` is an edge to ``package.name`` when that is a module, else to ``package``
 package's ``__init__`` is not counted as imported by its submodules (Python runs it, but
 the dependency is the other way round), which is how import-linter counts too.
 
-A cycle is reported as the modules around it, e.g. ``a -> b -> a``. Cycles another
-branch is removing are listed in ``KNOWN_FOREIGN_CYCLES`` (each one named, to be emptied
-when that work merges); any other cycle, and any listed one that is gone, fails.
+A cycle is reported as the modules around it, e.g. ``a -> b -> a``; there must be none.
 """
 
 from __future__ import annotations
@@ -20,16 +18,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "operator"
 PACKAGE = "limpet"
-
-KNOWN_FOREIGN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # affinity.plan: Plan.to_json/from_json/to_dict/from_dict import the codec inside
-        # the methods, and the codec builds Plans. tests/proxy calls these methods, so
-        # removing them waits for the proxy branch (then callers use plan_to_json & co.).
-        frozenset({"limpet.affinity.plan.codec", "limpet.affinity.plan.model"}),
-    }
-)
-"""Strongly connected components waiting for other branches, each as its set of modules."""
 
 
 def module_files(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -142,10 +130,7 @@ def test_the_package_has_no_import_cycles() -> None:
     files = module_files()
     graph = import_graph(files)
     found = cycles(graph)
-    new = [c for c in found if frozenset(c) not in KNOWN_FOREIGN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(describe(graph, c) for c in new)
-    stale = KNOWN_FOREIGN_CYCLES - {frozenset(c) for c in found}
-    assert not stale, f"these allowed cycles are gone, remove them from the list: {stale}"
+    assert not found, "import cycles:\n" + "\n".join(describe(graph, c) for c in found)
 
 
 def test_the_checker_finds_a_cycle_hidden_under_type_checking(tmp_path: Path) -> None:

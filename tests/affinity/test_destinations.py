@@ -34,6 +34,7 @@ from limpet.affinity import (
     released_fraction,
     table,
 )
+from limpet.affinity.plan import plan_from_json, plan_to_json
 
 from .strategies import IDS, KEY, NOW, hashes, plans, sessions
 
@@ -159,7 +160,7 @@ def test_sessions_on_excluded_backends_fail_over(
 def test_replicas_agree_with_loads_and_exclusions(
     plan: Plan, batch: list[Session], loads: dict[BackendId, int], exclude: frozenset[BackendId]
 ) -> None:
-    a, b = Router(plan), Router(Plan.from_json(plan.to_json()))
+    a, b = Router(plan), Router(plan_from_json(plan_to_json(plan)))
     for s in batch:
         for now in (NOW, NOW + 45):
             got = decide(s, a, now, loads=loads, exclude=exclude)

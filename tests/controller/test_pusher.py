@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from limpet.affinity import BackendId
+from limpet.affinity.plan import plan_to_json
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
 from limpet.controller.effects.pusher import ProxyReport, ProxyTarget, Pusher, PushReport
 from limpet.controller.model.settings import BackoffSettings, PushSettings
@@ -36,7 +37,7 @@ def _plan(version: int, port: int = 9) -> bytes:
         backends=(Backend(id=BackendId("b1"), address="127.0.0.1", port=port),),
         cookie_keys=(CookieKey(id="k1", secret=b"s" * 32),),
     )
-    return plan.to_json().encode()
+    return plan_to_json(plan).encode()
 
 
 @pytest.fixture

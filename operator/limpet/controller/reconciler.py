@@ -48,6 +48,7 @@ from typing import Any
 import aiohttp
 
 from limpet.affinity.ids import BackendId
+from limpet.affinity.plan import plan_to_json
 from limpet.controller.debounce import Debouncer
 from limpet.controller.effects.key_lifecycle import KeyLifecycle
 from limpet.controller.effects.metrics import OperatorMetrics, StickyServiceSample
@@ -381,7 +382,7 @@ class Reconciler:
 
     async def _push(self, pusher: Pusher, result: PlanResult) -> None:
         plan = result.plan
-        await pusher.set_plan(plan.version, plan.to_json().encode())
+        await pusher.set_plan(plan.version, plan_to_json(plan).encode())
         counts: dict[str, int] = {}
         for b in plan.backends:
             counts[b.state.value] = counts.get(b.state.value, 0) + 1

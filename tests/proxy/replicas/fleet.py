@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from limpet.affinity import Plan
+from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxy, _env, _stop
 
@@ -173,7 +174,7 @@ def rounds(
 
 def push(replicas: list[Proxy], plan: Plan) -> None:
     """Send ``plan`` to every replica's admin API, as the operator would."""
-    body = plan.to_json().encode()
+    body = plan_to_json(plan).encode()
     for p in replicas:
         status, answer = p.admin("PUT", "/v1/plan", body)
         assert status == 200, answer

@@ -26,6 +26,7 @@ from limpet.affinity import (
     BalanceSettings,
     Plan,
 )
+from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxies
 from .fleet import Counters, User, rounds
@@ -58,7 +59,7 @@ def test_learned_keys_agree_across_replicas_while_nothing_moves(
         balance=BalanceSettings(load_factor=100.0),
     )
     path = tmp_path / "plan.json"
-    path.write_text(plan.to_json())
+    path.write_text(plan_to_json(plan))
     replicas = [proxy.start("--plan", str(path)) for _ in range(3)]
     users = [User(f"k{i}", keyed=True, source=f"127.0.0.{10 + i}") for i in range(USERS)]
     tally = rounds(users, replicas, random.Random(5), count=4, gap=0.1)

@@ -28,6 +28,7 @@ from limpet.affinity import (
     Plan,
     RebalanceSchedule,
 )
+from limpet.affinity.plan import plan_to_json
 from limpet.proxy.process.command import load_cookie_key
 
 from ..conftest import Proxies, Proxy
@@ -94,7 +95,7 @@ def test_sessions_agree_across_replicas_through_every_phase(
     # Started as the operator runs them: from a plan, saving every pushed plan, so that
     # a restarted replica comes back on the newest plan it was given.
     first = tmp_path / "plan.json"
-    first.write_text(_plan(1, apps, affinity, key_file).to_json())
+    first.write_text(plan_to_json(_plan(1, apps, affinity, key_file)))
     replicas: list[Proxy] = []
     for i in range(REPLICAS):
         state = tmp_path / f"state-{i}"

@@ -27,6 +27,7 @@ from limpet.affinity import (
     Plan,
     SessionStoreSettings,
 )
+from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxies, Proxy
 from .fleet import Counters, RedisServer, Tally, User, rounds
@@ -95,7 +96,7 @@ def test_cluster_counts_survive_a_store_outage(
         cookie_keys=(CookieKey(id="k", secret=b"s" * 32),),
     )
     path = tmp_path / "plan.json"
-    path.write_text(plan.to_json())
+    path.write_text(plan_to_json(plan))
     replicas = [proxy.start("--plan", str(path)) for _ in range(3)]
     users = [User(f"u{i}") for i in range(USERS)]
     total = Tally()

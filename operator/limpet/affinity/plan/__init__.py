@@ -1,8 +1,8 @@
 """The plan schema (version 1): the whole contract between the operator and the proxies.
 
-``Plan`` and its parts are frozen, self-validating dataclasses; ``Plan.to_json`` /
-``Plan.from_json`` (or :func:`plan_to_json` / :func:`plan_from_json`) convert canonically
-and strictly, raising :class:`PlanError` with the JSON path of any bad field. The schema
+``Plan`` and its parts are frozen, self-validating dataclasses; :func:`plan_to_json` /
+:func:`plan_from_json` (and the ``_dict`` pair) in ``codec`` convert canonically and
+strictly, raising :class:`PlanError` with the JSON path of any bad field. The schema
 is documented in ``docs/plan.md``. Pure values, no I/O.
 """
 

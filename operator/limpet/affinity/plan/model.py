@@ -468,29 +468,3 @@ class Plan:
     def table_weights(self) -> dict[BackendId, int]:
         """The weights of the backends that own slots (Warming and Active), by id."""
         return {b.id: b.weight for b in self.backends if b.state.takes_new_sessions}
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON-ready dict (camelCase keys) of this plan."""
-        from .codec import plan_to_dict
-
-        return plan_to_dict(self)
-
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys, compact): equal plans give equal text."""
-        from .codec import plan_to_json
-
-        return plan_to_json(self)
-
-    @classmethod
-    def from_dict(cls, data: object) -> Plan:
-        """Parse and validate a decoded JSON object; raises :class:`PlanError`."""
-        from .codec import plan_from_dict
-
-        return plan_from_dict(data)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Plan:
-        """Parse and validate JSON text; raises :class:`PlanError`."""
-        from .codec import plan_from_json
-
-        return plan_from_json(text)
