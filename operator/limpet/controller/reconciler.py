@@ -120,8 +120,14 @@ class Reconciler:
         self._store_refs = StoreRefs(
             client, self.namespace, spec=lambda: self._spec, on_change=self._publish
         )
-        self._report = StatusReporter(
-            client=client,
+        self._report = self._status_reporter(settings, events, body)
+
+    def _status_reporter(
+        self, settings: OperatorSettings, events: EventSink, body: Mapping[str, Any]
+    ) -> StatusReporter:
+        """The writer of this object's status, seeded with what status said at start."""
+        return StatusReporter(
+            client=self._client,
             settings=settings,
             events=events,
             namespace=self.namespace,
