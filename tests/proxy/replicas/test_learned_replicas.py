@@ -13,7 +13,6 @@ recommends Cookie or AppCookie with several replicas; neither is asserted here.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,6 @@ from .fleet import Counters, User, rounds
 pytestmark = pytest.mark.timeout(120)
 
 USERS = 30
-
-
-@pytest.fixture
-def counters() -> Iterator[Counters]:
-    factory = Counters()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 @pytest.mark.parametrize("kind", [AffinityType.HEADER, AffinityType.QUERY, AffinityType.CLIENT_IP])

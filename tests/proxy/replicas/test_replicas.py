@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,6 @@ pytestmark = pytest.mark.timeout(240)
 
 USERS = 36
 REPLICAS = 3
-
-
-@pytest.fixture
-def counters() -> Iterator[Counters]:
-    factory = Counters()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 def _plan(

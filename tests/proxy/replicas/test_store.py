@@ -38,15 +38,6 @@ USERS = 30
 
 
 @pytest.fixture
-def counters() -> Iterator[Counters]:
-    factory = Counters()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     server.start()
