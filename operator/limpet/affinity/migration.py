@@ -15,10 +15,13 @@ Order of the rules (the first that applies wins):
    caller (a proxy excludes the backends its passive health has marked down); immediate;
 3. drain: the pinned backend is Draining and the session is idle for ``drain.minIdle``,
    or the backend's drain deadline has passed;
-4. rebalance: a rebalance schedule is active, the "from" table put this key on the pinned
-   backend, the current table puts it elsewhere, the key's release fraction is below the
-   schedule's released fraction, the session is idle for ``rebalance.minIdle``, the new
-   owner is not excluded and (when loads are given) it is under its bounded-load cap;
+4. rebalance: a rebalance schedule is active; the current table puts this key elsewhere
+   than its pinned backend; either the "from" table put it on the pinned backend, or its
+   new owner is a member the "from" table did not have (so a session pinned before its
+   key was known, as an app cookie's is, still moves to a pod that joined); the key's
+   release fraction is below the schedule's released fraction; the session is idle for
+   ``rebalance.minIdle``; the new owner is not excluded and (when loads are given) it is
+   under its bounded-load cap;
 5. otherwise keep.
 
 Destinations: expired, failover and drain go where a new session of the key would go
@@ -118,6 +121,8 @@ class CompiledPlan(Protocol):
     def source_owners(self) -> tuple[BackendId, ...]: ...
     @property
     def source_size(self) -> int: ...
+    @property
+    def joined(self) -> AbstractSet[BackendId]: ...
 
     def move(
         self,
@@ -225,7 +230,9 @@ def decide(
         return KEEP
     h = session.key_hash
     target = router.owners[h % router.size]
-    if target == backend or router.source_owners[h % router.source_size] != backend:
+    if target == backend or (
+        router.source_owners[h % router.source_size] != backend and target not in router.joined
+    ):
         return KEEP
     if idle < schedule.min_idle or release_fraction(h) >= released_fraction(schedule, now):
         return KEEP

@@ -34,6 +34,7 @@ class Router:
         "drain_deadlines",
         "drain_min_idle",
         "idle_timeout",
+        "joined",
         "load_factor",
         "members",
         "owners",
@@ -87,6 +88,7 @@ class Router:
         self.source: SlotTable | None = None
         self.source_owners: tuple[BackendId, ...] = ()
         self.source_size = 1
+        self.joined: frozenset[BackendId] = frozenset()
         if plan.rebalance is not None and self.target is not None:
             self.schedule = plan.rebalance
             self.source = _table(
@@ -94,6 +96,7 @@ class Router:
             )
             self.source_owners = self.source.owners
             self.source_size = self.source.size
+            self.joined = frozenset(self.members) - frozenset(self.source.members)
         self._decisions: dict[tuple[Reason, BackendId | None], Decision] = {
             (reason, m): Decision(reason, m) for reason in Reason for m in (*self.members, None)
         }
