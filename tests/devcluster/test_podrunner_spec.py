@@ -83,6 +83,22 @@ def test_an_unknown_image_is_err_image_pull_naming_it() -> None:
     assert "busybox" in e.value.message  # what is known
 
 
+@pytest.mark.parametrize("mount_path", ["/venv", "/", "/venv/bin"])
+def test_a_volume_over_the_image_s_own_files_is_refused_by_path(mount_path: str) -> None:
+    # The limpet image is the host's virtualenv (/venv here): an emptyDir over it
+    # would hide the entrypoint, which would only show as "not found in $PATH".
+    volume = {"image": "limpet", "volumeMounts": [{"name": "tmp", "mountPath": mount_path}]}
+    with pytest.raises(ConfigError) as e:
+        plan(volume)
+    assert e.value.reason == "CreateContainerConfigError"
+    assert mount_path in e.value.message and "/venv" in e.value.message
+
+
+def test_a_volume_beside_the_image_s_files_is_fine() -> None:
+    volume = {"image": "limpet", "volumeMounts": [{"name": "tmp", "mountPath": "/venvs"}]}
+    assert plan(volume).mounts[0].path == "/venvs"
+
+
 def test_downward_api_fields() -> None:
     def f(path: str) -> str:
         return field_value(POD, path, pod_ip="10.200.0.5", host_ip="10.200.0.1")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from limpet.devcluster.podrunner.images import Image, ImageTable
@@ -381,6 +382,22 @@ def _argv(container: Mapping[str, Any], image: Image, env: Mapping[str, str]) ->
     return argv
 
 
+def _check_image_visible(container: Mapping[str, Any], image: Image) -> None:
+    """A volume mounted over the image's own files would hide them, as on a real node;
+    the image here is the host's virtualenv, so a checkout under ``/tmp`` meets an
+    ``emptyDir`` at ``/tmp``. Say so rather than fail later with "not found in $PATH"."""
+    for m in container.get("volumeMounts", []):
+        mount = PurePosixPath(m["mountPath"])
+        for path in map(PurePosixPath, image.paths):
+            if path == mount or mount in path.parents or path in mount.parents:
+                raise ConfigError(
+                    "CreateContainerConfigError",
+                    f'volume "{m["name"]}" mounted at {mount} would hide (part of) the '
+                    f"image's {path}; run the pod runner from a checkout and virtualenv outside "
+                    f"{mount} (see docs/devcluster.md)",
+                )
+
+
 def container_plan(
     pod: Mapping[str, Any],
     container: Mapping[str, Any],
@@ -400,6 +417,7 @@ def container_plan(
             f"(known: {', '.join(table.known())}); see docs/devcluster.md",
         )
     uid, gid, groups, read_only = _security(pod, container, image)
+    _check_image_visible(container, image)
     env = container_env(
         container, pod, image, sources, pod_ip=pod_ip, host_ip=host_ip, service_env=service_env
     )
