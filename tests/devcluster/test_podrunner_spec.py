@@ -91,7 +91,8 @@ def test_a_volume_over_the_image_s_own_files_is_refused_by_path(mount_path: str)
     with pytest.raises(ConfigError) as e:
         plan(volume)
     assert e.value.reason == "CreateContainerConfigError"
-    assert mount_path in e.value.message and "/venv" in e.value.message
+    assert mount_path in e.value.message
+    assert "/venv" in e.value.message
 
 
 def test_a_volume_beside_the_image_s_files_is_fine() -> None:
