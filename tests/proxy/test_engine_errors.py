@@ -219,7 +219,7 @@ def test_response_timeout_504(one: tuple[Backend, Proxy]) -> None:
         started = time.monotonic()
         r = c.request("GET", "/sleep?s=5")
         assert r.status == 504
-        assert time.monotonic() - started < 4
+        assert 1.0 <= time.monotonic() - started < 4  # never early, though the clock is coarse
     assert p.stats()["engine"]["timeouts"].get("response", 0) == 1
 
 

@@ -85,9 +85,12 @@ class UpstreamPool:
         self.max_idle = settings.pool_max_idle
         self.max_headers = settings.max_headers
         self.max_header_bytes = settings.max_header_bytes
-        self.pool_idle_timeout = settings.pool_idle_timeout
-        self.response_timeout = settings.response_timeout
-        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
+        # Deadlines are set from the coarse clock, which may lag one tick: add it, as the
+        # server does for the client side, so that no timeout fires early.
+        tick = settings.sweep_interval
+        self.pool_idle_timeout = settings.pool_idle_timeout + tick
+        self.response_timeout = settings.response_timeout + tick
+        self.tunnel_idle_timeout = settings.tunnel_idle_timeout + tick
 
     def _backend(self, backend_id: str, host: str, port: int) -> PooledBackend:
         b = self._backends.get(backend_id)
