@@ -78,6 +78,8 @@ class ProxySettings:
     pool_max_idle: int = 64
     pool_idle_timeout: float = 30.0
     address_override: Mapping[Address, Address] = field(default_factory=_frozen_map)
+    # Metrics.
+    latency_histogram: bool = True
     # Process level.
     token_file: Path | None = None
     state_dir: Path | None = None

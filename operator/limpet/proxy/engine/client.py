@@ -327,6 +327,9 @@ class ClientConnection(Exchange):
 
     def upgraded(self, up: UpstreamConnection) -> None:
         """The backend answered 101: pipe raw bytes both ways from now on."""
+        route = self.route
+        if route is not None:  # counted and timed at the switch: a tunnel has no end
+            self.stats.answered(route.backend_id, self.status, self.started)
         self.phase = P_TUNNEL
         self.deadline = 0.0
         buffered = self.upgrade_buf

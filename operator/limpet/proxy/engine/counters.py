@@ -1,10 +1,16 @@
 """The engine's coarse clock and its counters: leaves every engine module may import.
 
 One :class:`Clock` and one :class:`EngineStats` per process, created by the server and
-read and written from the event loop only.
+read and written from the event loop only. Per-backend figures (status classes, upstream
+errors, the duration histogram) live in ``backend_stats.py``, keyed by backend id here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
+from time import perf_counter
+
+from limpet.proxy.engine.backend_stats import BackendCounters, backends_dict, prune
 
 
 class Clock:
@@ -22,6 +28,7 @@ class EngineStats:
     is the cheapest thing Python can do."""
 
     __slots__ = (
+        "backends",
         "broken_responses",
         "connections_accepted",
         "connections_active",
@@ -31,13 +38,16 @@ class EngineStats:
         "responses",
         "retries",
         "timeouts",
+        "timing",
         "tunnels",
         "upstream_connect_failures",
         "upstream_connects",
         "upstream_reuses",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, timing: bool = True) -> None:
+        self.timing = timing  # the request-duration histogram (--no-latency-histogram)
+        self.backends: dict[str, BackendCounters] = {}
         self.connections_accepted = 0
         self.connections_active = 0
         self.connections_rejected = 0
@@ -58,7 +68,21 @@ class EngineStats:
     def timeout(self, kind: str) -> None:
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
-    def as_dict(self) -> dict[str, object]:
+    def backend(self, backend_id: str) -> BackendCounters:
+        b = self.backends.get(backend_id)
+        if b is None:
+            b = self.backends[backend_id] = BackendCounters()
+        return b
+
+    def answered(self, backend_id: str, status: int, started: float) -> None:
+        """A routed request's answer is out; ``started`` is its ``perf_counter`` start
+        (0.0 when not timed)."""
+        self.backend(backend_id).answered(status, perf_counter() - started if started else None)
+
+    def as_dict(self, *, keep: Collection[str] | None = None) -> dict[str, object]:
+        """The JSON form; ``keep`` (the plan's backend ids) forgets the backends gone."""
+        if keep is not None:
+            prune(self.backends, keep)
         return {
             "connections_accepted": self.connections_accepted,
             "connections_active": self.connections_active,
@@ -73,4 +97,5 @@ class EngineStats:
             "upstream_reuses": self.upstream_reuses,
             "local_responses": {str(k): v for k, v in sorted(self.local_responses.items())},
             "timeouts": dict(sorted(self.timeouts.items())),
+            "backends": backends_dict(self.backends, timed=self.timing),
         }

@@ -26,6 +26,7 @@ none is left.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
@@ -108,7 +109,9 @@ class Exchange(asyncio.Protocol):
         "router",
         "scan",
         "server",
+        "started",
         "stats",
+        "status",
         "transport",
         "trusted",
         "up",
@@ -161,6 +164,8 @@ class Exchange(asyncio.Protocol):
         self.idempotent = True
         self.retried = False  # rerouted once after a connect failure
         self.redialled = False  # dialled afresh once after a pooled connection died
+        self.started = 0.0  # perf_counter at the head's end (0.0: not timed)
+        self.status = 0  # of the final answer (the backend's, or the proxy's own)
 
     # -- the exchange --------------------------------------------------------------------
 
@@ -195,7 +200,10 @@ class Exchange(asyncio.Protocol):
 
     def _begin(self, method: bytes, version: str, keep_alive: bool) -> None:
         """A new exchange: reset its state."""
-        self.stats.requests += 1
+        stats = self.stats
+        stats.requests += 1
+        self.started = perf_counter() if stats.timing else 0.0
+        self.status = 0
         self.active = True
         self.deadline = 0.0
         self.request_done = False
@@ -336,6 +344,7 @@ class Exchange(asyncio.Protocol):
 
     def _dial_failed(self, route: Route) -> None:
         """Nothing was sent: retry once on another backend, else answer 503/502."""
+        self.stats.backend(route.backend_id).error("connect")
         if self.retried:
             self.router.backend_failed(route.backend_id)
             self._answer(502)
@@ -399,6 +408,9 @@ class Exchange(asyncio.Protocol):
     def response_done(self) -> None:
         """Called by the upstream connection (or a local answer) when the answer is out."""
         self.response_finished = True
+        route = self.route
+        if route is not None:
+            self.stats.answered(route.backend_id, self.status, self.started)
         up = self.up
         if up is not None and up.client is self:
             up.abort()  # the answer ended before the request did: not reusable
@@ -432,6 +444,7 @@ class Exchange(asyncio.Protocol):
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""
         self.stats.local(status)
+        self.status = status
         close = not self.keep_alive or (
             not self.request_done and (self.scan.has_body or self.upgrade_requested)
         )
@@ -463,20 +476,29 @@ class Exchange(asyncio.Protocol):
             return
         if reset:
             self.router.backend_failed(route.backend_id)
+        self._backend_error("reset")
         self._answer(502)
 
     def upstream_aborted(self) -> None:
         """The backend went away in the middle of an answer: cut the client short too."""
         self.up = None
+        self._backend_error("reset")
         self.abort()
 
     def upstream_broken(self) -> None:
         """The backend sent something that is not HTTP: 502, or cut short mid-answer."""
+        self._backend_error("invalid_response")
         self._upstream_error(502)
 
     def upstream_timeout(self) -> None:
         """The backend stayed silent past the response timeout: 504, or cut short."""
+        self._backend_error("timeout")
         self._upstream_error(504)
+
+    def _backend_error(self, kind: str) -> None:
+        route = self.route
+        if route is not None:
+            self.stats.backend(route.backend_id).error(kind)
 
     def _upstream_error(self, status: int) -> None:
         self.up = None

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Collection
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.client import ClientConnection
@@ -38,7 +39,7 @@ class Server:
     def __init__(self, *, settings: ProxySettings, router: RouterPort) -> None:
         self.settings = settings
         self.router = router
-        self.stats = EngineStats()
+        self.stats = EngineStats(timing=settings.latency_histogram)
         self.classes = http.HeaderClasses()
         self.clients: set[ClientConnection] = set()
         tick = settings.sweep_interval
@@ -108,8 +109,10 @@ class Server:
             log.exception("timeout sweep failed")
         self._sweeper = loop.call_later(self.tick, self._sweep)
 
-    def stats_dict(self) -> dict[str, object]:
-        out = self.stats.as_dict()
+    def stats_dict(self, *, keep: Collection[str] | None = None) -> dict[str, object]:
+        """The engine's counters; ``keep``: the backend ids of the plan in use (the
+        per-backend figures of any other are dropped)."""
+        out = self.stats.as_dict(keep=keep)
         out["upstream_idle"] = self.pool.idle_count() if self._pool is not None else 0
         return out
 

@@ -53,6 +53,7 @@ class ClientSide(Protocol):
     write_paused: bool
     response_started: bool
     half_closed: bool
+    status: int
 
     def response_done(self) -> None: ...
     def upstream_failed(self, up: UpstreamConnection, *, reset: bool) -> None: ...
@@ -351,6 +352,7 @@ class UpstreamConnection(asyncio.Protocol):
         te = scan.transfer_encoding
         if te is not None and not http.response_coding_clean(te):
             raise httptools.HttpParserError("ambiguous Transfer-Encoding")
+        client.status = status
         route = client.route
         assert route is not None
         if scan.set_cookies is not None:
@@ -402,6 +404,7 @@ class UpstreamConnection(asyncio.Protocol):
             if not client.upgrade_requested:
                 raise httptools.HttpParserError("unexpected 101")
             self._out.append(http.build_switching_head(status, self._reason, scan))
+            client.status = status
             client.response_started = True
             self.state = TUNNEL
             return

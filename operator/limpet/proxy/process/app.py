@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from limpet.affinity import Plan
 from limpet.proxy.engine.server import Server
 from limpet.proxy.process.admin import StatsSource, make_admin_app
+from limpet.proxy.process.backend_metrics import backend_families
 from limpet.proxy.process.state import PlanGate, PlanStore
 from limpet.proxy.process.store_sync import start_store_sync
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
@@ -133,6 +134,7 @@ class EngineCollector(Collector):
         for kind, n in sorted(e.get("timeouts", {}).items()):
             timeouts.add_metric([kind], n)
         yield timeouts
+        yield from backend_families(e)
 
 
 class TappedStats:
@@ -195,7 +197,7 @@ class _LocalStats:
 
     def stats(self) -> dict[str, Any]:
         out = self._router.stats().to_dict()
-        out["engine"] = self._server.stats_dict()
+        out["engine"] = self._server.stats_dict(keep=out["backends"])
         return out
 
 

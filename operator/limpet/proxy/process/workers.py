@@ -39,6 +39,7 @@ from typing import Any
 
 from limpet.affinity import Plan
 from limpet.affinity.plan.codec import MAX_PLAN_BYTES, plan_from_dict, plan_to_dict
+from limpet.proxy.engine.backend_stats import merge_backends
 from limpet.proxy.engine.server import Server
 from limpet.proxy.process.app import (
     announce,
@@ -68,10 +69,13 @@ def _encode(message: Mapping[str, Any]) -> bytes:
 
 
 def merge_engine(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Sum engine counters across workers (nested dicts are summed key by key)."""
-    out: dict[str, Any] = {}
+    """Sum engine counters across workers (nested dicts are summed key by key, the
+    per-backend figures bucket by bucket)."""
+    out: dict[str, Any] = {"backends": merge_backends(p.get("backends", {}) for p in parts)}
     for part in parts:
         for key, value in part.items():
+            if key == "backends":
+                continue
             if isinstance(value, dict):
                 acc = out.setdefault(key, {})
                 for k, n in value.items():
@@ -339,7 +343,7 @@ async def _worker(fd: int) -> int:
                         log.exception("worker could not load a plan the supervisor accepted")
                 elif op == "stats":
                     stats = router.stats().to_dict()
-                    stats["engine"] = server.stats_dict()
+                    stats["engine"] = server.stats_dict(keep=stats["backends"])
                     writer.write(_encode({"op": "stats", "id": message["id"], "stats": stats}))
         stop.set()  # the supervisor is gone: so are we
 
