@@ -266,9 +266,12 @@ def start_limpet(
     workers: int,
     cpus: str,
     profile: Path | None = None,
+    extra: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> Peer:
-    """``limpet proxy`` in standalone cookie mode. With ``profile``, the proxy runs under
-    pyinstrument, which writes its text report there when the proxy stops."""
+    """``limpet proxy`` in standalone cookie mode, with ``extra`` options. With
+    ``profile``, the proxy runs under pyinstrument, which writes its text report there
+    when the proxy stops."""
     port = free_port()
     token = tmp / "token"
     token.write_text("bench-token\n")
@@ -296,6 +299,7 @@ def start_limpet(
         "warning",
         "--affinity",
         "cookie",
+        *extra,
     ]
     for i, p in enumerate(backends):
         argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
@@ -305,5 +309,6 @@ def start_limpet(
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"limpet did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
-    name = "limpet" if workers == 1 else f"limpet --workers {workers}"
+    if name is None:
+        name = "limpet" if workers == 1 else f"limpet --workers {workers}"
     return Peer(name, port, proc.pid, "LIMPET")

@@ -32,7 +32,9 @@ assertions). Then limpet with ``--workers 2`` (pinned to both cores, ``one`` onl
 HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default), and the
 memory of one million learned sessions. With ``--profile FILE`` limpet runs under
 pyinstrument (``pip install pyinstrument``), which writes its report to FILE at the end;
-its figures then include the profiler's cost.
+its figures then include the profiler's cost. ``--histogram-cost`` adds limpet with
+``--no-latency-histogram`` to every workload (and the POST runs) and prints limpet's
+ratios to it: the cost of the request-duration histogram.
 
 Run: ``python -m bench proxy [--duration S] [--rounds N] [--workload one|cycle|new]
 [--quick]`` (``--help`` for all). It needs ``haproxy``, ``nginx``, ``caddy`` and
@@ -84,6 +86,7 @@ WORKLOADS = {
 RPS_TARGETS = {"one": 0.65, "cycle": 0.65, "new": 0.5}
 P99_TARGET = 2.0
 HAPROXY = "haproxy (1 thread)"
+NO_HISTOGRAM = "limpet, no histogram"
 TOOLS = ("haproxy", "nginx", "caddy", "wrk", "taskset")
 
 
@@ -159,6 +162,19 @@ def target_line(workload: str, limpet: Result, haproxy: Result) -> str:
     )
 
 
+def histogram_line(workload: str, results: list[Result]) -> str:
+    """Limpet with its request-duration histogram against limpet without (if both ran)."""
+    on = next((r for r in results if r.name == "limpet"), None)
+    off = next((r for r in results if r.name == NO_HISTOGRAM), None)
+    if on is None or off is None:
+        return ""
+    return (
+        f"histogram on / off ({workload}): {on.rps / off.rps:.3f} x req/s, "
+        f"{on.per_core / off.per_core if off.per_core else 0:.3f} x req/s per core, "
+        f"{on.p99_ms / off.p99_ms:.2f} x p99"
+    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench proxy",
@@ -190,6 +206,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", type=Path, help="run limpet under pyinstrument; its text report goes here"
+    )
+    parser.add_argument(
+        "--histogram-cost",
+        action="store_true",
+        help=f"add limpet --no-latency-histogram ({NO_HISTOGRAM!r}) to every workload and "
+        "print limpet's ratios to it",
     )
     parser.add_argument("--json", type=Path, help="also write every median result here")
     parser.add_argument(
@@ -249,6 +271,13 @@ def measure(
         start_nginx(procs, tmp, backends, core=proxy_core),
         start_limpet(procs, tmp, backends, workers=1, cpus=proxy_core, profile=args.profile),
     ]
+    if args.histogram_cost:
+        extra = ("--no-latency-histogram",)
+        peers.append(
+            start_limpet(
+                procs, tmp, backends, workers=1, cpus=proxy_core, extra=extra, name=NO_HISTOGRAM
+            )
+        )
     plans = plan_loads(tmp, peers, args.workload, args.cycle)
     if "one" in plans and not args.no_workers:
         w2 = start_limpet(procs, tmp, backends, workers=2, cpus=both)
@@ -260,7 +289,7 @@ def measure(
         posting = [
             (peer, Load(header=load.header, script=post))
             for peer, load in plans["one"]
-            if peer.name in (HAPROXY, "limpet")
+            if peer.name in (HAPROXY, "limpet", NO_HISTOGRAM)
         ]
     run = functools.partial(
         run_wrk,
@@ -311,9 +340,11 @@ def main(argv: list[str]) -> int:
         print(table(results, haproxy))
         limpet = next(r for r in results if r.name == "limpet")
         print(target_line(workload, limpet, haproxy))
+        print(histogram_line(workload, results))
     if posts:
         print(f"\nPOST with a {args.post_bytes}-byte body, one session cookie, same set-up:")
         print(table(posts, posts[0]))
+        print(histogram_line("POST", posts))
     if args.profile is not None:
         print(
             f"\nlimpet ran under pyinstrument (its figures include the profiler's cost): "
