@@ -11,12 +11,17 @@ backend (failover). Then:
   PodMonitors label them, loads files/prometheus-rules.yaml, and answers every dashboard
   query and every alert expression (and its left-hand side, before the threshold)
   without error and with at least one series; every alerting rule evaluates with
-  health "ok".
+  health "ok". The users keep sending requests while Prometheus scrapes, so the
+  queries over the proxies' per-backend answers and request-duration histogram (rates,
+  error ratios, latency percentiles) must give numbers, not NaN: a rate over a window
+  without traffic would be 0 and a percentile NaN, which shows nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
 import shutil
 from pathlib import Path
@@ -67,7 +72,20 @@ async def bad_request(url: str) -> bytes:
     return head
 
 
-async def exercise(http: aiohttp.ClientSession, scene: Scene) -> None:
+# Queries whose value depends on traffic in the rate window: they must be numbers.
+TRAFFIC_METRICS = ("limpet_proxy_backend_responses_total", "limpet_proxy_request_duration_seconds")
+
+
+async def keep_browsing(http: aiohttp.ClientSession, scene: Scene, users: list[User]) -> None:
+    """The users' requests, a few a second, until cancelled."""
+    proxies = scene.fleet.urls()
+    while True:
+        for i, user in enumerate(users):
+            await user.get(http, proxies[i % 2])
+        await asyncio.sleep(0.2)
+
+
+async def exercise(http: aiohttp.ClientSession, scene: Scene) -> list[User]:
     proxies = scene.fleet.urls()
     users = [User(f"u{i}") for i in range(20)]
     for _ in range(3):
@@ -83,6 +101,7 @@ async def exercise(http: aiohttp.ClientSession, scene: Scene) -> None:
     await scene.converged()
     for i, user in enumerate(users):
         await user.get(http, proxies[i % 2])
+    return users
 
 
 @pytest.fixture
@@ -147,7 +166,7 @@ async def test_alerts_and_dashboard_against_running_proxies_and_operator(
     scene = await scenes.open(
         operator_args=["--standalone", f"--metrics-listen=127.0.0.1:{operator_port}"]
     )
-    await exercise(http, scene)
+    users = await exercise(http, scene)
     token = scene.fleet.token_file.read_text()
 
     # Every metric the alerts and the dashboard name is exposed by a proxy or the operator.
@@ -178,12 +197,16 @@ async def test_alerts_and_dashboard_against_running_proxies_and_operator(
         log_path=prometheus_dir / "prometheus.log",
     )
     prom.start()
+    browsing = asyncio.get_running_loop().create_task(keep_browsing(http, scene, users))
     try:
         await check_prometheus(http, base, scene)
     except BaseException:
         print(prom.tail(40))
         raise
     finally:
+        browsing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await browsing
         prom.stop(timeout=10)
 
 
@@ -211,6 +234,8 @@ async def check_prometheus(http: aiohttp.ClientSession, base: str, scene: Scene)
     for alert, expr in rule_exprs().items():
         exprs[f"alert {alert}"] = expr
         exprs[f"alert {alert} (left-hand side)"] = without_threshold(expr)
+    traffic = [n for n, e in exprs.items() if any(m in e for m in TRAFFIC_METRICS)]
+    assert len(traffic) >= 8  # the dashboard's per-backend panels and two alerts' sides
     failures = {}
     for name, expr in exprs.items():
         got = await query(http, base, expr)
@@ -218,6 +243,10 @@ async def check_prometheus(http: aiohttp.ClientSession, base: str, scene: Scene)
             failures[name] = got.get("error")
         elif not got["data"]["result"] and not _is_full_alert(name):
             failures[name] = "no series"
+        elif name in traffic and not _is_full_alert(name):
+            values = [float(r["value"][1]) for r in got["data"]["result"]]
+            if not any(math.isfinite(v) for v in values):
+                failures[name] = f"no number: {values}"
     assert failures == {}
 
     async def rules_evaluated() -> list[dict[str, Any]] | None:
