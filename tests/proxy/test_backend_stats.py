@@ -40,7 +40,7 @@ durations = st.lists(
 def recorded(values: list[float]) -> BackendCounters:
     c = BackendCounters()
     for v in values:
-        c.answered(200, v)
+        c.timed(v)
     return c
 
 
@@ -70,7 +70,7 @@ def test_merge_equals_recording_everything_in_one_place(parts: list[list[float]]
     whole = recorded([v for p in parts for v in p]).as_dict()
     assert merged["b"]["duration"]["buckets"] == whole["duration"]["buckets"]
     assert math.isclose(merged["b"]["duration"]["sum"], whole["duration"]["sum"], abs_tol=1e-9)
-    assert merged["b"]["responses"] == whole["responses"]
+    assert merged["b"]["errors"] == whole["errors"]
 
 
 def test_status_classes_and_errors() -> None:
@@ -133,8 +133,10 @@ def test_rendered_families_read_back_by_an_independent_parser() -> None:
     stats = EngineStats()
     b = stats.backend("s1")
     for v in (0.0002, 0.003, 0.003, 0.7, 12.0):
-        b.answered(200, v)
-    b.answered(503, 0.0001)
+        b.answered(200, 0.0)
+        b.timed(v)
+    b.answered(503, 0.0)
+    b.timed(0.0001)
     b.error("reset")
     got = exposition({"backends": backends_dict(stats.backends, timed=True)})
     buckets = got["limpet_proxy_request_duration_seconds_bucket"]

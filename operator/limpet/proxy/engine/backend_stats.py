@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping
+from time import perf_counter
 from typing import Any, Final
 
 DURATION_BOUNDS: Final = (
@@ -60,12 +61,17 @@ class BackendCounters:
         self.classes = [0] * 10
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
 
-    def answered(self, status: int, elapsed: float | None) -> None:
-        """An answer with ``status``; ``elapsed`` seconds, or None when not timed."""
+    def answered(self, status: int, started: float) -> None:
+        """An answer with ``status`` to a request that started at ``started`` (its
+        ``perf_counter``; 0.0 when not timed)."""
         self.classes[status // 100 if 0 <= status < 1000 else 0] += 1
-        if elapsed is not None:
-            self.buckets[bisect_left(DURATION_BOUNDS, elapsed)] += 1
-            self.duration_sum += elapsed
+        if started:
+            self.timed(perf_counter() - started)
+
+    def timed(self, elapsed: float) -> None:
+        """One duration into its bucket: the first whose bound is at least ``elapsed``."""
+        self.buckets[bisect_left(DURATION_BOUNDS, elapsed)] += 1
+        self.duration_sum += elapsed
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1

@@ -8,7 +8,6 @@ errors, the duration histogram) live in ``backend_stats.py``, keyed by backend i
 from __future__ import annotations
 
 from collections.abc import Collection
-from time import perf_counter
 
 from limpet.proxy.engine.backend_stats import BackendCounters, backends_dict, prune
 
@@ -77,7 +76,10 @@ class EngineStats:
     def answered(self, backend_id: str, status: int, started: float) -> None:
         """A routed request's answer is out; ``started`` is its ``perf_counter`` start
         (0.0 when not timed)."""
-        self.backend(backend_id).answered(status, perf_counter() - started if started else None)
+        b = self.backends.get(backend_id)
+        if b is None:
+            b = self.backend(backend_id)
+        b.answered(status, started)
 
     def as_dict(self, *, keep: Collection[str] | None = None) -> dict[str, object]:
         """The JSON form; ``keep`` (the plan's backend ids) forgets the backends gone."""
