@@ -10,9 +10,11 @@ dropped from the plan drops its series.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
+import aiohttp
 import pytest
 
 from limpet.affinity.plan.codec import plan_to_json
@@ -129,3 +131,24 @@ def test_connect_errors_and_series_of_a_backend_gone_from_the_plan(
     m = p.metrics()
     assert not [k for k in m if 'backend="dead"' in k]
     assert answers(m, "live", "2xx") == 20  # the backend that stays keeps its counts
+
+
+async def test_an_upgrade_counts_once_as_1xx_timed_to_the_switch(
+    backends: Backends, proxy: Proxies
+) -> None:
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(p.url("/ws")) as ws,
+    ):
+        for i in range(3):
+            await ws.send_str(f"m{i}")
+            assert (await ws.receive()).data == f"b1:m{i}"
+        await asyncio.sleep(0.6)  # the tunnel stays open: its lifetime is not a duration
+        m = p.metrics()
+        await ws.close()
+    assert answers(m, "s1", "1xx") == 1
+    assert answers(m, "s1", "2xx") == 0
+    assert bucket(m, "s1", "+Inf") == 1
+    assert bucket(m, "s1", "0.5") == 1
