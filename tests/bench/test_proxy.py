@@ -85,6 +85,16 @@ def test_target_line_states_met_and_not_met() -> None:
     assert "2.50 x p99 (target <= 2: not met)" in line
 
 
+def test_histogram_line_compares_limpet_with_and_without() -> None:
+    on = Result("limpet", 95.0, 0.5, 2.0, 1.0, 0.5, 0)  # 190 req/s per core
+    off = Result(proxy.NO_HISTOGRAM, 100.0, 0.5, 1.0, 1.0, 0.5, 0)  # 200 per core
+    line = proxy.histogram_line("one", [on, off])
+    assert line == "histogram on / off (one): 0.950 x req/s, 0.950 x req/s per core, 2.00 x p99"
+    assert proxy.histogram_line("one", [on]) == ""  # without --histogram-cost
+    assert proxy.parse_args(["--histogram-cost"]).histogram_cost
+    assert not proxy.parse_args([]).histogram_cost
+
+
 @pytest.mark.parametrize(
     "cookie", ["no-equals-sign", 'a="quoted"', "a=b;c=d", "a=back\\slash", "a=b c"]
 )
