@@ -156,13 +156,13 @@ async def check_prometheus(http: aiohttp.ClientSession, base: str, *, targets: i
         exprs[f"alert {alert}"] = expr
         exprs[f"alert {alert} (left-hand side)"] = without_threshold(expr)
     traffic = {n for n, e in exprs.items() if any(m in e for m in TRAFFIC_METRICS)}
-    assert len(traffic) >= 8  # the dashboard's per-backend panels and two alerts' sides
+    assert len(traffic) >= 8, traffic  # the per-backend panels and two alerts' sides
     failures = {}
     for name, expr in exprs.items():
         problem = _problem(name, await query(http, base, expr), name in traffic)
         if problem is not None:
             failures[name] = problem
-    assert failures == {}
+    assert failures == {}, "\n".join(f"{n}: {p}\n  {exprs[n]}" for n, p in failures.items())
 
     async def rules_evaluated() -> list[dict[str, Any]] | None:
         async with http.get(f"{base}/api/v1/rules") as resp:
@@ -172,5 +172,5 @@ async def check_prometheus(http: aiohttp.ClientSession, base: str, *, targets: i
         return rules if rules and evaluated else None
 
     rules = await eventually(rules_evaluated, within=20, what="every rule evaluated")
-    assert {r["name"] for r in rules} == set(rule_exprs())
-    assert {r["name"]: r["health"] for r in rules} == dict.fromkeys(rule_exprs(), "ok")
+    health = {r["name"]: r["health"] for r in rules}
+    assert health == dict.fromkeys(rule_exprs(), "ok"), health

@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FLAG",
         help="extra kube-apiserver flag for the local control plane (for tests, e.g. audit)",
     )
+    parser.add_argument(
+        "--operator-metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the operator's Prometheus metrics there (the proxies serve theirs on "
+        "<pod IP>:9901/metrics with the token in <report dir>/logs/admin-token)",
+    )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             work_dir=report_dir / "logs",
             use_kubeconfig=os.environ.get(ENV_USE_KUBECONFIG) == "1",
             apiserver_args=tuple(args.apiserver_arg),
+            operator_metrics=args.operator_metrics,
             say=view.say,
         )
     )

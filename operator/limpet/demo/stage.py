@@ -91,6 +91,8 @@ class StageSettings:
     use_kubeconfig: bool = False
     apiserver_args: tuple[str, ...] = ()
     """Extra kube-apiserver flags for the local control plane (tests: audit logging)."""
+    operator_metrics: str | None = None
+    """HOST:PORT for the operator's ``--metrics-listen`` (off when None)."""
     say: Callable[[str], None] = print
 
 
@@ -321,6 +323,8 @@ class Stage:
             "--log-level",
             "INFO",
         )
+        if self.settings.operator_metrics is not None:
+            argv.append(f"--metrics-listen={self.settings.operator_metrics}")
         proc = ManagedProcess("limpet operator", argv, log_path=self.work / "operator.log")
         proc.start()
         self.operator = proc
