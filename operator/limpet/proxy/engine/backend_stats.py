@@ -104,9 +104,8 @@ def backends_dict(
 def prune(counters: dict[str, BackendCounters], keep: Collection[str]) -> None:
     """Forget backends not in ``keep`` (the plan's): pods come and go, and their series
     must not pile up for the life of the process."""
-    if len(counters) > len(keep) or any(bid not in keep for bid in counters):
-        for bid in [b for b in counters if b not in keep]:
-            del counters[bid]
+    for bid in [b for b in counters if b not in keep]:
+        del counters[bid]
 
 
 def _add(acc: dict[str, int], part: Mapping[str, int]) -> None:

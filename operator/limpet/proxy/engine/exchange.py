@@ -11,7 +11,9 @@ read is parsed (:meth:`Exchange.flush_up`). The answer is relayed by
 ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done` at its end,
 or reports a failure (``upstream_*``): a connect failure is retried once on another
 backend, a stale pooled connection is redialled once, anything else is a 502 or 504
-from the proxy itself (:meth:`Exchange._answer`).
+from the proxy itself (:meth:`Exchange._answer`). Each answer to a routed request, and
+each upstream failure, is counted for its backend in the engine's stats (status class,
+error kind, and the time from the head's end to the answer's: ``backend_stats.py``).
 
 This is the base class of :class:`~limpet.proxy.engine.client.ClientConnection`, which owns the
 input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;

@@ -24,8 +24,8 @@ def backend_families(engine: Mapping[str, Any]) -> Iterator[Metric]:
     backends: Mapping[str, Mapping[str, Any]] = engine.get("backends") or {}
     responses = CounterMetricFamily(
         "limpet_proxy_backend_responses",
-        "Answers to requests routed to a backend, by status class (code); the 502 and 504 "
-        "the proxy sends when the backend fails count here too.",
+        "Answers to requests routed to a backend, by status class (code); the 502, 503 "
+        "and 504 the proxy sends when the backend fails count here too.",
         labels=["backend", "code"],
     )
     errors = CounterMetricFamily(
