@@ -89,7 +89,7 @@ async def test_prometheus_scrapes_the_demo(devcluster: DevCluster, tmp_path: Pat
     operator = f"127.0.0.1:{free_port()}"
     report = tmp_path / "report"
     argv = [sys.executable, "-m", "limpet.cli", "demo", "--report-dir", str(report)]
-    argv += ["--duration", "50", "--users", "30", "--seed", "5", "--operator-metrics", operator]
+    argv += ["--duration", "60", "--users", "30", "--seed", "5", "--operator-metrics", operator]
     env = {**os.environ, "LIMPET_USE_KUBECONFIG": "1", "KUBECONFIG": str(devcluster.kubeconfig)}
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
