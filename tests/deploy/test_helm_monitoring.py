@@ -247,3 +247,22 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
 def test_promtool_would_catch_a_broken_query(tmp_path: Path) -> None:
     done = _check_as_recording_rules({"bad": "sum by (le (rate(x[1m]))"}, tmp_path)
     assert done.returncode != 0
+
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    """Grafana stacks overlapping panels and confuses panels sharing an id."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    taken: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0, p["title"]
+        assert g["x"] + g["w"] <= 24, p["title"]  # Grafana's grid is 24 wide
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, (p["title"], taken.get((x, y)))
+                taken[(x, y)] = p["title"]
+    titles = {p["title"] for p in panels}
+    for wanted in ("Errors per backend", "Request latency", "p99 latency per backend"):
+        assert wanted in titles
