@@ -24,8 +24,9 @@ published in EndpointSlices by ``limpet.devcluster.fakepods``).
 
 Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyService while the
 operator still runs (it removes what it made), stop the operator, stop the pod runner
-(it stops every pod and deletes their network namespaces) or the fake pods, purge the
-namespace, and stop the local control plane. Every step is registered on one ExitStack
+(it stops every pod and deletes their network namespaces) or the fake pods, and stop
+the local control plane (its etcd data goes with it) or, on your cluster, purge the
+namespace. Every step is registered on one ExitStack
 as soon as its resource exists, so a failure or an interrupt at any point undoes
 exactly what was done.
 
@@ -155,7 +156,9 @@ class Stage:
         assert api is not None
         self._install(api)
         self.namespace = create_namespace(api, "limpet-demo")
-        self._stack.callback(purge_namespace, api, self.namespace)
+        if self.cluster is None:
+            # Someone else's cluster keeps nothing of ours; the local one is deleted whole.
+            self._stack.callback(purge_namespace, api, self.namespace)
         s.say(f"namespace {self.namespace}")
         if self.cluster is not None:
             self._start_pod_runner(self.cluster)
