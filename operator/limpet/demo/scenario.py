@@ -340,6 +340,8 @@ class _Run:
         await self.act(lambda: self.app.after_kill(victim))
         await self.tick_until(end - 0.5)
         await self.act(lambda: self.app.finish(victim))
+        if victim in await self.act(self.stage.app_pods):
+            self.notes[victim] = "restarted"  # by the pod runner, after its back-off
 
     async def rollout(self, end: float) -> None:
         await self.act(self.app.roll_out)
