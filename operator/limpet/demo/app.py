@@ -53,7 +53,7 @@ class AppPods(Protocol):
         ...
 
     def kill(self, pod: str) -> None:
-        """SIGKILL the app's process."""
+        """The app's process dies (real pods: SIGKILL; fake pods: stopped)."""
         ...
 
     def after_kill(self, pod: str) -> None:

@@ -123,7 +123,7 @@ PHASES: tuple[tuple[Phase, float], ...] = (
         0.12,
     ),
 )
-"""Every phase with its share of ``duration``, untitled by number (see :func:`phases`)."""
+"""Every phase with its share of ``duration``; :func:`phases` numbers the titles."""
 
 ROLLOUT_OVERRUN = 120.0
 """How long the rollout phase may outlast its share before the demo gives up."""
