@@ -9,7 +9,8 @@ run as processes in network namespaces) -> the counter app as ``examples/app`` s
 (:mod:`limpet.demo.app`), until its pods are Ready -> the operator's identity (a
 TokenRequest token of deploy/'s ServiceAccount, so the operator works with exactly the
 shipped permissions) -> the StickyService in managed mode -> ``limpet operator`` as a
-child process -> the proxies' pods Ready. Everything between is Kubernetes': the
+child process -> its Secret (the admin token, written to ``admin-token`` for whoever
+scrapes the proxies) -> the proxies' pods Ready. Everything between is Kubernetes': the
 Deployment controller makes the app's Pods and, from the operator's proxy Deployment,
 the proxies' Pods (which mount the operator's Secret); the scheduler binds them; the
 pod runner runs them and reports their readiness probes; the EndpointSlice controller
@@ -168,6 +169,9 @@ class Stage:
         operator_kubeconfig = self._operator_identity(api)
         self._create_sticky(api)
         self._start_operator(operator_kubeconfig)
+        # The proxies' admin token, for whoever scrapes their metrics (fake proxies: to run).
+        self.token_file = self.work / "admin-token"
+        self.token_file.write_text(self._wait_token(api))
         if network is None:
             self._wait_proxy_pods(api)
         else:
@@ -219,14 +223,11 @@ class Stage:
         except DevClusterError as exc:
             raise StageError(str(exc)) from exc
         self._proxy_urls = [f"http://{ip}:{PROXY_PORT}/" for ip in ips]
-        s.say(f"{s.proxies} proxy pods at " + ", ".join(self._proxy_urls))
+        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls))
 
     def _fake_pods(self, api: k8s.ApiClient, network: PodNetwork) -> None:
         """On someone else's cluster: the proxies and the app as fake pods."""
         s = self.settings
-        token = self._wait_token(api)
-        self.token_file = self.work / "admin-token"
-        self.token_file.write_text(token)
         for sub in ("proxies", "app"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         proxies = FakePods(
