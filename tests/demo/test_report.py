@@ -34,9 +34,9 @@ def snap(per_pod: dict[str, int], steady_broken: int = 0, kill_broken: int = 0) 
 
 def recorded(steady_broken: int = 0, kill_broken: int = 1) -> Timeline:
     tl = Timeline()
-    tl.begin_phase(STEADY, 100.0)
+    tl.begin_phase(STEADY, 100.0, pods=("p0", "p1", "p2"))
     tl.sample(101.0, snap({"p0": 4, "p1": 3, "p2": 3}))
-    tl.begin_phase(KILL, 110.0)
+    tl.begin_phase(KILL, 110.0, pods=("p0", "p1", "p2"))
     tl.sample(111.0, snap({"p0": 5, "p1": 5}, steady_broken, kill_broken))
     tl.finish(120.0)
     tl.serving_pods = ("p0", "p1")
@@ -57,9 +57,19 @@ def test_summary_tolerates_breaks_only_in_failover() -> None:
     assert s.seconds == 20.0
     assert [p.seconds for p in s.phases] == [10.0, 10.0]
     assert s.imbalance_max == 1.0
+    assert [p.pods_at_start for p in s.phases] == [("p0", "p1", "p2")] * 2
+    assert s.sessions_elsewhere == 0
     bad = summarize(recorded(steady_broken=1))
     assert not bad.ok
     assert bad.broken_outside_failover == 1
+
+
+def test_sessions_left_on_a_pod_that_no_longer_serves_are_counted() -> None:
+    tl = recorded()
+    tl.sample(119.0, snap({"p0": 5, "p1": 4, "p2": 2}))
+    s = summarize(tl)
+    assert s.sessions_per_pod == {"p0": 5, "p1": 4}
+    assert s.sessions_elsewhere == 2
 
 
 def test_report_files(tmp_path: Path) -> None:

@@ -8,6 +8,9 @@ pod runner's Node, the pod runner runs them (the proxies mount their Secret), th
 EndpointSlice controller publishes them, and the operator finds the proxies in those
 slices and pushes plans to them. Nothing here writes a Pod status or an EndpointSlice.
 
+The app's manifests (``examples/app``) and the Pod helpers live in the package
+(``limpet.demo.app``, ``limpet.devcluster.workloads``), which the demo shares.
+
 Requests go only to pod IPs that the pod runner reported, inside its network namespaces.
 """
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,11 +26,14 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from limpet.devcluster.binaries import KUBECTL, find_binary
+from limpet.demo.app import counter_app
+from limpet.devcluster import workloads
 from limpet.devcluster.client import request, server_side_apply
 from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.workloads import pods, ready_pods
 from tests.controller.harness import FAST, OperatorIdentity, OperatorProcess
 
+__all__ = ["pods", "ready_pods"]  # re-exported for the tests that drive Deployments
 T = TypeVar("T")
 APP_LABELS = {"app.kubernetes.io/name": "shop"}
 
@@ -57,67 +62,10 @@ def get(api: k8s.ApiClient, path: str) -> dict[str, Any] | None:
 def app_manifests(
     namespace: str, *, replicas: int = 3, name: str = "shop", pre_stop: int = 0, grace: int = 5
 ) -> list[dict[str, Any]]:
-    """The counter app's Deployment and Service; ``pre_stop`` seconds of preStop sleep keep
-    a terminating pod serving (as examples/app does), so Limpet can drain it."""
-    labels = {"app.kubernetes.io/name": name}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": grace,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "ghcr.io/limpet-dev/limpet:0.1.0",
-                            "command": ["python", "-m", "limpet.demo.backend"],
-                            "args": ["--port=8080"],
-                            "env": [
-                                {
-                                    "name": "POD_NAME",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-                                }
-                            ],
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/healthz", "port": "http"},
-                                "periodSeconds": 1,
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            **(
-                                {"lifecycle": {"preStop": {"sleep": {"seconds": pre_stop}}}}
-                                if pre_stop
-                                else {}
-                            ),
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": labels,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-        },
-    }
-    return [deployment, service]
+    """The counter app of examples/app (Deployment, Service) as ``name``; ``pre_stop``
+    seconds of preStop sleep keep a terminating pod serving (as examples/app does), so
+    Limpet can drain it."""
+    return counter_app(namespace, name=name, replicas=replicas, pre_stop=pre_stop, grace=grace)
 
 
 def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) -> dict[str, Any]:
@@ -145,28 +93,6 @@ def apply(api: k8s.ApiClient, manifest: Mapping[str, Any]) -> None:
     meta = manifest["metadata"]
     path = PATHS[manifest["kind"]].format(ns=meta["namespace"], name=meta["name"])
     server_side_apply(api, path, dict(manifest), field_manager="limpet-e2e")
-
-
-def pods(api: k8s.ApiClient, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-    query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
-    items: list[dict[str, Any]] = request(
-        api, "GET", f"/api/v1/namespaces/{namespace}/pods", query=query
-    )["items"]
-    return items
-
-
-def ready_pods(
-    api: k8s.ApiClient, namespace: str, selector: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    def ready(p: dict[str, Any]) -> bool:
-        conditions = (p.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-    return [
-        p
-        for p in pods(api, namespace, selector)
-        if ready(p) and not p["metadata"].get("deletionTimestamp")
-    ]
 
 
 def wait_ready_pods(
@@ -230,22 +156,7 @@ class Client:
 
 
 def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
-    done = subprocess.run(
-        [
-            str(find_binary(KUBECTL)),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "-n",
-            namespace,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-    return done.stdout
+    return workloads.kubectl(cluster.kubeconfig, *args, namespace=namespace)
 
 
 def proxy_labels(sticky: str) -> dict[str, str]:

@@ -1,11 +1,16 @@
 """``limpet demo``, shortened, as the end-to-end test of the whole product.
 
-One real run (its own etcd + kube-apiserver, the operator under deploy/'s ServiceAccount
-and ClusterRole, two real proxies and the counter app as fake pods in network
-namespaces, simulated users through steady, scale-out, drain, failover and steady):
+One real run (its own etcd, kube-apiserver, kube-controller-manager and kube-scheduler,
+the pod runner, the operator under deploy/'s ServiceAccount and ClusterRole, the
+counter app as examples/app's Deployment and the proxies as the operator's Deployment,
+all run as Pods; simulated users through steady, scale-out, drain, failover, rollout
+restart and steady):
 
-- no session breaks outside the failover phase, every kind of move happens, the three
-  pods left share the sessions, and the report is written;
+- no session breaks outside the failover phase, every kind of move happens, the five
+  pods at the end share the sessions, and the report is written;
+- the rollout restart is its own phase: no request fails, no session breaks, sessions
+  move announced (drain), and at the end every live session is on a pod that the
+  rollout made;
 - the API server's audit log of that run is the permissions drift check: the operator
   never gets a 403, and every rule of deploy/rbac/operator-rbac.yaml is used (least
   privilege: an unused permission fails too);
@@ -32,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from limpet.demo.scenario import PHASES
+from limpet.demo.scenario import phases
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.netns import list_netns
 from tests.e2e.audit import POLICY, Call, calls, granted
@@ -42,7 +47,7 @@ pytestmark = pytest.mark.apiserver
 ROOT = Path(__file__).resolve().parents[2]
 RBAC_FILE = ROOT / "deploy" / "rbac" / "operator-rbac.yaml"
 CRD_FILE = ROOT / "crds" / "stickyservice.yaml"
-DURATION = 36
+DURATION = 48
 OPERATOR_USER = "system:serviceaccount:limpet-system:limpet-operator"
 # Permissions the run cannot exercise, each with the reason.
 UNEXERCISED = {
@@ -126,8 +131,8 @@ def test_no_session_breaks_through_scale_out_drain_and_failover(demo_run: DemoRu
     # Every mechanism was exercised, and announced to the app.
     for reason in ("rebalance", "drain", "failover"):
         assert s["moves"].get(reason, 0) > 0, s["moves"]
-    phases = [p["name"] for p in s["phases"]]
-    assert phases == ["steady", "scale-out", "drain", "failover", "steady-again"]
+    names = [p["name"] for p in s["phases"]]
+    assert names == ["steady", "scale-out", "drain", "failover", "rollout", "steady-again"]
     # Before anything changes, nothing moves. (After the kill, a session that stayed idle
     # through the failover phase still fails over at its first request in the next one.)
     first = s["phases"][0]
@@ -136,10 +141,28 @@ def test_no_session_breaks_through_scale_out_drain_and_failover(demo_run: DemoRu
     for p in s["phases"]:
         if p["name"] != "failover":
             assert p["errors"] == 0, p
-    # The three pods left hold every live session, fairly shared.
-    assert len(s["sessions_per_pod"]) == 3
+    # The five pods at the end hold every live session, fairly shared.
+    assert len(s["sessions_per_pod"]) == 5
     assert min(s["sessions_per_pod"].values()) > 0
     assert s["imbalance_max"] < 2.0
+
+
+@pytest.mark.timeout(300)
+def test_rollout_restart_moves_sessions_announced_and_breaks_none(demo_run: DemoRun) -> None:
+    s = _summary(demo_run)
+    rollout = next(p for p in s["phases"] if p["name"] == "rollout")
+    assert rollout["requests"] > 100, rollout
+    assert rollout["errors"] == 0, rollout
+    assert rollout["broken"] == 0, rollout
+    # The old pods drained: their sessions moved while idle, and the app was told.
+    # (A failover may still show here: a session of the killed pod that stayed idle
+    # through the failover phase fails over at its first request after it.)
+    assert rollout["moves"].get("drain", 0) > 0, rollout
+    # Every pod was replaced, and every live session ended on a pod the rollout made.
+    old = set(rollout["pods_at_start"])
+    assert len(old) >= 4, rollout
+    assert not old & set(s["sessions_per_pod"]), (old, s["sessions_per_pod"])
+    assert s["sessions_elsewhere"] == 0, s
 
 
 def test_report_is_written(demo_run: DemoRun) -> None:
@@ -150,7 +173,7 @@ def test_report_is_written(demo_run: DemoRun) -> None:
     assert "No session broke outside the failover phase." in page
     assert "data:image/png;base64," in page
     s = _summary(demo_run)
-    assert [p["title"] for p in s["phases"]] == [p.title for p, _ in PHASES]
+    assert [p["title"] for p in s["phases"]] == [p.title for p, _ in phases()]
     for phase in s["phases"]:
         # One table row a phase, with that phase's own request count.
         assert f"<tr><td>{phase['title']}</td>" in page
@@ -294,7 +317,8 @@ def _netns() -> set[str]:
 @pytest.mark.timeout(300)
 def test_demo_on_a_kubeconfig_cluster(devcluster: DevCluster, tmp_path: Path) -> None:
     """``LIMPET_USE_KUBECONFIG=1``: the demo on someone else's cluster (here the test
-    session's) with the proxies in external mode, so no real Deployment is made."""
+    session's) with the proxies in external mode and the app as fake pods, so no real
+    Deployment is made; without the rollout phase."""
     report = tmp_path / "report"
     done = subprocess.run(
         _demo_argv(report, "--duration", "30", "--users", "30", "--seed", "3"),
@@ -310,6 +334,8 @@ def test_demo_on_a_kubeconfig_cluster(devcluster: DevCluster, tmp_path: Path) ->
     assert s["ok"] is True
     assert s["broken_outside_failover"] == 0
     assert s["moves"].get("failover", 0) > 0, s["moves"]
+    assert [p["title"] for p in s["phases"]] == [p.title for p, _ in phases(rollout=False)]
+    assert len(s["sessions_per_pod"]) == 3
     # External mode: the operator applies no Deployment there, whose real pods would
     # join the plan at addresses this host cannot reach.
     assert "proxies: external, the pods of Service counter-demo-proxies" in output

@@ -1,8 +1,9 @@
 """``limpet demo`` (what ``make run`` runs): Limpet end to end, with a live view and a report.
 
-Data flow: options -> :class:`~limpet.demo.stage.Stage` (control plane, CRDs, operator,
-proxies, app pods) -> :func:`~limpet.demo.scenario.run_scenario` (simulated users
-through steady, scale-out, drain, failover, steady) -> ``report.html``, ``sessions.png``
+Data flow: options -> :class:`~limpet.demo.stage.Stage` (control plane with its
+controllers, the pod runner, CRDs, operator, the app's and the proxies' Deployments) ->
+:func:`~limpet.demo.scenario.run_scenario` (simulated users through steady, scale-out,
+drain, failover, rollout restart, steady) -> ``report.html``, ``sessions.png``
 and ``summary.json`` in ``--report-dir``, with the logs of every process under
 ``logs/``. The exit status is 0 when no session broke outside the failover phase, 1 when
 one did or something failed, 130 on Ctrl-C (or SIGTERM), which stops and removes
@@ -10,7 +11,8 @@ everything the demo started.
 
 It runs its own local control plane unless ``LIMPET_USE_KUBECONFIG=1``, in which case it
 uses ``$KUBECONFIG``'s cluster for the API objects (its CRDs stay installed there); the
-operator, the proxies and the app pods still run on this machine.
+operator, the proxies and the app pods still run on this machine, the pods as fake pods,
+and the rollout phase is left out (nothing runs a Deployment's pods here).
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from pathlib import Path
 from types import FrameType
 
 from limpet.demo.report import write_report
-from limpet.demo.scenario import ScenarioSettings, run_scenario, sticky_spec
+from limpet.demo.scenario import ScenarioSettings, pre_stop, run_scenario, sticky_spec
 from limpet.demo.stage import ENV_USE_KUBECONFIG, Stage, StageError, StageSettings
 from limpet.demo.timeline import Summary, Timeline
 from limpet.demo.view import LiveView
 from limpet.devcluster.errors import DevClusterError
 
-DEFAULT_DURATION = 120.0
+DEFAULT_DURATION = 150.0
 
 
 def _positive(text: str) -> float:
@@ -110,13 +112,17 @@ def run(args: argparse.Namespace) -> int:
     report_dir: Path = args.report_dir or Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     report_dir.mkdir(parents=True, exist_ok=True)
     view = LiveView()
-    scenario = ScenarioSettings(duration=duration, users=args.users, seed=args.seed)
+    use_kubeconfig = os.environ.get(ENV_USE_KUBECONFIG) == "1"
+    scenario = ScenarioSettings(
+        duration=duration, users=args.users, seed=args.seed, rollout=not use_kubeconfig
+    )
     stage = Stage(
         StageSettings(
             proxies=args.proxies,
             sticky_spec=sticky_spec(scenario),
+            pre_stop=pre_stop(scenario),
             work_dir=report_dir / "logs",
-            use_kubeconfig=os.environ.get(ENV_USE_KUBECONFIG) == "1",
+            use_kubeconfig=use_kubeconfig,
             apiserver_args=tuple(args.apiserver_arg),
             operator_metrics=args.operator_metrics,
             say=view.say,

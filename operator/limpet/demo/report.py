@@ -65,7 +65,7 @@ def plot_png(timeline: Timeline) -> bytes:
         ax.set_ylim(0, max(1, top) * 1.3)
         ax.set_xlabel("seconds")
         ax.set_ylabel("live sessions per pod")
-        ax.set_title("Limpet demo: sessions per pod through scale-out, drain and failover")
+        ax.set_title("Limpet demo: sessions per pod through scale-out, drain, failover and rollout")
         ax.grid(alpha=0.3)
         reasons = sorted({r for s in timeline.samples for r in s.moves})
         if reasons:
@@ -135,6 +135,7 @@ def render_html(summary: Summary, png: bytes, *, title: str = "Limpet demo repor
             "sessions per pod at the end",
             ", ".join(f"{p} {n}" for p, n in summary.sessions_per_pod.items()) or "none",
         ),
+        ("live sessions left on pods that no longer serve", f"{summary.sessions_elsewhere}"),
         ("imbalance at the end (max / mean)", f"{summary.imbalance_max:.2f}"),
         ("imbalance at the end (mean deviation / mean)", f"{summary.imbalance_mean:.2f}"),
     ]

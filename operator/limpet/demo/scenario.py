@@ -1,22 +1,31 @@
-"""The demo's scenario: five phases of real traffic while the app's pods change.
+"""The demo's scenario: six phases of real traffic while the app's pods change.
 
 1. steady state on 3 pods;
-2. scale out to 5 (new sessions use the new pods at once; existing sessions move over
-   gradually, only while idle);
-3. one pod terminating (drain: no new sessions for it, its sessions move once idle,
-   then the pod goes);
-4. one pod killed (failover: its process dies, then its EndpointSlice entry turns
-   not-serving, as kubelet's readiness probe would make it);
-5. steady state again, on the 3 pods left.
+2. scale out to 5 (``kubectl scale``: new sessions use the new pods at once; existing
+   sessions move over gradually, only while idle);
+3. one pod deleted (``kubectl delete pod``: it drains through its preStop, gets no new
+   sessions, its sessions move once idle; its ReplicaSet replaces it);
+4. one pod's process killed with SIGKILL (failover: the pod runner sees it die and
+   reports the pod not Ready; its sessions fail over at their next request; the
+   container restarts after its back-off);
+5. ``kubectl rollout restart`` (maxSurge 1, maxUnavailable 0): every pod is replaced,
+   one at a time, and each old pod drains like the one of phase 3; the phase lasts
+   until the last old pod is gone;
+6. steady state again.
+
+On ``$KUBECONFIG``'s cluster the app is fake pods (:class:`~limpet.demo.app.FakeApp`),
+which cannot roll out: phase 5 is left out, the deleted and the killed pods are
+removed, and phase 6 runs on the 3 pods left.
 
 Data flow: :func:`run_scenario` starts the :class:`~limpet.demo.users.UserPool` against
-the stage's proxies, then walks the phases. Each phase's action changes the fake pods
-(``asyncio.to_thread``: the kubernetes client and process control are blocking) and the
-loop samples the pool into the :class:`~limpet.demo.timeline.Timeline` and the live
-view a few times a second, with the StickyService's status (plan version, proxies in
-sync, each backend's state) read once a second. Phase lengths are fractions of
-``duration``; the StickyService's rebalance window and drain timeout are derived from
-them, so a shorter run (the end-to-end test) is the same story, faster.
+the stage's proxies, then walks the phases. Each phase's action changes the app's pods
+through :class:`~limpet.demo.app.AppPods` (``asyncio.to_thread``: ``kubectl``, the
+kubernetes client and process control are blocking) and the loop samples the pool into
+the :class:`~limpet.demo.timeline.Timeline` and the live view a few times a second, with
+the StickyService's status (plan version, proxies in sync, each backend's state) read
+once a second. Phase lengths are fractions of ``duration``; the StickyService's
+rebalance window and drain timeout, and the app's preStop, are derived from them, so a
+shorter run (the end-to-end test) is the same story, faster.
 
 One event loop; the stage is touched only from the worker thread of one action at a time.
 """
@@ -25,14 +34,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
+from limpet.demo.app import AppPods
 from limpet.demo.stage import STICKY, Stage
 from limpet.demo.timeline import Phase, Summary, Timeline, summarize
 from limpet.demo.users import UserPool, UserSettings
@@ -40,6 +51,7 @@ from limpet.demo.view import Frame, LiveView
 from limpet.devcluster.client import request
 
 SAMPLE_EVERY = 0.25
+T = TypeVar("T")
 STATUS_EVERY = 1.0
 
 
@@ -50,67 +62,106 @@ class ScenarioSettings:
     seed: int | None = None
     start_pods: int = 3
     scale_to: int = 5
+    rollout: bool = True
+    """Run the rollout phase (a real Deployment; not on fake pods)."""
 
 
 PHASES: tuple[tuple[Phase, float], ...] = (
     (
         Phase(
             name="steady",
-            title="1 steady (3 pods)",
+            title="steady (3 pods)",
             description="Three pods; every session stays on its pod.",
         ),
-        0.17,
+        0.12,
     ),
     (
         Phase(
             name="scale-out",
-            title="2 scale out to 5",
-            description="Two pods join: new sessions use them at once, idle sessions "
-            "move over gradually within the rebalance window.",
+            title="scale out to 5",
+            description="kubectl scale: two pods join; new sessions use them at once, "
+            "idle sessions move over gradually within the rebalance window.",
         ),
-        0.30,
+        0.22,
     ),
     (
         Phase(
             name="drain",
-            title="3 drain one pod",
-            description="A pod terminates: it gets no new sessions and its sessions "
-            "move when idle, before the drain deadline; then it goes.",
+            title="drain one pod",
+            description="kubectl delete pod: the pod terminates, serving through its "
+            "preStop; it gets no new sessions and its sessions move when idle, before "
+            "the drain deadline; then it goes.",
         ),
-        0.20,
+        0.16,
     ),
     (
         Phase(
             name="failover",
-            title="4 kill one pod",
-            description="A pod's process dies: its sessions fail over at their next "
-            "request, announced to the app (Limpet-Session-Moved: failover).",
+            title="kill one pod",
+            description="A pod's process dies (SIGKILL): its sessions fail over at their "
+            "next request, announced to the app (Limpet-Session-Moved: failover).",
             failover=True,
         ),
-        0.15,
+        0.14,
+    ),
+    (
+        Phase(
+            name="rollout",
+            title="rollout restart",
+            description="kubectl rollout restart (maxSurge 1, maxUnavailable 0): pods "
+            "are replaced one at a time; each old pod drains, its sessions move to new "
+            "pods while idle, announced; none breaks.",
+        ),
+        0.24,
     ),
     (
         Phase(
             name="steady-again",
-            title="5 steady (3 pods)",
-            description="Three pods again; sessions stay put.",
+            title="steady again",
+            description="Sessions stay put on the pods left.",
         ),
-        0.18,
+        0.12,
     ),
 )
+"""Every phase with its share of ``duration``; :func:`phases` numbers the titles."""
+
+ROLLOUT_OVERRUN = 120.0
+"""How long the rollout phase may outlast its share before the demo gives up."""
 
 
-def phase_lengths(duration: float) -> list[float]:
-    return [duration * fraction for _, fraction in PHASES]
+def phases(*, rollout: bool = True) -> tuple[tuple[Phase, float], ...]:
+    """The phases of a run, numbered; without the rollout on fake pods. The shares are
+    scaled back to 1, so the run lasts ``duration`` either way."""
+    chosen = [(p, f) for p, f in PHASES if rollout or p.name != "rollout"]
+    total = sum(f for _, f in chosen)
+    return tuple(
+        (dataclasses.replace(p, title=f"{i} {p.title}"), f / total)
+        for i, (p, f) in enumerate(chosen, start=1)
+    )
+
+
+def phase_lengths(duration: float, *, rollout: bool = True) -> dict[str, float]:
+    return {p.name: duration * f for p, f in phases(rollout=rollout)}
 
 
 def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
+def drain_timeout(settings: ScenarioSettings) -> int:
+    """Seconds a terminating pod's sessions may wait to move: 60% of the drain phase."""
+    return max(1, round(phase_lengths(settings.duration, rollout=settings.rollout)["drain"] * 0.6))
+
+
+def pre_stop(settings: ScenarioSettings) -> int:
+    """The app pods' preStop sleep: a terminating pod serves until well after the drain
+    deadline (users pause up to 8 s; moves happen at a session's next request)."""
+    return drain_timeout(settings) + 5
+
+
 def sticky_spec(settings: ScenarioSettings) -> dict[str, Any]:
     """The StickyService spec whose windows fit the phases of this run."""
-    lengths = dict(zip((p.name for p, _ in PHASES), phase_lengths(settings.duration), strict=True))
+    lengths = phase_lengths(settings.duration, rollout=settings.rollout)
     return {
         "affinity": {
             "type": "Cookie",
@@ -128,7 +179,7 @@ def sticky_spec(settings: ScenarioSettings) -> dict[str, Any]:
             "minIdle": "1s",
             "maxMovesPerSecond": 200,
         },
-        "drain": {"timeout": _seconds(lengths["drain"] * 0.6), "minIdle": "1s"},
+        "drain": {"timeout": f"{drain_timeout(settings)}s", "minIdle": "1s"},
         "slowStart": "0s",
     }
 
@@ -204,7 +255,7 @@ async def wait_ready(stage: Stage, status: _Status, *, within: float = 60.0) -> 
         )
         synced = (raw.get("proxies") or {}).get("synced", 0)
         backends = sum(1 for s in status.states.values() if s == "active")
-        if ready and synced >= want and backends >= len(stage.app_pods()):
+        if ready and synced >= want and backends >= len(await asyncio.to_thread(stage.app_pods)):
             return
         if not stage.operator_alive():
             raise RuntimeError("the operator exited during start-up (see operator.log)")
@@ -213,104 +264,137 @@ async def wait_ready(stage: Stage, status: _Status, *, within: float = 60.0) -> 
         await asyncio.sleep(0.2)
 
 
+class _Run:
+    """One run of the phases: the actions, and the ticking that samples and shows."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        settings: ScenarioSettings,
+        view: LiveView,
+        timeline: Timeline,
+        status: _Status,
+    ) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.view = view
+        self.timeline = timeline
+        self.status = status
+        self.phases = phases(rollout=settings.rollout)
+        self.where = _Where(index=0, phase=self.phases[0][0])
+        self.notes: dict[str, str] = {}
+        self.pool = UserPool(
+            stage.proxy_urls(),
+            settings=UserSettings(population=settings.users),
+            rng=random.Random(settings.seed),
+        )
+        self.traffic: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.t0 = self.loop.time()
+        self._last_status = 0.0
+        assert stage.app is not None
+        self.app: AppPods = stage.app
+
+    async def tick_until(self, deadline: float) -> None:
+        loop = self.loop
+        while loop.time() < deadline:
+            if loop.time() - self._last_status >= STATUS_EVERY:
+                self._last_status = loop.time()
+                await asyncio.to_thread(self.status.refresh)
+            self.timeline.sample(time.time(), self.pool.snapshot())
+            self.view.show(
+                Frame(
+                    phase_index=self.where.index + 1,
+                    phase_count=len(self.phases),
+                    phase_title=self.where.phase.title,
+                    phase_description=self.where.phase.description,
+                    elapsed=loop.time() - self.t0,
+                    total=self.settings.duration,
+                    snapshot=self.pool.snapshot(),
+                    pod_notes={**self.status.states, **self.notes},
+                    status=self.status.line,
+                )
+            )
+            if self.traffic is not None and self.traffic.done():
+                self.traffic.result()  # surfaces a crash of the user pool
+            await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, deadline - loop.time())))
+
+    async def act(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
+
+    async def scale_out(self, end: float) -> None:
+        await self.act(lambda: self.app.scale(self.settings.scale_to))
+        await self.tick_until(end)
+
+    async def drain(self, end: float, victim: str) -> None:
+        await self.act(lambda: self.app.delete(victim))
+        self.notes[victim] = "deleted"
+        await self.tick_until(end - 0.5)
+        await self.act(lambda: self.app.finish(victim))
+
+    async def failover(self, end: float, victim: str) -> None:
+        await self.act(lambda: self.app.kill(victim))
+        self.notes[victim] = "killed"
+        # The cluster notices a moment later (fake pods: as a readiness probe would).
+        await self.tick_until(min(end, self.loop.time() + 2.0))
+        await self.act(lambda: self.app.after_kill(victim))
+        await self.tick_until(end - 0.5)
+        await self.act(lambda: self.app.finish(victim))
+        if victim in await self.act(self.stage.app_pods):
+            self.notes[victim] = "restarted"  # by the pod runner, after its back-off
+
+    async def rollout(self, end: float) -> None:
+        await self.act(self.app.roll_out)
+        await self.tick_until(end)
+        # The phase lasts until the last old pod is gone, however long that takes here.
+        give_up = end + ROLLOUT_OVERRUN
+        while not await self.act(self.app.rolled_out):
+            if self.loop.time() > give_up:
+                raise RuntimeError(
+                    f"the rollout did not finish within {ROLLOUT_OVERRUN:.0f} s of its "
+                    "phase's end (see podrunner/podrunner.log)"
+                )
+            await self.tick_until(self.loop.time() + 1.0)
+
+    async def walk(self) -> None:
+        lengths = phase_lengths(self.settings.duration, rollout=self.settings.rollout)
+        first = await self.act(self.stage.app_pods)
+        drain_victim, kill_victim = first[0], first[1]
+        actions: dict[str, Callable[[float], Awaitable[None]]] = {
+            "scale-out": self.scale_out,
+            "drain": lambda end: self.drain(end, drain_victim),
+            "failover": lambda end: self.failover(end, kill_victim),
+            "rollout": self.rollout,
+        }
+        start = self.t0
+        for index, (phase, _) in enumerate(self.phases):
+            self.where.index, self.where.phase = index, phase
+            serving = await self.act(self.stage.app_pods)
+            self.timeline.begin_phase(phase, time.time(), pods=tuple(serving))
+            self.pool.set_phase(phase.name)
+            end = start + lengths[phase.name]
+            if phase.name in actions:
+                await actions[phase.name](end)
+            await self.tick_until(end)
+            start = max(end, self.loop.time())
+        self.timeline.sample(time.time(), self.pool.snapshot())
+        self.timeline.finish(time.time())
+        self.timeline.serving_pods = tuple(await self.act(self.stage.app_pods))
+
+
 async def run_scenario(
     stage: Stage, settings: ScenarioSettings, view: LiveView, timeline: Timeline
 ) -> Summary:
     status = _Status(stage)
     view.say("waiting for the operator to push its first plan to every proxy ...")
     await wait_ready(stage, status)
-    rng = random.Random(settings.seed)
-    pool = UserPool(stage.proxy_urls(), settings=UserSettings(population=settings.users), rng=rng)
-    notes: dict[str, str] = {}
+    run = _Run(stage, settings, view, timeline, status)
     stop = asyncio.Event()
-    traffic = asyncio.create_task(pool.run(stop))
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    lengths = phase_lengths(settings.duration)
-    where = _Where(index=0, phase=PHASES[0][0])
-    last_status = 0.0
-
-    async def tick_until(deadline: float) -> None:
-        nonlocal last_status
-        while loop.time() < deadline:
-            now = loop.time()
-            if now - last_status >= STATUS_EVERY:
-                last_status = now
-                await asyncio.to_thread(status.refresh)
-            timeline.sample(time.time(), pool.snapshot())
-            view.show(
-                Frame(
-                    phase_index=where.index + 1,
-                    phase_count=len(PHASES),
-                    phase_title=where.phase.title,
-                    phase_description=where.phase.description,
-                    elapsed=loop.time() - t0,
-                    total=settings.duration,
-                    snapshot=pool.snapshot(),
-                    pod_notes={**status.states, **notes},
-                    status=status.line,
-                )
-            )
-            if traffic.done():
-                traffic.result()  # surfaces a crash of the user pool
-            await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, deadline - loop.time())))
-
-    async def act(fn: Callable[[], object]) -> None:
-        await asyncio.to_thread(fn)
-
-    app = stage.app
-    assert app is not None
-    first = sorted(stage.app_pods())
-    drain_victim, kill_victim = first[0], first[1]
-
-    async def scale_out(end: float) -> None:
-        before = set(stage.app_pods())
-        await act(lambda: app.scale_up(settings.scale_to))
-        for pod in set(stage.app_pods()) - before:
-            notes[pod] = "new"
-        await tick_until(end)
-        for pod in set(stage.app_pods()) - before:
-            notes.pop(pod, None)
-
-    async def drain(end: float) -> None:
-        await act(lambda: app.terminate(drain_victim))
-        await tick_until(end - 0.5)
-        await act(lambda: app.remove(drain_victim))
-        notes[drain_victim] = "removed"
-        await tick_until(end)
-
-    async def failover(end: float) -> None:
-        await act(lambda: app.stop_backend(kill_victim))
-        notes[kill_victim] = "killed"
-        # kubelet notices through the readiness probe a moment later.
-        await tick_until(min(end, loop.time() + 2.0))
-        await act(lambda: app.set_conditions(kill_victim, ready=False, serving=False))
-        await tick_until(end - 0.5)
-        await act(lambda: app.remove(kill_victim))
-        notes[kill_victim] = "removed"
-        await tick_until(end)
-
-    actions: dict[str, Callable[[float], Awaitable[None]]] = {
-        "scale-out": scale_out,
-        "drain": drain,
-        "failover": failover,
-    }
+    run.traffic = asyncio.create_task(run.pool.run(stop))
     try:
-        start = t0
-        for index, ((phase, _), length) in enumerate(zip(PHASES, lengths, strict=True)):
-            where.index, where.phase = index, phase
-            timeline.begin_phase(phase, time.time())
-            pool.set_phase(phase.name)
-            end = start + length
-            if phase.name in actions:
-                await actions[phase.name](end)
-            await tick_until(end)
-            start = end
-        timeline.sample(time.time(), pool.snapshot())
-        timeline.finish(time.time())
-        timeline.serving_pods = tuple(sorted(stage.app_pods()))
+        await run.walk()
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(traffic, timeout=10)
+            await asyncio.wait_for(run.traffic, timeout=10)
     return summarize(timeline)

@@ -1,27 +1,35 @@
 """Everything the demo runs on, set up in order and torn down in reverse.
 
-Data flow (:meth:`Stage.open`): a cluster (a local etcd + kube-apiserver from
-``limpet.devcluster``, or ``$KUBECONFIG``'s when ``LIMPET_USE_KUBECONFIG=1``) -> on the
-local cluster ``kubectl apply --server-side -k deploy/`` (CRDs, namespace, ServiceAccount,
-ClusterRole and binding, exactly as shipped), on your cluster only the CRDs -> a fresh
-namespace -> the operator's identity (local: a TokenRequest token of deploy/'s
-ServiceAccount, so the operator works with exactly the shipped permissions; yours: your
-kubeconfig) -> the StickyService -> ``limpet operator`` as a child process -> the
-operator's Secret (admin token) -> N ``limpet proxy`` processes and the counter app, each
-a fake pod (a network namespace with its own pod IP, published in an EndpointSlice
-exactly as kubelet and the EndpointSlice controller would).
+Data flow (:meth:`Stage.open`), on the local cluster: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler (``limpet.devcluster``) -> ``kubectl apply
+--server-side -k deploy/`` (CRDs, namespace, ServiceAccount, ClusterRole and binding,
+the operator Deployment, which is scaled to 0: the demo runs the operator itself) -> a
+fresh namespace -> the pod runner (``limpet.devcluster.podrunner``: a Node whose Pods
+run as processes in network namespaces) -> the counter app as ``examples/app`` ships it
+(:mod:`limpet.demo.app`), until its pods are Ready -> the operator's identity (a
+TokenRequest token of deploy/'s ServiceAccount, so the operator works with exactly the
+shipped permissions) -> the StickyService in managed mode -> ``limpet operator`` as a
+child process -> its Secret (the admin token, written to ``admin-token`` for whoever
+scrapes the proxies) -> the proxies' pods Ready. Everything between is Kubernetes': the
+Deployment controller makes the app's Pods and, from the operator's proxy Deployment,
+the proxies' Pods (which mount the operator's Secret); the scheduler binds them; the
+pod runner runs them and reports their readiness probes; the EndpointSlice controller
+publishes them; the operator finds the proxies in their Service's slices and pushes
+plans to ``<pod IP>:9901``. The users reach the proxy pods at IPs checked to lie in
+the pod runner's Node's pod CIDR.
 
-On the local cluster the operator manages the proxies as in production: it applies
-their Deployment and Service (nothing runs them here: the demo plays kubelet and starts
-the processes), finds them through the Service's EndpointSlice and pushes plans to
-``<pod IP>:9901``. On ``$KUBECONFIG``'s cluster the proxies are external (selected by
-label), so no real Deployment is scheduled there.
+On ``$KUBECONFIG``'s cluster (``LIMPET_USE_KUBECONFIG=1``) nothing here may run Pods:
+only the CRDs are installed, the operator watches only the demo's namespace, and the
+proxies (external, selected by label) and the app are fake pods (network namespaces
+published in EndpointSlices by ``limpet.devcluster.fakepods``).
 
 Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyService while the
-operator still runs (it removes what it made), stop the operator, the proxies and the
-app, purge the namespace, and stop the local control plane. Every step is registered
-on one ExitStack as soon as its resource exists, so a failure or an interrupt at any
-point undoes exactly what was done.
+operator still runs (it removes what it made), stop the operator, stop the pod runner
+(it stops every pod and deletes their network namespaces) or the fake pods, and stop
+the local control plane (its etcd data goes with it) or, on your cluster, purge the
+namespace. Every step is registered on one ExitStack
+as soon as its resource exists, so a failure or an interrupt at any point undoes
+exactly what was done.
 
 Synchronous (the kubernetes client, process start-up); the scenario calls the slow
 methods through ``asyncio.to_thread``. Traffic goes only to pod IPs inside the network
@@ -33,7 +41,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +51,15 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from limpet.controller.model.names import proxy_service_name, secret_name
-from limpet.devcluster.binaries import KUBECTL, find_binary
+from limpet.controller.model.names import secret_name
+from limpet.demo.app import (
+    APP_NAME,
+    AppPods,
+    DeployedApp,
+    FakeApp,
+    apply_manifests,
+    counter_app,
+)
 from limpet.devcluster.client import (
     client_from_kubeconfig,
     install_crds,
@@ -54,11 +68,13 @@ from limpet.devcluster.client import (
 )
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
-from limpet.devcluster.fakepods import BackendSpec, FakePod, FakePods
+from limpet.devcluster.fakepods import BackendSpec, FakePods
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podnet import PodNetwork, open_pod_network
+from limpet.devcluster.podrunner.process import PodRunnerProcess
 from limpet.devcluster.process import ManagedProcess
 from limpet.devcluster.proxypod import ProxyPodCommand
+from limpet.devcluster.workloads import kubectl, node_pod_ip, pods, ready_pods
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO / "crds"
@@ -67,7 +83,7 @@ OPERATOR_NAMESPACE = "limpet-system"
 OPERATOR_SA = "limpet-operator"
 ENV_USE_KUBECONFIG = "LIMPET_USE_KUBECONFIG"
 STICKY = "counter"
-APP_SERVICE = "counter"
+APP_SERVICE = APP_NAME
 APP_PORT = 8080
 PROXY_PORT = 8080
 EXTERNAL_PROXIES = "counter-demo-proxies"
@@ -84,6 +100,9 @@ class StageError(RuntimeError):
 class StageSettings:
     proxies: int = 2
     pods: int = 3
+    pre_stop: int = 20
+    """Seconds a terminating app pod keeps serving (its preStop sleep), so Limpet can
+    drain it; longer than the StickyService's drain timeout."""
     sticky_spec: dict[str, Any]
     """The StickyService spec (service and port are filled in)."""
     work_dir: Path | None = None
@@ -109,8 +128,9 @@ class Stage:
         self.api: k8s.ApiClient | None = None
         self.namespace = ""
         self.operator: ManagedProcess | None = None
-        self.proxies: FakePods | None = None
-        self.app: FakePods | None = None
+        self.runner: PodRunnerProcess | None = None
+        self.app: AppPods | None = None
+        self._proxy_urls: list[str] = []
         self.work = Path()
         self.token_file = Path()
         self._sticky_path = ""
@@ -133,37 +153,101 @@ class Stage:
         else:
             self.work = s.work_dir
             self.work.mkdir(parents=True, exist_ok=True)
-        network = self._pod_network()
+        network = self._pod_network() if s.use_kubeconfig else None
         self._cluster()
         api = self.api
         assert api is not None
         self._install(api)
         self.namespace = create_namespace(api, "limpet-demo")
-        self._stack.callback(purge_namespace, api, self.namespace)
+        if self.cluster is None:
+            # Someone else's cluster keeps nothing of ours; the local one is deleted whole.
+            self._stack.callback(purge_namespace, api, self.namespace)
         s.say(f"namespace {self.namespace}")
+        if self.cluster is not None:
+            self._start_pod_runner(self.cluster)
+            # The app first, as a user would add Limpet to a running app: the operator's
+            # first plan then holds every pod, and no rebalance runs when users arrive.
+            self._deploy_app(api)
         operator_kubeconfig = self._operator_identity(api)
         self._create_sticky(api)
         self._start_operator(operator_kubeconfig)
-        token = self._wait_token(api)
+        # The proxies' admin token, for whoever scrapes their metrics (fake proxies: to run).
         self.token_file = self.work / "admin-token"
-        self.token_file.write_text(token)
+        self.token_file.write_text(self._wait_token(api))
+        if network is None:
+            self._wait_proxy_pods(api)
+        else:
+            self._fake_pods(api, network)
+
+    def _start_pod_runner(self, cluster: DevCluster) -> None:
+        """The local cluster's node agent: the demo's Pods run as processes here."""
+        runner = PodRunnerProcess(cluster, self.work / "podrunner")
+        try:
+            runner.start()
+        except DevClusterError as exc:
+            raise StageError(
+                f"the pod runner did not start: {exc}. It runs pods in network namespaces: "
+                "run the demo as root on Linux with iproute2 (make run installs it)."
+            ) from exc
+        # Stopping it stops every pod and deletes their network namespaces.
+        self._stack.callback(runner.stop)
+        self.runner = runner
+        self.settings.say(
+            f"pod runner ready: node {', '.join(runner.nodes)} (log: podrunner/podrunner.log)"
+        )
+
+    def _deploy_app(self, api: k8s.ApiClient) -> None:
+        """The app as examples/app ships it, until its pods are Ready."""
+        s = self.settings
+        assert self.kubeconfig is not None
+        manifests = counter_app(
+            self.namespace, replicas=s.pods, pre_stop=s.pre_stop, grace=s.pre_stop + 5
+        )
+        apply_manifests(api, manifests, manager=FIELD_MANAGER)
+        app = DeployedApp(api, self.kubeconfig, self.namespace)
+        self.app = app
+        names = _wait(lambda: _exactly(app.serving(), s.pods), 90, f"{s.pods} Ready app pods")
+        s.say(f"Deployment {APP_SERVICE}: {s.pods} Ready pods: " + ", ".join(names))
+
+    def _wait_proxy_pods(self, api: k8s.ApiClient) -> None:
+        """The operator's proxy Deployment, run: its Ready pods' checked IPs."""
+        s = self.settings
+        labels = {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": STICKY}
+        proxies = _wait(
+            lambda: _exactly(ready_pods(api, self.namespace, labels), s.proxies),
+            90,
+            f"{s.proxies} Ready proxy pods",
+        )
+        assert self.runner is not None
+        nodes = self.runner.nodes
+        try:
+            ips = sorted(node_pod_ip(api, p, nodes) for p in proxies)
+        except DevClusterError as exc:
+            raise StageError(str(exc)) from exc
+        self._proxy_urls = [f"http://{ip}:{PROXY_PORT}/" for ip in ips]
+        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls))
+
+    def _fake_pods(self, api: k8s.ApiClient, network: PodNetwork) -> None:
+        """On someone else's cluster: the proxies and the app as fake pods."""
+        s = self.settings
         for sub in ("proxies", "app"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
-        self.proxies = FakePods(
+        proxies = FakePods(
             api,
             network,
             namespace=self.namespace,
-            service=self._proxy_service(),
+            service=EXTERNAL_PROXIES,
             port=PROXY_PORT,
             backend=ProxyPodCommand(token_file=self.token_file, state_root=self.work / "proxies"),
-            # Managed: the operator made the proxies' Service. External: ours, selector-less.
-            create_service=self.cluster is None,
             log_dir=self.work / "proxies",
         )
-        self._stack.callback(self.proxies.close)
-        self.proxies.scale_up(s.proxies)
-        s.say(f"{s.proxies} proxies at " + ", ".join(self.proxy_urls()))
-        self.app = FakePods(
+        self._stack.callback(proxies.close)
+        proxies.scale_up(s.proxies)
+        self._proxy_urls = [
+            p.url + "/" for p in sorted(proxies.pods.values(), key=lambda p: p.name)
+        ]
+        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls))
+        group = FakePods(
             api,
             network,
             namespace=self.namespace,
@@ -172,9 +256,10 @@ class Stage:
             backend=_app_command,
             log_dir=self.work / "app",
         )
-        self._stack.callback(self.app.close)
-        self.app.scale_up(s.pods)
-        s.say(f"{s.pods} app pods: " + ", ".join(sorted(self.app.pods)))
+        self._stack.callback(group.close)
+        group.scale_up(s.pods)
+        self.app = FakeApp(group)
+        s.say(f"{s.pods} app pods: " + ", ".join(self.app.serving()))
 
     def _pod_network(self) -> PodNetwork:
         try:
@@ -219,27 +304,32 @@ class Stage:
         """The local cluster gets deploy/ itself; someone else's cluster only the CRDs."""
         if self.cluster is not None:
             # Exactly what users apply: CRDs, namespace, ServiceAccount, ClusterRole and
-            # binding, the operator Deployment (no kubelet here runs it: the demo runs
-            # the operator as a local process under that ServiceAccount instead).
-            kubectl = find_binary(KUBECTL)
-            done = subprocess.run(
-                [
-                    str(kubectl),
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "apply",
-                    "--server-side",
-                    "-k",
-                    str(DEPLOY_DIR),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
+            # binding, the operator Deployment.
+            assert self.kubeconfig is not None
+            try:
+                kubectl(self.kubeconfig, "apply", "--server-side", "-k", str(DEPLOY_DIR))
+                # The demo runs the operator as a local process under that ServiceAccount
+                # (its log and its faster status interval at hand), so the Deployment's
+                # pods must not run too: scaled to 0 before the pod runner's Node exists.
+                kubectl(
+                    self.kubeconfig,
+                    "scale",
+                    "deployment/limpet-operator",
+                    "--replicas=0",
+                    namespace=OPERATOR_NAMESPACE,
+                )
+            except DevClusterError as exc:
+                raise StageError(f"installing deploy/ failed: {exc}") from exc
+            operator_labels = {"app.kubernetes.io/component": "operator"}
+            _wait(
+                lambda: not pods(api, OPERATOR_NAMESPACE, operator_labels),
+                30,
+                "the operator Deployment to have no pods",
             )
-            if done.returncode != 0:
-                raise StageError(f"kubectl apply -k deploy/ failed: {done.stderr.strip()}")
-            self.settings.say("applied deploy/ (CRDs, RBAC, operator objects)")
+            self.settings.say(
+                "applied deploy/ (CRDs, RBAC, operator objects); the operator Deployment "
+                "scaled to 0: the demo runs the operator itself"
+            )
         else:
             names = install_crds(api, CRD_DIR, field_manager=FIELD_MANAGER)
             if not names:
@@ -265,13 +355,10 @@ class Stage:
             lifetime=6 * 3600,
         )
 
-    def _proxy_service(self) -> str:
-        return proxy_service_name(STICKY) if self.cluster is not None else EXTERNAL_PROXIES
-
     def _proxy_spec(self) -> dict[str, Any]:
         """Managed proxies on the local cluster; external ones on someone else's.
 
-        On a real cluster, managed proxies would be a real Deployment whose pods (and
+        On your cluster, managed proxies would be a real Deployment whose pods (and
         their EndpointSlice entries, at addresses this host cannot reach) the operator
         would also push plans to. External mode selects only the demo's own proxies,
         published in the EndpointSlice of a selector-less Service that no controller
@@ -360,12 +447,12 @@ class Stage:
     # -- during the run ------------------------------------------------------------------------
 
     def proxy_urls(self) -> list[str]:
-        assert self.proxies is not None
-        return [p.url + "/" for p in sorted(self.proxies.pods.values(), key=lambda p: p.name)]
+        return list(self._proxy_urls)
 
-    def app_pods(self) -> dict[str, FakePod]:
+    def app_pods(self) -> list[str]:
+        """The app pods that take new sessions."""
         assert self.app is not None
-        return dict(self.app.pods)
+        return self.app.serving()
 
     def operator_alive(self) -> bool:
         return self.operator is not None and self.operator.poll() is None
@@ -386,6 +473,10 @@ def _app_command(spec: BackendSpec) -> list[str]:
     return _python_module(
         "limpet.demo.backend", "--host", spec.host, "--port", str(spec.port), "--name", spec.pod
     )
+
+
+def _exactly(items: list[T], count: int) -> list[T] | None:
+    return items if len(items) == count else None
 
 
 def _served(api: k8s.ApiClient) -> bool:

@@ -12,6 +12,7 @@ Pure data, no I/O; one thread.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class PhaseSpan:
     phase: Phase
     start: float
     end: float | None = None
+    pods: tuple[str, ...] = ()
+    """The pods that took new sessions when the phase began."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,16 +61,13 @@ class Timeline:
     serving_pods: tuple[str, ...] = ()
     """The pods that take sessions at the end (set by the scenario)."""
 
-    def begin_phase(self, phase: Phase, t: float) -> None:
-        if self.spans and self.spans[-1].end is None:
-            prev = self.spans[-1]
-            self.spans[-1] = PhaseSpan(phase=prev.phase, start=prev.start, end=t)
-        self.spans.append(PhaseSpan(phase=phase, start=t))
+    def begin_phase(self, phase: Phase, t: float, *, pods: tuple[str, ...] = ()) -> None:
+        self.finish(t)
+        self.spans.append(PhaseSpan(phase=phase, start=t, pods=pods))
 
     def finish(self, t: float) -> None:
         if self.spans and self.spans[-1].end is None:
-            prev = self.spans[-1]
-            self.spans[-1] = PhaseSpan(phase=prev.phase, start=prev.start, end=t)
+            self.spans[-1] = dataclasses.replace(self.spans[-1], end=t)
 
     def sample(self, t: float, snap: TrafficSnapshot) -> Sample:
         total = snap.total()
@@ -100,6 +100,8 @@ class PhaseSummary:
     resynced: int
     moves: Mapping[str, int]
     failover: bool
+    pods_at_start: tuple[str, ...] = ()
+    """The pods that took new sessions when the phase began."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +122,9 @@ class Summary:
     imbalance_mean: float
     """mean |sessions - mean| / mean over serving pods in the last sample."""
     error_samples: Sequence[str]
+    sessions_elsewhere: int = 0
+    """Live sessions last served by a pod that no longer serves at the end (a rollout
+    that left sessions behind would show here)."""
 
     @property
     def ok(self) -> bool:
@@ -147,6 +152,7 @@ def _phase_summary(span: PhaseSpan, tally: PhaseTally) -> PhaseSummary:
         resynced=tally.resynced,
         moves=dict(tally.moves),
         failover=span.phase.failover,
+        pods_at_start=span.pods,
     )
 
 
@@ -164,6 +170,7 @@ def summarize(timeline: Timeline) -> Summary:
     broken_outside = sum(t.broken for name, t in snap.phases.items() if name not in failover_names)
     serving = timeline.serving_pods or tuple(sorted(snap.sessions_per_pod))
     per_pod = {pod: snap.sessions_per_pod.get(pod, 0) for pod in serving}
+    elsewhere = sum(n for pod, n in snap.sessions_per_pod.items() if pod not in serving)
     imb_max, imb_mean = imbalance(list(per_pod.values()))
     moves: Counter[str] = Counter(total.moves)
     start = timeline.spans[0].start if timeline.spans else 0.0
@@ -182,4 +189,5 @@ def summarize(timeline: Timeline) -> Summary:
         imbalance_max=imb_max,
         imbalance_mean=imb_mean,
         error_samples=total.error_samples,
+        sessions_elsewhere=elsewhere,
     )
