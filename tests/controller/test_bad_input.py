@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -116,6 +117,7 @@ async def test_deleting_the_stickyservice_removes_what_it_created(
     ]
     for path in children:
         assert await kube.get(path) is not None, path
+    started = time.monotonic()
     await kube.delete(STICKYSERVICES.path(namespace, "shop"))
 
     async def all_gone() -> bool:
@@ -124,6 +126,7 @@ async def test_deleting_the_stickyservice_removes_what_it_created(
         return all([await kube.get(p) is None for p in children])
 
     await eventually(all_gone, what="the StickyService and its children gone")
+    print(f"StickyService deleted -> it and its children gone: {time.monotonic() - started:.1f} s")
     # The user's own Service and pods are untouched.
     assert await kube.get(f"/api/v1/namespaces/{namespace}/services/shop") is not None
     assert scene.operator is not None

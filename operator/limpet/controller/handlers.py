@@ -199,4 +199,8 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.peering.clusterwide = not settings.namespaces
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
+    # A stopped reconciler cancels its tasks and closes its watches, which takes a few
+    # awaits more than kopf's ten zero-time cycles; without a wait kopf re-checks the
+    # daemon only after its cancellation timeout, so every deletion took 10 s.
+    ks.background.instant_exit_timeout = 2.0
     return ks
