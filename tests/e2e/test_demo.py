@@ -22,6 +22,7 @@ A second run is interrupted with SIGINT and must leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,7 +40,8 @@ import yaml
 
 from limpet.demo.scenario import phases
 from limpet.devcluster.cluster import DevCluster
-from limpet.devcluster.netns import list_netns
+from limpet.devcluster.netns import NETNS_PREFIX, STATE_DIR, list_netns
+from limpet.devcluster.ownership import read_record
 from tests.e2e.audit import POLICY, Call, calls, granted
 
 pytestmark = pytest.mark.apiserver
@@ -291,7 +293,11 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
         kubeconfig = yaml.safe_load((report / "logs" / "kubeconfig").read_text())
         port = int(kubeconfig["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
         assert _listening(port)
-        assert _netns() > netns_before, "the demo's pods are network namespaces"
+        # Other runs on the machine may add and remove namespaces meanwhile: the demo's
+        # are those of the runs whose owner process runs from its report folder.
+        mine = _netns_of(report)
+        assert mine, "the demo's pods are network namespaces"
+        assert not mine & netns_before
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:
@@ -307,11 +313,22 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
     assert str(report) not in ps.stdout
     assert not _listening(port), "the local kube-apiserver was stopped"
     assert not (report / "summary.json").exists()
-    assert _netns() <= netns_before, "every network namespace of the demo was removed"
+    assert not mine & _netns(), "every network namespace of the demo was removed"
 
 
 def _netns() -> set[str]:
     return set(list_netns())
+
+
+def _netns_of(folder: Path) -> set[str]:
+    """The network namespaces of the runs whose owner has ``folder`` in its command line."""
+    runs = set()
+    for record in STATE_DIR.glob("*.json"):
+        found = read_record(record)
+        with contextlib.suppress(OSError):
+            if found and str(folder).encode() in Path(f"/proc/{found[0].pid}/cmdline").read_bytes():
+                runs.add(record.stem)
+    return {n for n in _netns() if n.removeprefix(NETNS_PREFIX).rsplit("-", 1)[0] in runs}
 
 
 @pytest.mark.timeout(300)
