@@ -181,11 +181,13 @@ def push(replicas: list[Proxy], plan: Plan) -> None:
 
 
 class RedisServer:
-    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence."""
+    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence; with
+    ``password``, clients must authenticate (``requirepass``)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, password: str | None = None) -> None:
         self.tmp = tmp
         self.port = _free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -198,6 +200,8 @@ class RedisServer:
             pytest.fail("redis-server is missing: run tools/apt-deps.sh (Debian's redis-server)")
         argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.tmp), "--protected-mode", "yes"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.DEVNULL,
@@ -209,7 +213,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
@@ -222,12 +226,19 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command in RESP, the raw reply (for the test's own look at the store)."""
-        out = f"*{len(args)}\r\n".encode()
-        for a in args:
-            out += f"${len(a.encode())}\r\n{a}\r\n".encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(out)
+            if self.password is not None:
+                s.sendall(_resp("AUTH", self.password))
+                assert s.recv(64) == b"+OK\r\n"
+            s.sendall(_resp(*args))
             return s.recv(1 << 16)
+
+
+def _resp(*args: str) -> bytes:
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        out += f"${len(a.encode())}\r\n{a}\r\n".encode()
+    return out
 
 
 def _free_port() -> int:

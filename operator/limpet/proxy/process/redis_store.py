@@ -9,8 +9,11 @@ with an older last-seen never rewinds a newer one), ``ZREM`` from the backend a 
 moved away from, then per backend ``ZREMRANGEBYSCORE`` of sessions idle past
 ``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever replicas saw them) and
 ``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout + ttlSlack`` later).
-The password is read from ``passwordFile`` when the client is built; TLS uses the
-system trust store or ``caFile``. Concurrency: used from one event loop.
+The password is read from ``passwordFile`` on every new connection (a
+:class:`FilePassword` credential provider), so a rotated Secret is picked up and a file
+that is missing for a while fails only the calls made meanwhile (the caller counts a
+fallback and tries again), never the client itself. TLS uses the system trust store or
+``caFile``. Concurrency: used from one event loop.
 """
 
 from __future__ import annotations
@@ -20,10 +23,34 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError
 
 from limpet.affinity import SessionStoreSettings
 from limpet.affinity.plan.model import split_address
 from limpet.proxy.session.store import Batch
+
+
+class FilePassword(CredentialProvider):
+    """The password in ``path`` (and ``username``), read afresh for each connection."""
+
+    def __init__(self, path: str, username: str | None) -> None:
+        self._path = Path(path)
+        self._username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        try:
+            password = self._path.read_text().strip()
+        except OSError as exc:
+            raise AuthenticationError(f"sessionStore.passwordFile: {exc}") from exc
+        if not password:
+            raise AuthenticationError(f"sessionStore.passwordFile {self._path} is empty")
+        return (password,) if self._username is None else (self._username, password)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
 
 
 class RedisStore:
@@ -31,9 +58,9 @@ class RedisStore:
 
     def __init__(self, settings: SessionStoreSettings) -> None:
         host, port = split_address("sessionStore.address", settings.address)
-        password = None
+        creds = None
         if settings.password_file is not None:
-            password = Path(settings.password_file).read_text().strip() or None
+            creds = FilePassword(settings.password_file, settings.username)
         tls: dict[str, object] = {}
         if settings.tls:
             tls = {
@@ -47,11 +74,13 @@ class RedisStore:
             host=host,
             port=port,
             db=settings.database,
-            username=settings.username,
-            password=password,
+            username=None if creds is not None else settings.username,
+            credential_provider=creds,
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
-            retry_on_timeout=False,
+            # No retries inside a call: the caller falls back at once and the next
+            # interval (or request) is the retry, so a dead store never stalls anything.
+            retry=Retry(NoBackoff(), 0),
             **tls,  # type: ignore[arg-type]
         )
         self.round_trips = 0

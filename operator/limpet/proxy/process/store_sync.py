@@ -5,6 +5,9 @@ Once per last-seen step of the router's plan, :class:`StoreSync` takes the route
 and flushes it to the store the plan names (built by a factory, rebuilt when the plan's
 ``sessionStore`` changes). A failure or a timeout (``sessionStore.timeout``) makes the
 router fall back to its own counts and keep the batch; the transition is logged once.
+Building the client can fail too (a bad address, an unreadable CA file): that is one
+more fallback, and the next interval builds it again; the loop itself never ends on a
+store error, only when it is cancelled.
 Concurrency: one task on the proxy's event loop.
 """
 
@@ -53,12 +56,14 @@ class StoreSync:
         settings = None if plan is None else plan.session_store
         if settings != self._settings:
             await self._switch(settings)
-        store = self._store
-        if store is None or settings is None:
+        if settings is None:
             self._router.store_detached()
             return False
         batch = self._router.take_touches()
         try:
+            store = self._store
+            if store is None:
+                store = self._store = self._factory(settings)
             counts = await asyncio.wait_for(store.flush(batch), settings.timeout)
         except Exception as exc:  # any failure of the store: fall back, never fail traffic
             self._router.store_failed(batch)
@@ -75,14 +80,13 @@ class StoreSync:
         return True
 
     async def _switch(self, settings: SessionStoreSettings | None) -> None:
+        """Close the client of the old settings; the next flush builds the new one."""
         old, self._store, self._settings = self._store, None, settings
         if old is not None:
             try:
                 await old.close()
             except Exception:
                 log.exception("closing the session store failed")
-        if settings is not None:
-            self._store = self._factory(settings)
 
 
 def start_store_sync(router: SessionRouter) -> Callable[[], None]:
