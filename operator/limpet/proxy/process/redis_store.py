@@ -9,6 +9,16 @@ with an older last-seen never rewinds a newer one), ``ZREM`` from the backend a 
 moved away from, then per backend ``ZREMRANGEBYSCORE`` of sessions idle past
 ``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever replicas saw them) and
 ``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout + ttlSlack`` later).
+
+Learned keys (``limpet.proxy.session.shared_keys``) are plain strings,
+``<keyPrefix>k:<member>``, one per session, with a TTL. The slow path of the router reads
+one with ``GET``, places one with ``SET NX GET`` (the first writer wins, the others get
+its entry back) and moves one with :data:`MOVE` (a compare-and-set on the backend it
+leaves). A flush also runs :data:`TOUCH` for each learned key seen: it raises the stored
+last-seen time, re-creates an entry the store lost, and leaves an entry that another
+replica moved alone. Both are Lua scripts run by the server (``EVALSHA``), so each is
+atomic; redis-py loads them once per connection pool. Each call is one round-trip
+(:attr:`RedisStore.round_trips` counts them) and ends within ``sessionStore.timeout``.
 The password is read from ``passwordFile`` on every new connection (a
 :class:`FilePassword` credential provider), so a rotated Secret is picked up and a file
 that is missing for a while fails only the calls made meanwhile (the caller counts a
@@ -18,6 +28,7 @@ fallback and tries again), never the client itself. TLS uses the system trust st
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +64,41 @@ class FilePassword(CredentialProvider):
         return self.get_credentials()
 
 
+MOVE = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return ARGV[2]
+"""
+"""Replace an entry still on the backend ``ARGV[1]`` (or absent); answer the entry."""
+
+TOUCH = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
+local b, c, last, r = string.match(v, '^(%S+) (%d+) (%d+)( ?r?)$')
+if not b then return 0 end
+local mine = tonumber(ARGV[4])
+if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  if mine > tonumber(last) then
+    redis.call('SET', KEYS[1], b .. ' ' .. c .. ' ' .. ARGV[4] .. r, 'PX', ARGV[3])
+    return 1
+  end
+elseif r == ' r' and mine > tonumber(last) then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+"""A write-back of one key (``ARGV``: backend prefix, entry, TTL in ms, last seen):
+raise the last-seen time of an entry still on this backend; restore a lost entry
+(marked `` r``); between restored entries that disagree, the later last-seen wins (the
+backend the session's latest request went to). An entry another replica placed or moved
+(unmarked) on another backend is left alone."""
+
+
 class RedisStore:
     """:class:`~limpet.proxy.session.store.SessionStore` over one Redis connection pool."""
 
@@ -70,6 +116,7 @@ class RedisStore:
                 "ssl_check_hostname": settings.tls_server_name is None,
             }
         self._prefix = settings.key_prefix.encode()
+        self._timeout = settings.timeout
         self._redis = aioredis.Redis(
             host=host,
             port=port,
@@ -83,13 +130,40 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
             **tls,  # type: ignore[arg-type]
         )
+        self._move = self._redis.register_script(MOVE)
+        self._touch = self._redis.register_script(TOUCH)
         self.round_trips = 0
 
     def _key(self, backend: str) -> bytes:
         return self._prefix + b"live:" + backend.encode()
 
+    def _entry(self, member: bytes) -> bytes:
+        return self._prefix + b"k:" + member
+
+    async def get_key(self, member: bytes) -> bytes | None:
+        self.round_trips += 1
+        async with asyncio.timeout(self._timeout):
+            got = await self._redis.get(self._entry(member))
+        return None if got is None else bytes(got)  # type: ignore[arg-type]
+
+    async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        self.round_trips += 1
+        async with asyncio.timeout(self._timeout):
+            got = await self._redis.set(self._entry(member), value, px=ttl_ms, nx=True, get=True)
+        return None if got is None else bytes(got)  # type: ignore[arg-type]
+
+    async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
+        self.round_trips += 1
+        async with asyncio.timeout(self._timeout):
+            got = await self._move(keys=[self._entry(member)], args=[expect, value, ttl_ms])
+        return bytes(got)
+
     async def flush(self, batch: Batch) -> Mapping[str, int]:
         pipe = self._redis.pipeline(transaction=False)
+        for entry in batch.keys:
+            last = entry.value.rsplit(b" ", 1)[1]
+            args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
+            await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)  # queued
         for t in batch.touches:
             pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
             if t.moved_from is not None:

@@ -5,9 +5,10 @@ Once per last-seen step of the router's plan, :class:`StoreSync` takes the route
 and flushes it to the store the plan names (built by a factory, rebuilt when the plan's
 ``sessionStore`` changes). A failure or a timeout (``sessionStore.timeout``) makes the
 router fall back to its own counts and keep the batch; the transition is logged once.
-Building the client can fail too (a bad address, an unreadable CA file): that is one
-more fallback, and the next interval builds it again; the loop itself never ends on a
-store error, only when it is cancelled.
+The client built is also the one the router asks about learned keys
+(:meth:`SessionRouter.attach_keys`). Building it can fail too (a bad address, an
+unreadable CA file): that is one more fallback, and the next interval builds it again;
+the loop itself never ends on a store error, only when it is cancelled.
 Concurrency: one task on the proxy's event loop.
 """
 
@@ -40,9 +41,9 @@ class StoreSync:
         """Flush forever, at the plan's last-seen step (cancel to stop)."""
         try:
             while True:
+                await self.flush()
                 plan = self._router.plan
                 await asyncio.sleep(1.0 if plan is None else float(plan.granularity))
-                await self.flush()
         finally:
             await self.close()
 
@@ -64,6 +65,7 @@ class StoreSync:
             store = self._store
             if store is None:
                 store = self._store = self._factory(settings)
+                self._router.attach_keys(store)
             counts = await asyncio.wait_for(store.flush(batch), settings.timeout)
         except Exception as exc:  # any failure of the store: fall back, never fail traffic
             self._router.store_failed(batch)
@@ -83,6 +85,7 @@ class StoreSync:
         """Close the client of the old settings; the next flush builds the new one."""
         old, self._store, self._settings = self._store, None, settings
         if old is not None:
+            self._router.attach_keys(None)
             try:
                 await old.close()
             except Exception:
