@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from limpet.affinity import BackendId, BackendState
 from limpet.proxy.session.shared_keys import (
+    RETRY_AFTER,
     SETTLE_GRACE,
     SharedKeys,
     StoredEntry,
@@ -134,12 +135,18 @@ def test_copies_are_trusted_only_once_checked_after_their_backend_settled() -> N
     assert keys.settled == [T + 20 + SETTLE_GRACE, math.inf]
     assert not keys.trusted(0, T + 20)
     assert keys.trusted(0, T + 20 + SETTLE_GRACE)
-    # An outage: everything checked before the store answered again is checked again.
-    keys.failed()
+    # An outage: a request may try the store again after a while; once it is back,
+    # every copy checked before is checked once more (replicas decided alone meanwhile).
+    keys.failed(T + 100)
     assert not keys.up
-    keys.answered(T + 100)
-    assert getattr(keys, "up")  # noqa: B009 (mypy keeps the narrowing of the line above)
-    assert keys.settled == [T + 100, math.inf]
-    assert (keys.counters["failures"], keys.trusted(0, T + 50)) == (1, False)
-    keys.answered(T + 200)  # no outage in between: nothing changes
-    assert keys.settled == [T + 100, math.inf]
+    assert not keys.usable(T + 100 + RETRY_AFTER / 2)
+    assert keys.usable(T + 100 + RETRY_AFTER)
+    assert keys.settled == [T + 100 + RETRY_AFTER, math.inf]
+    assert not keys.trusted(0, T + 100)
+    keys.failed(T + 200)
+    keys.answered(T + 201)  # a write-back succeeded
+    assert keys.usable(T + 201)
+    assert keys.settled == [T + 201, math.inf]
+    keys.answered(T + 300)  # no outage in between: nothing changes
+    assert keys.settled == [T + 201, math.inf]
+    assert keys.counters["failures"] == 2

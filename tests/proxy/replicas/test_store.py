@@ -1,7 +1,7 @@
 """The shared session store with real processes: three ``limpet proxy`` replicas, a real
 ``redis-server`` (Debian's), counter backends as the oracle, users on a random replica
-for every request, in the two modes whose sessions agree across replicas (Cookie and
-AppCookie; learned keys are not shared through the store yet, see docs/affinity.md).
+for every request, in the two modes whose sessions live in cookies (Cookie and AppCookie;
+learned keys through the store are ``test_learned_store.py``).
 
 Every replica must report the same cluster-wide session counts, and they must equal the
 sessions each backend itself holds (each counted once, not once per replica). Killing

@@ -123,7 +123,9 @@ class RedisStore:
             db=settings.database,
             username=None if creds is not None else settings.username,
             credential_provider=creds,
-            socket_timeout=settings.timeout,
+            # Each call is bounded by its caller (sessionStore.timeout on the request path,
+            # one step for a write-back), not per socket read.
+            socket_timeout=None,
             socket_connect_timeout=settings.timeout,
             # No retries inside a call: the caller falls back at once and the next
             # interval (or request) is the retry, so a dead store never stalls anything.
@@ -159,22 +161,22 @@ class RedisStore:
         return bytes(got)
 
     async def flush(self, batch: Batch) -> Mapping[str, int]:
-        pipe = self._redis.pipeline(transaction=False)
-        for entry in batch.keys:
-            last = entry.value.rsplit(b" ", 1)[1]
-            args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
-            await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)  # queued
-        for t in batch.touches:
-            pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
-            if t.moved_from is not None:
-                pipe.zrem(self._key(t.moved_from), t.member)
-        for b in batch.backends:
-            k = self._key(b)
-            if batch.live_since is not None:
-                pipe.zremrangebyscore(k, "-inf", f"({batch.live_since}")
-            pipe.zcard(k)
-            pipe.expire(k, batch.ttl)
-        results = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:  # reset on any exit
+            for entry in batch.keys:
+                last = entry.value.rsplit(b" ", 1)[1]
+                args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
+                await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)
+            for t in batch.touches:
+                pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
+                if t.moved_from is not None:
+                    pipe.zrem(self._key(t.moved_from), t.member)
+            for b in batch.backends:
+                k = self._key(b)
+                if batch.live_since is not None:
+                    pipe.zremrangebyscore(k, "-inf", f"({batch.live_since}")
+                pipe.zcard(k)
+                pipe.expire(k, batch.ttl)
+            results = await pipe.execute()
         self.round_trips += 1
         per = 3 if batch.live_since is not None else 2
         tail = results[len(results) - per * len(batch.backends) :]

@@ -4,7 +4,9 @@ cluster-wide session counts (see ``limpet.proxy.session.store`` for the data flo
 Once per last-seen step of the router's plan, :class:`StoreSync` takes the router's batch
 and flushes it to the store the plan names (built by a factory, rebuilt when the plan's
 ``sessionStore`` changes). A failure or a timeout (``sessionStore.timeout``) makes the
-router fall back to its own counts and keep the batch; the transition is logged once.
+router fall back to its own counts and keep the batch; the transition is logged once. (A
+write-back may take up to one step, ``sessionStore.timeout`` at least: it is off the
+request path, and a big one must not fail for its size.)
 The client built is also the one the router asks about learned keys
 (:meth:`SessionRouter.attach_keys`). Building it can fail too (a bad address, an
 unreadable CA file): that is one more fallback, and the next interval builds it again;
@@ -66,7 +68,10 @@ class StoreSync:
             if store is None:
                 store = self._store = self._factory(settings)
                 self._router.attach_keys(store)
-            counts = await asyncio.wait_for(store.flush(batch), settings.timeout)
+            # A write-back is off the request path and may carry every session seen in a
+            # step: it has until the next one is due (sessionStore.timeout at least).
+            budget = max(settings.timeout, float(plan.granularity) if plan else 1.0)
+            counts = await asyncio.wait_for(store.flush(batch), budget)
         except Exception as exc:  # any failure of the store: fall back, never fail traffic
             self._router.store_failed(batch)
             if self._up:

@@ -139,8 +139,9 @@ class LearnedTable:
         return self._epoch + self._checked[i] / _TICKS
 
     def check(self, i: int, wall: float) -> None:
-        """Entry ``i`` agrees with the shared store as of ``wall``."""
-        self._checked[i] = self._ticks(wall)
+        """Entry ``i`` agrees with the shared store as of ``wall`` (rounded up, so that a
+        check just after the store was attached is not taken for one before it)."""
+        self._checked[i] = self._ticks_up(wall)
 
     def move(self, i: int, backend: int, wall: float) -> None:
         """Re-pin entry ``i`` to ``backend`` (a migration) and mark it seen."""

@@ -102,7 +102,7 @@ class LearnedRouting:
         (no backend can take it), or a coroutine when the store must be asked."""
         i = t.find(h)
         keys = self._shared
-        ask = shared and keys is not None and keys.up and self._keys_store is not None
+        ask = shared and keys is not None and self._keys_store is not None and keys.usable(wall)
         code = TABLE_CODES[t.name]
         if i < 0:
             if ask:
@@ -184,8 +184,21 @@ class LearnedRouting:
             return await op  # the store bounds each call by sessionStore.timeout
 
         try:
-            raw = await call("reads", store.get_key(member))
-            stored = self._decoded(raw)
+            if self._local(t, h) is None:
+                # A miss: claim a placement outright. An entry already there comes back
+                # instead (SET NX GET), so a miss costs one round-trip either way.
+                wall = self._wall()
+                bid = self._place(snap, h, wall)
+                if bid is None:
+                    return None
+                fresh = StoredEntry(bid, wall, wall)
+                value, life = encode_entry(fresh), ttl(fresh, wall)
+                stored = self._decoded(await call("claims", store.claim_key(member, value, life)))
+                if stored is None:
+                    return self._adopt(t, h, fresh, self._local(t, h), self._wall(), None)
+                keys.counters["adopted"] += 1
+            else:
+                stored = self._decoded(await call("reads", store.get_key(member)))
             wall = self._wall()
             local = self._local(t, h)
             cur = merge(local, stored)
@@ -231,7 +244,7 @@ class LearnedRouting:
                 self._migrations[reason] += 1
             return self._adopt(t, h, after, local, self._wall(), (reason, cur.backend))
         except Exception:  # any failure of the store: local tables, never an error page
-            keys.failed()
+            keys.failed(self._wall())
             self._store_stats["fallbacks"] += 1
             self._cluster = None
             placed = self._learned(snap, t, h, self._wall(), shared=False)

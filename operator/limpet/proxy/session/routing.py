@@ -1,16 +1,21 @@
 """The session layer's router: which backend serves a request, and what to tell it.
 
 Data flow, per request: the engine parses the head into a
-:class:`~limpet.proxy.engine.port.RequestView` and calls :meth:`SessionRouter.route`.
-The router walks
-the plan's affinity modes in order (primary, then fallbacks) and takes the first session
-key the request carries (:mod:`.request_keys`): a valid LB cookie (:mod:`.cookies`), the
-app cookie, the header, the query parameter or the client IP. An existing session keeps
+:class:`~limpet.proxy.engine.port.RequestView` and calls :meth:`SessionRouter.dispatch`
+(tests and benchmarks call :meth:`SessionRouter.route`, which never asks the store). The
+router walks the plan's affinity modes in order (primary, then fallbacks) and takes the
+first session key the request carries (:mod:`.request_keys`): a valid LB cookie
+(:mod:`.cookies`), the app cookie, the header, the query parameter or the client IP. An
+existing session keeps
 its backend unless the affinity core's migration decision (:func:`limpet.affinity.decide`)
 moves it (failover, drain, rebalance, expired); a new session is placed by the target
 slot table with bounded loads (:meth:`limpet.affinity.Router.route_new`), and every
 destination, new or moved, is under its bounded-load cap. The loads are this process's
-own counts of the sessions it has seen within ``idleTimeout`` (:mod:`.sessions`).
+own counts of the sessions it has seen within ``idleTimeout`` (:mod:`.sessions`), or the
+cluster-wide counts while a shared store answers (:mod:`.store`). Learned keys are
+routed by :mod:`.learned_routing`: with a store, a key this replica does not hold or
+one the plan may move is answered by a coroutine that asks the store first (the engine
+awaits it); everything else is synchronous.
 Passive health (:mod:`.health`) is passed to the core as ``exclude``: a backend marked
 down locally takes nothing, its sessions fail over, and the caps are those of the
 backends still up. The answer is a :class:`~limpet.proxy.engine.port.Route`: where to connect,
@@ -663,7 +668,7 @@ class SessionRouter(LearnedRouting):
         self._store_stats["fallbacks"] += 1
         self._cluster = None
         if self._shared is not None:
-            self._shared.failed()
+            self._shared.failed(self._wall())
         touched = self._touched
         if touched is None:
             return

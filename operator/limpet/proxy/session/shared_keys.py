@@ -27,9 +27,12 @@ Data flow (the router is :mod:`.routing`, the slow path :mod:`.learned_routing`)
   another replica has moved meanwhile.
 
 When the store fails, :class:`SharedKeys` goes down (counted) and the router uses its local
-tables and deterministic placement until a write-back succeeds again; every local entry
-is then checked once more before it is trusted (a partition may have let others move
-it). Concurrency: one instance per router, on the event loop only. Pure: no I/O here.
+tables and deterministic placement until a write-back succeeds again or, at most one
+call per ``RETRY_AFTER``, a request's store call does. Every local copy is then checked
+once more before it is trusted again: while the store was away each replica decided
+alone (a drain, an expiry, a bounded-load cap), and the store's entry is the one all
+replicas converge on. Concurrency: one instance per router, on the event loop only.
+Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ MAX_KEY = (1 << 64) - 1
 SETTLE_GRACE = 2.0
 """Seconds after a backend becomes immovable before a local copy checked then is trusted:
 covers replicas that receive the same plan a little apart."""
+
+RETRY_AFTER = 1.0
+"""Seconds after a failed store call before a request may try the store again."""
 
 IMMOVABLE = frozenset({BackendState.ACTIVE, BackendState.WARMING})
 
@@ -138,10 +144,11 @@ class SharedKeys:
     """The store's state as the router sees it: up or down, its counters, and since when
     each backend's local copies may be trusted (indexed by backend number)."""
 
-    __slots__ = ("counters", "settled", "since", "up")
+    __slots__ = ("counters", "retry_at", "settled", "since", "up")
 
     def __init__(self, since: float) -> None:
         self.up = True
+        self.retry_at = 0.0
         self.since = since
         """Local copies made before the store was attached are checked once, like all."""
         self.settled: list[float] = []
@@ -171,16 +178,26 @@ class SharedKeys:
             elif settled[i] == math.inf:
                 settled[i] = wall + SETTLE_GRACE
 
-    def failed(self) -> None:
-        """A store call failed: local tables until a write-back succeeds."""
+    def failed(self, wall: float) -> None:
+        """A store call failed: local tables until a write-back succeeds, or until a
+        request tries again ``RETRY_AFTER`` from now."""
         self.counters["failures"] += 1
         self.up = False
+        self.retry_at = wall + RETRY_AFTER
 
     def answered(self, wall: float) -> None:
-        """A write-back succeeded. After an outage, every local copy is checked again once
-        (others may have moved sessions while this replica could not see the store)."""
-        if self.up:
-            return
+        """A write-back succeeded."""
+        if not self.up:
+            self._back(wall)
+
+    def usable(self, wall: float) -> bool:
+        """Whether to ask the store now: it is up, or it is time to try it again."""
+        if not self.up and wall >= self.retry_at:
+            self._back(wall)
+        return self.up
+
+    def _back(self, wall: float) -> None:
+        """Up again: every local copy is checked once before it is trusted."""
         self.up = True
         settled = self.settled
         for i, s in enumerate(settled):
