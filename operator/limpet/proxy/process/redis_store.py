@@ -99,6 +99,10 @@ backend the session's latest request went to). An entry another replica placed o
 (unmarked) on another backend is left alone."""
 
 
+POOL_SIZE = 64
+"""Connections per proxy process; calls beyond it queue for one."""
+
+
 class RedisStore:
     """:class:`~limpet.proxy.session.store.SessionStore` over one Redis connection pool."""
 
@@ -110,14 +114,18 @@ class RedisStore:
         tls: dict[str, object] = {}
         if settings.tls:
             tls = {
-                "ssl": True,
+                "connection_class": aioredis.SSLConnection,
                 "ssl_ca_certs": settings.ca_file,
                 "ssl_cert_reqs": ssl.CERT_REQUIRED,
                 "ssl_check_hostname": settings.tls_server_name is None,
             }
         self._prefix = settings.key_prefix.encode()
         self._timeout = settings.timeout
-        self._redis = aioredis.Redis(
+        # A bounded pool that makes a burst of concurrent calls wait for a connection
+        # (within the call's own timeout) rather than fail or open one each.
+        self._pool = aioredis.BlockingConnectionPool(
+            max_connections=POOL_SIZE,
+            timeout=settings.timeout,
             host=host,
             port=port,
             db=settings.database,
@@ -132,6 +140,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
             **tls,  # type: ignore[arg-type]
         )
+        self._redis = aioredis.Redis(connection_pool=self._pool)
         self._move = self._redis.register_script(MOVE)
         self._touch = self._redis.register_script(TOUCH)
         self.round_trips = 0
@@ -184,3 +193,4 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._pool.aclose()

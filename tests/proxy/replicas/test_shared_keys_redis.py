@@ -1,0 +1,141 @@
+"""Learned keys through a real ``redis-server``: replicas that race to place one key agree
+on the first writer's backend, and a request that waits for the store (a miss) loses no
+byte of its body.
+
+The race runs two session routers in this process, each with its own real store client
+(``RedisStore``), whose bounded-load caps differ (one believes backend ``a`` is full), so
+each would place many keys elsewhere than the other; both ask at once for every key.
+The body test runs a real ``limpet proxy`` with ``--session-store`` and echo backends,
+and sends uploads, with and without chunked framing, each under a key no replica holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from limpet.affinity import AffinitySettings, AffinityType, SessionStoreSettings
+from limpet.proxy.engine.port import Route
+from limpet.proxy.process.redis_store import RedisStore
+from limpet.proxy.session.routing import RequestView, SessionRouter
+
+from ..conftest import Backends, Proxies
+from ..routing_helpers import ABC, mkplan, mkrouter
+from .fleet import RedisServer
+
+pytestmark = pytest.mark.timeout(90)
+
+KEYS = 120
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class Wall:
+    def __call__(self) -> float:
+        import time
+
+        return time.time()
+
+
+async def _ask(router: SessionRouter, key: str) -> str:
+    view = RequestView(b"GET", b"/", [(b"X-S", key.encode())], "192.0.2.1", None)
+    got = router.dispatch(view)
+    route = got if got is None or isinstance(got, Route) else await got
+    assert route is not None
+    return route.backend_id
+
+
+async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> None:
+    settings = SessionStoreSettings(address=redis.address, key_prefix="race:", timeout=2.0)
+    aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S")
+    plan = mkplan(1, ABC, affinity=aff, session_store=settings)
+    routers = [mkrouter(Wall(), plan) for _ in range(2)]  # type: ignore[arg-type]
+    stores = [RedisStore(settings) for _ in routers]
+    for r, s in zip(routers, stores, strict=True):
+        r.store_attached()
+        r.attach_keys(s)
+    # The second believes a is full cluster-wide: it would place a's keys elsewhere.
+    routers[1].store_counts({"a": 10_000, "b": 0, "c": 0})
+    try:
+        keys = [f"k{i}" for i in range(KEYS)]
+        first = await asyncio.gather(*(_ask(r, k) for k in keys for r in routers))
+        pairs = list(zip(first[::2], first[1::2], strict=True))
+        assert all(x == y for x, y in pairs), pairs
+        assert {x for x, _ in pairs} >= {"a", "b", "c"}
+        # Each key was claimed by both; one won, the other adopted the winner's entry.
+        claims = [r.stats().store["keyClaims"] for r in routers]
+        adopted = [r.stats().store["keyAdopted"] for r in routers]
+        assert claims == [KEYS, KEYS], [r.stats().store for r in routers]
+        assert sum(adopted) == KEYS, adopted
+        # Later requests are answered from each replica's table: no store round-trip.
+        again = await asyncio.gather(*(_ask(r, k) for k in keys for r in routers))
+        assert again == first
+        assert [r.stats().store["keyClaims"] for r in routers] == claims
+        assert all(r.stats().store["keyReads"] == 0 for r in routers)
+        assert all(s.round_trips == KEYS for s in stores)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def _upload(port: int, key: str, body: bytes, *, chunked: bool) -> dict[str, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"X-S": key, "Content-Type": "application/octet-stream"}
+        if chunked:
+            parts = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+            conn.request("POST", "/echo", body=iter(parts), headers=headers, encode_chunked=True)
+        else:
+            conn.request("POST", "/echo", body=body, headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        doc: dict[str, object] = json.loads(resp.read())
+        return doc
+    finally:
+        conn.close()
+
+
+def test_a_request_that_waits_for_the_store_keeps_its_body(
+    redis: RedisServer, backends: Backends, proxy: Proxies
+) -> None:
+    b1, b2 = backends.start("b1"), backends.start("b2")
+    p = proxy.start(
+        "--backend",
+        f"b1={b1.address}",
+        "--backend",
+        f"b2={b2.address}",
+        "--affinity",
+        "header:X-S",
+        "--session-store",
+        redis.address,
+        "--session-store-prefix",
+        "body:",
+    )
+    body = bytes(range(256)) * 1200  # 300 KiB: more than the engine buffers unpaused
+    want = hashlib.sha256(body).hexdigest()
+    seen = []
+    for i, chunked in enumerate([False, True] * 3):
+        doc = _upload(p.address[1], f"upload-{i}", body, chunked=chunked)
+        assert (doc["body_bytes"], doc["body_sha256"]) == (len(body), want), doc
+        seen.append(doc["backend"])
+        # The same key again: held now, answered locally, same backend.
+        assert (
+            _upload(p.address[1], f"upload-{i}", body, chunked=chunked)["backend"] == doc["backend"]
+        )
+    store = p.stats()["sessionStore"]
+    assert store["keyClaims"] == 6, store
+    assert store["keyReads"] == 0, store
