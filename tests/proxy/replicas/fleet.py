@@ -103,11 +103,13 @@ class Tally:
 class User:
     """A browser (a cookie jar), or with ``keyed`` a script that names its session in
     ``X-Demo-Session`` and ``?sid=``, from ``source`` (a loopback address of its own);
-    and the pod the app last answered from."""
+    and the pod the app last answered from. Cookies named in ``drop`` are never kept
+    (a client that ignores them)."""
 
     name: str
     keyed: bool = False
     source: str | None = None
+    drop: frozenset[str] = frozenset()
     jar: dict[str, str] = field(default_factory=dict)
     pod: str | None = None
     pods: list[str] = field(default_factory=list)
@@ -133,6 +135,8 @@ class User:
                 return
             for value in resp.headers.get_all("Set-Cookie") or []:
                 name, _, rest = value.partition("=")
+                if name in self.drop:
+                    continue
                 if re.search(r"(?i);\s*max-age=0(;|$)", value):
                     self.jar.pop(name, None)
                 else:

@@ -26,6 +26,7 @@ from limpet.affinity import (
     Backend,
     BackendId,
     BackendState,
+    CookieKey,
     DrainSettings,
     Plan,
     RebalanceSchedule,
@@ -79,8 +80,13 @@ def _plan(
             for name, port in apps.items()
         ),
         affinity=AffinitySettings(
-            type=kind, header_name="X-Demo-Session", query_name="sid", last_seen_granularity=1
+            type=kind,
+            header_name="X-Demo-Session",
+            query_name="sid",
+            app_cookie_name="demo_sid",
+            last_seen_granularity=1,
         ),
+        cookie_keys=(CookieKey(id="k", secret=b"s" * 32),),
         drain=DrainSettings(min_idle=1.0),
         rebalance=rebalance,
         session_store=store,
@@ -165,3 +171,38 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
     made = sum(sum(p.stats()["migrations"].values()) for p in replicas)
     assert made == sum(total.moves.values()), (made, total.moves)
     assert all(p.stats()["learned"][TABLES[kind]]["entries"] > 0 for p in replicas)
+
+
+def test_app_cookie_without_its_companion_through_the_store(
+    counters: Counters, redis: RedisServer, proxy: Proxies, tmp_path: Path
+) -> None:
+    """Clients that never keep the companion cookie: their AppCookie key is learned from
+    the app's ``Set-Cookie`` by one replica and written to the store at once, so every
+    replica routes them alike from their next request on, through a drain too."""
+    rng = random.Random(23)
+    apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
+    store = SessionStoreSettings(address=redis.address, key_prefix="a:", timeout=0.3)
+
+    def plan(version: int, states: dict[str, BackendState] | None = None) -> Plan:
+        return _plan(version, apps, AffinityType.APP_COOKIE, store, states=states)
+
+    first = tmp_path / "plan.json"
+    first.write_text(plan_to_json(plan(1)))
+    replicas = [proxy.start("--plan", str(first)) for _ in range(3)]
+    users = [User(f"a{i}", drop=frozenset({"LIMPETAPP"})) for i in range(USERS)]
+    total = Tally()
+    steady = rounds(users, replicas, rng, count=4, gap=0.2)
+    total.add(steady)
+    assert steady.verdicts == {"new": USERS, "continued": 3 * USERS}, steady
+    assert all("LIMPETAPP" not in u.jar and "demo_sid" in u.jar for u in users)
+    on_c1 = [u for u in users if u.pod == "c1"]
+    assert on_c1
+    push(replicas, plan(2, {"c1": BackendState.DRAINING}))
+    drain = rounds(users, replicas, rng, count=2, gap=1.5)
+    total.add(drain)
+    assert drain.moves["drain"] == len(on_c1), drain
+    assert total.verdicts["broken"] == 0, total
+    assert not total.errors, total.errors
+    missing = sum(p.stats()["appCookie"]["companion_missing"] for p in replicas)
+    assert missing >= 5 * USERS, missing  # counted: every request after the first
+    assert sum(_store(p)["keyPublished"] for p in replicas) == USERS

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from limpet.affinity import SessionStoreSettings
 from limpet.proxy.session.routing import SessionRouter
@@ -27,6 +28,7 @@ from limpet.proxy.session.store import SessionStore
 log = logging.getLogger("limpet.proxy.store")
 
 StoreFactory = Callable[[SessionStoreSettings], SessionStore]
+MAX_BACKGROUND = 256
 
 
 class StoreSync:
@@ -38,6 +40,17 @@ class StoreSync:
         self._settings: SessionStoreSettings | None = None
         self._store: SessionStore | None = None
         self._up = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one background store write for the router (bounded: beyond
+        ``MAX_BACKGROUND`` in flight, the write is left to the next write-back)."""
+        if len(self._tasks) >= MAX_BACKGROUND:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         """Flush forever, at the plan's last-seen step (cancel to stop)."""
@@ -51,6 +64,9 @@ class StoreSync:
 
     async def close(self) -> None:
         """Close the store client (the loop may be restarted afterwards)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._switch(None)
 
     async def flush(self) -> bool:
@@ -67,7 +83,7 @@ class StoreSync:
             store = self._store
             if store is None:
                 store = self._store = self._factory(settings)
-                self._router.attach_keys(store)
+                self._router.attach_keys(store, self._spawn)
             # A write-back is off the request path and may carry every session seen in a
             # step: it has until the next one is due (sessionStore.timeout at least).
             budget = max(settings.timeout, float(plan.granularity) if plan else 1.0)

@@ -73,6 +73,7 @@ class LearnedRouting:
     _keys_store: SessionStore | None
     _store_stats: dict[str, int]
     _cluster: dict[BackendId, int] | None
+    _spawn: Callable[[Coroutine[Any, Any, None]], None] | None
 
     def _decide(
         self, snap: Snapshot, bid: BackendId, h: int, last_seen: float, created: float, wall: float
@@ -250,6 +251,44 @@ class LearnedRouting:
             placed = self._learned(snap, t, h, self._wall(), shared=False)
             assert not isinstance(placed, Coroutine)
             return placed
+
+    def _publish(self, snap: Snapshot, t: LearnedTable, h: int, bid: BackendId) -> None:
+        """The app set its cookie through this replica: write the key's entry to the store
+        now (in the background), not at the next write-back, so that a client without
+        the companion finds it on any replica from its next request on. The app's own
+        ``Set-Cookie`` says where the session lives, so the entry is written whatever
+        was there."""
+        keys, spawn = self._shared, self._spawn
+        if keys is None or spawn is None or self._keys_store is None or not keys.up:
+            return
+        spawn(self._publish_step(snap, t, h, bid))
+
+    async def _publish_step(self, snap: Snapshot, t: LearnedTable, h: int, bid: BackendId) -> None:
+        keys, store, settings = self._shared, self._keys_store, snap.plan.session_store
+        if keys is None or store is None or settings is None:
+            return
+        a = snap.plan.affinity
+        wall = self._wall()
+        e = StoredEntry(bid, wall, wall)
+        life = entry_ttl_ms(
+            e,
+            wall,
+            idle_timeout=a.idle_timeout,
+            absolute_timeout=a.absolute_timeout,
+            slack=settings.ttl_slack,
+        )
+        keys.counters["published"] += 1
+        member = member_of(TABLE_CODES[t.name], h)
+        try:
+            await store.move_key(member, b"", encode_entry(e), life)  # "" matches any entry
+        except Exception:
+            keys.failed(self._wall())
+            self._store_stats["fallbacks"] += 1
+            self._cluster = None
+            return
+        i = t.find(h)
+        if i >= 0 and self._ids[t.backend(i)] == bid:
+            t.check(i, wall)
 
     def _decoded(self, raw: bytes | None) -> StoredEntry | None:
         e = decode_entry(raw)

@@ -48,8 +48,9 @@ import functools
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from limpet.affinity import (
     NO_BACKENDS,
@@ -142,6 +143,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
         # Learned keys shared through the store (learned_routing.py, shared_keys.py).
         self._shared: SharedKeys | None = None
         self._keys_store: SessionStore | None = None
+        self._spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -271,6 +273,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
             seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
             idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
             self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
+            if seen is None:
+                self._publish(snap, book.table(AffinityType.APP_COOKIE, a), h, bid)
             if companion is not None:
                 answer = companion.issue(
                     session_id=b"",

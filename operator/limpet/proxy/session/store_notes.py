@@ -17,7 +17,8 @@ Concurrency: the event loop only, like the router.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from limpet.affinity import BackendId
 
@@ -45,6 +46,7 @@ class StoreNotes:
     _store_stats: dict[str, int]
     _shared: SharedKeys | None
     _keys_store: SessionStore | None
+    _spawn: Callable[[Coroutine[Any, Any, None]], None] | None
 
     def install(self, snap: Snapshot) -> None:
         raise NotImplementedError
@@ -82,9 +84,15 @@ class StoreNotes:
         self._cluster = None
         self.attach_keys(None)
 
-    def attach_keys(self, store: SessionStore | None) -> None:
-        """Share learned keys through ``store`` (``None``: local tables only)."""
+    def attach_keys(
+        self,
+        store: SessionStore | None,
+        spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    ) -> None:
+        """Share learned keys through ``store`` (``None``: local tables only); ``spawn``
+        runs a background store write (an app-cookie key learned from a response)."""
         self._keys_store = store
+        self._spawn = spawn
         if store is None:
             self._shared = None
             return
