@@ -4,11 +4,13 @@ client and its hiredis parser: the process layer's implementation of
 
 Data model: one sorted set per backend, ``<keyPrefix>live:<backend id>``, whose members
 are sessions (a mode byte and the session's 64-bit key) scored by their last-seen time.
-A flush is one pipelined round-trip: ``ZADD ... GT`` for every session seen (a replica
-with an older last-seen never rewinds a newer one), ``ZREM`` from the backend a session
-moved away from, then per backend ``ZREMRANGEBYSCORE`` of sessions idle past
-``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever replicas saw them) and
-``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout + ttlSlack`` later).
+A flush is a few pipelined round-trips (one per ``CHUNK`` sessions, so that a big batch
+never holds the event loop for long, and one for the counts): ``ZADD ... GT`` for every
+session seen (a replica with an older last-seen never rewinds a newer one), ``ZREM``
+from the backend a session moved away from, then per backend ``ZREMRANGEBYSCORE`` of
+sessions idle past ``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever
+replicas saw them) and ``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout
++ ttlSlack`` later).
 
 Learned keys (``limpet.proxy.session.shared_keys``) are plain strings,
 ``<keyPrefix>k:<member>``, one per session, with a TTL. The slow path of the router reads
@@ -102,6 +104,9 @@ backend the session's latest request went to). An entry another replica placed o
 POOL_SIZE = 64
 """Connections per proxy process; calls beyond it queue for one."""
 
+CHUNK = 512
+"""Sessions per write-back pipeline."""
+
 
 class RedisStore:
     """:class:`~limpet.proxy.session.store.SessionStore` over one Redis connection pool."""
@@ -170,15 +175,22 @@ class RedisStore:
         return bytes(got)
 
     async def flush(self, batch: Batch) -> Mapping[str, int]:
-        async with self._redis.pipeline(transaction=False) as pipe:  # reset on any exit
-            for entry in batch.keys:
-                last = entry.value.rsplit(b" ", 1)[1]
-                args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
-                await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)
-            for t in batch.touches:
-                pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
-                if t.moved_from is not None:
-                    pipe.zrem(self._key(t.moved_from), t.member)
+        """The batch in pipelines of at most ``CHUNK`` sessions each (so that packing a
+        big batch never holds the event loop for long), then the counts in one more."""
+        keys, touches = batch.keys, batch.touches
+        for start in range(0, max(len(keys), len(touches)), CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:  # reset on any exit
+                for entry in keys[start : start + CHUNK]:
+                    last = entry.value.rsplit(b" ", 1)[1]
+                    args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
+                    await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)
+                for t in touches[start : start + CHUNK]:
+                    pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
+                    if t.moved_from is not None:
+                        pipe.zrem(self._key(t.moved_from), t.member)
+                await pipe.execute()
+            self.round_trips += 1
+        async with self._redis.pipeline(transaction=False) as pipe:
             for b in batch.backends:
                 k = self._key(b)
                 if batch.live_since is not None:
@@ -188,8 +200,7 @@ class RedisStore:
             results = await pipe.execute()
         self.round_trips += 1
         per = 3 if batch.live_since is not None else 2
-        tail = results[len(results) - per * len(batch.backends) :]
-        return {b: int(tail[i * per + per - 2]) for i, b in enumerate(batch.backends)}
+        return {b: int(results[i * per + per - 2]) for i, b in enumerate(batch.backends)}
 
     async def close(self) -> None:
         await self._redis.aclose()
