@@ -26,6 +26,7 @@ none is left.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
@@ -50,6 +51,8 @@ R_DIALLING: Final = 4  # request body buffered while the upstream connection is 
 R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class ServerSide(Protocol):
@@ -204,7 +207,11 @@ class Exchange(asyncio.Protocol):
         self.dial_task = asyncio.get_running_loop().create_task(self._routed(pending))
 
     async def _routed(self, pending: PendingRoute) -> None:
-        route = await pending
+        try:
+            route = await pending
+        except Exception:  # a router bug must not leave the client waiting
+            log.exception("routing through the session store failed")
+            route = None
         self.dial_task = None
         if self.closing or self.response_finished:
             return
