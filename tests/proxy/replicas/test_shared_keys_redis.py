@@ -1,6 +1,7 @@
 """Learned keys through a real ``redis-server``: replicas that race to place one key agree
-on the first writer's backend, and a request that waits for the store (a miss) loses no
-byte of its body.
+on the first writer's backend; a request that waits for the store (a miss) loses no
+byte of its body; the write-back script never rewinds a last-seen time nor undoes a move;
+bytes in the store that are no entry are replaced, never trusted.
 
 The race runs two session routers in this process, each with its own real store client
 (``RedisStore``), whose bounded-load caps differ (one believes backend ``a`` is full), so
@@ -20,10 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from limpet.affinity import AffinitySettings, AffinityType, SessionStoreSettings
+from limpet.affinity import AffinitySettings, AffinityType, BackendId, SessionStoreSettings
 from limpet.proxy.engine.port import Route
 from limpet.proxy.process.redis_store import RedisStore
 from limpet.proxy.session.routing import RequestView, SessionRouter
+from limpet.proxy.session.shared_keys import (
+    StoredEntry,
+    backend_prefix,
+    decode_entry,
+    encode_entry,
+)
+from limpet.proxy.session.store import Batch, KeyTouch
 
 from ..conftest import Backends, Proxies
 from ..routing_helpers import ABC, mkplan, mkrouter
@@ -139,3 +147,72 @@ def test_a_request_that_waits_for_the_store_keeps_its_body(
     store = p.stats()["sessionStore"]
     assert store["keyClaims"] == 6, store
     assert store["keyReads"] == 0, store
+
+
+def _touch(member: bytes, backend: str, created: float, last: float) -> KeyTouch:
+    e = StoredEntry(BackendId(backend), created, last)
+    return KeyTouch(member, encode_entry(e), backend_prefix(e.backend), 60_000)
+
+
+async def _flush(store: RedisStore, *keys: KeyTouch) -> None:
+    await store.flush(Batch(touches=[], backends=[], now=0.0, live_since=None, ttl=60, keys=keys))
+
+
+async def test_the_write_back_never_rewinds_and_repairs_what_is_not_an_entry(
+    redis: RedisServer,
+) -> None:
+    settings = SessionStoreSettings(address=redis.address, key_prefix="w:", timeout=2.0)
+    store = RedisStore(settings)
+    m = b"H" + b"\x01" * 8
+    try:
+        await _flush(store, _touch(m, "a", 100, 200))  # lost (never there): restored
+        assert await store.get_key(m) == b"a 1000 2000 r"
+        await _flush(store, _touch(m, "a", 100, 150))  # older: no rewind
+        assert await store.get_key(m) == b"a 1000 2000 r"
+        await _flush(store, _touch(m, "a", 100, 300))
+        assert await store.get_key(m) == b"a 1000 3000 r"
+        # Two restored copies disagree: the later last-seen wins.
+        await _flush(store, _touch(m, "b", 100, 250))
+        assert await store.get_key(m) == b"a 1000 3000 r"
+        await _flush(store, _touch(m, "b", 100, 400))
+        assert await store.get_key(m) == b"b 1000 4000 r"
+        # A move (compare-and-set on the backend it leaves) is not undone by a stale copy.
+        moved = encode_entry(StoredEntry(BackendId("c"), 100, 500))
+        assert await store.move_key(m, b"a ", moved, 60_000) == b"b 1000 4000 r"  # lost
+        assert await store.move_key(m, b"b ", moved, 60_000) == moved
+        await _flush(store, _touch(m, "b", 100, 600))
+        assert await store.get_key(m) == moved
+        await _flush(store, _touch(m, "c", 100, 700))
+        assert await store.get_key(m) == b"c 1000 7000"
+        # Bytes that are no entry are replaced at the next write-back.
+        await store.move_key(m, b"", b"\xff\x00 not an entry", 60_000)
+        await _flush(store, _touch(m, "a", 100, 800))
+        assert await store.get_key(m) == b"a 1000 8000 r"
+    finally:
+        await store.close()
+
+
+async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServer) -> None:
+    settings = SessionStoreSettings(address=redis.address, key_prefix="h:", timeout=2.0)
+    aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S")
+    plan = mkplan(1, ABC, affinity=aff, session_store=settings)
+    routers = [mkrouter(Wall(), plan) for _ in range(3)]  # type: ignore[arg-type]
+    stores = [RedisStore(settings) for _ in routers]
+    for r, s in zip(routers, stores, strict=True):
+        r.store_attached()
+        r.attach_keys(s)
+    try:
+        await _ask(routers[0], "victim")
+        (name,) = [k for k in redis.command("KEYS", "h:k:*").split(b"\r\n") if k[:4] == b"h:k:"]
+        member = name[len(b"h:k:") :]
+        await stores[0].move_key(member, b"", b"c 1 NaN", 60_000)  # hostile bytes
+        second = await _ask(routers[1], "victim")
+        assert routers[1].stats().store["keyCorrupt"] == 1
+        repaired = decode_entry(await stores[0].get_key(member))
+        assert repaired is not None
+        assert repaired.backend == second
+        assert await _ask(routers[2], "victim") == second  # the repaired entry is shared
+        assert routers[2].stats().store["keyCorrupt"] == 0
+    finally:
+        for s in stores:
+            await s.close()

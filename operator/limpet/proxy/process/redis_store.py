@@ -81,7 +81,10 @@ if not v then
   return 1
 end
 local b, c, last, r = string.match(v, '^(%S+) (%d+) (%d+)( ?r?)$')
-if not b then return 0 end
+if not b then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
 local mine = tonumber(ARGV[4])
 if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
   if mine > tonumber(last) then
@@ -95,10 +98,10 @@ end
 return 0
 """
 """A write-back of one key (``ARGV``: backend prefix, entry, TTL in ms, last seen):
-raise the last-seen time of an entry still on this backend; restore a lost entry
-(marked `` r``); between restored entries that disagree, the later last-seen wins (the
-backend the session's latest request went to). An entry another replica placed or moved
-(unmarked) on another backend is left alone."""
+raise the last-seen time of an entry still on this backend; restore a lost entry, or a
+value that is not an entry (marked `` r``); between restored entries that disagree, the
+later last-seen wins (the backend the session's latest request went to). An entry
+another replica placed or moved (unmarked) on another backend is left alone."""
 
 
 POOL_SIZE = 64

@@ -184,6 +184,14 @@ class LearnedRouting:
             keys.counters[what] += 1
             return await op  # the store bounds each call by sessionStore.timeout
 
+        async def claim(value: bytes, life: int, *, over: bool) -> StoredEntry | None:
+            """``SET NX``: ``None`` when ours is stored, else the first writer's entry.
+            ``over``: the value there is not an entry (hostile or damaged): replace it."""
+            if over:
+                await call("moves", store.move_key(member, b"", value, life))
+                return None
+            return self._decoded(await call("claims", store.claim_key(member, value, life)))
+
         try:
             if self._local(t, h) is None:
                 # A miss: claim a placement outright. An entry already there comes back
@@ -194,12 +202,17 @@ class LearnedRouting:
                     return None
                 fresh = StoredEntry(bid, wall, wall)
                 value, life = encode_entry(fresh), ttl(fresh, wall)
-                stored = self._decoded(await call("claims", store.claim_key(member, value, life)))
+                raw = await call("claims", store.claim_key(member, value, life))
+                stored = self._decoded(raw)
                 if stored is None:
+                    if raw is not None:
+                        await claim(value, life, over=True)
                     return self._adopt(t, h, fresh, self._local(t, h), self._wall(), None)
                 keys.counters["adopted"] += 1
             else:
-                stored = self._decoded(await call("reads", store.get_key(member)))
+                raw = await call("reads", store.get_key(member))
+                stored = self._decoded(raw)
+            damaged = raw is not None and stored is None
             wall = self._wall()
             local = self._local(t, h)
             cur = merge(local, stored)
@@ -212,12 +225,11 @@ class LearnedRouting:
                 fresh = StoredEntry(bid, wall, wall)
                 value, life = encode_entry(fresh), ttl(fresh, wall)
                 if cur is None:
-                    got = await call("claims", store.claim_key(member, value, life))
+                    won = await claim(value, life, over=damaged)
                 else:  # expired: a new session, unless another replica renewed it first
                     prefix = backend_prefix(cur.backend)
                     got = await call("moves", store.move_key(member, prefix, value, life))
-                    got = None if got == value else got
-                won = self._decoded(got)
+                    won = None if got == value else self._decoded(got)
                 if won is not None:
                     keys.counters["lost"] += 1
                 return self._adopt(t, h, won or fresh, local, self._wall(), None)
@@ -225,10 +237,7 @@ class LearnedRouting:
             if reason is None or (new is None and self._stays_draining(reason, cur.backend)):
                 if stored is None:  # the store lost it (or never had it): publish ours
                     value, life = encode_entry(cur), ttl(cur, wall)
-                    cur = (
-                        self._decoded(await call("claims", store.claim_key(member, value, life)))
-                        or cur
-                    )
+                    cur = await claim(value, life, over=damaged) or cur
                 return self._adopt(t, h, cur, local, self._wall(), None)
             if new is None:
                 return None
