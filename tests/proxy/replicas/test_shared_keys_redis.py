@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +55,6 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 class Wall:
     def __call__(self) -> float:
-        import time
-
         return time.time()
 
 
@@ -213,6 +212,19 @@ async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServ
         assert repaired.backend == second
         assert await _ask(routers[2], "victim") == second  # the repaired entry is shared
         assert routers[2].stats().store["keyCorrupt"] == 0
+        # A well-formed entry naming a backend no plan has: never routed to, announced.
+        alien = encode_entry(StoredEntry(BackendId("evil-pod"), time.time(), time.time()))
+        await stores[0].move_key(member, b"", alien, 60_000)
+        view = RequestView(b"GET", b"/", [(b"X-S", b"victim")], "192.0.2.1", None)
+        fresh = mkrouter(Wall(), plan)  # type: ignore[arg-type]
+        fresh.attach_keys(stores[0])
+        got = fresh.dispatch(view)
+        assert got is not None
+        assert not isinstance(got, Route)
+        route = await got
+        assert route is not None
+        assert route.backend_id in {"a", "b", "c"}
+        assert dict(route.add_headers)[b"Limpet-Session-Moved"] == b"failover; from=evil-pod"
     finally:
         for s in stores:
             await s.close()

@@ -164,6 +164,18 @@ class LearnedRouting:
     # -- through the store ----------------------------------------------------------------
 
     async def _shared_step(self, snap: Snapshot, t: LearnedTable, h: int) -> Placed | None:
+        placed = await self._shared_decide(snap, t, h)
+        if placed is None or placed[0] in snap.backends:
+            return placed
+        # The store named a backend this plan does not have (a replica on another plan
+        # version, or a hostile entry): the local table, which now holds it, fails over.
+        assert self._shared is not None
+        self._shared.counters["foreign"] += 1
+        local = self._learned(snap, t, h, self._wall(), shared=False)
+        assert not isinstance(local, Coroutine)
+        return local
+
+    async def _shared_decide(self, snap: Snapshot, t: LearnedTable, h: int) -> Placed | None:
         keys, store, settings = self._shared, self._keys_store, snap.plan.session_store
         assert keys is not None
         assert store is not None

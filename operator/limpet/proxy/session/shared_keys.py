@@ -155,7 +155,17 @@ class SharedKeys:
         """By backend number: local copies checked at or after this wall time are trusted
         (``inf``: the plan may move this backend's sessions, always ask)."""
         self.counters = dict.fromkeys(
-            ("reads", "claims", "moves", "published", "lost", "adopted", "corrupt", "failures"),
+            (
+                "reads",
+                "claims",
+                "moves",
+                "published",
+                "lost",
+                "adopted",
+                "corrupt",
+                "foreign",
+                "failures",
+            ),
             0,
         )
 
