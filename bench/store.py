@@ -7,13 +7,14 @@ header:X-Session-Id`` pinned to one core, without a store and with ``--session-s
 the other core) cycles ``--sessions`` distinct header values through a Lua script (the
 keys are placed during the warm-up, so the measured window is the steady state: held
 keys, no round-trip); then the same with a new key on every request (every request a
-miss: a ``GET`` and a ``SET NX`` before it is forwarded, the worst case).
+miss: one ``SET NX GET`` before it is forwarded, the worst case).
 
 Printed: requests per second, p50 and p99 latency, the proxy's CPU, for each run and its
-ratio to the run without a store; store round-trips per request (write-backs plus the
-slow path's reads, claims and moves) and Redis commands per request; and the memory
-Redis uses per live session, as a count in the per-backend sets and as a learned key's
-entry (``MEMORY USAGE`` of the sets over their entries, and of a sample of entries).
+ratio to the run without a store; store calls per request (write-backs plus the slow
+path's reads, claims and moves; reads and claims of one loop turn share a round-trip)
+and Redis commands per request; and the memory Redis uses per live session, as a count
+in the per-backend sets and as a learned key's entry (``MEMORY USAGE`` of the sets over
+their entries, and of a sample of entries).
 Then the end-of-window imbalance of live sessions (max/mean over 4 backends,
 ``loadFactor`` 1.25) with three session routers in this process, users arriving and
 leaving on a simulated clock and picking a router at random for every request, once with
@@ -311,9 +312,10 @@ def main(argv: list[str]) -> int:
                 print(line(r) + f"  x{r.rps / base.rps:.2f} of no store")
             for name, f in figures.items():
                 print(
-                    f"{name}: store round-trips per request {f['round_trips']:.4f} "
+                    f"{name}: store calls per request {f['round_trips']:.4f} "
                     f"(write-backs {f['flush_trips']:.4f}, key reads {f['reads']:.4f}, "
-                    f"claims {f['claims']:.4f}, moves {f['moves']:.4f}); "
+                    f"claims {f['claims']:.4f}, moves {f['moves']:.4f}; reads and claims "
+                    f"of one loop turn share a round-trip); "
                     f"Redis commands per request {f['commands']:.3f}; "
                     f"store calls failed (fell back): {f['failures']:.0f}"
                 )

@@ -93,7 +93,8 @@ async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> 
         assert again == first
         assert [r.stats().store["keyClaims"] for r in routers] == claims
         assert all(r.stats().store["keyReads"] == 0 for r in routers)
-        assert all(s.round_trips == KEYS for s in stores)
+        # The claims made in one loop turn went out as one pipeline: fewer round-trips.
+        assert all(0 < s.round_trips < KEYS for s in stores), [s.round_trips for s in stores]
     finally:
         for s in stores:
             await s.close()

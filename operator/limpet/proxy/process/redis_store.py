@@ -14,7 +14,8 @@ replicas saw them) and ``EXPIRE`` (a set nobody writes any more disappears ``idl
 
 Learned keys (``limpet.proxy.session.shared_keys``) are plain strings,
 ``<keyPrefix>k:<member>``, one per session, with a TTL. The slow path of the router reads
-one with ``GET``, places one with ``SET NX GET`` (the first writer wins, the others get
+one with ``GET``, places one with ``SET NX GET`` (both coalesced with the other calls
+of the same loop turn into one pipeline, ``coalesce.py``) (the first writer wins, the others get
 its entry back) and moves one with :data:`MOVE` (a compare-and-set on the backend it
 leaves). A flush also runs :data:`TOUCH` for each learned key seen: it raises the stored
 last-seen time, re-creates an entry the store lost, and leaves an entry that another
@@ -43,6 +44,7 @@ from redis.exceptions import AuthenticationError
 
 from limpet.affinity import SessionStoreSettings
 from limpet.affinity.plan.model import split_address
+from limpet.proxy.process.coalesce import Coalescer
 from limpet.proxy.session.store import Batch
 
 
@@ -152,6 +154,10 @@ class RedisStore:
         self._move = self._redis.register_script(MOVE)
         self._touch = self._redis.register_script(TOUCH)
         self.round_trips = 0
+        self._batch = Coalescer(self._redis, on_round_trip=self._count_round_trip)
+
+    def _count_round_trip(self) -> None:
+        self.round_trips += 1
 
     def _key(self, backend: str) -> bytes:
         return self._prefix + b"live:" + backend.encode()
@@ -160,16 +166,15 @@ class RedisStore:
         return self._prefix + b"k:" + member
 
     async def get_key(self, member: bytes) -> bytes | None:
-        self.round_trips += 1
         async with asyncio.timeout(self._timeout):
-            got = await self._redis.get(self._entry(member))
-        return None if got is None else bytes(got)  # type: ignore[arg-type]
+            got = await self._batch.call("GET", self._entry(member))
+        return None if got is None else bytes(got)
 
     async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
-        self.round_trips += 1
+        key = self._entry(member)
         async with asyncio.timeout(self._timeout):
-            got = await self._redis.set(self._entry(member), value, px=ttl_ms, nx=True, get=True)
-        return None if got is None else bytes(got)  # type: ignore[arg-type]
+            got = await self._batch.call("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
+        return None if got is None else bytes(got)
 
     async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
         self.round_trips += 1
@@ -206,5 +211,6 @@ class RedisStore:
         return {b: int(results[i * per + per - 2]) for i, b in enumerate(batch.backends)}
 
     async def close(self) -> None:
+        await self._batch.close()
         await self._redis.aclose()
         await self._pool.aclose()
