@@ -2,19 +2,25 @@
 
 Set-up (all started here, all stopped at the end, on loopback): two nginx backends, a
 real ``redis-server`` (Debian's; no persistence), and ``limpet proxy --affinity
-header:X-Session-Id`` pinned to one core, first without a store, then with
-``--session-store``. wrk (one thread, 32 keep-alive connections, on the other core)
-cycles ``--sessions`` distinct header values through a Lua script.
+header:X-Session-Id`` pinned to one core, without a store and with ``--session-store``
+(a fresh proxy and key prefix per run). wrk (one thread, 32 keep-alive connections, on
+the other core) cycles ``--sessions`` distinct header values through a Lua script (the
+keys are placed during the warm-up, so the measured window is the steady state: held
+keys, no round-trip); then the same with a new key on every request (every request a
+miss: one ``SET NX GET`` before it is forwarded, the worst case).
 
-Printed: requests per second, p50 and p99 latency, the proxy's CPU, for both runs and
-their ratio; the store round-trips (pipelined write-backs) and Redis commands per
-request; and the memory Redis uses per live session entry (``MEMORY USAGE`` of the
-per-backend sets over their entries). Then the end-of-window imbalance of live sessions
-(max/mean over 4 backends, ``loadFactor`` 1.25) with three session routers in this
-process, users arriving and leaving on a simulated clock and picking a router at random
-for every request, once with per-router counts and once with cluster-wide counts from
-the same ``redis-server`` (the real store client and write-back, flushed every
-simulated second). Figures, not assertions.
+Printed: requests per second, p50 and p99 latency, the proxy's CPU, for each run and its
+ratio to the run without a store; store calls per request (write-backs plus the slow
+path's reads, claims and moves; reads and claims of one loop turn share a round-trip)
+and Redis commands per request; and the memory Redis uses per live session, as a count
+in the per-backend sets and as a learned key's entry (``MEMORY USAGE`` of the sets over
+their entries, and of a sample of entries).
+Then the end-of-window imbalance of live sessions (max/mean over 4 backends,
+``loadFactor`` 1.25) with three session routers in this process, users arriving and
+leaving on a simulated clock and picking a router at random for every request, once with
+per-router counts and once with cluster-wide counts from the same ``redis-server`` (the
+real store client and write-back, flushed every simulated second). Figures, not
+assertions.
 
 Run: ``python -m bench store`` (defaults: 8 s runs, 10 000 sessions; ``main(["--duration",
 "S", "--sessions", "N"])`` for others). Needs ``nginx``, ``wrk`` and ``redis-server``
@@ -72,11 +78,15 @@ def info_field(port: int, name: str) -> int:
 
 
 def sessions_script(tmp: Path, n: int) -> Path:
+    """wrk's requests cycle ``n`` header values (``n`` 0: a new value on every request)."""
     script = tmp / f"sessions-{n}.lua"
+    step = "i = i + 1" if n == 0 else f"i = (i + 1) % {n}"
+    # New keys start from the clock, so a run never meets the warm-up's keys again.
+    start = "(os.time() % 100000) * 10000000" if n == 0 else "0"
     script.write_text(
-        "local i = 0\n"
+        f"local i = {start}\n"
         "request = function()\n"
-        f"  i = (i + 1) % {n}\n"
+        f"  {step}\n"
         f'  return wrk.format(nil, nil, {{["{HEADER}"] = "s" .. i}})\n'
         "end\n"
     )
@@ -97,7 +107,7 @@ def start_proxy(
     for i, p in enumerate(backends):
         argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
     if store is not None:
-        argv += ["--session-store", store, "--session-store-prefix", "bench:"]
+        argv += ["--session-store", store, "--session-store-prefix", f"{name}:"]
     proc = procs.start(argv, log=tmp / f"{name}.log", env=limpet_env())
     wait_port(port, 30)
     wait_port(admin, 30)
@@ -189,6 +199,63 @@ def imbalance(rport: int | None, *, seed: int = 1, window: int = 300) -> float:
     return max(counts) / (sum(counts) / len(counts))
 
 
+def measure(
+    rport: int, admin: int, peer: Peer, script: Path, args: argparse.Namespace
+) -> tuple[Result, dict[str, float]]:
+    """One wrk run through ``peer``; the store's work per request during its window."""
+    load = Load(header="Cookie: x=1", script=script)
+    # The warm-up places the cycled keys; the figures are for the window after it.
+    run_wrk(peer, load, load_core=args.load_core, connections=32, duration=2.0, warmup=0)
+    time.sleep(1.5)  # a write-back for the warm-up's last requests
+    cmds0 = info_field(rport, "total_commands_processed")
+    before = stats(admin)
+    r = run_wrk(
+        peer, load, load_core=args.load_core, connections=32, duration=args.duration, warmup=0
+    )
+    time.sleep(1.5)  # one more write-back for the last requests
+    after = stats(admin)
+    requests = max(1, int(after["requests"]) - int(before["requests"]))
+    s0 = before.get("sessionStore") or {}
+    s1 = after.get("sessionStore") or {}
+
+    def per(key: str) -> float:
+        return float(s1.get(key, 0) - s0.get(key, 0)) / requests
+
+    got = {
+        "flush_trips": per("flushes") + per("fallbacks"),
+        "reads": per("keyReads"),
+        "claims": per("keyClaims"),
+        "moves": per("keyMoves"),
+        "commands": (info_field(rport, "total_commands_processed") - cmds0) / requests,
+        "failures": float(s1.get("keyFailures", 0) - s0.get("keyFailures", 0)),
+    }
+    got["round_trips"] = got["flush_trips"] + got["reads"] + got["claims"] + got["moves"]
+    return r, got
+
+
+def store_memory(rport: int, prefix: str) -> dict[str, float]:
+    """Bytes per session in the count sets and per learned key's entry (a sample)."""
+    import redis as redis_py
+
+    client = redis_py.Redis(host="127.0.0.1", port=rport)
+    try:
+        sets = list(client.scan_iter(match=f"{prefix}:live:*", count=1000))
+        entries = sum(int(client.zcard(k)) for k in sets)
+        set_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in sets)
+        sample = []
+        for k in client.scan_iter(match=f"{prefix}:k:*", count=1000):
+            sample.append(int(client.memory_usage(k) or 0))
+            if len(sample) >= 1000:
+                break
+    finally:
+        client.close()
+    return {
+        "entries": entries,
+        "set_bytes": set_bytes / max(1, entries),
+        "entry_bytes": sum(sample) / max(1, len(sample)),
+    }
+
+
 def line(r: Result) -> str:
     return (
         f"{r.name:<14} {r.rps:>9.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  "
@@ -206,6 +273,7 @@ def main(argv: list[str]) -> int:
         print(f"missing: {', '.join(missing)} (run: bash tools/apt-deps.sh)")
         return 1
     core, load_core, _ = cpu_list()
+    args.load_core = load_core
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="limpet-bench-store-") as d:
         tmp = Path(d)
@@ -219,63 +287,52 @@ def main(argv: list[str]) -> int:
             server += ["--save", "", "--appendonly", "no", "--dir", str(tmp)]
             procs.start(server, log=tmp / "redis.log")
             wait_port(rport)
-            script = sessions_script(tmp, args.sessions)
+            held = sessions_script(tmp, args.sessions)
+            fresh = sessions_script(tmp, 0)
             results: list[Result] = []
-            figures: dict[str, float] = {}
-            for name, store in (("no store", None), ("redis store", f"127.0.0.1:{rport}")):
+            figures: dict[str, dict[str, float]] = {}
+            cases = (
+                ("no store", None, held),
+                ("redis store", f"127.0.0.1:{rport}", held),
+                ("no store, new", None, fresh),
+                ("redis, new", f"127.0.0.1:{rport}", fresh),
+            )
+            for n, (name, store, script) in enumerate(cases):
+                prefix = f"r{n}"
                 port, admin, pid = start_proxy(
-                    procs, tmp, ports, core=core, store=store, name=name.replace(" ", "-")
+                    procs, tmp, ports, core=core, store=store, name=prefix
                 )
-                cmds0 = info_field(rport, "total_commands_processed")
-                before = stats(admin)
-                r = run_wrk(
-                    Peer(name, port, pid, None),
-                    Load(header="Cookie: x=1", script=script),
-                    load_core=load_core,
-                    connections=32,
-                    duration=args.duration,
-                    warmup=2.0,
-                )
-                time.sleep(1.5)  # one more write-back for the last requests
-                after = stats(admin)
+                r, got = measure(rport, admin, Peer(name, port, pid, None), script, args)
                 results.append(r)
                 if store is not None:
-                    requests = int(after["requests"]) - int(before["requests"])
-                    s0 = before.get("sessionStore") or {}
-                    s1 = after.get("sessionStore") or {}
-                    flushes = s1.get("flushes", 0) - s0.get("flushes", 0)
-                    cmds = info_field(rport, "total_commands_processed") - cmds0
-                    figures["round_trips_per_request"] = flushes / max(1, requests)
-                    figures["commands_per_request"] = cmds / max(1, requests)
-                    entries = sum(
-                        redis_int(rport, "ZCARD", f"bench:live:b{i + 1}") for i in range(2)
-                    )
-                    used = sum(
-                        redis_int(rport, "MEMORY", "USAGE", f"bench:live:b{i + 1}", "SAMPLES", "0")
-                        for i in range(2)
-                    )
-                    figures["entries"] = entries
-                    figures["bytes_per_entry"] = used / max(1, entries)
-            base = results[0]
+                    got.update(store_memory(rport, prefix))
+                    figures[name] = got
             for r in results:
+                base = results[0] if "new" not in r.name else results[2]
                 print(line(r) + f"  x{r.rps / base.rps:.2f} of no store")
+            for name, f in figures.items():
+                print(
+                    f"{name}: store calls per request {f['round_trips']:.4f} "
+                    f"(write-backs {f['flush_trips']:.4f}, key reads {f['reads']:.4f}, "
+                    f"claims {f['claims']:.4f}, moves {f['moves']:.4f}; reads and claims "
+                    f"of one loop turn share a round-trip); "
+                    f"Redis commands per request {f['commands']:.3f}; "
+                    f"store calls failed (fell back): {f['failures']:.0f}"
+                )
+            mem = figures["redis store"]
             print(
-                f"store round-trips per request: {figures['round_trips_per_request']:.5f} "
-                f"(one pipelined write-back per step); Redis commands per request: "
-                f"{figures['commands_per_request']:.3f}"
-            )
-            print(
-                f"Redis memory per live session entry: {figures['bytes_per_entry']:.1f} bytes "
-                f"({figures['entries']:.0f} entries)"
+                f"Redis memory per live session: {mem['set_bytes']:.1f} bytes in the count sets "
+                f"+ {mem['entry_bytes']:.1f} bytes per learned key's entry "
+                f"({mem['entries']:.0f} sessions)"
             )
             # New cookie sessions take random ids, so each run differs: report several.
             local = [imbalance(None, seed=seed) for seed in range(8)]
             cluster = [imbalance(rport, seed=seed) for seed in range(8)]
-            for label, got in (("per-router counts", local), ("cluster-wide counts", cluster)):
+            for label, ratios in (("per-router counts", local), ("cluster-wide counts", cluster)):
                 print(
                     f"end-of-window live max/mean, 3 routers, 8 runs, {label}: "
-                    f"mean {sum(got) / len(got):.3f}, worst {max(got):.3f}, "
-                    f"runs over 1.1: {sum(g > 1.1 for g in got)}"
+                    f"mean {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f}, "
+                    f"runs over 1.1: {sum(g > 1.1 for g in ratios)}"
                 )
         finally:
             procs.stop_all()

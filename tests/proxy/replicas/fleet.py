@@ -103,11 +103,13 @@ class Tally:
 class User:
     """A browser (a cookie jar), or with ``keyed`` a script that names its session in
     ``X-Demo-Session`` and ``?sid=``, from ``source`` (a loopback address of its own);
-    and the pod the app last answered from."""
+    and the pod the app last answered from. Cookies named in ``drop`` are never kept
+    (a client that ignores them)."""
 
     name: str
     keyed: bool = False
     source: str | None = None
+    drop: frozenset[str] = frozenset()
     jar: dict[str, str] = field(default_factory=dict)
     pod: str | None = None
     pods: list[str] = field(default_factory=list)
@@ -133,6 +135,8 @@ class User:
                 return
             for value in resp.headers.get_all("Set-Cookie") or []:
                 name, _, rest = value.partition("=")
+                if name in self.drop:
+                    continue
                 if re.search(r"(?i);\s*max-age=0(;|$)", value):
                     self.jar.pop(name, None)
                 else:
@@ -181,11 +185,13 @@ def push(replicas: list[Proxy], plan: Plan) -> None:
 
 
 class RedisServer:
-    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence."""
+    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence; with
+    ``password``, clients must authenticate (``requirepass``)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, password: str | None = None) -> None:
         self.tmp = tmp
         self.port = _free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -198,6 +204,8 @@ class RedisServer:
             pytest.fail("redis-server is missing: run tools/apt-deps.sh (Debian's redis-server)")
         argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.tmp), "--protected-mode", "yes"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.DEVNULL,
@@ -209,7 +217,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
@@ -222,12 +230,19 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command in RESP, the raw reply (for the test's own look at the store)."""
-        out = f"*{len(args)}\r\n".encode()
-        for a in args:
-            out += f"${len(a.encode())}\r\n{a}\r\n".encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(out)
+            if self.password is not None:
+                s.sendall(_resp("AUTH", self.password))
+                assert s.recv(64) == b"+OK\r\n"
+            s.sendall(_resp(*args))
             return s.recv(1 << 16)
+
+
+def _resp(*args: str) -> bytes:
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        out += f"${len(a.encode())}\r\n{a}\r\n".encode()
+    return out
 
 
 def _free_port() -> int:

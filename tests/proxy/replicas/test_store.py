@@ -1,7 +1,7 @@
 """The shared session store with real processes: three ``limpet proxy`` replicas, a real
 ``redis-server`` (Debian's), counter backends as the oracle, users on a random replica
-for every request, in the two modes whose sessions agree across replicas (Cookie and
-AppCookie; learned keys are not shared through the store yet, see docs/affinity.md).
+for every request, in the two modes whose sessions live in cookies (Cookie and AppCookie;
+learned keys through the store are ``test_learned_store.py``).
 
 Every replica must report the same cluster-wide session counts, and they must equal the
 sessions each backend itself holds (each counted once, not once per replica). Killing
@@ -100,7 +100,7 @@ def test_cluster_counts_survive_a_store_outage(
     _wait_counts(replicas, held)
     local = [sum(b["sessions"] for b in p.stats()["backends"].values()) for p in replicas]
     assert sum(local) > USERS, local
-    assert "t:live:c1" in redis.command("KEYS", "t:*").decode()
+    assert b"t:live:c1" in redis.command("KEYS", "t:*")
 
     # The store dies: nothing fails, the replicas fall back to their own counts.
     redis.kill()

@@ -28,13 +28,14 @@ none is left.
 from __future__ import annotations
 
 import asyncio
+import logging
 from time import perf_counter
 from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.pool import UpstreamPool
-from limpet.proxy.engine.port import RequestView, Route, RouterPort
+from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
 
@@ -53,6 +54,8 @@ R_DIALLING: Final = 4  # request body buffered while the upstream connection is 
 R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class ServerSide(Protocol):
@@ -194,11 +197,35 @@ class Exchange(asyncio.Protocol):
         view.target = origin
         view.headers = headers
         view.cookie = scan.cookie
-        route = self.router.route(view)
+        route = self.router.dispatch(view)
         if route is None:
             self._answer(503)
+        elif type(route) is Route:
+            self._send(route)
+        else:
+            self._route_later(route)  # type: ignore[arg-type]
+
+    def _route_later(self, pending: PendingRoute) -> None:
+        """The router must ask the shared store first: buffer the body (as while dialling)
+        and send once it answers. The task is cancelled if the client goes away."""
+        if self.body_buf is None:
+            self.body_buf = []
+            self.body_buf_size = 0
+        self.dial_task = asyncio.get_running_loop().create_task(self._routed(pending))
+
+    async def _routed(self, pending: PendingRoute) -> None:
+        try:
+            route = await pending
+        except Exception:  # a router bug must not leave the client waiting
+            log.exception("routing through the session store failed")
+            route = None
+        self.dial_task = None
+        if self.closing or self.response_finished:
             return
-        self._send(route)
+        if route is None:
+            self._answer(503)
+        else:
+            self._send(route)
 
     def _begin(self, method: bytes, version: str, keep_alive: bool) -> None:
         """A new exchange: reset its state."""
@@ -353,11 +380,13 @@ class Exchange(asyncio.Protocol):
             return
         self.retried = True
         self.stats.retries += 1
-        other = self.router.reroute(self.view, route)  # marks ``route`` failed
+        other = self.router.redispatch(self.view, route)  # marks ``route`` failed
         if other is None:
             self._answer(503)
-        else:
+        elif type(other) is Route:
             self._send(other)
+        else:
+            self._route_later(other)  # type: ignore[arg-type]
 
     def _request_body(self, body: bytes) -> None:
         if not body:

@@ -2,18 +2,21 @@
 through the :class:`RouterPort` protocol.
 
 Data flow: the engine (``exchange.py``) fills one reusable :class:`RequestView` per client
-connection and hands it to :meth:`RouterPort.route` (implemented by
+connection and hands it to :meth:`RouterPort.dispatch` (implemented by
 :class:`limpet.proxy.session.routing.SessionRouter`); the answer is a frozen
-:class:`Route`, often a shared object (the common sticky case allocates nothing). The
-engine knows the session layer only through this module, so the layers stay one-way.
-Pure values, no I/O; a view is owned by one connection on the event loop.
+:class:`Route`, often a shared object (the common sticky case allocates nothing), or
+rarely a :data:`PendingRoute`: a coroutine the engine awaits before it forwards anything,
+when the router must ask the shared session store first (a learned key this replica does
+not hold, or one the plan may move). The engine knows the session layer only through
+this module, so the layers stay one-way. Pure values, no I/O; a view is owned by one
+connection on the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from limpet.affinity import BackendId
 
@@ -45,11 +48,16 @@ class Route:
     cookie_changed: bool
 
 
+PendingRoute = Coroutine[Any, Any, "Route | None"]
+"""A route that needs the shared store: awaited by the engine (the request's body is
+buffered meanwhile, as while dialling)."""
+
+
 class RouterPort(Protocol):
     """The router operations the engine calls (the session layer's ``SessionRouter``)."""
 
-    def route(self, req: RequestView) -> Route | None: ...
-    def reroute(self, req: RequestView, failed: Route) -> Route | None: ...
+    def dispatch(self, req: RequestView) -> Route | PendingRoute | None: ...
+    def redispatch(self, req: RequestView, failed: Route) -> Route | PendingRoute | None: ...
     def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> Route: ...
     def backend_failed(self, backend_id: BackendId) -> None: ...
     def backend_succeeded(self, backend_id: BackendId) -> None: ...

@@ -99,7 +99,10 @@ def _store_options(store: argparse._ArgumentGroup) -> None:
     store.add_argument(
         "--session-store",
         metavar="HOST:PORT",
-        help="a Redis-protocol server shared by every replica (cluster-wide session counts)",
+        help=(
+            "a Redis-protocol server shared by every replica "
+            "(cluster-wide session counts and learned keys)"
+        ),
     )
     store.add_argument("--session-store-password-file", metavar="FILE")
     store.add_argument("--session-store-prefix", metavar="PREFIX", default="limpet:")

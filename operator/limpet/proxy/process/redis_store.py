@@ -4,26 +4,113 @@ client and its hiredis parser: the process layer's implementation of
 
 Data model: one sorted set per backend, ``<keyPrefix>live:<backend id>``, whose members
 are sessions (a mode byte and the session's 64-bit key) scored by their last-seen time.
-A flush is one pipelined round-trip: ``ZADD ... GT`` for every session seen (a replica
-with an older last-seen never rewinds a newer one), ``ZREM`` from the backend a session
-moved away from, then per backend ``ZREMRANGEBYSCORE`` of sessions idle past
-``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever replicas saw them) and
-``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout + ttlSlack`` later).
-The password is read from ``passwordFile`` when the client is built; TLS uses the
-system trust store or ``caFile``. Concurrency: used from one event loop.
+A flush is a few pipelined round-trips (one per ``CHUNK`` sessions, so that a big batch
+never holds the event loop for long, and one for the counts): ``ZADD ... GT`` for every
+session seen (a replica with an older last-seen never rewinds a newer one), ``ZREM``
+from the backend a session moved away from, then per backend ``ZREMRANGEBYSCORE`` of
+sessions idle past ``idleTimeout``, ``ZCARD`` (the distinct live sessions, whichever
+replicas saw them) and ``EXPIRE`` (a set nobody writes any more disappears ``idleTimeout
++ ttlSlack`` later).
+
+Learned keys (``limpet.proxy.session.shared_keys``) are plain strings,
+``<keyPrefix>k:<member>``, one per session, with a TTL. The slow path of the router reads
+one with ``GET``, places one with ``SET NX GET`` (both coalesced with the other calls
+of the same loop turn into one pipeline, ``coalesce.py``) (the first writer wins, the others get
+its entry back) and moves one with :data:`MOVE` (a compare-and-set on the backend it
+leaves). A flush also runs :data:`TOUCH` for each learned key seen: it raises the stored
+last-seen time, re-creates an entry the store lost, and leaves an entry that another
+replica moved alone. Both are Lua scripts run by the server (``EVALSHA``), so each is
+atomic; redis-py loads them once per connection pool. Each call is one round-trip
+(:attr:`RedisStore.round_trips` counts them) and ends within ``sessionStore.timeout``.
+The password is read from ``passwordFile`` on every new connection (a
+:class:`FilePassword` credential provider), so a rotated Secret is picked up and a file
+that is missing for a while fails only the calls made meanwhile (the caller counts a
+fallback and tries again), never the client itself. TLS uses the system trust store or
+``caFile``. Concurrency: used from one event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError
 
 from limpet.affinity import SessionStoreSettings
 from limpet.affinity.plan.model import split_address
+from limpet.proxy.process.coalesce import Coalescer
 from limpet.proxy.session.store import Batch
+
+
+class FilePassword(CredentialProvider):
+    """The password in ``path`` (and ``username``), read afresh for each connection."""
+
+    def __init__(self, path: str, username: str | None) -> None:
+        self._path = Path(path)
+        self._username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        try:
+            password = self._path.read_text().strip()
+        except OSError as exc:
+            raise AuthenticationError(f"sessionStore.passwordFile: {exc}") from exc
+        if not password:
+            raise AuthenticationError(f"sessionStore.passwordFile {self._path} is empty")
+        return (password,) if self._username is None else (self._username, password)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+
+MOVE = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return ARGV[2]
+"""
+"""Replace an entry still on the backend ``ARGV[1]`` (or absent); answer the entry."""
+
+TOUCH = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
+local b, c, last, r = string.match(v, '^(%S+) (%d+) (%d+)( ?r?)$')
+if not b then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
+local mine = tonumber(ARGV[4])
+if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  if mine > tonumber(last) then
+    redis.call('SET', KEYS[1], b .. ' ' .. c .. ' ' .. ARGV[4] .. r, 'PX', ARGV[3])
+    return 1
+  end
+elseif r == ' r' and mine > tonumber(last) then
+  redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+"""A write-back of one key (``ARGV``: backend prefix, entry, TTL in ms, last seen):
+raise the last-seen time of an entry still on this backend; restore a lost entry, or a
+value that is not an entry (marked `` r``); between restored entries that disagree, the
+later last-seen wins (the backend the session's latest request went to). An entry
+another replica placed or moved (unmarked) on another backend is left alone."""
+
+
+POOL_SIZE = 64
+"""Connections per proxy process; calls beyond it queue for one."""
+
+CHUNK = 512
+"""Sessions per write-back pipeline."""
 
 
 class RedisStore:
@@ -31,51 +118,99 @@ class RedisStore:
 
     def __init__(self, settings: SessionStoreSettings) -> None:
         host, port = split_address("sessionStore.address", settings.address)
-        password = None
+        creds = None
         if settings.password_file is not None:
-            password = Path(settings.password_file).read_text().strip() or None
+            creds = FilePassword(settings.password_file, settings.username)
         tls: dict[str, object] = {}
         if settings.tls:
             tls = {
-                "ssl": True,
+                "connection_class": aioredis.SSLConnection,
                 "ssl_ca_certs": settings.ca_file,
                 "ssl_cert_reqs": ssl.CERT_REQUIRED,
                 "ssl_check_hostname": settings.tls_server_name is None,
             }
         self._prefix = settings.key_prefix.encode()
-        self._redis = aioredis.Redis(
+        self._timeout = settings.timeout
+        # A bounded pool that makes a burst of concurrent calls wait for a connection
+        # (within the call's own timeout) rather than fail or open one each.
+        self._pool = aioredis.BlockingConnectionPool(
+            max_connections=POOL_SIZE,
+            timeout=settings.timeout,
             host=host,
             port=port,
             db=settings.database,
-            username=settings.username,
-            password=password,
-            socket_timeout=settings.timeout,
+            username=None if creds is not None else settings.username,
+            credential_provider=creds,
+            # Each call is bounded by its caller (sessionStore.timeout on the request path,
+            # one step for a write-back), not per socket read.
+            socket_timeout=None,
             socket_connect_timeout=settings.timeout,
-            retry_on_timeout=False,
+            # No retries inside a call: the caller falls back at once and the next
+            # interval (or request) is the retry, so a dead store never stalls anything.
+            retry=Retry(NoBackoff(), 0),
             **tls,  # type: ignore[arg-type]
         )
+        self._redis = aioredis.Redis(connection_pool=self._pool)
+        self._move = self._redis.register_script(MOVE)
+        self._touch = self._redis.register_script(TOUCH)
         self.round_trips = 0
+        self._batch = Coalescer(self._redis, on_round_trip=self._count_round_trip)
+
+    def _count_round_trip(self) -> None:
+        self.round_trips += 1
 
     def _key(self, backend: str) -> bytes:
         return self._prefix + b"live:" + backend.encode()
 
+    def _entry(self, member: bytes) -> bytes:
+        return self._prefix + b"k:" + member
+
+    async def get_key(self, member: bytes) -> bytes | None:
+        async with asyncio.timeout(self._timeout):
+            got = await self._batch.call("GET", self._entry(member))
+        return None if got is None else bytes(got)
+
+    async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        key = self._entry(member)
+        async with asyncio.timeout(self._timeout):
+            got = await self._batch.call("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
+        return None if got is None else bytes(got)
+
+    async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
+        self.round_trips += 1
+        async with asyncio.timeout(self._timeout):
+            got = await self._move(keys=[self._entry(member)], args=[expect, value, ttl_ms])
+        return bytes(got)
+
     async def flush(self, batch: Batch) -> Mapping[str, int]:
-        pipe = self._redis.pipeline(transaction=False)
-        for t in batch.touches:
-            pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
-            if t.moved_from is not None:
-                pipe.zrem(self._key(t.moved_from), t.member)
-        for b in batch.backends:
-            k = self._key(b)
-            if batch.live_since is not None:
-                pipe.zremrangebyscore(k, "-inf", f"({batch.live_since}")
-            pipe.zcard(k)
-            pipe.expire(k, batch.ttl)
-        results = await pipe.execute()
+        """The batch in pipelines of at most ``CHUNK`` sessions each (so that packing a
+        big batch never holds the event loop for long), then the counts in one more."""
+        keys, touches = batch.keys, batch.touches
+        for start in range(0, max(len(keys), len(touches)), CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:  # reset on any exit
+                for entry in keys[start : start + CHUNK]:
+                    last = entry.value.rsplit(b" ", 1)[1]
+                    args = (entry.backend_prefix, entry.value, entry.ttl_ms, last)
+                    await self._touch(keys=[self._entry(entry.member)], args=args, client=pipe)
+                for t in touches[start : start + CHUNK]:
+                    pipe.zadd(self._key(t.backend), {t.member: t.last_seen}, gt=True)
+                    if t.moved_from is not None:
+                        pipe.zrem(self._key(t.moved_from), t.member)
+                await pipe.execute()
+            self.round_trips += 1
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for b in batch.backends:
+                k = self._key(b)
+                if batch.live_since is not None:
+                    pipe.zremrangebyscore(k, "-inf", f"({batch.live_since}")
+                pipe.zcard(k)
+                pipe.expire(k, batch.ttl)
+            results = await pipe.execute()
         self.round_trips += 1
         per = 3 if batch.live_since is not None else 2
-        tail = results[len(results) - per * len(batch.backends) :]
-        return {b: int(tail[i * per + per - 2]) for i, b in enumerate(batch.backends)}
+        return {b: int(results[i * per + per - 2]) for i, b in enumerate(batch.backends)}
 
     async def close(self) -> None:
+        await self._batch.close()
         await self._redis.aclose()
+        await self._pool.aclose()

@@ -2,8 +2,10 @@
 
 Data flow: the router hashes a request's session key with the affinity core's stable
 64-bit key hash, then asks a :class:`LearnedTable` for the entry under that hash. An
-entry is a backend index (the router's interned backend number), a created time and a
-last-seen time. The router reads and updates entries on every request; one periodic
+entry is a backend index (the router's interned backend number), a created time, a
+last-seen time and the time it was last checked against the shared store (0: never;
+:mod:`.shared_keys` says when a checked copy may be trusted without asking again). The
+router reads and updates entries on every request; one periodic
 sweeper (:meth:`LearnedTable.sweep`, a plain method the event loop calls on a timer)
 drops entries that are idle for longer than the idle timeout or older than the absolute
 timeout; inserting into a full table first evicts the least recently seen 1/64 of it.
@@ -50,6 +52,7 @@ class LearnedTable:
     __slots__ = (
         "_absolute",
         "_backend",
+        "_checked",
         "_created",
         "_cursor",
         "_epoch",
@@ -87,6 +90,7 @@ class LearnedTable:
         self._backend = array("I")
         self._created = array("I")
         self._last = array("I")
+        self._checked = array("I")
         self._free = array("I")
         self._cursor = 0
         # Sessions per backend index; several tables may share one list, so that the
@@ -130,6 +134,15 @@ class LearnedTable:
     def touch(self, i: int, wall: float) -> None:
         self._last[i] = self._ticks_up(wall)
 
+    def checked(self, i: int) -> float:
+        """When entry ``i`` was last checked against the shared store (the epoch: never)."""
+        return self._epoch + self._checked[i] / _TICKS
+
+    def check(self, i: int, wall: float) -> None:
+        """Entry ``i`` agrees with the shared store as of ``wall`` (rounded up, so that a
+        check just after the store was attached is not taken for one before it)."""
+        self._checked[i] = self._ticks_up(wall)
+
     def move(self, i: int, backend: int, wall: float) -> None:
         """Re-pin entry ``i`` to ``backend`` (a migration) and mark it seen."""
         counts = self.counts
@@ -161,12 +174,14 @@ class LearnedTable:
             self._backend[i] = backend
             self._created[i] = t
             self._last[i] = up
+            self._checked[i] = 0
         else:
             i = len(self._keys)
             self._keys.append(k)
             self._backend.append(backend)
             self._created.append(t)
             self._last.append(up)
+            self._checked.append(0)
         self._index[k] = i
         self._grow_counts(backend)
         self.counts[backend] += 1

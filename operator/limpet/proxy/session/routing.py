@@ -1,16 +1,21 @@
 """The session layer's router: which backend serves a request, and what to tell it.
 
 Data flow, per request: the engine parses the head into a
-:class:`~limpet.proxy.engine.port.RequestView` and calls :meth:`SessionRouter.route`.
-The router walks
-the plan's affinity modes in order (primary, then fallbacks) and takes the first session
-key the request carries (:mod:`.request_keys`): a valid LB cookie (:mod:`.cookies`), the
-app cookie, the header, the query parameter or the client IP. An existing session keeps
+:class:`~limpet.proxy.engine.port.RequestView` and calls :meth:`SessionRouter.dispatch`
+(tests and benchmarks call :meth:`SessionRouter.route`, which never asks the store). The
+router walks the plan's affinity modes in order (primary, then fallbacks) and takes the
+first session key the request carries (:mod:`.request_keys`): a valid LB cookie
+(:mod:`.cookies`), the app cookie, the header, the query parameter or the client IP. An
+existing session keeps
 its backend unless the affinity core's migration decision (:func:`limpet.affinity.decide`)
 moves it (failover, drain, rebalance, expired); a new session is placed by the target
 slot table with bounded loads (:meth:`limpet.affinity.Router.route_new`), and every
 destination, new or moved, is under its bounded-load cap. The loads are this process's
-own counts of the sessions it has seen within ``idleTimeout`` (:mod:`.sessions`).
+own counts of the sessions it has seen within ``idleTimeout`` (:mod:`.sessions`), or the
+cluster-wide counts while a shared store answers (:mod:`.store`). Learned keys are
+routed by :mod:`.learned_routing`: with a store, a key this replica does not hold or
+one the plan may move is answered by a coroutine that asks the store first (the engine
+awaits it); everything else is synchronous.
 Passive health (:mod:`.health`) is passed to the core as ``exclude``: a backend marked
 down locally takes nothing, its sessions fail over, and the caps are those of the
 backends still up. The answer is a :class:`~limpet.proxy.engine.port.Route`: where to connect,
@@ -43,8 +48,9 @@ import functools
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from limpet.affinity import (
     NO_BACKENDS,
@@ -58,26 +64,22 @@ from limpet.affinity import (
     key_hash,
 )
 from limpet.affinity import Router as CoreRouter
-from limpet.proxy.engine.port import NO_HEADERS, RequestView, Route
+from limpet.proxy.engine.port import NO_HEADERS, PendingRoute, RequestView, Route
 
 from .companion import parse_app_set_cookie
 from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
+from .learned_routing import MOVED_HEADER, LearnedRouting, Pending
 from .sessions import TABLE_CODES, TABLE_NAMES, SessionBook, sid_hash
 from .settings import RouterSettings
+from .shared_keys import SharedKeys
 from .snapshot import Snapshot
 from .stats import AppCookieOutcome, BackendStats, RouterStats
-from .store import Batch, Touch
+from .store import SessionStore
+from .store_notes import StoreNotes
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
-
-MAX_KEY = (1 << 64) - 1
-STORE_BACKLOG = 1 << 18
-"""Sessions kept for the store while it is away; beyond this the oldest news is dropped."""
-
-MOVED_HEADER = b"Limpet-Session-Moved"
-"""The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
 
 
 class _Probe:
@@ -105,7 +107,7 @@ class _Held:
     bid: BackendId
 
 
-class SessionRouter:
+class SessionRouter(StoreNotes, LearnedRouting):
     """Routes requests to backends by session (see the module docstring)."""
 
     def __init__(
@@ -138,6 +140,10 @@ class SessionRouter:
         self._touched: dict[bytes, tuple[int, float, int]] | None = None
         self._cluster: dict[BackendId, int] | None = None
         self._store_stats = dict.fromkeys(("flushes", "fallbacks", "written", "dropped"), 0)
+        # Learned keys shared through the store (learned_routing.py, shared_keys.py).
+        self._shared: SharedKeys | None = None
+        self._keys_store: SessionStore | None = None
+        self._spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -169,6 +175,14 @@ class SessionRouter:
         )
         self._snap = snap
         self._cache.clear()
+        shared = self._shared
+        if shared is not None:
+            shared.adopt_plan(
+                {book.index(b.id): b.state for b in snap.plan.backends},
+                schedule=snap.core.schedule is not None,
+                wall=self._wall(),
+                backends=len(book.ids),
+            )
 
     def stage(self, plan: Plan) -> Callable[[], None]:
         """:meth:`prepare` now (any thread); the returned commit installs it (the loop)."""
@@ -181,7 +195,14 @@ class SessionRouter:
     # -- hot path -------------------------------------------------------------------------
 
     def route(self, req: RequestView) -> Route | None:
-        """The route for ``req``, or ``None`` when no backend can take it (503)."""
+        """The route for ``req``, or ``None`` when no backend can take it (503), from the
+        local tables only, never asking the shared store (for callers that cannot await:
+        tests, benchmarks)."""
+        return self.dispatch(req, shared=False)  # type: ignore[return-value]
+
+    def dispatch(self, req: RequestView, *, shared: bool = True) -> Route | PendingRoute | None:
+        """The route for ``req``, ``None`` when no backend can take it (503), or, for a
+        learned key the shared store must be asked about, a coroutine that answers it."""
         snap = self._snap
         if snap is None:
             self._no_backend += 1
@@ -193,7 +214,18 @@ class SessionRouter:
             if hit is not None and wall < hit[1]:
                 self._requests[hit[2]] += 1
                 return hit[0]
-        route = self._route(snap, req, wall)
+        route = self._route(snap, req, wall, shared)
+        if route is None:
+            self._no_backend += 1
+        elif type(route) is Route:
+            self._requests[self._numbers[route.backend_id]] += 1
+        else:
+            return self._counted(route)  # type: ignore[arg-type]
+        return route
+
+    async def _counted(self, pending: PendingRoute) -> Route | None:
+        """The slow path's answer (a learned key the store was asked about), counted."""
+        route = await pending
         if route is None:
             self._no_backend += 1
         else:
@@ -201,12 +233,18 @@ class SessionRouter:
         return route
 
     def reroute(self, req: RequestView, failed: Route) -> Route | None:
-        """After a connect failure on ``failed``: another backend, or ``None``."""
+        """:meth:`redispatch` from the local tables only (see :meth:`route`)."""
         self.backend_failed(failed.backend_id)
         route = self.route(req)
-        if route is None or route.backend_id == failed.backend_id:
-            return None
-        return route
+        return None if route is None or route.backend_id == failed.backend_id else route
+
+    def redispatch(self, req: RequestView, failed: Route) -> Route | PendingRoute | None:
+        """After a connect failure on ``failed``: another backend, or ``None``."""
+        self.backend_failed(failed.backend_id)
+        route = self.dispatch(req)
+        if route is None or type(route) is Route:
+            return None if route is None or route.backend_id == failed.backend_id else route
+        return _other_than(route, failed.backend_id)  # type: ignore[arg-type]
 
     def on_response(self, route: Route, set_cookies: Sequence[bytes]) -> Route:
         """Learn app-cookie sessions from the backend's ``Set-Cookie`` values, and answer
@@ -235,6 +273,8 @@ class SessionRouter:
             seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
             idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
             self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
+            if seen is None:
+                self._publish(snap, book.table(AffinityType.APP_COOKIE, a), h, bid)
             if companion is not None:
                 answer = companion.issue(
                     session_id=b"",
@@ -264,7 +304,9 @@ class SessionRouter:
 
     # -- the walk over modes --------------------------------------------------------------
 
-    def _route(self, snap: Snapshot, req: RequestView, wall: float) -> Route | None:
+    def _route(
+        self, snap: Snapshot, req: RequestView, wall: float, shared: bool
+    ) -> Route | PendingRoute | None:
         cookie = req.cookie
         lb_values: list[bytes] = []
         companions: list[bytes] = []
@@ -305,10 +347,12 @@ class SessionRouter:
             else:
                 h = snap.keys.hash(mode, req)
             if h is not None:
-                placed = self._learned(snap, table, h, wall)
+                placed = self._learned(snap, table, h, wall, shared=shared)
                 if placed is None:
                     return None
-                return snap.route(placed[0], rest, stripped, placed[1], None)
+                if type(placed) is tuple:
+                    return snap.route(placed[0], rest, stripped, placed[1], None)
+                return _routed(snap, placed, rest, stripped)  # type: ignore[arg-type]
         bid = self._place(snap, random.getrandbits(64), wall)
         return None if bid is None else snap.route(bid, rest, stripped, NO_HEADERS, None)
 
@@ -471,9 +515,10 @@ class SessionRouter:
             if found_h is not None:
                 assert table is not None
                 h = found_h
-                placed = self._learned(snap, table, h, wall)
+                placed = self._learned(snap, table, h, wall, shared=False)
                 if placed is None:
                     return None
+                assert type(placed) is tuple
                 bid, moved = placed
                 break
         else:
@@ -512,127 +557,6 @@ class SessionRouter:
         if len(cache) >= self._settings.route_cache_size:
             cache.clear()
         cache[header] = (route, until, idx)
-
-    # -- learned sessions -----------------------------------------------------------------
-
-    def _learned(
-        self, snap: Snapshot, t: LearnedTable, h: int, wall: float
-    ) -> tuple[BackendId, tuple[tuple[bytes, bytes], ...]] | None:
-        """Look up or place a learned-mode session: ``(backend, headers to add)``."""
-        i = t.find(h)
-        code = TABLE_CODES[t.name]
-        if i < 0:
-            found = self._place(snap, h, wall)
-            if found is None:
-                return None
-            idx = self._book.index(found)
-            t.insert(h, idx, wall)
-            self._note(code, h, idx, wall, new=True)
-            return found, NO_HEADERS
-        old = t.backend(i)
-        bid = self._ids[old]
-        d = self._decide(snap, bid, h, t.last_seen(i), t.created(i), wall)
-        reason = d.reason
-        new = d.backend
-        if reason is None:
-            t.touch(i, wall)
-            self._note(code, h, old, wall)
-            return bid, NO_HEADERS
-        if new is None:
-            if reason is Reason.DRAIN and self._health.available(bid, self._clock()):
-                t.touch(i, wall)
-                self._note(code, h, old, wall)
-                return bid, NO_HEADERS
-            return None
-        idx = self._book.index(new)
-        if reason is Reason.EXPIRED:
-            t.remove(h)
-            t.insert(h, idx, wall)
-        else:
-            t.move(i, idx, wall)
-        self._note(code, h, idx, wall, moved_from=old)
-        if new == bid:
-            return bid, NO_HEADERS
-        self._migrations[reason] += 1
-        return new, ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
-
-    # -- the shared store ---------------------------------------------------------------
-
-    def _note(
-        self, code: int, h: int, idx: int, wall: float, *, new: bool = False, moved_from: int = -1
-    ) -> None:
-        """Remember a session seen (placed, moved) for the next store write-back."""
-        touched = self._touched
-        if touched is None:
-            return
-        member = bytes((code,)) + (h & MAX_KEY).to_bytes(8, "little")
-        prev = touched.get(member)
-        if prev is not None and prev[2] >= 0 and moved_from >= 0:
-            moved_from = prev[2]
-        if moved_from == idx:
-            moved_from = -1
-        touched[member] = (idx, wall, moved_from)
-        cluster = self._cluster
-        if cluster is not None and (new or moved_from >= 0):
-            bid = self._ids[idx]
-            cluster[bid] = cluster.get(bid, 0) + 1
-            if moved_from >= 0:
-                gone = self._ids[moved_from]
-                cluster[gone] = max(0, cluster.get(gone, 0) - 1)
-
-    def store_attached(self) -> None:
-        """A store is configured: start noting sessions for it."""
-        if self._touched is None:
-            self._touched = {}
-
-    def store_detached(self) -> None:
-        """No store (any more): local counts, nothing noted."""
-        self._touched = None
-        self._cluster = None
-
-    def take_touches(self) -> Batch:
-        """The sessions noted since the last call, as one write-back batch."""
-        self.store_attached()
-        touched, self._touched = self._touched or {}, {}
-        self._store_stats["written"] += len(touched)
-        ids = self._ids
-        snap = self._snap
-        wall = self._wall()
-        a = None if snap is None else snap.plan.affinity
-        live = None if a is None else (a.idle_timeout or a.absolute_timeout)
-        store = None if snap is None else snap.plan.session_store
-        slack = 60.0 if store is None else store.ttl_slack
-        return Batch(
-            touches=[
-                Touch(m, ids[i], seen, None if f < 0 else ids[f])
-                for m, (i, seen, f) in touched.items()
-            ],
-            backends=[] if snap is None else [b.id for b in snap.plan.backends],
-            now=wall,
-            live_since=None if live is None else wall - live,
-            ttl=max(1, int((live or 86400.0) + slack)),
-        )
-
-    def store_counts(self, counts: Mapping[str, int]) -> None:
-        """The store answered: cap bounded loads against these cluster-wide counts."""
-        self._store_stats["flushes"] += 1
-        self._cluster = {BackendId(b): n for b, n in counts.items()}
-
-    def store_failed(self, batch: Batch) -> None:
-        """The store did not answer: local counts again; keep the batch for the next try."""
-        self._store_stats["fallbacks"] += 1
-        self._cluster = None
-        touched = self._touched
-        if touched is None:
-            return
-        numbers = self._numbers
-        for t in batch.touches:
-            if len(touched) >= STORE_BACKLOG:
-                self._store_stats["dropped"] += 1
-                continue
-            if t.member not in touched and t.backend in numbers:
-                f = -1 if t.moved_from is None else numbers.get(t.moved_from, -1)
-                touched[t.member] = (numbers[t.backend], t.last_seen, f)
 
     def _loads(self) -> Mapping[BackendId, int]:
         cluster = self._cluster
@@ -689,12 +613,22 @@ class SessionRouter:
             migrations={r.value: n for r, n in self._migrations.items()},
             rejected_cookies={r.value: n for r, n in self._rejected.items()},
             app_cookie={o.value: n for o, n in self._app_outcomes.items()},
-            store={}
-            if self._touched is None
-            else {**self._store_stats, "up": int(self._cluster is not None)},
+            store={} if self._touched is None else self._store_figures(),
             cluster=None
             if self._cluster is None
             else {str(b): n for b, n in self._cluster.items()},
             no_backend=self._no_backend,
             learned=book.table_stats(),
         )
+
+
+async def _routed(
+    snap: Snapshot, pending: Pending, rest: bytes | None, stripped: bool
+) -> Route | None:
+    placed = await pending
+    return None if placed is None else snap.route(placed[0], rest, stripped, placed[1], None)
+
+
+async def _other_than(pending: PendingRoute, failed: BackendId) -> Route | None:
+    route = await pending
+    return None if route is None or route.backend_id == failed else route

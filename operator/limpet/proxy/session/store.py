@@ -13,6 +13,12 @@ kept (bounded) for the next try; when the store answers again the counts simply 
 Counts only shape where new and moving sessions go, so a store coming back never
 causes a burst of moves.
 
+Learned keys (:mod:`.shared_keys`) are shared through the same store: the batch carries
+each learned session's entry (:class:`KeyTouch`: a last-seen write-back, or the entry
+itself when the store lost it), and the router's slow path reads, claims and moves
+single entries (:meth:`SessionStore.get_key`, :meth:`SessionStore.claim_key`,
+:meth:`SessionStore.move_key`), one round-trip each.
+
 The implementation of the protocol (Redis protocol, redis-py) and the loop live in the
 process layer (``limpet.proxy.process.redis_store``, ``store_sync``), so this package
 depends on no client library. Pure values.
@@ -37,6 +43,19 @@ class Touch:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyTouch:
+    """A learned key's entry as this replica last saw it, for the write-back: it raises
+    the stored last-seen time (never lowers it), re-creates an entry the store lost, and
+    leaves alone an entry that another replica moved to another backend."""
+
+    member: bytes
+    value: bytes
+    """The encoded entry (``shared_keys.encode_entry``)."""
+    backend_prefix: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     touches: Sequence[Touch]
     backends: Sequence[str]
@@ -46,6 +65,7 @@ class Batch:
     """Sessions last seen before this no longer count (``now - idleTimeout``)."""
     ttl: int
     """Seconds a backend's entry set outlives its last write."""
+    keys: Sequence[KeyTouch] = ()
 
 
 class SessionStore(Protocol):
@@ -53,6 +73,20 @@ class SessionStore(Protocol):
 
     async def flush(self, batch: Batch) -> Mapping[str, int]:
         """Write the batch; return the distinct live sessions per backend."""
+        ...
+
+    async def get_key(self, member: bytes) -> bytes | None:
+        """A learned key's entry, or ``None``."""
+        ...
+
+    async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        """Store ``value`` unless the key has an entry (``SET NX``): ``None`` when this
+        value was stored, else the entry another replica wrote first."""
+        ...
+
+    async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
+        """Replace the entry with ``value`` if it is absent or still starts with
+        ``expect`` (its backend); return the entry stored afterwards."""
         ...
 
     async def close(self) -> None: ...
