@@ -383,17 +383,30 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
         await user.get(http, rng.choice(proxies))
     victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
     on_victim = [u for u in users if u.pod == victim]
-    scene.backends.terminate(victim)
-    await eventually(
-        lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
-    )
-    # While its users keep coming (each to a random replica), the pod is not empty.
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def keep_coming() -> None:
+        # Each to a random replica, from before the drain starts: a pause longer than
+        # drain.minIdle (a slow machine taking a while to mark the pod Draining) would
+        # rightly empty the pod.
+        while not stop.is_set():
+            for user in on_victim:
+                await user.get(http, rng.choice(proxies))
+            await asyncio.sleep(0.2)
+
+    busy = asyncio.create_task(keep_coming())
+    try:
+        scene.backends.terminate(victim)
+        await eventually(
+            lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
+        )
+        # While its users keep coming, the pod is not empty.
+        await asyncio.sleep(5.0)
+    finally:
+        stop.set()
+        await busy
     start = loop.time()
-    while loop.time() - start < 5.0:
-        for user in on_victim:
-            await user.get(http, rng.choice(proxies))
-        await asyncio.sleep(0.2)
     assert all(u.pod == victim for u in on_victim), "busy sessions left the draining pod"
     assert "DrainEmpty" not in await event_reasons(kube, namespace, "shop")
 
