@@ -68,7 +68,14 @@ def app_manifests(
     return counter_app(namespace, name=name, replicas=replicas, pre_stop=pre_stop, grace=grace)
 
 
-def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) -> dict[str, Any]:
+def sticky_manifest(
+    namespace: str,
+    *,
+    name: str = "shop",
+    replicas: int = 2,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A managed StickyService over Service ``name``, with ``spec`` (FAST by default)."""
     return {
         "apiVersion": "limpet.dev/v1alpha1",
         "kind": "StickyService",
@@ -76,7 +83,7 @@ def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) ->
         "spec": {
             "service": name,
             "port": "http",
-            **FAST,
+            **(spec or FAST),
             "proxy": {"managed": True, "replicas": replicas},
         },
     }
@@ -163,7 +170,11 @@ def proxy_labels(sticky: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": sticky}
 
 
-def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> OperatorProcess:
+def start_operator(
+    identity: OperatorIdentity, namespace: str, log: Path, *extra: str
+) -> OperatorProcess:
+    """``limpet operator --standalone`` for ``namespace``, fast stats and Gone timing, then
+    ``extra`` arguments."""
     args = [
         "--standalone",
         "--namespace",
@@ -172,5 +183,6 @@ def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> Ope
         "0.5",
         "--gone-after",
         "2",
+        *extra,
     ]
     return OperatorProcess(identity.kubeconfig, log, args).start()
