@@ -17,9 +17,10 @@ Requests go only to pod IPs that the pod runner reported, inside its network nam
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,6 +161,25 @@ class Client:
             return resp.status, answer
         finally:
             conn.close()
+
+
+def judge(answers: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """Check each session's answers (session -> the counter app's JSON answers, in order)
+    by the app's verdicts: none ``broken``; a request that reached another pod than the
+    one before is ``reloaded`` (the move was announced, with its reason), one that
+    reached the same pod ``continued``. Returns the number of moves."""
+    broken = {s: b for s, bodies in answers.items() for b in bodies if b["verdict"] == "broken"}
+    assert not broken, broken
+    moves = 0
+    for session, bodies in answers.items():
+        for before, after in itertools.pairwise(bodies):
+            if after["pod"] != before["pod"]:
+                assert after["verdict"] == "reloaded", (session, before, after)
+                assert after["moved"], (session, before, after)
+                moves += 1
+            else:
+                assert after["verdict"] == "continued", (session, before, after)
+    return moves
 
 
 def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
