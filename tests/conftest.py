@@ -13,9 +13,11 @@
   closed after the test.
 - ``pod_runner`` (module): the pod runner (a kubelet-like node agent) on one Node,
   started on first use in a module and stopped after it; Pods bound to its node run as
-  processes in network namespaces. Only per module: the operator tests run their managed
+  processes in network namespaces. Only per module: most operator tests run their managed
   proxies as fake pods and count them, so the Pods of the operator's own proxy
-  Deployment must not run then (with no runner they stay Pending, as before).
+  Deployment must not run then (with no runner they stay Pending, as before); the
+  modules that use it (``tests/controller/test_scenarios_pods.py``, the e2e tests) get
+  real proxy Pods.
 
 The logic lives in ``limpet.devcluster`` so the demo reuses it; this file only
 binds it to pytest's lifetimes.

@@ -16,6 +16,15 @@ simulated users.
   proxies and backends, Ready and converged (the ``scenes`` and ``scene`` fixtures).
 
 Everything talks only to loopback or to pod IPs inside this run's network namespaces.
+
+These scenes are fake pods: the test publishes their EndpointSlices and picks each
+condition's instant. The operator's scenarios on real pods (Deployments, the pod runner,
+the EndpointSlice controller, ``kubectl``) are ``test_scenarios_pods.py``; the
+docstrings of ``test_scenarios.py`` and ``test_restarts.py`` name the fake-pod tests that
+remain and the exact condition each needs. Other modules use these scenes where the
+backends are only a membership source for status, Events, metrics or RBAC checks.
+``test_burst_and_peering.py`` writes a slice by hand (:func:`shop_slice`): a rollout's
+burst of 50 updates, as fast as the API server takes them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,17 @@
-"""Restarts: the operator resumes from cluster state; a restarted proxy is pushed again."""
+"""Restarts: the operator resumes from cluster state; a restarted proxy is pushed again.
+
+On fake pods (``harness.py``), for the conditions a kubelet does not give on demand:
+
+- ``test_operator_restart_resumes_rebalance_and_drain``: a terminating endpoint held for
+  a minute whatever happens, while every proxy's plan version is watched every 50 ms.
+  The real-pod version (a pod deleted with a 20 s grace period, the operator SIGKILLed
+  mid-rebalance) is in ``test_scenarios_pods.py``.
+- ``test_restarted_proxy_gets_the_plan_again`` and
+  ``test_proxy_down_is_reported_then_recovers``: a proxy process stopped, its state
+  folder deleted, and started again at moments the test picks, while its endpoint stays
+  listed and Ready. A kubelet restarts a dead container on its own back-off and reports
+  it unready meanwhile.
+"""
 
 from __future__ import annotations
 

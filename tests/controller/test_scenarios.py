@@ -1,4 +1,35 @@
-"""End to end: real API server, the operator under its own RBAC, real proxies, fake pods."""
+"""End to end: real API server, the operator under its own RBAC, real proxies, fake pods.
+
+The same scenarios run on real pods in ``test_scenarios_pods.py`` (a Deployment run by
+the pod runner, EndpointSlices from Kubernetes' controller, ``kubectl scale``, ``kubectl
+delete pod``, SIGKILL). These fake-pod tests remain because each needs an endpoint
+condition at an instant or for a time that the test, not a kubelet, decides:
+
+- ``test_scale_out_rebalances_gradually_and_only_idle_sessions``: new endpoints listed
+  Ready at once, at a known instant, so that "early in the window" (about 25 % of it) can
+  be measured. A real pod is listed unready first (the operator tracks it as Failed) and
+  turns Ready whenever its probe passes; the real-pod test checks the rest.
+- ``test_new_backend_warms_up_over_slow_start``: the new backend's Ready instant known to
+  within the status polling, to check the weight ramp against ``warmingSince``.
+- ``test_terminating_pod_drains_finishes_and_is_removed``: an endpoint held
+  serving+terminating past the drain deadline (busy sessions stay until it, then move)
+  and removed at a moment the test picks. A kubelet ends it when preStop or the grace
+  period ends, whatever the sessions are doing.
+- ``test_killed_pod_fails_over``: an endpoint held ``ready=false, serving=false`` while
+  the test checks Failed, ``Degraded=True BackendsFailed`` and the converged plan. A
+  kubelet restarts the container after its back-off (a second here), so a real pod is
+  Failed only briefly; the real-pod test checks the failover itself.
+- ``test_drained_pod_posts_drain_empty_once_no_session_is_live``: a terminating endpoint
+  held for as long as its users keep coming and then stop (up to half a minute), with a
+  drain deadline far beyond it.
+- ``test_sticky_traffic_through_every_proxy`` and
+  ``test_external_proxies_selected_by_label``: no such condition; they check status,
+  children and label selection on a cheap per-test scene (a fresh operator, proxies and
+  backends in seconds). Real-pod counterparts: ``tests/e2e/test_managed.py``.
+
+``test_restarts.py`` lists its own. Fake pods publish their EndpointSlices themselves
+(``limpet.devcluster.fakepods``).
+"""
 
 from __future__ import annotations
 

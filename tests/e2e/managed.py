@@ -17,9 +17,10 @@ Requests go only to pod IPs that the pod runner reported, inside its network nam
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,7 +69,14 @@ def app_manifests(
     return counter_app(namespace, name=name, replicas=replicas, pre_stop=pre_stop, grace=grace)
 
 
-def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) -> dict[str, Any]:
+def sticky_manifest(
+    namespace: str,
+    *,
+    name: str = "shop",
+    replicas: int = 2,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A managed StickyService over Service ``name``, with ``spec`` (FAST by default)."""
     return {
         "apiVersion": "limpet.dev/v1alpha1",
         "kind": "StickyService",
@@ -76,7 +84,7 @@ def sticky_manifest(namespace: str, *, name: str = "shop", replicas: int = 2) ->
         "spec": {
             "service": name,
             "port": "http",
-            **FAST,
+            **(spec or FAST),
             "proxy": {"managed": True, "replicas": replicas},
         },
     }
@@ -155,6 +163,25 @@ class Client:
             conn.close()
 
 
+def judge(answers: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """Check each session's answers (session -> the counter app's JSON answers, in order)
+    by the app's verdicts: none ``broken``; a request that reached another pod than the
+    one before is ``reloaded`` (the move was announced, with its reason), one that
+    reached the same pod ``continued``. Returns the number of moves."""
+    broken = {s: b for s, bodies in answers.items() for b in bodies if b["verdict"] == "broken"}
+    assert not broken, broken
+    moves = 0
+    for session, bodies in answers.items():
+        for before, after in itertools.pairwise(bodies):
+            if after["pod"] != before["pod"]:
+                assert after["verdict"] == "reloaded", (session, before, after)
+                assert after["moved"], (session, before, after)
+                moves += 1
+            else:
+                assert after["verdict"] == "continued", (session, before, after)
+    return moves
+
+
 def kubectl(cluster: DevCluster, namespace: str, *args: str) -> str:
     return workloads.kubectl(cluster.kubeconfig, *args, namespace=namespace)
 
@@ -163,7 +190,11 @@ def proxy_labels(sticky: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": sticky}
 
 
-def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> OperatorProcess:
+def start_operator(
+    identity: OperatorIdentity, namespace: str, log: Path, *extra: str
+) -> OperatorProcess:
+    """``limpet operator --standalone`` for ``namespace``, fast stats and Gone timing, then
+    ``extra`` arguments."""
     args = [
         "--standalone",
         "--namespace",
@@ -172,5 +203,6 @@ def start_operator(identity: OperatorIdentity, namespace: str, log: Path) -> Ope
         "0.5",
         "--gone-after",
         "2",
+        *extra,
     ]
     return OperatorProcess(identity.kubeconfig, log, args).start()
