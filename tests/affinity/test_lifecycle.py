@@ -99,9 +99,18 @@ def test_failed_then_gone_then_forgotten() -> None:
 
 def test_unknown_and_absent_stays_unknown() -> None:
     assert advance(None, Observation.ABSENT, now=0, timing=TIMING) is None
-    s = advance(None, Observation.NOT_SERVING, now=0, timing=TIMING)
+
+
+def test_a_pod_never_ready_is_not_listed_until_it_is() -> None:
+    # The EndpointSlice controller lists a new pod as not ready until its probe passes:
+    # that is start-up, not a failure.
+    assert advance(None, Observation.NOT_SERVING, now=0, timing=TIMING) is None
+    s = advance(None, Observation.READY, now=1, timing=TIMING)
     assert s is not None
-    assert s.state is F
+    assert s.state is W
+    failed = advance(s, Observation.NOT_SERVING, now=2, timing=TIMING)
+    assert failed is not None
+    assert failed.state is F
 
 
 def test_flapping_drain_serves_again() -> None:

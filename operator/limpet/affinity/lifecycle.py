@@ -19,7 +19,12 @@ States (``absent``: not in any EndpointSlice; ``!serving``: listed, not serving)
     Failed --absent for goneAfter--> Gone --absent for forgetAfter--> (dropped)
     Gone --!serving--> Failed
     Failed|Gone --ready--> Warming (Active without slow start)
-    (new) --!serving--> Failed;  (new) --absent--> (not listed)
+    (new) --!serving or absent--> (not listed)
+
+A pod that has never been ready is not a failure: the EndpointSlice controller lists
+every new pod as not ready until its readiness probe passes, so on every scale-out or
+rollout the new pods would show as Failed (a Degraded StickyService, a "recovered"
+Event instead of a scale-out) for the length of their start-up.
 """
 
 from __future__ import annotations
@@ -150,9 +155,7 @@ def advance(
         )
     # NOT_SERVING or ABSENT
     if previous is None:
-        if observation is Observation.ABSENT:
-            return None
-        return BackendStatus(state=BackendState.FAILED, since=now)
+        return None
     if previous.state is BackendState.DRAINING and observation is Observation.ABSENT:
         # A drained pod leaves the slices when it is deleted: its drain is over, it did
         # not fail (its remaining sessions move either way).
