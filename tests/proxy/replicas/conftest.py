@@ -1,12 +1,14 @@
-"""Fixtures shared by the replica tests: the counter backends every test judges by."""
+"""Fixtures shared by the replica tests: the counter backends every test judges by, and a
+real ``redis-server`` for the store tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .fleet import Counters
+from .fleet import Counters, RedisServer
 
 
 @pytest.fixture
@@ -16,3 +18,13 @@ def counters() -> Iterator[Counters]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

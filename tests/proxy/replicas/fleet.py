@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from limpet.affinity import Plan
+from limpet.affinity import Backend, BackendId, BackendState, Plan
 from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxy, _env, _stop
@@ -174,6 +174,27 @@ def rounds(
         for user in order:
             user.request(rng.choice(replicas), tally)
     return tally
+
+
+def loopback_backends(
+    apps: dict[str, int],
+    states: dict[str, BackendState] | None = None,
+    *,
+    deadline: float | None = None,
+) -> tuple[Backend, ...]:
+    """The plan's backends: each counter app by name on its loopback port, Active unless
+    ``states`` says otherwise; a Draining one gets ``deadline``."""
+    states = states or {}
+    return tuple(
+        Backend(
+            id=BackendId(name),
+            address="127.0.0.1",
+            port=port,
+            state=states.get(name, BackendState.ACTIVE),
+            drain_deadline=deadline if states.get(name) is BackendState.DRAINING else None,
+        )
+        for name, port in apps.items()
+    )
 
 
 def push(replicas: list[Proxy], plan: Plan) -> None:

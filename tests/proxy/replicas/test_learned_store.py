@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ import pytest
 from limpet.affinity import (
     AffinitySettings,
     AffinityType,
-    Backend,
     BackendId,
     BackendState,
     CookieKey,
@@ -35,7 +33,7 @@ from limpet.affinity import (
 from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxies, Proxy
-from .fleet import Counters, RedisServer, Tally, User, push, rounds
+from .fleet import Counters, RedisServer, Tally, User, loopback_backends, push, rounds
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,16 +45,6 @@ TABLES = {
 }
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 def _plan(
     version: int,
     apps: dict[str, int],
@@ -66,19 +54,9 @@ def _plan(
     states: dict[str, BackendState] | None = None,
     rebalance: RebalanceSchedule | None = None,
 ) -> Plan:
-    states = states or {}
     return Plan(
         version=version,
-        backends=tuple(
-            Backend(
-                id=BackendId(name),
-                address="127.0.0.1",
-                port=port,
-                state=states.get(name, BackendState.ACTIVE),
-                drain_deadline=time.time() + 60 if name in states else None,
-            )
-            for name, port in apps.items()
-        ),
+        backends=loopback_backends(apps, states, deadline=time.time() + 60),
         affinity=AffinitySettings(
             type=kind,
             header_name="X-Demo-Session",

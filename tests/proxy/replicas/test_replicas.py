@@ -20,7 +20,6 @@ import pytest
 from limpet.affinity import (
     AffinitySettings,
     AffinityType,
-    Backend,
     BackendId,
     BackendState,
     DrainSettings,
@@ -31,7 +30,7 @@ from limpet.affinity.plan import plan_to_json
 from limpet.proxy.process.command import load_cookie_key
 
 from ..conftest import Proxies, Proxy
-from .fleet import Counters, Tally, User, push, rounds
+from .fleet import Counters, Tally, User, loopback_backends, push, rounds
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,19 +48,9 @@ def _plan(
     rebalance: RebalanceSchedule | None = None,
     deadline: float | None = None,
 ) -> Plan:
-    states = states or {}
     return Plan(
         version=version,
-        backends=tuple(
-            Backend(
-                id=BackendId(name),
-                address="127.0.0.1",
-                port=port,
-                state=states.get(name, BackendState.ACTIVE),
-                drain_deadline=deadline if states.get(name) is BackendState.DRAINING else None,
-            )
-            for name, port in apps.items()
-        ),
+        backends=loopback_backends(apps, states, deadline=deadline),
         affinity=affinity,
         drain=DrainSettings(min_idle=1.0),
         rebalance=rebalance,

@@ -17,8 +17,6 @@ import hashlib
 import http.client
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -41,16 +39,6 @@ from .fleet import RedisServer
 pytestmark = pytest.mark.timeout(90)
 
 KEYS = 120
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 class Wall:
