@@ -24,7 +24,12 @@ import aiohttp
 from limpet.devcluster.ports import free_port
 from tests.controller.harness import Scene, Scenes, User, eventually
 from tests.deploy.monitoring import dashboard_exprs, exposed_names, metric_names, rule_exprs
-from tests.deploy.prometheus import check_prometheus, running_prometheus, scrape_config
+from tests.deploy.prometheus import (
+    ambiguous_request,
+    check_prometheus,
+    running_prometheus,
+    scrape_config,
+)
 
 
 async def text(http: aiohttp.ClientSession, url: str, token: str | None = None) -> str:
@@ -32,20 +37,6 @@ async def text(http: aiohttp.ClientSession, url: str, token: str | None = None) 
     async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
         assert resp.status == 200, url
         return await resp.text()
-
-
-async def bad_request(url: str) -> bytes:
-    """Two different Content-Lengths: a framing ambiguity the proxy must answer 400."""
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    assert parts.port is not None
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readline(), 5)
-    writer.close()
-    await writer.wait_closed()
-    return head
 
 
 async def keep_browsing(http: aiohttp.ClientSession, scene: Scene, users: list[User]) -> None:
@@ -65,7 +56,10 @@ async def exercise(http: aiohttp.ClientSession, scene: Scene) -> list[User]:
             await user.get(http, proxies[i % 2])
     forged = User("forger", cookie="not-a-signed-cookie")
     await forged.get(http, proxies[0])
-    assert (await bad_request(proxies[0])).startswith(b"HTTP/1.1 400")
+    parts = urlsplit(proxies[0])
+    assert parts.hostname is not None
+    assert parts.port is not None
+    assert (await ambiguous_request(parts.hostname, parts.port)).startswith(b"HTTP/1.1 400")
     victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
     scene.backends.stop_backend(victim)
     scene.backends.set_conditions(victim, ready=False, serving=False)

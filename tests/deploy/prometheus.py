@@ -16,6 +16,7 @@ health "ok".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
@@ -107,6 +108,19 @@ def running_prometheus(config: Mapping[str, Any], work: Path) -> Iterator[str]:
         raise
     finally:
         prom.stop(timeout=10)
+
+
+async def ambiguous_request(host: str, port: int) -> bytes:
+    """Two different Content-Lengths, a framing ambiguity the proxy must answer 400 (and
+    count as its own error answer, so that the dashboard's panel for those has a series);
+    the status line it answered."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    await writer.wait_closed()
+    return head
 
 
 async def query(http: aiohttp.ClientSession, base: str, expr: str) -> dict[str, Any]:

@@ -29,7 +29,12 @@ from limpet.demo.stage import PROXY_PORT
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.ports import free_port
 from limpet.devcluster.proxypod import ADMIN_PORT
-from tests.deploy.prometheus import check_prometheus, running_prometheus, scrape_config
+from tests.deploy.prometheus import (
+    ambiguous_request,
+    check_prometheus,
+    running_prometheus,
+    scrape_config,
+)
 
 pytestmark = pytest.mark.apiserver
 
@@ -60,17 +65,6 @@ class DemoOutput:
 
     def tail(self) -> str:
         return "\n".join(self.lines[-60:])
-
-
-async def ambiguous_request(host: str) -> bytes:
-    """Two different Content-Lengths: the proxy must answer 400 and close."""
-    reader, writer = await asyncio.open_connection(host, PROXY_PORT)
-    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readline(), 5)
-    writer.close()
-    await writer.wait_closed()
-    return head
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -108,7 +102,7 @@ async def test_prometheus_scrapes_the_demo(devcluster: DevCluster, tmp_path: Pat
             for i, host in enumerate(out.proxy_hosts)
         }
         assert len(proxies) == 2, out.tail()
-        assert (await ambiguous_request(out.proxy_hosts[0])).startswith(b"HTTP/1.1 400")
+        assert (await ambiguous_request(out.proxy_hosts[0], PROXY_PORT)).startswith(b"HTTP/1.1 400")
         config = scrape_config(
             operator=operator, proxies=proxies, token_file=report / "logs" / "admin-token"
         )
