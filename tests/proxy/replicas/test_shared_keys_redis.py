@@ -13,14 +13,22 @@ and sends uploads, with and without chunked framing, each under a key no replica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
-from limpet.affinity import AffinitySettings, AffinityType, BackendId, SessionStoreSettings
+from limpet.affinity import (
+    AffinitySettings,
+    AffinityType,
+    BackendId,
+    Plan,
+    SessionStoreSettings,
+)
 from limpet.proxy.engine.port import Route
 from limpet.proxy.process.redis_store import RedisStore
 from limpet.proxy.session.routing import RequestView, SessionRouter
@@ -61,18 +69,31 @@ def _alone(router: SessionRouter, key: str) -> str:
     return route.backend_id
 
 
-async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> None:
-    settings = SessionStoreSettings(address=redis.address, key_prefix="race:", timeout=2.0)
+@contextlib.asynccontextmanager
+async def _replicas(
+    redis: RedisServer, prefix: str, count: int
+) -> AsyncIterator[tuple[Plan, list[SessionRouter], list[RedisStore]]]:
+    """``count`` Header-mode routers, each on its own connection to ``redis``: a plan,
+    the routers and their stores (closed on exit)."""
+    settings = SessionStoreSettings(address=redis.address, key_prefix=prefix, timeout=2.0)
     aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S")
     plan = mkplan(1, ABC, affinity=aff, session_store=settings)
-    routers = [mkrouter(Wall(), plan) for _ in range(2)]  # type: ignore[arg-type]
+    routers = [mkrouter(Wall(), plan) for _ in range(count)]  # type: ignore[arg-type]
     stores = [RedisStore(settings) for _ in routers]
-    for r, s in zip(routers, stores, strict=True):
+    for r, store in zip(routers, stores, strict=True):
         r.store_attached()
-        r.attach_keys(s)
-    # The second believes a is full cluster-wide: it would place a's keys elsewhere.
-    routers[1].store_counts({"a": 10_000, "b": 0, "c": 0})
+        r.attach_keys(store)
     try:
+        yield plan, routers, stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> None:
+    async with _replicas(redis, "race:", 2) as (plan, routers, stores):
+        # The second believes a is full cluster-wide: it would place a's keys elsewhere.
+        routers[1].store_counts({"a": 10_000, "b": 0, "c": 0})
         keys = [f"k{i}" for i in range(KEYS)]
         first = await asyncio.gather(*(_ask(r, k) for k in keys for r in routers))
         pairs = list(zip(first[::2], first[1::2], strict=True))
@@ -95,9 +116,6 @@ async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> 
         assert all(r.stats().store["keyReads"] == 0 for r in routers)
         # The claims made in one loop turn went out as one pipeline: fewer round-trips.
         assert all(0 < s.round_trips < KEYS for s in stores), [s.round_trips for s in stores]
-    finally:
-        for s in stores:
-            await s.close()
 
 
 def _upload(port: int, key: str, body: bytes, *, chunked: bool) -> dict[str, object]:
@@ -193,15 +211,7 @@ async def test_the_write_back_never_rewinds_and_repairs_what_is_not_an_entry(
 
 
 async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServer) -> None:
-    settings = SessionStoreSettings(address=redis.address, key_prefix="h:", timeout=2.0)
-    aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S")
-    plan = mkplan(1, ABC, affinity=aff, session_store=settings)
-    routers = [mkrouter(Wall(), plan) for _ in range(3)]  # type: ignore[arg-type]
-    stores = [RedisStore(settings) for _ in routers]
-    for r, s in zip(routers, stores, strict=True):
-        r.store_attached()
-        r.attach_keys(s)
-    try:
+    async with _replicas(redis, "h:", 3) as (plan, routers, stores):
         await _ask(routers[0], "victim")
         (name,) = [k for k in redis.command("KEYS", "h:k:*").split(b"\r\n") if k[:4] == b"h:k:"]
         member = name[len(b"h:k:") :]
@@ -226,6 +236,3 @@ async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServ
         assert route is not None
         assert route.backend_id in {"a", "b", "c"}
         assert dict(route.add_headers)[b"Limpet-Session-Moved"] == b"failover; from=evil-pod"
-    finally:
-        for s in stores:
-            await s.close()
