@@ -162,3 +162,49 @@ def test_sweep_bounds_removals_per_call_and_resumes() -> None:
     assert t.sweep(T0 + 20, budget=1000, max_remove=200) == 100
     assert len(t) == 1
     assert t.find(10_000) >= 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.dictionaries(
+        st.integers(0, KEY_MASK), st.tuples(st.integers(0, 3), st.integers(0, 600)), max_size=400
+    ),
+    removed=st.sets(st.integers(0, 399), max_size=60),
+    k=st.integers(3, 40),
+)
+def test_read_time_figures_match_a_plain_model(
+    entries: dict[int, tuple[int, int]], removed: set[int], k: int
+) -> None:
+    """``smallest_keys`` and ``seen_after`` against sorting and counting a dict (free
+    slots, reused slots and every backend size around ``k`` included)."""
+    t = table(capacity=1000, idle=None)
+    for key, (backend, tick) in entries.items():
+        t.insert(key, backend, T0 + tick / 10)
+    keys = list(entries)
+    for n in removed:
+        if n < len(keys):
+            t.remove(keys[n])
+    model = {key: v for n, (key, v) in enumerate(entries.items()) if n not in removed}
+    got = {b: v.tolist() for b, v in t.smallest_keys(k).items()}
+    want: dict[int, list[int]] = {}
+    for key, (backend, _) in sorted(model.items()):
+        want.setdefault(backend, []).append(key)
+    assert got == {b: v[:k] for b, v in want.items()}
+    cut = T0 + 30
+    recent = t.seen_after(cut).tolist()
+    for b in range(4):
+        n = sum(1 for bk, tick in model.values() if bk == b and T0 + tick / 10 > cut)
+        assert (recent[b] if b < len(recent) else 0) == n
+
+
+def test_smallest_keys_is_exact_when_a_backend_has_many_entries() -> None:
+    """The thresholded first pass must still find every backend's true k smallest."""
+    rng = random.Random(7)
+    t = table(capacity=30_000, idle=None)
+    keys = [rng.getrandbits(64) for _ in range(25_000)]
+    for n, key in enumerate(keys):
+        t.insert(key, 0 if n % 50 else 1, T0)  # backend 0 big, backend 1 small
+    got = t.smallest_keys(256)
+    for b in (0, 1):
+        mine = sorted(key & KEY_MASK for n, key in enumerate(keys) if (0 if n % 50 else 1) == b)
+        assert got[b].tolist() == mine[:256]

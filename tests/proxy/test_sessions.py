@@ -48,3 +48,34 @@ def test_adopt_numbers_backends_and_applies_new_timeouts() -> None:
     book.adopt([B, A], AffinitySettings(idle_timeout=10, absolute_timeout=None))
     assert book.ids == [A, B]
     assert book.sweep(T0 + 11, budget=1000) == 1  # the plan's shorter idleTimeout applies
+
+
+def test_sketches_unite_every_table_as_64_bit_hashes() -> None:
+    """A backend's sketch holds the sessions of every table, each under its table key
+    shifted up to 64 bits (a cookie session: its random id's first 8 bytes)."""
+    book = SessionBook(capacity=100, epoch=T0 - 1)
+    aff = AffinitySettings(idle_timeout=60, absolute_timeout=None)
+    sid = b"\xff" * 8 + b"rest"
+    book.track(COOKIE, sid_hash(sid), A, T0, aff)
+    book.track(AffinityType.HEADER, 5, A, T0, aff)
+    book.track(AffinityType.HEADER, 6, B, T0, aff)
+    got = book.sketches(k=3)
+    assert got == {0: [5 << 4, (sid_hash(sid) << 4) % (1 << 64)], 1: [6 << 4]}
+    for h in range(10, 20):
+        book.track(AffinityType.QUERY, h, B, T0, aff)
+    assert book.sketches(k=3)[1] == [6 << 4, 10 << 4, 11 << 4]
+
+
+def test_drain_live_widens_the_window_of_cookie_tables_by_their_step() -> None:
+    book = SessionBook(capacity=100, epoch=T0 - 1)
+    aff = AffinitySettings(idle_timeout=600, absolute_timeout=None)
+    book.track(COOKIE, 1, A, T0, aff)
+    book.track(AffinityType.APP_COOKIE, 2, A, T0, aff)
+    book.track(AffinityType.HEADER, 3, A, T0, aff)
+    book.track(AffinityType.HEADER, 4, B, T0 + 9, aff)
+    live = book.drain_live(T0 + 10, min_idle=5, cookie_step=2, companion_step=None)
+    assert live == [0, 1]
+    live = book.drain_live(T0 + 6, min_idle=5, cookie_step=2, companion_step=None)
+    assert live == [1, 1]  # only the cookie session: seen at T0, idle from T0 + 2
+    live = book.drain_live(T0 + 6, min_idle=5, cookie_step=2, companion_step=3)
+    assert live == [2, 1]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -207,6 +208,56 @@ class LearnedTable:
 
     def sessions(self, backend: int) -> int:
         return self.counts[backend] if backend < len(self.counts) else 0
+
+    # -- read time (statistics; never the hot path) ----------------------------------------
+
+    def smallest_keys(self, k: int) -> dict[int, np.ndarray[Any, np.dtype[np.uint64]]]:
+        """Per backend number, the ``k`` smallest keys of its entries, ascending.
+
+        Vectorised in two passes: each backend's entries below a threshold that holds
+        about ``2k + 64`` of them (keys are uniform hashes) are sorted, and a backend that
+        got fewer than it needs (vanishingly rare) is redone from all of its entries.
+        A few milliseconds per million entries, on the event loop at a stats read."""
+        n = len(self._keys)
+        if n == 0:
+            return {}
+        keys = np.frombuffer(self._keys, dtype=np.uint64)[:n]
+        backend = np.frombuffer(self._backend, dtype=np.uint32)[:n]
+        try:
+            live = backend != FREE
+            sizes = np.bincount(backend[live])
+            fraction = np.minimum(1.0, (2.0 * k + 64.0) / np.maximum(sizes, 1))
+            # One threshold per backend, and 0 for free slots (never a candidate).
+            limits = np.append((fraction * float(KEY_MASK + 1)).astype(np.uint64), np.uint64(0))
+            slot = np.where(live, backend, len(sizes))
+            picked = np.flatnonzero(keys < limits[slot])
+            cand_b, cand_k = backend[picked], keys[picked]
+            order = np.lexsort((cand_k, cand_b))
+            cand_b, cand_k = cand_b[order], cand_k[order]
+            out: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
+            for b in np.flatnonzero(sizes).tolist():
+                lo, hi = np.searchsorted(cand_b, [b, b + 1])
+                got = cand_k[lo : min(hi, lo + k)]
+                if len(got) < min(k, int(sizes[b])):
+                    got = np.sort(keys[backend == b])[:k]
+                out[b] = got.copy()
+            return out
+        finally:
+            del keys, backend  # release the buffer exports before the arrays can change
+
+    def seen_after(self, wall: float) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """Per backend number, how many entries were last seen after ``wall``."""
+        n = len(self._keys)
+        if n == 0:
+            return np.zeros(0, dtype=np.intp)
+        last = np.frombuffer(self._last, dtype=np.uint32)[:n]
+        backend = np.frombuffer(self._backend, dtype=np.uint32)[:n]
+        try:
+            # Last seen is stored rounded up to a tick, so this never undercounts.
+            recent = (last > (wall - self._epoch) * _TICKS) & (backend != FREE)
+            return np.bincount(backend[recent])
+        finally:
+            del last, backend
 
     def sweep(self, wall: float, *, budget: int = 1 << 16, max_remove: int = 1 << 13) -> int:
         """Expire idle and too-old entries among the next ``budget`` indices.

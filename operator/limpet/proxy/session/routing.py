@@ -56,6 +56,7 @@ from limpet.affinity import (
     NO_BACKENDS,
     AffinityType,
     BackendId,
+    BackendState,
     Decision,
     Plan,
     Reason,
@@ -599,6 +600,18 @@ class SessionRouter(StoreNotes, LearnedRouting):
         now = self._clock()
         book = self._book
         if snap is not None:
+            sketches = book.sketches()
+            draining = any(b.state is BackendState.DRAINING for b in snap.plan.backends)
+            live = (
+                book.drain_live(
+                    self._wall(),
+                    min_idle=snap.core.drain_min_idle,
+                    cookie_step=None if snap.codec is None else snap.codec.granularity,
+                    companion_step=None if snap.companion is None else snap.companion.granularity,
+                )
+                if draining
+                else []
+            )
             for b in snap.plan.backends:
                 i = book.index(b.id)
                 backends[b.id] = BackendStats(
@@ -606,6 +619,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
                     requests=self._requests[i],
                     health=self._health.state(b.id, now).state.value,
                     state=b.state.value,
+                    sketch=sketches.get(i, []),
+                    drain_live=live[i] if b.state is BackendState.DRAINING else None,
                 )
         return RouterStats(
             plan_version=self.plan_version,

@@ -11,6 +11,11 @@ sessions this process has seen within ``idleTimeout``, not every session ever se
 not other replicas' sessions. Cookie sessions live in their signed cookie; the tracker
 only counts them and remembers when this process last saw each one.
 
+Read side (a stats request, never the request path): :meth:`SessionBook.sketches` turns
+the tables into each backend's bottom-k sketch of session hashes, from which the operator
+counts distinct sessions across replicas; :meth:`SessionBook.seen_within` counts each
+backend's sessions seen recently (a Draining backend's ``drainLive``).
+
 Concurrency: one book per process, used from the event loop only; :meth:`sweep` runs on a
 periodic timer and examines a bounded number of entries per table per call.
 """
@@ -18,6 +23,9 @@ periodic timer and examines a bounded number of entries per table per call.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
 
 from limpet.affinity import AffinitySettings, AffinityType, BackendId
 
@@ -31,6 +39,12 @@ TABLE_NAMES = {
     AffinityType.CLIENT_IP: "client-ip",
 }
 
+
+SKETCH_K = 256
+"""Hashes per backend in a stats sketch: a 6.3 % standard error above ``k`` sessions,
+about 4.6 kB of JSON per backend (docs/plan.md, "Stats the operator reads")."""
+SKETCH_SHIFT = 4
+"""A table key (60 bits) shifted up to a 64-bit sketch hash."""
 
 TABLE_CODES = {
     "cookie": ord("C"),
@@ -173,6 +187,56 @@ class SessionBook:
     def sweep(self, wall: float, *, budget: int) -> int:
         """Expire idle and too-old entries of every table (a bounded step of each)."""
         return sum(t.sweep(wall, budget=budget) for t in self.tables.values())
+
+    def sketches(self, k: int = SKETCH_K) -> dict[int, list[int]]:
+        """Per backend number, a bottom-``k`` sketch of its sessions in every table: the
+        ``k`` smallest distinct 64-bit session hashes, ascending (all when fewer).
+
+        A table keeps a key's low 60 bits; shifted up by 4 they are a uniform 64-bit
+        hash, the same for the same session on every replica (its random id's first 8
+        bytes for a cookie session, the key's hash for a learned or AppCookie one).
+        Computed at read time from the tables, never on the request path."""
+        parts: dict[int, list[np.ndarray[Any, np.dtype[np.uint64]]]] = {}
+        for t in self.tables.values():
+            for b, keys in t.smallest_keys(k).items():
+                parts.setdefault(b, []).append(keys)
+        return {
+            b: (np.unique(np.concatenate(p))[:k] << np.uint64(SKETCH_SHIFT)).tolist()
+            for b, p in parts.items()
+        }
+
+    def drain_live(
+        self,
+        wall: float,
+        *,
+        min_idle: float,
+        cookie_step: int | None,
+        companion_step: int | None,
+    ) -> list[int]:
+        """Per backend number, the sessions a drain keeps where they are: those last seen
+        here within ``min_idle``. A session held by a signed cookie is answered from the
+        route cache between two refreshes without touching its last-seen time, so the
+        router measures its idleness from last seen plus the cookie's step; so does
+        this count (which is then high by up to one step, never low)."""
+        windows = dict.fromkeys(TABLE_NAMES.values(), min_idle)
+        if cookie_step is not None:
+            windows["cookie"] += cookie_step
+        if companion_step is not None:
+            windows["app-cookie"] += companion_step
+        return self.seen_within(wall, windows)
+
+    def seen_within(self, wall: float, windows: Mapping[str, float]) -> list[int]:
+        """Per backend number, the sessions whose last-seen time is within
+        ``windows[table name]`` seconds of ``wall`` (a table not named counts none)."""
+        out = [0] * len(self.ids)
+        for t in self.tables.values():
+            window = windows.get(t.name)
+            if window is None:
+                continue
+            for b, n in enumerate(t.seen_after(wall - window).tolist()):
+                if b < len(out):
+                    out[b] += n
+        return out
 
     def table_stats(self) -> dict[str, dict[str, int]]:
         """Entries, capacity, evictions and expiries per table, by table name."""
