@@ -1,0 +1,134 @@
+"""Distinct live sessions across proxy replicas (issue 9, part 3), through real sockets.
+
+Three real ``limpet proxy`` replicas, three counter backends (the demo app, which counts
+the sessions it holds itself: the oracle), and users that pick a replica at random for
+every request. The operator's own :func:`~limpet.controller.model.counts.combine` over
+the replicas' real ``GET /v1/stats`` bodies must give each backend's true number of
+distinct sessions, where the old sum counted a user once per replica that served them.
+Then a drain: ``drainLive`` must reach 0 on every replica as soon as the sessions left
+on the pod are idle past ``drain.minIdle`` (plus the cookie's step), while ``sessions``
+still counts them; and the next request of each of them moves it, announced.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from limpet.affinity import (
+    AffinitySettings,
+    AffinityType,
+    BackendState,
+    DrainSettings,
+    Plan,
+)
+from limpet.affinity.plan import plan_to_json
+from limpet.controller.model.counts import SessionCounts, combine, parse_counts
+from limpet.proxy.process.command import load_cookie_key
+
+from ..conftest import Proxies, Proxy
+from .fleet import Counters, Tally, User, loopback_backends, push, rounds
+
+pytestmark = pytest.mark.timeout(180)
+
+USERS = 45
+REPLICAS = 3
+MIN_IDLE = 1.0
+
+
+def _plan(
+    version: int,
+    apps: dict[str, int],
+    affinity: AffinitySettings,
+    key_file: Path,
+    *,
+    states: dict[str, BackendState] | None = None,
+) -> Plan:
+    return Plan(
+        version=version,
+        backends=loopback_backends(apps, states, deadline=time.time() + 120),
+        affinity=affinity,
+        drain=DrainSettings(min_idle=MIN_IDLE),
+        cookie_keys=(load_cookie_key(key_file),),
+        name="counts",
+    )
+
+
+def _counts(replicas: list[Proxy]) -> SessionCounts:
+    """What the operator makes of the replicas' stats."""
+    return combine({f"p{n}": parse_counts(p.stats()) for n, p in enumerate(replicas)})
+
+
+@pytest.mark.parametrize("mode", ["cookie", "app-cookie"])
+def test_replicas_count_each_live_session_once_and_drain_live_empties_promptly(
+    mode: str, counters: Counters, proxy: Proxies, tmp_path: Path
+) -> None:
+    rng = random.Random(93)
+    key_file = tmp_path / "cookie.key"
+    key_file.write_bytes(b"replicas-share-this-secret-0123456789")
+    apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
+    kind = AffinityType.COOKIE if mode == "cookie" else AffinityType.APP_COOKIE
+    affinity = AffinitySettings(
+        type=kind, app_cookie_name="demo_sid" if kind is AffinityType.APP_COOKIE else None
+    )
+    first = tmp_path / "plan.json"
+    plan = _plan(1, apps, affinity, key_file)
+    first.write_text(plan_to_json(plan))
+    replicas = [proxy.start("--plan", str(first)) for _ in range(REPLICAS)]
+    users = [User(f"u{i}") for i in range(USERS)]
+
+    steady = rounds(users, replicas, rng, count=5, gap=0.05)
+    assert not steady.errors, steady.errors
+    assert steady.verdicts["broken"] == 0, steady
+    # The oracle: the sessions each counter app holds, as it counts them itself.
+    truth = {name: app.stats()["sessions"] for name, app in counters.apps.items()}
+    assert sum(truth.values()) == USERS
+    assert truth == {b: sum(u.pod == b for u in users) for b in apps}
+    counts = _counts(replicas)
+    assert dict(counts.method) == dict.fromkeys(apps, "sketch")
+    assert dict(counts.sessions) == truth
+    summed = sum(b["sessions"] for p in replicas for b in p.stats()["backends"].values())
+    print(f"{mode}: {USERS} live users; the replicas' summed counts {summed}")
+    assert summed > 2 * USERS  # what status showed before: a user once per replica
+
+    # Drain c1. Its busy users keep it live; once every one of them is idle past
+    # minIdle (plus the cookie's step), drainLive is 0 everywhere, long before
+    # idleTimeout, though the sessions are still counted.
+    on_c1 = [u for u in users if u.pod == "c1"]
+    assert len(on_c1) >= 3
+    push(replicas, _plan(2, apps, affinity, key_file, states={"c1": BackendState.DRAINING}))
+    step = plan.granularity
+    busy = on_c1[:3]
+    active = rounds(busy, replicas, rng, count=4, gap=0.3)
+    assert active.verdicts["continued"] == 4 * len(busy), active  # busy: kept on c1
+    last = time.monotonic()
+    counts = _counts(replicas)
+    assert counts.drain_live["c1"] >= len(busy), counts
+    backends = replicas[0].stats()["backends"]
+    assert "drainLive" not in backends["c2"]  # reported for a Draining backend only
+    empty_after = None
+    while time.monotonic() - last < MIN_IDLE + step + 5:
+        counts = _counts(replicas)
+        if counts.drain_live["c1"] == 0:
+            empty_after = time.monotonic() - last
+            break
+        time.sleep(0.1)
+    print(
+        f"{mode}: drainLive 0 {empty_after} s after the last request (minIdle 1 s, step {step} s)"
+    )
+    assert empty_after is not None, counts
+    assert empty_after >= MIN_IDLE - 0.2
+    assert empty_after <= MIN_IDLE + step + 1.0  # the step, and one poll and stats read
+    assert counts.sessions["c1"] == len(on_c1)  # still counted: not yet idleTimeout old
+
+    # drainLive 0 means none stays: each one's next request moves it, announced.
+    moved = Tally()
+    for u in on_c1:
+        u.request(rng.choice(replicas), moved)
+    assert not moved.errors, moved.errors
+    assert moved.moves["drain"] == len(on_c1), moved
+    assert moved.verdicts["broken"] == 0, moved
+    assert not any(u.pod == "c1" for u in on_c1)
