@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from limpet.affinity.plan.codec import plan_to_json
+from limpet.controller.model.counts import combine, parse_counts
 from limpet.proxy.process.standalone import standalone_plan
 
 from .conftest import Backends, Conn, Proxies, Proxy, standalone_args
@@ -104,3 +105,27 @@ def test_metrics_sum_the_workers_counters(backends: Backends, proxy: Proxies) ->
     assert m["limpet_proxy_connections_accepted_total"] == 220
     assert m["limpet_proxy_no_backend_total"] == 0
     assert m['limpet_proxy_backend_up{backend="s1"}'] == 1
+
+
+def test_workers_sketches_are_united_so_sessions_count_once(
+    backends: Backends, proxy: Proxies
+) -> None:
+    """Header sessions whose connections land on both workers are in both workers'
+    tables; the supervisor's summed ``sessions`` counts them twice, the united sketch
+    once (read by the operator's own parser)."""
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b, affinity="header:X-Session"), "--workers", "2")
+    keys = 40
+    for _ in range(5):
+        for n in range(keys):
+            with Conn(p.address) as c:  # a new connection: either worker may take it
+                assert c.request("GET", "/", headers={"X-Session": f"k{n}"}).status == 200
+    procs = processes(p)
+    assert all(w["requests"] > 0 for w in procs), procs
+    stats = p.stats()
+    merged = stats["backends"]["s1"]
+    assert merged["sessions"] > keys  # some keys reached both workers
+    assert len(merged["sketch"]["hashes"]) == keys
+    counts = combine({"p": parse_counts(stats)})
+    assert counts.method["s1"] == "sketch"
+    assert counts.sessions["s1"] == keys
