@@ -126,16 +126,31 @@ def test_every_store_down_falls_back_to_the_proxies_counts() -> None:
 
 
 def test_drain_live_counts_only_recent_sessions() -> None:
+    def draining(b1: dict[str, object]) -> ProxyCounts:
+        return parse_counts(_stats({"b1": {**b1, "state": "Draining"}}))
+
     # 6 sessions on the draining b1, none active within drain.minIdle on either proxy.
-    a = parse_counts(_stats({"b1": {"sessions": 6, "drainLive": 0}}))
-    b = parse_counts(_stats({"b1": {"sessions": 4, "drainLive": 0}}))
+    a = draining({"sessions": 6, "drainLive": 0})
+    b = draining({"sessions": 4, "drainLive": 0})
     assert combine({"p0": a, "p1": b}).drain_live == {"b1": 0}
     # One proxy still serves a live one there.
-    c = parse_counts(_stats({"b1": {"sessions": 4, "drainLive": 1}}))
+    c = draining({"sessions": 4, "drainLive": 1})
     assert combine({"p0": a, "p1": c}).drain_live == {"b1": 1}
     # A proxy that does not report drainLive: its whole count is taken as live.
-    d = parse_counts(_stats({"b1": {"sessions": 2}}))
+    d = draining({"sessions": 2})
     assert combine({"p0": a, "p1": d}).drain_live == {"b1": 2}
+
+
+def test_drain_is_judged_only_from_stats_read_under_the_drain_plan() -> None:
+    """Stats read before a proxy ran the drain's plan (b1 still Active there, or not
+    listed yet, or never read) say nothing about live sessions: no figure, so no
+    DrainEmpty, rather than a 0 for sessions that stay."""
+    a = parse_counts(_stats({"b1": {"sessions": 0, "drainLive": 0, "state": "Draining"}}))
+    before = parse_counts(_stats({"b1": {"sessions": 0, "state": "Active"}}))
+    assert combine({"p0": a, "p1": before}).drain_live == {}
+    assert combine({"p0": a, "p1": parse_counts(_stats({}))}).drain_live == {}
+    assert combine({"p0": a, "p1": ProxyCounts()}).drain_live == {}
+    assert combine({"p0": a}).drain_live == {"b1": 0}
 
 
 @pytest.mark.parametrize(

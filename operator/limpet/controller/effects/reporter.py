@@ -231,7 +231,7 @@ class StatusReporter:
                 if b.status.state is not BackendState.DRAINING:
                     self._drain_empty_reported.discard(b.id)
                     continue
-                if b.id not in self._drain_empty_reported and live.get(b.id, 0) == 0:
+                if b.id not in self._drain_empty_reported and live.get(b.id) == 0:
                     self._drain_empty_reported.add(b.id)
                     self.event(
                         "DrainEmpty",

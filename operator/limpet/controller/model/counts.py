@@ -20,7 +20,8 @@ are spread over replicas is in several proxies' counts. So, per backend, best fi
 
 A Draining backend is empty once no proxy holds a *live* session on it: one whose last
 request was within ``drain.minIdle`` (``drainLive``; an older one moves at its next
-request anyway). Proxies that do not report ``drainLive`` fall back to ``sessions``.
+request anyway). Proxies that do not report ``drainLive`` fall back to ``sessions``. It
+is judged only from stats that every proxy served while running the drain's plan.
 See docs/plan.md, "Stats the operator reads", for the fields.
 """
 
@@ -53,6 +54,8 @@ class BackendCounts:
     sessions: int = 0
     drain_live: int | None = None
     sketch: Sketch | None = None
+    draining: bool = False
+    """The proxy runs a plan in which the backend is Draining (``state``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,8 +81,10 @@ class SessionCounts:
     """Distinct live sessions per backend id (see ``method``)."""
     method: Mapping[str, Method] = field(default_factory=dict)
     drain_live: Mapping[str, int] = field(default_factory=dict)
-    """Per backend: the most live sessions any proxy holds (``drainLive``, else
-    ``sessions``); 0 means no proxy holds a live session there."""
+    """Per backend that every proxy reports Draining: the most live sessions any proxy
+    holds (``drainLive``, else ``sessions``); 0 means no proxy holds a live session
+    there. A backend is left out while any proxy's last stats predate its drain (they
+    could show 0 for sessions that stay, or not list it at all)."""
     store_unreachable: Mapping[str, str] = field(default_factory=dict)
     """Proxy name -> its error, for proxies that report the store unreachable."""
     store_connected: int = 0
@@ -113,6 +118,7 @@ def _backend(raw: Mapping[str, Any]) -> BackendCounts:
         sessions=_int(raw.get("sessions")) or 0,
         drain_live=_int(raw.get("drainLive")),
         sketch=_sketch(raw.get("sketch")),
+        draining=raw.get("state") == "Draining",
     )
 
 
@@ -202,9 +208,8 @@ def combine(proxies: Mapping[str, ProxyCounts]) -> SessionCounts:
         parts = per_backend.get(bid, [])
         from_store = store_counts.get(bid, 0) if connected else None
         sessions[bid], method[bid] = _distinct(parts, from_store)
-        live[bid] = max(
-            (p.drain_live if p.drain_live is not None else p.sessions for p in parts), default=0
-        )
+        if len(parts) == len(proxies) and all(p.draining for p in parts):
+            live[bid] = max(p.drain_live if p.drain_live is not None else p.sessions for p in parts)
     return SessionCounts(
         sessions=sessions,
         method=method,
