@@ -15,7 +15,7 @@ from limpet.controller.model.counts import combine, parse_counts
 from limpet.proxy.session.routing import SessionRouter
 from limpet.proxy.session.stats import merge_stats
 
-from .routing_helpers import ABC, Client, Clock, be, mkplan, mkrouter
+from .routing_helpers import ABC, T0, Client, Clock, be, mkplan, mkrouter
 
 
 def test_stats_dict_and_merge() -> None:
@@ -224,3 +224,40 @@ def test_merged_worker_sketches_are_the_sketch_of_all_their_sessions(
     assert merged == {"k": k, "hashes": [f"{h:016x}" for h in sorted(hashes)[:k]]}
     if len(hashes) < k:
         assert combine({"p": parse_counts(merge_stats(parts))}).sessions["a"] == len(hashes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(["cookie", "header"]),
+    offsets=st.lists(st.integers(0, 100), min_size=1, max_size=30),
+    min_idle=st.sampled_from([1.0, 2.0, 4.0]),
+    later=st.integers(0, 70),
+)
+def test_drain_live_is_what_the_drain_decision_keeps(
+    mode: str, offsets: list[int], min_idle: float, later: int
+) -> None:
+    """At any instant, a Draining backend's ``drainLive`` is exactly the number of its
+    sessions that its next request would leave where they are (one router)."""
+    clock = Clock()
+    affinity = (
+        AffinitySettings()
+        if mode == "cookie"
+        else AffinitySettings(type=AffinityType.HEADER, header_name="x-user")
+    )
+    drain = DrainSettings(min_idle=min_idle)
+    plan = mkplan(1, [be("a"), be("b")], affinity=affinity, drain=drain)
+    r = mkrouter(clock, plan)
+    clients: list[tuple[Client, list[tuple[bytes, bytes]]]] = []
+    for n, offset in enumerate(sorted(offsets)):
+        clock.t = T0 + offset / 10  # requests spread over 10 s, a decisecond apart
+        c, headers = Client(), [(b"x-user", b"u%d" % n)]
+        c.get(r, headers=headers)
+        clients.append((c, headers))
+    on_a = [(c, h) for c, h in clients if c.get(r, headers=h).backend_id == "a"]
+    r.load_plan(
+        mkplan(2, [be("a", BackendState.DRAINING), be("b")], affinity=affinity, drain=drain)
+    )
+    clock.t = T0 + 10 + later / 10
+    live = r.stats().to_dict()["backends"]["a"]["drainLive"]
+    stays = sum(c.get(r, headers=h).backend_id == "a" for c, h in on_a)
+    assert live == stays
