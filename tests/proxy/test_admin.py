@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,11 +13,14 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from limpet.affinity import BackendState
 from limpet.affinity.plan.codec import plan_to_dict, plan_to_json
 from limpet.affinity.plan.model import Backend, CookieKey, Plan
 from limpet.proxy.process.admin import make_admin_app
 from limpet.proxy.process.state import PlanGate, PlanStore
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
+
+from .routing_helpers import Client, Clock, mkrouter
 
 TOKEN = "s3cret-token"
 
@@ -208,3 +212,41 @@ async def test_plan_the_consumer_refuses_is_400(tmp_path: Path) -> None:
         await runner.cleanup()
     assert gate.version is None
     assert PlanStore(tmp_path).load().plan is None
+
+
+async def test_a_draining_backend_has_its_drain_live_gauge(tmp_path: Path) -> None:
+    """``limpet_proxy_drain_live_sessions`` for the Draining backend only, from the
+    router's ``drainLive``: a session served just now counts, and the gauge reads 0
+    once it has been idle past minIdle plus the cookie's step."""
+    clock = Clock()
+    base = plan(7)
+    b1, b2 = base.backends
+    draining = dataclasses.replace(
+        base, version=8, backends=(b1, dataclasses.replace(b2, state=BackendState.DRAINING))
+    )
+    router = mkrouter(clock, base)
+    while router.stats().backends["b2"].sessions == 0:  # new sessions until one is on b2
+        assert Client().get(router) is not None
+    router.load_plan(draining)
+    gate = PlanGate(apply=router.load_plan, store=PlanStore(tmp_path))
+    app = make_admin_app(token=TOKEN, sink=gate, stats=router, metrics=CollectorRegistry())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def gauges(client: aiohttp.ClientSession) -> dict[str, str]:
+        async with client.get(url, headers=auth) as r:
+            text = await r.text()
+        prefix = "limpet_proxy_drain_live_sessions{"
+        return dict(line.split()[:2] for line in text.splitlines() if line.startswith(prefix))
+
+    try:
+        async with aiohttp.ClientSession() as client:
+            assert await gauges(client) == {'limpet_proxy_drain_live_sessions{backend="b2"}': "1.0"}
+            clock.t += draining.drain.min_idle + draining.granularity + 0.2
+            assert await gauges(client) == {'limpet_proxy_drain_live_sessions{backend="b2"}': "0.0"}
+    finally:
+        await runner.cleanup()

@@ -113,10 +113,18 @@ class ProxyCollector(Collector):
             "1 unless passive health has the backend marked down.",
             labels=["backend"],
         )
+        drain_live = GaugeMetricFamily(
+            "limpet_proxy_drain_live_sessions",
+            "Sessions on a Draining backend that this proxy served within drain.minIdle "
+            "(they stay; older ones move at their next request), by backend.",
+            labels=["backend"],
+        )
         for bid, b in sorted(s.get("backends", {}).items()):
             requests.add_metric([bid], b.get("requests", 0))
             sessions.add_metric([bid], b.get("sessions", 0))
             up.add_metric([bid], 0 if b.get("health") == "down" else 1)
+            if "drainLive" in b:
+                drain_live.add_metric([bid], b["drainLive"])
         migrations = CounterMetricFamily(
             "limpet_proxy_migrations", "Sessions moved, by reason.", labels=["reason"]
         )
@@ -167,7 +175,8 @@ class ProxyCollector(Collector):
             "limpet_proxy_plan_version", "Version of the plan in use (0 before the first)."
         )
         version.add_metric([], s.get("planVersion") or 0)
-        yield from (requests, sessions, up, migrations, rejected, app_cookie, no_backend, version)
+        yield from (requests, sessions, drain_live, up, migrations, rejected, app_cookie)
+        yield from (no_backend, version)
         yield from stores
 
 
