@@ -4,7 +4,8 @@ Socket-free: the state collector renders the reconcilers' samples, and disappear
 StickyService's series with it. Against the real API server, real proxies and backends:
 a running operator's ``/metrics`` (read with prometheus-client's own parser, not ours)
 shows the reconcile passes and pushes it made, the proxies and the plan version of the
-StickyService's status, the sessions the proxies moved when a backend dies, and a proxy
+StickyService's status, each backend's distinct live sessions (users served by both
+proxies counted once), the sessions the proxies moved when a backend dies, and a proxy
 that cannot take a new plan as out of sync.
 """
 
@@ -47,6 +48,7 @@ def test_state_follows_the_live_stickyservices() -> None:
             out_of_sync=1,
             moved={"failover": 4, "drain": 2},
             backends={"b1": ("shop-0", "Active"), "b2": ("", "Gone")},
+            sessions={"b1": 19},
         )
     ]
     metrics = OperatorMetrics(CollectorRegistry())
@@ -63,6 +65,7 @@ def test_state_follows_the_live_stickyservices() -> None:
     assert value(got, "limpet_operator_stickyservices") == 1
     info = {"backend": "b1", "backend_pod": "shop-0", "state": "Active"}
     assert value(got, "limpet_operator_backend_info", **key, **info) == 1
+    assert value(got, "limpet_operator_backend_sessions", **key, backend="b1") == 19
     assert value(got, "limpet_operator_plans_pushed_total", result="ok") == 1
     assert value(got, "limpet_operator_plans_pushed_total", result="conflict") == 1
     assert value(got, "limpet_operator_plans_pushed_total", result="error") == 0
@@ -132,6 +135,26 @@ async def test_a_running_operator_serves_its_metrics(
     users = [User(f"u{i}") for i in range(20)]
     for i, user in enumerate(users):
         await user.get(http, proxies[i % 2])
+        await user.get(http, proxies[(i + 1) % 2])  # and through the other proxy
+
+    # Each user counted once per backend, though both proxies served every one of them.
+    expected = {pod: sum(1 for u in users if u.pod == pod) for pod in scene.backends.pods}
+
+    async def distinct_sessions() -> dict[str, float] | None:
+        got = await scrape(http, url)
+        pod_of = {
+            dict(labels)["backend"]: dict(labels)["backend_pod"]
+            for (name, labels), n in got.items()
+            if name == "limpet_operator_backend_info" and n == 1
+        }
+        seen = {
+            pod_of.get(dict(labels)["backend"], ""): n
+            for (name, labels), n in got.items()
+            if name == "limpet_operator_backend_sessions"
+        }
+        return seen if seen == expected else None
+
+    await eventually(distinct_sessions, within=15, what=f"backend sessions {expected}")
     victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
     scene.backends.stop_backend(victim)
     scene.backends.set_conditions(victim, ready=False, serving=False)

@@ -179,7 +179,8 @@ class Reconciler:
 
     def metrics_sample(self) -> StickyServiceSample:
         """This StickyService's state for the operator's metrics (read at scrape time)."""
-        proxies = self._pusher.report().proxies if self._pusher is not None else ()
+        report = self._pusher.report() if self._pusher is not None else None
+        proxies = report.proxies if report is not None else ()
         moved: dict[str, int] = {}
         for p in proxies:
             for reason, n in p.migrations.items():
@@ -194,6 +195,7 @@ class Reconciler:
             backends={
                 b.id: (b.pod or "", b.status.state.value) for b in self._state.backends.values()
             },
+            sessions={} if report is None else dict(report.counts.sessions),
         )
 
     # -- main loop ---------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class StickyServiceSample:
     """Sessions moved by reason, summed over the proxies' last stats."""
     backends: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     """Backend id -> (pod name or "", lifecycle state), for dashboards to name pods."""
+    sessions: Mapping[str, int] = field(default_factory=dict)
+    """Backend id -> distinct live sessions, counted once across the proxies (status)."""
 
 
 SampleSource = Callable[[], Iterable[StickyServiceSample]]
@@ -96,6 +98,13 @@ class _StateCollector(Collector):
             "and its lifecycle state; join on (namespace, stickyservice, backend).",
             labels=[*labels, "backend", "backend_pod", "state"],
         )
+        sessions = GaugeMetricFamily(
+            "limpet_operator_backend_sessions",
+            "Distinct live sessions per backend, each counted once however many proxies "
+            "served it (status.backends[].sessions); the proxies' own limpet_proxy_sessions "
+            "count a user once per proxy.",
+            labels=[*labels, "backend"],
+        )
         samples = sorted(self._source(), key=lambda s: (s.namespace, s.name))
         services.add_metric([], len(samples))
         for s in samples:
@@ -107,7 +116,9 @@ class _StateCollector(Collector):
                 moved.add_metric([*key, reason], n)
             for bid, (pod, state) in sorted(s.backends.items()):
                 info.add_metric([*key, bid, pod, state], 1)
-        yield from (services, version, proxies, behind, moved, info)
+            for bid, n in sorted(s.sessions.items()):
+                sessions.add_metric([*key, bid], n)
+        yield from (services, version, proxies, behind, moved, info, sessions)
 
 
 class OperatorMetrics:
