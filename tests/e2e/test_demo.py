@@ -43,6 +43,7 @@ import pytest
 import yaml
 
 from limpet.demo.scenario import phases
+from limpet.devcluster import hostnet
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.netns import NETNS_PREFIX, STATE_DIR, list_netns
 from limpet.devcluster.ownership import read_record
@@ -366,6 +367,10 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
         mine = _netns_of(report)
         assert mine, "the demo's pods are network namespaces"
         assert not mine & netns_before
+        # The session store's server runs in one of them (its command line names no path
+        # of the report folder, so the ps check below would not see it).
+        servers = [p for ns in mine for p in _pids(ns) if _comm(p) == "redis-server"]
+        assert servers, "the Header service's redis-server runs in the demo's namespaces"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:
@@ -382,6 +387,18 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
     assert not _listening(port), "the local kube-apiserver was stopped"
     assert not (report / "summary.json").exists()
     assert not mine & _netns(), "every network namespace of the demo was removed"
+    assert all(_comm(p) != "redis-server" for p in servers), "redis-server was stopped"
+
+
+def _pids(netns: str) -> list[int]:
+    return [int(p) for p in hostnet.ip("netns", "pids", netns, check=False).split()]
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _netns() -> set[str]:
