@@ -352,6 +352,10 @@ class _Run:
                 await actions[phase.name](end)
             await self.tick_until(end)
             start = max(end, self.loop.time())
+        # The last figures: every request answered and tallied, and the proxies' counts
+        # read after that, so the moves the users saw and those the proxies made compare.
+        for service in self.services:
+            await service.pool.quiesce()
         serving = await self.act(self.stage.app_pods)
         await self.refresh()
         for service in self.services:
