@@ -208,6 +208,14 @@ class RedisPod:
         self._created = True  # from here on, stop() has something to remove
         base = f"/api/v1/namespaces/{self.namespace}"
         request(self.api, "POST", f"{base}/secrets", body=secret)
+        # The ServiceAccount admission plugin refuses a Pod until the namespace's "default"
+        # account exists, which the serviceaccount controller makes a moment after the
+        # namespace.
+        _wait(
+            lambda: not _gone(self.api, f"{base}/serviceaccounts/default"),
+            s.ready_timeout,
+            f"ServiceAccount default in {self.namespace}",
+        )
         request(self.api, "POST", f"{base}/pods", body=pod)
         ready = _wait(self._ready_pod, s.ready_timeout, f"Redis pod {s.name} to be Ready")
         try:
@@ -228,13 +236,7 @@ class RedisPod:
         return pod if is_ready(pod) else None
 
     def _gone(self, kind: str) -> bool:
-        try:
-            request(self.api, "GET", self._path(kind))
-        except k8s.ApiException as e:
-            if e.status == 404:
-                return True
-            raise
-        return False
+        return _gone(self.api, self._path(kind))
 
     def stop(self) -> None:
         """Delete the Pod, wait until it is gone, then delete the Secret; idempotent."""
@@ -260,6 +262,16 @@ class RedisPod:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _gone(api: k8s.ApiClient, path: str) -> bool:
+    try:
+        request(api, "GET", path)
+    except k8s.ApiException as e:
+        if e.status == 404:
+            return True
+        raise
+    return False
 
 
 def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
