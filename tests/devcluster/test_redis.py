@@ -30,6 +30,7 @@ from limpet.devcluster.redis import (
     check_auth,
     manifests,
 )
+from tests.proxy.replicas.fleet import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,6 +61,38 @@ def test_manifests_keep_the_password_off_the_command_line() -> None:
     assert "requirepass s3cret\n" in conf
     assert "port 7000\n" in conf
     assert secret["stringData"][PASSWORD_KEY] == "s3cret"
+
+
+def test_check_auth_refuses_a_server_without_a_password(tmp_path: Path) -> None:
+    open_server = RedisServer(tmp_path)  # no requirepass: anyone may read the sessions
+    open_server.start()
+    try:
+        with pytest.raises(RedisPodError, match=r"PING answered b'\+PONG', not b'-NOAUTH'"):
+            check_auth("127.0.0.1", open_server.port, "anything")
+    finally:
+        open_server.kill()
+    locked = RedisServer(tmp_path, password="right")
+    locked.start()
+    try:
+        check_auth("127.0.0.1", locked.port, "right")
+        with pytest.raises(RedisPodError, match="WRONGPASS"):
+            check_auth("127.0.0.1", locked.port, "wrong")
+    finally:
+        locked.kill()
+
+
+def test_a_pod_that_never_gets_ready_is_reported_with_its_container_state(
+    api: k8s.ApiClient, namespace: str, pod_runner: PodRunnerProcess
+) -> None:
+    # An image the runner does not know: the Pod stays Pending with ErrImagePull.
+    settings = RedisSettings(image="redis:7", ready_timeout=5)
+    redis_pod = RedisPod(api, namespace, runner_nodes=pod_runner.nodes, settings=settings)
+    with pytest.raises(RedisPodError, match=r"ErrImagePull|ImagePullBackOff"), redis_pod:
+        pytest.fail("the pod cannot be Ready")
+    for kind in ("pods", "secrets"):  # what start() made was removed
+        with pytest.raises(k8s.ApiException) as gone:
+            request(api, "GET", f"/api/v1/namespaces/{namespace}/{kind}/limpet-redis")
+        assert gone.value.status == 404
 
 
 def test_up_password_protected_and_stops_cleanly(

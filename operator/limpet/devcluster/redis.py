@@ -217,7 +217,10 @@ class RedisPod:
             f"ServiceAccount default in {self.namespace}",
         )
         request(self.api, "POST", f"{base}/pods", body=pod)
-        ready = _wait(self._ready_pod, s.ready_timeout, f"Redis pod {s.name} to be Ready")
+        try:
+            ready = _wait(self._ready_pod, s.ready_timeout, f"Redis pod {s.name} to be Ready")
+        except RedisPodError as exc:
+            raise RedisPodError(f"{exc}; its containers: {self._container_states()}") from exc
         try:
             host = node_pod_ip(self.api, ready, self.runner_nodes)
         except DevClusterError as exc:
@@ -234,6 +237,11 @@ class RedisPod:
         if phase in ("Failed", "Succeeded"):
             raise RedisPodError(f"Redis pod {self.settings.name} ended: {pod.get('status')}")
         return pod if is_ready(pod) else None
+
+    def _container_states(self) -> str:
+        pod: dict[str, Any] = request(self.api, "GET", self._path("pods"))
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return "; ".join(f"{c.get('name')}: {c.get('state')}" for c in statuses) or "none yet"
 
     def _gone(self, kind: str) -> bool:
         return _gone(self.api, self._path(kind))
