@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client as k8s
 
 from limpet.controller.model.names import secret_name
@@ -213,7 +214,7 @@ class Stage:
         assert self.runner is not None
         store = RedisPod(api, self.namespace, runner_nodes=self.runner.nodes)
         # Registered first: a start that fails half-way is undone too.
-        self._stack.callback(store.stop)
+        self._stack.callback(self._stop_store, store)
         try:
             self.redis = store.start()
         except DevClusterError as exc:
@@ -222,6 +223,14 @@ class Stage:
             f"session store: redis-server (Debian's) in pod {self.redis.pod} at "
             f"{self.redis.address}, password in Secret {self.redis.secret}"
         )
+
+    def _stop_store(self, store: RedisPod) -> None:
+        # The pod runner's stop, next, kills the server and deletes its namespace anyway;
+        # a slow deletion must not hide how the run went.
+        try:
+            store.stop()
+        except (DevClusterError, k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self.settings.say(f"the session store's pod was not deleted cleanly: {exc}")
 
     def _start_pod_runner(self, cluster: DevCluster) -> None:
         """The local cluster's node agent: the demo's Pods run as processes here."""
