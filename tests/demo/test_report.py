@@ -137,6 +137,7 @@ def test_two_services_side_by_side_with_the_store(tmp_path: Path) -> None:
         timeline=header_tl,
         summary=summarize(header_tl),
         store=STORE,
+        operator_sessions={"p1": 7, "p0": 3},
     )
     results = [cookie(recorded()), header]
     text = write_report(results, tmp_path / "out").read_text()
@@ -147,6 +148,10 @@ def test_two_services_side_by_side_with_the_store(tmp_path: Path) -> None:
     assert "<tr><td>fallbacks to local tables</td><td>-</td><td>0</td></tr>" in text
     assert "<td>ReplicasAgree</td><td>-</td><td>True (SessionStore)</td>" in text
     assert "<td>40 of 40 samples</td>" in text
+    assert (
+        "<tr><td>sessions per pod at the end, as the operator counts them</td>"
+        "<td>none</td><td>p0 3, p1 7</td></tr>"
+    ) in text
     # A break in the second service is reported as its own, and fails the run.
     assert "counter-header (Header + session store): 1 session(s) broke" in text
     assert not all_ok(results)
@@ -158,6 +163,7 @@ def test_two_services_side_by_side_with_the_store(tmp_path: Path) -> None:
     assert doc["services"][1]["store"]["up"] is True
     assert doc["services"][1]["store"]["learned_keys"] == 27
     assert doc["services"][1]["broken_outside_failover"] == 1
+    assert doc["services"][1]["operator_sessions"] == {"p1": 7, "p0": 3}
     # Each phase row holds both services' figures.
     assert "<tr><td>Failover</td><td>10 s</td><td>50</td><td>2</td>" in text
 

@@ -171,6 +171,10 @@ def _side_by_side(results: Sequence[ServiceResult]) -> str:
     """One row per figure, one column per service; store rows where a service has one."""
     columns = [dict(_totals(r.summary)) for r in results]
     for column, r in zip(columns, results, strict=True):
+        column["sessions per pod at the end, as the operator counts them"] = (
+            ", ".join(f"{p} {n}" for p, n in sorted(r.operator_sessions.items())) or "none"
+        )
+    for column, r in zip(columns, results, strict=True):
         if r.store is not None:
             column.update(_store_rows(r.store))
     labels: list[str] = []

@@ -12,8 +12,8 @@ Pure data; no I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from limpet.demo.store import StoreState
@@ -29,6 +29,9 @@ class ServiceResult:
     timeline: Timeline
     summary: Summary
     store: StoreState | None = None
+    operator_sessions: Mapping[str, int] = field(default_factory=dict)
+    """``status.backends[].sessions`` of the serving pods at the end: the operator's
+    count of distinct live sessions (users who left count until ``idleTimeout``)."""
 
     @property
     def ok(self) -> bool:
@@ -45,7 +48,14 @@ def _service_json(result: ServiceResult) -> dict[str, Any]:
     store = None if result.store is None else dataclasses.asdict(result.store)
     if store is not None and result.store is not None:
         store["up"] = result.store.up
-    return {"name": result.name, "mode": result.mode, "ok": result.ok, **out, "store": store}
+    return {
+        "name": result.name,
+        "mode": result.mode,
+        "ok": result.ok,
+        **out,
+        "operator_sessions": dict(result.operator_sessions),
+        "store": store,
+    }
 
 
 def summary_json(results: Sequence[ServiceResult]) -> dict[str, Any]:

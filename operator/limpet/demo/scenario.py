@@ -436,6 +436,7 @@ async def run_scenario(
                 timeline=service.timeline,
                 summary=summarize(service.timeline),
                 store=store,
+                operator_sessions=service.status.sessions(),
             )
         )
     return results

@@ -35,6 +35,15 @@ class StickyStatus:
         self._log = stage.work / f"status-{name}.log"
         self._logged = ""
 
+    def sessions(self) -> dict[str, int]:
+        """``status.backends[].sessions`` by pod: the operator's count of distinct live
+        sessions (from the store when the proxies report one)."""
+        return {
+            str(b["pod"]): int(b.get("sessions") or 0)
+            for b in self.raw.get("backends") or []
+            if b.get("pod") and b.get("state") in ("Active", "Warming")
+        }
+
     def conditions(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.raw.get("conditions") or []
         return found
