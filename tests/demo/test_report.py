@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from limpet.demo.report import HTML_NAME, PNG_NAME, write_report
+from limpet.demo.results import ServiceResult, all_ok, summary_json
+from limpet.demo.store import StoreState
 from limpet.demo.timeline import Phase, Timeline, imbalance, summarize
 from limpet.demo.users import PhaseTally, TrafficSnapshot
 from limpet.demo.view import Frame, LiveView, compact, render
@@ -72,9 +75,27 @@ def test_sessions_left_on_a_pod_that_no_longer_serves_are_counted() -> None:
     assert s.sessions_elsewhere == 2
 
 
+def cookie(tl: Timeline) -> ServiceResult:
+    return ServiceResult(name="counter", mode="Cookie", timeline=tl, summary=summarize(tl))
+
+
+STORE = StoreState(
+    address="10.200.1.9:6379",
+    proxies=2,
+    samples=40,
+    samples_up=40,
+    fallbacks=0,
+    keys={"keyReads": 12, "keyClaims": 30, "keyMoves": 0},
+    proxy_moves={"drain": 5},
+    replicas_agree="True (SessionStore)",
+    learned_keys=27,
+    live_sets=4,
+)
+
+
 def test_report_files(tmp_path: Path) -> None:
     tl = recorded()
-    page = write_report(tl, summarize(tl), tmp_path / "out")
+    page = write_report([cookie(tl)], tmp_path / "out")
     png = (tmp_path / "out" / PNG_NAME).read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000
@@ -88,7 +109,7 @@ def test_report_files(tmp_path: Path) -> None:
         ("failed requests", "2"),
         ("sessions", "10"),
         ("sessions broken outside failover", "0"),
-        ("moves by reason", "failover 4, rebalance 3"),
+        ("moves by reason (as the app saw them)", "failover 4, rebalance 3"),
         ("sessions per pod at the end", "p0 5, p1 5"),
         ("imbalance at the end (max / mean)", "1.00"),
     ]:
@@ -101,10 +122,57 @@ def test_report_files(tmp_path: Path) -> None:
 
 def test_report_says_when_sessions_broke(tmp_path: Path) -> None:
     tl = recorded(steady_broken=3)
-    text = write_report(tl, summarize(tl), tmp_path / "out").read_text()
+    text = write_report([cookie(tl)], tmp_path / "out").read_text()
     assert "3 session(s) broke outside the failover phase." in text
     assert '<p class="bad">' in text
     assert "<tr><td>sessions broken outside failover</td><td>3</td></tr>" in text
+
+
+def test_two_services_side_by_side_with_the_store(tmp_path: Path) -> None:
+    header_tl = recorded(kill_broken=0)
+    header_tl.sample(119.0, snap({"p0": 2, "p1": 6}, steady_broken=1))
+    header = ServiceResult(
+        name="counter-header",
+        mode="Header + session store",
+        timeline=header_tl,
+        summary=summarize(header_tl),
+        store=STORE,
+        operator_sessions={"p1": 7, "p0": 3},
+    )
+    results = [cookie(recorded()), header]
+    text = write_report(results, tmp_path / "out").read_text()
+    assert (tmp_path / "out" / "sessions-counter-header.png").read_bytes().startswith(b"\x89PNG")
+    assert "<th>counter (Cookie)</th><th>counter-header (Header + session store)</th>" in text
+    # One column per service; the store's rows only in the Header service's column.
+    assert "<tr><td>sessions per pod at the end</td><td>p0 5, p1 5</td><td>p0 2, p1 6</td>" in text
+    assert "<tr><td>fallbacks to local tables</td><td>-</td><td>0</td></tr>" in text
+    assert "<td>ReplicasAgree</td><td>-</td><td>True (SessionStore)</td>" in text
+    assert "<td>40 of 40 samples</td>" in text
+    assert (
+        "<tr><td>sessions per pod at the end, as the operator counts them</td>"
+        "<td>none</td><td>p0 3, p1 7</td></tr>"
+    ) in text
+    # A break in the second service is reported as its own, and fails the run.
+    assert "counter-header (Header + session store): 1 session(s) broke" in text
+    assert not all_ok(results)
+    doc = summary_json(results)
+    assert doc["ok"] is False
+    assert doc["requests"] == 150  # the first service's figures at the top level
+    assert [s["name"] for s in doc["services"]] == ["counter", "counter-header"]
+    assert doc["services"][0]["store"] is None
+    assert doc["services"][1]["store"]["up"] is True
+    assert doc["services"][1]["store"]["learned_keys"] == 27
+    assert doc["services"][1]["broken_outside_failover"] == 1
+    assert doc["services"][1]["operator_sessions"] == {"p1": 7, "p0": 3}
+    # Each phase row holds both services' figures.
+    assert "<tr><td>Failover</td><td>10 s</td><td>50</td><td>2</td>" in text
+
+
+def test_store_state_is_up_only_when_always_reachable_without_fallback() -> None:
+    assert STORE.up
+    assert not dataclasses.replace(STORE, samples_up=39).up
+    assert not dataclasses.replace(STORE, fallbacks=1).up
+    assert not dataclasses.replace(STORE, samples=0, samples_up=0).up
 
 
 @pytest.mark.parametrize("interactive", [True, False])
@@ -119,11 +187,13 @@ def test_live_view(interactive: bool) -> None:
         snapshot=snap({"p0": 8, "p3": 2}),
         pod_notes={"p3": "new", "p4": "new"},
         status="plan v7, proxies 2/2 in sync",
+        others=("counter-header (Header + session store): requests 20 broken 0",),
     )
     lines = render(frame, width=80)
     assert all(len(line) <= 80 for line in lines)
     assert any(line.strip().startswith("p4") and line.endswith("0 new") for line in lines)
     assert "Moves by reason: failover 4  rebalance 3" in lines
+    assert lines[-1] == "counter-header (Header + session store): requests 20 broken 0"
     out = io.StringIO()
     view = LiveView(out, interactive=interactive)
     view.show(frame)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from limpet.demo.backend import SESSION_HEADER
 from limpet.demo.scenario import (
     ScenarioSettings,
     drain_timeout,
+    header_spec,
     phase_lengths,
     phases,
     pre_stop,
@@ -45,3 +47,18 @@ def test_a_terminating_pod_serves_past_its_drain_deadline(duration: float) -> No
     # Users pause up to 8 s: every one of them comes back while the pod still serves.
     assert pre_stop(settings) >= timeout + 5
     assert sticky_spec(settings)["drain"]["timeout"] == f"{timeout}s"
+
+
+def test_the_header_service_keys_on_the_session_header_with_the_same_windows() -> None:
+    settings = ScenarioSettings(duration=48.0)
+    cookie, header = sticky_spec(settings), header_spec(settings)
+    assert header["affinity"] == {
+        "type": "Header",
+        "header": {"name": SESSION_HEADER},
+        "idleTimeout": cookie["affinity"]["idleTimeout"],
+    }
+    # Everything but the key is the Cookie service's, so the two are comparable.
+    assert {k: v for k, v in header.items() if k != "affinity"} == {
+        k: v for k, v in cookie.items() if k != "affinity"
+    }
+    assert "sessionStore" not in header  # filled in by the stage from its Redis pod

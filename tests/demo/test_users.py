@@ -61,3 +61,24 @@ async def test_failures_are_counted_per_phase(counters: CounterFactory) -> None:
     assert snap.phases["one"].errors == 0
     assert snap.phases["two"].errors > 0
     assert snap.phases["two"].error_samples
+
+
+async def test_quiesce_lets_every_request_in_flight_finish_and_starts_none(
+    counters: CounterFactory,
+) -> None:
+    pool = UserPool([counters("solo")], settings=FAST, rng=random.Random(4))
+    pool.set_phase("steady")
+    stop = asyncio.Event()
+    task = asyncio.create_task(pool.run(stop))
+    await asyncio.sleep(0.5)
+    await pool.quiesce()
+    settled = pool.snapshot()
+    assert settled.total().requests > 20
+    assert settled.live_users > 0, "users are still there, only quiet"
+    await asyncio.sleep(0.3)
+    # No request started or ended since: the tallies are final.
+    assert pool.snapshot().total().requests == settled.total().requests
+    assert pool.snapshot().total().verdicts == settled.total().verdicts
+    assert sum(settled.total().verdicts.values()) == settled.total().requests
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)

@@ -15,7 +15,11 @@ restart and steady):
   never gets a 403, and every rule of deploy/rbac/operator-rbac.yaml is used (least
   privilege: an unused permission fails too);
 - every status field the operator writes exists in the CRD schema (the API server
-  would silently prune one that does not).
+  would silently prune one that does not);
+- the second StickyService, Header mode with the shared session store (a real
+  ``redis-server`` as a Pod), through its own two proxies with a random proxy per
+  request: no session breaks outside the failover phase, every move the proxies made
+  reached the app announced, and the store was reachable from both proxies all along.
 
 A second run is interrupted with SIGINT and must leave nothing behind.
 """
@@ -39,6 +43,7 @@ import pytest
 import yaml
 
 from limpet.demo.scenario import phases
+from limpet.devcluster import hostnet
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.netns import NETNS_PREFIX, STATE_DIR, list_netns
 from limpet.devcluster.ownership import read_record
@@ -180,8 +185,76 @@ def test_report_is_written(demo_run: DemoRun) -> None:
         # One table row a phase, with that phase's own request count.
         assert f"<tr><td>{phase['title']}</td>" in page
         assert f"<td>{phase['requests']}</td>" in page
-    assert f"<tr><td>requests</td><td>{s['requests']}</td></tr>" in page
+    header = _header(demo_run)
+    assert (
+        f"<tr><td>requests</td><td>{s['requests']}</td><td>{header['requests']}</td></tr>" in page
+    )
     assert f"<td>{s['imbalance_max']:.2f}</td>" in page
+    assert "<th>counter (Cookie)</th><th>counter-header (Header + session store)</th>" in page
+    assert (demo_run.report / "sessions-counter-header.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _header(run: DemoRun) -> dict[str, Any]:
+    services = _summary(run)["services"]
+    assert [x["name"] for x in services] == ["counter", "counter-header"]
+    header: dict[str, Any] = services[1]
+    return header
+
+
+@pytest.mark.timeout(300)
+def test_header_mode_with_the_store_breaks_none_and_announces_every_move(
+    demo_run: DemoRun,
+) -> None:
+    h = _header(demo_run)
+    assert h["mode"] == "Header + session store"
+    assert h["ok"] is True
+    assert h["broken_outside_failover"] == 0
+    assert h["requests"] > 200
+    assert h["sessions"] > 20
+    assert [p["name"] for p in h["phases"]] == [p.name for p, _ in phases()]
+    for p in h["phases"]:
+        if p["name"] != "failover":
+            assert p["errors"] == 0, p
+    # The phases that split learned sessions between replicas without a store.
+    for reason in ("rebalance", "drain"):
+        assert h["moves"].get(reason, 0) > 0, h["moves"]
+    # Every move the proxies made reached the app announced (the counter app, not Limpet,
+    # judges each request): a move the app saw is one a proxy counted, and a move a proxy
+    # counted that the app did not see can only be one whose request failed. (The users
+    # go quiet before the proxies' last counts are read.)
+    store = h["store"]
+    made, seen = store["proxy_moves"], h["moves"]
+    for reason, n in seen.items():
+        assert n <= made.get(reason, 0), (reason, made, seen)
+    assert sum(made.values()) - sum(seen.values()) <= h["errors"], (made, seen)
+    if h["errors"] == 0:
+        # The users' last requests were answered before the proxies' counts were read.
+        assert made == seen
+    # Each move was made once, by the replica whose compare-and-set won.
+    assert store["keys"]["keyMoves"] == sum(made.values()), store
+
+
+@pytest.mark.timeout(300)
+def test_the_session_store_was_up_all_along(demo_run: DemoRun) -> None:
+    store = _header(demo_run)["store"]
+    assert store["proxies"] == 2
+    assert store["samples"] > 20, store
+    assert store["samples_up"] == store["samples"], store
+    assert store["fallbacks"] == 0, store
+    assert store["up"] is True
+    assert store["replicas_agree"] == "True (SessionStore)", store
+    assert store["errors"] == [], store
+    keys = store["keys"]
+    assert keys["keyClaims"] > 0, keys
+    assert keys["keyReads"] > 0, keys
+    assert keys["keyFailures"] == keys["keyCorrupt"] == keys["keyForeign"] == 0, keys
+    # The store itself (read with the password, not through Limpet) holds a learned key
+    # for every user still there (and for those who left less than a TTL ago), and
+    # live-session sets.
+    live_users = sum(_header(demo_run)["sessions_per_pod"].values())
+    assert live_users > 0
+    assert store["learned_keys"] >= live_users, store
+    assert store["live_sets"] > 0, store
 
 
 def _operator_calls(run: DemoRun) -> list[Call]:
@@ -298,6 +371,10 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
         mine = _netns_of(report)
         assert mine, "the demo's pods are network namespaces"
         assert not mine & netns_before
+        # The session store's server runs in one of them (its command line names no path
+        # of the report folder, so the ps check below would not see it).
+        servers = [p for ns in mine for p in _pids(ns) if _comm(p) == "redis-server"]
+        assert servers, "the Header service's redis-server runs in the demo's namespaces"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:
@@ -314,6 +391,18 @@ def test_ctrl_c_cleans_up_everything(tmp_path: Path) -> None:
     assert not _listening(port), "the local kube-apiserver was stopped"
     assert not (report / "summary.json").exists()
     assert not mine & _netns(), "every network namespace of the demo was removed"
+    assert all(_comm(p) != "redis-server" for p in servers), "redis-server was stopped"
+
+
+def _pids(netns: str) -> list[int]:
+    return [int(p) for p in hostnet.ip("netns", "pids", netns, check=False).split()]
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _netns() -> set[str]:

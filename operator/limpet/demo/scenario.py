@@ -17,15 +17,24 @@ On ``$KUBECONFIG``'s cluster the app is fake pods (:class:`~limpet.demo.app.Fake
 which cannot roll out: phase 5 is left out, the deleted and the killed pods are
 removed, and phase 6 runs on the 3 pods left.
 
-Data flow: :func:`run_scenario` starts the :class:`~limpet.demo.users.UserPool` against
-the stage's proxies, then walks the phases. Each phase's action changes the app's pods
-through :class:`~limpet.demo.app.AppPods` (``asyncio.to_thread``: ``kubectl``, the
-kubernetes client and process control are blocking) and the loop samples the pool into
-the :class:`~limpet.demo.timeline.Timeline` and the live view a few times a second, with
-the StickyService's status (plan version, proxies in sync, each backend's state) read
-once a second. Phase lengths are fractions of ``duration``; the StickyService's
-rebalance window and drain timeout, and the app's preStop, are derived from them, so a
-shorter run (the end-to-end test) is the same story, faster.
+Two StickyServices front the same app pods, each with its own proxies: ``counter``
+(Cookie mode) and, on the local cluster, ``counter-header`` (Header mode keyed by the
+session header the users send, sharing its sessions through a real ``redis-server``,
+:func:`header_spec`). Every user sends each request to one of its service's proxies at
+random, and both services go through the same phases at the same time.
+
+Data flow: :func:`run_scenario` starts one :class:`~limpet.demo.users.UserPool` per
+service against that service's proxies, then walks the phases. Each phase's action
+changes the app's pods through :class:`~limpet.demo.app.AppPods` (``asyncio.to_thread``:
+``kubectl``, the kubernetes client and process control are blocking) and the loop
+samples each pool into its service's :class:`~limpet.demo.timeline.Timeline` and the
+live view a few times a second, with each StickyService's status
+(:class:`~limpet.demo.status.StickyStatus`) and, for the Header service, its proxies'
+view of the store (:class:`~limpet.demo.store.StoreWatch`) read once a second. It
+returns one :class:`~limpet.demo.results.ServiceResult` per service. Phase lengths are
+fractions of ``duration``; the StickyServices' rebalance window and drain timeout, and
+the app's preStop, are derived from them, so a shorter run (the end-to-end test) is the
+same story, faster.
 
 One event loop; the stage is touched only from the worker thread of one action at a time.
 """
@@ -41,14 +50,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kubernetes import client as k8s
-
 from limpet.demo.app import AppPods
-from limpet.demo.stage import STICKY, Stage
-from limpet.demo.timeline import Phase, Summary, Timeline, summarize
-from limpet.demo.users import UserPool, UserSettings
+from limpet.demo.backend import SESSION_HEADER
+from limpet.demo.results import ServiceResult
+from limpet.demo.stage import HEADER_STICKY, STICKY, Stage
+from limpet.demo.status import StickyStatus, wait_ready
+from limpet.demo.store import StoreWatch
+from limpet.demo.timeline import Phase, Timeline, summarize
+from limpet.demo.users import TrafficSnapshot, UserPool, UserSettings
 from limpet.demo.view import Frame, LiveView
-from limpet.devcluster.client import request
 
 SAMPLE_EVERY = 0.25
 T = TypeVar("T")
@@ -64,6 +74,8 @@ class ScenarioSettings:
     scale_to: int = 5
     rollout: bool = True
     """Run the rollout phase (a real Deployment; not on fake pods)."""
+    header_users: int = 40
+    """Users of the second StickyService (Header mode with the session store); 0: none."""
 
 
 PHASES: tuple[tuple[Phase, float], ...] = (
@@ -184,124 +196,81 @@ def sticky_spec(settings: ScenarioSettings) -> dict[str, Any]:
     }
 
 
+def header_spec(settings: ScenarioSettings) -> dict[str, Any]:
+    """The second StickyService: the same windows, Header mode keyed by the session
+    header the users send (the counter app's own), sessions shared through the store
+    (``sessionStore`` is filled in by the stage, from the Redis pod it starts)."""
+    spec = sticky_spec(settings)
+    affinity = {"type": "Header", "header": {"name": SESSION_HEADER}, "idleTimeout": "20s"}
+    return {**spec, "affinity": affinity}
+
+
+@dataclass(slots=True)
+class _Service:
+    name: str
+    mode: str
+    pool: UserPool
+    status: StickyStatus
+    timeline: Timeline = dataclasses.field(default_factory=Timeline)
+    store: StoreWatch | None = None
+    traffic: asyncio.Task[None] | None = None
+
+
+def _brief(service: _Service, snap: TrafficSnapshot) -> str:
+    """One line about a service beside the first, for the live view."""
+    total = snap.total()
+    moves = " ".join(f"{k} {v}" for k, v in sorted(total.moves.items())) or "none"
+    store = ""
+    if service.store is not None:
+        w = service.store
+        store = f"; store up {w.samples_up}/{w.samples}"
+    return (
+        f"{service.name} ({service.mode}): requests {total.requests} failed {total.errors} "
+        f"broken {total.broken} users {snap.live_users}; moves {moves}{store}"
+    )
+
+
 @dataclass(slots=True)
 class _Where:
     index: int
     phase: Phase
 
 
-class _Status:
-    """The StickyService status, read in a worker thread once a second."""
-
-    def __init__(self, stage: Stage) -> None:
-        self._stage = stage
-        self.line = "waiting for the operator ..."
-        self.states: dict[str, str] = {}
-        self.raw: dict[str, Any] = {}
-        self._log = stage.work / "status.log"
-        self._logged = ""
-
-    def refresh(self) -> None:
-        api = self._stage.api
-        assert api is not None
-        path = (
-            f"/apis/limpet.dev/v1alpha1/namespaces/{self._stage.namespace}/stickyservices/{STICKY}"
-        )
-        try:
-            obj = request(api, "GET", path, timeout=3)
-        except (k8s.ApiException, OSError) as exc:
-            self.line = f"status unavailable: {exc}"[:100]
-            return
-        status: dict[str, Any] = obj.get("status") or {}
-        self.raw = status
-        conditions: list[dict[str, Any]] = status.get("conditions") or []
-        ready = next((c for c in conditions if c.get("type") == "Ready"), {})
-        reb = status.get("rebalance") or {}
-        proxies = status.get("proxies") or {}
-        self.states = {
-            b.get("pod", ""): str(b.get("state", "")).lower()
-            for b in status.get("backends") or []
-            if b.get("pod")
-        }
-        self.line = (
-            f"Operator: plan v{status.get('planVersion', '-')}, proxies in sync "
-            f"{proxies.get('synced', 0)}/{proxies.get('discovered', 0)}, "
-            f"Ready={ready.get('status', '?')}"
-            + (
-                f", rebalance {reb.get('phase')} moved {reb.get('moved', 0)} "
-                f"remaining {reb.get('remaining', 0)}"
-                if reb.get("phase")
-                else ""
-            )
-        )
-        # Every change of what the operator reports, with the time, for after the run.
-        entry = f"{self.line} | {sorted(self.states.items())}"
-        if entry != self._logged:
-            self._logged = entry
-            with self._log.open("a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} {entry}\n")
-
-
-async def wait_ready(stage: Stage, status: _Status, *, within: float = 60.0) -> None:
-    """Until the operator says Ready and every proxy runs its plan."""
-    want = len(stage.proxy_urls())
-    deadline = time.monotonic() + within
-    while True:
-        await asyncio.to_thread(status.refresh)
-        raw = status.raw
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in raw.get("conditions") or []
-        )
-        synced = (raw.get("proxies") or {}).get("synced", 0)
-        backends = sum(1 for s in status.states.values() if s == "active")
-        if ready and synced >= want and backends >= len(await asyncio.to_thread(stage.app_pods)):
-            return
-        if not stage.operator_alive():
-            raise RuntimeError("the operator exited during start-up (see operator.log)")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the StickyService did not become ready: {status.line}")
-        await asyncio.sleep(0.2)
-
-
 class _Run:
     """One run of the phases: the actions, and the ticking that samples and shows."""
 
     def __init__(
-        self,
-        stage: Stage,
-        settings: ScenarioSettings,
-        view: LiveView,
-        timeline: Timeline,
-        status: _Status,
+        self, stage: Stage, settings: ScenarioSettings, view: LiveView, services: list[_Service]
     ) -> None:
         self.stage = stage
         self.settings = settings
         self.view = view
-        self.timeline = timeline
-        self.status = status
+        self.services = services
         self.phases = phases(rollout=settings.rollout)
         self.where = _Where(index=0, phase=self.phases[0][0])
         self.notes: dict[str, str] = {}
-        self.pool = UserPool(
-            stage.proxy_urls(),
-            settings=UserSettings(population=settings.users),
-            rng=random.Random(settings.seed),
-        )
-        self.traffic: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self._last_status = 0.0
         assert stage.app is not None
         self.app: AppPods = stage.app
 
+    async def refresh(self) -> None:
+        for service in self.services:
+            await asyncio.to_thread(service.status.refresh)
+            if service.store is not None:
+                await asyncio.to_thread(service.store.sample)
+
     async def tick_until(self, deadline: float) -> None:
         loop = self.loop
+        first = self.services[0]
         while loop.time() < deadline:
             if loop.time() - self._last_status >= STATUS_EVERY:
                 self._last_status = loop.time()
-                await asyncio.to_thread(self.status.refresh)
-            self.timeline.sample(time.time(), self.pool.snapshot())
+                await self.refresh()
+            snaps = [s.pool.snapshot() for s in self.services]
+            for service, snap in zip(self.services, snaps, strict=True):
+                service.timeline.sample(time.time(), snap)
             self.view.show(
                 Frame(
                     phase_index=self.where.index + 1,
@@ -310,13 +279,18 @@ class _Run:
                     phase_description=self.where.phase.description,
                     elapsed=loop.time() - self.t0,
                     total=self.settings.duration,
-                    snapshot=self.pool.snapshot(),
-                    pod_notes={**self.status.states, **self.notes},
-                    status=self.status.line,
+                    snapshot=snaps[0],
+                    pod_notes={**first.status.states, **self.notes},
+                    status=first.status.line,
+                    others=tuple(
+                        _brief(s, snap)
+                        for s, snap in zip(self.services[1:], snaps[1:], strict=True)
+                    ),
                 )
             )
-            if self.traffic is not None and self.traffic.done():
-                self.traffic.result()  # surfaces a crash of the user pool
+            for service in self.services:
+                if service.traffic is not None and service.traffic.done():
+                    service.traffic.result()  # surfaces a crash of a user pool
             await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, deadline - loop.time())))
 
     async def act(self, fn: Callable[[], T]) -> T:
@@ -370,31 +344,99 @@ class _Run:
         for index, (phase, _) in enumerate(self.phases):
             self.where.index, self.where.phase = index, phase
             serving = await self.act(self.stage.app_pods)
-            self.timeline.begin_phase(phase, time.time(), pods=tuple(serving))
-            self.pool.set_phase(phase.name)
+            for service in self.services:
+                service.timeline.begin_phase(phase, time.time(), pods=tuple(serving))
+                service.pool.set_phase(phase.name)
             end = start + lengths[phase.name]
             if phase.name in actions:
                 await actions[phase.name](end)
             await self.tick_until(end)
             start = max(end, self.loop.time())
-        self.timeline.sample(time.time(), self.pool.snapshot())
-        self.timeline.finish(time.time())
-        self.timeline.serving_pods = tuple(await self.act(self.stage.app_pods))
+        # The last figures: every request answered and tallied, and the proxies' counts
+        # read after that, so the moves the users saw and those the proxies made compare.
+        for service in self.services:
+            await service.pool.quiesce()
+        serving = await self.act(self.stage.app_pods)
+        await self.refresh()
+        for service in self.services:
+            service.timeline.sample(time.time(), service.pool.snapshot())
+            service.timeline.finish(time.time())
+            service.timeline.serving_pods = tuple(serving)
+
+
+def _services(stage: Stage, settings: ScenarioSettings) -> list[_Service]:
+    """The Cookie service, then (when the stage runs it) the Header one with its store."""
+
+    def pool(name: str, users: int, seed: int | None) -> UserPool:
+        return UserPool(
+            stage.proxy_urls(name),
+            settings=UserSettings(population=users),
+            rng=random.Random(seed),
+        )
+
+    services = [
+        _Service(
+            name=STICKY,
+            mode="Cookie",
+            pool=pool(STICKY, settings.users, settings.seed),
+            status=StickyStatus(stage, STICKY),
+        )
+    ]
+    if HEADER_STICKY in stage.sticky_names() and settings.header_users > 0:
+        assert stage.redis is not None
+        services.append(
+            _Service(
+                name=HEADER_STICKY,
+                mode="Header + session store",
+                pool=pool(
+                    HEADER_STICKY,
+                    settings.header_users,
+                    None if settings.seed is None else settings.seed + 1,
+                ),
+                status=StickyStatus(stage, HEADER_STICKY),
+                store=StoreWatch(
+                    endpoint=stage.redis,
+                    key_prefix=stage.store_prefix,
+                    admin_urls=stage.admin_urls(HEADER_STICKY),
+                    token=stage.tokens[HEADER_STICKY],
+                ),
+            )
+        )
+    return services
 
 
 async def run_scenario(
-    stage: Stage, settings: ScenarioSettings, view: LiveView, timeline: Timeline
-) -> Summary:
-    status = _Status(stage)
+    stage: Stage, settings: ScenarioSettings, view: LiveView
+) -> list[ServiceResult]:
+    services = _services(stage, settings)
     view.say("waiting for the operator to push its first plan to every proxy ...")
-    await wait_ready(stage, status)
-    run = _Run(stage, settings, view, timeline, status)
+    for service in services:
+        await wait_ready(stage, service.status)
+    run = _Run(stage, settings, view, services)
     stop = asyncio.Event()
-    run.traffic = asyncio.create_task(run.pool.run(stop))
+    for service in services:
+        service.traffic = asyncio.create_task(service.pool.run(stop))
     try:
         await run.walk()
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(run.traffic, timeout=10)
-    return summarize(timeline)
+        for service in services:
+            if service.traffic is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(service.traffic, timeout=10)
+    results = []
+    for service in services:
+        store = None
+        if service.store is not None:
+            store = await asyncio.to_thread(service.store.finish, service.status.conditions())
+        results.append(
+            ServiceResult(
+                name=service.name,
+                mode=service.mode,
+                timeline=service.timeline,
+                summary=summarize(service.timeline),
+                store=store,
+                operator_sessions=service.status.sessions(),
+            )
+        )
+    return results

@@ -6,11 +6,15 @@ kube-controller-manager and kube-scheduler (``limpet.devcluster``) -> ``kubectl 
 the operator Deployment, which is scaled to 0: the demo runs the operator itself) -> a
 fresh namespace -> the pod runner (``limpet.devcluster.podrunner``: a Node whose Pods
 run as processes in network namespaces) -> the counter app as ``examples/app`` ships it
-(:mod:`limpet.demo.app`), until its pods are Ready -> the operator's identity (a
-TokenRequest token of deploy/'s ServiceAccount, so the operator works with exactly the
-shipped permissions) -> the StickyService in managed mode -> ``limpet operator`` as a
-child process -> its Secret (the admin token, written to ``admin-token`` for whoever
-scrapes the proxies) -> the proxies' pods Ready. Everything between is Kubernetes': the
+(:mod:`limpet.demo.app`), until its pods are Ready -> the session store
+(:class:`~limpet.devcluster.redis.RedisPod`: Debian's ``redis-server`` with a password,
+as a Pod, so the proxies' pods reach it at its checked pod IP) -> the operator's
+identity (a TokenRequest token of deploy/'s ServiceAccount, so the operator works with
+exactly the shipped permissions) -> the StickyServices in managed mode: ``counter``
+(Cookie) and ``counter-header`` (Header, ``sessionStore`` naming the Redis pod and its
+Secret) -> ``limpet operator`` as a child process -> their Secrets (the admin tokens;
+``counter``'s is written to ``admin-token`` for whoever scrapes its proxies) -> each
+service's proxy pods Ready. Everything between is Kubernetes': the
 Deployment controller makes the app's Pods and, from the operator's proxy Deployment,
 the proxies' Pods (which mount the operator's Secret); the scheduler binds them; the
 pod runner runs them and reports their readiness probes; the EndpointSlice controller
@@ -21,10 +25,12 @@ the pod runner's Node's pod CIDR.
 On ``$KUBECONFIG``'s cluster (``LIMPET_USE_KUBECONFIG=1``) nothing here may run Pods:
 only the CRDs are installed, the operator watches only the demo's namespace, and the
 proxies (external, selected by label) and the app are fake pods (network namespaces
-published in EndpointSlices by ``limpet.devcluster.fakepods``).
+published in EndpointSlices by ``limpet.devcluster.fakepods``); the Header service and
+its Redis pod are left out.
 
-Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyService while the
-operator still runs (it removes what it made), stop the operator, stop the pod runner
+Tear-down (:meth:`Stage.close`, also on Ctrl-C): delete the StickyServices while the
+operator still runs (it removes what it made), stop the operator, delete the Redis pod
+and its Secret, stop the pod runner
 (it stops every pod and deletes their network namespaces) or the fake pods, and stop
 the local control plane (its etcd data goes with it) or, on your cluster, purge the
 namespace. Every step is registered on one ExitStack
@@ -49,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client as k8s
 
 from limpet.controller.model.names import secret_name
@@ -74,6 +81,7 @@ from limpet.devcluster.podnet import PodNetwork, open_pod_network
 from limpet.devcluster.podrunner.process import PodRunnerProcess
 from limpet.devcluster.process import ManagedProcess
 from limpet.devcluster.proxypod import ProxyPodCommand
+from limpet.devcluster.redis import RedisEndpoint, RedisPod
 from limpet.devcluster.workloads import kubectl, node_pod_ip, pods, ready_pods
 
 REPO = Path(__file__).resolve().parents[3]
@@ -83,9 +91,12 @@ OPERATOR_NAMESPACE = "limpet-system"
 OPERATOR_SA = "limpet-operator"
 ENV_USE_KUBECONFIG = "LIMPET_USE_KUBECONFIG"
 STICKY = "counter"
+HEADER_STICKY = "counter-header"
+"""The second StickyService: Header mode with the shared session store (local cluster)."""
 APP_SERVICE = APP_NAME
 APP_PORT = 8080
 PROXY_PORT = 8080
+ADMIN_PORT = 9901
 EXTERNAL_PROXIES = "counter-demo-proxies"
 """The demo proxies' Service on ``$KUBECONFIG``'s cluster (external mode)."""
 FIELD_MANAGER = "limpet-demo"
@@ -105,6 +116,9 @@ class StageSettings:
     drain it; longer than the StickyService's drain timeout."""
     sticky_spec: dict[str, Any]
     """The StickyService spec (service and port are filled in)."""
+    header_spec: dict[str, Any] | None = None
+    """The second StickyService's spec, run beside the first on the local cluster with a
+    Redis pod as its ``sessionStore`` (filled in); None: only the first."""
     work_dir: Path | None = None
     """Logs and state; a temporary folder (removed at the end) when None."""
     use_kubeconfig: bool = False
@@ -130,10 +144,16 @@ class Stage:
         self.operator: ManagedProcess | None = None
         self.runner: PodRunnerProcess | None = None
         self.app: AppPods | None = None
-        self._proxy_urls: list[str] = []
+        self.redis: RedisEndpoint | None = None
+        self.store_prefix = f"limpet-demo:{HEADER_STICKY}:"
+        """The ``sessionStore.keyPrefix`` of the second StickyService."""
+        self._proxy_urls: dict[str, list[str]] = {}
+        self._admin_urls: dict[str, list[str]] = {}
+        self.tokens: dict[str, str] = {}
+        """Each StickyService's proxies' admin token."""
         self.work = Path()
         self.token_file = Path()
-        self._sticky_path = ""
+        self._sticky_paths: list[str] = []
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -168,16 +188,49 @@ class Stage:
             # The app first, as a user would add Limpet to a running app: the operator's
             # first plan then holds every pod, and no rebalance runs when users arrive.
             self._deploy_app(api)
+            if s.header_spec is not None:
+                self._start_store(api)
+        elif s.header_spec is not None:
+            s.say(f"{HEADER_STICKY}: left out (its Redis pod cannot run on your cluster)")
         operator_kubeconfig = self._operator_identity(api)
-        self._create_sticky(api)
+        self._create_sticky(api, STICKY, s.sticky_spec)
+        if self.redis is not None and s.header_spec is not None:
+            store = self.redis.session_store(keyPrefix=self.store_prefix)
+            self._create_sticky(api, HEADER_STICKY, {**s.header_spec, "sessionStore": store})
         self._start_operator(operator_kubeconfig)
+        for name in self.sticky_names():
+            self.tokens[name] = self._wait_token(api, name)
         # The proxies' admin token, for whoever scrapes their metrics (fake proxies: to run).
         self.token_file = self.work / "admin-token"
-        self.token_file.write_text(self._wait_token(api))
+        self.token_file.write_text(self.tokens[STICKY])
         if network is None:
-            self._wait_proxy_pods(api)
+            for name in self.sticky_names():
+                self._wait_proxy_pods(api, name)
         else:
             self._fake_pods(api, network)
+
+    def _start_store(self, api: k8s.ApiClient) -> None:
+        """A real redis-server with a password, as a Pod the proxies' pods can reach."""
+        assert self.runner is not None
+        store = RedisPod(api, self.namespace, runner_nodes=self.runner.nodes)
+        # Registered first: a start that fails half-way is undone too.
+        self._stack.callback(self._stop_store, store)
+        try:
+            self.redis = store.start()
+        except DevClusterError as exc:
+            raise StageError(f"the session store did not start: {exc}") from exc
+        self.settings.say(
+            f"session store: redis-server (Debian's) in pod {self.redis.pod} at "
+            f"{self.redis.address}, password in Secret {self.redis.secret}"
+        )
+
+    def _stop_store(self, store: RedisPod) -> None:
+        # The pod runner's stop, next, kills the server and deletes its namespace anyway;
+        # a slow deletion must not hide how the run went.
+        try:
+            store.stop()
+        except (DevClusterError, k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self.settings.say(f"the session store's pod was not deleted cleanly: {exc}")
 
     def _start_pod_runner(self, cluster: DevCluster) -> None:
         """The local cluster's node agent: the demo's Pods run as processes here."""
@@ -209,14 +262,14 @@ class Stage:
         names = _wait(lambda: _exactly(app.serving(), s.pods), 90, f"{s.pods} Ready app pods")
         s.say(f"Deployment {APP_SERVICE}: {s.pods} Ready pods: " + ", ".join(names))
 
-    def _wait_proxy_pods(self, api: k8s.ApiClient) -> None:
+    def _wait_proxy_pods(self, api: k8s.ApiClient, name: str) -> None:
         """The operator's proxy Deployment, run: its Ready pods' checked IPs."""
         s = self.settings
-        labels = {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": STICKY}
+        labels = {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": name}
         proxies = _wait(
             lambda: _exactly(ready_pods(api, self.namespace, labels), s.proxies),
             90,
-            f"{s.proxies} Ready proxy pods",
+            f"{s.proxies} Ready proxy pods of {name}",
         )
         assert self.runner is not None
         nodes = self.runner.nodes
@@ -224,8 +277,10 @@ class Stage:
             ips = sorted(node_pod_ip(api, p, nodes) for p in proxies)
         except DevClusterError as exc:
             raise StageError(str(exc)) from exc
-        self._proxy_urls = [f"http://{ip}:{PROXY_PORT}/" for ip in ips]
-        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls))
+        self._proxy_urls[name] = [f"http://{ip}:{PROXY_PORT}/" for ip in ips]
+        self._admin_urls[name] = [f"http://{ip}:{ADMIN_PORT}" for ip in ips]
+        label = "" if name == STICKY else f"{name}: "
+        s.say(f"{label}{s.proxies} proxies at " + ", ".join(self._proxy_urls[name]))
 
     def _fake_pods(self, api: k8s.ApiClient, network: PodNetwork) -> None:
         """On someone else's cluster: the proxies and the app as fake pods."""
@@ -243,10 +298,10 @@ class Stage:
         )
         self._stack.callback(proxies.close)
         proxies.scale_up(s.proxies)
-        self._proxy_urls = [
+        self._proxy_urls[STICKY] = [
             p.url + "/" for p in sorted(proxies.pods.values(), key=lambda p: p.name)
         ]
-        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls))
+        s.say(f"{s.proxies} proxies at " + ", ".join(self._proxy_urls[STICKY]))
         group = FakePods(
             api,
             network,
@@ -369,15 +424,15 @@ class Stage:
         selector = {"kubernetes.io/service-name": EXTERNAL_PROXIES}
         return {"managed": False, "selector": {"matchLabels": selector}}
 
-    def _create_sticky(self, api: k8s.ApiClient) -> None:
+    def _create_sticky(self, api: k8s.ApiClient, name: str, spec: dict[str, Any]) -> None:
         body = {
             "apiVersion": "limpet.dev/v1alpha1",
             "kind": "StickyService",
-            "metadata": {"name": STICKY, "namespace": self.namespace},
+            "metadata": {"name": name, "namespace": self.namespace},
             "spec": {
                 "service": APP_SERVICE,
                 "port": "http",
-                **self.settings.sticky_spec,
+                **spec,
                 "proxy": self._proxy_spec(),
             },
         }
@@ -386,7 +441,7 @@ class Stage:
             request(api, "POST", path, body=body)
         except k8s.ApiException as exc:
             raise StageError(f"the API server refused the StickyService: {exc.body}") from exc
-        self._sticky_path = f"{path}/{STICKY}"
+        self._sticky_paths.append(f"{path}/{name}")
         if self.cluster is None:
             self.settings.say(f"proxies: external, the pods of Service {EXTERNAL_PROXIES}")
 
@@ -418,20 +473,26 @@ class Stage:
         self._stack.callback(proc.stop, timeout=15)
         api = self.api
         assert api is not None
-        # Deleting the StickyService first lets the operator remove what it created.
-        self._stack.callback(self._delete_sticky, api)
+        # Deleting the StickyServices first lets the operator remove what it created.
+        self._stack.callback(self._delete_stickies, api)
         self.settings.say("operator started (log: operator.log)")
 
-    def _delete_sticky(self, api: k8s.ApiClient) -> None:
-        path = self._sticky_path
-        with contextlib.suppress(Exception):
-            request(api, "DELETE", path, timeout=5)
-            if self.operator_alive():
-                # The operator's finalizer runs its clean-up, then lets the object go.
-                _wait(lambda: _gone(api, path), 15, "the StickyService to be deleted")
+    def _delete_stickies(self, api: k8s.ApiClient) -> None:
+        paths = list(self._sticky_paths)
+        for path in paths:
+            with contextlib.suppress(Exception):
+                request(api, "DELETE", path, timeout=5)
+        if self.operator_alive():
+            # The operator's finalizer runs its clean-up, then lets the object go.
+            with contextlib.suppress(Exception):
+                _wait(
+                    lambda: all(_gone(api, p) for p in paths),
+                    20,
+                    "the StickyServices to be deleted",
+                )
 
-    def _wait_token(self, api: k8s.ApiClient) -> str:
-        path = f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name(STICKY)}"
+    def _wait_token(self, api: k8s.ApiClient, name: str) -> str:
+        path = f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name(name)}"
 
         def token() -> str | None:
             if self.operator is not None and self.operator.poll() is not None:
@@ -446,8 +507,16 @@ class Stage:
 
     # -- during the run ------------------------------------------------------------------------
 
-    def proxy_urls(self) -> list[str]:
-        return list(self._proxy_urls)
+    def sticky_names(self) -> list[str]:
+        """The StickyServices of the run: the Cookie one, then the Header one if any."""
+        return [STICKY] + ([HEADER_STICKY] if self.redis is not None else [])
+
+    def proxy_urls(self, name: str = STICKY) -> list[str]:
+        return list(self._proxy_urls.get(name, ()))
+
+    def admin_urls(self, name: str) -> list[str]:
+        """``http://<pod IP>:<admin port>`` of the managed proxies of ``name``."""
+        return list(self._admin_urls.get(name, ()))
 
     def app_pods(self) -> list[str]:
         """The app pods that take new sessions."""

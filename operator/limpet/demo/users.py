@@ -15,6 +15,10 @@ reason (the ``Limpet-Session-Moved`` reason the app echoes). :meth:`snapshot` al
 the pod each live session was last served by, which is the "sessions per pod" that the
 live view and the report show.
 
+:meth:`quiesce` ends the run's traffic cleanly before the final figures are read: no
+request starts after it, and it returns once every request in flight has been answered
+and tallied, so what the users saw can be compared with what the proxies counted.
+
 A request that fails leaves the user unsure whether the app counted it; if the next
 answer then says "broken", that is counted as ``resynced`` (the failure itself is
 already counted as an error), not as a broken session.
@@ -121,6 +125,11 @@ class UserPool:
         self._users: dict[int, _User] = {}
         self._next_id = 0
         self._population = settings.population
+        self._quiet = asyncio.Event()
+        """Set by :meth:`quiesce`: no request starts any more."""
+        self._in_flight = 0
+        self._settled = asyncio.Event()
+        """Set when the last request in flight ends after :meth:`quiesce`."""
 
     def set_phase(self, name: str) -> None:
         self._phase = name
@@ -131,6 +140,14 @@ class UserPool:
         if not targets:
             raise ValueError("at least one proxy URL is needed")
         self._targets = list(targets)
+
+    async def quiesce(self, *, within: float = REQUEST_TIMEOUT + 1.0) -> None:
+        """No new request from now on; returns once none is in flight (or ``within``)."""
+        self._quiet.set()
+        if self._in_flight:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), within)
 
     def snapshot(self) -> TrafficSnapshot:
         per_pod: Counter[str] = Counter(u.pod for u in self._users.values() if u.pod)
@@ -196,6 +213,17 @@ class UserPool:
             del self._users[uid]
 
     async def _request(self, http: aiohttp.ClientSession, user: _User) -> None:
+        if self._quiet.is_set():
+            return
+        self._in_flight += 1
+        try:
+            await self._exchange(http, user)
+        finally:
+            self._in_flight -= 1
+            if self._quiet.is_set() and not self._in_flight:
+                self._settled.set()
+
+    async def _exchange(self, http: aiohttp.ClientSession, user: _User) -> None:
         tally = self._tallies[self._phase]
         tally.requests += 1
         headers = {SESSION_HEADER: user.session, COUNT_HEADER: str(user.count)}

@@ -39,6 +39,8 @@ class Frame:
     """Pod -> "new", "draining", "killed", ... shown next to its bar."""
     status: str = ""
     """One line about the control plane (plan version, proxies in sync)."""
+    others: tuple[str, ...] = ()
+    """One line for each StickyService beside the first (its traffic, its store)."""
 
 
 def _bar(fraction: float, width: int) -> str:
@@ -82,6 +84,8 @@ def render(frame: Frame, *, width: int = 80) -> list[str]:
     ]
     if frame.status:
         lines.append(frame.status[:width])
+    for other in frame.others:
+        lines += textwrap.wrap(other, width)[:2]
     return lines
 
 
@@ -92,7 +96,7 @@ def compact(frame: Frame) -> str:
     return (
         f"[{frame.elapsed:5.1f}s {frame.phase_index}/{frame.phase_count} {frame.phase_title}] "
         f"pods {pods or '-'} | moves {moves} | req {total.requests} failed {total.errors} "
-        f"broken {total.broken}"
+        f"broken {total.broken}" + "".join(f" || {other}" for other in frame.others)
     )
 
 

@@ -17,6 +17,8 @@ Modules (import what you need; this package imports nothing itself):
 - ``podrunner``: the pod runner, a kubelet-like node agent: Nodes and Leases, and every
   Pod bound to them run as processes in network namespaces (``podrunner.process``
   starts it for a DevCluster).
+- ``redis``: :class:`RedisPod`, a real ``redis-server`` with a password as a Pod on the
+  pod runner, reachable from other pods: a session store for the demo and tests.
 
 See docs/devcluster.md.
 """
