@@ -29,7 +29,8 @@ judges each request ``continued``, ``reloaded`` (moved, announced by
   away a replica that never served a user places it alone, so users who alternate
   replicas can be split (reported, not asserted: a real store outage); once every
   replica uses the store again nothing breaks, a split session moves at most once
-  (announced) and no other session moves, and status counts are rebuilt.
+  (announced) and no other session moves, and status counts are rebuilt (each pod at
+  least its users; a split session may stay counted on each pod it reached).
 
 Requests go only to pod IPs checked to lie in the pod runner's pod CIDR.
 """
@@ -73,7 +74,7 @@ pytestmark = pytest.mark.timeout(240)
 # A killed container (Redis, a proxy, an app pod) stays down this long before the pod
 # runner restarts it, as a kubelet's back-off would: long enough for the operator to see
 # the store gone.
-POD_RESTART_BACKOFF = 6.0
+POD_RESTART_BACKOFF = 8.0
 ARGS = ("--forget-after", "3")  # Gone backends leave the plan 3 s later
 SESSION_HEADER = "X-Demo-Session"  # the counter app's session name, and the affinity key
 # minIdle (1 s), plus the one last-seen step (1 s) by which idleness may be seen late,
@@ -457,15 +458,25 @@ def test_redis_killed_degrades_falls_back_and_resumes_without_moves(world: World
     ], "a session broke before the kill"
     assert migrations(shop) - counted == announced(sessions)
     # The restarted server is empty; the write-backs rebuild its counts from the sessions
-    # seen since.
-    expected = dict(Counter(sessions.pod(u) for u in sessions.users))
+    # seen since: every pod counts at least the users the app says it holds, and the
+    # total exceeds the users by at most the extra pods the split sessions reached
+    # (each replica restored its own copy of a split session).
+    expected = Counter(sessions.pod(u) for u in sessions.users)
+    pods = pods_between(sessions, down, up)
+    slack = sum(len(pods[k]) - 1 for k in split)
     seen: list[dict[str, int]] = []
 
     def rebuilt() -> bool:
         seen.append(status_sessions(shop))
-        return seen[-1] == expected
+        counts = seen[-1]
+        covered = all(counts.get(pod, 0) >= n for pod, n in expected.items())
+        return covered and sum(counts.values()) <= len(sessions.users) + slack
 
     try:
         wait_for("status sessions rebuilt", rebuilt, timeout=20)
     except AssertionError as e:
-        raise AssertionError(f"{e}: status {seen[-1]}, the app's {expected}") from None
+        raise AssertionError(f"{e}: status {seen[-1]}, the app's {dict(expected)}") from None
+    print(
+        f"redis SIGKILL: status counts {sum(seen[-1].values())} sessions for "
+        f"{len(sessions.users)} users ({len(split)} split)"
+    )
