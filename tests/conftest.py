@@ -13,7 +13,8 @@
   closed after the test.
 - ``pod_runner`` (module): the pod runner (a kubelet-like node agent) on one Node,
   started on first use in a module and stopped after it; Pods bound to its node run as
-  processes in network namespaces. Only per module: most operator tests run their managed
+  processes in network namespaces; a module's ``POD_RESTART_BACKOFF`` sets the first
+  restart's back-off (1 s by default). Only per module: most operator tests run their managed
   proxies as fake pods and count them, so the Pods of the operator's own proxy
   Deployment must not run then (with no runner they stay Pending, as before); the
   modules that use it (``tests/controller/test_scenarios_pods.py``, the e2e tests) get
@@ -32,7 +33,8 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from limpet.devcluster.client import admin_client, request
+from limpet.devcluster import client as kube
+from limpet.devcluster.client import admin_client
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError
 from limpet.devcluster.fakepods import (
@@ -134,11 +136,16 @@ def fake_pods(
 
 @pytest.fixture(scope="module")
 def pod_runner(
-    devcluster: DevCluster, admin_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    devcluster: DevCluster,
+    admin_api: k8s.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[PodRunnerProcess]:
-    # A short back-off so restart tests take seconds; the doubling is what they check.
+    # A short back-off so restart tests take seconds; the doubling is what they check. A
+    # module that needs a container to stay down a while sets POD_RESTART_BACKOFF.
+    backoff = float(getattr(request.module, "POD_RESTART_BACKOFF", 1.0))
     runner = PodRunnerProcess(
-        devcluster, tmp_path_factory.mktemp("podrunner"), PodRunnerOptions(backoff=1.0)
+        devcluster, tmp_path_factory.mktemp("podrunner"), PodRunnerOptions(backoff=backoff)
     )
     try:
         runner.start()
@@ -152,4 +159,4 @@ def pod_runner(
         # Node), so the next module's runner registers it afresh with its new pod CIDR.
         for node in runner.nodes:
             with contextlib.suppress(k8s.ApiException):
-                request(admin_api, "DELETE", f"/api/v1/nodes/{node}")
+                kube.request(admin_api, "DELETE", f"/api/v1/nodes/{node}")

@@ -23,49 +23,32 @@ conditions a real kubelet does not give on demand; see ``harness.py``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
-import itertools
-import json
 import os
-import random
 import signal
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from limpet.controller.model.names import secret_name
 from limpet.demo.app import app_pids
 from limpet.devcluster.cluster import DevCluster
 from limpet.devcluster.namespaces import create_namespace, purge_namespace
 from limpet.devcluster.podrunner.process import PodRunnerProcess
-from limpet.devcluster.proxypod import ADMIN_PORT
-from limpet.devcluster.workloads import is_terminating, node_pod_ip
-from tests.controller.harness import FAST, OperatorIdentity, OperatorProcess
-from tests.e2e.managed import (
-    APP_LABELS,
-    Client,
-    app_manifests,
-    apply,
-    get,
-    judge,
-    kubectl,
-    pods,
-    proxy_labels,
-    ready_pods,
-    start_operator,
-    sticky_manifest,
-    sticky_status,
-    wait_for,
-    wait_ready_pods,
+from tests.controller.harness import FAST, OperatorIdentity
+from tests.controller.pods_scene import (
+    Sessions,
+    Shop,
+    condition_of,
+    event_counts,
+    exited,
+    new_events,
+    open_shop,
+    phase,
 )
+from tests.e2e.managed import APP_LABELS, pods, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 SPEC = {
@@ -82,113 +65,6 @@ IDLE = 2.3
 # -- the scene ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Shop:
-    """The module's scene; ``operator`` changes when a test restarts it."""
-
-    api: k8s.ApiClient
-    cluster: DevCluster
-    namespace: str
-    identity: OperatorIdentity
-    work: Path
-    operator: OperatorProcess
-    proxies: list[str] = field(default_factory=list)
-    token: str = ""
-    restarts: int = 0
-
-    def kubectl(self, *args: str) -> str:
-        return kubectl(self.cluster, self.namespace, *args)
-
-    def status(self) -> dict[str, Any]:
-        return sticky_status(self.api, self.namespace, "shop")
-
-    def backends(self) -> dict[str, dict[str, Any]]:
-        return {b["pod"]: b for b in self.status().get("backends") or []}
-
-    def state(self, pod: str) -> str | None:
-        entry = self.backends().get(pod)
-        return None if entry is None else str(entry["state"])
-
-    def serving(self) -> set[str]:
-        return {p["metadata"]["name"] for p in ready_pods(self.api, self.namespace, APP_LABELS)}
-
-    def restart_operator(self) -> None:
-        """SIGKILL the operator (no chance to write anything on the way out), start anew."""
-        self.operator.kill()
-        self.restarts += 1
-        log = self.work / f"operator-{self.restarts}.log"
-        self.operator = start_operator(self.identity, self.namespace, log, *ARGS)
-
-    def proxy_versions(self) -> list[int | None]:
-        out: list[int | None] = []
-        for ip in self.proxies:
-            conn = http.client.HTTPConnection(ip, ADMIN_PORT, timeout=3)
-            try:
-                conn.request("GET", "/v1/stats", headers={"Authorization": f"Bearer {self.token}"})
-                out.append(json.loads(conn.getresponse().read()).get("planVersion"))
-            except (OSError, ValueError):
-                out.append(None)
-            finally:
-                conn.close()
-        return out
-
-    def converged(self) -> int:
-        """Every proxy runs the plan version in status; returns it."""
-
-        def probe() -> int | None:
-            version = self.status().get("planVersion")
-            if not isinstance(version, int):
-                return None
-            return version if all(v == version for v in self.proxy_versions()) else None
-
-        return wait_for("every proxy on the status plan version", probe, timeout=30)
-
-    def settle(self) -> set[str]:
-        """Wait until as many app pods serve as the Deployment wants, none terminates, each
-        is an Active backend, and nothing is in progress; returns their names."""
-        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/shop"
-
-        def probe() -> set[str] | None:
-            wanted = (get(self.api, path) or {})["spec"]["replicas"]
-            found = pods(self.api, self.namespace, APP_LABELS)
-            serving = self.serving()
-            status = self.status()
-            active = {b["pod"] for b in status.get("backends") or [] if b["state"] == "Active"}
-            live = {b["pod"] for b in status.get("backends") or [] if b["state"] != "Gone"}
-            calm = _condition(status, "Progressing") == ("False", "Stable")
-            steady = len(serving) == wanted and not any(is_terminating(p) for p in found)
-            return serving if steady and calm and active == live == serving else None
-
-        names = wait_for("the scene to settle", probe, timeout=90)
-        self.converged()
-        return names
-
-
-def _condition(status: dict[str, Any], kind: str) -> tuple[str | None, str | None]:
-    for c in status.get("conditions") or []:
-        if c.get("type") == kind:
-            return c.get("status"), c.get("reason")
-    return None, None
-
-
-def _phase(shop: Shop) -> str | None:
-    return (shop.status().get("rebalance") or {}).get("phase")
-
-
-def _events(shop: Shop) -> Counter[str]:
-    """How many Events of each reason the StickyService has had (repeats counted)."""
-    found = get(shop.api, f"/api/v1/namespaces/{shop.namespace}/events") or {}
-    counts: Counter[str] = Counter()
-    for e in found.get("items") or []:
-        if (e.get("involvedObject") or {}).get("name") == "shop":
-            counts[e.get("reason", "")] += int(e.get("count") or 1)
-    return counts
-
-
-def _new_events(shop: Shop, since: Counter[str]) -> Counter[str]:
-    return _events(shop) - since
-
-
 @pytest.fixture(scope="module")
 def shop(
     admin_api: k8s.ApiClient,
@@ -200,85 +76,20 @@ def shop(
 ) -> Iterator[Shop]:
     namespace = create_namespace(admin_api, "t-scenarios-pods")
     work = tmp_path_factory.mktemp("scenarios-pods")
-    shop: Shop | None = None
     try:
-        # preStop 60 s: a deleted pod serves (Terminating) for its --grace-period.
-        for manifest in app_manifests(namespace, pre_stop=60, grace=60):
-            apply(admin_api, manifest)
-        apply(admin_api, sticky_manifest(namespace, spec=SPEC))
-        operator = start_operator(operator_identity, namespace, work / "operator-0.log", *ARGS)
-        shop = Shop(admin_api, devcluster, namespace, operator_identity, work, operator)
-        proxies = wait_ready_pods(admin_api, namespace, proxy_labels("shop"), 2)
-        shop.proxies = [node_pod_ip(admin_api, p, pod_runner.nodes) for p in proxies]
-        secret = get(admin_api, f"/api/v1/namespaces/{namespace}/secrets/{secret_name('shop')}")
-        assert secret is not None
-        shop.token = base64.b64decode(secret["data"]["admin-token"]).decode()
-        yield shop
+        with open_shop(
+            admin_api,
+            devcluster,
+            operator_identity,
+            pod_runner,
+            work,
+            namespace,
+            spec=SPEC,
+            operator_args=ARGS,
+        ) as shop:
+            yield shop
     finally:
-        if shop is not None:
-            shop.operator.stop()
-            print(f"---- operator log (last lines) ----\n{shop.operator.tail(60)}")
         purge_namespace(admin_api, namespace)
-
-
-# -- the users ----------------------------------------------------------------------------------
-
-
-class Sessions:
-    """Users with their own sessions, each request through a proxy picked at random (or a
-    fixed one), and every answer kept for the oracle's checks."""
-
-    def __init__(self, shop: Shop, prefix: str, count: int, *, seed: int = 7) -> None:
-        self.shop = shop
-        self.rng = random.Random(seed)
-        self.users = [Client(session=f"{prefix}-{i}") for i in range(count)]
-        self.answers: dict[str, list[dict[str, Any]]] = {u.session: [] for u in self.users}
-
-    def ask(self, user: Client, *, proxy: str | None = None) -> dict[str, Any]:
-        code, body = user.get(proxy or self.rng.choice(self.shop.proxies))
-        assert code == 200, (user.session, code, body)  # never an error page
-        self.answers[user.session].append(body)
-        return body
-
-    def round(self, users: list[Client] | None = None, *, fixed: bool = False) -> None:
-        """One request each; with ``fixed``, each user always through the same proxy."""
-        for i, user in enumerate(self.users if users is None else users):
-            proxy = self.shop.proxies[i % len(self.shop.proxies)] if fixed else None
-            self.ask(user, proxy=proxy)
-
-    def pod(self, user: Client) -> str:
-        return str(self.answers[user.session][-1]["pod"])
-
-    def on(self, pod: str) -> list[Client]:
-        return [u for u in self.users if self.pod(u) == pod]
-
-    def busiest(self) -> str:
-        return max({self.pod(u) for u in self.users}, key=lambda p: len(self.on(p)))
-
-    def moves(self, user: Client) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        bodies = self.answers[user.session]
-        return [(a, b) for a, b in itertools.pairwise(bodies) if a["pod"] != b["pod"]]
-
-    def check(self) -> int:
-        """The app's verdicts (:func:`judge`); returns the moves."""
-        return judge(self.answers)
-
-    def busy_until(self, users: list[Client], done: Callable[[], bool], what: str) -> None:
-        """``users`` keep requesting (each through its own proxy, every ~0.2 s, so never
-        idle for minIdle) until ``done``."""
-        deadline = time.monotonic() + 60
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            self.round(users, fixed=True)
-            time.sleep(0.2)
-
-
-def _exited(pid: int) -> bool:
-    """Reaped (by the pod runner). Not merely a zombie: the leader of a threaded process
-    shows as one while its other threads still exit and its listening socket still
-    takes connections (which the kernel then resets)."""
-    return not Path(f"/proc/{pid}").exists()
 
 
 # -- the scenarios ------------------------------------------------------------------------------
@@ -286,23 +97,23 @@ def _exited(pid: int) -> bool:
 
 def test_kubectl_scale_out_moves_only_idle_sessions_announced(shop: Shop) -> None:
     old = shop.settle()
-    events = _events(shop)
+    events = event_counts(shop)
     sessions = Sessions(shop, "scale", 36)
     busy, idle = sessions.users[:6], sessions.users[6:]
     sessions.round(busy, fixed=True)
     sessions.round(idle)
     shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
-    sessions.busy_until(busy, lambda: _phase(shop) == "InProgress", "the rebalance to start")
+    sessions.busy_until(busy, lambda: phase(shop) == "InProgress", "the rebalance to start")
     new = shop.serving() - old
     assert len(new) == 2, new
     status = shop.status()
-    assert _condition(status, "Progressing") == ("True", "Rebalancing")
+    assert condition_of(status, "Progressing") == ("True", "Rebalancing")
     # New sessions take the new table at once.
     fresh = Sessions(shop, "fresh", 24, seed=3)
     fresh.round()
     assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
     # Busy sessions never move while the window runs: they are never idle for minIdle.
-    sessions.busy_until(busy, lambda: _phase(shop) == "Complete", "the rebalance to finish")
+    sessions.busy_until(busy, lambda: phase(shop) == "Complete", "the rebalance to finish")
     assert not any(sessions.moves(u) for u in busy), [sessions.answers[u.session] for u in busy]
     time.sleep(IDLE)
     sessions.round(idle)
@@ -318,7 +129,7 @@ def test_kubectl_scale_out_moves_only_idle_sessions_announced(shop: Shop) -> Non
     fresh.check()
     # The EndpointSlice controller lists a new pod before it is Ready: start-up, not a
     # failure (the operator once tracked it as Failed and posted BackendRecovered).
-    reasons = _new_events(shop, events)
+    reasons = new_events(shop, events)
     for reason in ("ScaleOut", "RebalanceStarted", "RebalanceFinished"):
         assert reasons[reason] >= 1, reasons
     assert not reasons["BackendRecovered"], reasons
@@ -328,7 +139,7 @@ def test_kubectl_delete_pod_drains_it_moves_its_idle_sessions_and_removes_it(
     shop: Shop,
 ) -> None:
     shop.settle()
-    events = _events(shop)
+    events = event_counts(shop)
     sessions = Sessions(shop, "drain", 30, seed=11)
     sessions.round()
     victim = sessions.busiest()
@@ -352,9 +163,9 @@ def test_kubectl_delete_pod_drains_it_moves_its_idle_sessions_and_removes_it(
         assert after["pod"] != victim
         assert after["moved"] == "drain", after
     # The pod goes: the drain is finished, the backend Gone, then out of the plan.
-    wait_for("DrainFinished", lambda: _new_events(shop, events)["DrainFinished"], timeout=30)
+    wait_for("DrainFinished", lambda: new_events(shop, events)["DrainFinished"], timeout=30)
     wait_for("the pod out of the plan", lambda: victim not in shop.backends(), timeout=30)
-    assert _new_events(shop, events)["DrainStarted"] == 1
+    assert new_events(shop, events)["DrainStarted"] == 1
     shop.converged()
     sessions.round()
     print(f"delete pod: {len(on_victim)} sessions drained off {victim}, announced")
@@ -364,7 +175,7 @@ def test_kubectl_delete_pod_drains_it_moves_its_idle_sessions_and_removes_it(
 
 def test_sigkilled_app_process_fails_its_sessions_over_announced(shop: Shop) -> None:
     shop.settle()
-    events = _events(shop)
+    events = event_counts(shop)
     sessions = Sessions(shop, "kill", 30, seed=13)
     sessions.round()
     victim = sessions.busiest()
@@ -378,14 +189,14 @@ def test_sigkilled_app_process_fails_its_sessions_over_announced(shop: Shop) -> 
     # Once the process is dead (its sockets closed; a request in flight during the kill
     # is reset and answered 502, as docs/proxy.md states), and before any new plan: the
     # proxies find the pod refusing connections and fail over.
-    wait_for("the killed process to exit", lambda: all(_exited(pid) for pid in pids), timeout=5)
+    wait_for("the killed process to exit", lambda: all(exited(pid) for pid in pids), timeout=5)
     sessions.round(on_victim)
     for user in on_victim:
         [(_, after)] = sessions.moves(user)
         assert after["moved"] == "failover", after
     sessions.round(others)
     assert not any(sessions.moves(u) for u in others), "sessions on healthy pods moved"
-    wait_for("a Failover Event", lambda: _new_events(shop, events)["Failover"], timeout=20)
+    wait_for("a Failover Event", lambda: new_events(shop, events)["Failover"], timeout=20)
 
     def restarted() -> bool:
         [pod] = [
@@ -404,7 +215,7 @@ def test_sigkilled_app_process_fails_its_sessions_over_announced(shop: Shop) -> 
 
 def test_operator_sigkilled_mid_rebalance_and_mid_drain_resumes(shop: Shop) -> None:
     old = shop.settle()
-    events = _events(shop)
+    events = event_counts(shop)
     sessions = Sessions(shop, "restart", 24, seed=17)
     sessions.round()
     victim = sorted(old)[0]
@@ -445,5 +256,5 @@ def test_operator_sigkilled_mid_rebalance_and_mid_drain_resumes(shop: Shop) -> N
     sessions.check()
     # The pod goes at the end of its grace period; the drain ends there, well before its
     # 60 s deadline.
-    wait_for("DrainFinished", lambda: _new_events(shop, events)["DrainFinished"], timeout=40)
+    wait_for("DrainFinished", lambda: new_events(shop, events)["DrainFinished"], timeout=40)
     wait_for("the pod out of the plan", lambda: victim not in shop.backends(), timeout=20)

@@ -8,9 +8,11 @@ time, so session counts are current), builds the status with
 :func:`~limpet.controller.model.status.build_status` and applies it to the object's status
 subresource. :meth:`StatusReporter.run` is the background task: it writes after an
 ``update``, at most every ``settings.status_interval``, and session-only changes at most
-every ``SESSIONS_STATUS_INTERVAL``; while a backend is Warming it also writes on a timer,
-as its weight ramps with time alone. Before each write it posts the Events that depend
-on the proxies' stats (drains emptied, proxies behind). The reconciler calls
+every ``SESSIONS_STATUS_INTERVAL``; without an update it still rebuilds status once per
+stats interval, since the proxies' stats (store health, drains emptied) change on their
+own, and writes it if a visible part changed; while a backend is Warming it also writes
+on a timer, as its weight ramps with time alone. Before each write it posts the Events
+that depend on the proxies' stats (drains emptied, proxies behind). The reconciler calls
 :meth:`StatusReporter.write` with ``force=True`` and a new snapshot when the durable
 state changed, and pushes the plan only after that write returned. This module calls
 nothing upstream: it is the last stage of handler -> reconcile -> plan -> push -> status.
@@ -191,18 +193,22 @@ class StatusReporter:
         self._written_at = time.monotonic()
 
     def _idle_wait(self) -> float:
-        """How long to wait for a change, after the status interval's pause, before writing
-        anyway. A Warming backend's weight changes with time alone, so while one warms its
-        ramp is written about ``RAMP_STATUS_STEPS`` times over the slow start (never more
-        often than the status interval allows)."""
+        """How long to wait for a change, after the status interval's pause, before building
+        status anyway. The proxies' stats change without an ``update`` (the store going
+        away and back, a drain emptied), so status is rebuilt once per stats interval; it
+        is written only when a visible part changed (session counts alone at most every
+        ``SESSIONS_STATUS_INTERVAL``). A Warming backend's weight changes with time alone,
+        so while one warms its ramp is written about ``RAMP_STATUS_STEPS`` times over the
+        slow start (never more often than the status interval allows)."""
         seen = self._seen
         spec = seen.spec
+        wait = min(SESSIONS_STATUS_INTERVAL, self._settings.push.stats_interval)
         warming = any(b.status.state is BackendState.WARMING for b in seen.state.backends.values())
         if not warming or spec is None or spec.slow_start <= 0:
-            return SESSIONS_STATUS_INTERVAL
+            return wait
         interval = self._settings.status_interval
         step = max(interval, spec.slow_start / RAMP_STATUS_STEPS)
-        return min(SESSIONS_STATUS_INTERVAL, step - interval)
+        return min(wait, step - interval)
 
     async def run(self) -> None:
         interval = self._settings.status_interval

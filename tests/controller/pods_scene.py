@@ -1,0 +1,300 @@
+"""The operator's scene on real pods, shared by the real-pod scenario modules
+(``test_scenarios_pods.py``, ``test_scenarios_store.py``).
+
+:func:`open_shop` applies the counter app of ``examples/app`` as Deployment "shop", a
+managed StickyService "shop" over it, and starts the operator under deploy/'s RBAC; it
+yields a :class:`Shop` once the proxy pods are Ready. kube-controller-manager and
+kube-scheduler make and bind the Pods, the pod runner runs them, the EndpointSlice
+controller publishes their conditions, and the operator's own proxy Deployment runs as
+real proxy pods. :class:`Sessions` are users whose requests go through a proxy picked at
+random (or a fixed one), judged by the counter app (:func:`tests.e2e.managed.judge`).
+
+Requests go only to proxy pod IPs checked to lie in the pod runner's pod CIDR.
+Synchronous; one test thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from limpet.controller.model.names import secret_name
+from limpet.devcluster import hostnet
+from limpet.devcluster.cluster import DevCluster
+from limpet.devcluster.netns import list_netns
+from limpet.devcluster.podrunner.process import PodRunnerProcess
+from limpet.devcluster.proxypod import ADMIN_PORT
+from limpet.devcluster.workloads import is_terminating, node_pod_ip
+from tests.controller.harness import OperatorIdentity, OperatorProcess
+from tests.e2e.managed import (
+    APP_LABELS,
+    Client,
+    app_manifests,
+    apply,
+    get,
+    judge,
+    kubectl,
+    pods,
+    proxy_labels,
+    ready_pods,
+    start_operator,
+    sticky_manifest,
+    sticky_status,
+    wait_for,
+    wait_ready_pods,
+)
+
+
+@dataclass
+class Shop:
+    """The module's scene; ``operator`` changes when a test restarts it."""
+
+    api: k8s.ApiClient
+    cluster: DevCluster
+    namespace: str
+    identity: OperatorIdentity
+    work: Path
+    operator: OperatorProcess
+    operator_args: tuple[str, ...] = ()
+    proxies: list[str] = field(default_factory=list)
+    """The proxy pods' IPs, which users pick from (an L4 load balancer's list)."""
+    proxy_pods: dict[str, str] = field(default_factory=dict)
+    """Proxy pod IP -> pod name."""
+    token: str = ""
+    restarts: int = 0
+
+    def kubectl(self, *args: str) -> str:
+        return kubectl(self.cluster, self.namespace, *args)
+
+    def status(self) -> dict[str, Any]:
+        return sticky_status(self.api, self.namespace, "shop")
+
+    def backends(self) -> dict[str, dict[str, Any]]:
+        return {b["pod"]: b for b in self.status().get("backends") or []}
+
+    def state(self, pod: str) -> str | None:
+        entry = self.backends().get(pod)
+        return None if entry is None else str(entry["state"])
+
+    def serving(self) -> set[str]:
+        return {p["metadata"]["name"] for p in ready_pods(self.api, self.namespace, APP_LABELS)}
+
+    def restart_operator(self) -> None:
+        """SIGKILL the operator (no chance to write anything on the way out), start anew."""
+        self.operator.kill()
+        self.restarts += 1
+        log = self.work / f"operator-{self.restarts}.log"
+        self.operator = start_operator(self.identity, self.namespace, log, *self.operator_args)
+
+    def proxy_stats(self, ip: str) -> dict[str, Any] | None:
+        """``GET /v1/stats`` of the proxy at ``ip``; None if it does not answer."""
+        conn = http.client.HTTPConnection(ip, ADMIN_PORT, timeout=3)
+        try:
+            conn.request("GET", "/v1/stats", headers={"Authorization": f"Bearer {self.token}"})
+            found: dict[str, Any] = json.loads(conn.getresponse().read())
+            return found
+        except (OSError, ValueError):
+            return None
+        finally:
+            conn.close()
+
+    def proxy_versions(self) -> list[int | None]:
+        return [(self.proxy_stats(ip) or {}).get("planVersion") for ip in self.proxies]
+
+    def converged(self) -> int:
+        """Every proxy runs the plan version in status; returns it."""
+
+        def probe() -> int | None:
+            version = self.status().get("planVersion")
+            if not isinstance(version, int):
+                return None
+            return version if all(v == version for v in self.proxy_versions()) else None
+
+        return wait_for("every proxy on the status plan version", probe, timeout=30)
+
+    def settle(self) -> set[str]:
+        """Wait until as many app pods serve as the Deployment wants, none terminates, each
+        is an Active backend, and nothing is in progress; returns their names."""
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/shop"
+
+        def probe() -> set[str] | None:
+            wanted = (get(self.api, path) or {})["spec"]["replicas"]
+            found = pods(self.api, self.namespace, APP_LABELS)
+            serving = self.serving()
+            status = self.status()
+            active = {b["pod"] for b in status.get("backends") or [] if b["state"] == "Active"}
+            live = {b["pod"] for b in status.get("backends") or [] if b["state"] != "Gone"}
+            calm = condition_of(status, "Progressing") == ("False", "Stable")
+            steady = len(serving) == wanted and not any(is_terminating(p) for p in found)
+            return serving if steady and calm and active == live == serving else None
+
+        names = wait_for("the scene to settle", probe, timeout=90)
+        self.converged()
+        return names
+
+
+def condition_of(status: Mapping[str, Any], kind: str) -> tuple[str | None, str | None]:
+    """(status, reason) of condition ``kind``."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == kind:
+            return c.get("status"), c.get("reason")
+    return None, None
+
+
+def phase(shop: Shop) -> str | None:
+    return (shop.status().get("rebalance") or {}).get("phase")
+
+
+def event_counts(shop: Shop) -> Counter[str]:
+    """How many Events of each reason the StickyService has had (repeats counted)."""
+    found = get(shop.api, f"/api/v1/namespaces/{shop.namespace}/events") or {}
+    counts: Counter[str] = Counter()
+    for e in found.get("items") or []:
+        if (e.get("involvedObject") or {}).get("name") == "shop":
+            counts[e.get("reason", "")] += int(e.get("count") or 1)
+    return counts
+
+
+def new_events(shop: Shop, since: Counter[str]) -> Counter[str]:
+    return event_counts(shop) - since
+
+
+@contextlib.contextmanager
+def open_shop(
+    api: k8s.ApiClient,
+    cluster: DevCluster,
+    identity: OperatorIdentity,
+    runner: PodRunnerProcess,
+    work: Path,
+    namespace: str,
+    *,
+    spec: Mapping[str, Any],
+    operator_args: tuple[str, ...],
+    proxies: int = 2,
+    pre_stop: int = 60,
+) -> Iterator[Shop]:
+    """The counter app (3 replicas; ``pre_stop`` seconds of preStop sleep, which
+    ``kubectl delete pod --grace-period`` cuts to what each test wants), StickyService
+    "shop" with ``spec`` and ``proxies`` managed proxies, and the operator with
+    ``operator_args``; yields once the proxy pods are Ready. The operator is stopped
+    after (its log tail printed); the namespace is the caller's to purge."""
+    shop: Shop | None = None
+    try:
+        for manifest in app_manifests(namespace, pre_stop=pre_stop, grace=pre_stop):
+            apply(api, manifest)
+        apply(api, sticky_manifest(namespace, spec=spec, replicas=proxies))
+        operator = start_operator(identity, namespace, work / "operator-0.log", *operator_args)
+        shop = Shop(api, cluster, namespace, identity, work, operator, operator_args)
+        for pod in wait_ready_pods(api, namespace, proxy_labels("shop"), proxies):
+            ip = node_pod_ip(api, pod, runner.nodes)
+            shop.proxies.append(ip)
+            shop.proxy_pods[ip] = pod["metadata"]["name"]
+        secret = get(api, f"/api/v1/namespaces/{namespace}/secrets/{secret_name('shop')}")
+        assert secret is not None
+        shop.token = base64.b64decode(secret["data"]["admin-token"]).decode()
+        yield shop
+    finally:
+        if shop is not None:
+            shop.operator.stop()
+            print(f"---- operator log (last lines) ----\n{shop.operator.tail(60)}")
+
+
+class Sessions:
+    """Users with their own sessions, each request through a proxy picked at random (or a
+    fixed one), and every answer kept for the oracle's checks."""
+
+    def __init__(self, shop: Shop, prefix: str, count: int, *, seed: int = 7) -> None:
+        self.shop = shop
+        self.rng = random.Random(seed)
+        self.users = [Client(session=f"{prefix}-{i}") for i in range(count)]
+        self.answers: dict[str, list[dict[str, Any]]] = {u.session: [] for u in self.users}
+
+    def ask(self, user: Client, *, proxy: str | None = None) -> dict[str, Any]:
+        code, body = user.get(proxy or self.rng.choice(self.shop.proxies))
+        assert code == 200, (user.session, code, body)  # never an error page
+        self.answers[user.session].append(body)
+        return body
+
+    def round(self, users: list[Client] | None = None, *, fixed: bool = False) -> None:
+        """One request each; with ``fixed``, each user always through the same proxy."""
+        for i, user in enumerate(self.users if users is None else users):
+            proxy = self.shop.proxies[i % len(self.shop.proxies)] if fixed else None
+            self.ask(user, proxy=proxy)
+
+    def pod(self, user: Client) -> str:
+        return str(self.answers[user.session][-1]["pod"])
+
+    def on(self, pod: str) -> list[Client]:
+        return [u for u in self.users if self.pod(u) == pod]
+
+    def busiest(self) -> str:
+        return max({self.pod(u) for u in self.users}, key=lambda p: len(self.on(p)))
+
+    def moves(self, user: Client) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        bodies = self.answers[user.session]
+        return [(a, b) for a, b in itertools.pairwise(bodies) if a["pod"] != b["pod"]]
+
+    def check(self) -> int:
+        """The app's verdicts (:func:`judge`); returns the moves."""
+        return judge(self.answers)
+
+    def busy_until(self, users: list[Client], done: Callable[[], bool], what: str) -> None:
+        """``users`` keep requesting (each through its own proxy, every ~0.2 s, so never
+        idle for minIdle) until ``done``."""
+        deadline = time.monotonic() + 60
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            self.round(users, fixed=True)
+            time.sleep(0.2)
+
+
+def exited(pid: int) -> bool:
+    """Reaped (by the pod runner). Not merely a zombie: the leader of a threaded process
+    shows as one while its other threads still exit and its listening socket still
+    takes connections (which the kernel then resets)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def pod_processes(ip: str) -> list[int]:
+    """The processes of the pod whose network namespace holds ``ip`` (a pod IP checked
+    to lie in this run's pod CIDR): its containers' processes."""
+    for name in list_netns():
+        for link in hostnet.ip_json("-n", name, "-4", "addr", "show"):
+            if any(a.get("local") == ip for a in link.get("addr_info", [])):
+                return [int(p) for p in hostnet.ip("netns", "pids", name).split()]
+    raise AssertionError(f"no network namespace holds {ip}")
+
+
+def kill_pod(ip: str) -> list[int]:
+    """SIGKILL every process of the pod at ``ip`` (its containers die at once, as in an
+    OOM kill; the pod runner restarts them after its back-off) and wait until they are
+    reaped; returns their PIDs."""
+    pids = pod_processes(ip)
+    assert pids, f"no process in the pod at {ip}"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(f"the processes of {ip} to exit", lambda: all(exited(p) for p in pids), timeout=10)
+    return pids
+
+
+def restarted(shop: Shop, pod: str, *, times: int = 1) -> bool:
+    """The pod's container has restarted ``times`` times and is Ready again."""
+    found = get(shop.api, f"/api/v1/namespaces/{shop.namespace}/pods/{pod}") or {}
+    statuses = (found.get("status") or {}).get("containerStatuses") or [{}]
+    return all(s.get("restartCount", 0) >= times and s.get("ready") for s in statuses)
