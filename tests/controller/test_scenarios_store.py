@@ -311,6 +311,10 @@ def test_drain_moves_idle_sessions_announced(world: World) -> None:
     assert migrations(shop) - counted == moves
     assert moves["drain"] == len(on_victim), moves
     assert set(moves) <= {"drain", "rebalance"}, moves
+    # Every session on the victim moved, so the proxies' drainLive (learned keys read
+    # from the table each replica keeps) is 0 well before the 20 s grace runs out.
+    wait_for("DrainEmpty", lambda: new_events(shop, events)["DrainEmpty"], timeout=15)
+    assert not new_events(shop, events)["DrainFinished"], "DrainEmpty came only at the end"
     wait_for("DrainFinished", lambda: new_events(shop, events)["DrainFinished"], timeout=40)
     wait_for("the pod out of the plan", lambda: victim not in shop.backends(), timeout=20)
 
