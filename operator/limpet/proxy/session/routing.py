@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -59,18 +58,17 @@ from limpet.affinity import (
     Decision,
     Plan,
     Reason,
-    cookie_key,
     decide,
-    key_hash,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, PendingRoute, RequestView, Route
 
 from .companion import parse_app_set_cookie
-from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
+from .cookies import SESSION_ID_LEN, CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
 from .learned_routing import MOVED_HEADER, LearnedRouting, Pending
+from .random_ids import RandomIds
 from .sessions import TABLE_CODES, TABLE_NAMES, SessionBook, sid_hash
 from .settings import RouterSettings
 from .shared_keys import SharedKeys
@@ -131,6 +129,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
         self._health = PassiveHealth(base=settings.health_backoff, cap=settings.health_backoff_cap)
         self._cache: dict[bytes, tuple[Route, float, int]] = {}
         self._probe = _Probe()
+        self._session_ids = RandomIds(size=SESSION_ID_LEN)
         self._migrations = dict.fromkeys(Reason, 0)
         self._rejected = dict.fromkeys(CookieRejection, 0)
         self._no_backend = 0
@@ -472,7 +471,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
         if reason is Reason.EXPIRED:
             issued = codec.floor(wall)
             if held.bind is None:
-                session_id = os.urandom(12)
+                session_id = self._session_ids.take()
                 th = sid_hash(session_id)
         set_cookie = codec.issue(
             session_id=session_id,
@@ -508,7 +507,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
     ) -> Route | None:
         codec = snap.codec
         assert codec is not None
-        session_id = os.urandom(12)
+        session_id = self._session_ids.take()
+        th = sid_hash(session_id)
         moved: tuple[tuple[bytes, bytes], ...] = NO_HEADERS
         for mode, table in later:
             found_h = None if table is None else snap.keys.hash(mode, req)
@@ -522,13 +522,14 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 bid, moved = placed
                 break
         else:
-            h = key_hash(cookie_key(session_id))
+            # The id is CSPRNG output: its own bytes are already a uniform key hash,
+            # so it is placed by the same 64 bits it is tracked by.
+            h = th
             found = self._place(snap, h, wall)
             if found is None:
                 return None
             bid = found
-        th = sid_hash(session_id)
-        idx = self._book.track(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
         self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
