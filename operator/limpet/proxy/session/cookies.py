@@ -375,19 +375,30 @@ class CookieCodec:
         _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(signed[:BODY_LEN])
         if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(mac, bind))):
             return CookieRejection.TAMPERED
-        if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
-            return CookieRejection.GARBAGE
-        if self._absolute is not None and wall - issued >= self._absolute:
-            return CookieRejection.EXPIRED
         step = raw[0] >> 4 or LEGACY_GRANULARITY
-        if self._idle is not None and wall - (last_seen + step) >= self._idle:
-            return CookieRejection.EXPIRED
+        late = self._times(issued, last_seen, step, wall)
+        if late is not None:
+            return late
         backend = tokens.get(token)
         if backend is None:
             return CookieRejection.UNKNOWN_BACKEND
         return SessionCookie(
             sid, backend, key_hash, issued, last_seen, newest, bytes(signed[BODY_LEN:]), step
         )
+
+    def recheck(self, cookie: SessionCookie, wall: float) -> CookieRejection | None:
+        """What :meth:`decode` would now say of a cookie it accepted earlier (same value,
+        same codec): only its times can have changed their verdict. ``None``: valid."""
+        return self._times(cookie.issued, cookie.last_seen, cookie.granularity, wall)
+
+    def _times(self, issued: int, last_seen: int, step: int, wall: float) -> CookieRejection | None:
+        if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
+            return CookieRejection.GARBAGE
+        if self._absolute is not None and wall - issued >= self._absolute:
+            return CookieRejection.EXPIRED
+        if self._idle is not None and wall - (last_seen + step) >= self._idle:
+            return CookieRejection.EXPIRED
+        return None
 
     def needs_refresh(self, cookie: SessionCookie, wall: float) -> bool:
         """True when the cookie should be re-issued: a new last-seen step, an old key, or
