@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.proxy.session.cookies import (
+    BODY_LEN,
     ENCODED_LEN,
+    MAC_LEN,
     CookieAttributes,
     CookieCodec,
     CookieRejection,
+    Hmac,
     SessionCookie,
     SigningKey,
     cookie_values,
@@ -273,3 +276,35 @@ def test_cookie_header_helpers() -> None:
     assert strip_cookie(h, b"LIMPET") == ([b"xyz", b"q"], b"a=1; b=2; c")
     assert strip_cookie(b"LIMPET=1", b"LIMPET") == ([b"1"], None)
     assert strip_cookie(b"XLIMPET=1; LIMPETX=2", b"LIMPET") == ([], b"XLIMPET=1; LIMPETX=2")
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.binary(max_size=200), message=st.binary(max_size=300))
+def test_prepared_hmac_is_hmac_sha256(secret: bytes, message: bytes) -> None:
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block (hashed first).
+    assert Hmac(secret).digest(message) == hmac.digest(secret, message, "sha256")
+
+
+def _raw(value: bytes) -> bytes:
+    return binascii.a2b_base64(value.replace(b"-", b"+").replace(b"_", b"/"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(sid=sids, kh=hashes, wall=walls)
+def test_cookie_mac_is_standard_hmac_over_the_body(sid: bytes, kh: int, wall: float) -> None:
+    # The oracle is the standard library's HMAC: what older proxies and other replicas
+    # sign and verify must not change with how this one computes it.
+    c = codec([K2, K1])
+    t = c.floor(wall)
+    raw = _raw(c.encode(session_id=sid, backend_id="beta", key_hash=kh, issued=t, last_seen=t))
+    assert raw[BODY_LEN:] == hmac.digest(K2.secret, raw[:BODY_LEN], "sha256")[:MAC_LEN]
+    assert raw[5:17] == sid
+
+
+def test_out_of_range_times_are_clamped_and_signed() -> None:
+    c = codec()
+    v = c.encode(session_id=b"S" * 12, backend_id="alpha", key_hash=1, issued=-5, last_seen=2**40)
+    raw = _raw(v)
+    assert raw[33:37] == b"\0\0\0\0"
+    assert raw[37:41] == b"\xff\xff\xff\xff"
+    assert c.decode(v, NOW) is CookieRejection.GARBAGE  # last seen far in the future

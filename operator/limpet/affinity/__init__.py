@@ -17,7 +17,7 @@ caller passes the clock in, so every proxy replica and the operator agree. Modul
 Typical proxy use::
 
     router = Router(plan, previous=old_router)     # once per plan, off the hot path
-    h = key_hash(cookie_key(session_id))            # per request
+    h = key_hash(value_key(AffinityType.HEADER, value))   # per request
     backend = router.route_new(h, now, loads, exclude=down)    # new session
     decision = decide(session, router, now, loads=loads, exclude=down)   # existing one
 """

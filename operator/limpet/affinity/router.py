@@ -156,8 +156,8 @@ class Router:
             return total
         get = loads.get
         if exclude:
-            return sum(get(m, 0) for m in self.members if m not in exclude)
-        return sum(get(m, 0) for m in self.members)
+            return sum([get(m, 0) for m in self.members if m not in exclude])
+        return sum([get(m, 0) for m in self.members])
 
     def cap(
         self,
@@ -218,8 +218,14 @@ class Router:
                 return owner
             return next((b for b in self.preference(key_hash) if b not in exclude), None)
         total = self._total(loads, total, exclude)
-        total_weight = self._total_weight_at(now, exclude)
         lf = self.load_factor
+        # The common case first (no backend down, none warming): plain weights.
+        plain = not exclude and not self._ramped
+        if plain and loads.get(owner, 0) < load_cap(
+            lf, total, self._weights[owner], self.total_weight
+        ):
+            return owner
+        total_weight = self._total_weight_at(now, exclude)
         free = (not exclude or owner not in exclude) and loads.get(owner, 0) < load_cap(
             lf, total, self.weight_at(owner, now), total_weight
         )

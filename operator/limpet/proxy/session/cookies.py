@@ -15,6 +15,8 @@ Wire format (version 1), 57 bytes, base64url without padding = 76 characters::
     5..16  session id      12 bytes  random, opaque
     17..24 backend token    8 bytes  HMAC-SHA256(secret, "limpet-backend\\0" + id)[:8]
     25..32 key hash         8 bytes  affinity hash of the key that placed the session
+                                     (a new LB-cookie session: its id's first 8 bytes,
+                                     little-endian; random already, so not rehashed)
     33..36 issued           4 bytes  unix seconds, floored to the granularity
     37..40 last seen        4 bytes  unix seconds, floored to the granularity
     41..56 MAC             16 bytes  HMAC-SHA256(secret, bytes 0..40)[:16]
@@ -70,6 +72,9 @@ _MAX_U32 = (1 << 32) - 1
 MAX_CLOCK_SKEW = 300
 
 _TO_STD_B64 = bytes.maketrans(b"-_", b"+/")
+_SHA256_BLOCK = 64
+_IPAD = bytes(i ^ 0x36 for i in range(256))
+_OPAD = bytes(i ^ 0x5C for i in range(256))
 _FROM_STD_B64 = bytes.maketrans(b"+/", b"-_")
 _SAMESITE = ("Strict", "Lax", "None")
 
@@ -154,19 +159,43 @@ class SessionCookie:
     """The step the cookie's times were floored to when it was issued."""
 
 
+class Hmac:
+    """HMAC-SHA256 under one secret, with the key's two padded blocks hashed once.
+
+    RFC 2104: ``H((K ^ opad) || H((K ^ ipad) || m))``. Copying the two prepared hash
+    states costs less than half of what :func:`hmac.digest` pays per call to set up the
+    same context; the result is identical (the tests compare it with :mod:`hmac`).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        """The full 32-byte HMAC-SHA256 of ``message``."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 def key_tag(kid: str) -> bytes:
     return hashlib.sha256(b"limpet-cookie-kid\0" + kid.encode()).digest()[:KEY_TAG_LEN]
 
 
-def bound_session_id(secret: bytes, value: bytes) -> bytes:
+def bound_session_id(mac: Hmac, value: bytes) -> bytes:
     """The session id of a companion cookie: a keyed hash of the app cookie's value."""
-    return hmac.digest(secret, b"limpet-app\0" + value, "sha256")[:SESSION_ID_LEN]
+    return mac.digest(b"limpet-app\0" + value)[:SESSION_ID_LEN]
 
 
-def backend_token(secret: bytes, backend_id: str) -> bytes:
-    return hmac.digest(secret, b"limpet-backend\0" + backend_id.encode(), "sha256")[
-        :BACKEND_TOKEN_LEN
-    ]
+def backend_token(mac: Hmac, backend_id: str) -> bytes:
+    """A backend's keyed token: the cookie names its backend without revealing its id."""
+    return mac.digest(b"limpet-backend\0" + backend_id.encode())[:BACKEND_TOKEN_LEN]
 
 
 class CookieCodec:
@@ -175,6 +204,7 @@ class CookieCodec:
     __slots__ = (
         "_absolute",
         "_granularity",
+        "_head",
         "_idle",
         "_keys",
         "_newest",
@@ -203,25 +233,27 @@ class CookieCodec:
         if not 1 <= granularity <= MAX_GRANULARITY:
             raise ValueError(f"cookie granularity must be 1..{MAX_GRANULARITY} seconds")
         backend_ids = list(backends)
-        # key tag -> (secret, backend token -> backend id, is newest)
-        table: dict[bytes, tuple[bytes, dict[bytes, str], bool]] = {}
+        # key tag -> (its MAC, backend token -> backend id, is newest)
+        table: dict[bytes, tuple[Hmac, dict[bytes, str], bool]] = {}
         for i, key in enumerate(keys):
             tag = key_tag(key.kid)
             if tag in table:
                 raise ValueError(f"cookie key id {key.kid!r} is listed twice (or its tag collides)")
+            mac = Hmac(key.secret)
             tokens: dict[bytes, str] = {}
             for bid in backend_ids:
-                tok = backend_token(key.secret, bid)
+                tok = backend_token(mac, bid)
                 if tok in tokens:
                     raise ValueError(f"backend ids {tokens[tok]!r} and {bid!r} collide")
                 tokens[tok] = bid
-            table[tag] = (key.secret, tokens, i == 0)
+            table[tag] = (mac, tokens, i == 0)
         self._keys = table
-        self._newest = keys[0].secret
         self._newest_tag = key_tag(keys[0].kid)
+        self._newest = table[self._newest_tag][0]
         self._newest_tokens = {bid: tok for tok, bid in table[self._newest_tag][1].items()}
         self._granularity = granularity
         self._version = BOUND_VERSION if bound else VERSION
+        self._head = self._version | granularity << 4
         self._idle = idle_timeout
         self._absolute = absolute_timeout
         self.attributes = attributes
@@ -260,23 +292,29 @@ class CookieCodec:
             if bind is None:
                 raise ValueError("a companion cookie is bound to an app-cookie value")
             session_id = bound_session_id(self._newest, bind)
+            if len(tail) > MAX_TAIL:
+                raise ValueError(f"cookie tail longer than {MAX_TAIL} bytes")
         elif tail:
             raise ValueError("only a companion cookie carries a tail")
-        if len(tail) > MAX_TAIL:
-            raise ValueError(f"cookie tail longer than {MAX_TAIL} bytes")
-        body = _BODY.pack(
-            self._version | self._granularity << 4,
-            self._newest_tag,
-            session_id,
-            token,
-            key_hash & MAX_KEY_HASH,
-            min(max(issued, 0), _MAX_U32),
-            min(max(last_seen, 0), _MAX_U32),
+        if not 0 <= issued <= last_seen <= _MAX_U32:
+            issued, last_seen = _u32(issued), _u32(last_seen)
+        signed = (
+            _BODY.pack(
+                self._head,
+                self._newest_tag,
+                session_id,
+                token,
+                key_hash & MAX_KEY_HASH,
+                issued,
+                last_seen,
+            )
+            + tail
         )
-        signed = body + tail
-        mac = hmac.digest(self._newest, signed, "sha256")[:MAC_LEN]
-        encoded = binascii.b2a_base64(signed + mac, newline=False).translate(_FROM_STD_B64)
-        return encoded.rstrip(b"=")
+        encoded = binascii.b2a_base64(
+            signed + self._newest.digest(signed)[:MAC_LEN], newline=False
+        ).translate(_FROM_STD_B64)
+        # A version-1 cookie is 57 bytes, a multiple of 3: only a tail needs padding cut.
+        return encoded.rstrip(b"=") if tail else encoded
 
     def set_cookie(self, value: bytes, tail: bytes = b"", wall: float = 0.0) -> bytes:
         """A full Set-Cookie header value for ``value`` (``tail`` and ``wall`` are for
@@ -330,26 +368,37 @@ class CookieCodec:
         entry = self._keys.get(raw[1 : 1 + KEY_TAG_LEN])
         if entry is None:
             return CookieRejection.UNKNOWN_KEY
-        secret, tokens, newest = entry
+        mac, tokens, newest = entry
         signed = raw[:-MAC_LEN]
-        if not hmac.compare_digest(hmac.digest(secret, signed, "sha256")[:MAC_LEN], raw[-MAC_LEN:]):
+        if not hmac.compare_digest(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
             return CookieRejection.TAMPERED
         _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(signed[:BODY_LEN])
-        if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(secret, bind))):
+        if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(mac, bind))):
             return CookieRejection.TAMPERED
-        if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
-            return CookieRejection.GARBAGE
-        if self._absolute is not None and wall - issued >= self._absolute:
-            return CookieRejection.EXPIRED
         step = raw[0] >> 4 or LEGACY_GRANULARITY
-        if self._idle is not None and wall - (last_seen + step) >= self._idle:
-            return CookieRejection.EXPIRED
+        late = self._times(issued, last_seen, step, wall)
+        if late is not None:
+            return late
         backend = tokens.get(token)
         if backend is None:
             return CookieRejection.UNKNOWN_BACKEND
         return SessionCookie(
             sid, backend, key_hash, issued, last_seen, newest, bytes(signed[BODY_LEN:]), step
         )
+
+    def recheck(self, cookie: SessionCookie, wall: float) -> CookieRejection | None:
+        """What :meth:`decode` would now say of a cookie it accepted earlier (same value,
+        same codec): only its times can have changed their verdict. ``None``: valid."""
+        return self._times(cookie.issued, cookie.last_seen, cookie.granularity, wall)
+
+    def _times(self, issued: int, last_seen: int, step: int, wall: float) -> CookieRejection | None:
+        if last_seen < issued or last_seen > wall + MAX_CLOCK_SKEW:
+            return CookieRejection.GARBAGE
+        if self._absolute is not None and wall - issued >= self._absolute:
+            return CookieRejection.EXPIRED
+        if self._idle is not None and wall - (last_seen + step) >= self._idle:
+            return CookieRejection.EXPIRED
+        return None
 
     def needs_refresh(self, cookie: SessionCookie, wall: float) -> bool:
         """True when the cookie should be re-issued: a new last-seen step, an old key, or
@@ -396,6 +445,10 @@ def strip_cookie(header: bytes, name: bytes) -> tuple[list[bytes], bytes | None]
         if part:
             rest.append(part)
     return ours, (b"; ".join(rest) if rest else None)
+
+
+def _u32(t: int) -> int:
+    return min(max(t, 0), _MAX_U32)
 
 
 def _is_token(s: str) -> bool:

@@ -34,7 +34,11 @@ returns a shared route and bumps one integer: no HMAC, no allocation. A cached a
 valid until the cookie's next refresh step, the session's absolute expiry or its
 backend's drain deadline, and the cache is dropped
 on every plan change and whenever passive health marks a backend down, so it never
-outlives the facts it was computed from.
+outlives the facts it was computed from. When an answer runs out, an entry whose header
+held one LB cookie still holds that cookie as verified under the same snapshot: the
+session is decided again (the cookie's time checks, the migration decision, a refresh)
+without a second base64 decode and HMAC check. A client that comes back less often than
+once per last-seen step (1 s in a standalone plan) meets only this path.
 
 Concurrency: one router per process, used from the event loop only; ``prepare`` is the
 only method meant to run elsewhere, and it reads nothing mutable but the snapshot
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -60,18 +63,17 @@ from limpet.affinity import (
     Decision,
     Plan,
     Reason,
-    cookie_key,
     decide,
-    key_hash,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, PendingRoute, RequestView, Route
 
 from .companion import parse_app_set_cookie
-from .cookies import CookieCodec, CookieRejection, SessionCookie, strip_cookie
+from .cookies import SESSION_ID_LEN, CookieCodec, CookieRejection, SessionCookie, strip_cookie
 from .health import PassiveHealth
 from .learned import LearnedTable
 from .learned_routing import MOVED_HEADER, LearnedRouting, Pending
+from .random_ids import RandomIds
 from .sessions import TABLE_CODES, TABLE_NAMES, SessionBook, sid_hash
 from .settings import RouterSettings
 from .shared_keys import SharedKeys
@@ -106,6 +108,8 @@ class _Held:
     th: int
     """The key the session is tracked under: its random id's hash, or the app key's."""
     bid: BackendId
+    reuse: bool
+    """The request's Cookie header held this one LB cookie (see ``SessionRouter._cache``)."""
 
 
 class SessionRouter(StoreNotes, LearnedRouting):
@@ -130,8 +134,12 @@ class SessionRouter(StoreNotes, LearnedRouting):
         # The plan's modes in order, each with its learned table (None: the LB cookie).
         self._walk: tuple[tuple[AffinityType, LearnedTable | None], ...] = ()
         self._health = PassiveHealth(base=settings.health_backoff, cap=settings.health_backoff_cap)
-        self._cache: dict[bytes, tuple[Route, float, int]] = {}
+        # Cookie header -> (route, valid until, backend number, and for a header that held
+        # one LB cookie, that cookie as verified and the header left to forward: when the
+        # route runs out, the session is decided again without a second verification).
+        self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
         self._probe = _Probe()
+        self._session_ids = RandomIds(size=SESSION_ID_LEN)
         self._migrations = dict.fromkeys(Reason, 0)
         self._rejected = dict.fromkeys(CookieRejection, 0)
         self._no_backend = 0
@@ -210,12 +218,17 @@ class SessionRouter(StoreNotes, LearnedRouting):
             return None
         wall = self._wall()
         cookie = req.cookie
+        hit = None
         if snap.cookie_primary and cookie is not None:
             hit = self._cache.get(cookie)
             if hit is not None and wall < hit[1]:
                 self._requests[hit[2]] += 1
                 return hit[0]
-        route = self._route(snap, req, wall, shared)
+        route: Route | PendingRoute | None
+        if hit is not None and hit[3] is not None and self._still_valid(snap, hit[3], wall):
+            route = self._held(snap, hit[3], None, cookie, hit[4], wall, reuse=True)
+        else:
+            route = self._route(snap, req, wall, shared)
         if route is None:
             self._no_backend += 1
         elif type(route) is Route:
@@ -223,6 +236,12 @@ class SessionRouter(StoreNotes, LearnedRouting):
         else:
             return self._counted(route)  # type: ignore[arg-type]
         return route
+
+    @staticmethod
+    def _still_valid(snap: Snapshot, sc: SessionCookie, wall: float) -> bool:
+        """A cached LB cookie: the same bytes were verified under this snapshot, so only
+        time can have changed what decode would say of them."""
+        return snap.codec is not None and snap.codec.recheck(sc, wall) is None
 
     async def _counted(self, pending: PendingRoute) -> Route | None:
         """The slow path's answer (a learned key the store was asked about), counted."""
@@ -329,7 +348,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 if lb_values:
                     sc = self._decode(snap.codec, lb_values, wall)
                     if sc is not None:
-                        return self._held(snap, sc, None, cookie, rest, wall)
+                        reuse = len(lb_values) == 1
+                        return self._held(snap, sc, None, cookie, rest, wall, reuse=reuse)
                 return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
             if mode is AffinityType.APP_COOKIE and snap.companion is not None:
                 value = snap.keys.app_value(cookie)
@@ -386,9 +406,12 @@ class SessionRouter(StoreNotes, LearnedRouting):
         header: bytes | None,
         rest: bytes | None,
         wall: float,
+        *,
+        reuse: bool = False,
     ) -> Route | None:
         """A session whose signed cookie names its backend: the LB cookie (``bind`` is
-        ``None``) or the AppCookie companion of app-cookie value ``bind``."""
+        ``None``) or the AppCookie companion of app-cookie value ``bind``. ``reuse``: the
+        header held this one LB cookie, so the cache may keep it verified."""
         codec = snap.codec if bind is None else snap.companion
         assert codec is not None
         a = snap.plan.affinity
@@ -399,6 +422,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
             mode=AffinityType.COOKIE if bind is None else AffinityType.APP_COOKIE,
             th=sid_hash(sc.session_id) if bind is None else sc.key_hash,
             bid=BackendId(sc.backend_id),
+            reuse=reuse,
         )
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
@@ -449,9 +473,9 @@ class SessionRouter(StoreNotes, LearnedRouting):
             # the new one again on every response of this step.
             quiet = snap.route(bid, rest, True, NO_HEADERS, None)
             until = codec.floor(wall) + codec.granularity
-            self._cache_put(snap, header, quiet, until, sc, bid, idx)
+            self._cache_put(snap, header, rest, quiet, until, held, bid, idx)
         else:
-            self._cache_put(snap, header, route, codec.refresh_due(sc), sc, bid, idx)
+            self._cache_put(snap, header, rest, route, codec.refresh_due(sc), held, bid, idx)
         return route
 
     def _held_moves(
@@ -473,7 +497,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
         if reason is Reason.EXPIRED:
             issued = codec.floor(wall)
             if held.bind is None:
-                session_id = os.urandom(12)
+                session_id = self._session_ids.take()
                 th = sid_hash(session_id)
         set_cookie = codec.issue(
             session_id=session_id,
@@ -495,7 +519,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
         # The client may keep sending the old cookie until it stores the new one: answer
         # it with the new pin for the rest of this step, without announcing a second move.
         quiet = snap.route(new, rest, True, NO_HEADERS, set_cookie)
-        self._cache_put(snap, header, quiet, codec.floor(wall) + codec.granularity, sc, new, idx)
+        until = codec.floor(wall) + codec.granularity
+        self._cache_put(snap, header, rest, quiet, until, held, new, idx)
         return route
 
     def _new_cookie_session(
@@ -509,7 +534,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
     ) -> Route | None:
         codec = snap.codec
         assert codec is not None
-        session_id = os.urandom(12)
+        session_id = self._session_ids.take()
+        th = sid_hash(session_id)
         moved: tuple[tuple[bytes, bytes], ...] = NO_HEADERS
         for mode, table in later:
             found_h = None if table is None else snap.keys.hash(mode, req)
@@ -523,13 +549,14 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 bid, moved = placed
                 break
         else:
-            h = key_hash(cookie_key(session_id))
+            # The id is CSPRNG output: its own bytes are already a uniform key hash,
+            # so it is placed by the same 64 bits it is tracked by.
+            h = th
             found = self._place(snap, h, wall)
             if found is None:
                 return None
             bid = found
-        th = sid_hash(session_id)
-        idx = self._book.track(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
         self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
@@ -540,14 +567,18 @@ class SessionRouter(StoreNotes, LearnedRouting):
         self,
         snap: Snapshot,
         header: bytes | None,
+        rest: bytes | None,
         route: Route,
         until: float,
-        sc: SessionCookie,
+        held: _Held,
         bid: BackendId,
         idx: int,
     ) -> None:
+        """Answer ``header`` with ``route`` (to ``bid``) until ``until``, or sooner if the
+        session's age or the backend's drain ends first."""
         if header is None or not snap.cookie_primary or self._settings.route_cache_size == 0:
             return
+        sc = held.sc
         absolute = snap.core.absolute_timeout
         if absolute is not None:
             until = min(until, sc.issued + absolute)
@@ -557,7 +588,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
         cache = self._cache
         if len(cache) >= self._settings.route_cache_size:
             cache.clear()
-        cache[header] = (route, until, idx)
+        cache[header] = (route, until, idx, sc if held.reuse else None, rest)
 
     def _loads(self) -> Mapping[BackendId, int]:
         cluster = self._cluster

@@ -72,7 +72,8 @@ class Loads(Mapping[BackendId, int]):
 
     def get(self, key: BackendId, default: int | None = 0) -> int:  # type: ignore[override]
         i = self._numbers.get(key)
-        return self._counts[i] if i is not None and i < len(self._counts) else 0
+        # Every numbered backend has a count (SessionBook.index appends one).
+        return 0 if i is None else self._counts[i]
 
     def __getitem__(self, key: BackendId) -> int:
         return self.get(key)
@@ -162,6 +163,16 @@ class SessionBook:
             t.move(i, idx, wall)
         else:
             t.touch(i, wall)
+        return idx
+
+    def insert(
+        self, mode: AffinityType, h: int, bid: BackendId, wall: float, affinity: AffinitySettings
+    ) -> int:
+        """Count a session just created (a fresh random id, so :meth:`track`'s look-up is
+        skipped; an existing entry would be re-pinned all the same). Returns the backend
+        number."""
+        idx = self.index(bid)
+        self.table(mode, affinity).insert(h, idx, wall)
         return idx
 
     def created(

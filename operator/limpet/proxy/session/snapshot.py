@@ -52,6 +52,7 @@ class Snapshot:
         "plan",
         "routes",
         "session_key",
+        "stripped",
     )
 
     def __init__(self, plan: Plan, core: CoreRouter, *, granularity: int, peer_memo: int) -> None:
@@ -102,6 +103,11 @@ class Snapshot:
             b.id: Route(b.id, b.address, b.port, None, NO_HEADERS, None, self.session_key, False)
             for b in plan.backends
         }
+        # The same with the Cookie header dropped: a request whose only cookie was ours.
+        self.stripped: Mapping[BackendId, Route] = {
+            b.id: Route(b.id, b.address, b.port, None, NO_HEADERS, None, self.session_key, True)
+            for b in plan.backends
+        }
 
     def route(
         self,
@@ -111,9 +117,13 @@ class Snapshot:
         add_headers: tuple[tuple[bytes, bytes], ...],
         set_cookie: bytes | None,
     ) -> Route:
-        """The route to ``bid``: the shared one when nothing is rewritten."""
-        if not stripped and not add_headers and set_cookie is None:
-            return self.routes[bid]
+        """The route to ``bid``: a shared one when nothing is rewritten, or when only the
+        Cookie header is dropped."""
+        if not add_headers and set_cookie is None:
+            if not stripped:
+                return self.routes[bid]
+            if rest is None:
+                return self.stripped[bid]
         b = self.routes[bid]
         return Route(
             bid,
