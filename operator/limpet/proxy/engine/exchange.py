@@ -39,13 +39,12 @@ from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPor
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
 
-# Parse phases of a client connection.
-P_IDLE: Final = 0  # between requests
-P_HEAD: Final = 1  # inside a request head
-P_BODY: Final = 2  # inside a request body
-P_UPGRADED: Final = 3  # after an upgrade request's head: raw bytes, held until 101
-P_TUNNEL: Final = 4  # raw byte pipe
-P_CLOSED: Final = 5
+# What a client connection does with its input (the request reader keeps the phase
+# within HTTP/1.1: h1.request).
+P_HTTP: Final = 0  # requests, read by the connection's RequestReader
+P_UPGRADED: Final = 1  # after an upgrade request's head: raw bytes, held until 101
+P_TUNNEL: Final = 2  # raw byte pipe
+P_CLOSED: Final = 3
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
 R_UPSTREAM: Final = 1  # the upstream connection's write buffer is full
@@ -142,7 +141,7 @@ class Exchange(asyncio.Protocol):
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
-        self.phase = P_IDLE
+        self.phase = P_HTTP
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         # True while the parser runs over one read of the client; bytes for the backend
         # produced meanwhile (a request head and the body bytes of the same read) wait in

@@ -178,14 +178,14 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             client.transport.writelines(out)
             out.clear()
-        if event:
+        if event == response.DONE:
+            self._finish(client, keep=machine.keep)
+        elif event:
             self._act(event, client)
 
     def _act(self, event: int, client: ClientSide) -> None:
-        """Do what the machine's event asks (MORE needs nothing)."""
-        if event == response.DONE:
-            self._finish(client, keep=self.machine.keep)
-        elif event == response.TUNNEL:
+        """Do what the machine's rarer events ask (TUNNEL, STRAY, BROKEN)."""
+        if event == response.TUNNEL:
             self._tunnel(client)
         elif event == response.STRAY:
             # The backend sent a body for an earlier HEAD after all: the connection is

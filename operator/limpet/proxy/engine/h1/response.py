@@ -173,7 +173,7 @@ class ResponseMachine:
             else:
                 return self._fail(BROKEN)
         if self.state == FINISHED:
-            self._done()
+            self._facts = None
             return DONE
         self._head_unsent = False
         return MORE
