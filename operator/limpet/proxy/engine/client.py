@@ -172,7 +172,7 @@ class ClientConnection(Exchange):
     def _fed(self) -> None:
         """One read is parsed: send what it produced for the backend."""
         self.feeding = False
-        if self.up_out is not None:
+        if self.up_out:
             self.flush_up()
 
     def eof_received(self) -> bool | None:
