@@ -25,7 +25,6 @@ import asyncio
 from collections import deque
 from typing import cast
 
-from limpet.proxy.engine import http
 from limpet.proxy.engine.exchange import (
     P_CLOSED,
     P_HTTP,
@@ -111,10 +110,9 @@ class ClientConnection(Exchange):
         stats.connections_accepted += 1
         if stats.connections_active >= server.max_connections:
             stats.connections_rejected += 1
-            stats.local(503)
+            self._reply(503, close=True)
             self.closing = True
             self.phase = P_CLOSED
-            t.write(http.error_response(503, close=True))
             t.close()
             return
         self.registered = True
@@ -289,8 +287,7 @@ class ClientConnection(Exchange):
     def timed_out(self) -> None:
         if self.phase == P_HTTP and self.reader.phase == request.HEAD:
             self.stats.timeout("head")
-            self.stats.local(408)
-            self.transport.write(http.error_response(408, close=True))
+            self._reply(408, close=True)
         else:
             self.stats.timeout("idle" if self.reader.requests else "head")
         self.close_after_flush()
@@ -309,7 +306,5 @@ class ClientConnection(Exchange):
         self._refuse(status)
 
     def _refuse(self, status: int) -> None:
-        self.stats.local(status)
-        if not self.closing:
-            self.transport.write(http.error_response(status, close=True))
+        self._reply(status, close=True)
         self.close_after_flush()

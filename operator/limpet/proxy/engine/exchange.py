@@ -470,7 +470,6 @@ class Exchange(asyncio.Protocol):
 
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""
-        self.stats.local(status)
         self.status = status
         close = not self.keep_alive or (
             not self.request_done and (self.scan.has_body or self.upgrade_requested)
@@ -478,10 +477,15 @@ class Exchange(asyncio.Protocol):
         if status in (400, 405, 501, 505):
             close = True
         self.keep_alive = not close
-        if not self.closing:
-            self.transport.write(http.error_response(status, close=close))
+        self._reply(status, close=close)
         self.response_started = True
         self.response_done()
+
+    def _reply(self, status: int, *, close: bool) -> None:
+        """Send one of the proxy's own answers (counted); the one place they are written."""
+        self.stats.local(status)
+        if not self.closing:
+            self.transport.write(http.error_response(status, close=close))
 
     # -- failures reported by the upstream side ------------------------------------------
 
