@@ -5,6 +5,7 @@ engine sends each way. They sit beside the real-socket functional tests."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,51 @@ def test_pipelined_requests_are_answered_in_order(harness: Harness) -> None:
     assert up_out.out.count(b"GET ") == 2
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
     assert out.out.endswith(b"\r\n\r\n1HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+
+
+class CountingTransport(MemoryTransport):
+    """A memory transport that also counts write calls (each one a send system call on a
+    real socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.calls += 1
+        super().write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.calls += 1
+        for data in list_of_data:
+            super().write(data)
+
+
+def counted_backend(up: UpstreamConnection) -> CountingTransport:
+    transport = CountingTransport()
+    up.connection_made(transport)
+    return transport
+
+
+def test_a_request_read_at_once_leaves_in_one_write(harness: Harness) -> None:
+    client, _, up, _ = connect(harness)
+    backend = counted_backend(up)
+    client.data_received(
+        b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    assert bytes(backend.out) == (
+        b"POST /p HTTP/1.1\r\nHost: x\r\n" + FORWARDED + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    assert backend.calls == 1
+
+
+def test_body_bytes_leave_once_per_client_read(harness: Harness) -> None:
+    client, _, up, _ = connect(harness)
+    backend = counted_backend(up)
+    client.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na")
+    assert backend.calls == 1
+    client.data_received(b"\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n")
+    assert backend.calls == 2
+    assert bytes(backend.out).endswith(b"\r\n\r\n1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n")

@@ -1,10 +1,12 @@
-"""The input half of a client connection: the asyncio protocol that parses requests.
+"""The input half of a client connection: the asyncio protocol that reads requests.
 
-Data flow per request: bytes arrive in :meth:`ClientConnection.data_received` and go
-straight into the connection's httptools parser. Its callbacks collect the request line
-and headers (bounded: 414 and 431 beyond the limits) and, at the end of the head, start
-the exchange (:class:`~limpet.proxy.engine.exchange.Exchange`, the base class); body chunks are
-passed on as they are parsed. A request parsed while the previous one is still being
+Data flow per request: bytes arrive in :meth:`ClientConnection.data_received` and go to
+the connection's sans-I/O :class:`~limpet.proxy.engine.h1.request.RequestReader`, which
+parses and bounds them (414 and 431 beyond the limits) and reports each request back to
+this object (its ``RequestSink``): at the end of the head :meth:`ClientConnection.head`
+starts the exchange (:class:`~limpet.proxy.engine.exchange.Exchange`, the base class);
+body chunks are passed on as they are parsed. What the read produced for the backend is
+written once the read is parsed. A request parsed while the previous one is still being
 answered (pipelining) waits in a small queue, with reading paused, and is started when
 the answer is out. After an upgrade request's head the connection holds further bytes
 until the backend answers; after ``101 Switching Protocols`` both connections become a
@@ -13,7 +15,7 @@ request gets a 400 and the connection closes; a request head that takes longer t
 head timeout gets a 408 (the :class:`~limpet.proxy.engine.server.Server` sweep calls
 :meth:`ClientConnection.timed_out`).
 
-Concurrency: one event loop, callbacks only. The parser, the header scan object and the
+Concurrency: one event loop, callbacks only. The reader, the header scan object and the
 router's request view are allocated once per connection and reused for every request.
 """
 
@@ -23,14 +25,9 @@ import asyncio
 from collections import deque
 from typing import cast
 
-import httptools
-
-from limpet.proxy.engine import http
 from limpet.proxy.engine.exchange import (
-    P_BODY,
     P_CLOSED,
-    P_HEAD,
-    P_IDLE,
+    P_HTTP,
     P_TUNNEL,
     P_UPGRADED,
     R_PIPELINE,
@@ -38,21 +35,25 @@ from limpet.proxy.engine.exchange import (
     Exchange,
     ServerSide,
 )
+from limpet.proxy.engine.h1 import request
+from limpet.proxy.engine.h1.request import RequestReader
 from limpet.proxy.engine.upstream import TUNNEL, UpstreamConnection
-
-
-class _Limit(Exception):
-    """Raised from a parser callback when a request exceeds a size limit."""
-
-
-class _Closing(Exception):
-    """Raised from a parser callback to stop parsing input of a closing connection."""
 
 
 class _Pending:
     """A pipelined request, parsed while the previous one is still being answered."""
 
-    __slots__ = ("body", "complete", "headers", "keep_alive", "method", "upgrade", "url", "version")
+    __slots__ = (
+        "body",
+        "complete",
+        "headers",
+        "keep_alive",
+        "method",
+        "trailers",
+        "upgrade",
+        "url",
+        "version",
+    )
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class _Pending:
         self.upgrade = upgrade
         self.body: list[bytes] = []
         self.complete = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
 
 
 class ClientConnection(Exchange):
@@ -78,30 +80,23 @@ class ClientConnection(Exchange):
 
     __slots__ = (
         "deferred_status",
-        "head_bytes",
-        "header_bytes",
-        "headers",
-        "limit_status",
-        "parser",
         "pending",
+        "reader",
         "registered",
-        "requests",
         "upgrade_buf",
-        "url",
     )
 
     def __init__(self, server: ServerSide) -> None:
         super().__init__(server)
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = RequestReader(
+            self,
+            max_request_line=server.max_request_line,
+            max_header_bytes=server.max_header_bytes,
+            max_headers=server.max_headers,
+            head_guard=server.head_guard,
+        )
         self.registered = False
-        # Parse state.
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
-        self.header_bytes = 0
-        self.limit_status = 0
         self.deferred_status = 0  # an error to answer once the current answer is out
-        self.requests = 0
         self.pending: deque[_Pending] | None = None
         self.upgrade_buf: list[bytes] | None = None
 
@@ -115,10 +110,9 @@ class ClientConnection(Exchange):
         stats.connections_accepted += 1
         if stats.connections_active >= server.max_connections:
             stats.connections_rejected += 1
-            stats.local(503)
+            self._reply(503, close=True)
             self.closing = True
             self.phase = P_CLOSED
-            t.write(http.error_response(503, close=True))
             t.close()
             return
         self.registered = True
@@ -156,7 +150,7 @@ class ClientConnection(Exchange):
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
-        if phase >= P_UPGRADED:
+        if phase != P_HTTP:
             if phase == P_TUNNEL:
                 up = self.up
                 if up is not None and up.transport is not None:
@@ -165,36 +159,18 @@ class ClientConnection(Exchange):
             elif phase == P_UPGRADED and self.upgrade_buf is not None:
                 self.upgrade_buf.append(data)
             return
-        if phase != P_BODY:
-            self.head_bytes += len(data)
         self.feeding = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._fed()
-            self._upgrade_head_done(data[exc.args[0] :])
-            return
-        except httptools.HttpParserInvalidMethodError:
-            self._fed()
-            if not self.closing:
-                if phase == P_IDLE and _unknown_method(data):
-                    self.limit_status = 501
-                self._bad_request(None)
-            return
-        except httptools.HttpParserError as exc:
-            self._fed()
-            if not self.closing:
-                self._bad_request(exc)
-            return
+        result = self.reader.feed(data)
         self._fed()
-        if self.phase == P_HEAD and self.head_bytes > self.server.head_guard:
-            self.limit_status = 414 if not self.headers else 431
-            self._bad_request(None)
+        if result == request.UPGRADE:
+            self._upgrade_head_done(self.reader.rest)
+        elif result == request.INVALID and not self.closing:
+            self._bad_request(self.reader.status)
 
     def _fed(self) -> None:
         """One read is parsed: send what it produced for the backend."""
         self.feeding = False
-        if self.up_out is not None:
+        if self.up_out:
             self.flush_up()
 
     def eof_received(self) -> bool | None:
@@ -218,84 +194,51 @@ class ClientConnection(Exchange):
         if self.up is not None:
             self.up.resume()
 
-    # -- httptools callbacks -------------------------------------------------------------
+    # -- the request reader's events (h1.request.RequestSink) ----------------------------
 
-    def on_message_begin(self) -> None:
+    def begin(self) -> bool:
         if self.closing:
-            # Answered and closing: whatever follows in this read is not served.
-            raise _Closing
-        self.phase = P_HEAD
-        self.url = b""
-        self.headers = []
-        self.header_bytes = 0
-        self.req_trailers = None
+            return False  # answered and closing: whatever follows is not served
         if self.active:
             # Pipelined: hold further input until the current answer is out.
             self._pause(R_PIPELINE)
-        elif self.requests:
+        elif self.reader.requests:
             self.deadline = self.clock.now + self.server.head_timeout
+        return True
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.server.max_request_line:
-            self.limit_status = 414
-            raise _Limit
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.phase == P_BODY:
-            self._trailer(name, value)
-            return
-        self.headers.append((name, value))
-        self.header_bytes += len(name) + len(value) + 4
-        server = self.server
-        if self.header_bytes > server.max_header_bytes or len(self.headers) > server.max_headers:
-            self.limit_status = 431
-            raise _Limit
-
-    def _trailer(self, name: bytes, value: bytes) -> None:
-        """A trailer field: the head's limits apply, counted afresh (header_bytes is reset
-        at the end of the head)."""
-        trailers = self.req_trailers
-        if trailers is None:
-            trailers = self.req_trailers = []
-        trailers.append((name, value))
-        self.header_bytes += len(name) + len(value) + 4
-        server = self.server
-        if self.header_bytes > server.max_header_bytes or len(trailers) > server.max_headers:
-            self.limit_status = 431
-            raise _Limit
-
-    def on_headers_complete(self) -> None:
-        self.phase = P_BODY
-        self.header_bytes = 0
-        self.requests += 1
-        parser = self.parser
-        method: bytes = parser.get_method()
-        version: str = parser.get_http_version()
-        keep_alive: bool = parser.should_keep_alive()
-        upgrade: bool = parser.should_upgrade()
+    def head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
         if self.active:
-            pending = _Pending(method, self.url, self.headers, version, keep_alive, upgrade)
+            pending = _Pending(method, target, headers, version, keep_alive, upgrade)
             if self.pending is None:
                 self.pending = deque((pending,))
             else:
                 self.pending.append(pending)
             return
-        self._start(method, self.url, self.headers, version, keep_alive, upgrade)
+        self.req_trailers = None
+        self._start(method, target, headers, version, keep_alive, upgrade)
 
-    def on_body(self, body: bytes) -> None:
+    def body(self, data: bytes) -> None:
         if self.pending is not None:
-            self.pending[-1].body.append(body)
+            self.pending[-1].body.append(data)
         elif self.active and not self.response_finished:
-            self._request_body(body)
+            self._request_body(data)
 
-    def on_message_complete(self) -> None:
-        self.phase = P_IDLE
-        self.head_bytes = 0
+    def complete(self) -> None:
+        trailers = self.reader.trailers
         if self.pending is not None:
             self.pending[-1].complete = True
+            self.pending[-1].trailers = trailers
             return
         if self.active:
+            self.req_trailers = trailers
             self._request_complete()
 
     def _serve_pending(self) -> None:
@@ -307,6 +250,7 @@ class ClientConnection(Exchange):
         p = pending.popleft()
         if not pending:
             self.pending = None
+        self.req_trailers = p.trailers
         self._start(p.method, p.url, p.headers, p.version, p.keep_alive, p.upgrade)
         for chunk in p.body:
             if self.active and not self.response_finished:
@@ -341,16 +285,14 @@ class ClientConnection(Exchange):
     # -- timeouts, limits, closing -------------------------------------------------------
 
     def timed_out(self) -> None:
-        if self.phase == P_HEAD:
+        if self.phase == P_HTTP and self.reader.phase == request.HEAD:
             self.stats.timeout("head")
-            self.stats.local(408)
-            self.transport.write(http.error_response(408, close=True))
+            self._reply(408, close=True)
         else:
-            self.stats.timeout("idle" if self.requests else "head")
+            self.stats.timeout("idle" if self.reader.requests else "head")
         self.close_after_flush()
 
-    def _bad_request(self, exc: Exception | None) -> None:
-        status = self.limit_status or 400
+    def _bad_request(self, status: int) -> None:
         if self.active and self.request_done and not self.response_finished:
             # The bad bytes follow a complete request whose answer is still due: that
             # answer goes out first, then this error (see _serve_pending), as nginx does.
@@ -364,27 +306,5 @@ class ClientConnection(Exchange):
         self._refuse(status)
 
     def _refuse(self, status: int) -> None:
-        self.stats.local(status)
-        if not self.closing:
-            self.transport.write(http.error_response(status, close=True))
+        self._reply(status, close=True)
         self.close_after_flush()
-
-
-def _unknown_method(data: bytes) -> bool:
-    """Whether a read that starts a request opens with a well-formed method token that
-    llhttp does not know (``get``, ``FOO``): RFC 9110 9.1 says 501, not 400. Only the
-    error path calls this."""
-    method, space, _ = data.lstrip(b"\r\n").partition(b" ")
-    if not space or not http.is_token(method):
-        return False
-    try:
-        httptools.HttpRequestParser(_Ignore()).feed_data(method + b" / HTTP/1.1\r\n")
-    except httptools.HttpParserInvalidMethodError:
-        return True
-    except httptools.HttpParserError:
-        return False
-    return False
-
-
-class _Ignore:
-    """Parser callbacks that do nothing (the probe in :func:`_unknown_method`)."""

@@ -1,19 +1,21 @@
 """The exchange half of a client connection: one request and its answer at a time.
 
-Data flow: when a request head is complete, :meth:`Exchange._start` checks it
-(version, method, Host, target form), scans its headers once (``http.scan_request``),
-asks the router for a :class:`~limpet.proxy.engine.port.Route`, takes an idle upstream
-connection from the pool (or dials one, buffering a bounded amount of body meanwhile)
-and writes the rewritten head. Body chunks are written through as they are parsed
-(re-chunked if the client sent chunks). Writes are coalesced per client read: the head of
-a request with a body, and the body bytes of the same read, leave in one writev when the
-read is parsed (:meth:`Exchange.flush_up`). The answer is relayed by
-``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done` at its end,
-or reports a failure (``upstream_*``): a connect failure is retried once on another
-backend, a stale pooled connection is redialled once, anything else is a 502 or 504
-from the proxy itself (:meth:`Exchange._answer`). Each answer to a routed request, and
-each upstream failure, is counted for its backend in the engine's stats (status class,
-error kind, and the time from the head's end to the answer's: ``backend_stats.py``).
+Data flow: when a request head is complete, :meth:`Exchange._start` checks it (version,
+method, Host, target form), scans its headers once (``http.scan_request``), asks the
+router for a :class:`~limpet.proxy.engine.port.Route`, takes an idle upstream connection
+from the pool (or dials one, buffering a bounded amount of body meanwhile) and writes
+the rewritten head. Body chunks follow as they are parsed (re-chunked if the client sent
+chunks). Every byte for the backend goes through ``up_out`` and one writer,
+:meth:`Exchange.flush_up`: writes are coalesced per client read (the head of a request
+with a body and the body bytes of the same read leave in one writev when the read is
+parsed), and bytes held while routing or dialling leave at bind time. The answer is
+relayed by ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done`
+at its end, or reports a failure (``upstream_*``): a connect failure is retried once on
+another backend, a stale pooled connection is redialled once, anything else is a 502 or
+504 from the proxy itself (:meth:`Exchange._answer`). Each answer to a routed request,
+and each upstream failure, is counted for its backend in the engine's stats (status
+class, error kind, and the time from the head's end to the answer's:
+``backend_stats.py``).
 
 This is the base class of :class:`~limpet.proxy.engine.client.ClientConnection`, which owns the
 input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;
@@ -39,13 +41,12 @@ from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPor
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
 
-# Parse phases of a client connection.
-P_IDLE: Final = 0  # between requests
-P_HEAD: Final = 1  # inside a request head
-P_BODY: Final = 2  # inside a request body
-P_UPGRADED: Final = 3  # after an upgrade request's head: raw bytes, held until 101
-P_TUNNEL: Final = 4  # raw byte pipe
-P_CLOSED: Final = 5
+# What a client connection does with its input (the request reader keeps the phase
+# within HTTP/1.1: h1.request).
+P_HTTP: Final = 0  # requests, read by the connection's RequestReader
+P_UPGRADED: Final = 1  # after an upgrade request's head: raw bytes, held until 101
+P_TUNNEL: Final = 2  # raw byte pipe
+P_CLOSED: Final = 3
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
 R_UPSTREAM: Final = 1  # the upstream connection's write buffer is full
@@ -85,8 +86,6 @@ class Exchange(asyncio.Protocol):
 
     __slots__ = (
         "active",
-        "body_buf",
-        "body_buf_size",
         "body_sent",
         "chunked_request",
         "clock",
@@ -96,6 +95,9 @@ class Exchange(asyncio.Protocol):
         "feeding",
         "half_closed",
         "head_request",
+        "held",
+        "held_end",
+        "holding",
         "http11",
         "idempotent",
         "keep_alive",
@@ -142,21 +144,25 @@ class Exchange(asyncio.Protocol):
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
-        self.phase = P_IDLE
+        self.phase = P_HTTP
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
-        # True while the parser runs over one read of the client; bytes for the backend
-        # produced meanwhile (a request head and the body bytes of the same read) wait in
-        # ``up_out`` and go out in one writev when the read is parsed (flush_up).
+        # Bytes for the backend not yet written: the request head and body (chunk-framed
+        # if the client sent chunks). flush_up is the one place they are written: at the
+        # end of each client read (``feeding`` is True meanwhile, so a head and the body
+        # bytes of the same read leave in one writev), at once outside a read, and at
+        # bind time for what was held while routing or dialling (``holding``; ``held``
+        # bytes, bounded; ``held_end``: the last chunk is among them).
         self.feeding = False
-        self.up_out: list[bytes] | None = None
+        self.up_out: list[bytes] = []
+        self.holding = False
+        self.held = 0
+        self.held_end = False
         # The exchange in flight.
         self.active = False
         self.up: UpstreamConnection | None = None
         self.route: Route | None = None
         self.request_head = b""
         self.dial_task: asyncio.Task[None] | None = None
-        self.body_buf: list[bytes] | None = None
-        self.body_buf_size = 0
         self.body_sent = False
         self.request_done = True
         self.response_started = False
@@ -208,9 +214,7 @@ class Exchange(asyncio.Protocol):
     def _route_later(self, pending: PendingRoute) -> None:
         """The router must ask the shared store first: buffer the body (as while dialling)
         and send once it answers. The task is cancelled if the client goes away."""
-        if self.body_buf is None:
-            self.body_buf = []
-            self.body_buf_size = 0
+        self._hold()
         self.dial_task = asyncio.get_running_loop().create_task(self._routed(pending))
 
     async def _routed(self, pending: PendingRoute) -> None:
@@ -315,45 +319,48 @@ class Exchange(asyncio.Protocol):
         if up is not None:
             self._bind(up)
             return
-        if self.body_buf is None:
-            self.body_buf = []
-            self.body_buf_size = 0
+        self._hold()
         self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
+
+    def _hold(self) -> None:
+        """No upstream connection yet: body bytes wait in ``up_out`` (bounded)."""
+        if not self.holding:
+            self.holding = True
+            self.held = 0
+            self.held_end = False
 
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self)
-        transport = up.transport
-        assert transport is not None
-        out = [self.request_head]
-        buffered = self.body_buf
-        if buffered is not None:
-            # Body bytes that arrived while dialling go out with the head.
-            if buffered:
-                out += buffered
-                self.body_sent = True
-            self.body_buf = None
-            self.body_buf_size = 0
-        if self.request_done and self.chunked_request:
-            out.append(self._last_chunk())
-        if self.feeding and not self.request_done and self.scan.has_body:
-            # Parsing the read that holds the head: the body bytes of the same read
-            # join the head, and flush_up writes them all at once.
-            self.up_out = out
-        elif len(out) == 1:
-            transport.write(out[0])
-        else:
-            transport.writelines(out)
-        if buffered is not None:
+        out = self.up_out
+        if out:
+            self.body_sent = True  # body bytes held while routing or dialling
+        out.insert(0, self.request_head)
+        if self.request_done and self.chunked_request and not self.held_end:
+            out.append(self._last_chunk())  # ended, but not while held (a redial)
+        held = self.holding
+        self.holding = False
+        if not (self.feeding and self.scan.has_body):
+            # Parsing the read that holds the head of a request with a body: its body
+            # bytes join the head, and the end of the read writes them all at once.
+            self.flush_up()
+        if held:
             self._resume(R_DIALLING)
 
     def flush_up(self) -> None:
-        """Write what the last read produced for the backend (head and body, one writev)."""
+        """Write what waits for the backend (head and body, one writev); kept while no
+        connection is bound, dropped if the bound one is no longer this exchange's."""
         out = self.up_out
-        self.up_out = None
         up = self.up
-        if out and up is not None and up.client is self and up.transport is not None:
-            up.transport.writelines(out)
+        if not out or up is None:
+            return
+        transport = up.transport
+        if up.client is self and transport is not None:
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+        out.clear()
 
     async def _dial(self, route: Route) -> None:
         try:
@@ -391,31 +398,22 @@ class Exchange(asyncio.Protocol):
     def _request_body(self, body: bytes) -> None:
         if not body:
             return  # an empty chunk would read as the last one
-        # A chunked body is re-framed chunk by chunk; any other goes through as it is.
-        chunked = self.chunked_request
         up = self.up
+        if up is None and not self.holding:
+            return  # answered by the proxy: nobody takes the body
+        # A chunked body is re-framed chunk by chunk; any other goes through as it is.
+        if self.chunked_request:
+            self.up_out += http.chunk(body)
+        else:
+            self.up_out.append(body)
         if up is not None:
-            out = self.up_out
-            if out is None:
-                transport = up.transport
-                assert transport is not None
-                if chunked:
-                    transport.writelines(http.chunk(body))
-                else:
-                    transport.write(body)
-            elif chunked:
-                out += http.chunk(body)
-            else:
-                out.append(body)
             self.body_sent = True
             up.deadline = self.clock.now + self.pool.response_timeout
-        elif self.body_buf is not None:
-            if chunked:
-                self.body_buf += http.chunk(body)
-            else:
-                self.body_buf.append(body)
-            self.body_buf_size += len(body)
-            if self.body_buf_size > DIAL_BUFFER_LIMIT:
+            if not self.feeding:
+                self.flush_up()
+        else:
+            self.held += len(body)
+            if self.held > DIAL_BUFFER_LIMIT:
                 self._pause(R_DIALLING)
 
     def _last_chunk(self) -> bytes:
@@ -426,15 +424,12 @@ class Exchange(asyncio.Protocol):
         if self.response_finished:
             self._next()
             return
-        if self.chunked_request:
-            up = self.up
-            if up is not None and self.up_out is not None:
-                self.up_out.append(self._last_chunk())
-            elif up is not None and up.transport is not None:
-                up.transport.write(self._last_chunk())
-            elif self.body_buf is not None:
-                self.body_buf.append(self._last_chunk())
-                self.chunked_request = False  # the terminator is in the buffer now
+        if self.chunked_request and (self.up is not None or self.holding):
+            self.up_out.append(self._last_chunk())
+            if self.up is None:
+                self.held_end = True
+            elif not self.feeding:
+                self.flush_up()
 
     def response_done(self) -> None:
         """Called by the upstream connection (or a local answer) when the answer is out."""
@@ -456,7 +451,8 @@ class Exchange(asyncio.Protocol):
         self.active = False
         self.up = None
         self.route = None
-        self.body_buf = None
+        self.holding = False
+        self.up_out.clear()
         self._resume(R_UPSTREAM | R_DIALLING)
         if not self.keep_alive:
             self.close_after_flush()
@@ -474,7 +470,6 @@ class Exchange(asyncio.Protocol):
 
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""
-        self.stats.local(status)
         self.status = status
         close = not self.keep_alive or (
             not self.request_done and (self.scan.has_body or self.upgrade_requested)
@@ -482,10 +477,15 @@ class Exchange(asyncio.Protocol):
         if status in (400, 405, 501, 505):
             close = True
         self.keep_alive = not close
-        if not self.closing:
-            self.transport.write(http.error_response(status, close=close))
+        self._reply(status, close=close)
         self.response_started = True
         self.response_done()
+
+    def _reply(self, status: int, *, close: bool) -> None:
+        """Send one of the proxy's own answers (counted); the one place they are written."""
+        self.stats.local(status)
+        if not self.closing:
+            self.transport.write(http.error_response(status, close=close))
 
     # -- failures reported by the upstream side ------------------------------------------
 
@@ -500,9 +500,8 @@ class Exchange(asyncio.Protocol):
             # If the backend is really gone the dial fails and fails over.
             self.redialled = True
             self.stats.retries += 1
-            if self.body_buf is None:
-                self.body_buf = []
-                self.body_buf_size = 0
+            self.up_out.clear()
+            self._hold()
             self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
             return
         if reset:

@@ -1,0 +1,221 @@
+"""The client side's HTTP/1.1 request reader: a client's bytes in, request events out to
+a sink, and one result code per read. No I/O.
+
+Data flow: the shell (:class:`~limpet.proxy.engine.client.ClientConnection`) calls
+:meth:`RequestReader.feed` with each read of the client. The reader parses with httptools
+and enforces the size limits (request line: 414; header bytes and count, for the head and
+for trailers alike: 431; an unbounded head that never ends: 414 or 431); it reports each
+request to its :class:`RequestSink` as it is parsed (``begin``, ``head``, ``body``,
+``complete``), so that a body streams through without being held, and returns:
+
+- ``MORE``: the read is parsed;
+- ``UPGRADE``: an upgrade request's head ended the HTTP/1.1 part of the connection;
+  ``rest`` holds the bytes that followed it (the shell holds them until the 101);
+- ``INVALID``: the bytes are not a request the proxy serves; ``status`` is the answer
+  (400; 414 or 431 past a limit; 501 for a well-formed method token llhttp does not know,
+  RFC 9110 9.1). Nothing more is parsed on this connection.
+
+Transitions (``phase``): ``IDLE`` -> first byte -> ``HEAD`` -> end of head -> ``BODY``
+-> end of message -> ``IDLE``. The sink may refuse a new request (``begin`` returns
+False: the connection is closing), which stops the read without an error. One reader per
+connection, reused for every request; ``feed`` allocates nothing beyond the parsed
+fields themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import httptools
+
+from limpet.proxy.engine import http
+
+# Results of feed().
+MORE: Final = 0
+UPGRADE: Final = 1
+INVALID: Final = 2
+
+# Parse phases.
+IDLE: Final = 0  # between requests
+HEAD: Final = 1  # inside a request head
+BODY: Final = 2  # inside a request body (or its trailers)
+
+
+class RequestSink(Protocol):
+    """Where a reader reports the requests it parses (the client connection)."""
+
+    def begin(self) -> bool: ...
+
+    def head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None: ...
+
+    def body(self, data: bytes) -> None: ...
+    def complete(self) -> None: ...
+
+
+class _Limit(Exception):
+    """Raised from a parser callback when a request passes a size limit."""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback when the sink takes no further request."""
+
+
+class RequestReader:
+    """Parses one client connection's requests (see the module)."""
+
+    __slots__ = (
+        "_head_bytes",
+        "_header_bytes",
+        "_headers",
+        "_url",
+        "head_guard",
+        "max_header_bytes",
+        "max_headers",
+        "max_request_line",
+        "on_body",
+        "parser",
+        "phase",
+        "requests",
+        "rest",
+        "sink",
+        "status",
+        "trailers",
+    )
+
+    def __init__(
+        self,
+        sink: RequestSink,
+        *,
+        max_request_line: int,
+        max_header_bytes: int,
+        max_headers: int,
+        head_guard: int,
+    ) -> None:
+        self.sink = sink
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        # httptools buffers one header internally until it is complete; this bounds it.
+        self.head_guard = head_guard
+        # Body bytes go from the parser straight to the sink: httptools looks its
+        # callbacks up once, when the parser is made, so this costs no extra call.
+        self.on_body: Callable[[bytes], None] = sink.body
+        self.parser = httptools.HttpRequestParser(self)
+        self.phase = IDLE
+        self.requests = 0  # heads parsed so far
+        self.status = 0  # after INVALID: the answer
+        self.rest = b""  # after UPGRADE: the bytes that followed the head
+        # The trailer fields of the last request, or None.
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._header_bytes = 0
+
+    def feed(self, data: bytes) -> int:
+        """One read of the client; returns MORE, UPGRADE or INVALID (see the module)."""
+        phase = self.phase
+        if phase != BODY:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.rest = data[exc.args[0] :]
+            return UPGRADE
+        except httptools.HttpParserInvalidMethodError:
+            return self._invalid(501 if phase == IDLE and _unknown_method(data) else 400)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):
+                return MORE
+            if self.status:
+                return INVALID  # a limit, set by the callback
+            return self._invalid(400)
+        if self.phase == HEAD and self._head_bytes > self.head_guard:
+            return self._invalid(431 if self._headers else 414)
+        return MORE
+
+    def _invalid(self, status: int) -> int:
+        self.status = status
+        return INVALID
+
+    def _limit(self, status: int) -> None:
+        self.status = status
+        raise _Limit
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if not self.sink.begin():
+            raise _Refused
+        self.phase = HEAD
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self.trailers = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.max_request_line:
+            self._limit(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase == BODY:
+            trailers = self.trailers
+            if trailers is None:
+                trailers = self.trailers = []
+            fields = trailers
+        else:
+            fields = self._headers
+        # Trailers are counted afresh: _header_bytes is reset at the end of the head.
+        fields.append((name, value))
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_bytes or len(fields) > self.max_headers:
+            self._limit(431)
+
+    def on_headers_complete(self) -> None:
+        self.phase = BODY
+        self._header_bytes = 0
+        self.requests += 1
+        parser = self.parser
+        self.sink.head(
+            parser.get_method(),
+            self._url,
+            self._headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+        )
+
+    def on_message_complete(self) -> None:
+        self.phase = IDLE
+        self._head_bytes = 0
+        self.sink.complete()
+
+
+def _unknown_method(data: bytes) -> bool:
+    """Whether a read that starts a request opens with a well-formed method token that
+    llhttp does not know (``get``, ``FOO``): RFC 9110 9.1 says 501, not 400. Only the
+    error path calls this."""
+    method, space, _ = data.lstrip(b"\r\n").partition(b" ")
+    if not space or not http.is_token(method):
+        return False
+    try:
+        httptools.HttpRequestParser(_Ignore()).feed_data(method + b" / HTTP/1.1\r\n")
+    except httptools.HttpParserInvalidMethodError:
+        return True
+    except httptools.HttpParserError:
+        return False
+    return False
+
+
+class _Ignore:
+    """Parser callbacks that do nothing (the probe in :func:`_unknown_method`)."""

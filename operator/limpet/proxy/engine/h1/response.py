@@ -1,0 +1,370 @@
+"""The backend side's HTTP/1.1 state machine: a backend's bytes in, the client's bytes
+and one event code out. No I/O.
+
+Data flow: the shell (:class:`~limpet.proxy.engine.upstream.UpstreamConnection`) calls
+:meth:`ResponseMachine.expect` when it sends a request on its connection, then
+:meth:`ResponseMachine.feed` with each read of the backend. The machine parses with
+httptools; its callbacks rewrite the head (``http.build_response_head``: hop-by-hop
+stripped, the router's Set-Cookie added, the body re-framed), re-chunk the body and
+filter trailers, appending the bytes for the client to :attr:`ResponseMachine.out`. The
+shell writes ``out`` with one ``writelines`` per read (head and body share a syscall),
+clears it, and acts on the returned code:
+
+- ``MORE``: the answer goes on;
+- ``DONE``: the answer is complete; ``keep`` says whether the connection may be pooled;
+- ``TUNNEL``: a 101 switched protocols; ``rest`` holds bytes that followed its head;
+- ``BROKEN``: not HTTP (or not an answer to this request): the shell answers 502, or cuts
+  the client short if the exchange's ``response_started`` says the head already left;
+- ``STRAY``: the first bytes after a pooled HEAD answer are not an answer: the backend
+  sent a body for HEAD, late. The connection is out of step; the exchange may retry.
+
+When the backend closes, :meth:`ResponseMachine.closed` says whether that ended a
+close-delimited body (then ``out`` holds the last chunk, if the client gets chunks).
+
+Transitions: ``IDLE`` (nothing expected) -> ``expect`` -> ``WAITING`` -> head ->
+``BODY`` -> ``DONE`` (or ``TUNNEL``, ``BROKEN``); a 1xx head goes back to ``WAITING``. The
+machine reads the exchange's request facts and records the answer's status on it through
+:class:`ExchangeFacts`. One object per backend connection, reused for every answer;
+``feed`` allocates nothing beyond the bytes it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import httptools
+
+from limpet.proxy.engine import http
+from limpet.proxy.engine.port import Route, RouterPort
+
+# Events returned by feed().
+MORE: Final = 0
+DONE: Final = 1
+TUNNEL: Final = 2
+BROKEN: Final = 3
+STRAY: Final = 4
+
+# Machine states.
+IDLE: Final = 0  # no request outstanding (pooled, or not yet used)
+WAITING: Final = 1  # a request was sent: its answer's head is due
+BODY: Final = 2  # the final head is out: body, trailers
+FINISHED: Final = 3  # the answer is complete (feed returned DONE)
+SWITCHED: Final = 4  # a 101 turned the connection into a tunnel
+FAILED: Final = 5  # BROKEN or STRAY was returned: the connection is unusable
+
+
+class ExchangeFacts(Protocol):
+    """What the machine reads of the request being answered, and records about its answer
+    (the client connection's :class:`~limpet.proxy.engine.exchange.Exchange`)."""
+
+    route: Route | None
+    keep_alive: bool
+    request_done: bool
+    http11: bool
+    head_request: bool
+    upgrade_requested: bool
+    response_started: bool
+    status: int
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop httptools: a HEAD answer's head is parsed, or
+    bytes follow a complete answer."""
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback when a trailer section passes the limits."""
+
+
+class ResponseMachine:
+    """Parses one backend connection's answers and produces the client's bytes."""
+
+    __slots__ = (
+        "_after_head",
+        "_expect_eof",
+        "_facts",
+        "_framing",
+        "_head_keep",
+        "_head_tail",
+        "_head_unsent",
+        "_headers",
+        "_informational",
+        "_reason",
+        "_trailer_bytes",
+        "_trailers",
+        "classes",
+        "got_response",
+        "keep",
+        "max_header_bytes",
+        "max_headers",
+        "out",
+        "parser",
+        "rest",
+        "reusable",
+        "router",
+        "state",
+    )
+
+    def __init__(
+        self,
+        *,
+        router: RouterPort,
+        classes: http.HeaderClasses,
+        max_headers: int,
+        max_header_bytes: int,
+    ) -> None:
+        self.router = router
+        self.classes = classes
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = IDLE
+        self.out: list[bytes] = []  # the client's bytes from the last feed
+        self.keep = False  # after DONE: the connection may be pooled
+        self.rest = b""  # after TUNNEL: bytes that followed the 101 head
+        self.got_response = False  # any byte of the current answer arrived
+        self.reusable = True
+        self._facts: ExchangeFacts | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._informational = False
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._trailer_bytes = 0
+        # Answering HEAD: the last bytes fed (a head's end may straddle two reads), or
+        # None for any other request. See _feed_head.
+        self._head_tail: bytes | None = None
+        self._head_keep = False  # the HEAD answer's backend keeps the connection
+        self._head_unsent = False  # the final head waits in ``out`` (see _fail)
+        # Pooled after a HEAD answer, and no head parsed since: garbage now means the
+        # backend sent a body for HEAD after all (STRAY).
+        self._after_head = False
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def expect(self, facts: ExchangeFacts) -> None:
+        """A request went out on this connection: its answer comes next."""
+        self._facts = facts
+        self.state = WAITING
+        self.got_response = False
+        # After an upgrade request the backend may be in another protocol, or still wait
+        # for what the client sends next: only a 101 answers it, and nothing else is pooled.
+        self.reusable = not facts.upgrade_requested
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+        self._head_tail = b"" if facts.head_request else None
+        self._head_unsent = False
+
+    def feed(self, data: bytes) -> int:
+        """One read of the backend; returns the event (the module lists them)."""
+        self.got_response = True
+        if self._head_tail is not None:
+            return self._feed_head(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return self._switched(data[exc.args[0] :])
+        except httptools.HttpParserError:
+            if self.state == FINISHED:
+                self.keep = False  # bytes beyond the answer: the connection is out of step
+            elif self._after_head:
+                return self._fail(STRAY)
+            else:
+                return self._fail(BROKEN)
+        if self.state == FINISHED:
+            self._facts = None
+            return DONE
+        self._head_unsent = False
+        return MORE
+
+    def closed(self) -> bool:
+        """The backend closed the connection: True if that ended a close-delimited body
+        (``out`` then holds what completes the client's answer)."""
+        if self.state != BODY or not self._expect_eof:
+            return False
+        if self._framing == http.FRAME_CHUNKED:
+            self.out.append(http.LAST_CHUNK)
+        self._done()
+        return True
+
+    def _done(self) -> None:
+        self.state = FINISHED
+        self._facts = None
+
+    def _fail(self, event: int) -> int:
+        facts = self._facts
+        if self._head_unsent and facts is not None:
+            facts.response_started = False  # the head never left: a 502 can still go out
+        self._head_unsent = False
+        self.out.clear()
+        self.state = FAILED
+        return event
+
+    def _switched(self, rest: bytes) -> int:
+        if self.state != SWITCHED:
+            return self._fail(BROKEN)
+        self.rest = rest
+        self._facts = None
+        self._head_unsent = False
+        return TUNNEL
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.state != WAITING:
+            raise _Stop  # an answer nobody asked for
+        self._headers = []
+        self._trailers = None
+        self._framing = http.FRAME_NONE
+        self._expect_eof = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._framing == http.FRAME_NONE or self._informational:
+            self._headers.append((name, value))
+            return
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+            self._trailer_bytes = 0
+        trailers.append((name, value))
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self.max_header_bytes or len(trailers) > self.max_headers:
+            raise _TooLarge
+
+    def on_headers_complete(self) -> None:
+        facts = self._facts
+        assert facts is not None
+        self._after_head = False
+        status: int = self.parser.get_status_code()
+        scan = http.scan_response(self._headers, self.classes, learn_cookies=True)
+        if status < 200:
+            self._interim_head(facts, status, scan)
+            return
+        te = scan.transfer_encoding
+        if te is not None and not http.response_coding_clean(te):
+            raise httptools.HttpParserError("ambiguous Transfer-Encoding")
+        facts.status = status
+        route = facts.route
+        assert route is not None
+        if scan.set_cookies is not None:
+            route = self.router.on_response(route, scan.set_cookies)
+        framing = http.response_framing(
+            status, head_request=facts.head_request, scan=scan, http11=facts.http11
+        )
+        self._framing = framing
+        keep_alive = facts.keep_alive and facts.request_done and not facts.upgrade_requested
+        if not keep_alive or framing == http.FRAME_CLOSE:
+            facts.keep_alive = False
+        self._head_unsent = True
+        self.out.append(
+            http.build_response_head(
+                status,
+                self._reason,
+                scan,
+                framing=framing,
+                set_cookie=route.set_cookie,
+                keep_alive=keep_alive,
+                http11=facts.http11,
+            )
+        )
+        facts.response_started = True
+        self.state = BODY
+        # A close-delimited upstream body: neither length nor chunking, body expected.
+        self._expect_eof = (
+            framing != http.FRAME_NONE
+            and (te is None or not http.ends_chunked(te))
+            and scan.content_length < 0
+        )
+        if facts.head_request:
+            # httptools cannot be told that a HEAD answer has no body: stop it here, and
+            # _feed_head finishes the answer and starts a fresh parser.
+            self._head_keep = (
+                self.reusable
+                and facts.request_done
+                and http.response_keeps_alive(self.parser.get_http_version(), scan)
+            )
+            self.state = FINISHED
+            raise _Stop
+
+    def _interim_head(self, facts: ExchangeFacts, status: int, scan: http.ResponseScan) -> None:
+        """A 1xx head: 101 switches protocols (only after an upgrade request), any other
+        is relayed to HTTP/1.1 clients and the final head follows."""
+        if status == 101:
+            if not facts.upgrade_requested:
+                raise httptools.HttpParserError("unexpected 101")
+            self.out.append(http.build_switching_head(status, self._reason, scan))
+            facts.status = status
+            facts.response_started = True
+            self.state = SWITCHED
+            return
+        self._informational = True
+        if facts.http11:
+            self.out.append(http.build_informational_head(status, self._reason, scan))
+
+    def on_body(self, body: bytes) -> None:
+        if self._framing == http.FRAME_CHUNKED:
+            if body:  # an empty chunk would read as the last one
+                self.out += http.chunk(body)
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.state != BODY:
+            return  # after a 101, httptools reports the upgrade instead
+        if self._framing == http.FRAME_CHUNKED:
+            self.out.append(http.last_chunk(self._trailers, self.classes))
+        facts = self._facts
+        assert facts is not None
+        self.keep = self.reusable and facts.request_done and self.parser.should_keep_alive()
+        self.state = FINISHED
+
+    # -- answers to HEAD -------------------------------------------------------------------
+
+    def _feed_head(self, data: bytes) -> int:
+        """Bytes of the answer to a HEAD request: one or more heads (1xx, then the final
+        one) and nothing else.
+
+        The parser gets the bytes as they come, but never past the empty line that ends a
+        head, so the end of the final head is known exactly. There the answer is complete
+        and the connection may be pooled with a fresh parser (the old one would wait for
+        the body the head describes), unless bytes follow the head, which would put it
+        out of step.
+        """
+        tail = self._head_tail
+        buf = tail + data if tail else data
+        fed = len(tail) if tail else 0
+        pos = 0
+        parser = self.parser
+        while True:
+            i = buf.find(b"\r\n\r\n", pos)
+            end = len(buf) if i < 0 else i + 4
+            try:
+                parser.feed_data(buf[fed:end])
+            except httptools.HttpParserUpgrade:
+                self._head_tail = None
+                return self._switched(buf[end:])
+            except httptools.HttpParserError as exc:
+                if not (self.state == FINISHED and isinstance(exc.__context__, _Stop)):
+                    self._head_tail = None
+                    return self._fail(STRAY if self._after_head else BROKEN)
+            if self.state == FINISHED:
+                keep = self._head_keep and end == len(buf)
+                self._head_tail = None
+                self._after_head = keep
+                self.keep = keep
+                self.parser = httptools.HttpResponseParser(self)
+                self._done()
+                return DONE
+            if i < 0:
+                self._head_tail = buf[max(pos, len(buf) - 3) :]
+                break
+            fed = pos = end  # a 1xx head, relayed; the final head follows
+        self._head_unsent = False
+        return MORE

@@ -1,0 +1,255 @@
+"""The backend side's sans-I/O machine (``engine/h1/response.py``): feed a backend's bytes,
+assert the client's bytes and the event, with no socket and no event loop. The router is
+the real session router on a standalone plan; the exchange facts are a plain record of
+what the client connection would hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from limpet.proxy.engine import http
+from limpet.proxy.engine.h1 import response
+from limpet.proxy.engine.h1.response import ResponseMachine
+from limpet.proxy.engine.port import RequestView, Route
+from limpet.proxy.process.standalone import standalone_plan
+from limpet.proxy.session.routing import RouterSettings, SessionRouter
+
+
+@dataclass
+class Facts:
+    """The request facts a client connection holds while its request is answered."""
+
+    route: Route | None
+    keep_alive: bool = True
+    request_done: bool = True
+    http11: bool = True
+    head_request: bool = False
+    upgrade_requested: bool = False
+    response_started: bool = False
+    status: int = 0
+
+
+def machine_and_route(affinity: str = "client-ip") -> tuple[ResponseMachine, Route]:
+    router = SessionRouter(settings=RouterSettings())
+    router.load_plan(standalone_plan([("s1", "127.0.0.1", 9)], affinity))
+    route = router.dispatch(RequestView(b"GET", b"/", [], "127.0.0.1"))
+    assert isinstance(route, Route)
+    machine = ResponseMachine(
+        router=router, classes=http.HeaderClasses(), max_headers=10, max_header_bytes=200
+    )
+    return machine, route
+
+
+def start(**facts: bool) -> tuple[ResponseMachine, Facts]:
+    machine, route = machine_and_route()
+    f = Facts(route=route, **facts)
+    machine.expect(f)
+    return machine, f
+
+
+def feed(machine: ResponseMachine, data: bytes) -> tuple[int, bytes]:
+    """One read: the event and the bytes for the client (taken, as the shell does)."""
+    event = machine.feed(data)
+    out = b"".join(machine.out)
+    machine.out.clear()
+    return event, out
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_a_length_framed_answer_in_one_read_is_done_and_keeps_the_connection() -> None:
+    machine, facts = start()
+    event, out = feed(machine, OK)
+    assert (event, out) == (response.DONE, OK)
+    assert machine.keep
+    assert facts.status == 200
+    assert facts.response_started
+
+
+def test_head_and_body_in_separate_reads() -> None:
+    machine, _ = start()
+    assert feed(machine, OK[:-1]) == (response.MORE, OK[:-1])
+    assert feed(machine, OK[-1:]) == (response.DONE, b"k")
+
+
+def test_hop_by_hop_fields_are_stripped_from_the_head() -> None:
+    machine, _ = start()
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+    )
+    assert (event, out) == (response.DONE, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_chunks_are_reframed_and_trailers_filtered() -> None:
+    machine, _ = start()
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n0\r\nX-Sum: 9\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    assert event == response.DONE
+    assert out == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 9\r\n\r\n"
+    )
+
+
+def test_trailers_past_the_limits_break_the_answer() -> None:
+    machine, _ = start()
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+    event, _ = feed(machine, head + b"X-Big: " + b"y" * 300 + b"\r\n\r\n")
+    assert event == response.BROKEN
+
+
+def test_a_close_delimited_body_is_chunked_for_http11_and_ended_by_the_close() -> None:
+    machine, facts = start()
+    assert feed(machine, b"HTTP/1.1 200 OK\r\n\r\nsome") == (
+        response.MORE,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n",
+    )
+    assert machine.closed()
+    assert b"".join(machine.out) == http.LAST_CHUNK
+    assert facts.keep_alive
+
+
+def test_a_close_delimited_body_closes_an_http10_client() -> None:
+    machine, facts = start(http11=False)
+    event, out = feed(machine, b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert event == response.MORE
+    assert out == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome"
+    assert not facts.keep_alive
+    assert machine.closed()
+    assert machine.out == []
+
+
+def test_a_close_before_the_length_is_reached_is_not_an_end() -> None:
+    machine, _ = start()
+    feed(machine, OK[:-1])
+    assert not machine.closed()
+
+
+def test_head_answers_end_at_the_head_even_across_reads() -> None:
+    machine, facts = start(head_request=True)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r"
+    assert feed(machine, head) == (response.MORE, b"")
+    assert feed(machine, b"\n") == (response.DONE, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    assert machine.keep
+    # Pooled: the next exchange's answer parses with a fresh parser.
+    machine.expect(facts)
+    assert feed(machine, OK)[0] == response.DONE
+
+
+def test_a_late_body_for_head_is_a_stray_on_the_next_exchange() -> None:
+    machine, facts = start(head_request=True)
+    assert feed(machine, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")[0] == response.DONE
+    facts.head_request = False
+    machine.expect(facts)
+    assert feed(machine, b"hello") == (response.STRAY, b"")
+
+
+def test_bytes_after_a_head_answer_make_it_not_reusable() -> None:
+    machine, _ = start(head_request=True)
+    event, _ = feed(machine, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert event == response.DONE
+    assert not machine.keep
+
+
+def test_bytes_beyond_a_complete_answer_make_it_not_reusable() -> None:
+    machine, _ = start()
+    event, out = feed(machine, OK + b"HTTP/1.1 200 OK\r\n")
+    assert (event, out) == (response.DONE, OK)
+    assert not machine.keep
+
+
+def test_interim_answers_are_relayed_before_the_final_one() -> None:
+    machine, facts = start()
+    event, out = feed(machine, b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    assert (event, out) == (response.DONE, b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    assert facts.status == 200
+
+
+def test_interim_answers_are_not_relayed_to_http10_clients() -> None:
+    machine, _ = start(http11=False)
+    event, out = feed(machine, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    assert event == response.DONE
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+
+
+def test_101_after_an_upgrade_request_switches_with_the_bytes_that_follow() -> None:
+    machine, facts = start(upgrade_requested=True, request_done=True)
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        b"\x81\x00",
+    )
+    assert event == response.TUNNEL
+    assert out == (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert machine.rest == b"\x81\x00"
+    assert facts.status == 101
+
+
+def test_an_upgrade_request_answered_otherwise_is_never_pooled() -> None:
+    machine, facts = start(upgrade_requested=True)
+    event, out = feed(machine, OK)
+    assert event == response.DONE
+    assert not machine.keep
+    assert b"Connection: close" in out
+    assert not facts.keep_alive
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",  # not asked for
+        b"SSH-2.0-OpenSSH\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n",  # framed two ways
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ],
+)
+def test_what_is_not_an_answer_breaks_with_nothing_for_the_client(answer: bytes) -> None:
+    machine, facts = start()
+    assert feed(machine, answer) == (response.BROKEN, b"")
+    assert not facts.response_started
+
+
+def test_a_head_parsed_in_the_failing_read_is_held_back_for_a_502() -> None:
+    machine, facts = start()
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    assert feed(machine, bad) == (response.BROKEN, b"")
+    assert not facts.response_started
+
+
+def test_a_failure_after_the_head_left_leaves_the_answer_started() -> None:
+    machine, facts = start()
+    feed(machine, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert feed(machine, b"zz\r\n") == (response.BROKEN, b"")
+    assert facts.response_started
+
+
+def test_an_answer_before_the_request_is_whole_closes_the_client() -> None:
+    machine, facts = start(request_done=False)
+    event, out = feed(machine, OK)
+    assert event == response.DONE
+    assert not machine.keep
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    assert not facts.keep_alive
+
+
+def test_an_answer_nobody_asked_for_is_broken() -> None:
+    machine, _ = machine_and_route()
+    assert feed(machine, OK) == (response.BROKEN, b"")
+
+
+def test_the_routers_set_cookie_is_added() -> None:
+    machine, route = machine_and_route("cookie")
+    assert route.set_cookie is not None
+    machine.expect(Facts(route=route))
+    event, out = feed(machine, OK)
+    assert event == response.DONE
+    assert b"\r\nSet-Cookie: " + route.set_cookie + b"\r\n" in out
