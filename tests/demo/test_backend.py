@@ -55,6 +55,7 @@ def test_sticky_session_counts_up_and_detects_a_break(server: int) -> None:
             assert resp.getheader("X-Demo-Pod") == "p1"
             assert doc["count"] == n + 1
             assert doc["verdict"] == ("new" if n == 0 else "continued")
+            assert doc["client"] == "127.0.0.1"  # no proxy: the TCP peer
         # A session that this pod never saw, arriving mid-way and unannounced: a break.
         _, doc = request(conn, {"X-Demo-Session": "s2", "X-Demo-Count": "7"})
         assert doc["verdict"] == "broken"
@@ -65,10 +66,13 @@ def test_sticky_session_counts_up_and_detects_a_break(server: int) -> None:
             {"X-Demo-Session": "s3", "X-Demo-Count": "4", "Limpet-Session-Moved": "drain; from=b1"},
         )
         assert (doc["verdict"], doc["moved"], doc["count"]) == ("reloaded", "drain", 5)
+        # Behind proxies: the last X-Forwarded-For hop, the peer the nearest one saw.
+        _, doc = request(conn, {"X-Demo-Session": "s4", "X-Forwarded-For": "10.1.1.1, 10.2.2.2"})
+        assert doc["client"] == "10.2.2.2"
         conn.request("GET", "/stats")
         stats = json.loads(conn.getresponse().read())
-        assert stats["sessions"] == 3
-        assert stats["verdicts"] == {"new": 1, "continued": 2, "reloaded": 1, "broken": 1}
+        assert stats["sessions"] == 4
+        assert stats["verdicts"] == {"new": 2, "continued": 2, "reloaded": 1, "broken": 1}
     finally:
         conn.close()
 

@@ -8,7 +8,8 @@
   ``.rss()``, ``.admin()``, ``.stats()``, ``.metrics()``).
 
 Everything started here is stopped at the end of the test, and only loopback addresses
-are ever used.
+are ever used, unless the caller gives a replica the pod IP of a network namespace it
+created and verified (``host`` and ``wrap``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,14 @@ class Proxy:
     token: str
     log: Path
     args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(self.address, timeout=timeout)
@@ -129,7 +131,7 @@ class Proxy:
         self, method: str, path: str, body: bytes | None = None, *, token: str | None = None
     ) -> tuple[int, bytes]:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin_port}{path}", data=body, method=method
+            f"http://{self.host}:{self.admin_port}{path}", data=body, method=method
         )
         req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
         try:
@@ -199,20 +201,30 @@ class Proxies:
         self.tmp = tmp
         self.started: list[Proxy] = []
 
-    def start(self, *args: str, token: str = "test-token", wait: bool = True) -> Proxy:
+    def start(
+        self,
+        *args: str,
+        token: str = "test-token",
+        wait: bool = True,
+        host: str = "127.0.0.1",
+        wrap: Sequence[str] = (),
+    ) -> Proxy:
+        """A replica listening (and serving its admin API) on ``host``, run under ``wrap``
+        (e.g. the argv prefix that enters a network namespace)."""
         n = len(self.started)
         token_file = self.tmp / f"token-{n}"
         token_file.write_text(token + "\n")
         log = self.tmp / f"proxy-{n}.log"
         argv = [
+            *wrap,
             sys.executable,
             "-m",
             "limpet.cli",
             "proxy",
             "--listen",
-            "127.0.0.1:0",
+            f"{host}:0",
             "--admin-listen",
-            "127.0.0.1:0",
+            f"{host}:0",
             "--token-file",
             str(token_file),
             *args,
@@ -230,7 +242,7 @@ class Proxies:
                 _stop(proc)
                 raise RuntimeError(f"proxy did not start:\n{log.read_text(errors='replace')}")
             time.sleep(0.05)
-        proxy = Proxy(proc, int(m["port"]), int(m["admin"]), token, log, list(args))
+        proxy = Proxy(proc, int(m["port"]), int(m["admin"]), token, log, list(args), host)
         self.started.append(proxy)
         return proxy
 

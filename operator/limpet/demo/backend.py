@@ -22,9 +22,10 @@ Data flow, per request (any path but ``/healthz`` and ``/stats``):
   ``broken``     the session arrived at a pod that does not hold it, unannounced.
 
 The answer is JSON (or a small HTML page for a browser) carrying the pod name, the
-session, the new count, the verdict and the move reason; ``X-Demo-Pod`` and
-``X-Demo-Verdict`` repeat the essentials as headers. ``/stats`` reports the sessions
-held and the verdict counts; ``/healthz`` answers ``ok``.
+session, the new count, the verdict, the move reason and the client's address (the
+last ``X-Forwarded-For`` hop, i.e. the peer the nearest proxy saw, else the TCP
+peer); ``X-Demo-Pod`` and ``X-Demo-Verdict`` repeat the essentials as headers.
+``/stats`` reports the sessions held and the verdict counts; ``/healthz`` answers ``ok``.
 
 Concurrency: ``ThreadingHTTPServer``, one thread per connection (HTTP/1.1 keep-alive);
 the session table is one ``OrderedDict`` under one lock, bounded in size (least
@@ -192,11 +193,16 @@ class CounterHandler(BaseHTTPRequestHandler):
             "count": outcome.count,
             "verdict": outcome.verdict,
             "moved": outcome.moved,
+            "client": self._client(),
         }
         if "text/html" in self.headers.get("Accept", ""):
             self._send(200, _page(doc).encode(), "text/html; charset=utf-8", extra)
         else:
             self._send(200, json.dumps(doc).encode(), "application/json", extra)
+
+    def _client(self) -> str:
+        hops = ",".join(self.headers.get_all("X-Forwarded-For") or []).split(",")
+        return hops[-1].strip() or str(self.client_address[0])
 
     def _cookies(self) -> dict[str, str]:
         jar: SimpleCookie = SimpleCookie()

@@ -3,13 +3,15 @@ every request of every session itself), several ``limpet proxy`` replicas, and
 browser-like users that pick a replica at random for every request.
 
 Data flow: :class:`Counters` starts ``python -m limpet.demo.backend`` processes on
-loopback ports; the replicas are started with the proxy fixture's factory; a
+loopback ports (or, with ``host`` and ``wrap``, on a pod IP inside a network namespace);
+the replicas are started with the proxy fixture's factory; a
 :class:`User` keeps a cookie jar exactly as a browser would (``Set-Cookie`` stored,
 ``Max-Age=0`` deletes) and sends each request, over ``http.client`` (a parser that is not
 the proxy's), to a replica a seeded random generator picks. The app's verdict
 (``new``, ``continued``, ``reloaded`` after an announced move, ``broken`` after an
 unannounced one) is the oracle; :class:`Tally` sums them per phase. Only loopback
-addresses are used; every process started here is stopped by its fixture.
+addresses are used, or pod IPs of namespaces the caller created and verified; every
+process started here is stopped by its fixture.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -35,7 +38,7 @@ from limpet.affinity.plan import plan_to_json
 
 from ..conftest import Proxy, _env, _stop
 
-LOOPBACK = ("--host", "127.0.0.1", "--port", "0")
+LOCAL = "127.0.0.1"
 LISTENING = re.compile(r"counter (\S+) listening on \S+:(\d+)")
 
 
@@ -44,6 +47,7 @@ class CounterApp:
     name: str
     port: int
     proc: subprocess.Popen[bytes]
+    host: str = LOCAL
 
     def kill(self) -> None:
         """SIGKILL: the pod dies with its sessions."""
@@ -52,7 +56,7 @@ class CounterApp:
             self.proc.wait()
 
     def stats(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
         try:
             conn.request("GET", "/stats")
             result: dict[str, Any] = json.loads(conn.getresponse().read())
@@ -65,9 +69,12 @@ class Counters:
     def __init__(self) -> None:
         self.apps: dict[str, CounterApp] = {}
 
-    def start(self, name: str) -> CounterApp:
+    def start(self, name: str, *, host: str = LOCAL, wrap: Sequence[str] = ()) -> CounterApp:
+        """A counter app on ``host`` (a free port), run under ``wrap`` (e.g. the argv
+        prefix that enters a network namespace)."""
+        argv = [sys.executable, "-m", "limpet.demo.backend", "--host", host, "--port", "0"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "limpet.demo.backend", *LOOPBACK, "--name", name],
+            [*wrap, *argv, "--name", name],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=_env(),
@@ -78,7 +85,7 @@ class Counters:
         if m is None:
             _stop(proc)
             raise RuntimeError(f"counter {name} did not start: {line!r}")
-        app = CounterApp(name, int(m[2]), proc)
+        app = CounterApp(name, int(m[2]), proc, host)
         self.apps[name] = app
         return app
 
@@ -99,6 +106,13 @@ class Tally:
         self.errors += other.errors
 
 
+class Replica(Protocol):
+    """Where a user sends a request: a :class:`Proxy`, or a replica's address alone."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+
 @dataclass
 class User:
     """A browser (a cookie jar), or with ``keyed`` a script that names its session in
@@ -114,8 +128,9 @@ class User:
     pod: str | None = None
     pods: list[str] = field(default_factory=list)
     count: int = 0
+    seen_as: set[str] = field(default_factory=set)  # the client address the app was told
 
-    def request(self, replica: Proxy, tally: Tally) -> None:
+    def request(self, replica: Replica, tally: Tally) -> None:
         where = None if self.source is None else (self.source, 0)
         conn = http.client.HTTPConnection(*replica.address, timeout=10, source_address=where)
         try:
@@ -152,6 +167,7 @@ class User:
             tally.moves[doc["moved"]] += 1
         self.pod = doc["pod"]
         self.pods.append(doc["pod"])
+        self.seen_as.add(doc["client"])
         self.count = doc["count"]
 
 
@@ -181,14 +197,16 @@ def loopback_backends(
     states: dict[str, BackendState] | None = None,
     *,
     deadline: float | None = None,
+    hosts: dict[str, str] | None = None,
 ) -> tuple[Backend, ...]:
-    """The plan's backends: each counter app by name on its loopback port, Active unless
-    ``states`` says otherwise; a Draining one gets ``deadline``."""
+    """The plan's backends: each counter app by name on its port, at its address in
+    ``hosts`` or else loopback, Active unless ``states`` says otherwise; a Draining one
+    gets ``deadline``."""
     states = states or {}
     return tuple(
         Backend(
             id=BackendId(name),
-            address="127.0.0.1",
+            address=(hosts or {}).get(name, LOCAL),
             port=port,
             state=states.get(name, BackendState.ACTIVE),
             drain_deadline=deadline if states.get(name) is BackendState.DRAINING else None,
@@ -206,24 +224,35 @@ def push(replicas: list[Proxy], plan: Plan) -> None:
 
 
 class RedisServer:
-    """A real ``redis-server`` (Debian's) on a free loopback port, no persistence; with
-    ``password``, clients must authenticate (``requirepass``)."""
+    """A real ``redis-server`` (Debian's) on a free port of ``host`` (loopback unless
+    told), run under ``wrap`` (e.g. the argv prefix that enters a network namespace), no
+    persistence; with ``password``, clients must authenticate (``requirepass``)."""
 
-    def __init__(self, tmp: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        password: str | None = None,
+        host: str = LOCAL,
+        wrap: Sequence[str] = (),
+    ) -> None:
         self.tmp = tmp
+        self.host = host
+        self.wrap = tuple(wrap)
+        # Free on the host's loopback; a fresh namespace has every port free.
         self.port = _free_port()
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server is missing: run tools/apt-deps.sh (Debian's redis-server)")
-        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv = [*self.wrap, exe, "--port", str(self.port), "--bind", self.host, "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.tmp), "--protected-mode", "yes"]
         if self.password is not None:
             argv += ["--requirepass", self.password]
@@ -236,12 +265,13 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
@@ -251,7 +281,7 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command in RESP, the raw reply (for the test's own look at the store)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with socket.create_connection((self.host, self.port), timeout=5) as s:
             if self.password is not None:
                 s.sendall(_resp("AUTH", self.password))
                 assert s.recv(64) == b"+OK\r\n"
@@ -268,6 +298,6 @@ def _resp(*args: str) -> bytes:
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOCAL, 0))
         port: int = s.getsockname()[1]
         return port
