@@ -96,9 +96,11 @@ def _plan(
 class Clients:
     """The users: one ``netns_client`` process per namespace, driven phase by phase."""
 
-    def __init__(self, net: NetnsPodNetwork, replicas: list[Proxy]) -> None:
+    def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.addresses: list[str] = []
+
+    def start(self, net: NetnsPodNetwork, replicas: list[Proxy]) -> None:
         targets = [f"--replica={p.host}:{p.port}" for p in replicas]
         for i in range(USERS):
             slot, wrap = _pod(net, f"user{i}")
@@ -165,8 +167,9 @@ def test_client_ip_sessions_from_namespaces_hold_through_a_drain(
         for i in range(3):
             slot, wrap = _pod(net, f"proxy{i}")
             replicas.append(proxy.start("--plan", str(first), host=slot.address, wrap=wrap))
-        clients = Clients(net, replicas)
+        clients = Clients()
         try:
+            clients.start(net, replicas)
             _run(clients, replicas, redis, apps, hosts, store)
         finally:
             clients.close()
