@@ -170,7 +170,7 @@ def test_client_ip_sessions_from_namespaces_hold_through_a_drain(
         clients = Clients()
         try:
             clients.start(net, replicas)
-            _run(clients, replicas, redis, apps, hosts, store)
+            _run(clients, replicas, redis, counters, hosts, store)
         finally:
             clients.close()
     finally:
@@ -181,16 +181,22 @@ def _run(
     clients: Clients,
     replicas: list[Proxy],
     redis: RedisServer,
-    apps: dict[str, int],
+    counters: Counters,
     hosts: dict[str, str],
     store: SessionStoreSettings,
 ) -> None:
+    apps = {name: app.port for name, app in counters.apps.items()}
     # Steady state: each user placed once, by its address, and kept there by every replica.
     steady, reports = clients.phase(4, 0.2)
     assert not steady.errors, steady.errors
     assert steady.verdicts == {"new": USERS, "continued": 3 * USERS}, steady
     pods = [r["pods"] for r in reports]
     assert all(len(set(p)) == 1 for p in pods), pods
+    # The apps' own tables: each session held once, where its user was answered from.
+    placed = Counter(p[-1] for p in pods)
+    assert {n: a.stats()["sessions"] for n, a in counters.apps.items()} == {
+        n: placed[n] for n in APPS
+    }, placed
     # Each user reached the apps as its own namespace's address (X-Forwarded-For).
     assert len(set(clients.addresses)) == USERS, clients.addresses
     assert [r["seenAs"] for r in reports] == [[a] for a in clients.addresses], reports
@@ -201,7 +207,7 @@ def _run(
 
     # Drain the busiest app: it takes no new session; each of its sessions leaves once,
     # announced.
-    drained, held = Counter(p[-1] for p in pods).most_common(1)[0]
+    drained, held = placed.most_common(1)[0]
     push(replicas, _plan(2, apps, hosts, store, {drained: BackendState.DRAINING}))
     drain, reports = clients.phase(2, 1.5)
     pods = [r["pods"] for r in reports]
@@ -210,5 +216,8 @@ def _run(
     assert drain.verdicts["broken"] == 0, drain
     assert drain.moves == {"drain": held}, drain
     assert not any(p[-1] == drained for p in pods), pods
+    # Each move the apps saw was made (and counted) by exactly one replica.
+    made = sum(sum(p.stats()["migrations"].values()) for p in replicas)
+    assert made == held, made
     entries = [p.stats()["learned"]["client-ip"]["entries"] for p in replicas]
     assert all(0 < e <= USERS for e in entries), entries
