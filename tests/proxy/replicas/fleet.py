@@ -116,9 +116,9 @@ class Replica(Protocol):
 @dataclass
 class User:
     """A browser (a cookie jar), or with ``keyed`` a script that names its session in
-    ``X-Demo-Session`` and ``?sid=``, from ``source`` (a loopback address of its own);
-    and the pod the app last answered from. Cookies named in ``drop`` are never kept
-    (a client that ignores them)."""
+    ``X-Demo-Session`` and ``?sid=``, from ``source`` (an address of its own: on
+    loopback, or its network namespace's); and the pod the app last answered from.
+    Cookies named in ``drop`` are never kept (a client that ignores them)."""
 
     name: str
     keyed: bool = False
