@@ -467,7 +467,8 @@ class Exchange(asyncio.Protocol):
         self.route = None
         self.holding = False
         self.up_out.clear()
-        self._resume(R_UPSTREAM | R_DIALLING)
+        if self.read_paused:  # rarely: a call saved on every request
+            self._resume(R_UPSTREAM | R_DIALLING)
         if not self.keep_alive:
             self.close_after_flush()
             return
