@@ -8,7 +8,8 @@ from limpet.proxy.engine import http
 
 
 def scan(headers: list[tuple[bytes, bytes]], *, trusted: bool = False) -> http.RequestScan:
-    s = http.RequestScan(kept=[])
+    # A scan is reused for every request: start from a dirty one.
+    s = http.RequestScan(kept=[b"stale: line\r\n"], host=b"stale", cookie=b"x", has_body=True)
     http.scan_request(s, headers, http.HeaderClasses(), trusted=trusted)
     return s
 
@@ -115,7 +116,9 @@ def test_expect_and_lengths() -> None:
 
 
 def response_scan(headers: list[tuple[bytes, bytes]]) -> http.ResponseScan:
-    return http.scan_response(headers, http.HeaderClasses(), learn_cookies=True)
+    r = http.ResponseScan(kept=[b"stale: line\r\n"], content_length=5, upgrade=b"stale")
+    http.scan_response(r, headers, http.HeaderClasses(), learn_cookies=True)
+    return r
 
 
 def test_response_hop_by_hop_and_set_cookie() -> None:

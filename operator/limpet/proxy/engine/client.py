@@ -161,17 +161,14 @@ class ClientConnection(Exchange):
             return
         self.feeding = True
         result = self.reader.feed(data)
-        self._fed()
+        # The read is parsed: send what it produced for the backend (inline: once a read).
+        self.feeding = False
+        if self.up_out:
+            self.flush_up()
         if result == request.UPGRADE:
             self._upgrade_head_done(self.reader.rest)
         elif result == request.INVALID and not self.closing:
             self._bad_request(self.reader.status)
-
-    def _fed(self) -> None:
-        """One read is parsed: send what it produced for the backend."""
-        self.feeding = False
-        if self.up_out:
-            self.flush_up()
 
     def eof_received(self) -> bool | None:
         up = self.up

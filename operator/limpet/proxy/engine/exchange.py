@@ -8,7 +8,9 @@ the rewritten head. Body chunks follow as they are parsed (re-chunked if the cli
 chunks). Every byte for the backend goes through ``up_out`` and one writer,
 :meth:`Exchange.flush_up`: writes are coalesced per client read (the head of a request
 with a body and the body bytes of the same read leave in one writev when the read is
-parsed), and bytes held while routing or dialling leave at bind time. The answer is
+parsed), and bytes held while routing or dialling leave at bind time. The one
+exception is the hot path's: the head of a request without a body, bound to a pooled
+connection, is written by :meth:`Exchange._bind` itself (nothing else waits). The answer is
 relayed by ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done`
 at its end, or reports a failure (``upstream_*``): a connect failure is retried once on
 another backend, a stale pooled connection is redialled once, anything else is a 502 or
@@ -147,11 +149,12 @@ class Exchange(asyncio.Protocol):
         self.phase = P_HTTP
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         # Bytes for the backend not yet written: the request head and body (chunk-framed
-        # if the client sent chunks). flush_up is the one place they are written: at the
-        # end of each client read (``feeding`` is True meanwhile, so a head and the body
-        # bytes of the same read leave in one writev), at once outside a read, and at
-        # bind time for what was held while routing or dialling (``holding``; ``held``
-        # bytes, bounded; ``held_end``: the last chunk is among them).
+        # if the client sent chunks). flush_up is the one place they are written (but
+        # for a lone head without a body: _bind): at the end of each client read
+        # (``feeding`` is True meanwhile, so a head and the body bytes of the same read
+        # leave in one writev), at once outside a read, and at bind time for what was
+        # held while routing or dialling (``holding``; ``held`` bytes, bounded;
+        # ``held_end``: the last chunk is among them).
         self.feeding = False
         self.up_out: list[bytes] = []
         self.holding = False
@@ -332,20 +335,31 @@ class Exchange(asyncio.Protocol):
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self)
+        if self.holding:
+            self._bind_held()
+        elif self.feeding and self.scan.has_body:
+            # Parsing the read that holds the head of a request with a body: its body
+            # bytes join the head, and the end of the read writes them all at once.
+            self.up_out.append(self.request_head)
+        else:
+            # The common case, a request without a body: its head alone, at once (what
+            # flush_up would do, without the list; nothing else waits).
+            transport = up.transport
+            if transport is not None:
+                transport.write(self.request_head)
+
+    def _bind_held(self) -> None:
+        """Bound after routing through the store or dialling: what was held goes first."""
+        self.holding = False
         out = self.up_out
         if out:
             self.body_sent = True  # body bytes held while routing or dialling
         out.insert(0, self.request_head)
         if self.request_done and self.chunked_request and not self.held_end:
             out.append(self._last_chunk())  # ended, but not while held (a redial)
-        held = self.holding
-        self.holding = False
         if not (self.feeding and self.scan.has_body):
-            # Parsing the read that holds the head of a request with a body: its body
-            # bytes join the head, and the end of the read writes them all at once.
             self.flush_up()
-        if held:
-            self._resume(R_DIALLING)
+        self._resume(R_DIALLING)
 
     def flush_up(self) -> None:
         """Write what waits for the backend (head and body, one writev); kept while no
@@ -453,7 +467,8 @@ class Exchange(asyncio.Protocol):
         self.route = None
         self.holding = False
         self.up_out.clear()
-        self._resume(R_UPSTREAM | R_DIALLING)
+        if self.read_paused:  # rarely: a call saved on every request
+            self._resume(R_UPSTREAM | R_DIALLING)
         if not self.keep_alive:
             self.close_after_flush()
             return

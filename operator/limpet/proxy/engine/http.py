@@ -153,23 +153,7 @@ class RequestScan:
     xfp: bytes | None = None
     xfh: bytes | None = None
     connection: list[bytes] | None = None
-
-    def reset(self) -> None:
-        self.kept = []
-        self.host = None
-        self.host_count = 0
-        self.cookie = None
-        self.content_length = -1
-        self.transfer_encoding = None
-        self.upgrade = None
-        self.xff = None
-        self.xfp = None
-        self.xfh = None
-        self.connection = None
-
-    @property
-    def has_body(self) -> bool:
-        return self.transfer_encoding is not None or self.content_length > 0
+    has_body: bool = False  # Transfer-Encoding, or a Content-Length above 0
 
 
 def scan_request(
@@ -182,8 +166,14 @@ def scan_request(
     """One pass over the request headers: fill ``scan`` and serialise the headers that are
     forwarded untouched into ``scan.kept``. Forwarding headers from an untrusted peer are
     dropped here; :func:`build_request_head` writes fresh ones."""
-    scan.reset()
-    kept = scan.kept
+    # Every field afresh (inline rather than a reset method: once a request).
+    kept: list[bytes] = []
+    scan.kept = kept
+    scan.host = scan.cookie = scan.transfer_encoding = scan.upgrade = None
+    scan.xff = scan.xfp = scan.xfh = None
+    scan.connection = None
+    scan.host_count = 0
+    scan.content_length = -1
     cache = classes.cache
     cookies: list[bytes] | None = None
     for name, value in headers:
@@ -218,6 +208,7 @@ def scan_request(
             _scan_rare(scan, code, name, value, trusted=trusted)
     if cookies is not None:
         scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
+    scan.has_body = scan.transfer_encoding is not None or scan.content_length > 0
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
 
@@ -303,7 +294,8 @@ FRAME_CLOSE: Final = 3  # delimited by closing the client connection
 
 @dataclass(slots=True)
 class ResponseScan:
-    """What one pass over a response head found, plus the serialised kept lines."""
+    """What one pass over a response head found, plus the serialised kept lines. One
+    instance per backend connection, overwritten for every head."""
 
     kept: list[bytes]
     content_length: int = -1
@@ -314,10 +306,18 @@ class ResponseScan:
 
 
 def scan_response(
-    headers: list[tuple[bytes, bytes]], classes: HeaderClasses, *, learn_cookies: bool
-) -> ResponseScan:
-    scan = ResponseScan(kept=[])
-    kept = scan.kept
+    scan: ResponseScan,
+    headers: list[tuple[bytes, bytes]],
+    classes: HeaderClasses,
+    *,
+    learn_cookies: bool,
+) -> None:
+    """One pass over a response head: fill ``scan`` (every field afresh)."""
+    kept: list[bytes] = []
+    scan.kept = kept
+    scan.content_length = -1
+    scan.transfer_encoding = scan.upgrade = None
+    scan.set_cookies = scan.connection = None
     cache = classes.cache
     for name, value in headers:
         code = cache.get(name)
@@ -353,7 +353,6 @@ def scan_response(
             kept.append(name + b": " + value + b"\r\n")
     if scan.connection is not None and _lists_headers(scan.connection):
         scan.kept = _without_listed(kept, scan.connection)
-    return scan
 
 
 _STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}

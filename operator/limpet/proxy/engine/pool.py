@@ -125,7 +125,8 @@ class UpstreamPool:
         ):
             return False
         conn.state = IDLE
-        conn.resume()
+        if conn.paused:  # checked here: a call saved on every release
+            conn.resume()
         conn.deadline = self.clock.now + self.pool_idle_timeout
         b.idle.append(conn)
         return True

@@ -3,7 +3,7 @@ through the :class:`RouterPort` protocol.
 
 Data flow: the engine (``exchange.py``) fills one reusable :class:`RequestView` per client
 connection and hands it to :meth:`RouterPort.dispatch` (implemented by
-:class:`limpet.proxy.session.routing.SessionRouter`); the answer is a frozen
+:class:`limpet.proxy.session.routing.SessionRouter`); the answer is an immutable
 :class:`Route`, often a shared object (the common sticky case allocates nothing), or
 rarely a :data:`PendingRoute`: a coroutine the engine awaits before it forwards anything,
 when the router must ask the shared session store first (a learned key this replica does
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from limpet.affinity import BackendId
 
@@ -34,9 +34,13 @@ class RequestView:
     cookie: bytes | None = None  # all Cookie header values joined with b"; "
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a request goes and how to rewrite it (see the proxy contract)."""
+class Route(NamedTuple):
+    """Where a request goes and how to rewrite it (see the proxy contract).
+
+    Immutable, and a named tuple rather than a frozen dataclass because the session layer
+    builds one for every new or refreshed session: a frozen dataclass's ``__init__`` goes
+    through ``object.__setattr__`` per field, about 1 µs here against 0.2 µs. Only
+    attribute access is part of the contract; never unpack or index a route."""
 
     backend_id: BackendId
     host: str

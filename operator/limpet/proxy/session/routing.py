@@ -307,7 +307,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 )
         if answer is None:
             return route
-        return dataclasses.replace(route, set_cookie=answer)
+        return route._replace(set_cookie=answer)
 
     def backend_failed(self, backend_id: BackendId) -> None:
         generation = self._health.generation

@@ -90,6 +90,7 @@ class ResponseMachine:
         "_headers",
         "_informational",
         "_reason",
+        "_scan",
         "_trailer_bytes",
         "_trailers",
         "classes",
@@ -126,6 +127,7 @@ class ResponseMachine:
         self.reusable = True
         self._facts: ExchangeFacts | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._scan = http.ResponseScan(kept=[])  # the last head's, reused
         self._reason = b""
         self._informational = False
         self._framing = http.FRAME_NONE
@@ -240,7 +242,8 @@ class ResponseMachine:
         assert facts is not None
         self._after_head = False
         status: int = self.parser.get_status_code()
-        scan = http.scan_response(self._headers, self.classes, learn_cookies=True)
+        scan = self._scan
+        http.scan_response(scan, self._headers, self.classes, learn_cookies=True)
         if status < 200:
             self._interim_head(facts, status, scan)
             return
