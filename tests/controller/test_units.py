@@ -256,6 +256,14 @@ def test_status_round_trip_recovers_the_durable_state() -> None:
     assert again["conditions"] == status["conditions"]
 
 
+def test_status_before_the_first_plan_names_no_plan_version() -> None:
+    """Status is written while a reconcile keeps failing (its conditions say why); it
+    must not claim a plan that was never made, and recovering from it starts at 0."""
+    status = _status(PlannerState(), generation=1, now=1000.0)
+    assert "planVersion" not in status
+    assert recover_state(status).version == 0
+
+
 def test_rate_cap_only_with_an_estimate() -> None:
     three = _members(("a", R), ("b", R), ("c", R))
     five = _members(("a", R), ("b", R), ("c", R), ("d", R), ("e", R))

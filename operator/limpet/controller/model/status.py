@@ -271,7 +271,6 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
     px = view.proxies
     status: dict[str, Any] = {
         "observedGeneration": view.generation,
-        "planVersion": st.version,
         "backendCount": sum(
             1 for b in st.backends.values() if b.status.state is not BackendState.GONE
         ),
@@ -286,6 +285,10 @@ def build_status(view: StatusView, previous: Mapping[str, Any] | None) -> dict[s
         "rebalance": _rebalance(view),
         "conditions": _conditions(view, previous.get("conditions") or []),
     }
+    if st.version:
+        # Only a plan that exists: status is written before the first one too (a
+        # reconcile that keeps failing still shows its conditions), and 0 is no plan.
+        status["planVersion"] = st.version
     if st.slot_table_size is not None:
         status["slotTableSize"] = st.slot_table_size
     keys = _keys(view)
