@@ -33,8 +33,18 @@ from typing import Any, Protocol
 
 import pytest
 
-from limpet.affinity import Backend, BackendId, BackendState, Plan
+from limpet.affinity import (
+    AffinitySettings,
+    AffinityType,
+    Backend,
+    BackendId,
+    BackendState,
+    DrainSettings,
+    Plan,
+    RebalanceSchedule,
+)
 from limpet.affinity.plan import plan_to_json
+from limpet.proxy.process.command import load_cookie_key
 
 from ..conftest import Proxy, _env, _stop
 
@@ -212,6 +222,56 @@ def loopback_backends(
             drain_deadline=deadline if states.get(name) is BackendState.DRAINING else None,
         )
         for name, port in apps.items()
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CookieFleet:
+    """Counter apps (``apps``: name -> port, grown in place by a scale-out) behind
+    replicas that share one Cookie or AppCookie affinity and one cookie key file;
+    :meth:`plan` builds each version pushed to them, as the operator would."""
+
+    apps: dict[str, int]
+    affinity: AffinitySettings
+    key_file: Path
+    name: str
+    min_idle: float
+
+    def plan(
+        self,
+        version: int,
+        *,
+        states: dict[str, BackendState] | None = None,
+        rebalance: RebalanceSchedule | None = None,
+        deadline: float | None = None,
+    ) -> Plan:
+        return Plan(
+            version=version,
+            backends=loopback_backends(self.apps, states, deadline=deadline),
+            affinity=self.affinity,
+            drain=DrainSettings(min_idle=self.min_idle),
+            rebalance=rebalance,
+            cookie_keys=(load_cookie_key(self.key_file),),
+            name=self.name,
+        )
+
+
+def cookie_fleet(
+    mode: str, counters: Counters, tmp_path: Path, *, name: str, min_idle: float = 1.0
+) -> CookieFleet:
+    """Three counter apps (c1 to c3) and the ``mode`` ("cookie" or "app-cookie", the
+    app's ``demo_sid``) affinity, with a shared cookie key written under ``tmp_path``."""
+    key_file = tmp_path / "cookie.key"
+    key_file.write_bytes(b"replicas-share-this-secret-0123456789")
+    kind = AffinityType.COOKIE if mode == "cookie" else AffinityType.APP_COOKIE
+    return CookieFleet(
+        apps={app: counters.start(app).port for app in ("c1", "c2", "c3")},
+        affinity=AffinitySettings(
+            type=kind, app_cookie_name="demo_sid" if kind is AffinityType.APP_COOKIE else None
+        ),
+        key_file=key_file,
+        name=name,
+        min_idle=min_idle,
     )
 
 

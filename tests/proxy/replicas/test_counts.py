@@ -19,42 +19,19 @@ from pathlib import Path
 import pytest
 
 from limpet.affinity import (
-    AffinitySettings,
-    AffinityType,
     BackendState,
-    DrainSettings,
-    Plan,
 )
 from limpet.affinity.plan import plan_to_json
 from limpet.controller.model.counts import SessionCounts, combine, parse_counts
-from limpet.proxy.process.command import load_cookie_key
 
 from ..conftest import Proxies, Proxy
-from .fleet import Counters, Tally, User, loopback_backends, push, rounds
+from .fleet import Counters, Tally, User, cookie_fleet, push, rounds
 
 pytestmark = pytest.mark.timeout(180)
 
 USERS = 45
 REPLICAS = 3
 MIN_IDLE = 1.0
-
-
-def _plan(
-    version: int,
-    apps: dict[str, int],
-    affinity: AffinitySettings,
-    key_file: Path,
-    *,
-    states: dict[str, BackendState] | None = None,
-) -> Plan:
-    return Plan(
-        version=version,
-        backends=loopback_backends(apps, states, deadline=time.time() + 120),
-        affinity=affinity,
-        drain=DrainSettings(min_idle=MIN_IDLE),
-        cookie_keys=(load_cookie_key(key_file),),
-        name="counts",
-    )
 
 
 def _counts(replicas: list[Proxy]) -> SessionCounts:
@@ -67,15 +44,10 @@ def test_replicas_count_each_live_session_once_and_drain_live_empties_promptly(
     mode: str, counters: Counters, proxy: Proxies, tmp_path: Path
 ) -> None:
     rng = random.Random(93)
-    key_file = tmp_path / "cookie.key"
-    key_file.write_bytes(b"replicas-share-this-secret-0123456789")
-    apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
-    kind = AffinityType.COOKIE if mode == "cookie" else AffinityType.APP_COOKIE
-    affinity = AffinitySettings(
-        type=kind, app_cookie_name="demo_sid" if kind is AffinityType.APP_COOKIE else None
-    )
+    fleet = cookie_fleet(mode, counters, tmp_path, name="counts", min_idle=MIN_IDLE)
+    apps = fleet.apps
     first = tmp_path / "plan.json"
-    plan = _plan(1, apps, affinity, key_file)
+    plan = fleet.plan(1)
     first.write_text(plan_to_json(plan))
     replicas = [proxy.start("--plan", str(first)) for _ in range(REPLICAS)]
     users = [User(f"u{i}") for i in range(USERS)]
@@ -99,7 +71,7 @@ def test_replicas_count_each_live_session_once_and_drain_live_empties_promptly(
     # idleTimeout, though the sessions are still counted.
     on_c1 = [u for u in users if u.pod == "c1"]
     assert len(on_c1) >= 3
-    push(replicas, _plan(2, apps, affinity, key_file, states={"c1": BackendState.DRAINING}))
+    push(replicas, fleet.plan(2, states={"c1": BackendState.DRAINING}, deadline=time.time() + 120))
     step = plan.granularity
     busy = on_c1[:3]
     active = rounds(busy, replicas, rng, count=4, gap=0.3)

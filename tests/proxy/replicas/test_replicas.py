@@ -18,19 +18,15 @@ from pathlib import Path
 import pytest
 
 from limpet.affinity import (
-    AffinitySettings,
     AffinityType,
     BackendId,
     BackendState,
-    DrainSettings,
-    Plan,
     RebalanceSchedule,
 )
 from limpet.affinity.plan import plan_to_json
-from limpet.proxy.process.command import load_cookie_key
 
 from ..conftest import Proxies, Proxy
-from .fleet import Counters, Tally, User, loopback_backends, push, rounds
+from .fleet import Counters, Tally, User, cookie_fleet, push, rounds
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,49 +34,23 @@ USERS = 36
 REPLICAS = 3
 
 
-def _plan(
-    version: int,
-    apps: dict[str, int],
-    affinity: AffinitySettings,
-    key_file: Path,
-    *,
-    states: dict[str, BackendState] | None = None,
-    rebalance: RebalanceSchedule | None = None,
-    deadline: float | None = None,
-) -> Plan:
-    return Plan(
-        version=version,
-        backends=loopback_backends(apps, states, deadline=deadline),
-        affinity=affinity,
-        drain=DrainSettings(min_idle=1.0),
-        rebalance=rebalance,
-        cookie_keys=(load_cookie_key(key_file),),
-        name="replicas",
-    )
-
-
 @pytest.mark.parametrize("mode", ["cookie", "app-cookie"])
 def test_sessions_agree_across_replicas_through_every_phase(
     mode: str, counters: Counters, proxy: Proxies, tmp_path: Path
 ) -> None:
     rng = random.Random(9)
-    key_file = tmp_path / "cookie.key"
-    key_file.write_bytes(b"replicas-share-this-secret-0123456789")
-    apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
-    kind = AffinityType.COOKIE if mode == "cookie" else AffinityType.APP_COOKIE
-    affinity = AffinitySettings(
-        type=kind, app_cookie_name="demo_sid" if kind is AffinityType.APP_COOKIE else None
-    )
+    fleet = cookie_fleet(mode, counters, tmp_path, name="replicas")
+    apps = fleet.apps
     # Started as the operator runs them: from a plan, saving every pushed plan, so that
     # a restarted replica comes back on the newest plan it was given.
     first = tmp_path / "plan.json"
-    first.write_text(plan_to_json(_plan(1, apps, affinity, key_file)))
+    first.write_text(plan_to_json(fleet.plan(1)))
     replicas: list[Proxy] = []
     for i in range(REPLICAS):
         state = tmp_path / f"state-{i}"
         state.mkdir()
         replicas.append(proxy.start("--plan", str(first), "--state-dir", str(state)))
-    push(replicas, _plan(2, apps, affinity, key_file))
+    push(replicas, fleet.plan(2))
     users = [User(f"u{i}") for i in range(USERS)]
     total = Tally()
 
@@ -99,7 +69,7 @@ def test_sessions_agree_across_replicas_through_every_phase(
         window=3.0,
         min_idle=1.0,
     )
-    push(replicas, _plan(3, apps, affinity, key_file, rebalance=schedule))
+    push(replicas, fleet.plan(3, rebalance=schedule))
     scale = rounds(users, replicas, rng, count=4, gap=1.6)
     total.add(scale)
     assert scale.moves["rebalance"] > 0, scale
@@ -109,7 +79,7 @@ def test_sessions_agree_across_replicas_through_every_phase(
     on_c1 = [u for u in users if u.pod == "c1"]
     assert on_c1
     states = {"c1": BackendState.DRAINING}
-    push(replicas, _plan(4, apps, affinity, key_file, states=states, deadline=time.time() + 60))
+    push(replicas, fleet.plan(4, states=states, deadline=time.time() + 60))
     drain = rounds(users, replicas, rng, count=2, gap=2.5)
     total.add(drain)
     assert drain.moves["drain"] >= len(on_c1), drain
@@ -120,7 +90,7 @@ def test_sessions_agree_across_replicas_through_every_phase(
     counters.apps["c2"].kill()
     kill = rounds(users, replicas, rng, count=2, gap=0.3)
     states["c2"] = BackendState.FAILED
-    push(replicas, _plan(5, apps, affinity, key_file, states=states, deadline=time.time() + 60))
+    push(replicas, fleet.plan(5, states=states, deadline=time.time() + 60))
     kill.add(rounds(users, replicas, rng, count=2, gap=0.3))
     total.add(kill)
     assert not kill.errors, kill.errors
@@ -140,6 +110,6 @@ def test_sessions_agree_across_replicas_through_every_phase(
     # Every move the app saw was announced by a replica, and counted by one.
     migrations = sum(sum(p.stats()["migrations"].values()) for p in replicas[1:])
     assert migrations > 0
-    if kind is AffinityType.APP_COOKIE:
+    if fleet.affinity.type is AffinityType.APP_COOKIE:
         outcomes = [p.stats()["appCookie"] for p in replicas]
         assert all(n == 0 for o in outcomes for n in o.values()), outcomes
