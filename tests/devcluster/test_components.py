@@ -29,6 +29,7 @@ from limpet.devcluster.binaries import KUBE_SCHEDULER, find_binary
 from limpet.devcluster.client import (
     admin_client,
     client_from_kubeconfig,
+    gone,
     install_crds,
     request,
     service_account_token,
@@ -133,16 +134,6 @@ def _config_map(
     cm.setdefault("apiVersion", "v1")
     cm.setdefault("kind", "ConfigMap")
     return cm
-
-
-def _gone(api: k8s.ApiClient, path: str) -> bool:
-    try:
-        request(api, "GET", path)
-    except k8s.ApiException as e:
-        if e.status == 404:
-            return True
-        raise
-    return False
 
 
 def _pod_template(app: str) -> dict[str, Any]:
@@ -479,7 +470,7 @@ def test_the_garbage_collector_follows_owner_references(api: k8s.ApiClient, name
     _config_map(api, namespace, "grandchild", owners=[_owner_ref(grandchild_owner)])
     request(api, "DELETE", f"{cms}/owner")
     eventually(
-        lambda: _gone(api, f"{cms}/child") and _gone(api, f"{cms}/grandchild"),
+        lambda: gone(api, f"{cms}/child") and gone(api, f"{cms}/grandchild"),
         what="background deletion of the dependents",
     )
 
@@ -488,7 +479,7 @@ def test_the_garbage_collector_follows_owner_references(api: k8s.ApiClient, name
     _config_map(api, namespace, "fg-child", owners=[_owner_ref(owner, blockOwnerDeletion=True)])
     request(api, "DELETE", f"{cms}/fg-owner", body={"propagationPolicy": "Foreground"})
     eventually(
-        lambda: _gone(api, f"{cms}/fg-owner") and _gone(api, f"{cms}/fg-child"),
+        lambda: gone(api, f"{cms}/fg-owner") and gone(api, f"{cms}/fg-child"),
         what="foreground deletion",
     )
 
@@ -496,7 +487,7 @@ def test_the_garbage_collector_follows_owner_references(api: k8s.ApiClient, name
     owner = _config_map(api, namespace, "orphan-owner")
     _config_map(api, namespace, "orphan-child", owners=[_owner_ref(owner)])
     request(api, "DELETE", f"{cms}/orphan-owner", body={"propagationPolicy": "Orphan"})
-    eventually(lambda: _gone(api, f"{cms}/orphan-owner"), what="the orphaning owner to go")
+    eventually(lambda: gone(api, f"{cms}/orphan-owner"), what="the orphaning owner to go")
     child = request(api, "GET", f"{cms}/orphan-child")
     assert not child["metadata"].get("ownerReferences")
 
@@ -517,7 +508,7 @@ def test_a_deleted_namespace_is_emptied_and_finalized(api: k8s.ApiClient) -> Non
         assert ns["status"]["phase"] == "Terminating"
         assert ns["spec"]["finalizers"] == ["kubernetes"]
         eventually(
-            lambda: _gone(api, f"/api/v1/namespaces/{name}"),
+            lambda: gone(api, f"/api/v1/namespaces/{name}"),
             within=60,
             what="the namespace controller to finalize the namespace",
         )
@@ -562,7 +553,7 @@ def test_service_accounts_get_working_tokens(
 
     # Deleting the account deletes its token Secret too.
     request(api, "DELETE", f"{core}/serviceaccounts/bot")
-    eventually(lambda: _gone(api, f"{core}/secrets/bot-token"), what="the token Secret to go")
+    eventually(lambda: gone(api, f"{core}/secrets/bot-token"), what="the token Secret to go")
 
 
 def test_a_pod_disruption_budget_gets_its_status(api: k8s.ApiClient, namespace: str) -> None:
@@ -688,7 +679,7 @@ def test_a_crd_installed_before_the_controllers_is_garbage_collected_at_once(
         _config_map(api, "default", "part", owners=[_owner_ref(widget)])
         request(api, "DELETE", f"/apis/{group}/v1/namespaces/default/widgets/w")
         eventually(
-            lambda: _gone(api, "/api/v1/namespaces/default/configmaps/part"),
+            lambda: gone(api, "/api/v1/namespaces/default/configmaps/part"),
             within=10,
             what="the custom owner's dependent to be collected",
         )

@@ -49,7 +49,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +68,11 @@ from limpet.demo.app import (
 )
 from limpet.devcluster.client import (
     client_from_kubeconfig,
+    gone,
     install_crds,
     request,
     service_account_kubeconfig,
+    wait_until,
 )
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
@@ -486,7 +487,7 @@ class Stage:
             # The operator's finalizer runs its clean-up, then lets the object go.
             with contextlib.suppress(Exception):
                 _wait(
-                    lambda: all(_gone(api, p) for p in paths),
+                    lambda: all(gone(api, p) for p in paths),
                     20,
                     "the StickyServices to be deleted",
                 )
@@ -544,6 +545,10 @@ def _app_command(spec: BackendSpec) -> list[str]:
     )
 
 
+def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
+    return wait_until(probe, within, what, error=StageError)
+
+
 def _exactly(items: list[T], count: int) -> list[T] | None:
     return items if len(items) == count else None
 
@@ -556,26 +561,7 @@ def _served(api: k8s.ApiClient) -> bool:
     return True
 
 
-def _gone(api: k8s.ApiClient, path: str) -> bool:
-    try:
-        request(api, "GET", path)
-    except k8s.ApiException as exc:
-        return bool(exc.status == 404)
-    return False
-
-
 def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise StageError(f"timed out after {within:.0f} s waiting for {what}")
-        time.sleep(0.1)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import yaml
 from kubernetes import client as k8s
@@ -153,6 +153,40 @@ def install_crds(api: k8s.ApiClient, crd_dir: Path, *, field_manager: str) -> li
                 server_side_apply(api, f"{CRDS}/{name}", doc, field_manager=field_manager)
                 names.append(name)
     return names
+
+
+T = TypeVar("T")
+
+
+def gone(api: k8s.ApiClient, path: str) -> bool:
+    """Whether the object at ``path`` no longer exists (a 404); other API errors raise."""
+    try:
+        request(api, "GET", path)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def wait_until(
+    probe: Callable[[], T | None],
+    within: float,
+    what: str,
+    *,
+    error: type[Exception] = DevClusterError,
+    poll: float = 0.1,
+) -> T:
+    """Call ``probe`` every ``poll`` seconds until it returns something truthy, and return
+    that; ``error`` naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {within:.0f} s waiting for {what}")
+        time.sleep(poll)
 
 
 def wait_crds(api: k8s.ApiClient, names: Iterable[str], *, within: float = 30.0) -> None:

@@ -29,14 +29,13 @@ from __future__ import annotations
 import functools
 import secrets
 import socket
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client as k8s
 
-from limpet.devcluster.client import request
+from limpet.devcluster.client import gone, request, wait_until
 from limpet.devcluster.errors import DevClusterError
 from limpet.devcluster.workloads import is_ready, node_pod_ip
 
@@ -44,7 +43,6 @@ CONF_DIR = "/etc/limpet-redis"
 PASSWORD_KEY = "password"
 CONF_KEY = "redis.conf"
 USER = 65532
-T = TypeVar("T")
 
 
 class RedisPodError(DevClusterError):
@@ -211,14 +209,16 @@ class RedisPod:
         # The ServiceAccount admission plugin refuses a Pod until the namespace's "default"
         # account exists, which the serviceaccount controller makes a moment after the
         # namespace.
-        _wait(
-            lambda: not _gone(self.api, f"{base}/serviceaccounts/default"),
+        wait_until(
+            lambda: not gone(self.api, f"{base}/serviceaccounts/default"),
             s.ready_timeout,
             f"ServiceAccount default in {self.namespace}",
+            error=RedisPodError,
         )
         request(self.api, "POST", f"{base}/pods", body=pod)
         try:
-            ready = _wait(self._ready_pod, s.ready_timeout, f"Redis pod {s.name} to be Ready")
+            what = f"Redis pod {s.name} to be Ready"
+            ready = wait_until(self._ready_pod, s.ready_timeout, what, error=RedisPodError)
         except RedisPodError as exc:
             raise RedisPodError(f"{exc}; its containers: {self._container_states()}") from exc
         try:
@@ -244,7 +244,7 @@ class RedisPod:
         return "; ".join(f"{c.get('name')}: {c.get('state')}" for c in statuses) or "none yet"
 
     def _gone(self, kind: str) -> bool:
-        return _gone(self.api, self._path(kind))
+        return gone(self.api, self._path(kind))
 
     def stop(self) -> None:
         """Delete the Pod, wait until it is gone, then delete the Secret; idempotent."""
@@ -257,7 +257,12 @@ class RedisPod:
                 if e.status != 404:
                     raise
             what = f"Redis {kind[:-1]} {self.settings.name} to be deleted"
-            _wait(functools.partial(self._gone, kind), self.settings.stop_timeout, what)
+            wait_until(
+                functools.partial(self._gone, kind),
+                self.settings.stop_timeout,
+                what,
+                error=RedisPodError,
+            )
         self._created = False
         self.endpoint = None
 
@@ -270,24 +275,3 @@ class RedisPod:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _gone(api: k8s.ApiClient, path: str) -> bool:
-    try:
-        request(api, "GET", path)
-    except k8s.ApiException as e:
-        if e.status == 404:
-            return True
-        raise
-    return False
-
-
-def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RedisPodError(f"timed out after {within:.0f} s waiting for {what}")
-        time.sleep(0.2)
