@@ -280,16 +280,23 @@ def pod_processes(ip: str) -> list[int]:
     raise AssertionError(f"no network namespace holds {ip}")
 
 
+def sigkill(pids: list[int], what: str, *, timeout: float = 10) -> None:
+    """SIGKILL ``pids`` (the processes of ``what``) and wait until they are reaped."""
+    assert pids, f"no process of {what}"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(
+        f"the processes of {what} to exit", lambda: all(exited(p) for p in pids), timeout=timeout
+    )
+
+
 def kill_pod(ip: str) -> list[int]:
     """SIGKILL every process of the pod at ``ip`` (its containers die at once, as in an
     OOM kill; the pod runner restarts them after its back-off) and wait until they are
     reaped; returns their PIDs."""
     pids = pod_processes(ip)
-    assert pids, f"no process in the pod at {ip}"
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_for(f"the processes of {ip} to exit", lambda: all(exited(p) for p in pids), timeout=10)
+    sigkill(pids, f"the pod at {ip}")
     return pids
 
 

@@ -23,9 +23,6 @@ conditions a real kubelet does not give on demand; see ``harness.py``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,10 +40,10 @@ from tests.controller.pods_scene import (
     Shop,
     condition_of,
     event_counts,
-    exited,
     new_events,
     open_shop,
     phase,
+    sigkill,
 )
 from tests.e2e.managed import APP_LABELS, pods, wait_for
 
@@ -181,15 +178,10 @@ def test_sigkilled_app_process_fails_its_sessions_over_announced(shop: Shop) -> 
     victim = sessions.busiest()
     on_victim = sessions.on(victim)
     others = [u for u in sessions.users if u not in on_victim]
-    pids = app_pids(victim)
-    assert pids, f"no process of pod {victim}"
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
     # Once the process is dead (its sockets closed; a request in flight during the kill
     # is reset and answered 502, as docs/proxy.md states), and before any new plan: the
     # proxies find the pod refusing connections and fail over.
-    wait_for("the killed process to exit", lambda: all(exited(pid) for pid in pids), timeout=5)
+    sigkill(app_pids(victim), f"pod {victim}", timeout=5)
     sessions.round(on_victim)
     for user in on_victim:
         [(_, after)] = sessions.moves(user)

@@ -37,10 +37,7 @@ Requests go only to pod IPs checked to lie in the pod runner's pod CIDR.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -61,12 +58,12 @@ from tests.controller.pods_scene import (
     Shop,
     condition_of,
     event_counts,
-    exited,
     kill_pod,
     new_events,
     open_shop,
     phase,
     restarted,
+    sigkill,
 )
 from tests.e2e.managed import wait_for
 
@@ -328,12 +325,7 @@ def test_killed_app_pod_fails_its_sessions_over_announced(world: World) -> None:
     sessions.round()
     victim = sessions.busiest()
     on_victim = sessions.on(victim)
-    pids = app_pids(victim)
-    assert pids, f"no process of pod {victim}"
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_for("the killed process to exit", lambda: all(exited(p) for p in pids), timeout=5)
+    sigkill(app_pids(victim), f"pod {victim}", timeout=5)
     sessions.round(on_victim)
     for user in on_victim:
         [(_, after)] = sessions.moves(user)
