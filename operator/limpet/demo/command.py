@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from limpet.demo.objects import StageError
 from limpet.demo.report import write_report
 from limpet.demo.results import ServiceResult, all_ok, summary_json
 from limpet.demo.scenario import (
@@ -38,7 +39,7 @@ from limpet.demo.scenario import (
     run_scenario,
     sticky_spec,
 )
-from limpet.demo.stage import ENV_USE_KUBECONFIG, Stage, StageError, StageSettings
+from limpet.demo.stage import ENV_USE_KUBECONFIG, Stage, StageSettings
 from limpet.demo.view import LiveView
 from limpet.devcluster.errors import DevClusterError
 

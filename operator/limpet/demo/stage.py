@@ -37,6 +37,9 @@ namespace. Every step is registered on one ExitStack
 as soon as its resource exists, so a failure or an interrupt at any point undoes
 exactly what was done.
 
+The API objects it creates, and the waits on them, live in
+:mod:`limpet.demo.objects`.
+
 Synchronous (the kubernetes client, process start-up); the scenario calls the slow
 methods through ``asyncio.to_thread``. Traffic goes only to pod IPs inside the network
 namespaces this run created and checked (``limpet.devcluster``), and to loopback.
@@ -44,7 +47,6 @@ namespaces this run created and checked (``limpet.devcluster``), and to loopback
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import sys
@@ -52,28 +54,30 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
 
-from limpet.controller.model.names import secret_name
+from limpet.demo import objects
 from limpet.demo.app import (
-    APP_NAME,
     AppPods,
     DeployedApp,
     FakeApp,
     apply_manifests,
     counter_app,
 )
-from limpet.devcluster.client import (
-    client_from_kubeconfig,
-    gone,
-    install_crds,
-    request,
-    service_account_kubeconfig,
-    wait_until,
+from limpet.demo.objects import (
+    APP_SERVICE,
+    EXTERNAL_PROXIES,
+    FIELD_MANAGER,
+    StageError,
+    delete_stickies,
+    exactly,
+    wait,
+    wait_token,
 )
+from limpet.devcluster.client import client_from_kubeconfig
 from limpet.devcluster.cluster import DevCluster, DevClusterSettings
 from limpet.devcluster.errors import DevClusterError, FakePodError
 from limpet.devcluster.fakepods import BackendSpec, FakePods
@@ -83,29 +87,15 @@ from limpet.devcluster.podrunner.process import PodRunnerProcess
 from limpet.devcluster.process import ManagedProcess
 from limpet.devcluster.proxypod import ProxyPodCommand
 from limpet.devcluster.redis import RedisEndpoint, RedisPod
-from limpet.devcluster.workloads import kubectl, node_pod_ip, pods, ready_pods
+from limpet.devcluster.workloads import node_pod_ip, ready_pods
 
-REPO = Path(__file__).resolve().parents[3]
-CRD_DIR = REPO / "crds"
-DEPLOY_DIR = REPO / "deploy"
-OPERATOR_NAMESPACE = "limpet-system"
-OPERATOR_SA = "limpet-operator"
 ENV_USE_KUBECONFIG = "LIMPET_USE_KUBECONFIG"
 STICKY = "counter"
 HEADER_STICKY = "counter-header"
 """The second StickyService: Header mode with the shared session store (local cluster)."""
-APP_SERVICE = APP_NAME
 APP_PORT = 8080
 PROXY_PORT = 8080
 ADMIN_PORT = 9901
-EXTERNAL_PROXIES = "counter-demo-proxies"
-"""The demo proxies' Service on ``$KUBECONFIG``'s cluster (external mode)."""
-FIELD_MANAGER = "limpet-demo"
-T = TypeVar("T")
-
-
-class StageError(RuntimeError):
-    """The demo could not set something up; the message says what and why."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,7 +168,7 @@ class Stage:
         self._cluster()
         api = self.api
         assert api is not None
-        self._install(api)
+        objects.install(api, kubeconfig=self.kubeconfig if self.cluster else None, say=s.say)
         self.namespace = create_namespace(api, "limpet-demo")
         if self.cluster is None:
             # Someone else's cluster keeps nothing of ours; the local one is deleted whole.
@@ -200,7 +190,7 @@ class Stage:
             self._create_sticky(api, HEADER_STICKY, {**s.header_spec, "sessionStore": store})
         self._start_operator(operator_kubeconfig)
         for name in self.sticky_names():
-            self.tokens[name] = self._wait_token(api, name)
+            self.tokens[name] = wait_token(api, self.namespace, name, self.operator)
         # The proxies' admin token, for whoever scrapes their metrics (fake proxies: to run).
         self.token_file = self.work / "admin-token"
         self.token_file.write_text(self.tokens[STICKY])
@@ -260,15 +250,15 @@ class Stage:
         apply_manifests(api, manifests, manager=FIELD_MANAGER)
         app = DeployedApp(api, self.kubeconfig, self.namespace)
         self.app = app
-        names = _wait(lambda: _exactly(app.serving(), s.pods), 90, f"{s.pods} Ready app pods")
+        names = wait(lambda: exactly(app.serving(), s.pods), 90, f"{s.pods} Ready app pods")
         s.say(f"Deployment {APP_SERVICE}: {s.pods} Ready pods: " + ", ".join(names))
 
     def _wait_proxy_pods(self, api: k8s.ApiClient, name: str) -> None:
         """The operator's proxy Deployment, run: its Ready pods' checked IPs."""
         s = self.settings
         labels = {"app.kubernetes.io/name": "limpet-proxy", "limpet.dev/stickyservice": name}
-        proxies = _wait(
-            lambda: _exactly(ready_pods(api, self.namespace, labels), s.proxies),
+        proxies = wait(
+            lambda: exactly(ready_pods(api, self.namespace, labels), s.proxies),
             90,
             f"{s.proxies} Ready proxy pods of {name}",
         )
@@ -356,94 +346,18 @@ class Stage:
             s.say(f"control plane ready at {cluster.server}")
         self._stack.callback(self.api.close)
 
-    def _install(self, api: k8s.ApiClient) -> None:
-        """The local cluster gets deploy/ itself; someone else's cluster only the CRDs."""
-        if self.cluster is not None:
-            # Exactly what users apply: CRDs, namespace, ServiceAccount, ClusterRole and
-            # binding, the operator Deployment.
-            assert self.kubeconfig is not None
-            try:
-                kubectl(self.kubeconfig, "apply", "--server-side", "-k", str(DEPLOY_DIR))
-                # The demo runs the operator as a local process under that ServiceAccount
-                # (its log and its faster status interval at hand), so the Deployment's
-                # pods must not run too: scaled to 0 before the pod runner's Node exists.
-                kubectl(
-                    self.kubeconfig,
-                    "scale",
-                    "deployment/limpet-operator",
-                    "--replicas=0",
-                    namespace=OPERATOR_NAMESPACE,
-                )
-            except DevClusterError as exc:
-                raise StageError(f"installing deploy/ failed: {exc}") from exc
-            operator_labels = {"app.kubernetes.io/component": "operator"}
-            _wait(
-                lambda: not pods(api, OPERATOR_NAMESPACE, operator_labels),
-                30,
-                "the operator Deployment to have no pods",
-            )
-            self.settings.say(
-                "applied deploy/ (CRDs, RBAC, operator objects); the operator Deployment "
-                "scaled to 0: the demo runs the operator itself"
-            )
-        else:
-            names = install_crds(api, CRD_DIR, field_manager=FIELD_MANAGER)
-            if not names:
-                raise StageError(f"no CRDs found in {CRD_DIR}")
-            self.settings.say(f"CRDs installed: {', '.join(names)}")
-        _wait(lambda: _served(api), 30, "the limpet.dev API to be served")
-
     def _operator_identity(self, api: k8s.ApiClient) -> Path:
-        """On the local cluster: a token of deploy/'s ServiceAccount (exactly its RBAC)."""
+        """On the local cluster: a token of deploy/'s ServiceAccount; else the user's."""
         assert self.kubeconfig is not None
         if self.cluster is None:
             return self.kubeconfig
-        self.settings.say(
-            f"operator identity: ServiceAccount {OPERATOR_NAMESPACE}/{OPERATOR_SA} "
-            "with deploy/rbac/operator-rbac.yaml"
-        )
-        return service_account_kubeconfig(
-            api,
-            self.cluster,
-            self.work / "operator.kubeconfig",
-            namespace=OPERATOR_NAMESPACE,
-            name=OPERATOR_SA,
-            lifetime=6 * 3600,
-        )
-
-    def _proxy_spec(self) -> dict[str, Any]:
-        """Managed proxies on the local cluster; external ones on someone else's.
-
-        On your cluster, managed proxies would be a real Deployment whose pods (and
-        their EndpointSlice entries, at addresses this host cannot reach) the operator
-        would also push plans to. External mode selects only the demo's own proxies,
-        published in the EndpointSlice of a selector-less Service that no controller
-        touches.
-        """
-        if self.cluster is not None:
-            return {"replicas": self.settings.proxies}
-        selector = {"kubernetes.io/service-name": EXTERNAL_PROXIES}
-        return {"managed": False, "selector": {"matchLabels": selector}}
+        return objects.operator_identity(api, self.cluster, self.work, self.settings.say)
 
     def _create_sticky(self, api: k8s.ApiClient, name: str, spec: dict[str, Any]) -> None:
-        body = {
-            "apiVersion": "limpet.dev/v1alpha1",
-            "kind": "StickyService",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": {
-                "service": APP_SERVICE,
-                "port": "http",
-                **spec,
-                "proxy": self._proxy_spec(),
-            },
-        }
-        path = f"/apis/limpet.dev/v1alpha1/namespaces/{self.namespace}/stickyservices"
-        try:
-            request(api, "POST", path, body=body)
-        except k8s.ApiException as exc:
-            raise StageError(f"the API server refused the StickyService: {exc.body}") from exc
-        self._sticky_paths.append(f"{path}/{name}")
-        if self.cluster is None:
+        local = self.cluster is not None
+        proxy = objects.proxy_spec(local=local, proxies=self.settings.proxies)
+        self._sticky_paths.append(objects.create_sticky(api, self.namespace, name, spec, proxy))
+        if not local:
             self.settings.say(f"proxies: external, the pods of Service {EXTERNAL_PROXIES}")
 
     def _start_operator(self, kubeconfig: Path) -> None:
@@ -479,32 +393,7 @@ class Stage:
         self.settings.say("operator started (log: operator.log)")
 
     def _delete_stickies(self, api: k8s.ApiClient) -> None:
-        paths = list(self._sticky_paths)
-        for path in paths:
-            with contextlib.suppress(Exception):
-                request(api, "DELETE", path, timeout=5)
-        if self.operator_alive():
-            # The operator's finalizer runs its clean-up, then lets the object go.
-            with contextlib.suppress(Exception):
-                _wait(
-                    lambda: all(gone(api, p) for p in paths),
-                    20,
-                    "the StickyServices to be deleted",
-                )
-
-    def _wait_token(self, api: k8s.ApiClient, name: str) -> str:
-        path = f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name(name)}"
-
-        def token() -> str | None:
-            if self.operator is not None and self.operator.poll() is not None:
-                raise StageError(f"the operator exited:\n{self.operator.tail(30)}")
-            try:
-                obj = request(api, "GET", path)
-            except k8s.ApiException:
-                return None
-            return base64.b64decode(obj["data"]["admin-token"]).decode()
-
-        return _wait(token, 30, "the operator's Secret with the admin token")
+        delete_stickies(api, list(self._sticky_paths), operator_alive=self.operator_alive())
 
     # -- during the run ------------------------------------------------------------------------
 
@@ -543,22 +432,6 @@ def _app_command(spec: BackendSpec) -> list[str]:
     return _python_module(
         "limpet.demo.backend", "--host", spec.host, "--port", str(spec.port), "--name", spec.pod
     )
-
-
-def _wait(probe: Callable[[], T | None], within: float, what: str) -> T:
-    return wait_until(probe, within, what, error=StageError)
-
-
-def _exactly(items: list[T], count: int) -> list[T] | None:
-    return items if len(items) == count else None
-
-
-def _served(api: k8s.ApiClient) -> bool:
-    try:
-        request(api, "GET", "/apis/limpet.dev/v1alpha1/stickyservices")
-    except k8s.ApiException:
-        return False
-    return True
 
 
 def _rmtree(path: Path) -> None:
