@@ -19,6 +19,12 @@ and each upstream failure, is counted for its backend in the engine's stats (sta
 class, error kind, and the time from the head's end to the answer's:
 ``backend_stats.py``).
 
+Where the exchange stands is one value, ``state``, of the sans-I/O client connection
+state machine (:mod:`limpet.proxy.engine.h1.connection`): each event (the request's
+head and end, the answer's head and end, the upgrade, the 101, the close) goes through
+``connection.step``, which raises on an event the state does not allow. The backend
+side's machine fires the answer's events on the same ``state``.
+
 This is the base class of :class:`~limpet.proxy.engine.client.ClientConnection`, which owns the
 input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;
 both halves are one object per connection, so the upstream side calls one object.
@@ -38,17 +44,27 @@ from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.h1.connection import (
+    AFTER_ANSWER_END,
+    AFTER_REQUEST,
+    AFTER_REQUEST_END,
+    ANSWER,
+    ANSWER_END,
+    ANSWER_OUT,
+    ANSWER_STARTED,
+    CLOSE,
+    CLOSED,
+    IDLE,
+    REQUEST,
+    REQUEST_DONE,
+    REQUEST_END,
+    invalid,
+    step,
+)
 from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
-
-# What a client connection does with its input (the request reader keeps the phase
-# within HTTP/1.1: h1.request).
-P_HTTP: Final = 0  # requests, read by the connection's RequestReader
-P_UPGRADED: Final = 1  # after an upgrade request's head: raw bytes, held until 101
-P_TUNNEL: Final = 2  # raw byte pipe
-P_CLOSED: Final = 3
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
 R_UPSTREAM: Final = 1  # the upstream connection's write buffer is full
@@ -87,11 +103,9 @@ class Exchange(asyncio.Protocol):
     """A client connection's state and its request/answer exchange (see the module)."""
 
     __slots__ = (
-        "active",
         "body_sent",
         "chunked_request",
         "clock",
-        "closing",
         "deadline",
         "dial_task",
         "feeding",
@@ -104,21 +118,18 @@ class Exchange(asyncio.Protocol):
         "idempotent",
         "keep_alive",
         "peer",
-        "phase",
         "pool",
         "read_paused",
         "redialled",
         "req_trailers",
-        "request_done",
         "request_head",
-        "response_finished",
-        "response_started",
         "retried",
         "route",
         "router",
         "scan",
         "server",
         "started",
+        "state",
         "stats",
         "status",
         "transport",
@@ -141,12 +152,11 @@ class Exchange(asyncio.Protocol):
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
         self.peer = b""
         self.trusted = False
-        self.closing = False
+        self.state = IDLE  # the exchange and the connection (h1.connection)
         self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
-        self.phase = P_HTTP
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         # Bytes for the backend not yet written: the request head and body (chunk-framed
         # if the client sent chunks). flush_up is the one place they are written (but
@@ -161,15 +171,11 @@ class Exchange(asyncio.Protocol):
         self.held = 0
         self.held_end = False
         # The exchange in flight.
-        self.active = False
         self.up: UpstreamConnection | None = None
         self.route: Route | None = None
         self.request_head = b""
         self.dial_task: asyncio.Task[None] | None = None
         self.body_sent = False
-        self.request_done = True
-        self.response_started = False
-        self.response_finished = False
         self.keep_alive = True
         self.http11 = True
         self.head_request = False
@@ -227,7 +233,7 @@ class Exchange(asyncio.Protocol):
             log.exception("routing through the session store failed")
             route = None
         self.dial_task = None
-        if self.closing or self.response_finished:
+        if ANSWER_OUT[self.state]:
             return
         if route is None:
             self._answer(503)
@@ -240,11 +246,11 @@ class Exchange(asyncio.Protocol):
         stats.requests += 1
         self.started = perf_counter() if stats.timing else 0.0
         self.status = 0
-        self.active = True
+        state = AFTER_REQUEST[self.state]
+        if state < 0:
+            invalid(self.state, REQUEST)
+        self.state = state
         self.deadline = 0.0
-        self.request_done = False
-        self.response_started = False
-        self.response_finished = False
         self.body_sent = False
         self.retried = False
         self.redialled = False
@@ -355,7 +361,7 @@ class Exchange(asyncio.Protocol):
         if out:
             self.body_sent = True  # body bytes held while routing or dialling
         out.insert(0, self.request_head)
-        if self.request_done and self.chunked_request and not self.held_end:
+        if REQUEST_DONE[self.state] and self.chunked_request and not self.held_end:
             out.append(self._last_chunk())  # ended, but not while held (a redial)
         if not (self.feeding and self.scan.has_body):
             self.flush_up()
@@ -381,11 +387,11 @@ class Exchange(asyncio.Protocol):
             up = await self.pool.connect(route.backend_id, route.host, route.port)
         except (OSError, TimeoutError):
             self.dial_task = None
-            if not self.closing and self.route is route:
+            if self.state != CLOSED and self.route is route:
                 self._dial_failed(route)
             return
         self.dial_task = None
-        if self.closing or self.route is not route or self.response_finished:
+        if ANSWER_OUT[self.state] or self.route is not route:
             # Nobody waits for it any more; keep the fresh connection for the next one.
             if not self.pool.release(up):
                 up.abort()
@@ -434,8 +440,11 @@ class Exchange(asyncio.Protocol):
         return http.last_chunk(self.req_trailers, self.server.classes)
 
     def _request_complete(self) -> None:
-        self.request_done = True
-        if self.response_finished:
+        state = AFTER_REQUEST_END[self.state]
+        if state < 0:
+            invalid(self.state, REQUEST_END)
+        self.state = state
+        if state == IDLE:  # it was answered already
             self._next()
             return
         if self.chunked_request and (self.up is not None or self.holding):
@@ -447,7 +456,10 @@ class Exchange(asyncio.Protocol):
 
     def response_done(self) -> None:
         """Called by the upstream connection (or a local answer) when the answer is out."""
-        self.response_finished = True
+        state = AFTER_ANSWER_END[self.state]
+        if state < 0:
+            invalid(self.state, ANSWER_END)
+        self.state = state
         route = self.route
         if route is not None:
             self.stats.answered(route.backend_id, self.status, self.started)
@@ -455,14 +467,13 @@ class Exchange(asyncio.Protocol):
         if up is not None and up.client is self:
             up.abort()  # the answer ended before the request did: not reusable
         self.up = None
-        if self.request_done:
+        if state == IDLE:
             self._next()
         elif not self.keep_alive:
             self.close_after_flush()
 
     def _next(self) -> None:
         """The exchange is complete on both sides: get ready for the next request."""
-        self.active = False
         self.up = None
         self.route = None
         self.holding = False
@@ -487,19 +498,19 @@ class Exchange(asyncio.Protocol):
         """Answer the current request from the proxy itself (an error)."""
         self.status = status
         close = not self.keep_alive or (
-            not self.request_done and (self.scan.has_body or self.upgrade_requested)
+            not REQUEST_DONE[self.state] and (self.scan.has_body or self.upgrade_requested)
         )
         if status in (400, 405, 501, 505):
             close = True
         self.keep_alive = not close
         self._reply(status, close=close)
-        self.response_started = True
+        self.state = step(self.state, ANSWER)
         self.response_done()
 
     def _reply(self, status: int, *, close: bool) -> None:
         """Send one of the proxy's own answers (counted); the one place they are written."""
         self.stats.local(status)
-        if not self.closing:
+        if self.state != CLOSED:
             self.transport.write(http.error_response(status, close=close))
 
     # -- failures reported by the upstream side ------------------------------------------
@@ -508,7 +519,7 @@ class Exchange(asyncio.Protocol):
         """The upstream connection closed before any byte of the answer."""
         self.up = None
         route = self.route
-        if self.response_finished or route is None:
+        if ANSWER_OUT[self.state] or route is None:
             return
         if not self.redialled and self.idempotent and not self.body_sent:
             # Usually a pooled connection the backend had just closed: dial afresh once.
@@ -547,18 +558,17 @@ class Exchange(asyncio.Protocol):
 
     def _upstream_error(self, status: int) -> None:
         self.up = None
-        if self.response_started:
+        if ANSWER_STARTED[self.state]:
             self.abort()
-        else:
+        elif self.state != CLOSED:
             self.keep_alive = False
             self._answer(status)
 
     # -- closing and flow control -------------------------------------------------------
 
     def close_after_flush(self) -> None:
-        self.phase = P_CLOSED
-        if not self.closing:
-            self.closing = True
+        if self.state != CLOSED:
+            self.state = step(self.state, CLOSE)
             self.transport.close()
         up = self.up
         if up is not None and up.client is self and up.state == BUSY:
@@ -566,8 +576,7 @@ class Exchange(asyncio.Protocol):
             up.abort()
 
     def abort(self) -> None:
-        self.phase = P_CLOSED
-        self.closing = True
+        self.state = step(self.state, CLOSE)
         self.transport.abort()
 
     def pause_reading_for_upstream(self) -> None:
@@ -577,7 +586,7 @@ class Exchange(asyncio.Protocol):
         self._resume(R_UPSTREAM)
 
     def _pause(self, reason: int) -> None:
-        if not self.read_paused and not self.closing:
+        if not self.read_paused and self.state != CLOSED:
             self.transport.pause_reading()
         self.read_paused |= reason
 
@@ -585,5 +594,5 @@ class Exchange(asyncio.Protocol):
         """Clear the ``reason`` bits (one or several); resume once none is left."""
         if self.read_paused & reason:
             self.read_paused &= ~reason
-            if not self.read_paused and not self.closing:
+            if not self.read_paused and self.state != CLOSED:
                 self.transport.resume_reading()

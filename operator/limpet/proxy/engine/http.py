@@ -134,7 +134,7 @@ _PLAIN_CONNECTION_VALUES: Final = frozenset(
 
 def _lists_headers(values: list[bytes]) -> bool:
     """Whether Connection may name headers to strip (exact answer comes later)."""
-    return any(value not in _PLAIN_CONNECTION_VALUES for value in values)
+    return not _PLAIN_CONNECTION_VALUES.issuperset(values)  # no generator per request
 
 
 @dataclass(slots=True)

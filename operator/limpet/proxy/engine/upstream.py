@@ -49,12 +49,11 @@ class ClientSide(Protocol):
     transport: asyncio.Transport
     route: Route | None
     keep_alive: bool
-    request_done: bool
+    state: int  # h1.connection.State
     http11: bool
     head_request: bool
     upgrade_requested: bool
     write_paused: bool
-    response_started: bool
     half_closed: bool
     status: int
 
