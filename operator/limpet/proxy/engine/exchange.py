@@ -14,7 +14,9 @@ connection, is written by :meth:`Exchange._bind` itself (nothing else waits). Th
 relayed by ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done`
 at its end, or reports a failure (``upstream_*``): a connect failure is retried once on
 another backend, a stale pooled connection is redialled once, anything else is a 502 or
-504 from the proxy itself (:meth:`Exchange._answer`). Each answer to a routed request,
+504 from the proxy itself (:meth:`Exchange._answer`): these decisions come from the
+sans-I/O :mod:`~limpet.proxy.engine.h1.actions` as action values (``Do``, ``Fail``) that
+this shell carries out. Each answer to a routed request,
 and each upstream failure, is counted for its backend in the engine's stats (status
 class, error kind, and the time from the head's end to the answer's:
 ``backend_stats.py``).
@@ -44,6 +46,8 @@ from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.h1 import actions
+from limpet.proxy.engine.h1.actions import Do, Fail
 from limpet.proxy.engine.h1.connection import (
     AFTER_ANSWER_END,
     AFTER_REQUEST,
@@ -51,7 +55,6 @@ from limpet.proxy.engine.h1.connection import (
     ANSWER,
     ANSWER_END,
     ANSWER_OUT,
-    ANSWER_STARTED,
     CLOSE,
     CLOSED,
     IDLE,
@@ -401,9 +404,9 @@ class Exchange(asyncio.Protocol):
     def _dial_failed(self, route: Route) -> None:
         """Nothing was sent: retry once on another backend, else answer 503/502."""
         self.stats.backend(route.backend_id).error("connect")
-        if self.retried:
-            self.router.backend_failed(route.backend_id)
-            self._answer(502)
+        action = actions.after_connect_failure(retried=self.retried)
+        if type(action) is Fail:
+            self._fail(action)
             return
         self.retried = True
         self.stats.retries += 1
@@ -494,14 +497,25 @@ class Exchange(asyncio.Protocol):
         """Start the next pipelined request, if one was parsed meanwhile (the connection
         keeps the queue: :class:`~limpet.proxy.engine.client.ClientConnection`)."""
 
+    def _fail(self, action: Fail) -> None:
+        """Do a :class:`~limpet.proxy.engine.h1.actions.Fail`: the proxy's own error."""
+        route = self.route
+        if action.backend_failed and route is not None:
+            self.router.backend_failed(route.backend_id)
+        if action.close:
+            self.keep_alive = False
+        self._answer(action.status)
+
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""
         self.status = status
-        close = not self.keep_alive or (
-            not REQUEST_DONE[self.state] and (self.scan.has_body or self.upgrade_requested)
+        close = actions.answer_closes(
+            self.state,
+            status,
+            keep_alive=self.keep_alive,
+            has_body=self.scan.has_body,
+            upgrade=self.upgrade_requested,
         )
-        if status in (400, 405, 501, 505):
-            close = True
         self.keep_alive = not close
         self._reply(status, close=close)
         self.state = step(self.state, ANSWER)
@@ -519,21 +533,24 @@ class Exchange(asyncio.Protocol):
         """The upstream connection closed before any byte of the answer."""
         self.up = None
         route = self.route
-        if ANSWER_OUT[self.state] or route is None:
+        if route is None:
             return
-        if not self.redialled and self.idempotent and not self.body_sent:
-            # Usually a pooled connection the backend had just closed: dial afresh once.
-            # If the backend is really gone the dial fails and fails over.
+        action = actions.after_upstream_closed(
+            self.state,
+            redialled=self.redialled,
+            idempotent=self.idempotent,
+            body_sent=self.body_sent,
+            reset=reset,
+        )
+        if action == Do.REDIAL:
             self.redialled = True
             self.stats.retries += 1
             self.up_out.clear()
             self._hold()
             self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
-            return
-        if reset:
-            self.router.backend_failed(route.backend_id)
-        self._backend_error("reset")
-        self._answer(502)
+        elif type(action) is Fail:
+            self._backend_error("reset")
+            self._fail(action)
 
     def upstream_aborted(self) -> None:
         """The backend went away in the middle of an answer: cut the client short too."""
@@ -558,11 +575,11 @@ class Exchange(asyncio.Protocol):
 
     def _upstream_error(self, status: int) -> None:
         self.up = None
-        if ANSWER_STARTED[self.state]:
+        action = actions.after_upstream_error(self.state, status)
+        if action == Do.ABORT:
             self.abort()
-        elif self.state != CLOSED:
-            self.keep_alive = False
-            self._answer(status)
+        elif type(action) is Fail:
+            self._fail(action)
 
     # -- closing and flow control -------------------------------------------------------
 
