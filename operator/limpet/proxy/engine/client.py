@@ -160,8 +160,9 @@ class ClientConnection(Exchange):
         if not HTTP[state]:
             if state == TUNNEL:
                 up = self.up
-                if up is not None and up.transport is not None:
-                    up.transport.write(data)
+                if up is not None:
+                    self.up_out.append(data)
+                    self.flush_up()
                     up.deadline = self.clock.now + self.pool.tunnel_idle_timeout
             elif self.upgrade_buf is not None:  # SWITCHING or REFUSED: held
                 self.upgrade_buf.append(data)
@@ -292,8 +293,9 @@ class ClientConnection(Exchange):
         self.deadline = 0.0
         buffered = self.upgrade_buf
         self.upgrade_buf = None
-        if buffered and up.transport is not None:
-            up.transport.writelines(buffered)
+        if buffered:
+            self.up_out += buffered
+            self.flush_up()
         self._resume(R_UPGRADE)
 
     # -- timeouts, limits, closing -------------------------------------------------------
