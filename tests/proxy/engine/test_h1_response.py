@@ -73,6 +73,16 @@ def test_a_length_framed_answer_in_one_read_is_done_and_keeps_the_connection() -
     assert facts.response_started
 
 
+@pytest.mark.parametrize("cut", [10, 13, 14, 15])
+def test_a_reason_phrase_split_across_reads_is_kept_whole(cut: int) -> None:
+    machine, _ = start()
+    answer = b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok"
+    _, first = feed(machine, answer[:cut])
+    event, rest = feed(machine, answer[cut:])
+    assert event == response.DONE
+    assert (first + rest).startswith(b"HTTP/1.1 200 Fine Thanks\r\n")
+
+
 def test_head_and_body_in_separate_reads() -> None:
     machine, _ = start()
     assert feed(machine, OK[:-1]) == (response.MORE, OK[:-1])

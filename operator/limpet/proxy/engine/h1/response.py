@@ -227,11 +227,13 @@ class ResponseMachine:
             raise _Stop  # an answer nobody asked for
         self._headers = []
         self._trailers = None
+        self._reason = b""
         self._framing = http.FRAME_NONE
         self._expect_eof = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp reports a reason phrase split across reads in parts.
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
