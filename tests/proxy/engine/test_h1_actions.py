@@ -57,6 +57,8 @@ def test_a_reset_counts_against_the_backend_and_nothing_is_done_once_answered() 
         (State.DUPLEX, Do.ABORT),
         (State.REFUSED, Do.ABORT),
         (State.CLOSED, Do.NOTHING),
+        (State.DRAINING, Do.NOTHING),  # answered: the request's body is only dropped
+        (State.IDLE, Do.NOTHING),
     ],
 )
 def test_an_upstream_error_is_answered_until_the_answer_has_started(

@@ -191,6 +191,28 @@ def test_an_upgrade_answered_101_is_a_tunnel_and_anything_else_closes() -> None:
     h.close()
 
 
+def test_a_pipelined_upgrade_request_switches_when_its_turn_comes() -> None:
+    h = Harness()
+    up, up_out = h.idle_backend()
+    client = ClientConnection(h.server)
+    ct = MemoryTransport()
+    client.connection_made(ct)
+    client.data_received(REQUESTS["get"] + REQUESTS["upgrade"] + b"early")
+    assert state_of(client) == State.WAITING  # the GET's exchange: not switching
+    assert b"GET /u " not in up_out.out  # queued behind the GET's answer
+    up.data_received(OK)
+    assert ct.out.endswith(b"\r\n\r\nok")
+    assert b"Connection: close" not in ct.out  # the GET's answer keeps the connection
+    assert state_of(client) == State.SWITCHING
+    assert b"GET /u " in up_out.out
+    up.data_received(SWITCHED + b"hi")
+    assert state_of(client) == State.TUNNEL
+    assert up_out.out.endswith(b"early")
+    assert ct.out.endswith(b"\r\n\r\nhi")
+    client.connection_lost(None)
+    h.close()
+
+
 # -- a property over the engine: when may a backend connection be pooled? ---------------------
 
 REQUESTS = {

@@ -264,15 +264,29 @@ class ClientConnection(Exchange):
         if p.complete and READING_BODY[self.state]:
             self._request_complete()
         if self.pending is None:
+            if self.upgrade_buf is not None and self.state != CLOSED:
+                self._switching()  # the last request queued was an upgrade request
             self._resume(R_PIPELINE)
 
     # -- upgrade and tunnel --------------------------------------------------------------
 
     def _upgrade_head_done(self, rest: bytes) -> None:
-        state = self.state
-        if state == CLOSED:
+        """The reader parsed an upgrade request's head: hold what follows until the
+        backend answers it, and switch once that request is the one in flight (at once,
+        or when it leaves the pipelining queue: :meth:`_serve_pending`)."""
+        if self.state == CLOSED:
             return
-        if state != WAITING:
+        held = self.upgrade_buf
+        if held is None:
+            held = self.upgrade_buf = []
+        if rest:
+            held.append(rest)
+        self._pause(R_UPGRADE)
+        if self.pending is None:
+            self._switching()
+
+    def _switching(self) -> None:
+        if self.state != WAITING:
             # Answered already (or not a clean upgrade): nothing after the head can be
             # read as HTTP/1.1 any more, so the connection ends here.
             self.close_after_flush()
@@ -280,9 +294,7 @@ class ClientConnection(Exchange):
         # Whatever the backend answers, no request follows on this connection: a 101
         # makes it a tunnel, anything else ends it.
         self.keep_alive = False
-        self.state = step(state, UPGRADE)
-        self.upgrade_buf = [rest] if rest else []
-        self._pause(R_UPGRADE)
+        self.state = step(self.state, UPGRADE)
 
     def upgraded(self, up: UpstreamConnection) -> None:
         """The backend answered 101: pipe raw bytes both ways from now on."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Final, NamedTuple
 
-from limpet.proxy.engine.h1.connection import ANSWER_OUT, ANSWER_STARTED, CLOSED, REQUEST_DONE
+from limpet.proxy.engine.h1.connection import ANSWER_OUT, ANSWER_STARTED, REQUEST_DONE
 
 
 class Do(IntEnum):
@@ -66,10 +66,10 @@ def after_upstream_closed(
 
 def after_upstream_error(state: int, status: int) -> Action:
     """The backend's answer is not HTTP (502) or overdue (504): answer so if nothing of
-    the answer has left yet, else cut the client short."""
+    the answer has left yet, else cut the client short (nothing once it is out)."""
     if ANSWER_STARTED[state]:
         return Do.ABORT
-    if state == CLOSED:
+    if ANSWER_OUT[state]:
         return Do.NOTHING
     return Fail(status, close=True)
 
