@@ -148,6 +148,14 @@ def invalid(state: int, event: int) -> NoReturn:
     raise InvalidTransition(State(state), Event(event))
 
 
+def raise_if_invalid(exc: BaseException) -> None:
+    """Re-raise the :class:`InvalidTransition` behind a parser error: httptools turns an
+    exception in a callback into a parse error, and a bug in the engine must surface,
+    never be read as a client's bad request (400) or a backend's garbage (502)."""
+    if isinstance(exc.__context__, InvalidTransition):
+        raise exc.__context__
+
+
 # The four events of every exchange, as columns of the table: the hot path inlines what
 # step does (``nxt = AFTER_REQUEST[state]``, then ``invalid`` if it is negative) to
 # save a call per event, about 700 instructions each.

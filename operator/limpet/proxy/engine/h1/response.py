@@ -40,8 +40,8 @@ from limpet.proxy.engine.h1.connection import (
     ANSWER,
     ANSWER_UNSENT,
     REQUEST_DONE,
-    InvalidTransition,
     invalid,
+    raise_if_invalid,
     step,
 )
 from limpet.proxy.engine.port import Route, RouterPort
@@ -176,7 +176,7 @@ class ResponseMachine:
         except httptools.HttpParserUpgrade as exc:
             return self._switched(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
-            _reraise_bug(exc)
+            raise_if_invalid(exc)
             if self.state == FINISHED:
                 self.keep = False  # bytes beyond the answer: the connection is out of step
             elif self._after_head:
@@ -367,7 +367,7 @@ class ResponseMachine:
                 self._head_tail = None
                 return self._switched(buf[end:])
             except httptools.HttpParserError as exc:
-                _reraise_bug(exc)
+                raise_if_invalid(exc)
                 if not (self.state == FINISHED and isinstance(exc.__context__, _Stop)):
                     self._head_tail = None
                     return self._fail(STRAY if self._after_head else BROKEN)
@@ -385,10 +385,3 @@ class ResponseMachine:
             fed = pos = end  # a 1xx head, relayed; the final head follows
         self._head_unsent = False
         return MORE
-
-
-def _reraise_bug(exc: httptools.HttpParserError) -> None:
-    """httptools turns an exception in a callback into a parser error: an invalid
-    transition of the client connection is a bug, never a backend's fault (a 502)."""
-    if isinstance(exc.__context__, InvalidTransition):
-        raise exc.__context__
