@@ -348,3 +348,48 @@ def test_a_close_delimited_answer_ends_with_the_last_chunk_when_the_backend_clos
     assert state_of(client) == State.IDLE  # the client's connection goes on
     client.connection_lost(None)
     h.close()
+
+
+HEAD_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from(["get", "head", "post", "chunked"]), min_size=1, max_size=5),
+    st.booleans(),  # an upgrade request last
+    st.integers(min_value=0, max_value=400),  # where the client's bytes are cut in two
+)
+def test_pipelined_requests_are_sent_and_answered_one_at_a_time_in_order(
+    kinds: list[str], upgrade_last: bool, cut: int
+) -> None:
+    """Requests pipelined in one read (cut anywhere): each reaches the backend only once
+    the answer before it is out, the answers reach the client in order on a connection
+    that stays open, and an upgrade request last becomes a tunnel at its own 101."""
+    order = kinds + (["upgrade"] if upgrade_last else [])
+    data = b"".join(REQUESTS[k] for k in order)
+    h = Harness()
+    try:
+        up, up_out = h.idle_backend()
+        client = ClientConnection(h.server)
+        ct = MemoryTransport()
+        client.connection_made(ct)
+        cut %= len(data) + 1
+        for part in (data[:cut], data[cut:]):
+            client.data_received(part)
+        answered = 0
+        while up.client is client and up_out.out.count(b" HTTP/1.1\r\n") > answered:
+            assert up_out.out.count(b" HTTP/1.1\r\n") == answered + 1  # one at a time
+            kind = order[answered]
+            up.data_received({"upgrade": SWITCHED, "head": HEAD_OK}.get(kind, OK))
+            answered += 1
+        assert answered == len(order)
+        assert ct.out.count(b"HTTP/1.1 200 OK\r\n") == len(kinds)
+        assert not ct.closed
+        if upgrade_last:
+            assert state_of(client) == State.TUNNEL
+            assert ct.out.endswith(b"\r\n\r\n")  # the 101's head, last
+        else:
+            assert state_of(client) == State.IDLE
+        client.connection_lost(None)
+    finally:
+        h.close()
