@@ -95,7 +95,7 @@ SWITCH: Final = Event.SWITCH.value
 CLOSE: Final = Event.CLOSE.value
 
 
-class InvalidTransition(RuntimeError):
+class InvalidTransition(Exception):  # not RuntimeError: mypyc cannot compile that base
     """An event that cannot happen in the connection's state: a bug in the engine."""
 
     def __init__(self, state: State, event: Event) -> None:
