@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from limpet.proxy.engine.h1 import request
+from limpet.proxy.engine.h1.connection import Event, InvalidTransition, State, step
 from limpet.proxy.engine.h1.request import RequestReader
 
 
@@ -173,3 +174,25 @@ def test_a_refusing_sink_stops_the_read_without_an_error() -> None:
     assert r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == request.MORE
     assert sink.events == [("begin",)]
     assert r.status == 0
+
+
+class BuggySink(Recorder):
+    """A sink whose exchange is in a state that cannot take a new request (a bug)."""
+
+    def head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        step(State.TUNNEL, Event.REQUEST)
+
+
+def test_an_invalid_transition_in_a_callback_surfaces_instead_of_a_400() -> None:
+    r = reader(BuggySink())
+    with pytest.raises(InvalidTransition, match="REQUEST in state TUNNEL"):
+        r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == 0  # not refused as the client's fault

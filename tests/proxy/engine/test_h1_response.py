@@ -11,6 +11,7 @@ import pytest
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.h1 import response
+from limpet.proxy.engine.h1.connection import ANSWER_STARTED, InvalidTransition, State
 from limpet.proxy.engine.h1.response import ResponseMachine
 from limpet.proxy.engine.port import RequestView, Route
 from limpet.proxy.process.standalone import standalone_plan
@@ -23,12 +24,15 @@ class Facts:
 
     route: Route | None
     keep_alive: bool = True
-    request_done: bool = True
+    state: int = State.WAITING  # the request is complete, its answer due
     http11: bool = True
     head_request: bool = False
     upgrade_requested: bool = False
-    response_started: bool = False
     status: int = 0
+
+    @property
+    def response_started(self) -> bool:
+        return ANSWER_STARTED[self.state]
 
 
 def machine_and_route(affinity: str = "client-ip") -> tuple[ResponseMachine, Route]:
@@ -42,9 +46,9 @@ def machine_and_route(affinity: str = "client-ip") -> tuple[ResponseMachine, Rou
     return machine, route
 
 
-def start(**facts: bool) -> tuple[ResponseMachine, Facts]:
+def start(**facts: bool | State) -> tuple[ResponseMachine, Facts]:
     machine, route = machine_and_route()
-    f = Facts(route=route, **facts)
+    f = Facts(route=route, **facts)  # type: ignore[arg-type]
     machine.expect(f)
     return machine, f
 
@@ -67,6 +71,16 @@ def test_a_length_framed_answer_in_one_read_is_done_and_keeps_the_connection() -
     assert machine.keep
     assert facts.status == 200
     assert facts.response_started
+
+
+@pytest.mark.parametrize("cut", [10, 13, 14, 15])
+def test_a_reason_phrase_split_across_reads_is_kept_whole(cut: int) -> None:
+    machine, _ = start()
+    answer = b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok"
+    _, first = feed(machine, answer[:cut])
+    event, rest = feed(machine, answer[cut:])
+    assert event == response.DONE
+    assert (first + rest).startswith(b"HTTP/1.1 200 Fine Thanks\r\n")
 
 
 def test_head_and_body_in_separate_reads() -> None:
@@ -139,15 +153,14 @@ def test_head_answers_end_at_the_head_even_across_reads() -> None:
     assert feed(machine, b"\n") == (response.DONE, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
     assert machine.keep
     # Pooled: the next exchange's answer parses with a fresh parser.
-    machine.expect(facts)
+    machine.expect(Facts(route=facts.route))
     assert feed(machine, OK)[0] == response.DONE
 
 
 def test_a_late_body_for_head_is_a_stray_on_the_next_exchange() -> None:
     machine, facts = start(head_request=True)
     assert feed(machine, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")[0] == response.DONE
-    facts.head_request = False
-    machine.expect(facts)
+    machine.expect(Facts(route=facts.route))
     assert feed(machine, b"hello") == (response.STRAY, b"")
 
 
@@ -180,7 +193,7 @@ def test_interim_answers_are_not_relayed_to_http10_clients() -> None:
 
 
 def test_101_after_an_upgrade_request_switches_with_the_bytes_that_follow() -> None:
-    machine, facts = start(upgrade_requested=True, request_done=True)
+    machine, facts = start(upgrade_requested=True, state=State.SWITCHING)
     event, out = feed(
         machine,
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
@@ -195,7 +208,7 @@ def test_101_after_an_upgrade_request_switches_with_the_bytes_that_follow() -> N
 
 
 def test_an_upgrade_request_answered_otherwise_is_never_pooled() -> None:
-    machine, facts = start(upgrade_requested=True)
+    machine, facts = start(upgrade_requested=True, state=State.SWITCHING)
     event, out = feed(machine, OK)
     assert event == response.DONE
     assert not machine.keep
@@ -233,7 +246,7 @@ def test_a_failure_after_the_head_left_leaves_the_answer_started() -> None:
 
 
 def test_an_answer_before_the_request_is_whole_closes_the_client() -> None:
-    machine, facts = start(request_done=False)
+    machine, facts = start(state=State.RECEIVING)
     event, out = feed(machine, OK)
     assert event == response.DONE
     assert not machine.keep
@@ -253,3 +266,11 @@ def test_the_routers_set_cookie_is_added() -> None:
     event, out = feed(machine, OK)
     assert event == response.DONE
     assert b"\r\nSet-Cookie: " + route.set_cookie + b"\r\n" in out
+
+
+def test_an_answer_to_an_exchange_that_cannot_take_one_is_a_bug_not_a_502() -> None:
+    # The client connection is already closed: the machine's ANSWER event is invalid
+    # there, and the error surfaces instead of being read as a backend's garbage.
+    machine, _ = start(state=State.CLOSED)
+    with pytest.raises(InvalidTransition, match="ANSWER in state CLOSED"):
+        feed(machine, OK)

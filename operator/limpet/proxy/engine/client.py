@@ -9,7 +9,8 @@ body chunks are passed on as they are parsed. What the read produced for the bac
 written once the read is parsed. A request parsed while the previous one is still being
 answered (pipelining) waits in a small queue, with reading paused, and is started when
 the answer is out. After an upgrade request's head the connection holds further bytes
-until the backend answers; after ``101 Switching Protocols`` both connections become a
+until the backend answers (state ``SWITCHING``, :mod:`~limpet.proxy.engine.h1.connection`);
+after ``101 Switching Protocols`` (``TUNNEL``) both connections become a
 raw byte pipe (data, half-close and flow control pass straight through). A malformed
 request gets a 400 and the connection closes; a request head that takes longer than the
 head timeout gets a 408 (the :class:`~limpet.proxy.engine.server.Server` sweep calls
@@ -25,19 +26,26 @@ import asyncio
 from collections import deque
 from typing import cast
 
-from limpet.proxy.engine.exchange import (
-    P_CLOSED,
-    P_HTTP,
-    P_TUNNEL,
-    P_UPGRADED,
-    R_PIPELINE,
-    R_UPGRADE,
-    Exchange,
-    ServerSide,
-)
+from limpet.proxy.engine.exchange import R_PIPELINE, R_UPGRADE, Exchange, ServerSide
 from limpet.proxy.engine.h1 import request
+from limpet.proxy.engine.h1.connection import (
+    BODY_DUE,
+    CLOSE,
+    CLOSED,
+    DRAINING,
+    DUPLEX,
+    HTTP,
+    IDLE,
+    READING_BODY,
+    REQUEST_DONE,
+    SWITCH,
+    TUNNEL,
+    UPGRADE,
+    WAITING,
+    step,
+)
 from limpet.proxy.engine.h1.request import RequestReader
-from limpet.proxy.engine.upstream import TUNNEL, UpstreamConnection
+from limpet.proxy.engine.upstream import UpstreamConnection
 
 
 class _Pending:
@@ -111,8 +119,7 @@ class ClientConnection(Exchange):
         if stats.connections_active >= server.max_connections:
             stats.connections_rejected += 1
             self._reply(503, close=True)
-            self.closing = True
-            self.phase = P_CLOSED
+            self.state = step(self.state, CLOSE)
             t.close()
             return
         self.registered = True
@@ -126,8 +133,8 @@ class ClientConnection(Exchange):
         self.deadline = self.clock.now + server.head_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        self.phase = P_CLOSED
+        tunnel = self.state == TUNNEL
+        self.state = step(self.state, CLOSE)
         if self.registered:
             self.registered = False
             self.stats.connections_active -= 1
@@ -140,7 +147,7 @@ class ClientConnection(Exchange):
         self.up = None
         self.pending = None
         if up is not None and up.client is self:
-            if up.state == TUNNEL:
+            if tunnel:
                 up.client = None
                 if up.transport is not None:
                     up.transport.close()
@@ -149,14 +156,15 @@ class ClientConnection(Exchange):
                 up.abort()
 
     def data_received(self, data: bytes) -> None:
-        phase = self.phase
-        if phase != P_HTTP:
-            if phase == P_TUNNEL:
+        state = self.state
+        if not HTTP[state]:
+            if state == TUNNEL:
                 up = self.up
-                if up is not None and up.transport is not None:
-                    up.transport.write(data)
+                if up is not None:
+                    self.up_out.append(data)
+                    self.flush_up()
                     up.deadline = self.clock.now + self.pool.tunnel_idle_timeout
-            elif phase == P_UPGRADED and self.upgrade_buf is not None:
+            elif self.upgrade_buf is not None:  # SWITCHING or REFUSED: held
                 self.upgrade_buf.append(data)
             return
         self.feeding = True
@@ -167,12 +175,12 @@ class ClientConnection(Exchange):
             self.flush_up()
         if result == request.UPGRADE:
             self._upgrade_head_done(self.reader.rest)
-        elif result == request.INVALID and not self.closing:
+        elif result == request.INVALID and self.state != CLOSED:
             self._bad_request(self.reader.status)
 
     def eof_received(self) -> bool | None:
         up = self.up
-        if self.phase == P_TUNNEL and up is not None and up.transport is not None:
+        if self.state == TUNNEL and up is not None and up.transport is not None:
             self.half_closed = True
             transport = up.transport
             if not up.half_closed and transport.can_write_eof() and not transport.is_closing():
@@ -194,9 +202,10 @@ class ClientConnection(Exchange):
     # -- the request reader's events (h1.request.RequestSink) ----------------------------
 
     def begin(self) -> bool:
-        if self.closing:
+        state = self.state
+        if state == CLOSED:
             return False  # answered and closing: whatever follows is not served
-        if self.active:
+        if state != IDLE:
             # Pipelined: hold further input until the current answer is out.
             self._pause(R_PIPELINE)
         elif self.reader.requests:
@@ -212,7 +221,7 @@ class ClientConnection(Exchange):
         keep_alive: bool,
         upgrade: bool,
     ) -> None:
-        if self.active:
+        if self.state != IDLE:
             pending = _Pending(method, target, headers, version, keep_alive, upgrade)
             if self.pending is None:
                 self.pending = deque((pending,))
@@ -225,7 +234,7 @@ class ClientConnection(Exchange):
     def body(self, data: bytes) -> None:
         if self.pending is not None:
             self.pending[-1].body.append(data)
-        elif self.active and not self.response_finished:
+        elif BODY_DUE[self.state]:
             self._request_body(data)
 
     def complete(self) -> None:
@@ -234,7 +243,7 @@ class ClientConnection(Exchange):
             self.pending[-1].complete = True
             self.pending[-1].trailers = trailers
             return
-        if self.active:
+        if READING_BODY[self.state]:
             self.req_trailers = trailers
             self._request_complete()
 
@@ -250,39 +259,61 @@ class ClientConnection(Exchange):
         self.req_trailers = p.trailers
         self._start(p.method, p.url, p.headers, p.version, p.keep_alive, p.upgrade)
         for chunk in p.body:
-            if self.active and not self.response_finished:
+            if BODY_DUE[self.state]:
                 self._request_body(chunk)
-        if p.complete and self.active:
+        if p.complete and READING_BODY[self.state]:
             self._request_complete()
         if self.pending is None:
+            if self.upgrade_buf is not None and self.state != CLOSED:
+                self._switching()  # the last request queued was an upgrade request
             self._resume(R_PIPELINE)
 
     # -- upgrade and tunnel --------------------------------------------------------------
 
     def _upgrade_head_done(self, rest: bytes) -> None:
-        if self.closing:
+        """The reader parsed an upgrade request's head: hold what follows until the
+        backend answers it, and switch once that request is the one in flight (at once,
+        or when it leaves the pipelining queue: :meth:`_serve_pending`)."""
+        if self.state == CLOSED:
             return
-        self.phase = P_UPGRADED
-        self.upgrade_buf = [rest] if rest else []
+        held = self.upgrade_buf
+        if held is None:
+            held = self.upgrade_buf = []
+        if rest:
+            held.append(rest)
         self._pause(R_UPGRADE)
+        if self.pending is None:
+            self._switching()
+
+    def _switching(self) -> None:
+        if self.state != WAITING:
+            # Answered already (or not a clean upgrade): nothing after the head can be
+            # read as HTTP/1.1 any more, so the connection ends here.
+            self.close_after_flush()
+            return
+        # Whatever the backend answers, no request follows on this connection: a 101
+        # makes it a tunnel, anything else ends it.
+        self.keep_alive = False
+        self.state = step(self.state, UPGRADE)
 
     def upgraded(self, up: UpstreamConnection) -> None:
         """The backend answered 101: pipe raw bytes both ways from now on."""
         route = self.route
         if route is not None:  # counted and timed at the switch: a tunnel has no end
             self.stats.answered(route.backend_id, self.status, self.started)
-        self.phase = P_TUNNEL
+        self.state = step(self.state, SWITCH)
         self.deadline = 0.0
         buffered = self.upgrade_buf
         self.upgrade_buf = None
-        if buffered and up.transport is not None:
-            up.transport.writelines(buffered)
+        if buffered:
+            self.up_out += buffered
+            self.flush_up()
         self._resume(R_UPGRADE)
 
     # -- timeouts, limits, closing -------------------------------------------------------
 
     def timed_out(self) -> None:
-        if self.phase == P_HTTP and self.reader.phase == request.HEAD:
+        if HTTP[self.state] and self.reader.phase == request.HEAD:
             self.stats.timeout("head")
             self._reply(408, close=True)
         else:
@@ -290,13 +321,14 @@ class ClientConnection(Exchange):
         self.close_after_flush()
 
     def _bad_request(self, status: int) -> None:
-        if self.active and self.request_done and not self.response_finished:
+        state = self.state
+        if REQUEST_DONE[state]:
             # The bad bytes follow a complete request whose answer is still due: that
             # answer goes out first, then this error (see _serve_pending), as nginx does.
             self.deferred_status = status
             self._pause(R_PIPELINE)
             return
-        if self.response_started and self.active:
+        if state in (DUPLEX, DRAINING):
             # The body went bad while the answer streams: nothing sane can be sent.
             self.abort()
             return

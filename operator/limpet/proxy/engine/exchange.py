@@ -8,16 +8,27 @@ the rewritten head. Body chunks follow as they are parsed (re-chunked if the cli
 chunks). Every byte for the backend goes through ``up_out`` and one writer,
 :meth:`Exchange.flush_up`: writes are coalesced per client read (the head of a request
 with a body and the body bytes of the same read leave in one writev when the read is
-parsed), and bytes held while routing or dialling leave at bind time. The one
-exception is the hot path's: the head of a request without a body, bound to a pooled
-connection, is written by :meth:`Exchange._bind` itself (nothing else waits). The answer is
+parsed), bytes held while routing or dialling leave at bind time, and after a 101 the
+tunnel's bytes go the same way. The one exception is the hot path's: the head of a
+request without a body, bound to a pooled connection, is written by
+:meth:`Exchange._bind` itself (nothing else waits). Every byte for the client goes through the other
+writer, :meth:`Exchange.flush_down` (the answer the upstream side relays, tunnel bytes,
+and the proxy's own answers from :meth:`Exchange._reply`). The answer is
 relayed by ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done`
 at its end, or reports a failure (``upstream_*``): a connect failure is retried once on
 another backend, a stale pooled connection is redialled once, anything else is a 502 or
-504 from the proxy itself (:meth:`Exchange._answer`). Each answer to a routed request,
+504 from the proxy itself (:meth:`Exchange._answer`): these decisions come from the
+sans-I/O :mod:`~limpet.proxy.engine.h1.actions` as action values (``Do``, ``Fail``) that
+this shell carries out. Each answer to a routed request,
 and each upstream failure, is counted for its backend in the engine's stats (status
 class, error kind, and the time from the head's end to the answer's:
 ``backend_stats.py``).
+
+Where the exchange stands is one value, ``state``, of the sans-I/O client connection
+state machine (:mod:`limpet.proxy.engine.h1.connection`): each event (the request's
+head and end, the answer's head and end, the upgrade, the 101, the close) goes through
+``connection.step``, which raises on an event the state does not allow. The backend
+side's machine fires the answer's events on the same ``state``.
 
 This is the base class of :class:`~limpet.proxy.engine.client.ClientConnection`, which owns the
 input side (parsing, pipelining, limits, timeouts, the upgrade). The split is by concern;
@@ -38,17 +49,28 @@ from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.counters import Clock, EngineStats
+from limpet.proxy.engine.h1 import actions
+from limpet.proxy.engine.h1.actions import Do, Fail
+from limpet.proxy.engine.h1.connection import (
+    AFTER_ANSWER_END,
+    AFTER_REQUEST,
+    AFTER_REQUEST_END,
+    ANSWER,
+    ANSWER_END,
+    ANSWER_OUT,
+    CLOSE,
+    CLOSED,
+    IDLE,
+    REQUEST,
+    REQUEST_DONE,
+    REQUEST_END,
+    invalid,
+    step,
+)
 from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
 from limpet.proxy.settings import ProxySettings
-
-# What a client connection does with its input (the request reader keeps the phase
-# within HTTP/1.1: h1.request).
-P_HTTP: Final = 0  # requests, read by the connection's RequestReader
-P_UPGRADED: Final = 1  # after an upgrade request's head: raw bytes, held until 101
-P_TUNNEL: Final = 2  # raw byte pipe
-P_CLOSED: Final = 3
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
 R_UPSTREAM: Final = 1  # the upstream connection's write buffer is full
@@ -87,11 +109,9 @@ class Exchange(asyncio.Protocol):
     """A client connection's state and its request/answer exchange (see the module)."""
 
     __slots__ = (
-        "active",
         "body_sent",
         "chunked_request",
         "clock",
-        "closing",
         "deadline",
         "dial_task",
         "feeding",
@@ -104,21 +124,18 @@ class Exchange(asyncio.Protocol):
         "idempotent",
         "keep_alive",
         "peer",
-        "phase",
         "pool",
         "read_paused",
         "redialled",
         "req_trailers",
-        "request_done",
         "request_head",
-        "response_finished",
-        "response_started",
         "retried",
         "route",
         "router",
         "scan",
         "server",
         "started",
+        "state",
         "stats",
         "status",
         "transport",
@@ -141,16 +158,16 @@ class Exchange(asyncio.Protocol):
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
         self.peer = b""
         self.trusted = False
-        self.closing = False
+        self.state = IDLE  # the exchange and the connection (h1.connection)
         self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
         self.read_paused = 0
         self.write_paused = False
-        self.phase = P_HTTP
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         # Bytes for the backend not yet written: the request head and body (chunk-framed
-        # if the client sent chunks). flush_up is the one place they are written (but
-        # for a lone head without a body: _bind): at the end of each client read
+        # if the client sent chunks), or tunnel bytes. flush_up is the one place they
+        # are written (but for a lone head without a body: _bind): at the end of each
+        # client read
         # (``feeding`` is True meanwhile, so a head and the body bytes of the same read
         # leave in one writev), at once outside a read, and at bind time for what was
         # held while routing or dialling (``holding``; ``held`` bytes, bounded;
@@ -161,15 +178,11 @@ class Exchange(asyncio.Protocol):
         self.held = 0
         self.held_end = False
         # The exchange in flight.
-        self.active = False
         self.up: UpstreamConnection | None = None
         self.route: Route | None = None
         self.request_head = b""
         self.dial_task: asyncio.Task[None] | None = None
         self.body_sent = False
-        self.request_done = True
-        self.response_started = False
-        self.response_finished = False
         self.keep_alive = True
         self.http11 = True
         self.head_request = False
@@ -227,7 +240,7 @@ class Exchange(asyncio.Protocol):
             log.exception("routing through the session store failed")
             route = None
         self.dial_task = None
-        if self.closing or self.response_finished:
+        if ANSWER_OUT[self.state]:
             return
         if route is None:
             self._answer(503)
@@ -240,11 +253,11 @@ class Exchange(asyncio.Protocol):
         stats.requests += 1
         self.started = perf_counter() if stats.timing else 0.0
         self.status = 0
-        self.active = True
+        state = AFTER_REQUEST[self.state]
+        if state < 0:
+            invalid(self.state, REQUEST)
+        self.state = state
         self.deadline = 0.0
-        self.request_done = False
-        self.response_started = False
-        self.response_finished = False
         self.body_sent = False
         self.retried = False
         self.redialled = False
@@ -342,8 +355,9 @@ class Exchange(asyncio.Protocol):
             # bytes join the head, and the end of the read writes them all at once.
             self.up_out.append(self.request_head)
         else:
-            # The common case, a request without a body: its head alone, at once (what
-            # flush_up would do, without the list; nothing else waits).
+            # The common case, a request without a body: its head alone, at once. What
+            # flush_up would do, without the list: the one write towards a backend
+            # outside flush_up, kept for the ~1 % of a GET's instructions it saves.
             transport = up.transport
             if transport is not None:
                 transport.write(self.request_head)
@@ -355,15 +369,16 @@ class Exchange(asyncio.Protocol):
         if out:
             self.body_sent = True  # body bytes held while routing or dialling
         out.insert(0, self.request_head)
-        if self.request_done and self.chunked_request and not self.held_end:
+        if REQUEST_DONE[self.state] and self.chunked_request and not self.held_end:
             out.append(self._last_chunk())  # ended, but not while held (a redial)
         if not (self.feeding and self.scan.has_body):
             self.flush_up()
         self._resume(R_DIALLING)
 
     def flush_up(self) -> None:
-        """Write what waits for the backend (head and body, one writev); kept while no
-        connection is bound, dropped if the bound one is no longer this exchange's."""
+        """Write what waits for the backend (head and body, one writev; tunnel bytes) and
+        clear it; kept while no connection is bound, dropped if the bound one is no
+        longer this exchange's. The one place bytes are written to a backend."""
         out = self.up_out
         up = self.up
         if not out or up is None:
@@ -381,11 +396,11 @@ class Exchange(asyncio.Protocol):
             up = await self.pool.connect(route.backend_id, route.host, route.port)
         except (OSError, TimeoutError):
             self.dial_task = None
-            if not self.closing and self.route is route:
+            if self.state != CLOSED and self.route is route:
                 self._dial_failed(route)
             return
         self.dial_task = None
-        if self.closing or self.route is not route or self.response_finished:
+        if ANSWER_OUT[self.state] or self.route is not route:
             # Nobody waits for it any more; keep the fresh connection for the next one.
             if not self.pool.release(up):
                 up.abort()
@@ -395,9 +410,9 @@ class Exchange(asyncio.Protocol):
     def _dial_failed(self, route: Route) -> None:
         """Nothing was sent: retry once on another backend, else answer 503/502."""
         self.stats.backend(route.backend_id).error("connect")
-        if self.retried:
-            self.router.backend_failed(route.backend_id)
-            self._answer(502)
+        action = actions.after_connect_failure(retried=self.retried)
+        if type(action) is Fail:
+            self._fail(action)
             return
         self.retried = True
         self.stats.retries += 1
@@ -434,8 +449,11 @@ class Exchange(asyncio.Protocol):
         return http.last_chunk(self.req_trailers, self.server.classes)
 
     def _request_complete(self) -> None:
-        self.request_done = True
-        if self.response_finished:
+        state = AFTER_REQUEST_END[self.state]
+        if state < 0:
+            invalid(self.state, REQUEST_END)
+        self.state = state
+        if state == IDLE:  # it was answered already
             self._next()
             return
         if self.chunked_request and (self.up is not None or self.holding):
@@ -447,7 +465,10 @@ class Exchange(asyncio.Protocol):
 
     def response_done(self) -> None:
         """Called by the upstream connection (or a local answer) when the answer is out."""
-        self.response_finished = True
+        state = AFTER_ANSWER_END[self.state]
+        if state < 0:
+            invalid(self.state, ANSWER_END)
+        self.state = state
         route = self.route
         if route is not None:
             self.stats.answered(route.backend_id, self.status, self.started)
@@ -455,18 +476,18 @@ class Exchange(asyncio.Protocol):
         if up is not None and up.client is self:
             up.abort()  # the answer ended before the request did: not reusable
         self.up = None
-        if self.request_done:
+        if state == IDLE:
             self._next()
         elif not self.keep_alive:
             self.close_after_flush()
 
     def _next(self) -> None:
         """The exchange is complete on both sides: get ready for the next request."""
-        self.active = False
         self.up = None
         self.route = None
         self.holding = False
-        self.up_out.clear()
+        if self.up_out:  # rarely: body bytes of a request answered early (a call saved)
+            self.up_out.clear()
         if self.read_paused:  # rarely: a call saved on every request
             self._resume(R_UPSTREAM | R_DIALLING)
         if not self.keep_alive:
@@ -483,24 +504,43 @@ class Exchange(asyncio.Protocol):
         """Start the next pipelined request, if one was parsed meanwhile (the connection
         keeps the queue: :class:`~limpet.proxy.engine.client.ClientConnection`)."""
 
+    def _fail(self, action: Fail) -> None:
+        """Do a :class:`~limpet.proxy.engine.h1.actions.Fail`: the proxy's own error."""
+        route = self.route
+        if action.backend_failed and route is not None:
+            self.router.backend_failed(route.backend_id)
+        if action.close:
+            self.keep_alive = False
+        self._answer(action.status)
+
     def _answer(self, status: int) -> None:
         """Answer the current request from the proxy itself (an error)."""
         self.status = status
-        close = not self.keep_alive or (
-            not self.request_done and (self.scan.has_body or self.upgrade_requested)
+        close = actions.answer_closes(
+            self.state,
+            status,
+            keep_alive=self.keep_alive,
+            has_body=self.scan.has_body,
+            upgrade=self.upgrade_requested,
         )
-        if status in (400, 405, 501, 505):
-            close = True
         self.keep_alive = not close
         self._reply(status, close=close)
-        self.response_started = True
+        self.state = step(self.state, ANSWER)
         self.response_done()
 
     def _reply(self, status: int, *, close: bool) -> None:
-        """Send one of the proxy's own answers (counted); the one place they are written."""
+        """Send one of the proxy's own answers (counted)."""
         self.stats.local(status)
-        if not self.closing:
-            self.transport.write(http.error_response(status, close=close))
+        if self.state != CLOSED:
+            self.flush_down([http.error_response(status, close=close)])
+
+    def flush_down(self, out: list[bytes]) -> None:
+        """Write ``out`` to the client (one writev) and clear it: the one place bytes are
+        written to a client. The upstream side passes what its machine produced (an
+        answer's head and body, the bytes after a 101, tunnel bytes, the last chunk of a
+        close-delimited body); the proxy's own answers come through :meth:`_reply`."""
+        self.transport.writelines(out)
+        out.clear()
 
     # -- failures reported by the upstream side ------------------------------------------
 
@@ -508,21 +548,24 @@ class Exchange(asyncio.Protocol):
         """The upstream connection closed before any byte of the answer."""
         self.up = None
         route = self.route
-        if self.response_finished or route is None:
+        if route is None:
             return
-        if not self.redialled and self.idempotent and not self.body_sent:
-            # Usually a pooled connection the backend had just closed: dial afresh once.
-            # If the backend is really gone the dial fails and fails over.
+        action = actions.after_upstream_closed(
+            self.state,
+            redialled=self.redialled,
+            idempotent=self.idempotent,
+            body_sent=self.body_sent,
+            reset=reset,
+        )
+        if action == Do.REDIAL:
             self.redialled = True
             self.stats.retries += 1
             self.up_out.clear()
             self._hold()
             self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
-            return
-        if reset:
-            self.router.backend_failed(route.backend_id)
-        self._backend_error("reset")
-        self._answer(502)
+        elif type(action) is Fail:
+            self._backend_error("reset")
+            self._fail(action)
 
     def upstream_aborted(self) -> None:
         """The backend went away in the middle of an answer: cut the client short too."""
@@ -547,18 +590,17 @@ class Exchange(asyncio.Protocol):
 
     def _upstream_error(self, status: int) -> None:
         self.up = None
-        if self.response_started:
+        action = actions.after_upstream_error(self.state, status)
+        if action == Do.ABORT:
             self.abort()
-        else:
-            self.keep_alive = False
-            self._answer(status)
+        elif type(action) is Fail:
+            self._fail(action)
 
     # -- closing and flow control -------------------------------------------------------
 
     def close_after_flush(self) -> None:
-        self.phase = P_CLOSED
-        if not self.closing:
-            self.closing = True
+        if self.state != CLOSED:
+            self.state = step(self.state, CLOSE)
             self.transport.close()
         up = self.up
         if up is not None and up.client is self and up.state == BUSY:
@@ -566,8 +608,7 @@ class Exchange(asyncio.Protocol):
             up.abort()
 
     def abort(self) -> None:
-        self.phase = P_CLOSED
-        self.closing = True
+        self.state = step(self.state, CLOSE)
         self.transport.abort()
 
     def pause_reading_for_upstream(self) -> None:
@@ -577,7 +618,7 @@ class Exchange(asyncio.Protocol):
         self._resume(R_UPSTREAM)
 
     def _pause(self, reason: int) -> None:
-        if not self.read_paused and not self.closing:
+        if not self.read_paused and self.state != CLOSED:
             self.transport.pause_reading()
         self.read_paused |= reason
 
@@ -585,5 +626,5 @@ class Exchange(asyncio.Protocol):
         """Clear the ``reason`` bits (one or several); resume once none is left."""
         if self.read_paused & reason:
             self.read_paused &= ~reason
-            if not self.read_paused and not self.closing:
+            if not self.read_paused and self.state != CLOSED:
                 self.transport.resume_reading()

@@ -117,7 +117,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> bool:
         """Put a finished connection back; False if it must be closed instead."""
-        b = cast(PooledBackend, conn.backend)
+        b: PooledBackend = conn.backend  # type: ignore[assignment]  # (cast() is a call)
         if (
             conn.state == CLOSED
             or len(b.idle) >= self.max_idle

@@ -6,11 +6,14 @@ from the :class:`~limpet.proxy.engine.pool.UpstreamPool` (idle or newly dialled)
 itself with :meth:`UpstreamConnection.bind` and writes the request. Each read of the
 backend goes to the connection's sans-I/O
 :class:`~limpet.proxy.engine.h1.response.ResponseMachine`, which returns the client's bytes
-(written here with one ``writelines`` per read) and an event; this shell acts on it: at
+(handed to the client connection's one writer, ``flush_down``: one ``writelines`` per
+read) and an event; this shell acts on it: at
 the end of the answer it returns itself to the pool (or closes) and tells the client
 connection, which then reads the next request; after a 101 it becomes a raw tunnel; on
-garbage it drops the connection and reports it. This module and the client connection
-are the only writers to sockets; the machine holds all HTTP state.
+garbage it drops the connection and reports it. Every byte for the client goes through
+the client connection's ``flush_down`` (the answer, the bytes after a 101, tunnel
+bytes, the last chunk of a close-delimited body); this module writes only the half-close
+of a tunnel (``write_eof``) itself. The machine holds all HTTP state.
 
 Flow control is write-through: when the client's transport buffer passes its high-water
 mark the client pauses this connection's reading, and vice versa for request bodies, so
@@ -49,15 +52,15 @@ class ClientSide(Protocol):
     transport: asyncio.Transport
     route: Route | None
     keep_alive: bool
-    request_done: bool
+    state: int  # h1.connection.State
     http11: bool
     head_request: bool
     upgrade_requested: bool
     write_paused: bool
-    response_started: bool
     half_closed: bool
     status: int
 
+    def flush_down(self, out: list[bytes]) -> None: ...
     def response_done(self) -> None: ...
     def upstream_failed(self, up: UpstreamConnection, *, reset: bool) -> None: ...
     def upstream_aborted(self) -> None: ...
@@ -168,16 +171,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         if self.state == TUNNEL:
-            client.transport.write(data)
+            self.machine.out.append(data)
+            client.flush_down(self.machine.out)
             self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
             return
         self.deadline = self.pool.clock.now + self.pool.response_timeout
         machine = self.machine
         event = machine.feed(data)
-        out = machine.out
-        if out:
-            client.transport.writelines(out)
-            out.clear()
+        if machine.out:
+            client.flush_down(machine.out)
         if event == response.DONE:
             self._finish(client, keep=machine.keep)
         elif event:
@@ -219,7 +221,8 @@ class UpstreamConnection(asyncio.Protocol):
         rest = self.machine.rest
         self.machine.rest = b""
         if rest:
-            client.transport.write(rest)
+            self.machine.out.append(rest)
+            client.flush_down(self.machine.out)
         client.upgraded(self)
 
     def eof_received(self) -> bool | None:
@@ -255,8 +258,7 @@ class UpstreamConnection(asyncio.Protocol):
         machine = self.machine
         if machine.closed():
             # A close-delimited body ended normally.
-            client.transport.writelines(machine.out)
-            machine.out.clear()
+            client.flush_down(machine.out)
             pool.stats.responses += 1
             pool.router.backend_succeeded(self.backend.id)
             client.response_done()

@@ -6,5 +6,7 @@ Data flow: the asyncio shell (``upstream.py``, ``client.py``/``exchange.py``) re
 from a socket, feeds them to a machine, then does what the machine returned: writes its
 ``out`` list, pools or closes a connection, starts a tunnel. The machines keep all
 HTTP/1.1 message state (framing, head-of-HEAD handling, trailers, 1xx, the upgrade) and
-their transitions in one place each.
+their transitions in one place each: ``request`` (the client's bytes), ``response`` (the
+backend's) and ``connection`` (where a client connection's exchange stands, one state
+and one transition table); ``actions`` decides what to do on a failure.
 """

@@ -30,6 +30,7 @@ from typing import Final, Protocol
 import httptools
 
 from limpet.proxy.engine import http
+from limpet.proxy.engine.h1.connection import raise_if_invalid
 
 # Results of feed().
 MORE: Final = 0
@@ -134,6 +135,7 @@ class RequestReader:
         except httptools.HttpParserInvalidMethodError:
             return self._invalid(501 if phase == IDLE and _unknown_method(data) else 400)
         except httptools.HttpParserError as exc:
+            raise_if_invalid(exc)
             if isinstance(exc.__context__, _Refused):
                 return MORE
             if self.status:

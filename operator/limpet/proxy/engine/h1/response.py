@@ -14,7 +14,7 @@ clears it, and acts on the returned code:
 - ``DONE``: the answer is complete; ``keep`` says whether the connection may be pooled;
 - ``TUNNEL``: a 101 switched protocols; ``rest`` holds bytes that followed its head;
 - ``BROKEN``: not HTTP (or not an answer to this request): the shell answers 502, or cuts
-  the client short if the exchange's ``response_started`` says the head already left;
+  the client short if the exchange's state says the head already left;
 - ``STRAY``: the first bytes after a pooled HEAD answer are not an answer: the backend
   sent a body for HEAD, late. The connection is out of step; the exchange may retry.
 
@@ -35,6 +35,15 @@ from typing import Final, Protocol
 import httptools
 
 from limpet.proxy.engine import http
+from limpet.proxy.engine.h1.connection import (
+    AFTER_ANSWER,
+    ANSWER,
+    ANSWER_UNSENT,
+    REQUEST_DONE,
+    invalid,
+    raise_if_invalid,
+    step,
+)
 from limpet.proxy.engine.port import Route, RouterPort
 
 # Events returned by feed().
@@ -59,11 +68,10 @@ class ExchangeFacts(Protocol):
 
     route: Route | None
     keep_alive: bool
-    request_done: bool
+    state: int  # the client connection's (h1.connection.State): the machine fires ANSWER*
     http11: bool
     head_request: bool
     upgrade_requested: bool
-    response_started: bool
     status: int
 
 
@@ -167,7 +175,8 @@ class ResponseMachine:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             return self._switched(data[exc.args[0] :])
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            raise_if_invalid(exc)
             if self.state == FINISHED:
                 self.keep = False  # bytes beyond the answer: the connection is out of step
             elif self._after_head:
@@ -197,7 +206,7 @@ class ResponseMachine:
     def _fail(self, event: int) -> int:
         facts = self._facts
         if self._head_unsent and facts is not None:
-            facts.response_started = False  # the head never left: a 502 can still go out
+            facts.state = step(facts.state, ANSWER_UNSENT)  # a 502 can still go out
         self._head_unsent = False
         self.out.clear()
         self.state = FAILED
@@ -218,11 +227,13 @@ class ResponseMachine:
             raise _Stop  # an answer nobody asked for
         self._headers = []
         self._trailers = None
+        self._reason = b""
         self._framing = http.FRAME_NONE
         self._expect_eof = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp reports a reason phrase split across reads in parts.
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
@@ -259,7 +270,7 @@ class ResponseMachine:
             status, head_request=facts.head_request, scan=scan, http11=facts.http11
         )
         self._framing = framing
-        keep_alive = facts.keep_alive and facts.request_done and not facts.upgrade_requested
+        keep_alive = facts.keep_alive and REQUEST_DONE[facts.state] and not facts.upgrade_requested
         if not keep_alive or framing == http.FRAME_CLOSE:
             facts.keep_alive = False
         self._head_unsent = True
@@ -274,7 +285,10 @@ class ResponseMachine:
                 http11=facts.http11,
             )
         )
-        facts.response_started = True
+        state = AFTER_ANSWER[facts.state]  # step(facts.state, ANSWER), inline
+        if state < 0:
+            invalid(facts.state, ANSWER)
+        facts.state = state
         self.state = BODY
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
@@ -287,7 +301,7 @@ class ResponseMachine:
             # _feed_head finishes the answer and starts a fresh parser.
             self._head_keep = (
                 self.reusable
-                and facts.request_done
+                and REQUEST_DONE[facts.state]
                 and http.response_keeps_alive(self.parser.get_http_version(), scan)
             )
             self.state = FINISHED
@@ -300,8 +314,7 @@ class ResponseMachine:
             if not facts.upgrade_requested:
                 raise httptools.HttpParserError("unexpected 101")
             self.out.append(http.build_switching_head(status, self._reason, scan))
-            facts.status = status
-            facts.response_started = True
+            facts.status = status  # the shell fires SWITCH on the TUNNEL event
             self.state = SWITCHED
             return
         self._informational = True
@@ -325,7 +338,7 @@ class ResponseMachine:
             self.out.append(http.last_chunk(self._trailers, self.classes))
         facts = self._facts
         assert facts is not None
-        self.keep = self.reusable and facts.request_done and self.parser.should_keep_alive()
+        self.keep = self.reusable and REQUEST_DONE[facts.state] and self.parser.should_keep_alive()
         self.state = FINISHED
 
     # -- answers to HEAD -------------------------------------------------------------------
@@ -354,6 +367,7 @@ class ResponseMachine:
                 self._head_tail = None
                 return self._switched(buf[end:])
             except httptools.HttpParserError as exc:
+                raise_if_invalid(exc)
                 if not (self.state == FINISHED and isinstance(exc.__context__, _Stop)):
                     self._head_tail = None
                     return self._fail(STRAY if self._after_head else BROKEN)
