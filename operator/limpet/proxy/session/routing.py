@@ -47,7 +47,6 @@ reference.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import random
 import time
@@ -97,19 +96,33 @@ class _Probe:
         self.created = 0.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Held:
-    """A session pinned by a signed cookie, as the routing steps below see it."""
+    """A session pinned by a signed cookie, as the routing steps below see it. A plain
+    slotted class, not a frozen dataclass: one is built per decided cookie request, and
+    a frozen dataclass's ``__init__`` costs about 1 µs against 0.15 µs. Never mutated.
 
-    sc: SessionCookie
-    bind: bytes | None
-    """The app-cookie value an AppCookie companion is bound to; None for the LB cookie."""
-    mode: AffinityType
-    th: int
-    """The key the session is tracked under: its random id's hash, or the app key's."""
-    bid: BackendId
-    reuse: bool
-    """The request's Cookie header held this one LB cookie (see ``SessionRouter._cache``)."""
+    ``bind``: the app-cookie value an AppCookie companion is bound to (None for the LB
+    cookie); ``th``: the key the session is tracked under (its random id's hash, or the
+    app key's); ``reuse``: the request's Cookie header held this one LB cookie (see
+    ``SessionRouter._cache``)."""
+
+    __slots__ = ("bid", "bind", "mode", "reuse", "sc", "th")
+
+    def __init__(
+        self,
+        sc: SessionCookie,
+        bind: bytes | None,
+        mode: AffinityType,
+        th: int,
+        bid: BackendId,
+        reuse: bool,
+    ) -> None:
+        self.sc = sc
+        self.bind = bind
+        self.mode = mode
+        self.th = th
+        self.bid = bid
+        self.reuse = reuse
 
 
 class SessionRouter(StoreNotes, LearnedRouting):
@@ -416,14 +429,19 @@ class SessionRouter(StoreNotes, LearnedRouting):
         assert codec is not None
         a = snap.plan.affinity
         # Cookie sessions are tracked by their random id, app sessions by their key.
-        held = _Held(
-            sc=sc,
-            bind=bind,
-            mode=AffinityType.COOKIE if bind is None else AffinityType.APP_COOKIE,
-            th=sid_hash(sc.session_id) if bind is None else sc.key_hash,
-            bid=BackendId(sc.backend_id),
-            reuse=reuse,
-        )
+        if bind is None:
+            held = _Held(
+                sc,
+                None,
+                AffinityType.COOKIE,
+                sid_hash(sc.session_id),
+                BackendId(sc.backend_id),
+                reuse,
+            )
+        else:
+            held = _Held(
+                sc, bind, AffinityType.APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse
+            )
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
