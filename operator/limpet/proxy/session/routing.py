@@ -99,14 +99,16 @@ class _Probe:
 class _Held:
     """A session pinned by a signed cookie, as the routing steps below see it. A plain
     slotted class, not a frozen dataclass: one is built per decided cookie request, and
-    a frozen dataclass's ``__init__`` costs about 1 µs against 0.15 µs. Never mutated.
+    a frozen dataclass's ``__init__`` costs about 1 µs against 0.15 µs. Only
+    :meth:`SessionRouter._held` sets ``table`` and ``slot``, once, after the look-up.
 
     ``bind``: the app-cookie value an AppCookie companion is bound to (None for the LB
     cookie); ``th``: the key the session is tracked under (its random id's hash, or the
     app key's); ``reuse``: the request's Cookie header held this one LB cookie (see
-    ``SessionRouter._cache``)."""
+    ``SessionRouter._cache``); ``table`` and ``slot``: the session's entry in this
+    process's book, looked up once (``slot`` -1: not there on ``bid``)."""
 
-    __slots__ = ("bid", "bind", "mode", "reuse", "sc", "th")
+    __slots__ = ("bid", "bind", "mode", "reuse", "sc", "slot", "table", "th")
 
     def __init__(
         self,
@@ -123,6 +125,8 @@ class _Held:
         self.th = th
         self.bid = bid
         self.reuse = reuse
+        self.table: LearnedTable | None = None
+        self.slot = -1
 
 
 class SessionRouter(StoreNotes, LearnedRouting):
@@ -445,9 +449,10 @@ class SessionRouter(StoreNotes, LearnedRouting):
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
-        seen = self._book.last_seen(held.mode, held.th, held.bid, a)
-        if seen is not None:
-            bound = max(bound, seen + codec.granularity)
+        table, slot = self._book.entry(held.mode, held.th, held.bid, a)
+        if slot >= 0:
+            bound = max(bound, table.last_seen(slot) + codec.granularity)
+            held.table, held.slot = table, slot
         d = self._decide(snap, held.bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
         reason = d.reason
         new = d.backend
@@ -484,7 +489,13 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 tail=sc.tail,
             )
         route = snap.route(bid, rest, True, NO_HEADERS, set_cookie)
-        idx = self._book.track(held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued)
+        if held.table is not None:  # seen here before, on this backend: mark it seen
+            held.table.touch(held.slot, wall)
+            idx = self._numbers[bid]
+        else:
+            idx = self._book.track(
+                held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued
+            )
         self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
         if refresh:
             # One refresh per step: a client that keeps the old cookie is not sent
