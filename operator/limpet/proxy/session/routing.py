@@ -243,8 +243,16 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 self._requests[hit[2]] += 1
                 return hit[0]
         route: Route | PendingRoute | None
-        if hit is not None and hit[3] is not None and self._still_valid(snap, hit[3], wall):
-            route = self._held(snap, hit[3], None, cookie, hit[4], wall, reuse=True)
+        codec = snap.codec
+        # A kept cookie's bytes were verified under this snapshot: only time can have
+        # changed what decode would say of them.
+        if (
+            hit is not None
+            and (kept := hit[3]) is not None
+            and codec is not None
+            and codec.recheck(kept, wall) is None
+        ):
+            route = self._held(snap, kept, None, cookie, hit[4], wall, reuse=True)
         else:
             route = self._route(snap, req, wall, shared)
         if route is None:
@@ -254,12 +262,6 @@ class SessionRouter(StoreNotes, LearnedRouting):
         else:
             return self._counted(route)  # type: ignore[arg-type]
         return route
-
-    @staticmethod
-    def _still_valid(snap: Snapshot, sc: SessionCookie, wall: float) -> bool:
-        """A cached LB cookie: the same bytes were verified under this snapshot, so only
-        time can have changed what decode would say of them."""
-        return snap.codec is not None and snap.codec.recheck(sc, wall) is None
 
     async def _counted(self, pending: PendingRoute) -> Route | None:
         """The slow path's answer (a learned key the store was asked about), counted."""
@@ -497,7 +499,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
             idx = self._book.track(
                 held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued
             )
-        self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
+        if self._touched is not None:  # a store to tell (the test costs less than the call)
+            self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
         if refresh:
             # One refresh per step: a client that keeps the old cookie is not sent
             # the new one again on every response of this step.
@@ -587,7 +590,8 @@ class SessionRouter(StoreNotes, LearnedRouting):
                 return None
             bid = found
         idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
-        self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
+        if self._touched is not None:  # a store to tell
+            self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
             session_id=session_id, backend_id=bid, key_hash=h, issued=codec.floor(wall), wall=wall
         )
