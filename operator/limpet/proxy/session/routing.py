@@ -157,6 +157,9 @@ class SessionRouter(StoreNotes, LearnedRouting):
         # route runs out, the session is decided again without a second verification).
         self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
         self._probe = _Probe()
+        # How many backends the book numbers when they are exactly the slot table's
+        # members (-1: they are not), so that the sum of its counts is bounded loads' total.
+        self._members = -1
         self._session_ids = RandomIds(size=SESSION_ID_LEN)
         self._migrations = dict.fromkeys(Reason, 0)
         self._rejected = dict.fromkeys(CookieRejection, 0)
@@ -201,6 +204,7 @@ class SessionRouter(StoreNotes, LearnedRouting):
             (m, None if m is AffinityType.COOKIE else book.table(m, a)) for m in snap.modes
         )
         self._snap = snap
+        self._members = len(book.ids) if set(book.ids) == set(snap.core.members) else -1
         self._cache.clear()
         shared = self._shared
         if shared is not None:
@@ -657,7 +661,14 @@ class SessionRouter(StoreNotes, LearnedRouting):
 
     def _place(self, snap: Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""
-        return snap.core.route_new(h, wall, self._loads(), exclude=self._down())
+        down = self._down()
+        if not down and self._cluster is None and len(self._ids) == self._members:
+            # Every backend numbered here is a member: the total of their loads is the
+            # sum of the book's counts, given rather than summed by the core through the
+            # Mapping view (1.6 of route_new's 2.5 µs).
+            book = self._book
+            return snap.core.route_new(h, wall, book.loads, sum(book.sessions))
+        return snap.core.route_new(h, wall, self._loads(), exclude=down)
 
     def _down(self) -> AbstractSet[BackendId]:
         """Backends passive health has marked down: the affinity core excludes them."""
