@@ -114,19 +114,25 @@ def cpu_ticks(core: str) -> tuple[int, int]:
     return 0, 1
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children (workers)."""
+def process_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its children (workers)."""
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     with contextlib.suppress(OSError):
         pids += [int(x) for x in children.read_text().split()]
-    total = 0
+    user = system = 0
     for p in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / tick, system / tick
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children (workers)."""
+    return sum(process_times(pid))
 
 
 def post_script(tmp: Path, size: int) -> Path:

@@ -38,6 +38,8 @@ OPTIONS = [
     "--max-headers",
     "--max-connections",
     "--pool-max-idle",
+    "--no-gc-freeze",
+    "--gc-threshold",
 ]
 
 
@@ -93,6 +95,9 @@ BAD = {
     "missing-option-value": ["--backend", "a=127.0.0.1:80", "--workers"],
     "unknown-option": ["--backend", "a=127.0.0.1:80", "--bogus", "1"],
     "stray-argument": ["--backend", "a=127.0.0.1:80", "extra"],
+    "gc-threshold-two": ["--backend", "a=127.0.0.1:80", "--gc-threshold", "700,10"],
+    "gc-threshold-zero": ["--backend", "a=127.0.0.1:80", "--gc-threshold", "0,10,10"],
+    "gc-threshold-word": ["--backend", "a=127.0.0.1:80", "--gc-threshold", "many,10,10"],
 }
 
 

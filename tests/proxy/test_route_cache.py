@@ -119,3 +119,26 @@ def test_a_tampered_cookie_is_never_taken_from_the_cache() -> None:
     forged = cookie[:-3] + (b"AAA" if cookie[-3:] != b"AAA" else b"BBB")
     assert r.route(RequestView(b"GET", b"/", [], "192.0.2.1", forged)) is not None
     assert r.stats().rejected_cookies["tampered"] == 1
+
+
+def test_a_full_cache_drops_its_oldest_eighth_not_everything() -> None:
+    clock = Clock()
+    r = mkrouter(clock, PLAN, route_cache_size=16)
+    cookies = _cookies(20)
+    views = [RequestView(b"GET", b"/", [], "192.0.2.1", c) for c in cookies]
+    for v in views[:16]:
+        assert r.route(v) is not None
+    assert list(r._cache) == cookies[:16]
+    clock.t += 1.5  # every answer runs out; c0 is decided again and becomes the newest
+    assert r.route(views[0]) is not None
+    assert list(r._cache) == [*cookies[1:16], cookies[0]]
+    assert r.route(views[16]) is not None  # full: the two decided longest ago go
+    assert list(r._cache) == [*cookies[3:16], cookies[0], cookies[16]]
+    for v in views[17:]:
+        assert r.route(v) is not None
+    assert len(r._cache) == 16
+    assert cookies[0] in r._cache  # kept: decided more recently than c3 .. c15
+    before = dict(r.stats().rejected_cookies)
+    clock.t += 0.1  # c0's answer (until the next step) is still current: a plain hit
+    assert r.route(views[0]) is not None
+    assert r.stats().rejected_cookies == before

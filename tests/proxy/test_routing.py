@@ -791,3 +791,38 @@ def test_granularity_follows_the_plan_and_cookies_state_their_own() -> None:
     route = c.get(r)
     assert route.backend_id != home
     assert moved(route) == f"drain; from={home}"
+
+
+def test_new_sessions_place_as_the_core_sums_loads_itself() -> None:
+    """``_place`` hands the core the total of the book's counts while the book numbers
+    exactly the table's members; whatever the plan, it must place every key where the
+    core, summing the loads itself, would."""
+    clock = Clock()
+    r = mkrouter(clock, mkplan(1, ABC, load_factor=1.05))
+    book = r._book
+    a = r._snap.plan.affinity  # type: ignore[union-attr]
+    # Uneven loads, near the caps, so that a wrong total would move some keys.
+    for i in range(300):
+        book.insert(AffinityType.HEADER, 7_000_000 + i, BackendId("abc"[i % 7 % 3]), T0, a)
+
+    def agree(expect_fast: bool) -> None:
+        snap = r._snap
+        assert snap is not None
+        assert (len(r._ids) == r._members) is expect_fast
+        for h in range(0, 2**64, 2**64 // 997):
+            slow = snap.core.route_new(h, clock(), r._loads(), exclude=r._down())
+            assert r._place(snap, h, clock()) == slow
+
+    agree(expect_fast=True)
+    # c drains, its sessions still counted in the book: no longer the members' total.
+    r.load_plan(mkplan(2, [be("a"), be("b"), be("c", BackendState.DRAINING)], load_factor=1.05))
+    agree(expect_fast=False)
+    # c is gone from the plan but still numbered here.
+    r.load_plan(mkplan(3, [be("a"), be("b")], load_factor=1.05))
+    agree(expect_fast=False)
+    # All three again; b marked down by passive health: the core excludes it.
+    r.load_plan(mkplan(4, ABC, load_factor=1.05))
+    for _ in range(5):
+        r.backend_failed(BackendId("b"))
+    assert r._down()
+    agree(expect_fast=True)

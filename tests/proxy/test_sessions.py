@@ -27,9 +27,12 @@ def test_numbers_are_stable_and_counts_follow_the_tables() -> None:
     # A cookie session seen on another backend moves its count; seen again, it is touched.
     book.track(COOKIE, sid_hash(b"s1-random-id"), B, T0 + 5, aff)
     assert (book.count(0), book.count(1)) == (1, 2)
-    assert book.last_seen(COOKIE, sid_hash(b"s1-random-id"), B, aff) == T0 + 5
-    assert book.last_seen(COOKIE, sid_hash(b"s1-random-id"), A, aff) is None
-    assert book.last_seen(COOKIE, sid_hash(b"never-seen-id"), A, aff) is None
+    table, slot = book.entry(COOKIE, sid_hash(b"s1-random-id"), B, aff)
+    assert table is book.table(COOKIE, aff)
+    assert slot >= 0
+    assert table.last_seen(slot) == T0 + 5
+    assert book.entry(COOKIE, sid_hash(b"s1-random-id"), A, aff)[1] == -1  # on B, not A
+    assert book.entry(COOKIE, sid_hash(b"never-seen-id"), A, aff)[1] == -1
     # Idle past idleTimeout: swept, uncounted. s1 was seen later, so it stays a while.
     assert book.sweep(T0 + 61, budget=1000) == 2
     assert (book.count(0), book.count(1)) == (0, 1)

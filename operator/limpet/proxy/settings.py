@@ -84,6 +84,10 @@ class ProxySettings:
     token_file: Path | None = None
     state_dir: Path | None = None
     cookie_key_file: Path | None = None
+    # The cyclic garbage collector (process/gc_tuning.py): freeze what start-up left,
+    # and the collector's thresholds (None: Python's, 700/10/10).
+    gc_freeze: bool = True
+    gc_threshold: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -103,6 +107,10 @@ class ProxySettings:
             raise ValueError("workers must be at least 1")
         if self.pool_max_idle < 0:
             raise ValueError("pool_max_idle must not be negative")
+        if self.gc_threshold is not None and (
+            len(self.gc_threshold) != 3 or not all(t >= 1 for t in self.gc_threshold)
+        ):
+            raise ValueError("gc_threshold must be three positive counts (gen0, gen1, gen2)")
 
     @property
     def sweep_interval(self) -> float:
@@ -166,6 +174,8 @@ class ProxySettings:
                 value = _frozen_map({Address.parse(k): Address.parse(v) for k, v in value.items()})
             elif f.name in ("token_file", "state_dir", "cookie_key_file"):
                 value = None if value is None else Path(value)
+            elif f.name == "gc_threshold":
+                value = None if value is None else tuple(value)
             kwargs[f.name] = value
         return cls(**kwargs)
 

@@ -35,6 +35,7 @@ from limpet.affinity import Plan
 from limpet.proxy.engine.server import Server
 from limpet.proxy.process.admin import StatsSource, make_admin_app
 from limpet.proxy.process.backend_metrics import backend_families
+from limpet.proxy.process.gc_tuning import settle
 from limpet.proxy.process.state import PlanGate, PlanStore
 from limpet.proxy.process.store_sync import start_store_sync
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
@@ -249,6 +250,7 @@ async def serve(
         settings=settings, token=token, sink=gate, stats=_LocalStats(router, server)
     )
     stop = stop_event()
+    settle(settings)
     announce(
         Address(settings.listen.host, server.port),
         admin,

@@ -151,6 +151,17 @@ def _process_options(proc: argparse._ArgumentGroup) -> None:
         action="store_false",
         help="leave out limpet_proxy_request_duration_seconds (saves two clock reads a request)",
     )
+    proc.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="leave start-up's objects to the cyclic garbage collector (see docs/proxy.md)",
+    )
+    proc.add_argument(
+        "--gc-threshold",
+        metavar="G0,G1,G2",
+        help="the garbage collector's thresholds (default: Python's, 700,10,10)",
+    )
 
 
 def _limit_options(lim: argparse._ArgumentGroup) -> None:
@@ -294,6 +305,8 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
             state_dir=Path(args.state_dir) if args.state_dir else None,
             cookie_key_file=Path(args.cookie_key_file) if args.cookie_key_file else None,
             latency_histogram=args.latency_histogram,
+            gc_freeze=args.gc_freeze,
+            gc_threshold=_gc_threshold(args.gc_threshold),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -346,6 +359,16 @@ def _starting_plan(args: argparse.Namespace, settings: ProxySettings) -> tuple[P
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     return plan, True
+
+
+def _gc_threshold(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--gc-threshold: expected three counts G0,G1,G2, got {text!r}")
+    g0, g1, g2 = (int(p) for p in parts)
+    return g0, g1, g2
 
 
 def run(args: argparse.Namespace) -> int:

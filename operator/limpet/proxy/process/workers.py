@@ -49,6 +49,7 @@ from limpet.proxy.process.app import (
     start_admin,
     stop_event,
 )
+from limpet.proxy.process.gc_tuning import settle
 from limpet.proxy.process.state import PlanGate
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
 from limpet.proxy.session.stats import merge_stats
@@ -326,6 +327,7 @@ async def _worker(fd: int) -> int:
     await server.start()
     stop_sweep = schedule_router_sweep(router)
     stop = stop_event()
+    settle(settings)
     writer.write(_encode({"op": "ready", "pid": os.getpid()}))
 
     async def control() -> None:

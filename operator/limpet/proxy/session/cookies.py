@@ -50,6 +50,7 @@ import hmac
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 VERSION = 1
 BOUND_VERSION = 2
@@ -144,9 +145,12 @@ class CookieAttributes:
         return "".join("; " + p for p in parts).encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
-class SessionCookie:
-    """A verified cookie. Times are unix seconds, already floored to the granularity."""
+class SessionCookie(NamedTuple):
+    """A verified cookie. Times are unix seconds, already floored to the granularity.
+
+    A named tuple rather than a frozen dataclass: one is built per verified cookie, and
+    a frozen dataclass's ``__init__`` (a guarded ``object.__setattr__`` per field) took
+    about 0.9 µs of the 3.2 µs :meth:`CookieCodec.decode` costs."""
 
     session_id: bytes
     backend_id: str
@@ -333,12 +337,13 @@ class CookieCodec:
         tail: bytes = b"",
     ) -> bytes:
         """Set-Cookie header value for a session seen now."""
+        t = int(wall)  # self.floor(wall), without the call: this runs once per refresh
         value = self.encode(
             session_id=session_id,
             backend_id=backend_id,
             key_hash=key_hash,
             issued=issued,
-            last_seen=self.floor(wall),
+            last_seen=t - t % self._granularity,
             bind=bind,
             tail=tail,
         )

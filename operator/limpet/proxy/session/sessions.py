@@ -185,15 +185,17 @@ class SessionBook:
             return t.created(i)
         return None
 
-    def last_seen(
+    def entry(
         self, mode: AffinityType, h: int, bid: BackendId, affinity: AffinitySettings
-    ) -> float | None:
-        """When this process last saw session ``h`` of ``mode`` on ``bid`` (``None``: not there)."""
+    ) -> tuple[LearnedTable, int]:
+        """Session ``h`` of ``mode``: its table and entry index, the index -1 unless the
+        entry is there and on ``bid``. A caller that reads the entry (last seen) and then
+        marks it seen looks it up once."""
         t = self.table(mode, affinity)
         i = t.find(h)
-        if i >= 0 and self.ids[t.backend(i)] == bid:
-            return t.last_seen(i)
-        return None
+        if i >= 0 and self.ids[t.backend(i)] != bid:
+            i = -1
+        return t, i
 
     def sweep(self, wall: float, *, budget: int) -> int:
         """Expire idle and too-old entries of every table (a bounded step of each)."""
