@@ -80,7 +80,6 @@ from .shared_keys import SharedKeys
 from .snapshot import Snapshot
 from .stats import AppCookieOutcome, BackendStats, RouterStats
 from .store import SessionStore
-from .store_notes import StoreNotes
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
 
@@ -112,7 +111,7 @@ class _Held:
     """The request's Cookie header held this one LB cookie (see ``SessionRouter._cache``)."""
 
 
-class SessionRouter(StoreNotes, LearnedRouting):
+class SessionRouter(LearnedRouting):
     """Routes requests to backends by session (see the module docstring)."""
 
     def __init__(
