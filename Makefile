@@ -70,3 +70,5 @@ kind-e2e:
 
 clean:
 	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find operator -name '*.so' -delete
+	rm -f operator/limpet/proxy/process/native_build.json

@@ -166,7 +166,7 @@ def scan_request(
     """One pass over the request headers: fill ``scan`` and serialise the headers that are
     forwarded untouched into ``scan.kept``. Forwarding headers from an untrusted peer are
     dropped here; :func:`build_request_head` writes fresh ones."""
-    # Every field afresh (inline rather than a reset method: once a request).
+    # Every field afresh: the common ones inline, the rare ones by _reset_rare (below).
     kept: list[bytes] = []
     scan.kept = kept
     scan.host = scan.cookie = scan.connection = None
