@@ -22,6 +22,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# A C compiler for the mypyc build of the proxy's hot path (below); only the compiled
+# extensions reach the final image.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so this layer is reused until a lock changes.
 COPY deploy/image/requirements.lock deploy/image/build-requirements.lock ./
 RUN python -m venv /opt/build \
@@ -30,8 +35,16 @@ RUN python -m venv /opt/build \
  && /opt/limpet/bin/pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
+COPY tools/native/build.py tools/native/build.py
+# The hot path compiled with mypyc, as `make` does (tools/native/build.py: the module
+# list is limpet.proxy.process.native.COMPILED; mypy reads the runtime venv's packages),
+# then copied beside the installed sources. Without a compiler it stays interpreted.
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
  && /opt/limpet/bin/pip install --no-deps --no-index /tmp/dist/limpet-*.whl \
+ && PYTHONPATH=/src/operator /opt/build/bin/python tools/native/build.py \
+      --python-executable /opt/limpet/bin/python \
+      --install /opt/limpet/lib/python3.11/site-packages \
+ && /opt/limpet/bin/limpet proxy --build \
  && /opt/limpet/bin/pip uninstall --yes pip setuptools \
  && /opt/limpet/bin/python -m compileall -q /opt/limpet
 

@@ -8,13 +8,15 @@ CACHE := .cache
 CP_BIN := $(CACHE)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps controlplane helm bench devcluster kind-e2e clean
+.PHONY: run test lint check-format format typecheck contracts unit deps apt-deps native interpreted controlplane helm bench devcluster kind-e2e clean
 
 run: deps
 	$(BIN)/limpet demo
 
+# LIMPET_NATIVE=required: tests/proxy/process/test_native.py fails unless the proxy's hot
+# path runs compiled (so the mypyc build cannot silently drop out of the tested set-up).
 test: deps lint
-	bash tools/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
+	LIMPET_NATIVE=required bash tools/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check .
@@ -26,10 +28,19 @@ format: $(VENV)/.stamp
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-deps: apt-deps $(VENV)/.stamp controlplane helm
+deps: apt-deps $(VENV)/.stamp native controlplane helm
 
 apt-deps:
 	bash tools/apt-deps.sh
+
+# The proxy's hot path compiled with mypyc beside its sources (limpet.proxy.process.native
+# lists the modules); rebuilt only when a source, mypy or the C compiler changes.
+native: $(VENV)/.stamp
+	$(BIN)/python tools/native/build.py --require
+
+# Remove that build: the proxy then runs interpreted (`make native` restores it).
+interpreted: $(VENV)/.stamp
+	$(BIN)/python tools/native/build.py --clean
 
 controlplane:
 	OUT=$(CP_BIN) bash tools/controlplane/build.sh
@@ -59,3 +70,5 @@ kind-e2e:
 
 clean:
 	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find operator -name '*.so' -delete
+	rm -f operator/limpet/proxy/process/native_build.json

@@ -2,7 +2,9 @@
 # Install the Debian packages that tests, benchmarks and the demo need, only if
 # missing. apt-get update runs at most once, and only when something is missing.
 set -euo pipefail
-packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus redis-server)
+# gcc, libc6-dev and python3-dev: the mypyc build of the proxy's hot path (tools/native/).
+packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus redis-server
+  gcc libc6-dev python3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,8 @@ CPython 3.11 on Linux) -> exact ``name==version`` pins -> ``pip-compile
 --generate-hashes`` (pip-tools, in a throw-away tool venv under ``.cache/``), which
 adds the sha256 of every file PyPI serves for each pinned version, so the same lock
 installs on amd64 and arm64 -> ``requirements.lock``. ``build-requirements.lock``
-pins the build backend the Dockerfile builds the limpet wheel with.
+pins the build backend the Dockerfile builds the limpet wheel with, and mypy for the
+mypyc build of the proxy's hot path.
 
 Run it with the venv's Python after changing dependencies:
 ``.venv/bin/python deploy/image/lock.py``. tests/deploy/test_image.py fails when the
@@ -32,8 +33,11 @@ RUNTIME_LOCK = HERE / "requirements.lock"
 BUILD_LOCK = HERE / "build-requirements.lock"
 TOOLS_VENV = ROOT / ".cache" / "lock-tools"
 PIP_TOOLS = "pip-tools==7.6.2"
-# The build backend for `pip wheel --no-build-isolation .` in the Dockerfile's build stage.
+# The build backend for `pip wheel --no-build-isolation .` in the Dockerfile's build stage;
+# mypy (for mypyc: tools/native/build.py compiles the proxy's hot path there) is added at
+# the dev venv's version.
 BUILD_PINS = ("setuptools==80.9.0", "wheel==0.45.1")
+COMPILER = "mypy"
 
 # The image: python:3.11-slim (Debian, glibc), amd64 or arm64.
 TARGET_ENV = {
@@ -130,7 +134,7 @@ def main() -> int:
     if got != closure:
         print(f"lock differs from the venv closure: {set(got.items()) ^ set(closure.items())}")
         return 1
-    _compile(list(BUILD_PINS), BUILD_LOCK)
+    _compile([*BUILD_PINS, f"{COMPILER}=={md.version(COMPILER)}"], BUILD_LOCK)
     print(f"wrote {RUNTIME_LOCK.relative_to(ROOT)} ({len(got)} pins) and {BUILD_LOCK.name}")
     return 0
 

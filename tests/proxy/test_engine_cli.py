@@ -27,6 +27,7 @@ OPTIONS = [
     "--trusted-proxy",
     "--address-override",
     "--log-level",
+    "--build",
     "--head-timeout",
     "--idle-timeout",
     "--connect-timeout",

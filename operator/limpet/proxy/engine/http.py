@@ -171,12 +171,11 @@ def scan_request(
     """One pass over the request headers: fill ``scan`` and serialise the headers that are
     forwarded untouched into ``scan.kept``. Forwarding headers from an untrusted peer are
     dropped here; :func:`build_request_head` writes fresh ones."""
-    # Every field afresh (inline rather than a reset method: once a request).
+    # Every field afresh: the common ones inline, the rare ones by _reset_rare (below).
     kept: list[bytes] = []
     scan.kept = kept
-    scan.host = scan.cookie = scan.transfer_encoding = scan.upgrade = None
-    scan.xff = scan.xfp = scan.xfh = None
-    scan.connection = None
+    scan.host = scan.cookie = scan.connection = None
+    _reset_rare(scan)
     scan.host_count = 0
     scan.content_length = -1
     cache = classes.cache
@@ -216,6 +215,15 @@ def scan_request(
     scan.has_body = scan.transfer_encoding is not None or scan.content_length > 0
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
+
+
+def _reset_rare(scan: RequestScan) -> None:
+    """Clear the fields :func:`_scan_rare` fills. A call, not inline: after an inline
+    ``scan.transfer_encoding = None`` mypy keeps the field narrowed to None across the
+    loop's calls, and mypyc (limpet.proxy.process.native) would compile the test of it
+    after the loop as always false."""
+    scan.transfer_encoding = scan.upgrade = None
+    scan.xff = scan.xfp = scan.xfh = None
 
 
 def _scan_rare(scan: RequestScan, code: int, name: bytes, value: bytes, *, trusted: bool) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Collection
+from typing import Any
 
 from limpet.proxy.engine import http
 from limpet.proxy.engine.client import ClientConnection
@@ -92,8 +93,11 @@ class Server:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
+        # Any: uvloop's Server.sockets is a list, not typeshed's tuple, and compiled with
+        # mypyc (limpet.proxy.process.native) the declared type is checked.
+        server: Any = self._server
+        assert server is not None
+        port: int = server.sockets[0].getsockname()[1]
         return port
 
     def _sweep(self) -> None:

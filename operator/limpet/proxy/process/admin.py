@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from limpet.affinity.plan import Plan, PlanError, plan_from_json
 from limpet.affinity.plan.codec import MAX_PLAN_BYTES
 
+from .native import build_mode
 from .state import StalePlanError
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -97,6 +98,7 @@ class ProxyCollector(Collector):
 
     def __init__(self) -> None:
         self.latest: StatsDict = {}
+        self.build_mode = build_mode().mode
 
     def collect(self) -> Iterator[Metric]:
         s = self.latest
@@ -175,8 +177,15 @@ class ProxyCollector(Collector):
             "limpet_proxy_plan_version", "Version of the plan in use (0 before the first)."
         )
         version.add_metric([], s.get("planVersion") or 0)
+        build = GaugeMetricFamily(
+            "limpet_proxy_build_info",
+            "1, labelled with how the proxy's hot path runs: compiled (with mypyc), "
+            "interpreted, partial or stale (see docs/proxy.md).",
+            labels=["mode"],
+        )
+        build.add_metric([self.build_mode], 1)
         yield from (requests, sessions, drain_live, up, migrations, rejected, app_cookie)
-        yield from (no_backend, version)
+        yield from (no_backend, version, build)
         yield from stores
 
 

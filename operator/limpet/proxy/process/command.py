@@ -111,6 +111,12 @@ def _store_options(store: argparse._ArgumentGroup) -> None:
 
 
 def _process_options(proc: argparse._ArgumentGroup) -> None:
+    proc.add_argument(
+        "--build",
+        action="store_true",
+        help="print whether the hot path runs compiled (mypyc) or interpreted, and exit "
+        "(status 1 when partial or stale)",
+    )
     proc.add_argument("--listen", metavar="HOST:PORT", default=str(DEFAULTS.listen))
     proc.add_argument(
         "--admin-listen",
@@ -372,6 +378,12 @@ def _gc_threshold(text: str | None) -> tuple[int, int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from limpet.proxy.process.native import build_mode, log_build_mode
+
+    if args.build:
+        mode = build_mode()
+        sys.stdout.write(f"limpet proxy hot path: {mode.describe()}\n")
+        return 0 if mode.mode in ("compiled", "interpreted") else 1
     try:
         settings, plan, prefer_given = build(args)
     except UsageError as exc:
@@ -382,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log_build_mode()
     import uvloop
 
     try:

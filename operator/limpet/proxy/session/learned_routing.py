@@ -15,7 +15,8 @@ replica whose compare-and-set won; the others adopt the new backend silently, si
 winner told the app. A store call that fails or times out marks the store down, counts a
 fallback and answers from the local table, so no request fails for the store.
 
-Concurrency: a mixin of :class:`~.routing.SessionRouter`, used from the event loop only;
+Concurrency: a base of :class:`~.routing.SessionRouter` (on :class:`~.store_notes.StoreNotes`:
+one chain, since mypyc compiles no multiple inheritance), used from the event loop only;
 several slow steps may be in flight at once (they re-read the table after every await).
 """
 
@@ -29,9 +30,8 @@ from limpet.affinity import BackendId, BackendState, Decision, Reason
 
 from .health import PassiveHealth
 from .learned import LearnedTable
-from .sessions import TABLE_CODES, SessionBook
+from .sessions import TABLE_CODES
 from .shared_keys import (
-    SharedKeys,
     StoredEntry,
     backend_prefix,
     decode_entry,
@@ -42,7 +42,7 @@ from .shared_keys import (
     restored_move,
 )
 from .snapshot import Snapshot
-from .store import SessionStore
+from .store_notes import StoreNotes
 
 Headers = tuple[tuple[bytes, bytes], ...]
 Placed = tuple[BackendId, Headers]
@@ -59,21 +59,13 @@ def moved_header(reason: Reason, bid: BackendId) -> Headers:
     return ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
 
 
-class LearnedRouting:
+class LearnedRouting(StoreNotes):
     """The learned-session steps of the session router (see the module docstring)."""
 
-    # Provided by the router.
-    _book: SessionBook
-    _ids: list[BackendId]
+    # Provided by the router (and those StoreNotes declares).
     _health: PassiveHealth
     _clock: Callable[[], float]
-    _wall: Callable[[], float]
     _migrations: dict[Reason, int]
-    _shared: SharedKeys | None
-    _keys_store: SessionStore | None
-    _store_stats: dict[str, int]
-    _cluster: dict[BackendId, int] | None
-    _spawn: Callable[[Coroutine[Any, Any, None]], None] | None
 
     def _decide(
         self, snap: Snapshot, bid: BackendId, h: int, last_seen: float, created: float, wall: float
@@ -87,11 +79,6 @@ class LearnedRouting:
         raise NotImplementedError
 
     def _down(self) -> AbstractSet[BackendId]:
-        raise NotImplementedError
-
-    def _note(
-        self, code: int, h: int, idx: int, wall: float, *, new: bool = False, moved_from: int = -1
-    ) -> None:
         raise NotImplementedError
 
     # -- the step -------------------------------------------------------------------------

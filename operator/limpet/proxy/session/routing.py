@@ -80,7 +80,6 @@ from .shared_keys import SharedKeys
 from .snapshot import Snapshot
 from .stats import AppCookieOutcome, BackendStats, RouterStats
 from .store import SessionStore
-from .store_notes import StoreNotes
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
 
@@ -130,7 +129,7 @@ class _Held:
         self.slot = -1
 
 
-class SessionRouter(StoreNotes, LearnedRouting):
+class SessionRouter(LearnedRouting):
     """Routes requests to backends by session (see the module docstring)."""
 
     def __init__(

@@ -1,5 +1,5 @@
 """The session router's side of the shared store's write-back: what it notes per request,
-the batch it hands over, and what it does with the answer (a mixin of
+the batch it hands over, and what it does with the answer (a base class of
 :class:`~.routing.SessionRouter`).
 
 Data flow: every session the router sees (placed, kept, moved) is noted in a dict keyed
