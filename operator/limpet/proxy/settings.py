@@ -107,9 +107,9 @@ class ProxySettings:
             raise ValueError("workers must be at least 1")
         if self.pool_max_idle < 0:
             raise ValueError("pool_max_idle must not be negative")
-        if self.gc_threshold is not None and (
-            len(self.gc_threshold) != 3 or not all(t >= 1 for t in self.gc_threshold)
-        ):
+        # Typed as three counts, but from_json builds it from whatever list the JSON held.
+        counts: tuple[int, ...] = self.gc_threshold or (1, 1, 1)
+        if len(counts) != 3 or not all(t >= 1 for t in counts):
             raise ValueError("gc_threshold must be three positive counts (gen0, gen1, gen2)")
 
     @property
