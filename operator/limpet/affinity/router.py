@@ -16,7 +16,7 @@ from collections.abc import Set as AbstractSet
 from .bounded import Preferences, load_cap
 from .ids import NO_BACKENDS, BackendId
 from .lifecycle import BackendState, ramp
-from .migration import KEEP, Decision, Reason
+from .migration import Decision, Reason
 from .plan.model import Backend, Plan, RebalanceSchedule
 from .slottable import SlotTable
 
@@ -260,8 +260,6 @@ class Router:
     def moved_to(self, reason: Reason, backend: BackendId) -> Decision:
         """The cached decision to move to ``backend`` for ``reason``."""
         return self._decisions.get((reason, backend)) or Decision(reason, backend)
-
-    keep = KEEP
 
 
 def _tables(router: Router | None) -> list[SlotTable]:
