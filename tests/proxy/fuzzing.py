@@ -339,6 +339,13 @@ class Harness:
         self.pool.release(up)
         return up, transport
 
+    def client(self) -> tuple[ClientConnection, MemoryTransport]:
+        """A client connection, just made, and the transport that records its bytes."""
+        client = ClientConnection(self.server)
+        transport = MemoryTransport()
+        client.connection_made(transport)
+        return client, transport
+
     def run_request(self, data: bytes, reply: bytes | None = None) -> Outcome:
         """Feed one client message (split into two reads at a random-free fixed point),
         answer every backend message with ``reply``, end the client connection and apply

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from limpet.proxy.engine.client import ClientConnection
 from limpet.proxy.engine.h1 import actions
 from limpet.proxy.engine.h1.actions import Do, Fail
 from limpet.proxy.engine.h1.connection import State
 
-from ..fuzzing import Harness, MemoryTransport
+from ..fuzzing import Harness
 
 
 def test_a_connect_failure_reroutes_once_then_fails_the_backend() -> None:
@@ -97,9 +96,7 @@ def test_whether_the_proxys_own_answer_closes_the_connection(
 def test_a_broken_answer_is_a_502_that_closes_the_client_connection() -> None:
     h = Harness()
     up, _ = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     up.data_received(b"SSH-2.0-x\r\n")
     assert ct.out.startswith(b"HTTP/1.1 502 ")
@@ -112,9 +109,7 @@ def test_a_broken_answer_is_a_502_that_closes_the_client_connection() -> None:
 def test_a_broken_answer_after_its_head_left_cuts_the_client_short() -> None:
     h = Harness()
     up, _ = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     up.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     up.data_received(b"zz\r\n")
@@ -127,9 +122,7 @@ def test_a_broken_answer_after_its_head_left_cuts_the_client_short() -> None:
 def test_a_post_whose_backend_closes_unanswered_gets_a_502_not_a_second_send() -> None:
     h = Harness()
     up, up_out = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
     up.connection_lost(None)
     assert ct.out.startswith(b"HTTP/1.1 502 ")

@@ -146,9 +146,7 @@ def test_a_client_connection_walks_its_states_through_a_post() -> None:
 def test_an_answer_before_the_request_ends_closes_the_connection() -> None:
     h = Harness()
     up, _ = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
     up.data_received(OK)
     # The answer went out with "Connection: close" (the rest of the body is never read),
@@ -167,9 +165,7 @@ def test_an_upgrade_answered_101_is_a_tunnel_and_anything_else_closes() -> None:
     h = Harness()
     upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     up, up_out = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(upgrade + b"early")
     assert state_of(client) == State.SWITCHING
     up.data_received(SWITCHED + b"hi")
@@ -179,9 +175,7 @@ def test_an_upgrade_answered_101_is_a_tunnel_and_anything_else_closes() -> None:
     client.connection_lost(None)
 
     up, _ = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(upgrade)
     up.data_received(OK)
     assert state_of(client) == State.CLOSED
@@ -194,9 +188,7 @@ def test_an_upgrade_answered_101_is_a_tunnel_and_anything_else_closes() -> None:
 def test_a_pipelined_upgrade_request_switches_when_its_turn_comes() -> None:
     h = Harness()
     up, up_out = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(REQUESTS["get"] + REQUESTS["upgrade"] + b"early")
     assert state_of(client) == State.WAITING  # the GET's exchange: not switching
     assert b"GET /u " not in up_out.out  # queued behind the GET's answer
@@ -319,9 +311,7 @@ def _exchanges(h: Harness, exchanges: list[tuple[str, str, int, int, bool]]) -> 
 def test_tunnel_bytes_go_both_ways_after_the_101() -> None:
     h = Harness()
     up, up_out = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(REQUESTS["upgrade"])
     up.data_received(SWITCHED)
     sent = len(up_out.out)
@@ -337,9 +327,7 @@ def test_tunnel_bytes_go_both_ways_after_the_101() -> None:
 def test_a_close_delimited_answer_ends_with_the_last_chunk_when_the_backend_closes() -> None:
     h = Harness()
     up, _ = h.idle_backend()
-    client = ClientConnection(h.server)
-    ct = MemoryTransport()
-    client.connection_made(ct)
+    client, ct = h.client()
     client.data_received(REQUESTS["get"])
     up.data_received(ANSWERS["eof"])
     assert ct.out.endswith(b"d\r\nuntil the end\r\n")  # re-chunked for the HTTP/1.1 client
@@ -370,9 +358,7 @@ def test_pipelined_requests_are_sent_and_answered_one_at_a_time_in_order(
     h = Harness()
     try:
         up, up_out = h.idle_backend()
-        client = ClientConnection(h.server)
-        ct = MemoryTransport()
-        client.connection_made(ct)
+        client, ct = h.client()
         cut %= len(data) + 1
         for part in (data[:cut], data[cut:]):
             client.data_received(part)
