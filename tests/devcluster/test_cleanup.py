@@ -95,13 +95,20 @@ def _traces(run_id: str) -> list[str]:
 
 
 # A child that makes a pod network with one pod running `sleep` inside, reports, and then
-# either returns (leaving the clean-up to atexit) or waits to be killed.
+# either returns (leaving the clean-up to atexit) or waits to be killed. It reports only
+# once `ip netns exec` has become `sleep`: before that, `ip` may hold the namespace open
+# without having entered it yet, and what is not in a namespace is not its clean-up's to
+# kill (on a loaded CI machine the sleeper outlived the run that way, twice).
 _NETNS_CHILD = """
     import json, subprocess, time
     from limpet.devcluster.netns import NetnsPodNetwork
     net = NetnsPodNetwork.create()
     slot = net.attach("p", 8080)
     sleeper = subprocess.Popen(net.wrap(slot, ["sleep", "300"]), start_new_session=True)
+    deadline = time.monotonic() + 20
+    while open(f"/proc/{sleeper.pid}/comm").read().strip() != "sleep":
+        assert time.monotonic() < deadline, "ip netns exec never became sleep"
+        time.sleep(0.01)
     print(json.dumps({"run_id": net.run_id, "sleeper": sleeper.pid}), flush=True)
     if WAIT:
         time.sleep(300)
