@@ -80,6 +80,10 @@ R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
 
+# "#" as a byte value: ``b"#" in target`` first tries the operand as an integer, and the
+# TypeError it raises and clears cost about 3 % of a request's instructions.
+_HASH: Final = 0x23
+
 log = logging.getLogger(__name__)
 
 
@@ -283,7 +287,7 @@ class Exchange(asyncio.Protocol):
         if scan.host_count != 1 and (scan.host_count > 1 or self.http11):
             return 400, b""
         host = scan.host
-        if (host is not None and not http.host_ok(host)) or b"#" in target:
+        if (host is not None and not http.host_ok(host)) or _HASH in target:
             return 400, b""  # clients never send fragments; HAProxy refuses them too
         if target[:1] != b"/":
             origin = self._absolute(method, target)
