@@ -91,8 +91,9 @@ class HeaderClasses:
     def get(self, name: bytes) -> int:
         n = len(name)
         first = self._first
-        # ``| 0x20`` lower-cases a letter (and maps no other byte onto one).
-        if n and (name[0] | 0x20) not in first[n if n < len(first) else -1]:
+        # Bit ``letter & 31`` of the mask: the same for a letter's two cases (another
+        # byte may share a letter's bit, and is merely looked up).
+        if n and not (first[n if n < len(first) else -1] >> (name[0] & 31)) & 1:
             return OTHER
         code = self.cache.get(name)
         return self.classify(name) if code is None else code
@@ -101,17 +102,17 @@ class HeaderClasses:
 _PROXY_PREFIX: Final = b"proxy-"
 
 
-def _first_letters() -> tuple[bytes, ...]:
-    """For each name length, the lower-case first letters of the names that have a class
-    (``_CLASSES``, and ``proxy-*`` from its prefix's length on); the last entry stands
-    for every longer name."""
+def _first_letters() -> tuple[int, ...]:
+    """For each name length, a mask of the first letters (bit ``letter & 31``) of the
+    names that have a class (``_CLASSES``, and ``proxy-*`` from its prefix's length on);
+    the last entry stands for every longer name."""
     longest = max(len(name) for name in _CLASSES)
-    letters: list[set[int]] = [set() for _ in range(longest + 2)]
+    masks = [0] * (longest + 2)
     for name in _CLASSES:
-        letters[len(name)].add(name[0])
+        masks[len(name)] |= 1 << (name[0] & 31)
     for length in range(len(_PROXY_PREFIX), longest + 2):
-        letters[length].add(_PROXY_PREFIX[0])
-    return tuple(bytes(sorted(s)) for s in letters)
+        masks[length] |= 1 << (_PROXY_PREFIX[0] & 31)
+    return tuple(masks)
 
 
 def content_length(value: bytes) -> int:
@@ -336,19 +337,20 @@ def build_request_head(
     A chunked request body is sent as ``Transfer-Encoding: chunked``; the engine re-frames
     the chunks.
     """
+    # Appends, not ``parts += (...)``: each tuple would be built, and added generically.
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    parts += scan.kept
+    parts.extend(scan.kept)
     if scan.host is None:
         parts.append(b"Host: \r\n")  # HTTP/1.0 without Host: HTTP/1.1 needs one
     if cookie is not None:
-        parts += (b"Cookie: ", cookie, b"\r\n")
-    parts += (b"X-Forwarded-For: ", peer if scan.xff is None else scan.xff + b", " + peer, b"\r\n")
-    parts += (b"X-Forwarded-Proto: ", b"http" if scan.xfp is None else scan.xfp, b"\r\n")
+        _keep(parts, b"Cookie", cookie)
+    _keep(parts, b"X-Forwarded-For", peer if scan.xff is None else scan.xff + b", " + peer)
+    _keep(parts, b"X-Forwarded-Proto", b"http" if scan.xfp is None else scan.xfp)
     xfh = scan.xfh if scan.xfh is not None else scan.host
     if xfh is not None:
-        parts += (b"X-Forwarded-Host: ", xfh, b"\r\n")
+        _keep(parts, b"X-Forwarded-Host", xfh)
     for name, value in add_headers:
-        parts += (name, b": ", value, b"\r\n")
+        _keep(parts, name, value)
     if scan.transfer_encoding is not None:
         # Checked to be exactly chunked (transfer_coding_status); the engine re-chunks.
         parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -513,9 +515,9 @@ def build_response_head(
     """The response head sent to the client. ``keep_alive`` says whether the client
     connection stays open after this response."""
     parts = [status_line(status, reason)]
-    parts += scan.kept
+    parts.extend(scan.kept)
     if set_cookie is not None:
-        parts += (b"Set-Cookie: ", set_cookie, b"\r\n")
+        _keep(parts, b"Set-Cookie", set_cookie)
     if framing == FRAME_CHUNKED:
         parts += (b"Transfer-Encoding: ", chunked_coding(scan.transfer_encoding), b"\r\n")
     elif framing == FRAME_NONE and scan.transfer_encoding is not None and status not in (204, 304):
