@@ -428,7 +428,9 @@ def scan_response(
         scan.kept = _without_listed(kept, scan.connection)
 
 
-_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
+# Final (as the other caches here): compiled, a module-level name that is not Final is
+# looked up in the module's dict at every use.
+_STATUS_LINES: Final[dict[int, tuple[bytes, bytes]]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -455,7 +457,7 @@ _CANNED_BODIES: Final[dict[int, bytes]] = {
     502: b"bad gateway: the backend failed\n",
     504: b"gateway timeout: the backend did not answer in time\n",
 }
-_canned: dict[tuple[int, bool], bytes] = {}
+_canned: Final[dict[tuple[int, bool], bytes]] = {}
 
 
 def error_response(status: int, *, close: bool) -> bytes:
@@ -604,7 +606,7 @@ def chunked_coding(value: bytes | None) -> bytes:
     return value if ends_chunked(value) else value + b", chunked"
 
 
-_hosts_seen: dict[bytes, bool] = {}
+_hosts_seen: Final[dict[bytes, bool]] = {}
 
 
 def host_ok(value: bytes) -> bool:
