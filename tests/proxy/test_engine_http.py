@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.proxy.engine import http
 
@@ -34,7 +36,7 @@ def test_hop_by_hop_request_headers_are_dropped() -> None:
             (b"X-Kept", b"yes"),
         ]
     )
-    assert s.kept == [b"Host: a\r\n", b"X-Kept: yes\r\n"]
+    assert b"".join(s.kept) == b"Host: a\r\nX-Kept: yes\r\n"
     assert s.transfer_encoding == b"chunked"
     head = http.build_request_head(
         s, b"POST", b"/p", peer=b"10.1.2.3", cookie=None, add_headers=(), upgrade=False
@@ -109,7 +111,7 @@ def test_upgrade_request_keeps_upgrade() -> None:
 def test_expect_and_lengths() -> None:
     s = scan([(b"Host", b"a"), (b"Content-Length", b"12"), (b"Expect", b"100-Continue")])
     # Expect is end-to-end here: the backend answers 100 Continue itself.
-    assert b"Expect: 100-Continue\r\n" in s.kept
+    assert b"Expect: 100-Continue\r\n" in b"".join(s.kept)
     assert s.content_length == 12
     assert s.has_body
     assert not scan([(b"Host", b"a")]).has_body
@@ -207,6 +209,51 @@ def test_error_responses_are_complete() -> None:
 def test_header_class_cache_is_bounded() -> None:
     classes = http.HeaderClasses(limit=10)
     for i in range(100):
-        assert classes.get(b"X-Made-Up-%d" % i) == http.OTHER
+        # As long as X-Forwarded-For and with its first letter: looked up, then cached.
+        assert classes.get(b"X-Forwarded-%03d" % i) == http.OTHER
     assert len(classes.cache) == 10
     assert classes.get(b"PROXY-anything") == http.DROP
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=24) | st.text("0123456789 \t_+-x\r\n", max_size=12).map(str.encode))
+def test_content_length_reads_as_int_does(value: bytes) -> None:
+    try:
+        want: int | type[ValueError] = int(value)
+    except ValueError:
+        want = ValueError
+    try:
+        got: int | type[ValueError] = http.content_length(value)
+    except ValueError:
+        got = ValueError
+    assert got == want
+
+
+_NAMES = st.sampled_from(
+    [
+        b"Host",
+        b"cookie",
+        b"CONTENT-LENGTH",
+        b"X-Forwarded-Proto",
+        b"TE",
+        b"Proxy-Authorization",
+        b"proxy-",
+        b"proxy",
+        b"Server",
+        b"Date",
+        b"Content-Type",
+        b"X-Forwarded-Hosts",
+    ]
+) | st.binary(min_size=1, max_size=20)
+
+
+@settings(max_examples=500)
+@given(st.lists(_NAMES, max_size=30))
+def test_header_classes_match_the_table(names: list[bytes]) -> None:
+    # HeaderClasses.get skips the lookup for names that cannot have a class: each answer
+    # must be the class the table (and the proxy- prefix) gives the lower-cased name.
+    classes = http.HeaderClasses(limit=8)
+    for name in names:
+        lower = name.lower()
+        want = http._CLASSES.get(lower, http.DROP if lower.startswith(b"proxy-") else http.OTHER)
+        assert classes.get(name) == want

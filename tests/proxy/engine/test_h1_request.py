@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from limpet.proxy.engine.h1 import request
 from limpet.proxy.engine.h1.connection import Event, InvalidTransition, State, step
@@ -196,3 +198,53 @@ def test_an_invalid_transition_in_a_callback_surfaces_instead_of_a_400() -> None
     with pytest.raises(InvalidTransition, match="REQUEST in state TUNNEL"):
         r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert r.status == 0  # not refused as the client's fault
+
+
+_LINES = st.tuples(
+    st.sampled_from([b"GET", b"POST", b"OPTIONS"]),
+    st.sampled_from([b"/", b"/a?b=HTTP/1.1", b"http://x/HTTP/1.1%0D%0A", b"/HTTP/1.1"]),
+    st.sampled_from(["1.0", "1.1"]),
+    st.sampled_from([b"", b"\r\n", b"\r\n\r\n"]),  # empty lines before the request line
+)
+
+
+@settings(max_examples=300, deadline=None)
+@example(lines=[(b"GET", b"/", "1.1", b""), (b"GET", b"/", "1.0", b"")], cuts=[])
+@example(lines=[(b"GET", b"/", "1.0", b"\r\n")], cuts=[])
+@given(
+    st.lists(_LINES, min_size=1, max_size=4),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+)
+def test_each_request_is_reported_with_the_version_of_its_own_line(
+    lines: list[tuple[bytes, bytes, str, bytes]], cuts: list[int]
+) -> None:
+    # The reader reads "1.1" off the request line where it can (RequestReader._version):
+    # whatever the reads' boundaries, pipelining and empty lines, each request must get
+    # the version its line carries, as httptools itself reports it.
+    # (HTTP/1.0 asks for keep-alive, or llhttp would take nothing after the first.)
+    stream = b"".join(
+        lead + method + b" " + target + b" HTTP/" + version.encode() + b"\r\nHost: x\r\n"
+        b"Connection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        for method, target, version, lead in lines
+    )
+    sink = Recorder()
+    r = reader(sink, max_header_bytes=1000, max_headers=10, head_guard=10_000)
+    start = 0
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        if start < cut <= len(stream):
+            assert r.feed(stream[start:cut]) == request.MORE
+            start = cut
+    heads = [e for e in sink.events if e[0] == "head"]
+    assert [h[4] for h in heads] == [version for _, _, version, _ in lines]
+    assert [h[2] for h in heads] == [target for _, target, _, _ in lines]
+
+
+def test_the_version_of_a_line_split_across_reads() -> None:
+    for version in (b"1.0", b"1.1"):
+        sink = Recorder()
+        r = reader(sink)
+        data = b"GET /v HTTP/" + version + b"\r\nHost: x\r\n\r\n"
+        for i in range(len(data)):  # one byte a read
+            assert r.feed(data[i : i + 1]) == request.MORE
+        (head,) = [e for e in sink.events if e[0] == "head"]
+        assert head[4] == version.decode()

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
+import time
 from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
@@ -79,6 +79,14 @@ R_DIALLING: Final = 4  # request body buffered while the upstream connection is 
 R_UPGRADE: Final = 8  # bytes after an upgrade request wait for the 101
 
 DIAL_BUFFER_LIMIT: Final = 256 * 1024
+
+# Final: compiled, a name imported from a module that is not compiled (``from time
+# import perf_counter``) is looked up in this module's dict at every call.
+_perf_counter: Final = time.perf_counter
+
+# "#" as a byte value: ``b"#" in target`` first tries the operand as an integer, and the
+# TypeError it raises and clears cost about 3 % of a request's instructions.
+_HASH: Final = 0x23
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +259,7 @@ class Exchange(asyncio.Protocol):
         """A new exchange: reset its state."""
         stats = self.stats
         stats.requests += 1
-        self.started = perf_counter() if stats.timing else 0.0
+        self.started = _perf_counter() if stats.timing else 0.0
         self.status = 0
         state = AFTER_REQUEST[self.state]
         if state < 0:
@@ -265,7 +273,8 @@ class Exchange(asyncio.Protocol):
         self.http11 = version == "1.1"
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
-        self.idempotent = method in http.IDEMPOTENT_METHODS
+        # GET first: the set lookup hashes the method, a new bytes object every time.
+        self.idempotent = method == b"GET" or method in http.IDEMPOTENT_METHODS
 
     def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
         """Everything that refuses a request before routing, and so before any byte goes
@@ -283,7 +292,7 @@ class Exchange(asyncio.Protocol):
         if scan.host_count != 1 and (scan.host_count > 1 or self.http11):
             return 400, b""
         host = scan.host
-        if (host is not None and not http.host_ok(host)) or b"#" in target:
+        if (host is not None and not http.host_ok(host)) or _HASH in target:
             return 400, b""  # clients never send fragments; HAProxy refuses them too
         if target[:1] != b"/":
             origin = self._absolute(method, target)

@@ -22,6 +22,7 @@ Request checks that decide the framing and the target (:func:`transfer_coding_ok
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -68,13 +69,17 @@ IDEMPOTENT_METHODS: Final = frozenset(
 class HeaderClasses:
     """Name-as-sent -> class. Bounded so that a client inventing names cannot grow it.
 
-    Hot loops read ``cache`` directly and call :meth:`classify` only on a miss."""
+    Most fields (``Server``, ``Date``, ``Content-Type``, ``User-Agent``...) are OTHER, and
+    most of those are told apart without hashing the name, a new bytes object each time:
+    :meth:`get` first checks the name's length and first letter against the names that
+    have a class (``_first``); only a possible match is looked up."""
 
-    __slots__ = ("_limit", "cache")
+    __slots__ = ("_first", "_limit", "cache")
 
     def __init__(self, limit: int = 4096) -> None:
         self.cache: dict[bytes, int] = {}
         self._limit = limit
+        self._first = _first_letters()
 
     def classify(self, name: bytes) -> int:
         lower = name.lower()
@@ -84,8 +89,48 @@ class HeaderClasses:
         return code
 
     def get(self, name: bytes) -> int:
+        n = len(name)
+        first = self._first
+        # Bit ``letter & 31`` of the mask: the same for a letter's two cases (another
+        # byte may share a letter's bit, and is merely looked up).
+        if n and not (first[n if n < len(first) else -1] >> (name[0] & 31)) & 1:
+            return OTHER
         code = self.cache.get(name)
         return self.classify(name) if code is None else code
+
+
+_PROXY_PREFIX: Final = b"proxy-"
+
+
+def _first_letters() -> tuple[int, ...]:
+    """For each name length, a mask of the first letters (bit ``letter & 31``) of the
+    names that have a class (``_CLASSES``, and ``proxy-*`` from its prefix's length on);
+    the last entry stands for every longer name."""
+    longest = max(len(name) for name in _CLASSES)
+    masks = [0] * (longest + 2)
+    for name in _CLASSES:
+        masks[len(name)] |= 1 << (name[0] & 31)
+    for length in range(len(_PROXY_PREFIX), longest + 2):
+        masks[length] |= 1 << (_PROXY_PREFIX[0] & 31)
+    return tuple(masks)
+
+
+def content_length(value: bytes) -> int:
+    """A Content-Length value as ``int(value)`` reads it, for what llhttp lets through
+    (digits, then maybe blanks) read digit by digit: a tenth of ``int``'s generic parse.
+    Anything else goes to ``int`` itself (and its ValueError)."""
+    n = 0
+    digits = 0
+    blanks = False
+    for c in value:
+        if 48 <= c <= 57 and not blanks:
+            n = n * 10 + (c - 48)
+            digits += 1
+        elif (c == 32 or c == 9) and digits:
+            blanks = True
+        else:
+            return int(value)
+    return n if digits else int(value)
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:
@@ -147,7 +192,7 @@ class RequestScan:
     """What one pass over the request headers found. One instance per client connection,
     overwritten for every request (no per-request allocation)."""
 
-    kept: list[bytes]  # already serialised "Name: value\r\n" lines, in order
+    kept: list[bytes]  # the forwarded fields, in order, as parts: see _keep
     host: bytes | None = None
     host_count: int = 0
     cookie: bytes | None = None
@@ -178,14 +223,11 @@ def scan_request(
     _reset_rare(scan)
     scan.host_count = 0
     scan.content_length = -1
-    cache = classes.cache
     cookies: list[bytes] | None = None
     for name, value in headers:
-        code = cache.get(name)
-        if code is None:
-            code = classes.classify(name)
+        code = classes.get(name)
         if code == OTHER:
-            kept.append(name + b": " + value + b"\r\n")
+            _keep(kept, name, value)
         elif code == COOKIE:
             # llhttp keeps trailing whitespace, which is not part of a value (RFC 9110
             # 5.5): strip it from the values the proxy reads or joins.
@@ -198,11 +240,11 @@ def scan_request(
             value = value.rstrip(b" \t")
             scan.host = value
             scan.host_count += 1
-            kept.append(name + b": " + value + b"\r\n")
+            _keep(kept, name, value)
         elif code == CONTENT_LENGTH:
             # llhttp already rejected duplicates, signs and non-digits.
-            scan.content_length = int(value)
-            kept.append(name + b": " + value + b"\r\n")
+            scan.content_length = content_length(value)
+            _keep(kept, name, value)
         elif code == CONNECTION:
             if scan.connection is None:
                 scan.connection = [value]
@@ -215,6 +257,16 @@ def scan_request(
     scan.has_body = scan.transfer_encoding is not None or scan.content_length > 0
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
+
+
+def _keep(kept: list[bytes], name: bytes, value: bytes) -> None:
+    """Keep one field for the head sent on: four parts, ``name``, ``": "``, ``value``,
+    ``"\\r\\n"``, that the head's one ``join`` copies. Joining each line first would
+    make three short-lived bytes objects a field, on every request and answer."""
+    kept.append(name)
+    kept.append(b": ")
+    kept.append(value)
+    kept.append(b"\r\n")
 
 
 def _reset_rare(scan: RequestScan) -> None:
@@ -243,7 +295,7 @@ def _scan_rare(scan: RequestScan, code: int, name: bytes, value: bytes, *, trust
     elif code == UPGRADE:
         scan.upgrade = value
     elif code in (EXPECT, SET_COOKIE) or (code == FORWARDED and trusted):
-        scan.kept.append(name + b": " + value + b"\r\n")
+        _keep(scan.kept, name, value)
 
 
 def _strip_listed(scan: RequestScan) -> None:
@@ -256,7 +308,17 @@ def _without_listed(kept: list[bytes], connection: list[bytes]) -> list[bytes]:
     listed = connection_tokens(connection) - _NOT_STRIPPED
     if not listed:
         return kept
-    return [line for line in kept if line.partition(b":")[0].strip().lower() not in listed]
+    return _without_fields(kept, listed)
+
+
+def _without_fields(kept: list[bytes], names: Collection[bytes]) -> list[bytes]:
+    """``kept`` (parts, four a field: :func:`_keep`) without the fields whose lower-cased
+    name is in ``names``."""
+    out: list[bytes] = []
+    for i in range(0, len(kept), 4):
+        if kept[i].lower() not in names:
+            out += kept[i : i + 4]
+    return out
 
 
 def build_request_head(
@@ -275,19 +337,20 @@ def build_request_head(
     A chunked request body is sent as ``Transfer-Encoding: chunked``; the engine re-frames
     the chunks.
     """
+    # Appends, not ``parts += (...)``: each tuple would be built, and added generically.
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    parts += scan.kept
+    parts.extend(scan.kept)
     if scan.host is None:
         parts.append(b"Host: \r\n")  # HTTP/1.0 without Host: HTTP/1.1 needs one
     if cookie is not None:
-        parts += (b"Cookie: ", cookie, b"\r\n")
-    parts += (b"X-Forwarded-For: ", peer if scan.xff is None else scan.xff + b", " + peer, b"\r\n")
-    parts += (b"X-Forwarded-Proto: ", b"http" if scan.xfp is None else scan.xfp, b"\r\n")
+        _keep(parts, b"Cookie", cookie)
+    _keep(parts, b"X-Forwarded-For", peer if scan.xff is None else scan.xff + b", " + peer)
+    _keep(parts, b"X-Forwarded-Proto", b"http" if scan.xfp is None else scan.xfp)
     xfh = scan.xfh if scan.xfh is not None else scan.host
     if xfh is not None:
-        parts += (b"X-Forwarded-Host: ", xfh, b"\r\n")
+        _keep(parts, b"X-Forwarded-Host", xfh)
     for name, value in add_headers:
-        parts += (name, b": ", value, b"\r\n")
+        _keep(parts, name, value)
     if scan.transfer_encoding is not None:
         # Checked to be exactly chunked (transfer_coding_status); the engine re-chunks.
         parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -307,7 +370,7 @@ FRAME_CLOSE: Final = 3  # delimited by closing the client connection
 
 @dataclass(slots=True)
 class ResponseScan:
-    """What one pass over a response head found, plus the serialised kept lines. One
+    """What one pass over a response head found, plus the kept fields as parts. One
     instance per backend connection, overwritten for every head."""
 
     kept: list[bytes]
@@ -331,18 +394,15 @@ def scan_response(
     scan.content_length = -1
     scan.transfer_encoding = scan.upgrade = None
     scan.set_cookies = scan.connection = None
-    cache = classes.cache
     for name, value in headers:
-        code = cache.get(name)
-        if code is None:
-            code = classes.classify(name)
+        code = classes.get(name)
         if code == OTHER:
-            kept.append(name + b": " + value + b"\r\n")
+            _keep(kept, name, value)
         elif code == CONTENT_LENGTH:
-            scan.content_length = int(value)
-            kept.append(name + b": " + value + b"\r\n")
+            scan.content_length = content_length(value)
+            _keep(kept, name, value)
         elif code == SET_COOKIE:
-            kept.append(name + b": " + value + b"\r\n")
+            _keep(kept, name, value)
             if learn_cookies:
                 if scan.set_cookies is None:
                     scan.set_cookies = [value]
@@ -363,12 +423,14 @@ def scan_response(
             pass
         else:
             # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
-            kept.append(name + b": " + value + b"\r\n")
+            _keep(kept, name, value)
     if scan.connection is not None and _lists_headers(scan.connection):
         scan.kept = _without_listed(kept, scan.connection)
 
 
-_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
+# Final (as the other caches here): compiled, a module-level name that is not Final is
+# looked up in the module's dict at every use.
+_STATUS_LINES: Final[dict[int, tuple[bytes, bytes]]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -395,7 +457,7 @@ _CANNED_BODIES: Final[dict[int, bytes]] = {
     502: b"bad gateway: the backend failed\n",
     504: b"gateway timeout: the backend did not answer in time\n",
 }
-_canned: dict[tuple[int, bool], bytes] = {}
+_canned: Final[dict[tuple[int, bool], bytes]] = {}
 
 
 def error_response(status: int, *, close: bool) -> bytes:
@@ -455,9 +517,9 @@ def build_response_head(
     """The response head sent to the client. ``keep_alive`` says whether the client
     connection stays open after this response."""
     parts = [status_line(status, reason)]
-    parts += scan.kept
+    parts.extend(scan.kept)
     if set_cookie is not None:
-        parts += (b"Set-Cookie: ", set_cookie, b"\r\n")
+        _keep(parts, b"Set-Cookie", set_cookie)
     if framing == FRAME_CHUNKED:
         parts += (b"Transfer-Encoding: ", chunked_coding(scan.transfer_encoding), b"\r\n")
     elif framing == FRAME_NONE and scan.transfer_encoding is not None and status not in (204, 304):
@@ -544,7 +606,7 @@ def chunked_coding(value: bytes | None) -> bytes:
     return value if ends_chunked(value) else value + b", chunked"
 
 
-_hosts_seen: dict[bytes, bool] = {}
+_hosts_seen: Final[dict[bytes, bool]] = {}
 
 
 def host_ok(value: bytes) -> bool:
@@ -561,8 +623,8 @@ def host_ok(value: bytes) -> bool:
 
 def set_host(scan: RequestScan, authority: bytes) -> None:
     """Forward ``authority`` as the Host (an absolute-form target's, RFC 9112 3.2.2)."""
-    kept = [line for line in scan.kept if line.partition(b":")[0].lower() != b"host"]
-    kept.append(b"Host: " + authority + b"\r\n")
+    kept = _without_fields(scan.kept, (b"host",))
+    _keep(kept, b"Host", authority)
     scan.kept = kept
     scan.host = authority
 

@@ -93,14 +93,17 @@ class ResponseMachine:
         "_facts",
         "_framing",
         "_head_keep",
+        "_head_request",
         "_head_tail",
         "_head_unsent",
         "_headers",
+        "_http11",
         "_informational",
         "_reason",
         "_scan",
         "_trailer_bytes",
         "_trailers",
+        "_upgrade",
         "classes",
         "got_response",
         "keep",
@@ -134,6 +137,12 @@ class ResponseMachine:
         self.got_response = False  # any byte of the current answer arrived
         self.reusable = True
         self._facts: ExchangeFacts | None = None
+        # The request's facts that stay put while it is answered, copied by expect():
+        # read here, each would be a generic attribute lookup on the exchange (a
+        # Protocol to compiled code) for every answer.
+        self._http11 = True
+        self._head_request = False
+        self._upgrade = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._scan = http.ResponseScan(kept=[])  # the last head's, reused
         self._reason = b""
@@ -156,14 +165,17 @@ class ResponseMachine:
     def expect(self, facts: ExchangeFacts) -> None:
         """A request went out on this connection: its answer comes next."""
         self._facts = facts
+        self._http11 = facts.http11
+        head_request = self._head_request = facts.head_request
+        upgrade = self._upgrade = facts.upgrade_requested
         self.state = WAITING
         self.got_response = False
         # After an upgrade request the backend may be in another protocol, or still wait
         # for what the client sends next: only a 101 answers it, and nothing else is pooled.
-        self.reusable = not facts.upgrade_requested
+        self.reusable = not upgrade
         self._framing = http.FRAME_NONE
         self._expect_eof = False
-        self._head_tail = b"" if facts.head_request else None
+        self._head_tail = b"" if head_request else None
         self._head_unsent = False
 
     def feed(self, data: bytes) -> int:
@@ -267,10 +279,10 @@ class ResponseMachine:
         if scan.set_cookies is not None:
             route = self.router.on_response(route, scan.set_cookies)
         framing = http.response_framing(
-            status, head_request=facts.head_request, scan=scan, http11=facts.http11
+            status, head_request=self._head_request, scan=scan, http11=self._http11
         )
         self._framing = framing
-        keep_alive = facts.keep_alive and REQUEST_DONE[facts.state] and not facts.upgrade_requested
+        keep_alive = facts.keep_alive and REQUEST_DONE[facts.state] and not self._upgrade
         if not keep_alive or framing == http.FRAME_CLOSE:
             facts.keep_alive = False
         self._head_unsent = True
@@ -282,7 +294,7 @@ class ResponseMachine:
                 framing=framing,
                 set_cookie=route.set_cookie,
                 keep_alive=keep_alive,
-                http11=facts.http11,
+                http11=self._http11,
             )
         )
         state = AFTER_ANSWER[facts.state]  # step(facts.state, ANSWER), inline
@@ -296,7 +308,7 @@ class ResponseMachine:
             and (te is None or not http.ends_chunked(te))
             and scan.content_length < 0
         )
-        if facts.head_request:
+        if self._head_request:
             # httptools cannot be told that a HEAD answer has no body: stop it here, and
             # _feed_head finishes the answer and starts a fresh parser.
             self._head_keep = (
@@ -311,14 +323,14 @@ class ResponseMachine:
         """A 1xx head: 101 switches protocols (only after an upgrade request), any other
         is relayed to HTTP/1.1 clients and the final head follows."""
         if status == 101:
-            if not facts.upgrade_requested:
+            if not self._upgrade:
                 raise httptools.HttpParserError("unexpected 101")
             self.out.append(http.build_switching_head(status, self._reason, scan))
             facts.status = status  # the shell fires SWITCH on the TUNNEL event
             self.state = SWITCHED
             return
         self._informational = True
-        if facts.http11:
+        if self._http11:
             self.out.append(http.build_informational_head(status, self._reason, scan))
 
     def on_body(self, body: bytes) -> None:
