@@ -100,6 +100,28 @@ def test_free_slots_are_reused_and_columns_stay_bounded() -> None:
     assert len(t._keys) <= 10
 
 
+def test_columns_grow_in_steps_and_fill_from_the_front() -> None:
+    """Inserts take the lowest free entry; the columns grow by a step of free entries
+    (an eighth, at least 64), never past the capacity, and the free tail is no entry."""
+    t = table(capacity=1000, idle=None)
+    assert [t.insert(k, 1, T0) for k in (7, 8, 9)] == [0, 1, 2]
+    assert len(t._keys) == 64
+    assert len(t) == 3
+    assert t.sessions(1) == 3
+    assert t.seen_after(T0 - 1).tolist() == [0, 3]
+    assert {b: v.tolist() for b, v in t.smallest_keys(10).items()} == {1: [7, 8, 9]}
+    for k in range(100, 100 + 61):
+        t.insert(k, 0, T0)
+    assert len(t._keys) == 64
+    t.insert(5000, 0, T0)  # the 65th entry: one more step
+    assert len(t._keys) == 128
+    assert t.find(5000) == 64
+    small = table(capacity=10, idle=None)
+    for k in range(10):
+        small.insert(k, 0, T0)
+    assert len(small._keys) == 10
+
+
 def test_capacity_evicts_least_recently_seen() -> None:
     t = table(capacity=128, idle=None)
     for k in range(128):

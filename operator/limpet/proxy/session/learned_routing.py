@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import BackendId, BackendState, Decision, Reason
 
@@ -49,7 +49,7 @@ Placed = tuple[BackendId, Headers]
 """A learned session's backend and the headers to add (the moved header, or none)."""
 Pending = Coroutine[Any, Any, "Placed | None"]
 
-MOVED_HEADER = b"Limpet-Session-Moved"
+MOVED_HEADER: Final = b"Limpet-Session-Moved"
 """The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
 
 NO_HEADERS: Headers = ()

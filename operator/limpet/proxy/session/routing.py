@@ -7,7 +7,7 @@ router walks the plan's affinity modes in order (primary, then fallbacks) and ta
 first session key the request carries (:mod:`.request_keys`): a valid LB cookie
 (:mod:`.cookies`), the app cookie, the header, the query parameter or the client IP. An
 existing session keeps
-its backend unless the affinity core's migration decision (:func:`limpet.affinity.decide`)
+its backend unless the affinity core's migration decision (:meth:`limpet.affinity.Router.decide`)
 moves it (failover, drain, rebalance, expired); a new session is placed by the target
 slot table with bounded loads (:meth:`limpet.affinity.Router.route_new`), and every
 destination, new or moved, is under its bounded-load cap. The loads are this process's
@@ -63,7 +63,6 @@ from limpet.affinity import (
     Decision,
     Plan,
     Reason,
-    decide,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, PendingRoute, RequestView, Route
@@ -82,18 +81,6 @@ from .stats import AppCookieOutcome, BackendStats, RouterStats
 from .store import SessionStore
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
-
-
-class _Probe:
-    """A reusable session record handed to the migration decision (no per-call object)."""
-
-    __slots__ = ("backend", "created", "key_hash", "last_seen")
-
-    def __init__(self) -> None:
-        self.backend = BackendId("")
-        self.key_hash = 0
-        self.last_seen = 0.0
-        self.created = 0.0
 
 
 class _Held:
@@ -155,7 +142,6 @@ class SessionRouter(LearnedRouting):
         # one LB cookie, that cookie as verified and the header left to forward: when the
         # route runs out, the session is decided again without a second verification).
         self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
-        self._probe = _Probe()
         # How many backends the book numbers when they are exactly the slot table's
         # members (-1: they are not), so that the sum of its counts is bounded loads' total.
         self._members = -1
@@ -651,12 +637,9 @@ class SessionRouter(LearnedRouting):
         created: float,
         wall: float,
     ) -> Decision:
-        p = self._probe
-        p.backend = bid
-        p.key_hash = h
-        p.last_seen = last_seen
-        p.created = created
-        return decide(p, snap.core, wall, loads=self._loads(), exclude=self._down())
+        return snap.core.decide(
+            bid, h, last_seen, created, wall, self._loads(), exclude=self._down()
+        )
 
     def _place(self, snap: Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""

@@ -23,7 +23,7 @@ periodic timer and examines a bounded number of entries per table per call.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -40,10 +40,10 @@ TABLE_NAMES = {
 }
 
 
-SKETCH_K = 256
+SKETCH_K: Final = 256
 """Hashes per backend in a stats sketch: a 6.3 % standard error above ``k`` sessions,
 about 4.6 kB of JSON per backend (docs/plan.md, "Stats the operator reads")."""
-SKETCH_SHIFT = 4
+SKETCH_SHIFT: Final = 4
 """A table key (60 bits) shifted up to a 64-bit sketch hash."""
 
 TABLE_CODES = {

@@ -18,7 +18,7 @@ Concurrency: the event loop only, like the router.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import BackendId
 
@@ -27,8 +27,8 @@ from .shared_keys import SharedKeys, StoredEntry, backend_prefix, encode_entry, 
 from .snapshot import Snapshot
 from .store import Batch, KeyTouch, SessionStore, Touch
 
-MAX_KEY = (1 << 64) - 1
-STORE_BACKLOG = 1 << 18
+MAX_KEY: Final = (1 << 64) - 1
+STORE_BACKLOG: Final = 1 << 18
 """Sessions kept for the store while it is away; beyond this the oldest news is dropped."""
 
 
