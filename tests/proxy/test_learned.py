@@ -230,3 +230,19 @@ def test_smallest_keys_is_exact_when_a_backend_has_many_entries() -> None:
     for b in (0, 1):
         mine = sorted(key & KEY_MASK for n, key in enumerate(keys) if (0 if n % 50 else 1) == b)
         assert got[b].tolist() == mine[:256]
+
+
+def test_a_reused_entry_is_never_checked_against_the_store() -> None:
+    """A removed entry's store check is not inherited by the key that reuses its index."""
+    t = table(capacity=10, idle=10)
+    i = t.insert(1, 0, T0)
+    t.check(i, T0 + 1)
+    assert t.checked(i) > T0
+    assert t.remove(1)
+    assert t.insert(2, 0, T0 + 2) == i
+    assert t.checked(i) == T0 - 1  # the epoch: never checked
+    j = t.insert(3, 0, T0 + 2)
+    t.check(j, T0 + 3)
+    t.sweep(T0 + 20, budget=100)  # both idle: expired
+    assert t.insert(4, 0, T0 + 21) in (i, j)
+    assert t.checked(t.find(4)) == T0 - 1

@@ -176,8 +176,7 @@ class LearnedTable:
         self._backend[i] = backend
         self._created[i] = self._ticks(wall if created is None else min(created, wall))
         self._last[i] = self._ticks_up(wall)
-        self._checked[i] = 0
-        self._index[k] = i
+        self._index[k] = i  # its checked column is 0: grown so, or reset when released
         self._grow_counts(backend)
         self.counts[backend] += 1
         return i
@@ -306,6 +305,7 @@ class LearnedTable:
     def _release(self, i: int) -> None:
         self.counts[self._backend[i]] -= 1
         self._backend[i] = FREE
+        self._checked[i] = 0
         self._free.append(i)
 
     def _grow(self) -> None:

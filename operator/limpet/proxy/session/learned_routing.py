@@ -168,7 +168,7 @@ class LearnedRouting(StoreNotes):
         assert store is not None
         assert settings is not None
         member = member_of(TABLE_CODES[t.name], h)
-        a = snap.plan.affinity
+        a = snap.affinity
 
         def ttl(e: StoredEntry, now: float) -> int:
             return entry_ttl_ms(
@@ -275,7 +275,7 @@ class LearnedRouting(StoreNotes):
         keys, store, settings = self._shared, self._keys_store, snap.plan.session_store
         if keys is None or store is None or settings is None:
             return
-        a = snap.plan.affinity
+        a = snap.affinity
         wall = self._wall()
         e = StoredEntry(bid, wall, wall)
         life = entry_ttl_ms(

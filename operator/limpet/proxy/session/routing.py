@@ -182,7 +182,7 @@ class SessionRouter(LearnedRouting):
     def install(self, snap: Snapshot) -> None:
         """Switch to a prepared snapshot. Takes effect for the next request."""
         book = self._book
-        a = snap.plan.affinity
+        a = snap.affinity
         book.adopt([b.id for b in snap.plan.backends], a)
         self._health.forget({b.id for b in snap.plan.backends})
         self._walk = tuple(
@@ -284,7 +284,7 @@ class SessionRouter(LearnedRouting):
         if prefix is None or not set_cookies or snap is None:
             return route
         book = self._book
-        a = snap.plan.affinity
+        a = snap.affinity
         wall = self._wall()
         companion = snap.companion if route.backend_id in snap.backends else None
         answer: bytes | None = None
@@ -423,7 +423,7 @@ class SessionRouter(LearnedRouting):
         header held this one LB cookie, so the cache may keep it verified."""
         codec = snap.codec if bind is None else snap.companion
         assert codec is not None
-        a = snap.plan.affinity
+        a = snap.affinity
         # Cookie sessions are tracked by their random id, app sessions by their key.
         if bind is None:
             held = _Held(
@@ -485,9 +485,7 @@ class SessionRouter(LearnedRouting):
             held.table.touch(held.slot, wall)
             idx = self._numbers[bid]
         else:
-            idx = self._book.track(
-                held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued
-            )
+            idx = self._book.track(held.mode, held.th, bid, wall, snap.affinity, created=sc.issued)
         if self._touched is not None:  # a store to tell (the test costs less than the call)
             self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
         if refresh:
@@ -533,7 +531,7 @@ class SessionRouter(LearnedRouting):
         if new != bid or reason is not Reason.EXPIRED:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
-        idx = self._book.track(held.mode, th, new, wall, snap.plan.affinity, created=issued)
+        idx = self._book.track(held.mode, th, new, wall, snap.affinity, created=issued)
         old = -1 if new == bid else self._book.index(bid)
         code = TABLE_CODES[TABLE_NAMES[held.mode]]
         self._note(code, th, idx, wall, new=old < 0, moved_from=old)
@@ -578,7 +576,7 @@ class SessionRouter(LearnedRouting):
             if found is None:
                 return None
             bid = found
-        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.affinity)
         if self._touched is not None:  # a store to tell
             self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
