@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from typing import Final
 
 from .bounded import Preferences, load_cap
 from .hashing import release_fraction
@@ -21,6 +22,17 @@ from .lifecycle import BackendState, ramp
 from .migration import KEEP, Decision, Reason, released_fraction
 from .plan.model import Backend, Plan, RebalanceSchedule
 from .slottable import SlotTable
+
+# Enum members read per request, as Final module constants: compiled code reads
+# such a constant directly, where ``BackendState.FAILED`` is a globals look-up and then
+# a class attribute look-up (about 1 000 instructions on Python 3.11).
+_FAILED: Final = BackendState.FAILED
+_GONE: Final = BackendState.GONE
+_DRAINING: Final = BackendState.DRAINING
+_EXPIRED: Final = Reason.EXPIRED
+_FAILOVER: Final = Reason.FAILOVER
+_DRAIN: Final = Reason.DRAIN
+_REBALANCE: Final = Reason.REBALANCE
 
 
 class Router:
@@ -59,7 +71,7 @@ class Router:
         self.drain_deadlines: Mapping[BackendId, float] = {
             b.id: b.drain_deadline
             for b in plan.backends
-            if b.state is BackendState.DRAINING and b.drain_deadline is not None
+            if b.state is _DRAINING and b.drain_deadline is not None
         }
         self.idle_timeout = plan.affinity.idle_timeout
         self.absolute_timeout = plan.affinity.absolute_timeout
@@ -268,19 +280,14 @@ class Router:
         if (idle_timeout is not None and idle >= idle_timeout) or (
             absolute_timeout is not None and now - created >= absolute_timeout
         ):
-            return self.move(Reason.EXPIRED, key_hash, now, loads, total, exclude=exclude)
+            return self.move(_EXPIRED, key_hash, now, loads, total, exclude=exclude)
         state = self.states.get(backend)
-        if (
-            state is None
-            or state is BackendState.FAILED
-            or state is BackendState.GONE
-            or (exclude and backend in exclude)
-        ):
-            return self.move(Reason.FAILOVER, key_hash, now, loads, total, exclude=exclude)
-        if state is BackendState.DRAINING:
+        if state is None or state is _FAILED or state is _GONE or (exclude and backend in exclude):
+            return self.move(_FAILOVER, key_hash, now, loads, total, exclude=exclude)
+        if state is _DRAINING:
             deadline = self.drain_deadlines.get(backend)
             if idle >= self.drain_min_idle or (deadline is not None and now >= deadline):
-                return self.move(Reason.DRAIN, key_hash, now, loads, total, exclude=exclude)
+                return self.move(_DRAIN, key_hash, now, loads, total, exclude=exclude)
             return KEEP
         schedule = self.schedule
         if schedule is None:
@@ -298,7 +305,7 @@ class Router:
             return KEEP
         if loads is not None and not self.under_cap(target, now, loads, total, exclude=exclude):
             return KEEP
-        return self.moved_to(Reason.REBALANCE, target)
+        return self.moved_to(_REBALANCE, target)
 
     def move(
         self,

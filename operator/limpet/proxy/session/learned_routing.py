@@ -54,6 +54,10 @@ MOVED_HEADER: Final = b"Limpet-Session-Moved"
 
 NO_HEADERS: Headers = ()
 
+# Enum members read per request, as Final module constants (see routing.py).
+_EXPIRED: Final = Reason.EXPIRED
+_DRAIN: Final = Reason.DRAIN
+
 
 def moved_header(reason: Reason, bid: BackendId) -> Headers:
     return ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),)
@@ -121,7 +125,7 @@ class LearnedRouting(StoreNotes):
         if new is None:
             return None
         idx = self._book.index(new)
-        if reason is Reason.EXPIRED:
+        if reason is _EXPIRED:
             t.remove(h)
             t.insert(h, idx, wall)
         else:
@@ -142,11 +146,11 @@ class LearnedRouting(StoreNotes):
         b = snap.backends.get(bid)
         if b is None or b.state is not BackendState.DRAINING:
             return d
-        return snap.core.move(Reason.DRAIN, h, wall, self._loads(), None, exclude=self._down())
+        return snap.core.move(_DRAIN, h, wall, self._loads(), None, exclude=self._down())
 
     def _stays_draining(self, reason: Reason, bid: BackendId) -> bool:
         """Nowhere to drain to: the session stays on its still-serving backend."""
-        return reason is Reason.DRAIN and self._health.available(bid, self._clock())
+        return reason is _DRAIN and self._health.available(bid, self._clock())
 
     # -- through the store ----------------------------------------------------------------
 
@@ -217,7 +221,7 @@ class LearnedRouting(StoreNotes):
             cur = merge(local, stored)
             if cur is not None:
                 d = self._decide(snap, cur.backend, h, cur.last_seen, cur.created, wall)
-            if cur is None or d.reason is Reason.EXPIRED:
+            if cur is None or d.reason is _EXPIRED:
                 bid = self._place(snap, h, wall)
                 if bid is None:
                     return None

@@ -53,7 +53,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import (
     NO_BACKENDS,
@@ -81,6 +81,15 @@ from .stats import AppCookieOutcome, BackendStats, RouterStats
 from .store import SessionStore
 
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
+
+
+# Enum members read per request, as Final module constants: compiled code reads
+# such a constant directly, where ``AffinityType.COOKIE`` is a globals look-up and then
+# a class attribute look-up (about 1 000 instructions on Python 3.11).
+_COOKIE: Final = AffinityType.COOKIE
+_APP_COOKIE: Final = AffinityType.APP_COOKIE
+_DRAIN: Final = Reason.DRAIN
+_EXPIRED: Final = Reason.EXPIRED
 
 
 class _Held:
@@ -142,6 +151,7 @@ class SessionRouter(LearnedRouting):
         # one LB cookie, that cookie as verified and the header left to forward: when the
         # route runs out, the session is decided again without a second verification).
         self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
+        self._cache_size = settings.route_cache_size  # a native field (settings is not)
         # How many backends the book numbers when they are exactly the slot table's
         # members (-1: they are not), so that the sum of its counts is bounded loads' total.
         self._members = -1
@@ -185,9 +195,7 @@ class SessionRouter(LearnedRouting):
         a = snap.affinity
         book.adopt([b.id for b in snap.plan.backends], a)
         self._health.forget({b.id for b in snap.plan.backends})
-        self._walk = tuple(
-            (m, None if m is AffinityType.COOKIE else book.table(m, a)) for m in snap.modes
-        )
+        self._walk = tuple((m, None if m is _COOKIE else book.table(m, a)) for m in snap.modes)
         self._snap = snap
         self._members = len(book.ids) if set(book.ids) == set(snap.core.members) else -1
         self._cache.clear()
@@ -299,11 +307,11 @@ class SessionRouter(LearnedRouting):
                 continue
             h = snap.keys.app_hash(got.value)
             bid = route.backend_id
-            seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
-            idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            seen = book.created(_APP_COOKIE, h, bid, a)
+            idx = book.track(_APP_COOKIE, h, bid, wall, a)
             self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
             if seen is None:
-                self._publish(snap, book.table(AffinityType.APP_COOKIE, a), h, bid)
+                self._publish(snap, book.table(_APP_COOKIE, a), h, bid)
             if companion is not None:
                 answer = companion.issue(
                     session_id=b"",
@@ -360,7 +368,7 @@ class SessionRouter(LearnedRouting):
                         reuse = len(lb_values) == 1
                         return self._held(snap, sc, None, cookie, rest, wall, reuse=reuse)
                 return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
-            if mode is AffinityType.APP_COOKIE and snap.companion is not None:
+            if mode is _APP_COOKIE and snap.companion is not None:
                 value = snap.keys.app_value(cookie)
                 if value is None:
                     if companions:
@@ -429,15 +437,13 @@ class SessionRouter(LearnedRouting):
             held = _Held(
                 sc,
                 None,
-                AffinityType.COOKIE,
+                _COOKIE,
                 sid_hash(sc.session_id),
                 BackendId(sc.backend_id),
                 reuse,
             )
         else:
-            held = _Held(
-                sc, bind, AffinityType.APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse
-            )
+            held = _Held(sc, bind, _APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse)
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
@@ -449,7 +455,7 @@ class SessionRouter(LearnedRouting):
         reason = d.reason
         new = d.backend
         if reason is not None and new is None:
-            if reason is not Reason.DRAIN or not self._health.available(held.bid, self._clock()):
+            if reason is not _DRAIN or not self._health.available(held.bid, self._clock()):
                 return None
             reason = None  # nowhere to drain to: stay on the still-serving backend
         if reason is None:
@@ -514,7 +520,7 @@ class SessionRouter(LearnedRouting):
         sc, bid, th = held.sc, held.bid, held.th
         issued = sc.issued
         session_id = sc.session_id
-        if reason is Reason.EXPIRED:
+        if reason is _EXPIRED:
             issued = codec.floor(wall)
             if held.bind is None:
                 session_id = self._session_ids.take()
@@ -528,7 +534,7 @@ class SessionRouter(LearnedRouting):
             bind=held.bind,
             tail=sc.tail,
         )
-        if new != bid or reason is not Reason.EXPIRED:
+        if new != bid or reason is not _EXPIRED:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
         idx = self._book.track(held.mode, th, new, wall, snap.affinity, created=issued)
@@ -576,7 +582,7 @@ class SessionRouter(LearnedRouting):
             if found is None:
                 return None
             bid = found
-        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.affinity)
+        idx = self._book.insert(_COOKIE, th, bid, wall, snap.affinity)
         if self._touched is not None:  # a store to tell
             self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
@@ -597,7 +603,8 @@ class SessionRouter(LearnedRouting):
     ) -> None:
         """Answer ``header`` with ``route`` (to ``bid``) until ``until``, or sooner if the
         session's age or the backend's drain ends first."""
-        if header is None or not snap.cookie_primary or self._settings.route_cache_size == 0:
+        size = self._cache_size
+        if header is None or not snap.cookie_primary or size == 0:
             return
         sc = held.sc
         absolute = snap.core.absolute_timeout
@@ -608,7 +615,7 @@ class SessionRouter(LearnedRouting):
             until = min(until, deadline)
         cache = self._cache
         # Re-inserted, so that the dict's order is the order of the last decisions.
-        if cache.pop(header, None) is None and len(cache) >= self._settings.route_cache_size:
+        if cache.pop(header, None) is None and len(cache) >= size:
             self._evict_cached()
         cache[header] = (route, until, idx, sc if held.reuse else None, rest)
 
