@@ -88,7 +88,18 @@ class Loads(Mapping[BackendId, int]):
 class SessionBook:
     """Backend numbers, per-backend counters and the learned tables of one process."""
 
-    __slots__ = ("_capacity", "_epoch", "ids", "loads", "numbers", "requests", "sessions", "tables")
+    __slots__ = (
+        "_capacity",
+        "_epoch",
+        "_last_mode",
+        "_last_table",
+        "ids",
+        "loads",
+        "numbers",
+        "requests",
+        "sessions",
+        "tables",
+    )
 
     def __init__(self, *, capacity: int, epoch: float) -> None:
         self._capacity = capacity
@@ -103,6 +114,11 @@ class SessionBook:
         """Requests routed, by backend number."""
         self.tables: dict[AffinityType, LearnedTable] = {}
         self.loads = Loads(self.sessions, self.numbers)
+        # The table :meth:`table` answered last, by identity: a dict look-up by an enum
+        # member calls the enum's Python-level ``__hash__`` (about 1 000 instructions),
+        # and a proxy's requests mostly name the same mode again.
+        self._last_mode: AffinityType | None = None
+        self._last_table: LearnedTable | None = None
 
     def index(self, bid: str) -> int:
         """The backend's number (assigned on first sight, never reused)."""
@@ -121,6 +137,9 @@ class SessionBook:
 
     def table(self, mode: AffinityType, affinity: AffinitySettings) -> LearnedTable:
         """The learned table of ``mode`` (created on first use with the plan's timeouts)."""
+        last = self._last_table
+        if mode is self._last_mode and last is not None:
+            return last
         t = self.tables.get(mode)
         if t is None:
             t = self.tables[mode] = LearnedTable(
@@ -131,6 +150,7 @@ class SessionBook:
                 epoch=self._epoch,
                 counts=self.sessions,
             )
+        self._last_mode, self._last_table = mode, t
         return t
 
     def adopt(self, backends: Iterable[BackendId], affinity: AffinitySettings) -> None:
