@@ -224,14 +224,16 @@ class Hmac:
     def __init__(self, secret: bytes) -> None:
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
+        # The prepared states' bound ``copy``: compiled code calls a stored callable
+        # directly, where ``state.copy()`` first looks the method up on its type.
+        self._inner = hashlib.sha256(key.translate(_IPAD)).copy
+        self._outer = hashlib.sha256(key.translate(_OPAD)).copy
 
     def digest(self, message: bytes) -> bytes:
         """The full 32-byte HMAC-SHA256 of ``message``."""
-        inner = self._inner.copy()
+        inner = self._inner()
         inner.update(message)
-        outer = self._outer.copy()
+        outer = self._outer()
         outer.update(inner.digest())
         return outer.digest()
 

@@ -16,6 +16,7 @@ milliseconds); after that the snapshot is read-only, except the client-IP memo i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 from limpet.affinity import (
     AffinitySettings,
@@ -32,6 +33,10 @@ from limpet.proxy.engine.port import NO_HEADERS, Route
 from .companion import CompanionCodec
 from .cookies import CookieAttributes, CookieCodec, SigningKey
 from .request_keys import RequestKeys
+
+_NEW_TUPLE: Final = tuple.__new__
+"""Bound once: compiled code calls it directly, without looking ``__new__`` up on
+``tuple`` per route."""
 
 
 class Snapshot:
@@ -130,7 +135,7 @@ class Snapshot:
         b = self.routes[bid]
         # tuple.__new__ is what the named tuple's own __new__ calls, without the Python
         # frame of that generated function (about 1 300 instructions a route, compiled).
-        return tuple.__new__(
+        return _NEW_TUPLE(
             Route,
             (
                 bid,
