@@ -231,6 +231,7 @@ def counted(workload: str, n: int, target: str) -> None:
     def run(step: Callable[[int], None]) -> Timing:
         for i in range(warm):
             step(i)
+        frozen = gc.get_freeze_count()
         gc.collect()
         gc.freeze()
         gc.disable()
@@ -239,7 +240,8 @@ def counted(workload: str, n: int, target: str) -> None:
                 step(i)
         finally:
             gc.enable()
-            gc.unfreeze()
+            if not frozen:  # nothing was frozen before: leave nothing frozen
+                gc.unfreeze()
         return 0.0, 0.0
 
     if target == "engine":
