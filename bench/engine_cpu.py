@@ -26,11 +26,17 @@ in-process rate: with the standalone plan's 1 s last-seen step, each of 10 000 c
 cookies then comes back once per step, so nearly every request misses the route cache
 and is decided and re-signed, as in the real benchmark (and one cookie misses once per
 10 000 requests). ``--group engine|sessions`` runs one group.
+
+``--count N --workload W [--target engine|router]`` runs exactly N requests of one
+session workload, untimed, for an instruction counter (docs/proxy.md, "Session layer,
+this round", gives the callgrind command): instructions do not vary with the load the
+shared machine is under, where CPU time does.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -62,6 +68,8 @@ TWO_BACKENDS = [("b1", "127.0.0.1", 9), ("b2", "127.0.0.1", 10)]
 RATE = 10_000
 """Requests per second the session workloads' clock assumes."""
 Timing = tuple[float, float]
+Runner = Callable[[Callable[[int], None]], Timing]
+"""Runs a prepared request step (``step(i)``: the i-th request) and measures it."""
 WORKLOADS = ("one", "cycle", "new")
 
 
@@ -94,7 +102,13 @@ def _with_cookie(value: bytes) -> bytes:
 
 
 def engine_us(
-    workload: str | None, n: int, runs: int, *, request: bytes = GET, timing: bool = True
+    workload: str | None,
+    n: int,
+    runs: int,
+    *,
+    request: bytes = GET,
+    timing: bool = True,
+    runner: Runner | None = None,
 ) -> Timing:
     """The engine with the router, per request: ``request`` with client-IP affinity
     (``workload=None``), or a cookie-affinity session workload."""
@@ -130,7 +144,7 @@ def engine_us(
             out.out.clear()
             up_out.out.clear()
 
-        got = _timed(step, n, runs)
+        got = _timed(step, n, runs) if runner is None else runner(step)
         if out.closed or up.client is not None:
             raise RuntimeError("the engine did not answer and pool as expected")
         return got
@@ -138,7 +152,7 @@ def engine_us(
         harness.close()
 
 
-def router_us(workload: str, n: int, runs: int) -> Timing:
+def router_us(workload: str, n: int, runs: int, *, runner: Runner | None = None) -> Timing:
     """:meth:`SessionRouter.route` alone, cookie affinity over two backends."""
     router = SessionRouter(settings=RouterSettings(), wall=SteppingClock())
     router.load_plan(standalone_plan(TWO_BACKENDS, "cookie"))
@@ -161,7 +175,7 @@ def router_us(workload: str, n: int, runs: int) -> Timing:
         if route(view(cookies[i % len(cookies)])) is None:
             raise RuntimeError("no route")
 
-    return _timed(step, n, runs)
+    return _timed(step, n, runs) if runner is None else runner(step)
 
 
 def session_cookies(workload: str, issue: Callable[[], bytes]) -> list[bytes | None]:
@@ -205,6 +219,37 @@ def sessions_group(n: int, runs: int, workloads: Sequence[str]) -> None:
         _line(f"cookie, {workload}", "router alone", router)
 
 
+def counted(workload: str, n: int, target: str) -> None:
+    """Exactly ``n`` requests of a session workload through ``target`` (``engine``: the
+    engine and router; ``router``: :meth:`SessionRouter.route` alone), after a warm-up
+    (for ``cycle``, one pass over its 10 000 cookies, so that every counted request is
+    a cookie seen before); the collector is then frozen and switched off, so that a
+    count holds no collection. Prints nothing: run it under an instruction counter and
+    subtract two values of ``n`` (docs/proxy.md, "Session layer, this round")."""
+    warm = CYCLE if workload == "cycle" else 200
+
+    def run(step: Callable[[int], None]) -> Timing:
+        for i in range(warm):
+            step(i)
+        frozen = gc.get_freeze_count()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            for i in range(warm, warm + n):
+                step(i)
+        finally:
+            gc.enable()
+            if not frozen:  # nothing was frozen before: leave nothing frozen
+                gc.unfreeze()
+        return 0.0, 0.0
+
+    if target == "engine":
+        engine_us(workload, n, 1, runner=run)
+    else:
+        router_us(workload, n, 1, runner=run)
+
+
 def _line(name: str, label: str, got: list[Timing]) -> None:
     best = min(b for b, _ in got)
     median = statistics.median(m for _, m in got)
@@ -216,7 +261,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--group", choices=("engine", "sessions"), action="append")
     parser.add_argument("--workload", choices=WORKLOADS, action="append")
     parser.add_argument("--quick", action="store_true", help="three runs of 5 000")
+    parser.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="run exactly N requests of one --workload through --target, untimed "
+        "(for an instruction counter such as callgrind)",
+    )
+    parser.add_argument("--target", choices=("engine", "router"), default="router")
     args = parser.parse_args(argv)
+    if args.count is not None:
+        if not args.workload or len(args.workload) != 1:
+            parser.error("--count needs exactly one --workload")
+        counted(args.workload[0], args.count, args.target)
+        return 0
     n, runs = (5_000, 3) if args.quick else (20_000, 7)
     groups = args.group or ["engine", "sessions"]
     if "engine" in groups:

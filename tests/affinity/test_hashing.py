@@ -70,9 +70,9 @@ def test_scalar_slot_hash_matches_vector() -> None:
 @pytest.mark.parametrize("size", [0, -1, MAX_SIZE + 1, True, 2.5])
 def test_bad_sizes(size: object) -> None:
     with pytest.raises(AffinityError, match="slot table size"):
-        slot_of(b"k", size)  # type: ignore[arg-type]
+        slot_of(b"k", size)
 
 
 def test_key_must_be_bytes() -> None:
     with pytest.raises(AffinityError, match="bytes"):
-        slot_of("text")  # type: ignore[arg-type]
+        slot_of("text")

@@ -308,3 +308,22 @@ def test_out_of_range_times_are_clamped_and_signed() -> None:
     assert raw[33:37] == b"\0\0\0\0"
     assert raw[37:41] == b"\xff\xff\xff\xff"
     assert c.decode(v, NOW) is CookieRejection.GARBAGE  # last seen far in the future
+
+
+def test_a_verified_cookie_compares_by_every_field() -> None:
+    base = SessionCookie(b"i" * 12, "b1", 7, 100, 110, True, b"", 5)
+    assert base == SessionCookie(b"i" * 12, "b1", 7, 100, 110, True)
+    assert hash(base) == hash(SessionCookie(b"i" * 12, "b1", 7, 100, 110, True))
+    changed = [
+        SessionCookie(b"j" * 12, "b1", 7, 100, 110, True),
+        SessionCookie(b"i" * 12, "b2", 7, 100, 110, True),
+        SessionCookie(b"i" * 12, "b1", 8, 100, 110, True),
+        SessionCookie(b"i" * 12, "b1", 7, 101, 110, True),
+        SessionCookie(b"i" * 12, "b1", 7, 100, 111, True),
+        SessionCookie(b"i" * 12, "b1", 7, 100, 110, False),
+        SessionCookie(b"i" * 12, "b1", 7, 100, 110, True, b"t"),
+        SessionCookie(b"i" * 12, "b1", 7, 100, 110, True, granularity=1),
+    ]
+    assert all(c != base for c in changed)
+    assert base != (b"i" * 12, "b1", 7, 100, 110, True, b"", 5)
+    assert "'b1'" in repr(base)

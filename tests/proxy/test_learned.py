@@ -100,6 +100,28 @@ def test_free_slots_are_reused_and_columns_stay_bounded() -> None:
     assert len(t._keys) <= 10
 
 
+def test_columns_grow_in_steps_and_fill_from_the_front() -> None:
+    """Inserts take the lowest free entry; the columns grow by a step of free entries
+    (an eighth, at least 64), never past the capacity, and the free tail is no entry."""
+    t = table(capacity=1000, idle=None)
+    assert [t.insert(k, 1, T0) for k in (7, 8, 9)] == [0, 1, 2]
+    assert len(t._keys) == 64
+    assert len(t) == 3
+    assert t.sessions(1) == 3
+    assert t.seen_after(T0 - 1).tolist() == [0, 3]
+    assert {b: v.tolist() for b, v in t.smallest_keys(10).items()} == {1: [7, 8, 9]}
+    for k in range(100, 100 + 61):
+        t.insert(k, 0, T0)
+    assert len(t._keys) == 64
+    t.insert(5000, 0, T0)  # the 65th entry: one more step
+    assert len(t._keys) == 128
+    assert t.find(5000) == 64
+    small = table(capacity=10, idle=None)
+    for k in range(10):
+        small.insert(k, 0, T0)
+    assert len(small._keys) == 10
+
+
 def test_capacity_evicts_least_recently_seen() -> None:
     t = table(capacity=128, idle=None)
     for k in range(128):
@@ -208,3 +230,19 @@ def test_smallest_keys_is_exact_when_a_backend_has_many_entries() -> None:
     for b in (0, 1):
         mine = sorted(key & KEY_MASK for n, key in enumerate(keys) if (0 if n % 50 else 1) == b)
         assert got[b].tolist() == mine[:256]
+
+
+def test_a_reused_entry_is_never_checked_against_the_store() -> None:
+    """A removed entry's store check is not inherited by the key that reuses its index."""
+    t = table(capacity=10, idle=10)
+    i = t.insert(1, 0, T0)
+    t.check(i, T0 + 1)
+    assert t.checked(i) > T0
+    assert t.remove(1)
+    assert t.insert(2, 0, T0 + 2) == i
+    assert t.checked(i) == T0 - 1  # the epoch: never checked
+    j = t.insert(3, 0, T0 + 2)
+    t.check(j, T0 + 3)
+    t.sweep(T0 + 20, budget=100)  # both idle: expired
+    assert t.insert(4, 0, T0 + 21) in (i, j)
+    assert t.checked(t.find(4)) == T0 - 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from limpet.affinity import AffinitySettings, AffinityType, BackendId
-from limpet.proxy.session.sessions import SessionBook, sid_hash
+from limpet.proxy.session.sessions import TABLE_NAMES, SessionBook, sid_hash
 
 COOKIE = AffinityType.COOKIE
 
@@ -82,3 +82,16 @@ def test_drain_live_widens_the_window_of_cookie_tables_by_their_step() -> None:
     assert live == [1, 1]  # only the cookie session: seen at T0, idle from T0 + 2
     live = book.drain_live(T0 + 6, min_idle=5, cookie_step=2, companion_step=3)
     assert live == [2, 1]
+
+
+def test_each_mode_keeps_its_own_table_whatever_the_order_of_asking() -> None:
+    """The book answers a repeated mode from its last answer; alternating modes must
+    still each get their own table, created once."""
+    aff = AffinitySettings(idle_timeout=60, absolute_timeout=None)
+    book = SessionBook(capacity=10, epoch=T0 - 1)
+    modes = [COOKIE, AffinityType.HEADER, AffinityType.HEADER, COOKIE, AffinityType.QUERY]
+    got = [book.table(m, aff) for m in modes * 2]
+    assert len({id(t) for t in got}) == 3
+    for m, t in zip(modes * 2, got, strict=True):
+        assert t is book.tables[m]
+        assert t.name == TABLE_NAMES[m]

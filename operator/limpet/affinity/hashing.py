@@ -30,8 +30,11 @@ _blake2b = hashlib.blake2b
 _from_bytes = int.from_bytes
 
 
-def check_size(size: int) -> int:
-    """Validate a slot-table size (an ``int`` in ``1..MAX_SIZE``) and return it."""
+def check_size(size: object) -> int:
+    """Validate a slot-table size (an ``int`` in ``1..MAX_SIZE``) and return it.
+
+    ``size`` is typed ``object`` because this checks untyped input: compiled (mypyc),
+    an ``int`` parameter would raise ``TypeError`` on a float before this check ran."""
     if isinstance(size, bool) or not isinstance(size, int):
         raise AffinityError(f"slot table size must be an int, got {type(size).__name__}")
     if not 1 <= size <= MAX_SIZE:
@@ -49,12 +52,13 @@ def slot_of_hash(h: int, size: int = DEFAULT_SIZE) -> int:
     return h % size
 
 
-def slot_of(key: bytes, size: int = DEFAULT_SIZE) -> int:
-    """The slot of a session key in a table of ``size`` slots."""
+def slot_of(key: object, size: object = DEFAULT_SIZE) -> int:
+    """The slot of a session key (bytes) in a table of ``size`` slots; checks both
+    (typed ``object`` for that, as :func:`check_size` is)."""
     if not isinstance(key, bytes | bytearray | memoryview):
         raise AffinityError(f"session key must be bytes, got {type(key).__name__}")
-    check_size(size)
-    return _from_bytes(_blake2b(key, digest_size=8).digest(), "little") % size
+    n = check_size(size)
+    return _from_bytes(_blake2b(key, digest_size=8).digest(), "little") % n
 
 
 def mix64(x: int) -> int:

@@ -40,11 +40,9 @@ import enum
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from .hashing import release_fraction
 from .ids import NO_BACKENDS, BackendId
-from .lifecycle import BackendState
 
 if TYPE_CHECKING:
     from .plan.model import RebalanceSchedule
@@ -76,7 +74,7 @@ class Decision:
         return self.reason is None
 
 
-KEEP = Decision()
+KEEP: Final = Decision()
 """The shared keep decision."""
 
 
@@ -94,60 +92,26 @@ class SessionLike(Protocol):
 
 
 class CompiledPlan(Protocol):
-    """What the decision reads from a compiled plan.
+    """What the decision needs of a compiled plan: the rules, applied to its tables.
 
-    :class:`limpet.affinity.router.Router` fits; the router builds on this module's
+    :class:`limpet.affinity.router.Router` fits (its ``decide`` method holds the rules
+    above, next to the fields they read); the router builds on this module's
     :class:`Decision`, so this module names the router only through this protocol (the
     import graph stays acyclic).
     """
 
-    @property
-    def idle_timeout(self) -> float | None: ...
-    @property
-    def absolute_timeout(self) -> float | None: ...
-    @property
-    def drain_min_idle(self) -> float: ...
-    @property
-    def states(self) -> Mapping[BackendId, BackendState]: ...
-    @property
-    def drain_deadlines(self) -> Mapping[BackendId, float]: ...
-    @property
-    def schedule(self) -> RebalanceSchedule | None: ...
-    @property
-    def owners(self) -> tuple[BackendId, ...]: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def source_owners(self) -> tuple[BackendId, ...]: ...
-    @property
-    def source_size(self) -> int: ...
-    @property
-    def joined(self) -> AbstractSet[BackendId]: ...
-
-    def move(
-        self,
-        reason: Reason,
-        key_hash: int,
-        now: float,
-        loads: Mapping[BackendId, int] | None,
-        total: int | None,
-        *,
-        exclude: AbstractSet[BackendId] = ...,
-    ) -> Decision:
-        """A move of the key to where a new session of it would go now."""
-        ...
-
-    def under_cap(
+    def decide(
         self,
         backend: BackendId,
+        key_hash: int,
+        last_seen: float,
+        created: float,
         now: float,
-        loads: Mapping[BackendId, int],
+        loads: Mapping[BackendId, int] | None = None,
         total: int | None = None,
         *,
         exclude: AbstractSet[BackendId] = ...,
-    ) -> bool: ...
-
-    def moved_to(self, reason: Reason, backend: BackendId) -> Decision: ...
+    ) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,40 +168,13 @@ def decide(
     proxy's locally-down backends): sessions on them fail over, and no destination is one
     of them, nor does their weight count towards the caps of the others.
     """
-    backend = session.backend
-    idle = now - session.last_seen
-    idle_timeout = router.idle_timeout
-    absolute_timeout = router.absolute_timeout
-    if (idle_timeout is not None and idle >= idle_timeout) or (
-        absolute_timeout is not None and now - session.created >= absolute_timeout
-    ):
-        return router.move(Reason.EXPIRED, session.key_hash, now, loads, total, exclude=exclude)
-    state = router.states.get(backend)
-    if (
-        state is None
-        or state is BackendState.FAILED
-        or state is BackendState.GONE
-        or (exclude and backend in exclude)
-    ):
-        return router.move(Reason.FAILOVER, session.key_hash, now, loads, total, exclude=exclude)
-    if state is BackendState.DRAINING:
-        deadline = router.drain_deadlines.get(backend)
-        if idle >= router.drain_min_idle or (deadline is not None and now >= deadline):
-            return router.move(Reason.DRAIN, session.key_hash, now, loads, total, exclude=exclude)
-        return KEEP
-    schedule = router.schedule
-    if schedule is None:
-        return KEEP
-    h = session.key_hash
-    target = router.owners[h % router.size]
-    if target == backend or (
-        router.source_owners[h % router.source_size] != backend and target not in router.joined
-    ):
-        return KEEP
-    if idle < schedule.min_idle or release_fraction(h) >= released_fraction(schedule, now):
-        return KEEP
-    if exclude and target in exclude:
-        return KEEP
-    if loads is not None and not router.under_cap(target, now, loads, total, exclude=exclude):
-        return KEEP
-    return router.moved_to(Reason.REBALANCE, target)
+    return router.decide(
+        session.backend,
+        session.key_hash,
+        session.last_seen,
+        session.created,
+        now,
+        loads,
+        total,
+        exclude=exclude,
+    )

@@ -2,8 +2,9 @@
 
 Data flow: ``Plan -> Router`` once per accepted plan (builds the target table and, during
 a rebalance, the "from" table; reuses identical tables of the previous router), then per
-request :meth:`Router.route_new` for a new session and
-:func:`limpet.affinity.migration.decide` for an existing one. A router is immutable after
+request :meth:`Router.route_new` for a new session and :meth:`Router.decide` (the rules
+of :mod:`limpet.affinity.migration`, whose :func:`~limpet.affinity.migration.decide` calls
+it) for an existing one. A router is immutable after
 construction and can be shared by every task of a process; building one takes tens of
 milliseconds for tens of backends, so the proxy builds it off the request path.
 """
@@ -12,13 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from typing import Final
 
 from .bounded import Preferences, load_cap
+from .hashing import release_fraction
 from .ids import NO_BACKENDS, BackendId
 from .lifecycle import BackendState, ramp
-from .migration import Decision, Reason
+from .migration import KEEP, Decision, Reason, released_fraction
 from .plan.model import Backend, Plan, RebalanceSchedule
 from .slottable import SlotTable
+
+# Enum members read per request, as Final module constants: compiled code reads
+# such a constant directly, where ``BackendState.FAILED`` is a globals look-up and then
+# a class attribute look-up (about 1 000 instructions on Python 3.11).
+_FAILED: Final = BackendState.FAILED
+_GONE: Final = BackendState.GONE
+_DRAINING: Final = BackendState.DRAINING
+_EXPIRED: Final = Reason.EXPIRED
+_FAILOVER: Final = Reason.FAILOVER
+_DRAIN: Final = Reason.DRAIN
+_REBALANCE: Final = Reason.REBALANCE
 
 
 class Router:
@@ -57,7 +71,7 @@ class Router:
         self.drain_deadlines: Mapping[BackendId, float] = {
             b.id: b.drain_deadline
             for b in plan.backends
-            if b.state is BackendState.DRAINING and b.drain_deadline is not None
+            if b.state is _DRAINING and b.drain_deadline is not None
         }
         self.idle_timeout = plan.affinity.idle_timeout
         self.absolute_timeout = plan.affinity.absolute_timeout
@@ -242,6 +256,56 @@ class Router:
         # Unreachable while ``loads`` are counts and ``total`` their eligible sum: the caps
         # of the eligible members add up to more than ``total``.
         return fallback
+
+    def decide(
+        self,
+        backend: BackendId,
+        key_hash: int,
+        last_seen: float,
+        created: float,
+        now: float,
+        loads: Mapping[BackendId, int] | None = None,
+        total: int | None = None,
+        *,
+        exclude: AbstractSet[BackendId] = NO_BACKENDS,
+    ) -> Decision:
+        """Keep or move the session of ``key_hash`` pinned to ``backend``, last seen at
+        ``last_seen`` and created at ``created``, at ``now``: the rules of
+        :mod:`limpet.affinity.migration`, in their order. A method, with the session's
+        fields as arguments, so that compiled callers read this router's fields directly
+        (through the module's protocols each read was an attribute look-up)."""
+        idle = now - last_seen
+        idle_timeout = self.idle_timeout
+        absolute_timeout = self.absolute_timeout
+        if (idle_timeout is not None and idle >= idle_timeout) or (
+            absolute_timeout is not None and now - created >= absolute_timeout
+        ):
+            return self.move(_EXPIRED, key_hash, now, loads, total, exclude=exclude)
+        state = self.states.get(backend)
+        if state is None or state is _FAILED or state is _GONE or (exclude and backend in exclude):
+            return self.move(_FAILOVER, key_hash, now, loads, total, exclude=exclude)
+        if state is _DRAINING:
+            deadline = self.drain_deadlines.get(backend)
+            if idle >= self.drain_min_idle or (deadline is not None and now >= deadline):
+                return self.move(_DRAIN, key_hash, now, loads, total, exclude=exclude)
+            return KEEP
+        schedule = self.schedule
+        if schedule is None:
+            return KEEP
+        target = self.owners[key_hash % self.size]
+        if target == backend or (
+            self.source_owners[key_hash % self.source_size] != backend and target not in self.joined
+        ):
+            return KEEP
+        if idle < schedule.min_idle or release_fraction(key_hash) >= released_fraction(
+            schedule, now
+        ):
+            return KEEP
+        if exclude and target in exclude:
+            return KEEP
+        if loads is not None and not self.under_cap(target, now, loads, total, exclude=exclude):
+            return KEEP
+        return self.moved_to(_REBALANCE, target)
 
     def move(
         self,

@@ -69,7 +69,10 @@ def check_weights(backends: Weights) -> dict[BackendId, int]:
     """Validate backend weights: non-empty, unique non-empty string ids, ints in 1..MAX_WEIGHT."""
     pairs = backends.items() if isinstance(backends, Mapping) else backends
     result: dict[BackendId, int] = {}
-    for item in pairs:
+    # Each item is checked here, so it is iterated as an object: compiled (mypyc), a
+    # declared (str, int) item would raise TypeError on a bad one before the check.
+    items: Iterable[object] = pairs
+    for item in items:
         if not (isinstance(item, tuple) and len(item) == 2):
             raise AffinityError(f"backends: expected (id, weight) pairs, got {item!r}")
         bid, weight = item

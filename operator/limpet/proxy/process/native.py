@@ -53,12 +53,17 @@ COMPILED: Final = (
     "limpet.proxy.session.shared_keys",
     "limpet.proxy.session.health",
     "limpet.proxy.session.stats",
-    # The affinity core's per-request half: placing a new session, the bounded-load cap.
-    # Not hashing nor slottable: their checks of untyped input (a float size, a str key)
-    # must raise AffinityError, where compiled code raises TypeError first.
+    "limpet.proxy.session.random_ids",
+    # The affinity core's per-request half: placing a new session, the bounded-load cap,
+    # the migration decision of an existing session, key hashing; and the slot table.
+    # Their checks of untyped input (a float size, a str key) take it as an object, so
+    # that they raise AffinityError where a typed parameter would raise TypeError first.
     "limpet.affinity.router",
     "limpet.affinity.bounded",
     "limpet.affinity.rendezvous",
+    "limpet.affinity.migration",
+    "limpet.affinity.hashing",
+    "limpet.affinity.slottable",
 )
 """Modules compiled with mypyc, in one group. Add a module here and it is compiled by the
 next ``make``; it must pass mypyc (no monkeypatching of its functions, no dynamic

@@ -29,13 +29,14 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Final
 
 from .cookies import CookieAttributes, CookieCodec, SigningKey
 
-_HEAD = struct.Struct(">IB")
-_SAMESITE = (None, "Strict", "Lax", "None")
-_SECURE = 1
-MAX_SCOPE_TEXT = 255
+_HEAD: Final = struct.Struct(">IB")
+_SAMESITE: Final = (None, "Strict", "Lax", "None")
+_SECURE: Final = 1
+MAX_SCOPE_TEXT: Final = 255
 
 
 @dataclass(frozen=True, slots=True)

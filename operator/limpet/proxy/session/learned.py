@@ -13,8 +13,10 @@ timeout; inserting into a full table first evicts the least recently seen 1/64 o
 Layout, chosen for memory (the figure is measured in docs/proxy.md): a dict maps the key
 hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the entry's
 fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
-churn: updating last seen writes a C integer into an array). Freed indices are reused
-from a free stack, so the columns never grow beyond the capacity. Times are stored as
+churn: updating last seen writes a C integer into an array). The columns grow by an
+eighth at a time (free entries, whose backend is ``FREE``), never beyond the capacity;
+an insert takes the lowest free index from a free stack, which also holds the indices
+of removed entries. Times are stored as
 unsigned deciseconds since the table's epoch; last seen is rounded up, so a session's
 idleness is never overstated and it is never moved a fraction of a tick early.
 
@@ -28,14 +30,14 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
-FREE = 0xFFFFFFFF
-KEY_MASK = (1 << 60) - 1
-_TICKS = 10.0  # time columns count deciseconds
-EVICT_FRACTION = 64
+FREE: Final = 0xFFFFFFFF
+KEY_MASK: Final = (1 << 60) - 1
+_TICKS: Final = 10.0  # time columns count deciseconds
+EVICT_FRACTION: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,23 +169,14 @@ class LearnedTable:
             return i
         if len(self._index) >= self.capacity:
             self._evict()
-        t = self._ticks(wall if created is None else min(created, wall))
-        up = self._ticks_up(wall)
-        if self._free:
-            i = self._free.pop()
-            self._keys[i] = k
-            self._backend[i] = backend
-            self._created[i] = t
-            self._last[i] = up
-            self._checked[i] = 0
-        else:
-            i = len(self._keys)
-            self._keys.append(k)
-            self._backend.append(backend)
-            self._created.append(t)
-            self._last.append(up)
-            self._checked.append(0)
-        self._index[k] = i
+        if not self._free:
+            self._grow()
+        i = self._free.pop()
+        self._keys[i] = k
+        self._backend[i] = backend
+        self._created[i] = self._ticks(wall if created is None else min(created, wall))
+        self._last[i] = self._ticks_up(wall)
+        self._index[k] = i  # its checked column is 0: grown so, or reset when released
         self._grow_counts(backend)
         self.counts[backend] += 1
         return i
@@ -312,7 +305,21 @@ class LearnedTable:
     def _release(self, i: int) -> None:
         self.counts[self._backend[i]] -= 1
         self._backend[i] = FREE
+        self._checked[i] = 0
         self._free.append(i)
+
+    def _grow(self) -> None:
+        """Add free entries at the end of the columns: an eighth more (at least 64, at
+        most up to the capacity), so that an insert writes five column items instead of
+        appending to five arrays (each append a method call from compiled code)."""
+        n = len(self._keys)
+        add = min(max(64, n >> 3), self.capacity - n)
+        self._keys.frombytes(bytes(8 * add))
+        self._backend.extend(array("I", [FREE]) * add)
+        for column in (self._created, self._last, self._checked):
+            column.frombytes(bytes(4 * add))
+        # Popped lowest first, so the columns fill from the front as before.
+        self._free.extend(range(n + add - 1, n - 1, -1))
 
     def _grow_counts(self, backend: int) -> None:
         if backend >= len(self.counts):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import BackendId, BackendState, Decision, Reason
 
@@ -49,10 +49,14 @@ Placed = tuple[BackendId, Headers]
 """A learned session's backend and the headers to add (the moved header, or none)."""
 Pending = Coroutine[Any, Any, "Placed | None"]
 
-MOVED_HEADER = b"Limpet-Session-Moved"
+MOVED_HEADER: Final = b"Limpet-Session-Moved"
 """The request header that tells the backend a session moved: ``<reason>; from=<id>``."""
 
 NO_HEADERS: Headers = ()
+
+# Enum members read per request, as Final module constants (see routing.py).
+_EXPIRED: Final = Reason.EXPIRED
+_DRAIN: Final = Reason.DRAIN
 
 
 def moved_header(reason: Reason, bid: BackendId) -> Headers:
@@ -121,7 +125,7 @@ class LearnedRouting(StoreNotes):
         if new is None:
             return None
         idx = self._book.index(new)
-        if reason is Reason.EXPIRED:
+        if reason is _EXPIRED:
             t.remove(h)
             t.insert(h, idx, wall)
         else:
@@ -142,11 +146,11 @@ class LearnedRouting(StoreNotes):
         b = snap.backends.get(bid)
         if b is None or b.state is not BackendState.DRAINING:
             return d
-        return snap.core.move(Reason.DRAIN, h, wall, self._loads(), None, exclude=self._down())
+        return snap.core.move(_DRAIN, h, wall, self._loads(), None, exclude=self._down())
 
     def _stays_draining(self, reason: Reason, bid: BackendId) -> bool:
         """Nowhere to drain to: the session stays on its still-serving backend."""
-        return reason is Reason.DRAIN and self._health.available(bid, self._clock())
+        return reason is _DRAIN and self._health.available(bid, self._clock())
 
     # -- through the store ----------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class LearnedRouting(StoreNotes):
         assert store is not None
         assert settings is not None
         member = member_of(TABLE_CODES[t.name], h)
-        a = snap.plan.affinity
+        a = snap.affinity
 
         def ttl(e: StoredEntry, now: float) -> int:
             return entry_ttl_ms(
@@ -217,7 +221,7 @@ class LearnedRouting(StoreNotes):
             cur = merge(local, stored)
             if cur is not None:
                 d = self._decide(snap, cur.backend, h, cur.last_seen, cur.created, wall)
-            if cur is None or d.reason is Reason.EXPIRED:
+            if cur is None or d.reason is _EXPIRED:
                 bid = self._place(snap, h, wall)
                 if bid is None:
                     return None
@@ -275,7 +279,7 @@ class LearnedRouting(StoreNotes):
         keys, store, settings = self._shared, self._keys_store, snap.plan.session_store
         if keys is None or store is None or settings is None:
             return
-        a = snap.plan.affinity
+        a = snap.affinity
         wall = self._wall()
         e = StoredEntry(bid, wall, wall)
         life = entry_ttl_ms(

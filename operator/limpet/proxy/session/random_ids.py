@@ -7,20 +7,27 @@ byte is used once. The ids are as unpredictable as ``os.urandom``'s own: they ar
 bytes, unchanged.
 
 Concurrency: one source per router, used from the event loop only. A forked child
-discards the parent's unused bytes (``os.register_at_fork``), so two processes never
-hand out the same ids; the proxy's workers are separate interpreters anyway.
+discards the parent's unused bytes, so two processes never hand out the same ids (the
+proxy's workers are separate interpreters anyway): the first source made in a process
+registers one ``os.register_at_fork`` hook that counts forks, and a source whose batch
+was read before the latest fork reads a new one. Compiled with mypyc (a native class
+cannot be weakly referenced, so no source registers a hook of its own).
 """
 
 from __future__ import annotations
 
 import os
-import weakref
+from typing import Final
+
+_FORKS: Final = [0]
+"""Forks of this process so far, as its own child sees them (the hook counts in the child)."""
+_HOOKED: Final = [False]
 
 
 class RandomIds:
     """Fixed-size random ids, ``batch`` of them per :func:`os.urandom` call."""
 
-    __slots__ = ("__weakref__", "_at", "_buffer", "_chunk", "size")
+    __slots__ = ("_at", "_buffer", "_chunk", "_forks", "size")
 
     def __init__(self, *, size: int, batch: int = 256) -> None:
         if size < 1 or batch < 1:
@@ -29,15 +36,18 @@ class RandomIds:
         self._chunk = size * batch
         self._buffer = b""
         self._at = 0
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _discard(ref()))
+        self._forks = _FORKS[0]
+        if not _HOOKED[0]:
+            _HOOKED[0] = True
+            os.register_at_fork(after_in_child=_forked)
 
     def take(self) -> bytes:
-        """The next id: ``size`` bytes never handed out before."""
+        """The next id: ``size`` bytes never handed out before (in any process)."""
         at = self._at
         end = at + self.size
-        if end > len(self._buffer):
+        if end > len(self._buffer) or self._forks != _FORKS[0]:
             self._buffer = os.urandom(self._chunk)
+            self._forks = _FORKS[0]
             at, end = 0, self.size
         self._at = end
         return self._buffer[at:end]
@@ -48,6 +58,5 @@ class RandomIds:
         self._at = 0
 
 
-def _discard(ids: RandomIds | None) -> None:
-    if ids is not None:
-        ids.discard()
+def _forked() -> None:
+    _FORKS[0] += 1

@@ -16,10 +16,12 @@ empty with every plan and is cleared when full.
 
 from __future__ import annotations
 
+from typing import Final
+
 from limpet.affinity import AffinitySettings, AffinityType, ClientIPKeys, key_hash, value_key
 from limpet.proxy.engine.port import RequestView
 
-_XFF = b"x-forwarded-for"
+_XFF: Final = b"x-forwarded-for"
 
 
 class RequestKeys:

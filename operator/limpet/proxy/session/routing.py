@@ -7,7 +7,7 @@ router walks the plan's affinity modes in order (primary, then fallbacks) and ta
 first session key the request carries (:mod:`.request_keys`): a valid LB cookie
 (:mod:`.cookies`), the app cookie, the header, the query parameter or the client IP. An
 existing session keeps
-its backend unless the affinity core's migration decision (:func:`limpet.affinity.decide`)
+its backend unless the affinity core's migration decision (:meth:`limpet.affinity.Router.decide`)
 moves it (failover, drain, rebalance, expired); a new session is placed by the target
 slot table with bounded loads (:meth:`limpet.affinity.Router.route_new`), and every
 destination, new or moved, is under its bounded-load cap. The loads are this process's
@@ -53,7 +53,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import (
     NO_BACKENDS,
@@ -63,7 +63,6 @@ from limpet.affinity import (
     Decision,
     Plan,
     Reason,
-    decide,
 )
 from limpet.affinity import Router as CoreRouter
 from limpet.proxy.engine.port import NO_HEADERS, PendingRoute, RequestView, Route
@@ -84,16 +83,13 @@ from .store import SessionStore
 __all__ = ["MOVED_HEADER", "RequestView", "Route", "RouterSettings", "SessionRouter"]
 
 
-class _Probe:
-    """A reusable session record handed to the migration decision (no per-call object)."""
-
-    __slots__ = ("backend", "created", "key_hash", "last_seen")
-
-    def __init__(self) -> None:
-        self.backend = BackendId("")
-        self.key_hash = 0
-        self.last_seen = 0.0
-        self.created = 0.0
+# Enum members read per request, as Final module constants: compiled code reads
+# such a constant directly, where ``AffinityType.COOKIE`` is a globals look-up and then
+# a class attribute look-up (about 1 000 instructions on Python 3.11).
+_COOKIE: Final = AffinityType.COOKIE
+_APP_COOKIE: Final = AffinityType.APP_COOKIE
+_DRAIN: Final = Reason.DRAIN
+_EXPIRED: Final = Reason.EXPIRED
 
 
 class _Held:
@@ -155,7 +151,7 @@ class SessionRouter(LearnedRouting):
         # one LB cookie, that cookie as verified and the header left to forward: when the
         # route runs out, the session is decided again without a second verification).
         self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
-        self._probe = _Probe()
+        self._cache_size = settings.route_cache_size  # a native field (settings is not)
         # How many backends the book numbers when they are exactly the slot table's
         # members (-1: they are not), so that the sum of its counts is bounded loads' total.
         self._members = -1
@@ -196,12 +192,10 @@ class SessionRouter(LearnedRouting):
     def install(self, snap: Snapshot) -> None:
         """Switch to a prepared snapshot. Takes effect for the next request."""
         book = self._book
-        a = snap.plan.affinity
+        a = snap.affinity
         book.adopt([b.id for b in snap.plan.backends], a)
         self._health.forget({b.id for b in snap.plan.backends})
-        self._walk = tuple(
-            (m, None if m is AffinityType.COOKIE else book.table(m, a)) for m in snap.modes
-        )
+        self._walk = tuple((m, None if m is _COOKIE else book.table(m, a)) for m in snap.modes)
         self._snap = snap
         self._members = len(book.ids) if set(book.ids) == set(snap.core.members) else -1
         self._cache.clear()
@@ -298,7 +292,7 @@ class SessionRouter(LearnedRouting):
         if prefix is None or not set_cookies or snap is None:
             return route
         book = self._book
-        a = snap.plan.affinity
+        a = snap.affinity
         wall = self._wall()
         companion = snap.companion if route.backend_id in snap.backends else None
         answer: bytes | None = None
@@ -313,11 +307,11 @@ class SessionRouter(LearnedRouting):
                 continue
             h = snap.keys.app_hash(got.value)
             bid = route.backend_id
-            seen = book.created(AffinityType.APP_COOKIE, h, bid, a)
-            idx = book.track(AffinityType.APP_COOKIE, h, bid, wall, a)
+            seen = book.created(_APP_COOKIE, h, bid, a)
+            idx = book.track(_APP_COOKIE, h, bid, wall, a)
             self._note(TABLE_CODES["app-cookie"], h, idx, wall, new=seen is None)
             if seen is None:
-                self._publish(snap, book.table(AffinityType.APP_COOKIE, a), h, bid)
+                self._publish(snap, book.table(_APP_COOKIE, a), h, bid)
             if companion is not None:
                 answer = companion.issue(
                     session_id=b"",
@@ -374,7 +368,7 @@ class SessionRouter(LearnedRouting):
                         reuse = len(lb_values) == 1
                         return self._held(snap, sc, None, cookie, rest, wall, reuse=reuse)
                 return self._new_cookie_session(snap, req, walk[n + 1 :], rest, stripped, wall)
-            if mode is AffinityType.APP_COOKIE and snap.companion is not None:
+            if mode is _APP_COOKIE and snap.companion is not None:
                 value = snap.keys.app_value(cookie)
                 if value is None:
                     if companions:
@@ -437,21 +431,19 @@ class SessionRouter(LearnedRouting):
         header held this one LB cookie, so the cache may keep it verified."""
         codec = snap.codec if bind is None else snap.companion
         assert codec is not None
-        a = snap.plan.affinity
+        a = snap.affinity
         # Cookie sessions are tracked by their random id, app sessions by their key.
         if bind is None:
             held = _Held(
                 sc,
                 None,
-                AffinityType.COOKIE,
+                _COOKIE,
                 sid_hash(sc.session_id),
                 BackendId(sc.backend_id),
                 reuse,
             )
         else:
-            held = _Held(
-                sc, bind, AffinityType.APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse
-            )
+            held = _Held(sc, bind, _APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse)
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
@@ -463,7 +455,7 @@ class SessionRouter(LearnedRouting):
         reason = d.reason
         new = d.backend
         if reason is not None and new is None:
-            if reason is not Reason.DRAIN or not self._health.available(held.bid, self._clock()):
+            if reason is not _DRAIN or not self._health.available(held.bid, self._clock()):
                 return None
             reason = None  # nowhere to drain to: stay on the still-serving backend
         if reason is None:
@@ -499,9 +491,7 @@ class SessionRouter(LearnedRouting):
             held.table.touch(held.slot, wall)
             idx = self._numbers[bid]
         else:
-            idx = self._book.track(
-                held.mode, held.th, bid, wall, snap.plan.affinity, created=sc.issued
-            )
+            idx = self._book.track(held.mode, held.th, bid, wall, snap.affinity, created=sc.issued)
         if self._touched is not None:  # a store to tell (the test costs less than the call)
             self._note(TABLE_CODES[TABLE_NAMES[held.mode]], held.th, idx, wall)
         if refresh:
@@ -530,7 +520,7 @@ class SessionRouter(LearnedRouting):
         sc, bid, th = held.sc, held.bid, held.th
         issued = sc.issued
         session_id = sc.session_id
-        if reason is Reason.EXPIRED:
+        if reason is _EXPIRED:
             issued = codec.floor(wall)
             if held.bind is None:
                 session_id = self._session_ids.take()
@@ -544,10 +534,10 @@ class SessionRouter(LearnedRouting):
             bind=held.bind,
             tail=sc.tail,
         )
-        if new != bid or reason is not Reason.EXPIRED:
+        if new != bid or reason is not _EXPIRED:
             self._migrations[reason] += 1
         moved = ((MOVED_HEADER, f"{reason.value}; from={bid}".encode()),) if new != bid else ()
-        idx = self._book.track(held.mode, th, new, wall, snap.plan.affinity, created=issued)
+        idx = self._book.track(held.mode, th, new, wall, snap.affinity, created=issued)
         old = -1 if new == bid else self._book.index(bid)
         code = TABLE_CODES[TABLE_NAMES[held.mode]]
         self._note(code, th, idx, wall, new=old < 0, moved_from=old)
@@ -592,7 +582,7 @@ class SessionRouter(LearnedRouting):
             if found is None:
                 return None
             bid = found
-        idx = self._book.insert(AffinityType.COOKIE, th, bid, wall, snap.plan.affinity)
+        idx = self._book.insert(_COOKIE, th, bid, wall, snap.affinity)
         if self._touched is not None:  # a store to tell
             self._note(TABLE_CODES["cookie"], th, idx, wall, new=True)
         set_cookie = codec.issue(
@@ -613,7 +603,8 @@ class SessionRouter(LearnedRouting):
     ) -> None:
         """Answer ``header`` with ``route`` (to ``bid``) until ``until``, or sooner if the
         session's age or the backend's drain ends first."""
-        if header is None or not snap.cookie_primary or self._settings.route_cache_size == 0:
+        size = self._cache_size
+        if header is None or not snap.cookie_primary or size == 0:
             return
         sc = held.sc
         absolute = snap.core.absolute_timeout
@@ -624,7 +615,7 @@ class SessionRouter(LearnedRouting):
             until = min(until, deadline)
         cache = self._cache
         # Re-inserted, so that the dict's order is the order of the last decisions.
-        if cache.pop(header, None) is None and len(cache) >= self._settings.route_cache_size:
+        if cache.pop(header, None) is None and len(cache) >= size:
             self._evict_cached()
         cache[header] = (route, until, idx, sc if held.reuse else None, rest)
 
@@ -651,12 +642,9 @@ class SessionRouter(LearnedRouting):
         created: float,
         wall: float,
     ) -> Decision:
-        p = self._probe
-        p.backend = bid
-        p.key_hash = h
-        p.last_seen = last_seen
-        p.created = created
-        return decide(p, snap.core, wall, loads=self._loads(), exclude=self._down())
+        return snap.core.decide(
+            bid, h, last_seen, created, wall, self._loads(), exclude=self._down()
+        )
 
     def _place(self, snap: Snapshot, h: int, wall: float) -> BackendId | None:
         """The backend for a new session with key hash ``h``, or ``None``."""

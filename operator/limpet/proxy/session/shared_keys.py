@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final
 
 from limpet.affinity import BackendId, BackendState
 
-_TICKS = 10  # deciseconds
-MAX_KEY = (1 << 64) - 1
-SETTLE_GRACE = 2.0
+_TICKS: Final = 10  # deciseconds
+MAX_KEY: Final = (1 << 64) - 1
+SETTLE_GRACE: Final = 2.0
 """Seconds after a backend becomes immovable before a local copy checked then is trusted:
 covers replicas that receive the same plan a little apart."""
 
-RETRY_AFTER = 1.0
+RETRY_AFTER: Final = 1.0
 """Seconds after a failed store call before a request may try the store again."""
 
 IMMOVABLE = frozenset({BackendState.ACTIVE, BackendState.WARMING})

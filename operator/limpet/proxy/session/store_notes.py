@@ -18,7 +18,7 @@ Concurrency: the event loop only, like the router.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 from limpet.affinity import BackendId
 
@@ -27,8 +27,8 @@ from .shared_keys import SharedKeys, StoredEntry, backend_prefix, encode_entry, 
 from .snapshot import Snapshot
 from .store import Batch, KeyTouch, SessionStore, Touch
 
-MAX_KEY = (1 << 64) - 1
-STORE_BACKLOG = 1 << 18
+MAX_KEY: Final = (1 << 64) - 1
+STORE_BACKLOG: Final = 1 << 18
 """Sessions kept for the store while it is away; beyond this the oldest news is dropped."""
 
 
@@ -110,7 +110,7 @@ class StoreNotes:
         ids = self._ids
         snap = self._snap
         wall = self._wall()
-        a = None if snap is None else snap.plan.affinity
+        a = None if snap is None else snap.affinity
         live = None if a is None else (a.idle_timeout or a.absolute_timeout)
         store = None if snap is None else snap.plan.session_store
         slack = 60.0 if store is None else store.ttl_slack
@@ -131,7 +131,7 @@ class StoreNotes:
     ) -> list[KeyTouch]:
         """The learned keys among ``touched``, as their entries stand in the local tables."""
         tables = {TABLE_CODES[t.name]: t for t in self._book.tables.values()}
-        a = snap.plan.affinity
+        a = snap.affinity
         store = snap.plan.session_store
         slack = 60.0 if store is None else store.ttl_slack
         wall = self._wall()
