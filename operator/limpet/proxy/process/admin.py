@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ from limpet.affinity.plan.codec import MAX_PLAN_BYTES
 
 from .native import build_mode
 from .state import StalePlanError
+
+log = logging.getLogger("limpet.proxy.admin")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -226,6 +229,12 @@ def _plan_handler(sink: PlanSink) -> Any:
             # Valid JSON and schema, but the consumer could not use it (for example a
             # slot table it cannot build): the plan is refused, nothing changed.
             return _error(400, f"plan rejected: {exc}")
+        except Exception as exc:
+            # A fault of the proxy's own (compiled code raises TypeError where a value
+            # breaks its declared type): the plan is not applied, the one before keeps
+            # routing, and the answer says so instead of aiohttp's bare 500 page.
+            log.exception("plan version %d not applied", plan.version)
+            return _error(500, f"plan not applied: {type(exc).__name__}: {exc}")
         return _json({"version": plan.version, "changed": changed is not False})
 
     return put_plan
