@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import ROOT, Backend, Backends, Conn, Proxies, Proxy, _env
 
 SECRET = "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes
@@ -189,11 +191,13 @@ def assert_no_traceback(p: Proxy) -> None:
     assert p.proc.poll() is None, log[-4000:]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_hostile_pushes_get_a_400_naming_the_field_and_traffic_goes_on(
-    backends: Backends, proxy: Proxies, tmp_path: Path
+    backends: Backends, proxy: Proxies, tmp_path: Path, workers: str
 ) -> None:
     a = backends.start("a")
-    p = proxy.start("--backend", f"a={a.address}", "--state-dir", str(tmp_path / "state"))
+    state = str(tmp_path / "state")
+    p = proxy.start("--backend", f"a={a.address}", "--state-dir", state, "--workers", workers)
     base = good_plan(a, version=10)
     wrong: list[str] = []
     for i, (what, body, expected) in enumerate(hostile_bodies(base)):
