@@ -13,7 +13,10 @@ answers and the server's contents read back, not the proxy's view of them.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -181,3 +184,43 @@ def test_the_store_going_away_mid_run_costs_no_request(
     for p in (first, second):
         assert p.proc.poll() is None
         assert "Traceback" not in p.log_text()
+
+
+def test_a_store_that_is_not_redis_costs_no_request(backends: Backends, proxy: Proxies) -> None:
+    """A ``sessionStore`` address where something else listens: an HTTP server, a peer
+    that accepts and never answers, one that answers RESP-like junk. Each is a store
+    failure (counted, logged once), never a failed request; sessions stay where the
+    local table put them."""
+    a, b = backends.start("a"), backends.start("b")
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+    junk = socket.create_server(("127.0.0.1", 0), backlog=64)
+    stop = threading.Event()
+
+    def answer_junk() -> None:
+        junk.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = junk.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"\x00\xff*-1\r\n$99999999999\r\nHTTP/1.1 200 OK\r\n" * 50)
+
+    thread = threading.Thread(target=answer_junk, daemon=True)
+    thread.start()
+    try:
+        for store in (a.address, f"127.0.0.1:{silent.getsockname()[1]}",
+                      f"127.0.0.1:{junk.getsockname()[1]}"):  # fmt: skip
+            args = ("--backend", f"a={a.address}", "--backend", f"b={b.address}")
+            p = proxy.start(*args, "--affinity", "header:X-S", "--session-store", store)
+            placed = {f"k{i}": ask(p, f"k{i}") for i in range(20)}
+            wait_for(lambda p=p: store_stats(p)["up"] == 0 and store_stats(p)["fallbacks"] >= 1)
+            assert {k: ask(p, k) for k in placed} == placed, store
+            wait_for(lambda p=p: "unavailable, using local counts" in p.log_text())
+            assert "Traceback" not in p.log_text()
+            p.stop()
+    finally:
+        stop.set()
+        thread.join()
+        silent.close()
+        junk.close()
