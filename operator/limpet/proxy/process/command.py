@@ -342,6 +342,9 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    state = settings.state_dir
+    if state is not None and state.exists() and not state.is_dir():
+        raise UsageError(f"--state-dir: {state} is not a directory")
     if settings.token_file is not None:
         try:
             token = settings.token_file.read_text().strip()
