@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .conftest import Backends, Conn, Proxies, Proxy
 
@@ -179,3 +182,44 @@ def test_malformed_huge_and_mistyped_requests_get_clear_errors(
     assert "Traceback" not in log, log[-3000:]
     assert log.count("Error handling request") >= len(malformed)
     assert p.proc.poll() is None
+
+
+def test_a_burst_of_concurrent_pushes_loses_no_plan(
+    backends: Backends, proxy: Proxies, tmp_path: Path
+) -> None:
+    """40 pushes at once, versions 2..41 in a shuffled order, each twice: every one is
+    answered 200 (applied, or the same plan again) or 409 (older than one applied), the
+    proxy ends on the highest version, and that is the plan saved in --state-dir."""
+    a = backends.start("a")
+    state = tmp_path / "state"
+    p = proxy.start("--backend", f"a={a.address}", "--state-dir", str(state), token=TOKEN)
+
+    def body(version: int) -> bytes:
+        return json.dumps(
+            {
+                "schemaVersion": 1,
+                "version": version,
+                "backends": [{"id": "a", "address": "127.0.0.1", "port": a.port,
+                              "state": "Active", "weight": version}],
+                "affinity": {"type": "Header", "header": {"name": "X-S"}},
+            }
+        ).encode()  # fmt: skip
+
+    def push(version: int) -> int:
+        b = body(version)
+        headers = bearer(TOKEN.encode()) + f"Content-Length: {len(b)}\r\n".encode()
+        return status(request(p, "PUT", "/v1/plan", headers, b))
+
+    versions = [v for v in range(2, 42) for _ in range(2)]
+    random.Random(7).shuffle(versions)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(push, versions))
+    assert set(answers) <= {200, 409}, answers
+    assert answers.count(200) >= 2  # at least the first arrival and version 41
+    assert plan_version(p) == 41
+    saved = json.loads((state / "plan.json").read_bytes())
+    assert saved["version"] == 41
+    assert saved["backends"][0]["weight"] == 41
+    with Conn(p.address) as c:
+        assert c.request("GET", "/who", headers={"X-S": "1"}).json()["backend"] == "a"
+    assert "Traceback" not in p.log_text()
