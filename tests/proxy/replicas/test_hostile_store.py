@@ -14,11 +14,14 @@ answers and the server's contents read back, not the proxy's view of them.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -224,3 +227,40 @@ def test_a_store_that_is_not_redis_costs_no_request(backends: Backends, proxy: P
         thread.join()
         silent.close()
         junk.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_password_file_that_is_no_small_file_is_a_fallback_not_a_hang(
+    backends: Backends, proxy: Proxies, redis: RedisServer, tmp_path: Path, kind: str
+) -> None:
+    """A pushed plan whose ``passwordFile`` is a FIFO (opening it waits for a writer),
+    ``/dev/zero`` (reading it never ends) or a 1 MiB file: the credentials are read on
+    the event loop at each new store connection, so any of these stalled the proxy; now
+    each is a store failure naming the file, and traffic flows."""
+    a = backends.start("a")
+    p = proxy.start("--backend", f"a={a.address}")
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif kind == "huge":
+        path = tmp_path / "huge"
+        path.write_bytes(b"p" * (1 << 20))
+    else:
+        path = Path("/dev/zero")
+    plan = {
+        "schemaVersion": 1,
+        "version": 2,
+        "backends": [{"id": "a", "address": "127.0.0.1", "port": a.port, "state": "Active",
+                      "weight": 1}],
+        "affinity": {"type": "Header", "header": {"name": "X-S"}},
+        "sessionStore": {"address": redis.address, "passwordFile": str(path)},
+    }  # fmt: skip
+    status, answer = p.admin("PUT", "/v1/plan", json.dumps(plan).encode())
+    assert status == 200, answer
+    for i in range(10):
+        assert ask(p, f"k{i}") == "a"
+    wait_for(lambda: store_stats(p).get("fallbacks", 0) >= 1)
+    wait_for(lambda: "passwordFile" in p.log_text())
+    assert p.admin("GET", "/healthz")[0] == 200
+    assert p.rss() < 1 << 30
+    assert "Traceback" not in p.log_text()

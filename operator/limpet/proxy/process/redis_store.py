@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -65,8 +67,8 @@ class FilePassword(CredentialProvider):
 
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
         try:
-            password = self._path.read_text().strip()
-        except OSError as exc:
+            password = read_secret(self._path).strip()
+        except (OSError, ValueError) as exc:
             raise AuthenticationError(f"sessionStore.passwordFile: {exc}") from exc
         if not password:
             raise AuthenticationError(f"sessionStore.passwordFile {self._path} is empty")
@@ -74,6 +76,26 @@ class FilePassword(CredentialProvider):
 
     async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
         return self.get_credentials()
+
+
+MAX_SECRET = 4096
+"""The longest password file read (a Redis password is far shorter)."""
+
+
+def read_secret(path: Path) -> str:
+    """A small regular file's text. Anything else is refused without blocking: this runs
+    on the event loop, where ``/dev/zero`` would be read without end, and a FIFO would
+    wait for a writer on open. Raises :class:`OSError` or :class:`ValueError`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = os.read(fd, MAX_SECRET + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET:
+        raise ValueError(f"{path} is larger than {MAX_SECRET} bytes")
+    return data.decode()
 
 
 NOT_A_STRING = """
