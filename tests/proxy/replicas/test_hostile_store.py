@@ -229,17 +229,18 @@ def test_a_store_that_is_not_redis_costs_no_request(backends: Backends, proxy: P
         junk.close()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "ca-fifo"])
 def test_a_password_file_that_is_no_small_file_is_a_fallback_not_a_hang(
     backends: Backends, proxy: Proxies, redis: RedisServer, tmp_path: Path, kind: str
 ) -> None:
     """A pushed plan whose ``passwordFile`` is a FIFO (opening it waits for a writer),
     ``/dev/zero`` (reading it never ends) or a 1 MiB file: the credentials are read on
     the event loop at each new store connection, so any of these stalled the proxy; now
-    each is a store failure naming the file, and traffic flows."""
+    each is a store failure naming the file, and traffic flows. The same for a ``caFile``
+    that is a FIFO, which the TLS handshake would open on the event loop."""
     a = backends.start("a")
     p = proxy.start("--backend", f"a={a.address}")
-    if kind == "fifo":
+    if kind in ("fifo", "ca-fifo"):
         path = tmp_path / "fifo"
         os.mkfifo(path)
     elif kind == "huge":
@@ -255,12 +256,14 @@ def test_a_password_file_that_is_no_small_file_is_a_fallback_not_a_hang(
         "affinity": {"type": "Header", "header": {"name": "X-S"}},
         "sessionStore": {"address": redis.address, "passwordFile": str(path)},
     }  # fmt: skip
+    if kind == "ca-fifo":  # the same for a CA file, which TLS would open on the loop
+        plan["sessionStore"] = {"address": redis.address, "tls": True, "caFile": str(path)}
     status, answer = p.admin("PUT", "/v1/plan", json.dumps(plan).encode())
     assert status == 200, answer
     for i in range(10):
         assert ask(p, f"k{i}") == "a"
     wait_for(lambda: store_stats(p).get("fallbacks", 0) >= 1)
-    wait_for(lambda: "passwordFile" in p.log_text())
+    wait_for(lambda: f"{path} is not a regular file" in p.log_text() or "larger" in p.log_text())
     assert p.admin("GET", "/healthz")[0] == 200
     assert p.rss() < 1 << 30
     assert "Traceback" not in p.log_text()

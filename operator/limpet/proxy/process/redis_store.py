@@ -86,16 +86,24 @@ def read_secret(path: Path) -> str:
     """A small regular file's text. Anything else is refused without blocking: this runs
     on the event loop, where ``/dev/zero`` would be read without end, and a FIFO would
     wait for a writer on open. Raises :class:`OSError` or :class:`ValueError`."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    fd = regular_file(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
         data = os.read(fd, MAX_SECRET + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_SECRET:
         raise ValueError(f"{path} is larger than {MAX_SECRET} bytes")
     return data.decode()
+
+
+def regular_file(path: str | Path) -> int:
+    """An open descriptor of ``path`` if it is a regular file (opened without waiting
+    for a FIFO's writer); :class:`ValueError` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
+    return fd
 
 
 NOT_A_STRING = """
@@ -171,6 +179,8 @@ class RedisStore:
         if settings.password_file is not None:
             creds = FilePassword(settings.password_file, settings.username)
         tls: dict[str, object] = {}
+        if settings.ca_file is not None:  # the TLS handshake would open it on the loop
+            os.close(regular_file(settings.ca_file))
         if settings.tls:
             tls = {
                 "connection_class": aioredis.SSLConnection,
