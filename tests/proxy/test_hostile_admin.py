@@ -14,6 +14,7 @@ import json
 import random
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -222,4 +223,45 @@ def test_a_burst_of_concurrent_pushes_loses_no_plan(
     assert saved["backends"][0]["weight"] == 41
     with Conn(p.address) as c:
         assert c.request("GET", "/who", headers={"X-S": "1"}).json()["backend"] == "a"
+    assert "Traceback" not in p.log_text()
+
+
+def test_connections_that_hold_the_admin_port_are_closed_after_the_deadline(
+    backends: Backends, proxy: Proxies
+) -> None:
+    """Slowloris on the admin port, which needs no token: 200 connections that send
+    half a head, trickle a body, or nothing at all, and one idle after its answer. Each
+    is closed once the deadline (30 s without an answer) passes, while good requests are
+    answered throughout."""
+    a = backends.start("a")
+    p = proxy.start("--backend", f"a={a.address}", token=TOKEN)
+    auth = bearer(TOKEN.encode())
+    held: list[socket.socket] = []
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=10)
+        if i % 3 == 1:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        elif i % 3 == 2:
+            s.sendall(
+                b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 99\r\n\r\n{"
+            )
+        held.append(s)
+    idle = socket.create_connection(("127.0.0.1", p.admin_port), timeout=10)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status(idle.recv(4096)) == 200
+    started = time.monotonic()
+    while time.monotonic() - started < 25:  # good requests meanwhile, and a trickle
+        assert status(request(p, "GET", "/readyz")) == 200
+        for s in held[2::3]:
+            s.sendall(b" ")
+        time.sleep(5)
+    for s in (*held, idle):
+        s.settimeout(20)  # a TimeoutError here: the server kept the connection
+        with contextlib.suppress(ConnectionResetError):
+            while s.recv(4096):
+                pass  # whatever it says first, it must then close
+        s.close()
+    assert time.monotonic() - started < 60
+    assert status(request(p, "GET", "/v1/stats", auth)) == 200
+    assert p.proc.poll() is None
     assert "Traceback" not in p.log_text()
