@@ -6,10 +6,12 @@ an hour, so a client that can reach the admin port needs no token to hold connec
 open (half-sent heads, a body trickled byte by byte, or nothing at all) until the
 process has no descriptor left, for the traffic port either. Every admin request is
 answered in seconds (a plan of the most backends a plan may list is staged in a few),
-so one rule covers them all: the timer starts when the connection opens and again at
-each byte the server writes; when it runs out, the connection is closed. An idle
-keep-alive connection therefore lives ``timeout`` after its last answer, as nginx's
-``keepalive_timeout`` would have it.
+so one rule covers them all: the timer starts when the connection opens, again at each
+byte the server writes, and again at the first byte of a request that follows an answer
+(so each request has the whole time, however late in the idle time it comes); when it
+runs out, the connection is closed. An idle keep-alive connection therefore lives
+``timeout`` after its last answer, as with nginx's ``keepalive_timeout``, and a client
+trickling a request (its head or its body) is cut ``timeout`` after its first byte.
 
 Data flow: :class:`DeadlineRunner` is an ``AppRunner`` whose server wraps each aiohttp
 protocol in :class:`Deadline`, which hands aiohttp a transport that reports writes.
@@ -54,11 +56,16 @@ class Deadline(asyncio.Protocol):
         self._timeout = timeout
         self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
+        self._answered = False
 
     def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
         self._transport = transport
         self._restart()
-        self._inner.connection_made(_Reporting(transport, self._restart))  # type: ignore[arg-type]
+        self._inner.connection_made(_Reporting(transport, self._answering))  # type: ignore[arg-type]
+
+    def _answering(self) -> None:
+        self._restart()
+        self._answered = True
 
     def _restart(self) -> None:
         if self._timer is not None:
@@ -72,6 +79,9 @@ class Deadline(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._answered:  # a new request on a kept-alive connection: its own full time
+            self._answered = False
+            self._restart()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
