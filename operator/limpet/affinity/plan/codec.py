@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 from ..errors import PlanError
 from ..ids import BackendId
 from ..lifecycle import BackendState
-from ..limits import DEFAULT_SIZE
+from ..limits import DEFAULT_SIZE, MAX_BACKENDS
+from . import checks
 from .model import (
     SCHEMA_VERSION,
     AffinitySettings,
@@ -85,7 +86,8 @@ class _Obj:
             return kind(value)  # type: ignore[call-arg]
         except ValueError:
             allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
-            raise PlanError(f"{self.field(key)}: must be one of {allowed}, got {value!r}") from None
+            got = checks.shown(repr(value))
+            raise PlanError(f"{self.field(key)}: must be one of {allowed}, got {got}") from None
 
     def array(self, key: str) -> list[object]:
         value = self.get(key, [])
@@ -339,9 +341,12 @@ def plan_from_dict(data: object) -> Plan:
         raise PlanError(
             f"schemaVersion: unsupported plan schema {schema!r}, this build reads {SCHEMA_VERSION}"
         )
-    backends = tuple(_backend(i, raw) for i, raw in enumerate(o.array("backends")))
-    if "backends" not in o.value:
+    if o.value.get("backends") is None:  # absent or null; an empty list is a plan
         raise PlanError("backends: required")
+    listed = o.array("backends")
+    if len(listed) > MAX_BACKENDS:  # before building each one
+        raise PlanError(f"backends: at most {MAX_BACKENDS}, got {len(listed)}")
+    backends = tuple(_backend(i, raw) for i, raw in enumerate(listed))
     keys = tuple(_cookie_key(i, raw) for i, raw in enumerate(o.array("cookieKeys")))
     affinity = _affinity(o.obj("affinity"))
     balance = _balance(o.obj("balance"))
@@ -389,7 +394,11 @@ def plan_from_json(text: str | bytes) -> Plan:
         raise PlanError(f"plan JSON: larger than {MAX_PLAN_BYTES} bytes")
     try:
         data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except PlanError:
+        raise
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and an integer longer than Python reads
+        # (sys.get_int_max_str_digits()): each is input the proxy cannot take.
         raise PlanError(f"plan JSON: not valid JSON ({exc})") from None
     except RecursionError:
         raise PlanError("plan JSON: nested too deeply") from None

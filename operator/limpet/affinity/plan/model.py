@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import PlanError
 from ..ids import BackendId
 from ..lifecycle import BackendState
-from ..limits import DEFAULT_SIZE, MAX_SIZE, MAX_WEIGHT
+from ..limits import DEFAULT_SIZE, MAX_BACKENDS, MAX_SIZE, MAX_WEIGHT
 from . import checks
 
 if TYPE_CHECKING:
@@ -303,10 +303,7 @@ class SessionStoreSettings:
 
     def __post_init__(self) -> None:
         host, _ = split_address("sessionStore.address", self.address)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            checks.matching("sessionStore.address", host, checks.HOSTNAME_RE, "host:port")
+        checks.host("sessionStore.address", host, "host:port")
         checks.integer("sessionStore.database", self.database, minimum=0, maximum=1023)
         checks.boolean("sessionStore.tls", self.tls)
         if self.tls_server_name is not None:
@@ -332,8 +329,11 @@ def split_address(field: str, text: object) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise PlanError(f"{field}: must be host:port, got {text!r}")
+    # ASCII digits only (str.isdigit takes other scripts' digits, which int() reads too),
+    # and at most five of them (int() refuses thousands of digits with a ValueError).
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 1 <= int(port) <= 65535:
+        raise PlanError(f"{field}: must be host:port, got {checks.shown(repr(text))}")
     return host, int(port)
 
 
@@ -367,12 +367,7 @@ class Backend:
 
     def __post_init__(self) -> None:
         checks.matching("id", self.id, checks.BACKEND_ID_RE, "an opaque id [A-Za-z0-9._~-]")
-        if not isinstance(self.address, str):
-            raise PlanError(f"address: must be a string, got {type(self.address).__name__}")
-        try:
-            ipaddress.ip_address(self.address)
-        except ValueError:
-            checks.matching("address", self.address, checks.HOSTNAME_RE, "an IP or DNS name")
+        checks.host("address", self.address, "an IP or DNS name")
         checks.integer("port", self.port, minimum=1, maximum=65535)
         if not isinstance(self.state, BackendState):
             raise PlanError(f"state: must be a BackendState, got {self.state!r}")
@@ -412,6 +407,8 @@ class Plan:
         checks.integer("version", self.version, minimum=1, maximum=MAX_PLAN_VERSION)
         if not isinstance(self.backends, tuple):
             raise PlanError("backends: must be a tuple of Backend")
+        if len(self.backends) > MAX_BACKENDS:
+            raise PlanError(f"backends: at most {MAX_BACKENDS}, got {len(self.backends)}")
         seen: set[str] = set()
         for i, backend in enumerate(self.backends):
             if not isinstance(backend, Backend):

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hmac
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -39,6 +41,37 @@ from limpet.affinity.plan.codec import MAX_PLAN_BYTES
 
 from .native import build_mode
 from .state import StalePlanError
+
+log = logging.getLogger("limpet.proxy.admin")
+
+CLIENT_FAULTS = (BadHttpMessage, ConnectionError)
+"""What a client's bytes or a vanished client raise inside aiohttp: one log line each."""
+
+
+class OneLineClientFaults(logging.Filter):
+    """aiohttp logs a malformed request (a NUL in a header, a header over 8 KiB, a client
+    that hangs up mid-body) at ERROR with a traceback, a dozen lines for a few bytes any
+    client can send: the log would be the attacker's. Such records become one warning
+    line; a fault of the server itself keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, CLIENT_FAULTS):
+            what = " ".join(str(exc).split())[:300]  # aiohttp's own message spans lines
+            record.args = (record.getMessage(), type(exc).__name__, what)
+            record.msg = "%s: %s: %s"
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def server_logger() -> logging.Logger:
+    """The logger for aiohttp's request handler of the admin listener."""
+    logger = logging.getLogger("limpet.proxy.admin.http")
+    if not any(isinstance(f, OneLineClientFaults) for f in logger.filters):
+        logger.addFilter(OneLineClientFaults())
+    return logger
+
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -213,7 +246,15 @@ def _plan_handler(sink: PlanSink) -> Any:
     """``PUT /v1/plan``: 400 for a plan that is invalid or unusable, 409 for a stale one."""
 
     async def put_plan(request: web.Request) -> web.Response:
-        body = await request.read()
+        declared = request.content_length
+        if declared is not None and declared > MAX_PLAN_BYTES:
+            # Refused from the head: waiting for a terabyte that will never come (or
+            # reading 32 MiB to learn it is too much) helps nobody.
+            return _error(413, f"plan larger than {MAX_PLAN_BYTES} bytes ({declared} declared)")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"plan larger than {MAX_PLAN_BYTES} bytes")
         try:
             plan = plan_from_json(body)
         except PlanError as exc:
@@ -226,6 +267,12 @@ def _plan_handler(sink: PlanSink) -> Any:
             # Valid JSON and schema, but the consumer could not use it (for example a
             # slot table it cannot build): the plan is refused, nothing changed.
             return _error(400, f"plan rejected: {exc}")
+        except Exception as exc:
+            # A fault of the proxy's own (compiled code raises TypeError where a value
+            # breaks its declared type): the plan is not applied, the one before keeps
+            # routing, and the answer says so instead of aiohttp's bare 500 page.
+            log.exception("plan version %d not applied", plan.version)
+            return _error(500, f"plan not applied: {type(exc).__name__}: {exc}")
         return _json({"version": plan.version, "changed": changed is not False})
 
     return put_plan

@@ -33,7 +33,8 @@ from prometheus_client.registry import Collector
 
 from limpet.affinity import Plan
 from limpet.proxy.engine.server import Server
-from limpet.proxy.process.admin import StatsSource, make_admin_app
+from limpet.proxy.process.admin import StatsSource, make_admin_app, server_logger
+from limpet.proxy.process.admin_deadline import DeadlineRunner
 from limpet.proxy.process.backend_metrics import backend_families
 from limpet.proxy.process.gc_tuning import settle
 from limpet.proxy.process.state import PlanGate, PlanStore
@@ -162,7 +163,7 @@ async def start_admin(
     registry.register(collector)
     tapped = TappedStats(stats.stats, collector)
     app = make_admin_app(token=token, sink=sink, stats=tapped, metrics=registry)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = DeadlineRunner(app, handle_signals=False, access_log=None, logger=server_logger())
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()

@@ -192,14 +192,40 @@ def _limit_options(lim: argparse._ArgumentGroup) -> None:
         )
 
 
+MAX_SECONDS = 7 * 86400
+"""The longest timeout an option takes (a week): beyond it a value is a typo, and
+``inf`` would switch the slowloris and dead-backend guards off."""
+
+RANGES: dict[str, tuple[float, float]] = {
+    "head-timeout": (0.001, MAX_SECONDS),
+    "idle-timeout": (0.001, MAX_SECONDS),
+    "connect-timeout": (0.001, MAX_SECONDS),
+    "response-timeout": (0.001, MAX_SECONDS),
+    "tunnel-idle-timeout": (0.001, MAX_SECONDS),
+    "pool-idle-timeout": (0.001, MAX_SECONDS),
+    # Sizes bound what one client may make the proxy buffer before it answers 414/431.
+    "max-request-line": (64, 1 << 20),
+    "max-header-bytes": (256, 16 << 20),
+    "max-headers": (1, 10_000),
+    "max-connections": (1, 1_000_000),
+    "pool-max-idle": (0, 100_000),
+}
+"""Each limit option's accepted range (inclusive)."""
+
+MAX_GC_COUNT = (1 << 31) - 1
+"""The collector's thresholds are C ints."""
+
+
 def _number(args: argparse.Namespace, name: str, kind: type[int] | type[float]) -> float:
     raw = getattr(args, name.replace("-", "_"))
     try:
         value = kind(raw)
     except ValueError:
         raise UsageError(f"--{name}: expected a number, got {raw!r}") from None
-    if not value > 0 and not (name == "pool-max-idle" and value == 0):
-        raise UsageError(f"--{name}: must be positive, got {raw!r}")
+    low, high = RANGES[name]
+    if not low <= value <= high:  # NaN fails this too
+        unit = " seconds" if kind is float else ""
+        raise UsageError(f"--{name}: must be from {low:g} to {high:g}{unit}, got {raw!r}")
     return value
 
 
@@ -316,6 +342,9 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    state = settings.state_dir
+    if state is not None and state.exists() and not state.is_dir():
+        raise UsageError(f"--state-dir: {state} is not a directory")
     if settings.token_file is not None:
         try:
             token = settings.token_file.read_text().strip()
@@ -374,6 +403,8 @@ def _gc_threshold(text: str | None) -> tuple[int, int, int] | None:
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         raise UsageError(f"--gc-threshold: expected three counts G0,G1,G2, got {text!r}")
     g0, g1, g2 = (int(p) for p in parts)
+    if max(g0, g1, g2) > MAX_GC_COUNT:
+        raise UsageError(f"--gc-threshold: each count must be at most {MAX_GC_COUNT}")
     return g0, g1, g2
 
 

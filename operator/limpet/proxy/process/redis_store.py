@@ -20,7 +20,12 @@ its entry back) and moves one with :data:`MOVE` (a compare-and-set on the backen
 leaves). A flush also runs :data:`TOUCH` for each learned key seen: it raises the stored
 last-seen time, re-creates an entry the store lost, and leaves an entry that another
 replica moved alone. Both are Lua scripts run by the server (``EVALSHA``), so each is
-atomic; redis-py loads them once per connection pool. Each call is one round-trip
+atomic; redis-py loads them once per connection pool. Values of a foreign type, which
+only someone with write access to the store can put there, never stop the sharing: a
+learned key's entry that is not a string reads as a value that is no entry (the router
+counts it corrupt and replaces it, and both scripts remove it first), and a backend's
+set that is not a sorted set is removed by the write-back, which then runs again.
+Each call is one round-trip
 (:attr:`RedisStore.round_trips` counts them) and ends within ``sessionStore.timeout``.
 The password is read from ``passwordFile`` on every new connection (a
 :class:`FilePassword` credential provider), so a rotated Secret is picked up and a file
@@ -32,7 +37,10 @@ fallback and tries again), never the client itself. TLS uses the system trust st
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import ssl
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,12 +48,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, ResponseError
 
 from limpet.affinity import SessionStoreSettings
 from limpet.affinity.plan.model import split_address
 from limpet.proxy.process.coalesce import Coalescer
 from limpet.proxy.session.store import Batch
+
+log = logging.getLogger("limpet.proxy.store")
 
 
 class FilePassword(CredentialProvider):
@@ -57,8 +67,8 @@ class FilePassword(CredentialProvider):
 
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
         try:
-            password = self._path.read_text().strip()
-        except OSError as exc:
+            password = read_secret(self._path).strip()
+        except (OSError, ValueError) as exc:
             raise AuthenticationError(f"sessionStore.passwordFile: {exc}") from exc
         if not password:
             raise AuthenticationError(f"sessionStore.passwordFile {self._path} is empty")
@@ -68,15 +78,56 @@ class FilePassword(CredentialProvider):
         return self.get_credentials()
 
 
-MOVE = """
+MAX_SECRET = 4096
+"""The longest password file read (a Redis password is far shorter)."""
+
+
+def read_secret(path: Path) -> str:
+    """A small regular file's text. Anything else is refused without blocking: this runs
+    on the event loop, where ``/dev/zero`` would be read without end, and a FIFO would
+    wait for a writer on open. Raises :class:`OSError` or :class:`ValueError`."""
+    fd = regular_file(path)
+    try:
+        data = os.read(fd, MAX_SECRET + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET:
+        raise ValueError(f"{path} is larger than {MAX_SECRET} bytes")
+    return data.decode()
+
+
+def regular_file(path: str | Path) -> int:
+    """An open descriptor of ``path`` if it is a regular file (opened without waiting
+    for a FIFO's writer); :class:`ValueError` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
+    return fd
+
+
+NOT_A_STRING = """
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+"""
+"""The scripts' first step: a learned key's entry of another type (a hash, a list: only
+someone with write access to the store puts one there) is removed, so the script goes
+on as for a lost entry instead of failing on WRONGTYPE forever."""
+
+MOVE = (
+    NOT_A_STRING
+    + """
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return v end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return ARGV[2]
 """
+)
 """Replace an entry still on the backend ``ARGV[1]`` (or absent); answer the entry."""
 
-TOUCH = """
+TOUCH = (
+    NOT_A_STRING
+    + """
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], ARGV[2] .. ' r', 'PX', ARGV[3])
@@ -99,12 +150,18 @@ elseif r == ' r' and mine > tonumber(last) then
 end
 return 0
 """
+)
 """A write-back of one key (``ARGV``: backend prefix, entry, TTL in ms, last seen):
 raise the last-seen time of an entry still on this backend; restore a lost entry, or a
 value that is not an entry (marked `` r``); between restored entries that disagree, the
 later last-seen wins (the backend the session's latest request went to). An entry
 another replica placed or moved (unmarked) on another backend is left alone."""
 
+
+NOT_AN_ENTRY = b""
+"""What :meth:`RedisStore.get_key` and :meth:`RedisStore.claim_key` answer for a key of
+another type than a string: a value that is no entry, which the router counts as corrupt
+and replaces (through :data:`MOVE`, which removes the foreign value first)."""
 
 POOL_SIZE = 64
 """Connections per proxy process; calls beyond it queue for one."""
@@ -122,6 +179,8 @@ class RedisStore:
         if settings.password_file is not None:
             creds = FilePassword(settings.password_file, settings.username)
         tls: dict[str, object] = {}
+        if settings.ca_file is not None:  # the TLS handshake would open it on the loop
+            os.close(regular_file(settings.ca_file))
         if settings.tls:
             tls = {
                 "connection_class": aioredis.SSLConnection,
@@ -154,6 +213,8 @@ class RedisStore:
         self._move = self._redis.register_script(MOVE)
         self._touch = self._redis.register_script(TOUCH)
         self.round_trips = 0
+        self.repaired = 0
+        """Backend sets of a foreign type removed by :meth:`flush`."""
         self._batch = Coalescer(self._redis, on_round_trip=self._count_round_trip)
 
     def _count_round_trip(self) -> None:
@@ -166,14 +227,20 @@ class RedisStore:
         return self._prefix + b"k:" + member
 
     async def get_key(self, member: bytes) -> bytes | None:
-        async with asyncio.timeout(self._timeout):
-            got = await self._batch.call("GET", self._entry(member))
+        try:
+            async with asyncio.timeout(self._timeout):
+                got = await self._batch.call("GET", self._entry(member))
+        except ResponseError as exc:
+            return _not_an_entry(exc)
         return None if got is None else bytes(got)
 
     async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
         key = self._entry(member)
-        async with asyncio.timeout(self._timeout):
-            got = await self._batch.call("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
+        try:
+            async with asyncio.timeout(self._timeout):
+                got = await self._batch.call("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
+        except ResponseError as exc:
+            return _not_an_entry(exc)
         return None if got is None else bytes(got)
 
     async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
@@ -184,7 +251,38 @@ class RedisStore:
 
     async def flush(self, batch: Batch) -> Mapping[str, int]:
         """The batch in pipelines of at most ``CHUNK`` sessions each (so that packing a
-        big batch never holds the event loop for long), then the counts in one more."""
+        big batch never holds the event loop for long), then the counts in one more.
+
+        A backend's set that is not a sorted set (someone with write access to the store
+        put another type there) would fail every write-back with WRONGTYPE, and so keep
+        every replica on its own counts for good: it is removed (counted in
+        :attr:`repaired`) and the write-back tried once more."""
+        try:
+            return await self._flush(batch)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc) or not await self._repair(batch):
+                raise
+        return await self._flush(batch)
+
+    async def _repair(self, batch: Batch) -> int:
+        """Remove the batch's backend sets that are not sorted sets; how many there were."""
+        names = {self._key(b) for b in batch.backends}
+        names.update(self._key(t.moved_from) for t in batch.touches if t.moved_from)
+        names.update(self._key(t.backend) for t in batch.touches)
+        ordered = sorted(names)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in ordered:
+                pipe.type(name)
+            kinds = await pipe.execute()
+        foreign = [n for n, k in zip(ordered, kinds, strict=True) if k not in (b"zset", b"none")]
+        if foreign:
+            await self._redis.delete(*foreign)
+            self.repaired += len(foreign)
+            log.warning("session store: removed %d backend set(s) of a foreign type", len(foreign))
+        self.round_trips += 1 + bool(foreign)
+        return len(foreign)
+
+    async def _flush(self, batch: Batch) -> Mapping[str, int]:
         keys, touches = batch.keys, batch.touches
         for start in range(0, max(len(keys), len(touches)), CHUNK):
             async with self._redis.pipeline(transaction=False) as pipe:  # reset on any exit
@@ -214,3 +312,10 @@ class RedisStore:
         await self._batch.close()
         await self._redis.aclose()
         await self._pool.aclose()
+
+
+def _not_an_entry(exc: ResponseError) -> bytes:
+    """A WRONGTYPE reply as :data:`NOT_AN_ENTRY`; any other error is the store failing."""
+    if "WRONGTYPE" in str(exc):
+        return NOT_AN_ENTRY
+    raise exc

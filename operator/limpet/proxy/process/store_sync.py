@@ -91,8 +91,12 @@ class StoreSync:
         except Exception as exc:  # any failure of the store: fall back, never fail traffic
             self._router.store_failed(batch)
             if self._up:
+                # str() too: redis-py's repr names only the class ("auth:AuthenticationError").
                 log.warning(
-                    "session store %s unavailable, using local counts: %r", settings.address, exc
+                    "session store %s unavailable, using local counts: %s: %s",
+                    settings.address,
+                    type(exc).__name__,
+                    exc,
                 )
             self._up = False
             return False
