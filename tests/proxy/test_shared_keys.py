@@ -68,6 +68,11 @@ def test_malformed_values_are_not_entries() -> None:
         b" 1 2",
         b"\xff\xfe 1 2",
         b"a" * 64 + b" 1 2",
+        b"pod-a +1 2",
+        b"pod-a 1_0 20",
+        b"pod-a \t1 2",
+        b"pod-a 1 " + b"9" * 16,
+        b"pod-a " + b"9" * 400 + b" " + b"9" * 400,  # overflowed a float
     ):
         assert decode_entry(raw) is None, raw
     assert decode_entry(None) is None

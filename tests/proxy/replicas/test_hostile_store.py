@@ -138,14 +138,6 @@ def test_tampered_entries_are_replaced_and_the_store_stays_in_use(
         assert ask(first, f"key-{i}") == ask(second, f"key-{i}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session/shared_keys.decode_entry turns an entry's 400-digit time into a float "
-    "(created / 10) and the OverflowError escapes it: the router counts a store failure "
-    "(the store is then treated as down for RETRY_AFTER) instead of a corrupt entry it "
-    "replaces. Fix in session/shared_keys.py: refuse times of more than 15 digits (or "
-    "catch OverflowError) in decode_entry, returning None.",
-)
 def test_an_entry_with_impossible_numbers_is_corrupt_not_a_store_failure(
     backends: Backends, proxy: Proxies, redis: RedisServer, server: redis.Redis
 ) -> None:

@@ -44,6 +44,7 @@ from typing import Final
 from limpet.affinity import BackendId, BackendState
 
 _TICKS: Final = 10  # deciseconds
+_MAX_TICK_DIGITS: Final = 15  # deciseconds: three hundred thousand years
 MAX_KEY: Final = (1 << 64) - 1
 SETTLE_GRACE: Final = 2.0
 """Seconds after a backend becomes immovable before a local copy checked then is trusted:
@@ -86,14 +87,23 @@ def decode_entry(raw: bytes | None) -> StoredEntry | None:
     restored = len(parts) == 4 and parts[3] == b"r"
     if len(parts) != 3 + restored or not parts[0] or len(parts[0]) > 63:
         return None
+    if not (_is_ticks(parts[1]) and _is_ticks(parts[2])):
+        return None
     try:
         backend = parts[0].decode("ascii")
-        created, last = int(parts[1]), int(parts[2])
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         return None
-    if created < 0 or last < created or not backend.isprintable():
+    created, last = int(parts[1]), int(parts[2])
+    if last < created or not backend.isprintable():
         return None
     return StoredEntry(BackendId(backend), created / _TICKS, last / _TICKS, restored)
+
+
+def _is_ticks(raw: bytes) -> bool:
+    # ASCII digits only (int() would also take signs, "_" and spaces) and at most 15 of
+    # them: a time of 400 digits, planted by whoever can write to the store, overflowed
+    # the float division, which read as a failing store instead of a corrupt entry.
+    return 0 < len(raw) <= _MAX_TICK_DIGITS and raw.isdigit()
 
 
 def backend_prefix(backend: BackendId) -> bytes:
