@@ -266,12 +266,15 @@ def start_limpet(
     workers: int,
     cpus: str,
     profile: Path | None = None,
+    runner: tuple[str, ...] = (),
     extra: tuple[str, ...] = (),
     name: str | None = None,
+    start_timeout: float = 30.0,
 ) -> Peer:
     """``limpet proxy`` in standalone cookie mode, with ``extra`` options. With
     ``profile``, the proxy runs under pyinstrument, which writes its text report there
-    when the proxy stops."""
+    when the proxy stops; ``runner`` is a command that runs Python (e.g. valgrind), in
+    the same process, so the peer's pid is the proxy's."""
     port = free_port()
     token = tmp / "token"
     token.write_text("bench-token\n")
@@ -283,6 +286,7 @@ def start_limpet(
         "taskset",
         "-c",
         cpus,
+        *runner,
         *python,
         "-m",
         "limpet.cli",
@@ -304,7 +308,7 @@ def start_limpet(
     for i, p in enumerate(backends):
         argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
     proc = procs.start(argv, log=log, env=limpet_env())
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + start_timeout
     while "listening on" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"limpet did not start:\n{log.read_text(errors='replace')}")

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench._proxy_load import Load, cycle_script, issue_sessions
-from bench._proxy_peers import Procs, cpu_list, free_port, limpet_env, start_backends
+from bench._proxy_peers import Procs, cpu_list, start_backends, start_limpet
 
 TOOLS = ("nginx", "wrk", "taskset", "valgrind", "callgrind_control")
 WORKLOADS = ("one", "cycle", "new")
@@ -64,43 +64,16 @@ def start_limpet_callgrind(
 ) -> tuple[int, int]:
     """``limpet proxy`` (standalone, cookie affinity, one process) under callgrind;
     returns (port, pid). Dumps go to ``out``.<pid>.<n>."""
-    port = free_port()
-    token = tmp / "token"
-    token.write_text("bench-token\n")
-    log = tmp / "limpet.log"
-    argv = [
-        "taskset",
-        "-c",
-        core,
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}.%p",
-        sys.executable,
-        "-m",
-        "limpet.cli",
-        "proxy",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--token-file",
-        str(token),
-        "--workers",
-        "1",
-        "--log-level",
-        "warning",
-        "--affinity",
-        "cookie",
-    ]
-    for i, p in enumerate(backends):
-        argv += ["--backend", f"b{i + 1}=127.0.0.1:{p}"]
-    proc = procs.start(argv, log=log, env=limpet_env())
-    deadline = time.monotonic() + START_TIMEOUT
-    while "listening on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"limpet did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.2)
-    return port, proc.pid
+    peer = start_limpet(
+        procs,
+        tmp,
+        backends,
+        workers=1,
+        cpus=core,
+        runner=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"),
+        start_timeout=START_TIMEOUT,
+    )
+    return peer.port, peer.pid
 
 
 def measure(
