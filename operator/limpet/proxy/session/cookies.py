@@ -63,6 +63,14 @@ BACKEND_TOKEN_LEN: Final = 8
 MAC_LEN: Final = 16
 _BODY: Final = struct.Struct(">B4s12s8sQII")
 BODY_LEN: Final = _BODY.size  # 41
+# Library callables bound once: compiled code calls a stored callable directly, where
+# ``binascii.b2a_base64`` is a module attribute look-up and ``_BODY.pack`` a method
+# look-up on every call (together about 700 instructions of a re-signed cookie).
+_PACK: Final = _BODY.pack
+_UNPACK_FROM: Final = _BODY.unpack_from
+_B2A: Final = binascii.b2a_base64
+_A2B: Final = binascii.a2b_base64
+_SAME: Final = hmac.compare_digest
 RAW_LEN: Final = BODY_LEN + MAC_LEN  # 57, a multiple of 3: base64 needs no padding
 ENCODED_LEN: Final = RAW_LEN * 4 // 3  # 76
 _MAX_ENCODED: Final = (RAW_LEN + MAX_TAIL) * 4 // 3 + 3
@@ -353,7 +361,7 @@ class CookieCodec:
         if not 0 <= issued <= last_seen <= _MAX_U32:
             issued, last_seen = _u32(issued), _u32(last_seen)
         signed = (
-            _BODY.pack(
+            _PACK(
                 self._head,
                 self._newest_tag,
                 session_id,
@@ -366,7 +374,7 @@ class CookieCodec:
         )
         # b2a_base64's trailing newline is cut by a slice: cheaper than its keyword
         # argument (a keyword call from compiled code builds a names tuple and parses it).
-        encoded = binascii.b2a_base64(signed + self._newest.digest(signed)[:MAC_LEN])
+        encoded = _B2A(signed + self._newest.digest(signed)[:MAC_LEN])
         encoded = encoded.translate(_FROM_STD_B64)[:-1]
         # A version-1 cookie is 57 bytes, a multiple of 3: only a tail needs padding cut.
         return encoded.rstrip(b"=") if tail else encoded
@@ -414,9 +422,7 @@ class CookieCodec:
         if not ENCODED_LEN <= n <= longest:
             return CookieRejection.GARBAGE
         try:
-            raw = binascii.a2b_base64(
-                value.translate(_TO_STD_B64) + b"=" * (-n % 4), strict_mode=True
-            )
+            raw = _A2B(value.translate(_TO_STD_B64) + b"=" * (-n % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             return CookieRejection.GARBAGE
         if len(raw) < RAW_LEN or raw[0] & 0x0F != self._version:
@@ -426,10 +432,10 @@ class CookieCodec:
             return CookieRejection.UNKNOWN_KEY
         mac, tokens, newest = entry
         signed = raw[:-MAC_LEN]
-        if not hmac.compare_digest(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
+        if not _SAME(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
             return CookieRejection.TAMPERED
-        _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(signed[:BODY_LEN])
-        if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(mac, bind))):
+        _, _, sid, token, key_hash, issued, last_seen = _UNPACK_FROM(raw)
+        if bound and (bind is None or not _SAME(sid, bound_session_id(mac, bind))):
             return CookieRejection.TAMPERED
         step = raw[0] >> 4 or LEGACY_GRANULARITY
         late = self._times(issued, last_seen, step, wall)
