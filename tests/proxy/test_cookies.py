@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 
 import pytest
@@ -19,6 +20,7 @@ from limpet.proxy.session.cookies import (
     Hmac,
     SessionCookie,
     SigningKey,
+    builtin_sha256,
     cookie_values,
     strip_cookie,
 )
@@ -278,11 +280,27 @@ def test_cookie_header_helpers() -> None:
     assert strip_cookie(b"XLIMPET=1; LIMPETX=2", b"LIMPET") == ([], b"XLIMPET=1; LIMPETX=2")
 
 
+_SHA256_IMPLEMENTATIONS = {"default": None, "builtin": builtin_sha256(), "openssl": hashlib.sha256}
+
+
+@pytest.mark.parametrize("implementation", sorted(_SHA256_IMPLEMENTATIONS))
 @settings(max_examples=300, deadline=None)
 @given(secret=st.binary(max_size=200), message=st.binary(max_size=300))
-def test_prepared_hmac_is_hmac_sha256(secret: bytes, message: bytes) -> None:
-    # Keys shorter than, equal to and longer than SHA-256's 64-byte block (hashed first).
-    assert Hmac(secret).digest(message) == hmac.digest(secret, message, "sha256")
+def test_prepared_hmac_is_hmac_sha256(implementation: str, secret: bytes, message: bytes) -> None:
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block (hashed first),
+    # with CPython's own SHA-256 (the default where it exists) and OpenSSL's (the
+    # fallback): the MAC bytes, hence cookies, do not depend on which one signs.
+    sha256 = _SHA256_IMPLEMENTATIONS[implementation]
+    if implementation == "builtin" and sha256 is None:
+        pytest.skip("this interpreter has no _sha256 module")
+    expected = hmac.new(secret, message, hashlib.sha256).digest()
+    assert Hmac(secret, sha256=sha256).digest(message) == expected
+
+
+def test_hmac_defaults_to_the_builtin_sha256_where_it_exists() -> None:
+    builtin = builtin_sha256()
+    assert builtin is not None  # CPython 3.11 builds it (the project's interpreter)
+    assert type(Hmac(b"s" * 32)._inner()) is type(builtin(b""))
 
 
 def _raw(value: bytes) -> bytes:

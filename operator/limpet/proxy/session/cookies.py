@@ -47,10 +47,11 @@ import binascii
 import enum
 import hashlib
 import hmac
+import importlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 VERSION: Final = 1
 BOUND_VERSION: Final = 2
@@ -63,6 +64,14 @@ BACKEND_TOKEN_LEN: Final = 8
 MAC_LEN: Final = 16
 _BODY: Final = struct.Struct(">B4s12s8sQII")
 BODY_LEN: Final = _BODY.size  # 41
+# Library callables bound once: compiled code calls a stored callable directly, where
+# ``binascii.b2a_base64`` is a module attribute look-up and ``_BODY.pack`` a method
+# look-up on every call (together about 700 instructions of a re-signed cookie).
+_PACK: Final = _BODY.pack
+_UNPACK_FROM: Final = _BODY.unpack_from
+_B2A: Final = binascii.b2a_base64
+_A2B: Final = binascii.a2b_base64
+_SAME: Final = hmac.compare_digest
 RAW_LEN: Final = BODY_LEN + MAC_LEN  # 57, a multiple of 3: base64 needs no padding
 ENCODED_LEN: Final = RAW_LEN * 4 // 3  # 76
 _MAX_ENCODED: Final = (RAW_LEN + MAX_TAIL) * 4 // 3 + 3
@@ -211,23 +220,49 @@ class SessionCookie:
         return f"SessionCookie{self._fields()!r}"
 
 
+class _Sha256(Protocol):
+    """A SHA-256 state: :func:`hashlib.sha256`'s or the built-in ``_sha256``'s."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def copy(self) -> _Sha256: ...
+
+
+Sha256Factory = Callable[[bytes], _Sha256]
+
+
+def builtin_sha256() -> Sha256Factory | None:
+    """CPython's own SHA-256 (the ``_sha256`` module), or ``None`` where the build
+    leaves it out. Its ``copy`` is a struct copy; an OpenSSL state's allocates an EVP
+    context and cleanses it when freed, which is most of a cookie MAC's cost."""
+    try:
+        module = importlib.import_module("_sha256")
+    except ImportError:
+        return None
+    factory: Sha256Factory = module.sha256
+    return factory
+
+
 class Hmac:
     """HMAC-SHA256 under one secret, with the key's two padded blocks hashed once.
 
     RFC 2104: ``H((K ^ opad) || H((K ^ ipad) || m))``. Copying the two prepared hash
     states costs less than half of what :func:`hmac.digest` pays per call to set up the
     same context; the result is identical (the tests compare it with :mod:`hmac`).
+    ``sha256``: the hash implementation, by default the built-in one when the
+    interpreter has it (see :func:`builtin_sha256`), else :func:`hashlib.sha256`.
     """
 
     __slots__ = ("_inner", "_outer")
 
-    def __init__(self, secret: bytes) -> None:
-        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
+    def __init__(self, secret: bytes, *, sha256: Sha256Factory | None = None) -> None:
+        new = sha256 or builtin_sha256() or hashlib.sha256
+        key = new(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         # The prepared states' bound ``copy``: compiled code calls a stored callable
         # directly, where ``state.copy()`` first looks the method up on its type.
-        self._inner = hashlib.sha256(key.translate(_IPAD)).copy
-        self._outer = hashlib.sha256(key.translate(_OPAD)).copy
+        self._inner = new(key.translate(_IPAD)).copy
+        self._outer = new(key.translate(_OPAD)).copy
 
     def digest(self, message: bytes) -> bytes:
         """The full 32-byte HMAC-SHA256 of ``message``."""
@@ -353,7 +388,7 @@ class CookieCodec:
         if not 0 <= issued <= last_seen <= _MAX_U32:
             issued, last_seen = _u32(issued), _u32(last_seen)
         signed = (
-            _BODY.pack(
+            _PACK(
                 self._head,
                 self._newest_tag,
                 session_id,
@@ -366,7 +401,7 @@ class CookieCodec:
         )
         # b2a_base64's trailing newline is cut by a slice: cheaper than its keyword
         # argument (a keyword call from compiled code builds a names tuple and parses it).
-        encoded = binascii.b2a_base64(signed + self._newest.digest(signed)[:MAC_LEN])
+        encoded = _B2A(signed + self._newest.digest(signed)[:MAC_LEN])
         encoded = encoded.translate(_FROM_STD_B64)[:-1]
         # A version-1 cookie is 57 bytes, a multiple of 3: only a tail needs padding cut.
         return encoded.rstrip(b"=") if tail else encoded
@@ -414,9 +449,7 @@ class CookieCodec:
         if not ENCODED_LEN <= n <= longest:
             return CookieRejection.GARBAGE
         try:
-            raw = binascii.a2b_base64(
-                value.translate(_TO_STD_B64) + b"=" * (-n % 4), strict_mode=True
-            )
+            raw = _A2B(value.translate(_TO_STD_B64) + b"=" * (-n % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             return CookieRejection.GARBAGE
         if len(raw) < RAW_LEN or raw[0] & 0x0F != self._version:
@@ -426,10 +459,10 @@ class CookieCodec:
             return CookieRejection.UNKNOWN_KEY
         mac, tokens, newest = entry
         signed = raw[:-MAC_LEN]
-        if not hmac.compare_digest(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
+        if not _SAME(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
             return CookieRejection.TAMPERED
-        _, _, sid, token, key_hash, issued, last_seen = _BODY.unpack(signed[:BODY_LEN])
-        if bound and (bind is None or not hmac.compare_digest(sid, bound_session_id(mac, bind))):
+        _, _, sid, token, key_hash, issued, last_seen = _UNPACK_FROM(raw)
+        if bound and (bind is None or not _SAME(sid, bound_session_id(mac, bind))):
             return CookieRejection.TAMPERED
         step = raw[0] >> 4 or LEGACY_GRANULARITY
         late = self._times(issued, last_seen, step, wall)

@@ -652,9 +652,14 @@ class SessionRouter(LearnedRouting):
         if not down and self._cluster is None and len(self._ids) == self._members:
             # Every backend numbered here is a member: the total of their loads is the
             # sum of the book's counts, given rather than summed by the core through the
-            # Mapping view (1.6 of route_new's 2.5 µs).
+            # Mapping view (1.6 of route_new's 2.5 µs). A compiled loop over the list
+            # rather than ``sum()``: the builtin's look-up and call cost about 900
+            # instructions, the loop a few per backend.
             book = self._book
-            return snap.core.route_new(h, wall, book.loads, sum(book.sessions))
+            total = 0
+            for n in book.sessions:
+                total += n
+            return snap.core.route_new(h, wall, book.loads, total)
         return snap.core.route_new(h, wall, self._loads(), exclude=down)
 
     def _down(self) -> AbstractSet[BackendId]:
