@@ -50,7 +50,16 @@ from typing import Any, Final, Protocol, cast
 from limpet.proxy.engine import http
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.h1 import actions
-from limpet.proxy.engine.h1.actions import Do, Fail
+from limpet.proxy.engine.h1.actions import (
+    BIND_HEAD,
+    BIND_WITH_READ,
+    CONNECT_BIND,
+    DIALLED_BIND,
+    ROUTE_AWAIT,
+    ROUTE_SEND,
+    Do,
+    Fail,
+)
 from limpet.proxy.engine.h1.connection import (
     AFTER_ANSWER_END,
     AFTER_REQUEST,
@@ -227,13 +236,18 @@ class Exchange(asyncio.Protocol):
         view.target = origin
         view.headers = headers
         view.cookie = scan.cookie
-        route = self.router.dispatch(view)
-        if route is None:
-            self._answer(503)
-        elif type(route) is Route:
-            self._send(route)
-        else:
+        self._routed_to(self.router.dispatch(view))
+
+    def _routed_to(self, route: Route | PendingRoute | None) -> None:
+        """Do what the router's answer asks (``actions.after_routing``): send, await the
+        shared store, or answer 503."""
+        action = actions.after_routing(route)
+        if action == ROUTE_SEND:
+            self._send(route)  # type: ignore[arg-type]
+        elif action == ROUTE_AWAIT:
             self._route_later(route)  # type: ignore[arg-type]
+        else:
+            self._answer(503)
 
     def _route_later(self, pending: PendingRoute) -> None:
         """The router must ask the shared store first: buffer the body (as while dialling)
@@ -248,12 +262,8 @@ class Exchange(asyncio.Protocol):
             log.exception("routing through the session store failed")
             route = None
         self.dial_task = None
-        if ANSWER_OUT[self.state]:
-            return
-        if route is None:
-            self._answer(503)
-        else:
-            self._send(route)
+        if not ANSWER_OUT[self.state]:
+            self._routed_to(route)
 
     def _begin(self, method: bytes, version: str, keep_alive: bool) -> None:
         """A new exchange: reset its state."""
@@ -341,8 +351,8 @@ class Exchange(asyncio.Protocol):
             upgrade=self.upgrade_requested,
         )
         up = self.pool.acquire(route.backend_id, route.host, route.port)
-        if up is not None:
-            self._bind(up)
+        if actions.connect(pooled=up is not None) == CONNECT_BIND:
+            self._bind(up)  # type: ignore[arg-type]  # pooled: not None
             return
         self._hold()
         self.dial_task = asyncio.get_running_loop().create_task(self._dial(route))
@@ -357,19 +367,22 @@ class Exchange(asyncio.Protocol):
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self)
-        if self.holding:
-            self._bind_held()
-        elif self.feeding and self.scan.has_body:
-            # Parsing the read that holds the head of a request with a body: its body
-            # bytes join the head, and the end of the read writes them all at once.
-            self.up_out.append(self.request_head)
-        else:
+        how = actions.on_bind(
+            holding=self.holding, feeding=self.feeding, has_body=self.scan.has_body
+        )
+        if how == BIND_HEAD:
             # The common case, a request without a body: its head alone, at once. What
             # flush_up would do, without the list: the one write towards a backend
             # outside flush_up, kept for the ~1 % of a GET's instructions it saves.
             transport = up.transport
             if transport is not None:
                 transport.write(self.request_head)
+        elif how == BIND_WITH_READ:
+            # Parsing the read that holds the head of a request with a body: its body
+            # bytes join the head, and the end of the read writes them all at once.
+            self.up_out.append(self.request_head)
+        else:
+            self._bind_held()
 
     def _bind_held(self) -> None:
         """Bound after routing through the store or dialling: what was held goes first."""
@@ -409,12 +422,10 @@ class Exchange(asyncio.Protocol):
                 self._dial_failed(route)
             return
         self.dial_task = None
-        if ANSWER_OUT[self.state] or self.route is not route:
-            # Nobody waits for it any more; keep the fresh connection for the next one.
-            if not self.pool.release(up):
-                up.abort()
-            return
-        self._bind(up)
+        if actions.after_dial(self.state, current=self.route is route) == DIALLED_BIND:
+            self._bind(up)
+        elif not self.pool.release(up):  # spare: kept for the next request, if there is room
+            up.abort()
 
     def _dial_failed(self, route: Route) -> None:
         """Nothing was sent: retry once on another backend, else answer 503/502."""
@@ -425,13 +436,7 @@ class Exchange(asyncio.Protocol):
             return
         self.retried = True
         self.stats.retries += 1
-        other = self.router.redispatch(self.view, route)  # marks ``route`` failed
-        if other is None:
-            self._answer(503)
-        elif type(other) is Route:
-            self._send(other)
-        else:
-            self._route_later(other)  # type: ignore[arg-type]
+        self._routed_to(self.router.redispatch(self.view, route))  # marks ``route`` failed
 
     def _request_body(self, body: bytes) -> None:
         if not body:
