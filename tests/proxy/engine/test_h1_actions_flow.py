@@ -9,11 +9,29 @@ from enum import IntEnum
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.affinity import BackendId
 from limpet.proxy.engine.h1 import actions
-from limpet.proxy.engine.h1.actions import Bind, Connect, Dialled, Routing
-from limpet.proxy.engine.h1.connection import ANSWER_OUT, State
+from limpet.proxy.engine.h1.actions import (
+    Bind,
+    Connect,
+    Dialled,
+    Interim,
+    Next,
+    Reuse,
+    Routing,
+    Upgrade,
+)
+from limpet.proxy.engine.h1.connection import (
+    ANSWER_OUT,
+    REQUEST_DONE,
+    Event,
+    InvalidTransition,
+    State,
+    step,
+)
 from limpet.proxy.engine.port import Route
 
 from ..fuzzing import Harness, MemoryTransport
@@ -128,3 +146,138 @@ def test_a_post_in_one_read_leaves_in_one_write_with_its_body() -> None:
     assert up_out.out.startswith(b"POST /a HTTP/1.1\r\n")
     assert up_out.out.endswith(b"\r\n\r\nabc")
     h.close()
+
+
+# -- the end of an exchange --------------------------------------------------------------
+
+CLEAN = {
+    "request_done": True,
+    "framed": True,
+    "keep_alive": True,
+    "upgrade": False,
+    "in_step": True,
+}
+
+
+def test_a_backend_connection_is_pooled_after_a_clean_exchange_only() -> None:
+    assert actions.after_answer(**CLEAN) == Reuse.POOL
+    for fact, spoiled in (
+        ("request_done", False),  # the backend may still wait for the body
+        ("framed", False),  # its end was the close
+        ("keep_alive", False),  # Connection: close, or HTTP/1.0 without keep-alive
+        ("upgrade", True),  # the backend may be in another protocol
+        ("in_step", False),  # bytes beyond the answer
+    ):
+        assert actions.after_answer(**{**CLEAN, fact: spoiled}) == Reuse.CLOSE, fact
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("queued", [True, False])
+@pytest.mark.parametrize("refused", [True, False])
+def test_what_the_client_connection_does_when_its_exchange_moves(
+    state: State, keep_alive: bool, queued: bool, refused: bool
+) -> None:
+    got = actions.after_exchange(state, keep_alive=keep_alive, queued=queued, refused=refused)
+    if not ANSWER_OUT[state]:
+        expected = Next.CONTINUE  # an answer is due: nothing may cut it
+    elif not keep_alive:
+        expected = Next.CLOSE
+    elif state != State.IDLE:
+        expected = Next.CONTINUE  # DRAINING reads the body on (CLOSED: nothing to do)
+    elif queued:
+        expected = Next.SERVE_QUEUED  # the queue first: its requests came before the bad bytes
+    else:
+        expected = Next.REFUSE_QUEUED if refused else Next.READ
+    assert got == expected
+
+
+def test_an_upgrade_request_holds_what_follows_until_answered_else_closes() -> None:
+    for state in State:
+        expected = Upgrade.SWITCH if state == State.WAITING else Upgrade.CLOSE
+        assert actions.after_upgrade_head(state) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "upgrade", "http11", "expected"),
+    [
+        (101, True, True, Interim.SWITCH),
+        (101, False, True, Interim.BROKEN),  # nobody asked to switch
+        (101, False, False, Interim.BROKEN),
+        (100, False, True, Interim.RELAY),
+        (103, True, True, Interim.RELAY),  # Early Hints before a 101 or a refusal
+        (100, False, False, Interim.DROP),  # HTTP/1.0 knows no 1xx
+    ],
+)
+def test_a_1xx_head_is_relayed_dropped_switched_or_broken(
+    status: int, upgrade: bool, http11: bool, expected: Interim
+) -> None:
+    assert actions.after_interim(status, upgrade=upgrade, http11=http11) == expected
+
+
+# -- a property over random event sequences ----------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(Event)),
+            st.booleans(),  # the answer's length is known (not ended by the close)
+            st.booleans(),  # the client asks for keep-alive
+            st.booleans(),  # the backend keeps the connection
+            st.booleans(),  # a pipelined request is queued
+            st.booleans(),  # bytes followed the answer
+        ),
+        max_size=40,
+    )
+)
+def test_pooling_and_the_next_request_follow_the_exchanges_history(
+    events: list[tuple[Event, bool, bool, bool, bool, bool]],
+) -> None:
+    """Random events, the ones the table refuses skipped, with random facts: the facts the
+    engine passes are read off the state (as the engine does), and what the history of
+    events says is tracked apart. A backend connection is pooled only when both halves of
+    its exchange completed, the answer's length was known and no upgrade is pending; the
+    client connection reads a next request only from IDLE, after a complete exchange."""
+    state: int = State.IDLE
+    request_end = answer_end = upgrade = False
+    for event, framed, keep_alive, backend_keeps, queued, stray in events:
+        try:
+            after = step(state, event)
+        except InvalidTransition:
+            continue
+        if event == Event.REQUEST:
+            request_end = answer_end = upgrade = False
+        elif event == Event.REQUEST_END:
+            request_end = True
+        elif event == Event.UPGRADE:
+            upgrade = True
+        elif event == Event.ANSWER_END:
+            answer_end = True
+            # What the backend side asks when its answer ends (ResponseMachine), with the
+            # state the answer ended in.
+            reuse = actions.after_answer(
+                request_done=REQUEST_DONE[state],
+                framed=framed,
+                keep_alive=backend_keeps,
+                upgrade=upgrade,
+                in_step=not stray,
+            )
+            if reuse == Reuse.POOL:
+                assert request_end
+                assert framed
+                assert backend_keeps
+                assert not upgrade
+                assert not stray
+        elif event == Event.SWITCH:
+            upgrade = False  # a tunnel: the backend connection is never pooled again
+        state = after
+        nxt = actions.after_exchange(state, keep_alive=keep_alive, queued=queued, refused=False)
+        if nxt in (Next.READ, Next.SERVE_QUEUED, Next.REFUSE_QUEUED):
+            assert state == State.IDLE
+            assert event in (Event.ANSWER_END, Event.REQUEST_END)
+            assert request_end
+            assert answer_end
+        if state in (State.TUNNEL, State.CLOSED):
+            assert nxt in (Next.CONTINUE, Next.CLOSE)

@@ -27,7 +27,14 @@ from collections import deque
 from typing import cast
 
 from limpet.proxy.engine.exchange import R_PIPELINE, R_UPGRADE, Exchange, ServerSide
-from limpet.proxy.engine.h1 import request
+from limpet.proxy.engine.h1 import actions, request
+from limpet.proxy.engine.h1.actions import (
+    NEXT_CLOSE,
+    NEXT_CONTINUE,
+    NEXT_REFUSE_QUEUED,
+    NEXT_SERVE_QUEUED,
+    UPGRADE_CLOSE,
+)
 from limpet.proxy.engine.h1.connection import (
     BODY_DUE,
     CLOSE,
@@ -41,7 +48,6 @@ from limpet.proxy.engine.h1.connection import (
     SWITCH,
     TUNNEL,
     UPGRADE,
-    WAITING,
     step,
 )
 from limpet.proxy.engine.h1.request import RequestReader
@@ -247,12 +253,30 @@ class ClientConnection(Exchange):
             self.req_trailers = trailers
             self._request_complete()
 
-    def _serve_pending(self) -> None:
-        pending = self.pending
-        if pending is None:
-            if self.deferred_status:
-                self._refuse(self.deferred_status)
+    def _advance(self, state: int) -> None:
+        action = actions.after_exchange(
+            state,
+            keep_alive=self.keep_alive,
+            queued=self.pending is not None,
+            refused=self.deferred_status != 0,
+        )
+        if action == NEXT_CONTINUE:
             return
+        if state == IDLE:
+            self._ready()
+        if action == NEXT_CLOSE:
+            self.close_after_flush()
+            return
+        self.deadline = self.clock.now + self.server.idle_timeout
+        if action == NEXT_SERVE_QUEUED:
+            self._serve_queued()
+        elif action == NEXT_REFUSE_QUEUED:
+            self._refuse(self.deferred_status)
+
+    def _serve_queued(self) -> None:
+        """Start the pipelined request parsed while the last one was answered."""
+        pending = self.pending
+        assert pending is not None
         p = pending.popleft()
         if not pending:
             self.pending = None
@@ -273,7 +297,7 @@ class ClientConnection(Exchange):
     def _upgrade_head_done(self, rest: bytes) -> None:
         """The reader parsed an upgrade request's head: hold what follows until the
         backend answers it, and switch once that request is the one in flight (at once,
-        or when it leaves the pipelining queue: :meth:`_serve_pending`)."""
+        or when it leaves the pipelining queue: :meth:`_serve_queued`)."""
         if self.state == CLOSED:
             return
         held = self.upgrade_buf
@@ -286,7 +310,7 @@ class ClientConnection(Exchange):
             self._switching()
 
     def _switching(self) -> None:
-        if self.state != WAITING:
+        if actions.after_upgrade_head(self.state) == UPGRADE_CLOSE:
             # Answered already (or not a clean upgrade): nothing after the head can be
             # read as HTTP/1.1 any more, so the connection ends here.
             self.close_after_flush()
@@ -324,7 +348,7 @@ class ClientConnection(Exchange):
         state = self.state
         if REQUEST_DONE[state]:
             # The bad bytes follow a complete request whose answer is still due: that
-            # answer goes out first, then this error (see _serve_pending), as nginx does.
+            # answer goes out first, then this error (see _advance), as nginx does.
             self.deferred_status = status
             self._pause(R_PIPELINE)
             return

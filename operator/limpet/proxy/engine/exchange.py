@@ -467,8 +467,8 @@ class Exchange(asyncio.Protocol):
         if state < 0:
             invalid(self.state, REQUEST_END)
         self.state = state
-        if state == IDLE:  # it was answered already
-            self._next()
+        if ANSWER_OUT[state]:  # it was answered already: the exchange may be complete
+            self._advance(state)
             return
         if self.chunked_request and (self.up is not None or self.holding):
             self.up_out.append(self._last_chunk())
@@ -490,33 +490,28 @@ class Exchange(asyncio.Protocol):
         if up is not None and up.client is self:
             up.abort()  # the answer ended before the request did: not reusable
         self.up = None
-        if state == IDLE:
-            self._next()
-        elif not self.keep_alive:
-            self.close_after_flush()
+        self._advance(state)
 
-    def _next(self) -> None:
-        """The exchange is complete on both sides: get ready for the next request."""
-        self.up = None
+    def _advance(self, state: int) -> None:
+        """The request or the answer ended (``state`` is the state after it): do what
+        ``actions.after_exchange`` says (go on, read or serve the next request, close).
+        :class:`~limpet.proxy.engine.client.ClientConnection` holds the pipelining queue,
+        a fact of that decision, and implements this."""
+        raise NotImplementedError
+
+    def _ready(self) -> None:
+        """The exchange is complete on both sides: clear it, for the next request or the
+        close."""
         self.route = None
         self.holding = False
         if self.up_out:  # rarely: body bytes of a request answered early (a call saved)
             self.up_out.clear()
         if self.read_paused:  # rarely: a call saved on every request
             self._resume(R_UPSTREAM | R_DIALLING)
-        if not self.keep_alive:
-            self.close_after_flush()
-            return
-        self.deadline = self.clock.now + self.server.idle_timeout
-        self._serve_pending()
 
     def upgraded(self, up: UpstreamConnection) -> None:
         """The backend answered 101 (the input side,
         :class:`~limpet.proxy.engine.client.ClientConnection`, turns into a tunnel)."""
-
-    def _serve_pending(self) -> None:
-        """Start the next pipelined request, if one was parsed meanwhile (the connection
-        keeps the queue: :class:`~limpet.proxy.engine.client.ClientConnection`)."""
 
     def _fail(self, action: Fail) -> None:
         """Do a :class:`~limpet.proxy.engine.h1.actions.Fail`: the proxy's own error."""

@@ -11,8 +11,12 @@ shell writes ``out`` with one ``writelines`` per read (head and body share a sys
 clears it, and acts on the returned code:
 
 - ``MORE``: the answer goes on;
-- ``DONE``: the answer is complete; ``keep`` says whether the connection may be pooled;
-- ``TUNNEL``: a 101 switched protocols; ``rest`` holds bytes that followed its head;
+- ``DONE``: the answer is complete; ``keep`` says whether the connection may be pooled
+  (what :func:`~limpet.proxy.engine.h1.actions.after_answer` decided from the exchange's
+  facts: request sent whole, length known, keep-alive, no upgrade, nothing beyond);
+- ``TUNNEL``: a 101 switched protocols (``actions.after_interim`` decides what a 1xx
+  head is: relayed, dropped, the switch, or a broken answer); ``rest`` holds bytes that
+  followed its head;
 - ``BROKEN``: not HTTP (or not an answer to this request): the shell answers 502, or cuts
   the client short if the exchange's state says the head already left;
 - ``STRAY``: the first bytes after a pooled HEAD answer are not an answer: the backend
@@ -35,6 +39,13 @@ from typing import Final, Protocol
 import httptools
 
 from limpet.proxy.engine import http
+from limpet.proxy.engine.h1 import actions
+from limpet.proxy.engine.h1.actions import (
+    INTERIM_BROKEN,
+    INTERIM_RELAY,
+    INTERIM_SWITCH,
+    REUSE_POOL,
+)
 from limpet.proxy.engine.h1.connection import (
     AFTER_ANSWER,
     ANSWER,
@@ -92,8 +103,9 @@ class ResponseMachine:
         "_expect_eof",
         "_facts",
         "_framing",
-        "_head_keep",
+        "_head_keep_alive",
         "_head_request",
+        "_head_request_done",
         "_head_tail",
         "_head_unsent",
         "_headers",
@@ -112,7 +124,6 @@ class ResponseMachine:
         "out",
         "parser",
         "rest",
-        "reusable",
         "router",
         "state",
     )
@@ -135,7 +146,6 @@ class ResponseMachine:
         self.keep = False  # after DONE: the connection may be pooled
         self.rest = b""  # after TUNNEL: bytes that followed the 101 head
         self.got_response = False  # any byte of the current answer arrived
-        self.reusable = True
         self._facts: ExchangeFacts | None = None
         # The request's facts that stay put while it is answered, copied by expect():
         # read here, each would be a generic attribute lookup on the exchange (a
@@ -154,7 +164,9 @@ class ResponseMachine:
         # Answering HEAD: the last bytes fed (a head's end may straddle two reads), or
         # None for any other request. See _feed_head.
         self._head_tail: bytes | None = None
-        self._head_keep = False  # the HEAD answer's backend keeps the connection
+        # The HEAD answer's facts for actions.after_answer, read at its head.
+        self._head_request_done = False
+        self._head_keep_alive = False
         self._head_unsent = False  # the final head waits in ``out`` (see _fail)
         # Pooled after a HEAD answer, and no head parsed since: garbage now means the
         # backend sent a body for HEAD after all (STRAY).
@@ -167,12 +179,9 @@ class ResponseMachine:
         self._facts = facts
         self._http11 = facts.http11
         head_request = self._head_request = facts.head_request
-        upgrade = self._upgrade = facts.upgrade_requested
+        self._upgrade = facts.upgrade_requested
         self.state = WAITING
         self.got_response = False
-        # After an upgrade request the backend may be in another protocol, or still wait
-        # for what the client sends next: only a 101 answers it, and nothing else is pooled.
-        self.reusable = not upgrade
         self._framing = http.FRAME_NONE
         self._expect_eof = False
         self._head_tail = b"" if head_request else None
@@ -190,7 +199,9 @@ class ResponseMachine:
         except httptools.HttpParserError as exc:
             raise_if_invalid(exc)
             if self.state == FINISHED:
-                self.keep = False  # bytes beyond the answer: the connection is out of step
+                # Bytes beyond the answer: the connection is out of step (after_answer's
+                # in_step), so it is closed whatever else the answer said.
+                self.keep = False
             elif self._after_head:
                 return self._fail(STRAY)
             else:
@@ -311,26 +322,24 @@ class ResponseMachine:
         if self._head_request:
             # httptools cannot be told that a HEAD answer has no body: stop it here, and
             # _feed_head finishes the answer and starts a fresh parser.
-            self._head_keep = (
-                self.reusable
-                and REQUEST_DONE[facts.state]
-                and http.response_keeps_alive(self.parser.get_http_version(), scan)
-            )
+            self._head_request_done = REQUEST_DONE[facts.state]
+            self._head_keep_alive = http.response_keeps_alive(self.parser.get_http_version(), scan)
             self.state = FINISHED
             raise _Stop
 
     def _interim_head(self, facts: ExchangeFacts, status: int, scan: http.ResponseScan) -> None:
         """A 1xx head: 101 switches protocols (only after an upgrade request), any other
         is relayed to HTTP/1.1 clients and the final head follows."""
-        if status == 101:
-            if not self._upgrade:
-                raise httptools.HttpParserError("unexpected 101")
+        action = actions.after_interim(status, upgrade=self._upgrade, http11=self._http11)
+        if action == INTERIM_SWITCH:
             self.out.append(http.build_switching_head(status, self._reason, scan))
             facts.status = status  # the shell fires SWITCH on the TUNNEL event
             self.state = SWITCHED
             return
+        if action == INTERIM_BROKEN:
+            raise httptools.HttpParserError("unexpected 101")
         self._informational = True
-        if self._http11:
+        if action == INTERIM_RELAY:
             self.out.append(http.build_informational_head(status, self._reason, scan))
 
     def on_body(self, body: bytes) -> None:
@@ -350,7 +359,16 @@ class ResponseMachine:
             self.out.append(http.last_chunk(self._trailers, self.classes))
         facts = self._facts
         assert facts is not None
-        self.keep = self.reusable and REQUEST_DONE[facts.state] and self.parser.should_keep_alive()
+        self.keep = (
+            actions.after_answer(
+                request_done=REQUEST_DONE[facts.state],
+                framed=not self._expect_eof,
+                keep_alive=self.parser.should_keep_alive(),
+                upgrade=self._upgrade,
+                in_step=True,
+            )
+            == REUSE_POOL
+        )
         self.state = FINISHED
 
     # -- answers to HEAD -------------------------------------------------------------------
@@ -384,7 +402,16 @@ class ResponseMachine:
                     self._head_tail = None
                     return self._fail(STRAY if self._after_head else BROKEN)
             if self.state == FINISHED:
-                keep = self._head_keep and end == len(buf)
+                keep = (
+                    actions.after_answer(
+                        request_done=self._head_request_done,
+                        framed=True,  # an answer to HEAD has no body
+                        keep_alive=self._head_keep_alive,
+                        upgrade=self._upgrade,
+                        in_step=end == len(buf),  # no byte follows its head
+                    )
+                    == REUSE_POOL
+                )
                 self._head_tail = None
                 self._after_head = keep
                 self.keep = keep
