@@ -49,8 +49,13 @@ def machine_and_route(affinity: str = "client-ip") -> tuple[ResponseMachine, Rou
 def start(**facts: bool | State) -> tuple[ResponseMachine, Facts]:
     machine, route = machine_and_route()
     f = Facts(route=route, **facts)  # type: ignore[arg-type]
-    machine.expect(f)
+    expect(machine, f)
     return machine, f
+
+
+def expect(machine: ResponseMachine, f: Facts) -> None:
+    """Tell the machine a request went out, as the upstream connection does."""
+    machine.expect(f, http11=f.http11, head_request=f.head_request, upgrade=f.upgrade_requested)
 
 
 def feed(machine: ResponseMachine, data: bytes) -> tuple[int, bytes]:
@@ -153,14 +158,14 @@ def test_head_answers_end_at_the_head_even_across_reads() -> None:
     assert feed(machine, b"\n") == (response.DONE, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
     assert machine.keep
     # Pooled: the next exchange's answer parses with a fresh parser.
-    machine.expect(Facts(route=facts.route))
+    expect(machine, Facts(route=facts.route))
     assert feed(machine, OK)[0] == response.DONE
 
 
 def test_a_late_body_for_head_is_a_stray_on_the_next_exchange() -> None:
     machine, facts = start(head_request=True)
     assert feed(machine, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")[0] == response.DONE
-    machine.expect(Facts(route=facts.route))
+    expect(machine, Facts(route=facts.route))
     assert feed(machine, b"hello") == (response.STRAY, b"")
 
 
@@ -262,7 +267,7 @@ def test_an_answer_nobody_asked_for_is_broken() -> None:
 def test_the_routers_set_cookie_is_added() -> None:
     machine, route = machine_and_route("cookie")
     assert route.set_cookie is not None
-    machine.expect(Facts(route=route))
+    expect(machine, Facts(route=route))
     event, out = feed(machine, OK)
     assert event == response.DONE
     assert b"\r\nSet-Cookie: " + route.set_cookie + b"\r\n" in out

@@ -14,7 +14,7 @@ from limpet.proxy.engine.h1 import response
 from limpet.proxy.engine.h1.request import RequestReader
 
 from .test_h1_request import Recorder
-from .test_h1_response import Facts, machine_and_route
+from .test_h1_response import Facts, expect, machine_and_route
 
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
@@ -71,7 +71,7 @@ def test_an_answer_reads_the_same_however_it_is_cut(
     body: bytes, framing: str, chunk_sizes: list[int], points: list[int]
 ) -> None:
     machine, route = machine_and_route()
-    machine.expect(Facts(route=route))
+    expect(machine, Facts(route=route))
     out = []
     events = []
     for read in cut(answer_bytes(body, framing, chunk_sizes), points):

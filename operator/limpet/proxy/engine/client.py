@@ -136,7 +136,7 @@ class ClientConnection(Exchange):
         self.peer = peer_ip.encode("ascii", "replace")
         self.trusted = server.settings.is_trusted(peer_ip)
         self.view.peer_ip = peer_ip
-        self.deadline = self.clock.now + server.head_timeout
+        self.deadline = self.clock.now + self.head_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         tunnel = self.state == TUNNEL
@@ -215,7 +215,7 @@ class ClientConnection(Exchange):
             # Pipelined: hold further input until the current answer is out.
             self._pause(R_PIPELINE)
         elif self.reader.requests:
-            self.deadline = self.clock.now + self.server.head_timeout
+            self.deadline = self.clock.now + self.head_timeout
         return True
 
     def head(
@@ -267,7 +267,7 @@ class ClientConnection(Exchange):
         if action == NEXT_CLOSE:
             self.close_after_flush()
             return
-        self.deadline = self.clock.now + self.server.idle_timeout
+        self.deadline = self.clock.now + self.idle_timeout
         if action == NEXT_SERVE_QUEUED:
             self._serve_queued()
         elif action == NEXT_REFUSE_QUEUED:

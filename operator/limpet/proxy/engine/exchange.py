@@ -128,17 +128,20 @@ class Exchange(asyncio.Protocol):
     __slots__ = (
         "body_sent",
         "chunked_request",
+        "classes",
         "clock",
         "deadline",
         "dial_task",
         "feeding",
         "half_closed",
         "head_request",
+        "head_timeout",
         "held",
         "held_end",
         "holding",
         "http11",
         "idempotent",
+        "idle_timeout",
         "keep_alive",
         "peer",
         "pool",
@@ -170,6 +173,12 @@ class Exchange(asyncio.Protocol):
         self.router = server.router
         self.stats = server.stats
         self.clock = server.clock
+        # The server's parts read once or more a request, copied once per connection:
+        # read through ``server`` (a Protocol to compiled code) each would be a generic
+        # attribute lookup, about 150 instructions.
+        self.classes = server.classes
+        self.head_timeout = server.head_timeout
+        self.idle_timeout = server.idle_timeout
         self.transport = cast(asyncio.Transport, None)
         self.scan = http.RequestScan(kept=[])
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
@@ -224,7 +233,7 @@ class Exchange(asyncio.Protocol):
     ) -> None:
         self._begin(method, version, keep_alive)
         scan = self.scan
-        http.scan_request(scan, headers, self.server.classes, trusted=self.trusted)
+        http.scan_request(scan, headers, self.classes, trusted=self.trusted)
         self.upgrade_requested = upgrade and scan.upgrade is not None
         self.chunked_request = scan.transfer_encoding is not None
         status, origin = self._check(method, target, version)
@@ -366,7 +375,13 @@ class Exchange(asyncio.Protocol):
 
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
-        up.bind(self)
+        up.bind(
+            self,
+            http11=self.http11,
+            head_request=self.head_request,
+            upgrade=self.upgrade_requested,
+            write_paused=self.write_paused,
+        )
         how = actions.on_bind(
             holding=self.holding, feeding=self.feeding, has_body=self.scan.has_body
         )
@@ -460,7 +475,7 @@ class Exchange(asyncio.Protocol):
                 self._pause(R_DIALLING)
 
     def _last_chunk(self) -> bytes:
-        return http.last_chunk(self.req_trailers, self.server.classes)
+        return http.last_chunk(self.req_trailers, self.classes)
 
     def _request_complete(self) -> None:
         state = AFTER_REQUEST_END[self.state]

@@ -53,10 +53,6 @@ class ClientSide(Protocol):
     route: Route | None
     keep_alive: bool
     state: int  # h1.connection.State
-    http11: bool
-    head_request: bool
-    upgrade_requested: bool
-    write_paused: bool
     half_closed: bool
     status: int
 
@@ -103,19 +99,34 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "backend",
+        "backend_id",
         "client",
+        "clock",
         "deadline",
         "half_closed",
         "machine",
         "paused",
         "pool",
+        "response_timeout",
+        "router",
         "state",
+        "stats",
         "transport",
+        "tunnel_idle_timeout",
     )
 
     def __init__(self, pool: PoolSide, backend: BackendSlot) -> None:
         self.pool = pool
         self.backend = backend
+        # The pool's parts that the hot path reads, copied once per connection: read
+        # through ``pool`` (a Protocol to compiled code) each would be a generic attribute
+        # lookup, about 150 instructions, several times a request.
+        self.backend_id = backend.id
+        self.clock = pool.clock
+        self.stats = pool.stats
+        self.router = pool.router
+        self.response_timeout = pool.response_timeout
+        self.tunnel_idle_timeout = pool.tunnel_idle_timeout
         self.transport: asyncio.Transport | None = None
         self.machine = ResponseMachine(
             router=pool.router,
@@ -131,12 +142,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding -------------------------------------------------------------------------
 
-    def bind(self, client: ClientSide) -> None:
+    def bind(
+        self,
+        client: ClientSide,
+        *,
+        http11: bool,
+        head_request: bool,
+        upgrade: bool,
+        write_paused: bool,
+    ) -> None:
+        """Serve ``client``'s request (its facts passed as values: read through the
+        ``ClientSide`` Protocol, each would be a generic attribute lookup)."""
         self.client = client
         self.state = BUSY
-        self.machine.expect(client)
-        self.deadline = self.pool.clock.now + self.pool.response_timeout
-        if client.write_paused:
+        self.machine.expect(client, http11=http11, head_request=head_request, upgrade=upgrade)
+        self.deadline = self.clock.now + self.response_timeout
+        if write_paused:
             self.pause()
 
     def pause(self) -> None:
@@ -173,9 +194,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state == TUNNEL:
             self.machine.out.append(data)
             client.flush_down(self.machine.out)
-            self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
+            self.deadline = self.clock.now + self.tunnel_idle_timeout
             return
-        self.deadline = self.pool.clock.now + self.pool.response_timeout
+        self.deadline = self.clock.now + self.response_timeout
         machine = self.machine
         event = machine.feed(data)
         if machine.out:
@@ -198,7 +219,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             # Not HTTP: 502 (or cut the client short if the answer already started), and
             # never reuse this connection.
-            self.pool.stats.broken_responses += 1
+            self.stats.broken_responses += 1
             self.abort()
             client.upstream_broken()
 
@@ -210,14 +231,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.state = CLOSED
             if self.transport is not None:
                 self.transport.close()
-        pool.stats.responses += 1
-        pool.router.backend_succeeded(self.backend.id)
+        self.stats.responses += 1
+        self.router.backend_succeeded(self.backend_id)
         client.response_done()
 
     def _tunnel(self, client: ClientSide) -> None:
         self.state = TUNNEL
-        self.pool.stats.tunnels += 1
-        self.deadline = self.pool.clock.now + self.pool.tunnel_idle_timeout
+        self.stats.tunnels += 1
+        self.deadline = self.clock.now + self.tunnel_idle_timeout
         rest = self.machine.rest
         self.machine.rest = b""
         if rest:
@@ -259,8 +280,8 @@ class UpstreamConnection(asyncio.Protocol):
         if machine.closed():
             # A close-delimited body ended normally.
             client.flush_down(machine.out)
-            pool.stats.responses += 1
-            pool.router.backend_succeeded(self.backend.id)
+            self.stats.responses += 1
+            self.router.backend_succeeded(self.backend_id)
             client.response_done()
         elif not machine.got_response:
             client.upstream_failed(self, reset=exc is not None)

@@ -74,6 +74,9 @@ class RequestReader:
     """Parses one client connection's requests (see the module)."""
 
     __slots__ = (
+        "_begin",
+        "_complete",
+        "_head",
         "_head_bytes",
         "_header_bytes",
         "_headers",
@@ -112,6 +115,13 @@ class RequestReader:
         # Body bytes go from the parser straight to the sink: httptools looks its
         # callbacks up once, when the parser is made, so this costs no extra call.
         self.on_body: Callable[[bytes], None] = sink.body
+        # The sink's other events, bound once too: called through the RequestSink
+        # Protocol, each call would look the method up by name first.
+        self._begin: Callable[[], bool] = sink.begin
+        self._head: Callable[[bytes, bytes, list[tuple[bytes, bytes]], str, bool, bool], None] = (
+            sink.head
+        )
+        self._complete: Callable[[], None] = sink.complete
         self.parser = httptools.HttpRequestParser(self)
         # Bound once: a method call on a non-native object looks the method up each time.
         self.feed_data: Callable[[bytes], None] = self.parser.feed_data
@@ -165,7 +175,7 @@ class RequestReader:
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if not self.sink.begin():
+        if not self._begin():
             raise _Refused
         self.phase = HEAD
         self._url = b""
@@ -198,7 +208,7 @@ class RequestReader:
         self.requests += 1
         parser = self.parser
         method = parser.get_method()
-        self.sink.head(
+        self._head(
             method,
             self._url,
             self._headers,
@@ -227,7 +237,7 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self.phase = IDLE
         self._head_bytes = 0
-        self.sink.complete()
+        self._complete()
 
 
 def _unknown_method(data: bytes) -> bool:

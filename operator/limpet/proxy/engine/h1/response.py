@@ -80,9 +80,6 @@ class ExchangeFacts(Protocol):
     route: Route | None
     keep_alive: bool
     state: int  # the client connection's (h1.connection.State): the machine fires ANSWER*
-    http11: bool
-    head_request: bool
-    upgrade_requested: bool
     status: int
 
 
@@ -147,9 +144,9 @@ class ResponseMachine:
         self.rest = b""  # after TUNNEL: bytes that followed the 101 head
         self.got_response = False  # any byte of the current answer arrived
         self._facts: ExchangeFacts | None = None
-        # The request's facts that stay put while it is answered, copied by expect():
-        # read here, each would be a generic attribute lookup on the exchange (a
-        # Protocol to compiled code) for every answer.
+        # The request's facts that stay put while it is answered, passed to expect():
+        # read from the exchange (a Protocol to compiled code), each would be a generic
+        # attribute lookup for every answer.
         self._http11 = True
         self._head_request = False
         self._upgrade = False
@@ -174,12 +171,16 @@ class ResponseMachine:
 
     # -- transitions -----------------------------------------------------------------------
 
-    def expect(self, facts: ExchangeFacts) -> None:
-        """A request went out on this connection: its answer comes next."""
+    def expect(
+        self, facts: ExchangeFacts, *, http11: bool, head_request: bool, upgrade: bool
+    ) -> None:
+        """A request went out on this connection: its answer comes next. The request's
+        facts that stay put while it is answered come as values (read through the
+        Protocol, each would be a generic attribute lookup)."""
         self._facts = facts
-        self._http11 = facts.http11
-        head_request = self._head_request = facts.head_request
-        self._upgrade = facts.upgrade_requested
+        self._http11 = http11
+        self._head_request = head_request
+        self._upgrade = upgrade
         self.state = WAITING
         self.got_response = False
         self._framing = http.FRAME_NONE
