@@ -55,7 +55,14 @@ def start(**facts: bool | State) -> tuple[ResponseMachine, Facts]:
 
 def expect(machine: ResponseMachine, f: Facts) -> None:
     """Tell the machine a request went out, as the upstream connection does."""
-    machine.expect(f, http11=f.http11, head_request=f.head_request, upgrade=f.upgrade_requested)
+    assert f.route is not None
+    machine.expect(
+        f,
+        route=f.route,
+        http11=f.http11,
+        head_request=f.head_request,
+        upgrade=f.upgrade_requested,
+    )
 
 
 def feed(machine: ResponseMachine, data: bytes) -> tuple[int, bytes]:

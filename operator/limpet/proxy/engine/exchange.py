@@ -375,8 +375,11 @@ class Exchange(asyncio.Protocol):
 
     def _bind(self, up: UpstreamConnection) -> None:
         self.up = up
+        route = self.route
+        assert route is not None  # routed before any connection is bound
         up.bind(
             self,
+            route=route,
             http11=self.http11,
             head_request=self.head_request,
             upgrade=self.upgrade_requested,

@@ -47,10 +47,9 @@ CLOSED: Final = 4
 
 class ClientSide(Protocol):
     """What an upstream connection needs from the client connection it serves
-    (:class:`~limpet.proxy.engine.client.ClientSide`)."""
+    (:class:`~limpet.proxy.engine.client.ClientConnection`)."""
 
     transport: asyncio.Transport
-    route: Route | None
     keep_alive: bool
     state: int  # h1.connection.State
     half_closed: bool
@@ -146,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
         self,
         client: ClientSide,
         *,
+        route: Route,
         http11: bool,
         head_request: bool,
         upgrade: bool,
@@ -155,7 +155,9 @@ class UpstreamConnection(asyncio.Protocol):
         ``ClientSide`` Protocol, each would be a generic attribute lookup)."""
         self.client = client
         self.state = BUSY
-        self.machine.expect(client, http11=http11, head_request=head_request, upgrade=upgrade)
+        self.machine.expect(
+            client, route=route, http11=http11, head_request=head_request, upgrade=upgrade
+        )
         self.deadline = self.clock.now + self.response_timeout
         if write_paused:
             self.pause()

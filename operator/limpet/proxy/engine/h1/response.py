@@ -77,7 +77,6 @@ class ExchangeFacts(Protocol):
     """What the machine reads of the request being answered, and records about its answer
     (the client connection's :class:`~limpet.proxy.engine.exchange.Exchange`)."""
 
-    route: Route | None
     keep_alive: bool
     state: int  # the client connection's (h1.connection.State): the machine fires ANSWER*
     status: int
@@ -109,6 +108,7 @@ class ResponseMachine:
         "_http11",
         "_informational",
         "_reason",
+        "_route",
         "_scan",
         "_trailer_bytes",
         "_trailers",
@@ -147,6 +147,7 @@ class ResponseMachine:
         # The request's facts that stay put while it is answered, passed to expect():
         # read from the exchange (a Protocol to compiled code), each would be a generic
         # attribute lookup for every answer.
+        self._route: Route | None = None
         self._http11 = True
         self._head_request = False
         self._upgrade = False
@@ -172,12 +173,19 @@ class ResponseMachine:
     # -- transitions -----------------------------------------------------------------------
 
     def expect(
-        self, facts: ExchangeFacts, *, http11: bool, head_request: bool, upgrade: bool
+        self,
+        facts: ExchangeFacts,
+        *,
+        route: Route,
+        http11: bool,
+        head_request: bool,
+        upgrade: bool,
     ) -> None:
         """A request went out on this connection: its answer comes next. The request's
         facts that stay put while it is answered come as values (read through the
         Protocol, each would be a generic attribute lookup)."""
         self._facts = facts
+        self._route = route
         self._http11 = http11
         self._head_request = head_request
         self._upgrade = upgrade
@@ -286,7 +294,7 @@ class ResponseMachine:
         if te is not None and not http.response_coding_clean(te):
             raise httptools.HttpParserError("ambiguous Transfer-Encoding")
         facts.status = status
-        route = facts.route
+        route = self._route
         assert route is not None
         if scan.set_cookies is not None:
             route = self.router.on_response(route, scan.set_cookies)
@@ -294,7 +302,8 @@ class ResponseMachine:
             status, head_request=self._head_request, scan=scan, http11=self._http11
         )
         self._framing = framing
-        keep_alive = facts.keep_alive and REQUEST_DONE[facts.state] and not self._upgrade
+        before = facts.state  # read once: through the Protocol, each read is a lookup
+        keep_alive = facts.keep_alive and REQUEST_DONE[before] and not self._upgrade
         if not keep_alive or framing == http.FRAME_CLOSE:
             facts.keep_alive = False
         self._head_unsent = True
@@ -309,9 +318,9 @@ class ResponseMachine:
                 http11=self._http11,
             )
         )
-        state = AFTER_ANSWER[facts.state]  # step(facts.state, ANSWER), inline
+        state = AFTER_ANSWER[before]  # step(before, ANSWER), inline
         if state < 0:
-            invalid(facts.state, ANSWER)
+            invalid(before, ANSWER)
         facts.state = state
         self.state = BODY
         # A close-delimited upstream body: neither length nor chunking, body expected.
@@ -323,7 +332,7 @@ class ResponseMachine:
         if self._head_request:
             # httptools cannot be told that a HEAD answer has no body: stop it here, and
             # _feed_head finishes the answer and starts a fresh parser.
-            self._head_request_done = REQUEST_DONE[facts.state]
+            self._head_request_done = REQUEST_DONE[state]
             self._head_keep_alive = http.response_keeps_alive(self.parser.get_http_version(), scan)
             self.state = FINISHED
             raise _Stop
