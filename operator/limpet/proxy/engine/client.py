@@ -7,9 +7,13 @@ this object (its ``RequestSink``): at the end of the head :meth:`ClientConnectio
 starts the exchange (:class:`~limpet.proxy.engine.exchange.Exchange`, the base class);
 body chunks are passed on as they are parsed. What the read produced for the backend is
 written once the read is parsed. A request parsed while the previous one is still being
-answered (pipelining) waits in a small queue, with reading paused, and is started when
-the answer is out. After an upgrade request's head the connection holds further bytes
-until the backend answers (state ``SWITCHING``, :mod:`~limpet.proxy.engine.h1.connection`);
+answered (pipelining) waits in a small queue, with reading paused. Whenever the request
+or the answer ends, :meth:`ClientConnection._advance` does what the sans-I/O
+``h1.actions.after_exchange`` returns for the state, keep-alive and the queue: go on,
+read the next request, start the queued one, answer bad bytes that followed it, or
+close. After an upgrade request's head the connection holds further bytes until the
+backend answers (``h1.actions.after_upgrade_head``: state ``SWITCHING``,
+:mod:`~limpet.proxy.engine.h1.connection`), or closes if it was answered already;
 after ``101 Switching Protocols`` (``TUNNEL``) both connections become a
 raw byte pipe (data, half-close and flow control pass straight through). A malformed
 request gets a 400 and the connection closes; a request head that takes longer than the

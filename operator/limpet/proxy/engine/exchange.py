@@ -1,28 +1,32 @@
 """The exchange half of a client connection: one request and its answer at a time.
 
 Data flow: when a request head is complete, :meth:`Exchange._start` checks it (version,
-method, Host, target form), scans its headers once (``http.scan_request``), asks the
-router for a :class:`~limpet.proxy.engine.port.Route`, takes an idle upstream connection
-from the pool (or dials one, buffering a bounded amount of body meanwhile) and writes
-the rewritten head. Body chunks follow as they are parsed (re-chunked if the client sent
-chunks). Every byte for the backend goes through ``up_out`` and one writer,
-:meth:`Exchange.flush_up`: writes are coalesced per client read (the head of a request
-with a body and the body bytes of the same read leave in one writev when the read is
-parsed), bytes held while routing or dialling leave at bind time, and after a 101 the
-tunnel's bytes go the same way. The one exception is the hot path's: the head of a
-request without a body, bound to a pooled connection, is written by
-:meth:`Exchange._bind` itself (nothing else waits). Every byte for the client goes through the other
-writer, :meth:`Exchange.flush_down` (the answer the upstream side relays, tunnel bytes,
-and the proxy's own answers from :meth:`Exchange._reply`). The answer is
-relayed by ``upstream.UpstreamConnection``, which calls :meth:`Exchange.response_done`
-at its end, or reports a failure (``upstream_*``): a connect failure is retried once on
-another backend, a stale pooled connection is redialled once, anything else is a 502 or
-504 from the proxy itself (:meth:`Exchange._answer`): these decisions come from the
-sans-I/O :mod:`~limpet.proxy.engine.h1.actions` as action values (``Do``, ``Fail``) that
-this shell carries out. Each answer to a routed request,
-and each upstream failure, is counted for its backend in the engine's stats (status
-class, error kind, and the time from the head's end to the answer's:
-``backend_stats.py``).
+method, Host, target form), scans its headers once (``http.scan_request``) and asks the
+router for a :class:`~limpet.proxy.engine.port.Route`. What follows is decided by the
+sans-I/O :mod:`~limpet.proxy.engine.h1.actions` from the facts this shell passes, and
+done here: ``after_routing`` (send, await the shared store, or 503), ``connect`` (bind
+the pool's idle connection, or dial one, buffering a bounded amount of body meanwhile),
+``on_bind`` (how the rewritten head leaves) and ``after_dial`` (a dial's connection is
+bound, or kept spare). When the request or the answer ends, the client connection does
+what ``after_exchange`` returns (``ClientConnection._advance``). Body chunks follow as
+they are parsed (re-chunked if the client sent chunks). Every byte for the backend goes
+through ``up_out`` and one writer, :meth:`Exchange.flush_up`: writes are coalesced per
+client read (the head of a request with a body and the body bytes of the same read leave
+in one writev when the read is parsed), bytes held while routing or dialling leave at
+bind time, and after a 101 the tunnel's bytes go the same way. The one exception is the
+hot path's: the head of a request without a body, bound to a pooled connection, is
+written by :meth:`Exchange._bind` itself (nothing else waits). Every byte for the client
+goes through the other writer, :meth:`Exchange.flush_down` (the answer the upstream side
+relays, tunnel bytes, and the proxy's own answers from :meth:`Exchange._reply`). The
+answer is relayed by ``upstream.UpstreamConnection``, which calls
+:meth:`Exchange.response_done` at its end, or reports a failure (``upstream_*``): a
+connect failure is retried once on another backend, a stale pooled connection is
+redialled once, anything else is a 502 or 504 from the proxy itself
+(:meth:`Exchange._answer`): these decisions come from the sans-I/O
+:mod:`~limpet.proxy.engine.h1.actions` as action values (``Do``, ``Fail``) that this
+shell carries out. Each answer to a routed request, and each upstream failure, is
+counted for its backend in the engine's stats (status class, error kind, and the time
+from the head's end to the answer's: ``backend_stats.py``).
 
 Where the exchange stands is one value, ``state``, of the sans-I/O client connection
 state machine (:mod:`limpet.proxy.engine.h1.connection`): each event (the request's

@@ -2,18 +2,19 @@
 backend.
 
 Data flow: a client connection (``exchange.py``) takes an :class:`UpstreamConnection`
-from the :class:`~limpet.proxy.engine.pool.UpstreamPool` (idle or newly dialled), binds it to
-itself with :meth:`UpstreamConnection.bind` and writes the request. Each read of the
-backend goes to the connection's sans-I/O
-:class:`~limpet.proxy.engine.h1.response.ResponseMachine`, which returns the client's bytes
-(handed to the client connection's one writer, ``flush_down``: one ``writelines`` per
-read) and an event; this shell acts on it: at
-the end of the answer it returns itself to the pool (or closes) and tells the client
-connection, which then reads the next request; after a 101 it becomes a raw tunnel; on
-garbage it drops the connection and reports it. Every byte for the client goes through
-the client connection's ``flush_down`` (the answer, the bytes after a 101, tunnel
-bytes, the last chunk of a close-delimited body); this module writes only the half-close
-of a tunnel (``write_eof``) itself. The machine holds all HTTP state.
+from the :class:`~limpet.proxy.engine.pool.UpstreamPool` (idle or newly dialled), binds
+it to itself with :meth:`UpstreamConnection.bind` and writes the request. Each read of
+the backend goes to the connection's sans-I/O
+:class:`~limpet.proxy.engine.h1.response.ResponseMachine`, which returns the client's
+bytes (handed to the client connection's one writer, ``flush_down``: one ``writelines``
+per read) and an event; this shell acts on it: at the end of the answer it returns
+itself to the pool if the machine's ``keep`` says so (what the sans-I/O
+``h1.actions.after_answer`` decided) and the pool has room, else closes, and tells the
+client connection, which then does what ``after_exchange`` says; after a 101 it becomes
+a raw tunnel; on garbage it drops the connection and reports it. Every byte for the
+client goes through the client connection's ``flush_down`` (the answer, the bytes after
+a 101, tunnel bytes, the last chunk of a close-delimited body); this module writes only
+the half-close of a tunnel (``write_eof``) itself. The machine holds all HTTP state.
 
 Flow control is write-through: when the client's transport buffer passes its high-water
 mark the client pauses this connection's reading, and vice versa for request bodies, so

@@ -8,5 +8,7 @@ from a socket, feeds them to a machine, then does what the machine returned: wri
 HTTP/1.1 message state (framing, head-of-HEAD handling, trailers, 1xx, the upgrade) and
 their transitions in one place each: ``request`` (the client's bytes), ``response`` (the
 backend's) and ``connection`` (where a client connection's exchange stands, one state
-and one transition table); ``actions`` decides what to do on a failure.
+and one transition table); ``actions`` holds every decision the shell carries out, as
+action values (route, bind or dial, pool or close, next request or close, the upgrade,
+and what to do on a failure).
 """

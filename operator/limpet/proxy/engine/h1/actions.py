@@ -1,16 +1,17 @@
 """What the engine decides, as action values: the facts of an exchange in, one action out.
 No I/O.
 
-Data flow: the shell (:class:`~limpet.proxy.engine.exchange.Exchange`,
-:class:`~limpet.proxy.engine.client.ClientConnection`,
-:class:`~limpet.proxy.engine.upstream.UpstreamConnection`) and the backend side's
+Data flow: the shell (:class:`~limpet.proxy.engine.exchange.Exchange` and
+:class:`~limpet.proxy.engine.client.ClientConnection`) and the backend side's
 :class:`~limpet.proxy.engine.h1.response.ResponseMachine` pass the facts they hold (the
 :mod:`~limpet.proxy.engine.h1.connection` state, keep-alive, whether the request was
 retried, whether a pooled connection was found, ...) to one function here, get one
 action back and do it: dial or bind a connection (the pool), ask the router (the session
-layer), write a head, pool or close a backend connection, read the next request, switch
-to a tunnel, write the proxy's own answer, or abort. The functions are pure and cheap:
-the shell's hot path calls them natively (compiled together), with bools and ints.
+layer), write a head, read the next request, hold bytes for a 101, write the proxy's own
+answer, or abort. The machine's decision on its connection (:func:`after_answer`) comes
+out as its ``keep``, which :class:`~limpet.proxy.engine.upstream.UpstreamConnection`
+carries out (pool or close). The functions are pure and cheap: the hot path calls them
+natively (compiled together), with bools and ints.
 
 Actions on a request that succeeds, one ``IntEnum`` per decision: :class:`Routing`
 (send, await the store, 503), :class:`Connect` (bind a pooled connection or dial),
