@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
 from limpet.proxy.engine import http
@@ -136,6 +137,7 @@ class Exchange(asyncio.Protocol):
         "clock",
         "deadline",
         "dial_task",
+        "dispatch",
         "feeding",
         "half_closed",
         "head_request",
@@ -175,6 +177,9 @@ class Exchange(asyncio.Protocol):
         self.server = server
         self.pool = server.pool
         self.router = server.router
+        # The router's entry point, bound once (through RouterPort, a Protocol, each call
+        # looks the method up by name first).
+        self.dispatch: Callable[[RequestView], Route | PendingRoute | None] = server.router.dispatch
         self.stats = server.stats
         self.clock = server.clock
         # The server's parts read once or more a request, copied once per connection:
@@ -249,7 +254,7 @@ class Exchange(asyncio.Protocol):
         view.target = origin
         view.headers = headers
         view.cookie = scan.cookie
-        self._routed_to(self.router.dispatch(view))
+        self._routed_to(self.dispatch(view))
 
     def _routed_to(self, route: Route | PendingRoute | None) -> None:
         """Do what the router's answer asks (``actions.after_routing``): send, await the

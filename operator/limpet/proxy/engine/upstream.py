@@ -29,6 +29,7 @@ the pool's coarse clock, so no timer object is created per request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final, Protocol, cast
 
 from limpet.affinity import BackendId
@@ -107,10 +108,11 @@ class UpstreamConnection(asyncio.Protocol):
         "machine",
         "paused",
         "pool",
+        "release",
         "response_timeout",
-        "router",
         "state",
         "stats",
+        "succeeded",
         "transport",
         "tunnel_idle_timeout",
     )
@@ -124,9 +126,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.backend_id = backend.id
         self.clock = pool.clock
         self.stats = pool.stats
-        self.router = pool.router
         self.response_timeout = pool.response_timeout
         self.tunnel_idle_timeout = pool.tunnel_idle_timeout
+        # Called once a request, bound once: through a Protocol each call looks the
+        # method up by name first.
+        self.release: Callable[[UpstreamConnection], bool] = pool.release
+        self.succeeded: Callable[[BackendId], None] = pool.router.backend_succeeded
         self.transport: asyncio.Transport | None = None
         self.machine = ResponseMachine(
             router=pool.router,
@@ -229,13 +234,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self, client: ClientSide, *, keep: bool) -> None:
         """The answer is complete: pool the connection or close it, then tell the client."""
         self.client = None
-        pool = self.pool
-        if not (keep and pool.release(self)):
+        if not (keep and self.release(self)):
             self.state = CLOSED
             if self.transport is not None:
                 self.transport.close()
         self.stats.responses += 1
-        self.router.backend_succeeded(self.backend_id)
+        self.succeeded(self.backend_id)
         client.response_done()
 
     def _tunnel(self, client: ClientSide) -> None:
@@ -284,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol):
             # A close-delimited body ended normally.
             client.flush_down(machine.out)
             self.stats.responses += 1
-            self.router.backend_succeeded(self.backend_id)
+            self.succeeded(self.backend_id)
             client.response_done()
         elif not machine.got_response:
             client.upstream_failed(self, reset=exc is not None)

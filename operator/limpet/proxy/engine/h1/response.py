@@ -34,6 +34,7 @@ machine reads the exchange's request facts and records the answer's status on it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import httptools
@@ -114,6 +115,7 @@ class ResponseMachine:
         "_trailers",
         "_upgrade",
         "classes",
+        "feed_data",
         "got_response",
         "keep",
         "max_header_bytes",
@@ -138,6 +140,9 @@ class ResponseMachine:
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self.parser = httptools.HttpResponseParser(self)
+        # Bound once per parser: a method call on a non-native object looks the method
+        # up by name each time.
+        self.feed_data: Callable[[bytes], None] = self.parser.feed_data
         self.state = IDLE
         self.out: list[bytes] = []  # the client's bytes from the last feed
         self.keep = False  # after DONE: the connection may be pooled
@@ -202,7 +207,7 @@ class ResponseMachine:
         if self._head_tail is not None:
             return self._feed_head(data)
         try:
-            self.parser.feed_data(data)
+            self.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             return self._switched(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
@@ -426,6 +431,7 @@ class ResponseMachine:
                 self._after_head = keep
                 self.keep = keep
                 self.parser = httptools.HttpResponseParser(self)
+                self.feed_data = self.parser.feed_data
                 self._done()
                 return DONE
             if i < 0:
