@@ -126,6 +126,28 @@ def test_garbage_reasons() -> None:
     assert c.decode(make(c)[:-1], NOW) is CookieRejection.GARBAGE
 
 
+_URLSAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_character_outside_base64_anywhere_is_garbage(data: st.DataObject) -> None:
+    # A version-1 cookie is decoded without base64's strict mode; it must still reject
+    # every value that is not 76 base64 characters (a pad, a space, a NUL, a byte past
+    # ASCII), replaced or inserted at any place. ("+" and "/", the standard alphabet's
+    # spellings of "-" and "_", decode to the same bytes and are left out.)
+    c = codec()
+    v = bytearray(make(c, key_hash=data.draw(hashes)))
+    junk = data.draw(st.integers(0, 255).filter(lambda b: b not in _URLSAFE + b"+/"))
+    at = data.draw(st.integers(0, len(v)))
+    if data.draw(st.booleans()) and at < len(v):
+        v[at] = junk
+    else:
+        v.insert(at, junk)
+    assert c.decode(bytes(v), NOW) is CookieRejection.GARBAGE
+    assert c.decode(bytes(v).rstrip(b"=") + b"=", NOW) is CookieRejection.GARBAGE
+
+
 @settings(max_examples=50, deadline=None)
 @given(sid=sids, kh=hashes)
 def test_rotation_newest_signs_older_verify(sid: bytes, kh: int) -> None:
@@ -278,6 +300,34 @@ def test_cookie_header_helpers() -> None:
     assert strip_cookie(h, b"LIMPET") == ([b"xyz", b"q"], b"a=1; b=2; c")
     assert strip_cookie(b"LIMPET=1", b"LIMPET") == ([b"1"], None)
     assert strip_cookie(b"XLIMPET=1; LIMPETX=2", b"LIMPET") == ([], b"XLIMPET=1; LIMPETX=2")
+
+
+def _strip_reference(header: bytes, name: bytes) -> tuple[list[bytes], bytes | None]:
+    # The split the codec documents, part by part, written here apart from its shortcut.
+    ours, rest = [], []
+    for part in header.split(b";"):
+        key, sep, value = part.partition(b"=")
+        if sep and key.strip() == name:
+            ours.append(value.strip().strip(b'"'))
+        elif part.strip():
+            rest.append(part.strip())
+    return ours, (b"; ".join(rest) if rest else None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"LIMPET", b"LIMPETX", b"X", b"=", b";", b" ", b"\t", b'"', b"v1", b"a"]),
+        max_size=10,
+    )
+)
+def test_strip_cookie_matches_the_split_part_by_part(pieces: list[bytes]) -> None:
+    # Headers made mostly of the cookie's own name, "=", ";", blanks and quotes: the
+    # shortcut for a header that is our cookie alone must answer as the split does.
+    header = b"".join(pieces)
+    assert strip_cookie(header, b"LIMPET") == _strip_reference(header, b"LIMPET")
+    alone = b"LIMPET=" + header.replace(b";", b"")
+    assert strip_cookie(alone, b"LIMPET") == _strip_reference(alone, b"LIMPET")
 
 
 _SHA256_IMPLEMENTATIONS = {"default": None, "builtin": builtin_sha256(), "openssl": hashlib.sha256}

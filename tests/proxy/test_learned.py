@@ -122,6 +122,18 @@ def test_columns_grow_in_steps_and_fill_from_the_front() -> None:
     assert len(small._keys) == 10
 
 
+def test_a_removed_entry_is_reused_before_a_never_used_one() -> None:
+    t = table(capacity=1000, idle=None)
+    assert [t.insert(k, 0, T0) for k in (1, 2, 3, 4)] == [0, 1, 2, 3]
+    assert t.remove(2)
+    assert t.remove(3)
+    # The entry removed last first, then the other, then the columns' next fresh one.
+    assert [t.insert(k, 1, T0) for k in (5, 6, 7)] == [2, 1, 4]
+    assert len(t) == 5
+    assert (t.sessions(0), t.sessions(1)) == (2, 3)
+    assert [t.find(k) for k in (1, 4, 5, 6, 7)] == [0, 3, 2, 1, 4]
+
+
 def test_capacity_evicts_least_recently_seen() -> None:
     t = table(capacity=128, idle=None)
     for k in range(128):

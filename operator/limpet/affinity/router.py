@@ -67,8 +67,10 @@ class Router:
     def __init__(self, plan: Plan, *, previous: Router | None = None) -> None:
         self.plan = plan
         self.backends: Mapping[BackendId, Backend] = plan.backend_map()
-        self.states: Mapping[BackendId, BackendState] = {b.id: b.state for b in plan.backends}
-        self.drain_deadlines: Mapping[BackendId, float] = {
+        # dicts, not Mappings: compiled, a dict's ``get`` is a C call, a Mapping's a
+        # generic method call (read per decided request).
+        self.states: dict[BackendId, BackendState] = {b.id: b.state for b in plan.backends}
+        self.drain_deadlines: dict[BackendId, float] = {
             b.id: b.drain_deadline
             for b in plan.backends
             if b.state is _DRAINING and b.drain_deadline is not None
@@ -87,7 +89,7 @@ class Router:
             self.target = _table(weights, self.size, reuse)
             self.owners = self.target.owners
         self.members: tuple[BackendId, ...] = () if self.target is None else self.target.members
-        self._weights: Mapping[BackendId, int] = weights
+        self._weights: dict[BackendId, int] = weights
         self.total_weight = sum(weights.values())
         # Backends whose bounded-load weight still ramps: (id, weight, warming_since).
         self._ramped = tuple(

@@ -15,8 +15,9 @@ hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the 
 fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
 churn: updating last seen writes a C integer into an array). The columns grow by an
 eighth at a time (free entries, whose backend is ``FREE``), never beyond the capacity;
-an insert takes the lowest free index from a free stack, which also holds the indices
-of removed entries. Times are stored as
+an insert takes the index of the entry removed last (a free stack holds those) or,
+when none is free, the next never-used one (a cursor, so that the common insert of a
+growing table pops nothing). Times are stored as
 unsigned deciseconds since the table's epoch; last seen is rounded up, so a session's
 idleness is never overstated and it is never moved a fraction of a tick early.
 
@@ -60,6 +61,7 @@ class LearnedTable:
         "_cursor",
         "_epoch",
         "_free",
+        "_fresh",
         "_idle",
         "_index",
         "_keys",
@@ -95,6 +97,7 @@ class LearnedTable:
         self._last = array("I")
         self._checked = array("I")
         self._free = array("I")
+        self._fresh = 0
         self._cursor = 0
         # Sessions per backend index; several tables may share one list, so that the
         # router reads one total per backend without summing tables.
@@ -169,9 +172,13 @@ class LearnedTable:
             return i
         if len(self._index) >= self.capacity:
             self._evict()
-        if not self._free:
-            self._grow()
-        i = self._free.pop()
+        if self._free:
+            i = self._free.pop()
+        else:
+            i = self._fresh
+            if i == len(self._keys):
+                self._grow()
+            self._fresh = i + 1
         self._keys[i] = k
         self._backend[i] = backend
         self._created[i] = self._ticks(wall if created is None else min(created, wall))
@@ -318,8 +325,6 @@ class LearnedTable:
         self._backend.extend(array("I", [FREE]) * add)
         for column in (self._created, self._last, self._checked):
             column.frombytes(bytes(4 * add))
-        # Popped lowest first, so the columns fill from the front as before.
-        self._free.extend(range(n + add - 1, n - 1, -1))
 
     def _grow_counts(self, backend: int) -> None:
         if backend >= len(self.counts):

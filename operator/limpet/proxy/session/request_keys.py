@@ -88,7 +88,9 @@ class RequestKeys:
     def app_value(self, cookie: bytes | None) -> bytes | None:
         """The app cookie's (first, non-empty) value in a Cookie header, if any."""
         prefix = self.app_prefix
-        if prefix is None or cookie is None or prefix not in cookie:
+        # ``find``: ``prefix not in cookie`` first tries a bytes operand as an integer,
+        # a TypeError raised and cleared (about 2 000 instructions on Python 3.11).
+        if prefix is None or cookie is None or cookie.find(prefix) < 0:
             return None
         for part in cookie.split(b";"):
             part = part.strip()

@@ -96,7 +96,9 @@ class _Held:
     """A session pinned by a signed cookie, as the routing steps below see it. A plain
     slotted class, not a frozen dataclass: one is built per decided cookie request, and
     a frozen dataclass's ``__init__`` costs about 1 µs against 0.15 µs. Only
-    :meth:`SessionRouter._held` sets ``table`` and ``slot``, once, after the look-up.
+    :meth:`SessionRouter._hold` sets ``table`` and ``slot``, after the look-up, each
+    time it decides the session: the route cache keeps a verified LB cookie's
+    ``_Held`` (its tracker key computed once) for the next decision.
 
     ``bind``: the app-cookie value an AppCookie companion is bound to (None for the LB
     cookie); ``th``: the key the session is tracked under (its random id's hash, or the
@@ -148,9 +150,10 @@ class SessionRouter(LearnedRouting):
         self._walk: tuple[tuple[AffinityType, LearnedTable | None], ...] = ()
         self._health = PassiveHealth(base=settings.health_backoff, cap=settings.health_backoff_cap)
         # Cookie header -> (route, valid until, backend number, and for a header that held
-        # one LB cookie, that cookie as verified and the header left to forward: when the
-        # route runs out, the session is decided again without a second verification).
-        self._cache: dict[bytes, tuple[Route, float, int, SessionCookie | None, bytes | None]] = {}
+        # one LB cookie, that cookie's session as verified and the header left to
+        # forward: when the route runs out, the session is decided again without a
+        # second verification, nor a second tracker key or _Held).
+        self._cache: dict[bytes, tuple[Route, float, int, _Held | None, bytes | None]] = {}
         self._cache_size = settings.route_cache_size  # a native field (settings is not)
         # How many backends the book numbers when they are exactly the slot table's
         # members (-1: they are not), so that the sum of its counts is bounded loads' total.
@@ -247,9 +250,9 @@ class SessionRouter(LearnedRouting):
             hit is not None
             and (kept := hit[3]) is not None
             and codec is not None
-            and codec.recheck(kept, wall) is None
+            and codec.recheck(kept.sc, wall) is None
         ):
-            route = self._held(snap, kept, None, cookie, hit[4], wall, reuse=True)
+            route = self._hold(snap, codec, kept, cookie, hit[4], wall)
         else:
             route = self._route(snap, req, wall, shared)
         if route is None:
@@ -349,12 +352,21 @@ class SessionRouter(LearnedRouting):
         companions: list[bytes] = []
         rest = cookie
         stripped = False
-        if snap.cookie_probe is not None and cookie is not None and snap.cookie_probe in cookie:
+        probe = snap.cookie_probe
+        # ``find``, not ``probe in cookie``: with a bytes operand, ``in`` first tries it
+        # as an integer and raises and clears a TypeError (about 2 000 instructions on
+        # Python 3.11). A header that starts with our cookie needs no search, and
+        # strip_cookie answers one that is our cookie alone at once.
+        if (
+            probe is not None
+            and cookie is not None
+            and (cookie.startswith(probe) or cookie.find(probe) >= 0)
+        ):
             assert snap.cookie_name is not None
             lb_values, rest = strip_cookie(cookie, snap.cookie_name)
             stripped = bool(lb_values)
         probe = snap.companion_probe
-        if probe is not None and rest is not None and probe in rest:
+        if probe is not None and rest is not None and rest.find(probe) >= 0:
             assert snap.companion_name is not None
             companions, left = strip_cookie(rest, snap.companion_name)
             if companions:
@@ -431,7 +443,6 @@ class SessionRouter(LearnedRouting):
         header held this one LB cookie, so the cache may keep it verified."""
         codec = snap.codec if bind is None else snap.companion
         assert codec is not None
-        a = snap.affinity
         # Cookie sessions are tracked by their random id, app sessions by their key.
         if bind is None:
             held = _Held(
@@ -444,6 +455,21 @@ class SessionRouter(LearnedRouting):
             )
         else:
             held = _Held(sc, bind, _APP_COOKIE, sc.key_hash, BackendId(sc.backend_id), reuse)
+        return self._hold(snap, codec, held, header, rest, wall)
+
+    def _hold(
+        self,
+        snap: Snapshot,
+        codec: CookieCodec,
+        held: _Held,
+        header: bytes | None,
+        rest: bytes | None,
+        wall: float,
+    ) -> Route | None:
+        """Decide the session of ``held`` (new, or kept by the route cache: its entry
+        in the book is looked up again either way)."""
+        sc = held.sc
+        a = snap.affinity
         bound = float(codec.last_activity_bound(sc))
         # What this proxy itself saw of the session can only make it look busier: a
         # client that ignores refreshed cookies is still known to be active here.
@@ -451,6 +477,8 @@ class SessionRouter(LearnedRouting):
         if slot >= 0:
             bound = max(bound, table.last_seen(slot) + codec.granularity)
             held.table, held.slot = table, slot
+        else:
+            held.table, held.slot = None, -1
         d = self._decide(snap, held.bid, sc.key_hash, min(wall, bound), float(sc.issued), wall)
         reason = d.reason
         new = d.backend
@@ -614,10 +642,14 @@ class SessionRouter(LearnedRouting):
         if deadline is not None:
             until = min(until, deadline)
         cache = self._cache
-        # Re-inserted, so that the dict's order is the order of the last decisions.
-        if cache.pop(header, None) is None and len(cache) >= size:
+        # Re-inserted, so that the dict's order is the order of the last decisions. A
+        # test and a delete, not ``pop``: compiled, those two are C calls, where the
+        # method is looked up and called as from Python (the header's hash is cached).
+        if header in cache:
+            del cache[header]
+        elif len(cache) >= size:
             self._evict_cached()
-        cache[header] = (route, until, idx, sc if held.reuse else None, rest)
+        cache[header] = (route, until, idx, held if held.reuse else None, rest)
 
     def _evict_cached(self) -> None:
         """The route cache is full: drop the eighth decided longest ago, not all of it.

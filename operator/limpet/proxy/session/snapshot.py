@@ -107,12 +107,14 @@ class Snapshot:
         # The app cookie's "NAME=" prefix: routes carry it so the engine hands the
         # backend's matching Set-Cookie values back to the router to learn from.
         self.session_key = self.keys.app_prefix if AffinityType.APP_COOKIE in a.modes else None
-        self.routes: Mapping[BackendId, Route] = {
+        # dicts, not Mappings: compiled, a dict's look-up is a C call, a Mapping's the
+        # generic subscript.
+        self.routes: dict[BackendId, Route] = {
             b.id: Route(b.id, b.address, b.port, None, NO_HEADERS, None, self.session_key, False)
             for b in plan.backends
         }
         # The same with the Cookie header dropped: a request whose only cookie was ours.
-        self.stripped: Mapping[BackendId, Route] = {
+        self.stripped: dict[BackendId, Route] = {
             b.id: Route(b.id, b.address, b.port, None, NO_HEADERS, None, self.session_key, True)
             for b in plan.backends
         }
