@@ -119,7 +119,11 @@ def test_expect_and_lengths() -> None:
 
 def response_scan(headers: list[tuple[bytes, bytes]]) -> http.ResponseScan:
     r = http.ResponseScan(kept=[b"stale: line\r\n"], content_length=5, upgrade=b"stale")
-    http.scan_response(r, headers, http.HeaderClasses(), learn_cookies=True)
+    classes = http.HeaderClasses()
+    http.begin_response_scan(r)  # field by field, as the response machine scans
+    for name, value in headers:
+        http.scan_response_field(r, classes.get(name), name, value)
+    http.end_response_scan(r)
     return r
 
 

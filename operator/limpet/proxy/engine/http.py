@@ -381,51 +381,47 @@ class ResponseScan:
     connection: list[bytes] | None = None
 
 
-def scan_response(
-    scan: ResponseScan,
-    headers: list[tuple[bytes, bytes]],
-    classes: HeaderClasses,
-    *,
-    learn_cookies: bool,
-) -> None:
-    """One pass over a response head: fill ``scan`` (every field afresh)."""
-    kept: list[bytes] = []
-    scan.kept = kept
+def begin_response_scan(scan: ResponseScan) -> None:
+    """Clear ``scan`` for a new response head, whose fields :func:`scan_response_field`
+    then reads one at a time as the parser reports them (no list of pairs is built)."""
+    scan.kept = []
     scan.content_length = -1
     scan.transfer_encoding = scan.upgrade = None
     scan.set_cookies = scan.connection = None
-    for name, value in headers:
-        code = classes.get(name)
-        if code == OTHER:
-            _keep(kept, name, value)
-        elif code == CONTENT_LENGTH:
-            scan.content_length = content_length(value)
-            _keep(kept, name, value)
-        elif code == SET_COOKIE:
-            _keep(kept, name, value)
-            if learn_cookies:
-                if scan.set_cookies is None:
-                    scan.set_cookies = [value]
-                else:
-                    scan.set_cookies.append(value)
-        elif code == TRANSFER_ENCODING:
-            scan.transfer_encoding = (
-                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
-            )
-        elif code == CONNECTION:
-            if scan.connection is None:
-                scan.connection = [value]
-            else:
-                scan.connection.append(value)
-        elif code == UPGRADE:
-            scan.upgrade = value
-        elif code == DROP:
-            pass
+
+
+def scan_response_field(scan: ResponseScan, code: int, name: bytes, value: bytes) -> None:
+    """One field of a response head, of class ``code`` (:meth:`HeaderClasses.get`)."""
+    if code == OTHER:
+        _keep(scan.kept, name, value)
+    elif code == CONTENT_LENGTH:
+        scan.content_length = content_length(value)
+        _keep(scan.kept, name, value)
+    elif code == SET_COOKIE:
+        _keep(scan.kept, name, value)
+        if scan.set_cookies is None:
+            scan.set_cookies = [value]
         else:
-            # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
-            _keep(kept, name, value)
+            scan.set_cookies.append(value)
+    elif code == TRANSFER_ENCODING:
+        te = scan.transfer_encoding
+        scan.transfer_encoding = value if te is None else te + b", " + value
+    elif code == CONNECTION:
+        if scan.connection is None:
+            scan.connection = [value]
+        else:
+            scan.connection.append(value)
+    elif code == UPGRADE:
+        scan.upgrade = value
+    elif code != DROP:
+        # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
+        _keep(scan.kept, name, value)
+
+
+def end_response_scan(scan: ResponseScan) -> None:
+    """The head's fields are all scanned: drop those that ``Connection`` lists."""
     if scan.connection is not None and _lists_headers(scan.connection):
-        scan.kept = _without_listed(kept, scan.connection)
+        scan.kept = _without_listed(scan.kept, scan.connection)
 
 
 # Final (as the other caches here): compiled, a module-level name that is not Final is

@@ -105,7 +105,6 @@ class ResponseMachine:
         "_head_request_done",
         "_head_tail",
         "_head_unsent",
-        "_headers",
         "_http11",
         "_informational",
         "_reason",
@@ -156,8 +155,9 @@ class ResponseMachine:
         self._http11 = True
         self._head_request = False
         self._upgrade = False
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._scan = http.ResponseScan(kept=[])  # the last head's, reused
+        # The head being parsed, scanned field by field as httptools reports them
+        # (on_header): no list of pairs, no second pass. Reused for every head.
+        self._scan = http.ResponseScan(kept=[])
         self._reason = b""
         self._informational = False
         self._framing = http.FRAME_NONE
@@ -262,7 +262,7 @@ class ResponseMachine:
     def on_message_begin(self) -> None:
         if self.state != WAITING:
             raise _Stop  # an answer nobody asked for
-        self._headers = []
+        http.begin_response_scan(self._scan)
         self._trailers = None
         self._reason = b""
         self._framing = http.FRAME_NONE
@@ -274,7 +274,7 @@ class ResponseMachine:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
-            self._headers.append((name, value))
+            http.scan_response_field(self._scan, self.classes.get(name), name, value)
             return
         trailers = self._trailers
         if trailers is None:
@@ -291,7 +291,7 @@ class ResponseMachine:
         self._after_head = False
         status: int = self.parser.get_status_code()
         scan = self._scan
-        http.scan_response(scan, self._headers, self.classes, learn_cookies=True)
+        http.end_response_scan(scan)
         if status < 200:
             self._interim_head(facts, status, scan)
             return
