@@ -247,6 +247,19 @@ _NAMES = st.sampled_from(
         b"Date",
         b"Content-Type",
         b"X-Forwarded-Hosts",
+        # The usual spellings get compares first, and names of the same lengths.
+        b"Cookie",
+        b"Connection",
+        b"Set-Cookie",
+        b"Keep-Alive",
+        b"connection",
+        b"Content-Length",
+        b"Content-Lengtx",
+        b"Transfer-Encoding",
+        b"Upgrade",
+        b"Trailer",
+        b"X-Forwarded-For",
+        b"X-Forwarded-Fox",
     ]
 ) | st.binary(min_size=1, max_size=20)
 
