@@ -274,3 +274,23 @@ def test_header_classes_match_the_table(names: list[bytes]) -> None:
         lower = name.lower()
         want = http._CLASSES.get(lower, http.DROP if lower.startswith(b"proxy-") else http.OTHER)
         assert classes.get(name) == want
+
+
+@pytest.mark.parametrize(
+    ("cookies", "want"),
+    [
+        ([], None),
+        ([b"a=1"], b"a=1"),
+        ([b"a=1 \t"], b"a=1"),
+        ([b"a=1\t", b"b=2"], b"a=1; b=2"),
+        ([b"a=1", b"b=2 ", b"c=3"], b"a=1; b=2; c=3"),
+        ([b""], b""),
+    ],
+)
+def test_cookie_fields_are_joined_without_trailing_blanks(
+    cookies: list[bytes], want: bytes | None
+) -> None:
+    s = scan([(b"Host", b"h \t"), *((b"Cookie", c) for c in cookies)])
+    assert s.cookie == want
+    assert s.host == b"h"
+    assert b"".join(s.kept) == b"Host: h\r\n"
