@@ -115,6 +115,7 @@ class ResponseMachine:
         "_upgrade",
         "classes",
         "feed_data",
+        "get_status_code",
         "got_response",
         "keep",
         "max_header_bytes",
@@ -123,6 +124,7 @@ class ResponseMachine:
         "parser",
         "rest",
         "router",
+        "should_keep_alive",
         "state",
     )
 
@@ -138,10 +140,12 @@ class ResponseMachine:
         self.classes = classes
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        # The parser, and its methods called for every answer bound once per parser (a
+        # method call on a non-native object looks the method up by name each time).
         self.parser = httptools.HttpResponseParser(self)
-        # Bound once per parser: a method call on a non-native object looks the method
-        # up by name each time.
         self.feed_data: Callable[[bytes], None] = self.parser.feed_data
+        self.get_status_code: Callable[[], int] = self.parser.get_status_code
+        self.should_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
         self.state = IDLE
         self.out: list[bytes] = []  # the client's bytes from the last feed
         self.keep = False  # after DONE: the connection may be pooled
@@ -236,6 +240,13 @@ class ResponseMachine:
         self._done()
         return True
 
+    def _new_parser(self) -> None:
+        """A fresh parser after a HEAD answer (see _feed_head), its methods bound."""
+        parser = self.parser = httptools.HttpResponseParser(self)
+        self.feed_data = parser.feed_data
+        self.get_status_code = parser.get_status_code
+        self.should_keep_alive = parser.should_keep_alive
+
     def _done(self) -> None:
         self.state = FINISHED
         self._facts = None
@@ -289,7 +300,7 @@ class ResponseMachine:
         facts = self._facts
         assert facts is not None
         self._after_head = False
-        status: int = self.parser.get_status_code()
+        status = self.get_status_code()
         scan = self._scan
         http.end_response_scan(scan)
         if status < 200:
@@ -378,7 +389,7 @@ class ResponseMachine:
             actions.after_answer(
                 request_done=REQUEST_DONE[facts.state],
                 framed=not self._expect_eof,
-                keep_alive=self.parser.should_keep_alive(),
+                keep_alive=self.should_keep_alive(),
                 upgrade=self._upgrade,
                 in_step=True,
             )
@@ -430,8 +441,7 @@ class ResponseMachine:
                 self._head_tail = None
                 self._after_head = keep
                 self.keep = keep
-                self.parser = httptools.HttpResponseParser(self)
-                self.feed_data = self.parser.feed_data
+                self._new_parser()
                 self._done()
                 return DONE
             if i < 0:
