@@ -2,11 +2,13 @@
 
 Data flow: ``server.py`` collects the raw ``(name, value)`` pairs that httptools reports and
 calls :func:`scan_request` once per request; after routing it calls
-:func:`build_request_head` to produce the bytes sent upstream. ``upstream.py`` does the same
-for responses with :func:`build_response_head`. Every function here is pure and
+:func:`build_request_head` to produce the bytes sent upstream. The response machine
+(``h1/response.py``) scans a response head field by field as httptools reports it
+(:func:`begin_response_scan`, :func:`scan_response_field`, :func:`end_response_scan`) and
+builds the client's head with :func:`build_response_head`. Every function here is pure and
 synchronous; the only state is :class:`HeaderClasses`, a per-process cache that maps a
-header name *as sent* to its class, so the common case costs one dict lookup and no
-lower-casing.
+header name *as sent* to its class, so the common case costs a bit test or a comparison
+(:meth:`HeaderClasses.get`), at most one dict lookup, and no lower-casing.
 
 Hop-by-hop handling (RFC 9110 section 7.6.1): ``Connection`` and every header it lists,
 ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`` (the body is
