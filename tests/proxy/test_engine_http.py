@@ -119,7 +119,11 @@ def test_expect_and_lengths() -> None:
 
 def response_scan(headers: list[tuple[bytes, bytes]]) -> http.ResponseScan:
     r = http.ResponseScan(kept=[b"stale: line\r\n"], content_length=5, upgrade=b"stale")
-    http.scan_response(r, headers, http.HeaderClasses(), learn_cookies=True)
+    classes = http.HeaderClasses()
+    http.begin_response_scan(r)  # field by field, as the response machine scans
+    for name, value in headers:
+        http.scan_response_field(r, classes.get(name), name, value)
+    http.end_response_scan(r)
     return r
 
 
@@ -243,6 +247,19 @@ _NAMES = st.sampled_from(
         b"Date",
         b"Content-Type",
         b"X-Forwarded-Hosts",
+        # The usual spellings get compares first, and names of the same lengths.
+        b"Cookie",
+        b"Connection",
+        b"Set-Cookie",
+        b"Keep-Alive",
+        b"connection",
+        b"Content-Length",
+        b"Content-Lengtx",
+        b"Transfer-Encoding",
+        b"Upgrade",
+        b"Trailer",
+        b"X-Forwarded-For",
+        b"X-Forwarded-Fox",
     ]
 ) | st.binary(min_size=1, max_size=20)
 
@@ -257,3 +274,23 @@ def test_header_classes_match_the_table(names: list[bytes]) -> None:
         lower = name.lower()
         want = http._CLASSES.get(lower, http.DROP if lower.startswith(b"proxy-") else http.OTHER)
         assert classes.get(name) == want
+
+
+@pytest.mark.parametrize(
+    ("cookies", "want"),
+    [
+        ([], None),
+        ([b"a=1"], b"a=1"),
+        ([b"a=1 \t"], b"a=1"),
+        ([b"a=1\t", b"b=2"], b"a=1; b=2"),
+        ([b"a=1", b"b=2 ", b"c=3"], b"a=1; b=2; c=3"),
+        ([b""], b""),
+    ],
+)
+def test_cookie_fields_are_joined_without_trailing_blanks(
+    cookies: list[bytes], want: bytes | None
+) -> None:
+    s = scan([(b"Host", b"h \t"), *((b"Cookie", c) for c in cookies)])
+    assert s.cookie == want
+    assert s.host == b"h"
+    assert b"".join(s.kept) == b"Host: h\r\n"

@@ -118,6 +118,29 @@ def test_a_routed_request_binds_the_pooled_connection_and_writes_its_head_at_onc
     h.close()
 
 
+@pytest.mark.parametrize("second", [b"a b", b"x/y", b"u@x", b"x"])
+def test_each_requests_host_is_checked_though_the_last_valid_one_is_remembered(
+    second: bytes,
+) -> None:
+    # Exchange._check skips the Host syntax check for the value last found valid on the
+    # connection: any other value is checked, on every request.
+    h = Harness()
+    up, up_out = h.idle_backend()
+    client, client_out = h.client()
+    client.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert client_out.out.startswith(b"HTTP/1.1 200 ")
+    sent = len(up_out.out)
+    client_out.out.clear()
+    client.data_received(b"GET /b HTTP/1.1\r\nHost: " + second + b"\r\n\r\n")
+    if second == b"x":
+        assert up_out.out[sent:].startswith(b"GET /b HTTP/1.1\r\n")
+    else:
+        assert client_out.out.startswith(b"HTTP/1.1 400 ")
+        assert len(up_out.out) == sent  # nothing more reached the backend
+    h.close()
+
+
 class CountingTransport(MemoryTransport):
     """A memory transport that counts its write calls (a ``writelines`` is one writev)."""
 

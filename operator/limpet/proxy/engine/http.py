@@ -2,11 +2,13 @@
 
 Data flow: ``server.py`` collects the raw ``(name, value)`` pairs that httptools reports and
 calls :func:`scan_request` once per request; after routing it calls
-:func:`build_request_head` to produce the bytes sent upstream. ``upstream.py`` does the same
-for responses with :func:`build_response_head`. Every function here is pure and
+:func:`build_request_head` to produce the bytes sent upstream. The response machine
+(``h1/response.py``) scans a response head field by field as httptools reports it
+(:func:`begin_response_scan`, :func:`scan_response_field`, :func:`end_response_scan`) and
+builds the client's head with :func:`build_response_head`. Every function here is pure and
 synchronous; the only state is :class:`HeaderClasses`, a per-process cache that maps a
-header name *as sent* to its class, so the common case costs one dict lookup and no
-lower-casing.
+header name *as sent* to its class, so the common case costs a bit test or a comparison
+(:meth:`HeaderClasses.get`), at most one dict lookup, and no lower-casing.
 
 Hop-by-hop handling (RFC 9110 section 7.6.1): ``Connection`` and every header it lists,
 ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`` (the body is
@@ -72,14 +74,18 @@ class HeaderClasses:
     Most fields (``Server``, ``Date``, ``Content-Type``, ``User-Agent``...) are OTHER, and
     most of those are told apart without hashing the name, a new bytes object each time:
     :meth:`get` first checks the name's length and first letter against the names that
-    have a class (``_first``); only a possible match is looked up."""
+    have a class (``_first``); a possible match is compared with the usual spelling of
+    the one name of its length that is common on the hot path (``_spelled``: ``Host``,
+    ``Content-Length``...), and only then looked up (hashing a name costs ten times the
+    comparison)."""
 
-    __slots__ = ("_first", "_limit", "cache")
+    __slots__ = ("_codes", "_first", "_limit", "_spelled", "cache")
 
     def __init__(self, limit: int = 4096) -> None:
         self.cache: dict[bytes, int] = {}
         self._limit = limit
         self._first = _first_letters()
+        self._spelled, self._codes = _usual_spellings()
 
     def classify(self, name: bytes) -> int:
         lower = name.lower()
@@ -95,6 +101,8 @@ class HeaderClasses:
         # byte may share a letter's bit, and is merely looked up).
         if n and not (first[n if n < len(first) else -1] >> (name[0] & 31)) & 1:
             return OTHER
+        if n < len(self._spelled) and name == self._spelled[n]:
+            return self._codes[n]
         code = self.cache.get(name)
         return self.classify(name) if code is None else code
 
@@ -113,6 +121,30 @@ def _first_letters() -> tuple[int, ...]:
     for length in range(len(_PROXY_PREFIX), longest + 2):
         masks[length] |= 1 << (_PROXY_PREFIX[0] & 31)
     return tuple(masks)
+
+
+# The spellings senders use for the classed names most requests and answers carry, one
+# per length (HeaderClasses.get compares a name with the one of its length).
+_USUAL_SPELLINGS: Final = (
+    b"Host",
+    b"Cookie",
+    b"Connection",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Upgrade",
+    b"X-Forwarded-For",
+)
+
+
+def _usual_spellings() -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+    """For each name length, the usual spelling of that length (or b"") and its class."""
+    longest = max(len(name) for name in _USUAL_SPELLINGS)
+    spelled = [b""] * (longest + 1)
+    codes = [OTHER] * (longest + 1)
+    for name in _USUAL_SPELLINGS:
+        spelled[len(name)] = name
+        codes[len(name)] = _CLASSES[name.lower()]
+    return tuple(spelled), tuple(codes)
 
 
 def content_length(value: bytes) -> int:
@@ -223,21 +255,22 @@ def scan_request(
     _reset_rare(scan)
     scan.host_count = 0
     scan.content_length = -1
-    cookies: list[bytes] | None = None
+    cookie: bytes | None = None
+    cookies: list[bytes] | None = None  # from a second Cookie field on
     for name, value in headers:
         code = classes.get(name)
         if code == OTHER:
             _keep(kept, name, value)
         elif code == COOKIE:
-            # llhttp keeps trailing whitespace, which is not part of a value (RFC 9110
-            # 5.5): strip it from the values the proxy reads or joins.
-            value = value.rstrip(b" \t")
-            if cookies is None:
-                cookies = [value]
+            value = _without_trailing_ows(value)
+            if cookie is None:
+                cookie = value
+            elif cookies is None:
+                cookies = [cookie, value]
             else:
                 cookies.append(value)
         elif code == HOST:
-            value = value.rstrip(b" \t")
+            value = _without_trailing_ows(value)
             scan.host = value
             scan.host_count += 1
             _keep(kept, name, value)
@@ -252,11 +285,19 @@ def scan_request(
                 scan.connection.append(value)
         elif code != DROP:  # DROP: hop-by-hop, never forwarded
             _scan_rare(scan, code, name, value, trusted=trusted)
-    if cookies is not None:
-        scan.cookie = cookies[0] if len(cookies) == 1 else b"; ".join(cookies)
+    scan.cookie = cookie if cookies is None else b"; ".join(cookies)
     scan.has_body = scan.transfer_encoding is not None or scan.content_length > 0
     if scan.connection is not None and _lists_headers(scan.connection):
         _strip_listed(scan)
+
+
+def _without_trailing_ows(value: bytes) -> bytes:
+    """``value`` without the trailing blanks llhttp keeps, which are not part of a field
+    value (RFC 9110 5.5). Only a value that ends in one pays for ``rstrip`` (a method
+    call by name: ten times the test)."""
+    if value and (value[-1] == 32 or value[-1] == 9):
+        return value.rstrip(b" \t")
+    return value
 
 
 def _keep(kept: list[bytes], name: bytes, value: bytes) -> None:
@@ -381,51 +422,47 @@ class ResponseScan:
     connection: list[bytes] | None = None
 
 
-def scan_response(
-    scan: ResponseScan,
-    headers: list[tuple[bytes, bytes]],
-    classes: HeaderClasses,
-    *,
-    learn_cookies: bool,
-) -> None:
-    """One pass over a response head: fill ``scan`` (every field afresh)."""
-    kept: list[bytes] = []
-    scan.kept = kept
+def begin_response_scan(scan: ResponseScan) -> None:
+    """Clear ``scan`` for a new response head, whose fields :func:`scan_response_field`
+    then reads one at a time as the parser reports them (no list of pairs is built)."""
+    scan.kept = []
     scan.content_length = -1
     scan.transfer_encoding = scan.upgrade = None
     scan.set_cookies = scan.connection = None
-    for name, value in headers:
-        code = classes.get(name)
-        if code == OTHER:
-            _keep(kept, name, value)
-        elif code == CONTENT_LENGTH:
-            scan.content_length = content_length(value)
-            _keep(kept, name, value)
-        elif code == SET_COOKIE:
-            _keep(kept, name, value)
-            if learn_cookies:
-                if scan.set_cookies is None:
-                    scan.set_cookies = [value]
-                else:
-                    scan.set_cookies.append(value)
-        elif code == TRANSFER_ENCODING:
-            scan.transfer_encoding = (
-                value if scan.transfer_encoding is None else scan.transfer_encoding + b", " + value
-            )
-        elif code == CONNECTION:
-            if scan.connection is None:
-                scan.connection = [value]
-            else:
-                scan.connection.append(value)
-        elif code == UPGRADE:
-            scan.upgrade = value
-        elif code == DROP:
-            pass
+
+
+def scan_response_field(scan: ResponseScan, code: int, name: bytes, value: bytes) -> None:
+    """One field of a response head, of class ``code`` (:meth:`HeaderClasses.get`)."""
+    if code == OTHER:
+        _keep(scan.kept, name, value)
+    elif code == CONTENT_LENGTH:
+        scan.content_length = content_length(value)
+        _keep(scan.kept, name, value)
+    elif code == SET_COOKIE:
+        _keep(scan.kept, name, value)
+        if scan.set_cookies is None:
+            scan.set_cookies = [value]
         else:
-            # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
-            _keep(kept, name, value)
+            scan.set_cookies.append(value)
+    elif code == TRANSFER_ENCODING:
+        te = scan.transfer_encoding
+        scan.transfer_encoding = value if te is None else te + b", " + value
+    elif code == CONNECTION:
+        if scan.connection is None:
+            scan.connection = [value]
+        else:
+            scan.connection.append(value)
+    elif code == UPGRADE:
+        scan.upgrade = value
+    elif code != DROP:
+        # Request-only classes (Host, Cookie, X-Forwarded-*, ...) pass through responses.
+        _keep(scan.kept, name, value)
+
+
+def end_response_scan(scan: ResponseScan) -> None:
+    """The head's fields are all scanned: drop those that ``Connection`` lists."""
     if scan.connection is not None and _lists_headers(scan.connection):
-        scan.kept = _without_listed(kept, scan.connection)
+        scan.kept = _without_listed(scan.kept, scan.connection)
 
 
 # Final (as the other caches here): compiled, a module-level name that is not Final is

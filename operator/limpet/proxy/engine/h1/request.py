@@ -83,6 +83,7 @@ class RequestReader:
         "_line",
         "_url",
         "feed_data",
+        "get_method",
         "head_guard",
         "max_header_bytes",
         "max_headers",
@@ -92,6 +93,8 @@ class RequestReader:
         "phase",
         "requests",
         "rest",
+        "should_keep_alive",
+        "should_upgrade",
         "sink",
         "status",
         "trailers",
@@ -125,6 +128,9 @@ class RequestReader:
         self.parser = httptools.HttpRequestParser(self)
         # Bound once: a method call on a non-native object looks the method up each time.
         self.feed_data: Callable[[bytes], None] = self.parser.feed_data
+        self.get_method: Callable[[], bytes] = self.parser.get_method
+        self.should_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
+        self.should_upgrade: Callable[[], bool] = self.parser.should_upgrade
         self.phase = IDLE
         self.requests = 0  # heads parsed so far
         self.status = 0  # after INVALID: the answer
@@ -206,15 +212,14 @@ class RequestReader:
         self.phase = BODY
         self._header_bytes = 0
         self.requests += 1
-        parser = self.parser
-        method = parser.get_method()
+        method = self.get_method()
         self._head(
             method,
             self._url,
             self._headers,
             self._version(method),
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
+            self.should_keep_alive(),
+            self.should_upgrade(),
         )
 
     def _version(self, method: bytes) -> str:

@@ -105,7 +105,6 @@ class ResponseMachine:
         "_head_request_done",
         "_head_tail",
         "_head_unsent",
-        "_headers",
         "_http11",
         "_informational",
         "_reason",
@@ -116,6 +115,7 @@ class ResponseMachine:
         "_upgrade",
         "classes",
         "feed_data",
+        "get_status_code",
         "got_response",
         "keep",
         "max_header_bytes",
@@ -124,6 +124,7 @@ class ResponseMachine:
         "parser",
         "rest",
         "router",
+        "should_keep_alive",
         "state",
     )
 
@@ -139,10 +140,12 @@ class ResponseMachine:
         self.classes = classes
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        # The parser, and its methods called for every answer bound once per parser (a
+        # method call on a non-native object looks the method up by name each time).
         self.parser = httptools.HttpResponseParser(self)
-        # Bound once per parser: a method call on a non-native object looks the method
-        # up by name each time.
         self.feed_data: Callable[[bytes], None] = self.parser.feed_data
+        self.get_status_code: Callable[[], int] = self.parser.get_status_code
+        self.should_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
         self.state = IDLE
         self.out: list[bytes] = []  # the client's bytes from the last feed
         self.keep = False  # after DONE: the connection may be pooled
@@ -156,8 +159,9 @@ class ResponseMachine:
         self._http11 = True
         self._head_request = False
         self._upgrade = False
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._scan = http.ResponseScan(kept=[])  # the last head's, reused
+        # The head being parsed, scanned field by field as httptools reports them
+        # (on_header): no list of pairs, no second pass. Reused for every head.
+        self._scan = http.ResponseScan(kept=[])
         self._reason = b""
         self._informational = False
         self._framing = http.FRAME_NONE
@@ -236,6 +240,13 @@ class ResponseMachine:
         self._done()
         return True
 
+    def _new_parser(self) -> None:
+        """A fresh parser after a HEAD answer (see _feed_head), its methods bound."""
+        parser = self.parser = httptools.HttpResponseParser(self)
+        self.feed_data = parser.feed_data
+        self.get_status_code = parser.get_status_code
+        self.should_keep_alive = parser.should_keep_alive
+
     def _done(self) -> None:
         self.state = FINISHED
         self._facts = None
@@ -262,7 +273,7 @@ class ResponseMachine:
     def on_message_begin(self) -> None:
         if self.state != WAITING:
             raise _Stop  # an answer nobody asked for
-        self._headers = []
+        http.begin_response_scan(self._scan)
         self._trailers = None
         self._reason = b""
         self._framing = http.FRAME_NONE
@@ -274,7 +285,7 @@ class ResponseMachine:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._framing == http.FRAME_NONE or self._informational:
-            self._headers.append((name, value))
+            http.scan_response_field(self._scan, self.classes.get(name), name, value)
             return
         trailers = self._trailers
         if trailers is None:
@@ -289,9 +300,9 @@ class ResponseMachine:
         facts = self._facts
         assert facts is not None
         self._after_head = False
-        status: int = self.parser.get_status_code()
+        status = self.get_status_code()
         scan = self._scan
-        http.scan_response(scan, self._headers, self.classes, learn_cookies=True)
+        http.end_response_scan(scan)
         if status < 200:
             self._interim_head(facts, status, scan)
             return
@@ -378,7 +389,7 @@ class ResponseMachine:
             actions.after_answer(
                 request_done=REQUEST_DONE[facts.state],
                 framed=not self._expect_eof,
-                keep_alive=self.parser.should_keep_alive(),
+                keep_alive=self.should_keep_alive(),
                 upgrade=self._upgrade,
                 in_step=True,
             )
@@ -430,8 +441,7 @@ class ResponseMachine:
                 self._head_tail = None
                 self._after_head = keep
                 self.keep = keep
-                self.parser = httptools.HttpResponseParser(self)
-                self.feed_data = self.parser.feed_data
+                self._new_parser()
                 self._done()
                 return DONE
             if i < 0:
