@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.affinity import BackendId
+from limpet.proxy.engine import http
 from limpet.proxy.engine.h1 import actions
 from limpet.proxy.engine.h1.actions import (
     Bind,
@@ -304,3 +305,268 @@ def test_pooling_and_the_next_request_follow_the_exchanges_history(
             assert answer_end
         if state in (State.TUNNEL, State.CLOSED):
             assert nxt in (Next.CONTINUE, Next.CLOSE)
+
+
+# -- hostile bytes against the hot path's shortcuts ---------------------------------------
+# Each vector goes through the real engine on in-memory transports; the h11 oracle reads
+# what reached the backend (Harness.run_request): one exact message, or nothing and an
+# error for the client.
+
+_SHORTCUT_VECTORS = [
+    # Host and Cookie values that end in blanks (a9bebd4 strips only when one is last).
+    b"GET /a HTTP/1.1\r\nHost: x \t \r\nCookie: a=1\t\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nCookie: a=1 \r\nCookie: b=2\t\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\t\r\nHost: x\r\n\r\n",  # two Hosts, one with a tab
+    b"GET /a HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\n y\r\n\r\n",  # obs-fold of the Host
+    b"GET /a HTTP/1.1\r\nHost:\r\n x\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x \ty\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\x00\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nhOsT: x\r\nHOST: y\r\n\r\n",  # two Hosts in odd spellings
+    b"GET http://y/p HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute-form over a valid Host
+    b"GET http://a@y/p HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Framing fields in spellings other than the usual one (8a439e1 compares it first).
+    b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\n\r\nhello",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nCONTENT-LENGTH: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ntransfer-ENCODING: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nTRANSFER-ENCODING: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nCONNECTION: content-LENGTH\r\n\r\nhello",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nconnection: HOST\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: X-forwarded-FOR\r\nx-FORWARDED-for: 6.6.6.6"
+    b"\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nconnection: cookie\r\nCOOKIE: a=1\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Lengt\xe8: 5\r\n\r\nhello",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nUPGRADE: websocket\r\nConnection: upgrade\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+]
+
+
+@pytest.mark.parametrize("data", _SHORTCUT_VECTORS)
+def test_hot_path_shortcuts_keep_the_oracles_rule(data: bytes) -> None:
+    h = Harness()
+    try:
+        outcome = h.run_request(data)
+    finally:
+        h.close()
+    assert outcome.kind in ("ok", "refused"), outcome.detail
+    for message in outcome.forwarded:
+        names = [name.lower() for name, _ in message.headers]
+        assert names.count(b"host") == 1
+        assert b"6.6.6.6" not in b"".join(v for n, v in message.headers if n == b"x-forwarded-for")
+        for name, value in message.headers:
+            if name in (b"host", b"cookie"):
+                assert value == value.strip(b" \t"), (name, value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # One byte off the usual spelling of each length that HeaderClasses.get compares
+        # first, or the other classed name of that length: end-to-end fields all.
+        b"Hosu",
+        b"Cookif",
+        b"Expecu",
+        b"Connectiom",
+        b"Content-Lengtx",
+        b"Transfer-Encodinh",
+        b"Upgradf",
+        b"X-Forwarded-Fox",
+        b"X-Forwarded-Prot0",
+        b"Content-Length-",
+        b"Hos",
+    ],
+)
+def test_a_name_one_byte_off_a_classed_one_is_forwarded_as_it_came(name: bytes) -> None:
+    h = Harness()
+    try:
+        outcome = h.run_request(b"GET /a HTTP/1.1\r\nHost: x\r\n" + name + b": 5\r\n\r\n")
+    finally:
+        h.close()
+    assert outcome.kind == "ok", outcome.detail
+    (message,) = outcome.forwarded
+    assert (name.lower(), b"5") in message.headers
+
+
+@pytest.mark.parametrize("blanks", [b" ", b"\t", b" \t ", b"\t\t", b""])
+def test_host_and_cookie_reach_the_backend_without_trailing_blanks(blanks: bytes) -> None:
+    # h11 strips a value's blanks, so the oracle cannot see them: read the raw bytes.
+    h = Harness()
+    _, up_out = h.idle_backend()
+    client, _ = h.client()
+    client.data_received(
+        b"GET /a HTTP/1.1\r\nHost: x" + blanks + b"\r\nCookie: a=1" + blanks + b"\r\n"
+        b"Cookie: b=2" + blanks + b"\r\n\r\n"
+    )
+    head = bytes(up_out.out).partition(b"\r\n\r\n")[0].split(b"\r\n")
+    h.close()
+    assert b"Host: x" in head
+    assert b"Cookie: a=1; b=2" in head
+    assert b"X-Forwarded-Host: x" in head
+
+
+def _host_sent(up_out: bytearray, start: int) -> list[bytes]:
+    head = bytes(up_out[start:]).partition(b"\r\n\r\n")[0]
+    return [
+        line.partition(b":")[2].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"host:")
+    ]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        b"x ",  # the remembered value with a trailing blank: the same Host once stripped
+        b"x\t",
+        b"X",  # another value that is valid
+        b"x:80",
+        b"x y",
+        b"x\ty",
+    ],
+)
+def test_a_remembered_host_is_no_licence_for_a_different_value(second: bytes) -> None:
+    h = Harness()
+    up, up_out = h.idle_backend()
+    client, client_out = h.client()
+    client.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    sent = len(up_out.out)
+    client_out.out.clear()
+    client.data_received(b"GET /b HTTP/1.1\r\nHost: " + second + b"\r\n\r\n")
+    if http.host_ok(second.rstrip(b" \t")):
+        assert _host_sent(up_out.out, sent) == [second.rstrip(b" \t")]
+    else:
+        assert client_out.out.startswith(b"HTTP/1.1 400 ")
+        assert len(up_out.out) == sent
+    h.close()
+
+
+def test_an_absolute_form_target_after_a_remembered_host_sends_its_authority() -> None:
+    h = Harness()
+    up, up_out = h.idle_backend()
+    client, client_out = h.client()
+    client.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    for target, host, ok in (
+        (b"http://y/p", b"x", True),
+        (b"http://x y/p", b"x", False),  # the authority is checked, not the Host
+        (b"http://u@x/p", b"x", False),
+    ):
+        sent = len(up_out.out)
+        client_out.out.clear()
+        client.data_received(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        if ok:
+            assert bytes(up_out.out[sent:]).startswith(b"GET /p HTTP/1.1\r\n")
+            assert _host_sent(up_out.out, sent) == [b"y"]
+            up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        else:
+            assert client_out.out.startswith(b"HTTP/1.1 400 "), target
+            assert len(up_out.out) == sent
+            break
+    h.close()
+
+
+# -- when a backend connection goes back to the pool (after_answer) ----------------------
+
+
+def _one_exchange(request: bytes, answer: bytes, *, close_backend: bool = False) -> Harness:
+    h = Harness()
+    up, _ = h.idle_backend()
+    assert h.pool.idle_count() == 1
+    client, _ = h.client()
+    client.data_received(request)
+    if up.client is not None:  # bound: the head went out
+        up.data_received(answer)
+    if close_backend and up.transport is not None and not up.transport.is_closing():
+        up.eof_received()
+        up.connection_lost(None)
+    return h
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "answer", "pooled"),
+    [
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1),
+        # The body did not go out whole: the backend answered early.
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        # An upgrade refused, with and without a body on the request.
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+            b"Content-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            1,  # refused with a 400 before a byte left: the idle connection is untouched
+        ),
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            0,
+        ),
+        # The answer's length was not known: it ends with the close.
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nabc", 0),
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nabc", 0),
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nabc",
+            0,
+        ),
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+            0,
+        ),
+        # Keep-alive withheld in odd spellings, or only by a 1xx before the final head.
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncONNECTION: CLOSE\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        # A HEAD answer whose head promises a body, and one followed by a body anyway.
+        (
+            b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            1,
+        ),
+        (
+            b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            0,
+        ),
+        (
+            b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            0,
+        ),
+    ],
+)
+def test_a_backend_connection_is_pooled_only_when_nothing_of_the_exchange_is_left(
+    request_bytes: bytes, answer: bytes, pooled: int
+) -> None:
+    # Only an answer delimited by the close needs the backend to close to end.
+    delimited = b"Content-Length" in answer or b"chunked" in answer
+    h = _one_exchange(request_bytes, answer, close_backend=not delimited)
+    try:
+        assert h.pool.idle_count() == pooled
+    finally:
+        h.close()
