@@ -286,3 +286,131 @@ def test_an_answer_to_an_exchange_that_cannot_take_one_is_a_bug_not_a_502() -> N
     machine, _ = start(state=State.CLOSED)
     with pytest.raises(InvalidTransition, match="ANSWER in state CLOSED"):
         feed(machine, OK)
+
+
+# -- a head scanned field by field (2accc1e): nothing of one head in the next -------------
+
+
+def _head(out: bytes) -> list[bytes]:
+    return out.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+
+
+def test_a_second_answer_on_the_connection_keeps_nothing_of_the_first() -> None:
+    machine, route = machine_and_route()
+    first = Facts(route=route)
+    expect(machine, first)
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nSet-Cookie: app=1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Sum: 1\r\n\r\n",
+    )
+    assert event == response.DONE
+    assert machine.keep
+    assert b"Set-Cookie: app=1" in _head(out)
+    second = Facts(route=route)
+    expect(machine, second)
+    plain = b"HTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nok"
+    assert feed(machine, plain) == (response.DONE, plain)
+    assert machine.keep
+
+
+def test_a_second_answer_after_a_head_answer_keeps_nothing_of_it() -> None:
+    machine, route = machine_and_route()
+    expect(machine, Facts(route=route, head_request=True))
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nSet-Cookie: app=1\r\n"
+        b"Content-Length: 9\r\n\r\n",
+    )
+    assert event == response.DONE
+    assert machine.keep
+    expect(machine, Facts(route=route))
+    event, out = feed(machine, b"HTTP/1.1 200 OK\r\nX-A: 2\r\n\r\nok")
+    assert event == response.MORE  # close-delimited: the 9 of the HEAD answer is gone
+    assert _head(out) == [b"X-A: 2", b"Transfer-Encoding: chunked"]
+    assert machine.closed()  # ended by the close: the shell never pools it (keep unread)
+
+
+def test_a_final_head_keeps_nothing_of_the_1xx_before_it() -> None:
+    machine, facts = start()
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nConnection: X-A\r\nSet-Cookie: early=1\r\n"
+        b"Content-Length: 5\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-A: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    assert event == response.DONE
+    interim, _, final = out.partition(b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert b"Link: </a>" in _head(interim + b"\r\n\r\n")
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert _head(final) == [b"X-A: 2", b"Transfer-Encoding: chunked"]
+    assert final.endswith(b"\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    assert facts.status == 200
+    assert machine.keep
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nTRANSFER-ENCODING: chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+def test_an_answer_framed_two_ways_in_any_spelling_is_broken(answer: bytes) -> None:
+    machine, facts = start()
+    event, out = feed(machine, answer)
+    assert (event, out) == (response.BROKEN, b"")
+    assert not facts.response_started
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [b"Content-Length", b"content-length", b"CONTENT-LENGTH, keep-alive", b"Transfer-Encoding"],
+)
+def test_connection_cannot_unframe_an_answer(listed: bytes) -> None:
+    machine, _ = start()
+    event, out = feed(
+        machine, b"HTTP/1.1 200 OK\r\nConnection: " + listed + b"\r\nContent-Length: 2\r\n\r\nok"
+    )
+    assert event == response.DONE
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert machine.keep
+
+
+def test_a_set_cookie_that_connection_lists_is_not_forwarded() -> None:
+    machine, _ = start()
+    event, out = feed(
+        machine,
+        b"HTTP/1.1 200 OK\r\nConnection: set-cookie\r\nSet-Cookie: app=1\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+    )
+    assert (event, out) == (response.DONE, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize(
+    ("codings", "sent"),
+    [
+        (b"Transfer-Encoding: chunked, identity", b"chunked, identity, chunked"),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip", b"chunked, gzip, chunked"),
+        (b"transfer-encoding: gzip\r\nContent-Length: 3", None),  # two ways: broken
+    ],
+)
+def test_codings_that_do_not_end_in_chunked_are_read_to_the_close(
+    codings: bytes, sent: bytes | None
+) -> None:
+    # RFC 9112 6.3 (4): the answer's length is the close; the client gets it re-chunked
+    # with the codings kept, and the backend connection is not reused.
+    machine, facts = start()
+    event, out = feed(machine, b"HTTP/1.1 200 OK\r\n" + codings + b"\r\n\r\nxyz")
+    if sent is None:
+        assert (event, out) == (response.BROKEN, b"")
+        return
+    assert event == response.MORE
+    assert _head(out) == [b"Transfer-Encoding: " + sent]
+    assert out.endswith(b"\r\n\r\n3\r\nxyz\r\n")
+    assert machine.closed()
+    assert machine.out == [http.LAST_CHUNK]
+    assert facts.status == 200
