@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -294,3 +296,44 @@ def test_cookie_fields_are_joined_without_trailing_blanks(
     assert s.cookie == want
     assert s.host == b"h"
     assert b"".join(s.kept) == b"Host: h\r\n"
+
+
+def _spellings(name: bytes, rnd: random.Random, most: int) -> set[bytes]:
+    """Every upper/lower-case spelling of ``name`` (or ``most`` random ones)."""
+    letters = [i for i, b in enumerate(name) if chr(b).isalpha()]
+    if 2 ** len(letters) <= most:
+        masks = range(2 ** len(letters))
+    else:
+        masks = [rnd.getrandbits(len(letters)) for _ in range(most)]  # type: ignore[assignment]
+    out = set()
+    for mask in masks:
+        b = bytearray(name)
+        for bit, i in enumerate(letters):
+            if mask >> bit & 1:
+                b[i] ^= 0x20
+        out.add(bytes(b))
+    return out
+
+
+def _class_of(name: bytes) -> int:
+    lower = name.lower()
+    return http._CLASSES.get(lower, http.DROP if lower.startswith(b"proxy-") else http.OTHER)
+
+
+def test_every_spelling_of_every_classed_name_gets_its_class() -> None:
+    # HeaderClasses.get answers the usual spelling of a length without a lookup (8a439e1):
+    # every other case spelling, and every name one byte off a classed one, must still
+    # get the class the table gives (a cold and a warm cache, and one that is full).
+    rnd = random.Random(10)
+    names: set[bytes] = set()
+    for classed in [*http._CLASSES, b"proxy-authorization"]:
+        names |= _spellings(classed, rnd, 2048)
+        for i in range(len(classed)):
+            for byte in (0x00, 0x09, 0x2D, 0x5F, 0x7F, 0xC3, classed[i] ^ 0x01, classed[i] ^ 0x20):
+                names.add(classed[:i] + bytes([byte]) + classed[i + 1 :])
+        names.add(classed + b"x")
+        names.add(classed[:-1])
+    for classes in (http.HeaderClasses(), http.HeaderClasses(limit=0)):
+        for _ in range(2):  # the second pass reads what the first cached
+            for name in sorted(names):
+                assert classes.get(name) == _class_of(name), name
