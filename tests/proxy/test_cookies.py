@@ -395,3 +395,36 @@ def test_a_verified_cookie_compares_by_every_field() -> None:
     assert all(c != base for c in changed)
     assert base != (b"i" * 12, "b1", 7, 100, 110, True, b"", 5)
     assert "'b1'" in repr(base)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_76_character_value_with_junk_in_place_of_a_character_is_garbage(
+    data: st.DataObject,
+) -> None:
+    # The lax decoder skips a character outside the alphabet and stops at a pad (b75d18c):
+    # junk inserted where a character was taken out keeps the length at 76, and must
+    # still be refused (two junk bytes, a pad mid-value, blanks, NUL, bytes past ASCII).
+    c = codec()
+    v = bytearray(make(c, key_hash=data.draw(hashes)))
+    junk = st.integers(0, 255).filter(lambda b: b not in _URLSAFE + b"+/")
+    for _ in range(data.draw(st.integers(1, 3))):
+        del v[data.draw(st.integers(0, len(v) - 1))]
+        v.insert(data.draw(st.integers(0, len(v))), data.draw(junk))
+    assert len(v) == ENCODED_LEN
+    assert c.decode(bytes(v), NOW) is CookieRejection.GARBAGE
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_the_standard_alphabets_spelling_is_the_same_signed_cookie(data: st.DataObject) -> None:
+    # "+" and "/" for "-" and "_" are accepted (as strict mode did): they are another
+    # encoding of the same signed bytes, and decode to the very same cookie.
+    c = codec()
+    v = make(c, key_hash=data.draw(hashes))
+    mixed = bytes(
+        {ord("-"): ord("+"), ord("_"): ord("/")}.get(b, b) if data.draw(st.booleans()) else b
+        for b in v
+    )
+    assert c.decode(mixed, NOW) == c.decode(v, NOW)
+    assert isinstance(c.decode(v, NOW), SessionCookie)
