@@ -5,6 +5,7 @@ real engine doing them on in-memory transports."""
 
 from __future__ import annotations
 
+import random
 from enum import IntEnum
 from typing import Any
 
@@ -570,3 +571,112 @@ def test_a_backend_connection_is_pooled_only_when_nothing_of_the_exchange_is_lef
         assert h.pool.idle_count() == pooled
     finally:
         h.close()
+
+
+# -- nothing of one exchange in the next ---------------------------------------------------
+
+_NEXT_NAMES = [
+    b"Host",
+    b"Cookie",
+    b"Connection",
+    b"X-Forwarded-For",
+    b"Keep-Alive",
+    b"TE",
+    b"Forwarded",
+    b"X-Forwarded-Host",
+    b"X-A",
+]
+_NEXT_VALUES = {
+    b"host": [b"x", b"x ", b"x\t", b"y:80", b"x y", b"", b"X"],
+    b"cookie": [b"a=1", b"a=1 ", b"a=1\t", b"b=2"],
+    b"connection": [
+        b"keep-alive",
+        b"content-length",
+        b"host",
+        b"x-a",
+        b"cookie",
+        b"keep-alive, X-A",
+    ],
+    b"x-a": [b"1", b"2 "],
+}
+_NEXT_ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nSet-Cookie: s=1\r\nContent-Length: 2\r\n\r\n"
+    b"ok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+    b"HTTP/1.1 103 Early\r\nX-A: 9\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+def _spelled(rnd: random.Random, name: bytes) -> bytes:
+    return bytes(b ^ 0x20 if chr(b).isalpha() and rnd.random() < 0.2 else b for b in name)
+
+
+def _random_request(rnd: random.Random) -> bytes:
+    method = rnd.choice([b"GET", b"POST", b"HEAD"])
+    target = rnd.choice([b"/a", b"/b", b"http://y/p", b"http://x/q"])
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    for _ in range(rnd.randrange(0, 5)):
+        name = rnd.choice(_NEXT_NAMES)
+        lines.append(
+            _spelled(rnd, name) + b": " + rnd.choice(_NEXT_VALUES.get(name.lower(), [b"v"]))
+        )
+    if not any(line.lower().startswith(b"host:") for line in lines):
+        host = _spelled(rnd, b"Host") + b": " + rnd.choice(_NEXT_VALUES[b"host"])
+        lines.insert(rnd.randrange(1, len(lines) + 1), host)
+    body = b""
+    if method == b"POST":
+        if rnd.random() < 0.5:
+            lines.append(_spelled(rnd, b"Content-Length") + b": 5")
+            body = b"hello"
+        else:
+            lines.append(_spelled(rnd, b"Transfer-Encoding") + b": chunked")
+            body = b"5\r\nhello\r\n0\r\n\r\n"
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _answer_for(request: bytes, answer: bytes) -> bytes:
+    if not request.startswith(b"HEAD "):
+        return answer
+    if b" 103 " in answer:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    return answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+
+
+def _exchanges(
+    steps: list[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes, int]]:
+    """Each request on one client connection, its answer from one backend connection:
+    what reached the backend, what the client got, and the idle connections after it."""
+    h = Harness()
+    up, up_out = h.idle_backend()
+    client, client_out = h.client()
+    seen = []
+    for request, answer in steps:
+        if client_out.closed:
+            break
+        sent, got = len(up_out.out), len(client_out.out)
+        client.data_received(request)
+        if up.client is not None and len(up_out.out) > sent:
+            up.data_received(_answer_for(request, answer))
+        seen.append((bytes(up_out.out[sent:]), bytes(client_out.out[got:]), h.pool.idle_count()))
+    h.close()
+    return seen
+
+
+def test_an_exchange_on_a_reused_connection_is_what_it_is_on_a_fresh_one() -> None:
+    # The scans (request, response), the remembered Host and the response machine are
+    # reused from one exchange to the next (2accc1e, abc96f9, a9bebd4): a second request
+    # on the same client and backend connections must reach the backend, and its answer
+    # the client, exactly as on fresh ones, whatever the first exchange held.
+    rnd = random.Random(11)
+    compared = 0
+    for _ in range(300):
+        first = (_random_request(rnd), rnd.choice(_NEXT_ANSWERS))
+        second = (_random_request(rnd), rnd.choice(_NEXT_ANSWERS))
+        both = _exchanges([first, second])
+        if len(both) < 2 or both[0][2] != 1:
+            continue  # the first exchange ended the connections
+        compared += 1
+        assert both[1] == _exchanges([second])[0], (first, second)
+    assert compared > 200
