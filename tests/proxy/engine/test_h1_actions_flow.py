@@ -425,6 +425,9 @@ def _host_sent(up_out: bytearray, start: int) -> list[bytes]:
         b"x:80",
         b"x y",
         b"x\ty",
+        b"x\x0b",  # blanks that are not OWS are not stripped, and not a host
+        b"x\x0c",
+        b"x\xa0",
     ],
 )
 def test_a_remembered_host_is_no_licence_for_a_different_value(second: bytes) -> None:

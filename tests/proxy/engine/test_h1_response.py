@@ -414,3 +414,22 @@ def test_codings_that_do_not_end_in_chunked_are_read_to_the_close(
     assert machine.closed()
     assert machine.out == [http.LAST_CHUNK]
     assert facts.status == 200
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
+        b"HTTP/1.1 200 OK\nContent-Length: 5\n\n",
+    ],
+)
+@pytest.mark.parametrize("head_request", [True, False])
+def test_a_head_ended_by_a_bare_lf_is_broken_not_pooled(answer: bytes, head_request: bool) -> None:
+    # An answer to HEAD is cut at the first CRLF CRLF (_feed_head): a head that ends
+    # otherwise must not let the bytes after it pass as the end of the answer.
+    machine, facts = start(head_request=head_request)
+    assert feed(machine, answer) == (response.BROKEN, b"")
+    assert not machine.keep
+    assert not facts.response_started
