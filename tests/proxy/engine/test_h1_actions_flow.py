@@ -504,6 +504,17 @@ def _one_exchange(request: bytes, answer: bytes, *, close_backend: bool = False)
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             0,
         ),
+        # Expect: 100-continue answered before the body left (a final head, or 1xx then one).
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+        ),
         # An upgrade refused, with and without a body on the request.
         (
             b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
