@@ -39,6 +39,17 @@ PROXY_WRITTEN = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 PROTECTED = frozenset({b"content-length", b"transfer-encoding", b"host", b"cookie", *PROXY_WRITTEN})
+# Names a CGI/WSGI gateway would read as one of the fields above (or as Proxy-*) when
+# spelled with "_" for "-": the proxy drops them, as nginx does. And Proxy (httpoxy).
+OWNED = HOP_BY_HOP | PROTECTED | {b"set-cookie", b"expect"}
+
+
+def _gateway_alias(name: bytes) -> bool:
+    if name == b"proxy":
+        return True
+    dashed = name.replace(b"_", b"-")
+    return dashed != name and (dashed in OWNED or dashed.startswith(b"proxy-"))
+
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
@@ -368,6 +379,7 @@ def end_to_end(headers: Fields) -> Fields:
         and k not in PROXY_WRITTEN
         and k not in listed
         and not k.startswith(b"proxy-")
+        and not _gateway_alias(k)
         and k != b"cookie"
     ]
     cookies = [v for k, v in headers if k == b"cookie"]

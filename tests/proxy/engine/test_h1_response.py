@@ -435,13 +435,6 @@ def test_a_head_ended_by_a_bare_lf_is_broken_not_pooled(answer: bytes, head_requ
     assert not facts.response_started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Set-Cookie that Connection lists is stripped for the client but still learned: "
-    "the client gets an AppCookie companion bound to an app cookie it never received "
-    "(http.scan_response_field collects set_cookies before end_response_scan strips the "
-    "listed fields; the same before 2accc1e)",
-)
 def test_an_app_cookie_that_connection_lists_is_neither_forwarded_nor_learned() -> None:
     machine, route = machine_and_route("app-cookie:JSESSIONID")
     expect(machine, Facts(route=route))

@@ -68,6 +68,24 @@ IDEMPOTENT_METHODS: Final = frozenset(
 )
 
 
+def _class_of(lower: bytes) -> int:
+    """The class of a lower-cased field name. ``Proxy-*`` fields are dropped, and so is
+    ``Proxy`` (httpoxy: CGI gateways turn it into ``HTTP_PROXY``). A name that is a
+    classed name with ``_`` for ``-`` (``X_Forwarded_For``, ``Content_Length``) is dropped
+    too: CGI and WSGI gateways read ``-`` and ``_`` alike, so it would reach the app as the
+    field the proxy owns (nginx drops names with underscores by default)."""
+    code = _CLASSES.get(lower)
+    if code is not None:
+        return code
+    if lower == _PROXY_PREFIX[:-1] or lower.startswith(_PROXY_PREFIX):
+        return DROP
+    if b"_" in lower:
+        dashed = lower.replace(b"_", b"-")
+        if dashed in _CLASSES or dashed.startswith(_PROXY_PREFIX):
+            return DROP
+    return OTHER
+
+
 class HeaderClasses:
     """Name-as-sent -> class. Bounded so that a client inventing names cannot grow it.
 
@@ -88,8 +106,7 @@ class HeaderClasses:
         self._spelled, self._codes = _usual_spellings()
 
     def classify(self, name: bytes) -> int:
-        lower = name.lower()
-        code = _CLASSES.get(lower, DROP if lower.startswith(b"proxy-") else OTHER)
+        code = _class_of(name.lower())
         if len(self.cache) < self._limit:
             self.cache[name] = code
         return code
@@ -112,13 +129,13 @@ _PROXY_PREFIX: Final = b"proxy-"
 
 def _first_letters() -> tuple[int, ...]:
     """For each name length, a mask of the first letters (bit ``letter & 31``) of the
-    names that have a class (``_CLASSES``, and ``proxy-*`` from its prefix's length on);
-    the last entry stands for every longer name."""
+    names that have a class (``_CLASSES``, ``Proxy`` and ``proxy-*``, so every length from
+    ``Proxy``'s on); the last entry stands for every longer name."""
     longest = max(len(name) for name in _CLASSES)
     masks = [0] * (longest + 2)
     for name in _CLASSES:
         masks[len(name)] |= 1 << (name[0] & 31)
-    for length in range(len(_PROXY_PREFIX), longest + 2):
+    for length in range(len(_PROXY_PREFIX) - 1, longest + 2):
         masks[length] |= 1 << (_PROXY_PREFIX[0] & 31)
     return tuple(masks)
 
@@ -460,9 +477,15 @@ def scan_response_field(scan: ResponseScan, code: int, name: bytes, value: bytes
 
 
 def end_response_scan(scan: ResponseScan) -> None:
-    """The head's fields are all scanned: drop those that ``Connection`` lists."""
+    """The head's fields are all scanned: drop those that ``Connection`` lists. A listed
+    ``Set-Cookie`` is then neither forwarded nor learned: an app cookie the client never
+    gets must not be bound to a session (nor answered with a companion cookie)."""
     if scan.connection is not None and _lists_headers(scan.connection):
-        scan.kept = _without_listed(scan.kept, scan.connection)
+        listed = connection_tokens(scan.connection) - _NOT_STRIPPED
+        if listed:
+            scan.kept = _without_fields(scan.kept, listed)
+            if b"set-cookie" in listed:
+                scan.set_cookies = None
 
 
 # Final (as the other caches here): compiled, a module-level name that is not Final is
