@@ -36,7 +36,7 @@ from limpet.proxy.engine.h1.connection import (
 )
 from limpet.proxy.engine.port import Route
 
-from ..fuzzing import Harness, MemoryTransport
+from ..fuzzing import Harness, MemoryTransport, Outcome
 
 ROUTE = Route(BackendId("s1"), "127.0.0.1", 9, None, (), None, None, False)
 
@@ -344,13 +344,22 @@ _SHORTCUT_VECTORS = [
 ]
 
 
-@pytest.mark.parametrize("data", _SHORTCUT_VECTORS)
-def test_hot_path_shortcuts_keep_the_oracles_rule(data: bytes) -> None:
+def _run(data: bytes) -> Outcome:
+    """One request through the real engine and the h11 oracle, on a fresh harness."""
     h = Harness()
     try:
-        outcome = h.run_request(data)
+        return h.run_request(data)
     finally:
         h.close()
+
+
+def _with_field(name: bytes, value: bytes) -> bytes:
+    return b"GET /a HTTP/1.1\r\nHost: x\r\n" + name + b": " + value + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("data", _SHORTCUT_VECTORS)
+def test_hot_path_shortcuts_keep_the_oracles_rule(data: bytes) -> None:
+    outcome = _run(data)
     assert outcome.kind in ("ok", "refused"), outcome.detail
     for message in outcome.forwarded:
         names = [name.lower() for name, _ in message.headers]
@@ -380,11 +389,7 @@ def test_hot_path_shortcuts_keep_the_oracles_rule(data: bytes) -> None:
     ],
 )
 def test_a_name_one_byte_off_a_classed_one_is_forwarded_as_it_came(name: bytes) -> None:
-    h = Harness()
-    try:
-        outcome = h.run_request(b"GET /a HTTP/1.1\r\nHost: x\r\n" + name + b": 5\r\n\r\n")
-    finally:
-        h.close()
+    outcome = _run(_with_field(name, b"5"))
     assert outcome.kind == "ok", outcome.detail
     (message,) = outcome.forwarded
     assert (name.lower(), b"5") in message.headers
@@ -712,11 +717,7 @@ def test_an_exchange_on_a_reused_connection_is_what_it_is_on_a_fresh_one() -> No
     ],
 )
 def test_a_forwarding_field_spelled_with_underscores_is_not_forwarded(name: bytes) -> None:
-    h = Harness()
-    try:
-        outcome = h.run_request(b"GET /a HTTP/1.1\r\nHost: x\r\n" + name + b": 6.6.6.6\r\n\r\n")
-    finally:
-        h.close()
+    outcome = _run(_with_field(name, b"6.6.6.6"))
     assert outcome.kind in ("ok", "refused"), outcome.detail
     for message in outcome.forwarded:
         assert all(b"6.6.6.6" not in value for _, value in message.headers)
@@ -724,11 +725,7 @@ def test_a_forwarding_field_spelled_with_underscores_is_not_forwarded(name: byte
 
 @pytest.mark.parametrize("name", [b"X_Request_Id", b"My_Field", b"Proxyish", b"X-Forwarded"])
 def test_other_names_with_underscores_are_forwarded(name: bytes) -> None:
-    h = Harness()
-    try:
-        outcome = h.run_request(b"GET /a HTTP/1.1\r\nHost: x\r\n" + name + b": 6.6.6.6\r\n\r\n")
-    finally:
-        h.close()
+    outcome = _run(_with_field(name, b"6.6.6.6"))
     assert outcome.kind == "ok", outcome.detail
     (message,) = outcome.forwarded
     assert (name.lower(), b"6.6.6.6") in message.headers
