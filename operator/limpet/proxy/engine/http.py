@@ -359,14 +359,15 @@ def _scan_rare(scan: RequestScan, code: int, name: bytes, value: bytes, *, trust
 def _strip_listed(scan: RequestScan) -> None:
     """Drop the headers that ``Connection`` lists (rare, so the slow path re-parses lines)."""
     assert scan.connection is not None
-    scan.kept = _without_listed(scan.kept, scan.connection)
+    listed = _listed(scan.connection)
+    if listed:
+        scan.kept = _without_fields(scan.kept, listed)
 
 
-def _without_listed(kept: list[bytes], connection: list[bytes]) -> list[bytes]:
-    listed = connection_tokens(connection) - _NOT_STRIPPED
-    if not listed:
-        return kept
-    return _without_fields(kept, listed)
+def _listed(connection: list[bytes]) -> set[bytes]:
+    """The field names that ``Connection`` lists and a proxy may drop: never framing,
+    routing or the proxy's own fields (:data:`_NOT_STRIPPED`)."""
+    return connection_tokens(connection) - _NOT_STRIPPED
 
 
 def _without_fields(kept: list[bytes], names: Collection[bytes]) -> list[bytes]:
@@ -481,7 +482,7 @@ def end_response_scan(scan: ResponseScan) -> None:
     ``Set-Cookie`` is then neither forwarded nor learned: an app cookie the client never
     gets must not be bound to a session (nor answered with a companion cookie)."""
     if scan.connection is not None and _lists_headers(scan.connection):
-        listed = connection_tokens(scan.connection) - _NOT_STRIPPED
+        listed = _listed(scan.connection)
         if listed:
             scan.kept = _without_fields(scan.kept, listed)
             if b"set-cookie" in listed:
