@@ -162,6 +162,26 @@ def target_line(workload: str, limpet: Result, haproxy: Result) -> str:
     )
 
 
+def rounds_line(workload: str, by_peer: dict[str, list[Result]]) -> str:
+    """Limpet's ratios to HAProxy round by round, and HAProxy's own spread between rounds.
+
+    A round runs every proxy back to back, so a round's ratio compares runs minutes
+    apart at most; on a machine whose speed drifts, the spread of HAProxy's own rate says
+    how far the medians above can be trusted (printed, never asserted)."""
+    limpet, haproxy = by_peer.get("limpet", []), by_peer.get(HAPROXY, [])
+    if not limpet or len(limpet) != len(haproxy):
+        return ""
+    pairs = ", ".join(
+        f"{lim.rps / hap.rps:.2f}/{lim.p99_ms / hap.p99_ms:.2f}"
+        for lim, hap in zip(limpet, haproxy, strict=True)
+    )
+    rates = [r.rps for r in haproxy]
+    return (
+        f"per round ({workload}), limpet / HAProxy req/s / p99: {pairs}; HAProxy's rate "
+        f"{min(rates):.0f} to {max(rates):.0f} req/s ({max(rates) / min(rates) - 1:.0%} apart)"
+    )
+
+
 def histogram_line(workload: str, results: list[Result]) -> str:
     """Limpet with its request-duration histogram against limpet without (if both ran)."""
     on = next((r for r in results if r.name == "limpet"), None)
@@ -260,9 +280,10 @@ def plan_loads(
     return plans
 
 
-def measure(
-    args: argparse.Namespace, procs: Procs, tmp: Path
-) -> tuple[dict[str, list[Result]], list[Result], str]:
+Rounds = dict[str, dict[str, list[Result]]]  # workload -> proxy -> one result a round
+
+
+def measure(args: argparse.Namespace, procs: Procs, tmp: Path) -> tuple[Rounds, Rounds, str]:
     proxy_core, load_core, both = cpu_list()
     backends = start_backends(procs, tmp, core=load_core)
     peers = [
@@ -298,7 +319,7 @@ def measure(
         duration=args.duration,
         warmup=args.warmup,
     )
-    rounds: dict[str, dict[str, list[Result]]] = {w: {} for w in plans}
+    rounds: Rounds = {w: {} for w in plans}
     post_rounds: dict[str, list[Result]] = {}
     # The proxies stay up; the rounds alternate between them so that a burst of
     # unrelated load on this machine hits all of them alike.
@@ -308,14 +329,13 @@ def measure(
                 rounds[workload].setdefault(peer.name, []).append(run(peer, load))
         for peer, load in posting:
             post_rounds.setdefault(peer.name, []).append(run(peer, load))
-    medians = {w: [median(rs) for rs in by_peer.values()] for w, by_peer in rounds.items()}
     setup = (
         f"wrk: 1 thread, {args.connections} connections, keep-alive, {args.warmup:g} s "
         f"warm-up and {args.duration:g} s measured per run, median of {args.rounds} "
         f"alternating rounds; proxies on core {proxy_core} (limpet --workers 2 on cores "
         f"{both}), wrk and the nginx backends on core {load_core}."
     )
-    return medians, [median(rs) for rs in post_rounds.values()], setup
+    return rounds, {"POST": post_rounds} if post_rounds else {}, setup
 
 
 def main(argv: list[str]) -> int:
@@ -330,20 +350,24 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="limpet-bench-") as tmpdir:
         try:
-            medians, posts, setup = measure(args, procs, Path(tmpdir))
+            rounds, post_rounds, setup = measure(args, procs, Path(tmpdir))
         finally:
             procs.stop_all()
     print(setup)
+    medians = {w: [median(rs) for rs in by_peer.values()] for w, by_peer in rounds.items()}
     for workload, results in medians.items():
         print(f"\n{workload}: {WORKLOADS[workload].format(n=f'{args.cycle:,}')}")
         haproxy = next(r for r in results if r.name == HAPROXY)
         print(table(results, haproxy))
         limpet = next(r for r in results if r.name == "limpet")
         print(target_line(workload, limpet, haproxy))
+        print(rounds_line(workload, rounds[workload]))
         print(histogram_line(workload, results))
+    posts = [median(rs) for rs in post_rounds.get("POST", {}).values()]
     if posts:
         print(f"\nPOST with a {args.post_bytes}-byte body, one session cookie, same set-up:")
         print(table(posts, posts[0]))
+        print(rounds_line("POST", post_rounds["POST"]))
         print(histogram_line("POST", posts))
     if args.profile is not None:
         print(
@@ -353,7 +377,13 @@ def main(argv: list[str]) -> int:
     if args.json is not None:
         blob = {w: [asdict(r) for r in rs] for w, rs in medians.items()}
         blob["post"] = [asdict(r) for r in posts]
-        args.json.write_text(json.dumps({"setup": setup, "results": blob}, indent=2))
+        every = {
+            w: {name: [asdict(r) for r in rs] for name, rs in by_peer.items()}
+            for w, by_peer in {**rounds, **post_rounds}.items()
+        }
+        args.json.write_text(
+            json.dumps({"setup": setup, "results": blob, "rounds": every}, indent=2)
+        )
     mem = learned_memory(args.sessions)
     print(
         f"\nlearned sessions: {int(mem['entries']):,} entries use {mem['bytes'] / 2**20:.0f} "

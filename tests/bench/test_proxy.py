@@ -85,6 +85,21 @@ def test_target_line_states_met_and_not_met() -> None:
     assert "2.50 x p99 (target <= 2: not met)" in line
 
 
+def test_rounds_line_pairs_each_round_and_shows_haproxys_spread() -> None:
+    def run(name: str, rps: float, p99: float) -> Result:
+        return Result(name, rps, 0.5, p99, 1.0, 1.0, 0)
+
+    by_peer = {
+        proxy.HAPROXY: [run(proxy.HAPROXY, 100.0, 1.0), run(proxy.HAPROXY, 80.0, 2.0)],
+        "limpet": [run("limpet", 50.0, 3.0), run("limpet", 48.0, 3.0)],
+    }
+    line = proxy.rounds_line("new", by_peer)
+    # Each round's limpet run against the same round's HAProxy run, not the medians.
+    assert "req/s / p99: 0.50/3.00, 0.60/1.50;" in line
+    assert line.endswith("HAProxy's rate 80 to 100 req/s (25% apart)")
+    assert proxy.rounds_line("new", {"limpet": by_peer["limpet"]}) == ""
+
+
 def test_histogram_line_compares_limpet_with_and_without() -> None:
     on = Result("limpet", 95.0, 0.5, 2.0, 1.0, 0.5, 0)  # 190 req/s per core
     off = Result(proxy.NO_HISTOGRAM, 100.0, 0.5, 1.0, 1.0, 0.5, 0)  # 200 per core
