@@ -7,7 +7,7 @@ interpreted (and ``--require`` fails there); the build key changes with every so
 the compiled modules are typed from and with the compiler, and with nothing else;
 ``install`` puts every extension and the manifest beside another copy of the sources.
 A real compile is not repeated here: ``make test`` runs one before pytest, and
-``tests/proxy/test_native.py`` checks that every listed module then loads compiled.
+``tests/proxy/process/test_native.py`` checks that every listed module then loads compiled.
 """
 
 from __future__ import annotations

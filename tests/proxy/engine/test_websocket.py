@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from .conftest import Backends, Conn, Proxies, standalone_args
+from ..conftest import Backends, Conn, Proxies, standalone_args
 
 
 async def test_websocket_echo_through_proxy(backends: Backends, proxy: Proxies) -> None:

@@ -11,7 +11,7 @@ from limpet.affinity import AffinityType
 from limpet.proxy.process.command import UsageError, add_arguments, build
 from limpet.proxy.process.standalone import parse_affinity, standalone_plan
 
-from .routing_helpers import Client, Clock, mkrouter
+from ..routing_helpers import Client, Clock, mkrouter
 
 
 def test_standalone_plan() -> None:

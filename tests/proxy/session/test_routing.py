@@ -27,7 +27,7 @@ from limpet.affinity import (
 )
 from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 
-from .routing_helpers import ABC, K1, K2, K3, T0, Client, Clock, be, mkplan, mkrouter, moved
+from ..routing_helpers import ABC, K1, K2, K3, T0, Client, Clock, be, mkplan, mkrouter, moved
 
 # -- cookie mode -------------------------------------------------------------------------------
 

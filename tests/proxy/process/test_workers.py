@@ -13,7 +13,7 @@ from limpet.affinity.plan.codec import plan_to_json
 from limpet.controller.model.counts import combine, parse_counts
 from limpet.proxy.process.standalone import standalone_plan
 
-from .conftest import Backends, Conn, Proxies, Proxy, standalone_args
+from ..conftest import Backends, Conn, Proxies, Proxy, standalone_args
 
 
 def processes(p: Proxy) -> list[dict[str, Any]]:

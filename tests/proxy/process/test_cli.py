@@ -13,7 +13,7 @@ import pytest
 from limpet.affinity.plan.codec import plan_to_json
 from limpet.proxy.process.standalone import standalone_plan
 
-from .conftest import Backends, Conn, Proxies, _env, standalone_args
+from ..conftest import Backends, Conn, Proxies, _env, standalone_args
 
 OPTIONS = [
     "--plan",

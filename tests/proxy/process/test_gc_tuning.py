@@ -14,7 +14,7 @@ import pytest
 
 from limpet.proxy.settings import ProxySettings
 
-from .conftest import Proxies, _env
+from ..conftest import Proxies, _env
 
 CHILD = r"""
 import gc, json, sys, weakref

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from limpet.affinity import AffinitySettings, BackendState, DrainSettings
 from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 
-from .routing_helpers import ABC, T0, Client, Clock, be, mkplan, mkrouter
+from ..routing_helpers import ABC, T0, Client, Clock, be, mkplan, mkrouter
 
 IDLE = 30.0
 PLAN = mkplan(1, ABC, affinity=AffinitySettings(idle_timeout=IDLE))

@@ -20,7 +20,7 @@ import pytest
 from limpet.affinity.plan.codec import plan_to_json
 from limpet.proxy.process.standalone import standalone_plan
 
-from .conftest import Backends, Conn, Proxies, standalone_args
+from ..conftest import Backends, Conn, Proxies, standalone_args
 
 DURATION = "limpet_proxy_request_duration_seconds"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, Backend, Backends, Conn, Proxies, Proxy, _env
+from ..conftest import ROOT, Backend, Backends, Conn, Proxies, Proxy, _env
 
 SECRET = "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes
 

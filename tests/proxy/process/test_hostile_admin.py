@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .conftest import Backends, Conn, Proxies, Proxy
+from ..conftest import Backends, Conn, Proxies, Proxy
 
 TOKEN = "t\u00f6ken-\u6f22-1"  # a token outside ASCII: compared as UTF-8 bytes
 

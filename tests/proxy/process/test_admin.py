@@ -20,7 +20,7 @@ from limpet.proxy.process.admin import make_admin_app
 from limpet.proxy.process.state import PlanGate, PlanStore
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
 
-from .routing_helpers import Client, Clock, mkrouter
+from ..routing_helpers import Client, Clock, mkrouter
 
 TOKEN = "s3cret-token"
 

@@ -19,7 +19,7 @@ import pytest
 
 from limpet.proxy.process.command import MAX_GC_COUNT, RANGES
 
-from .conftest import ROOT, Backends, Conn, Proxies, _env
+from ..conftest import ROOT, Backends, Conn, Proxies, _env
 
 OUT_OF_RANGE = {
     "--head-timeout": ["inf", "nan", "-inf", "1e20", "604801", "0", "1e-300"],

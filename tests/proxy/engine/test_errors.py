@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Backend, Backends, Conn, Proxies, Proxy, standalone_args
+from ..conftest import Backend, Backends, Conn, Proxies, Proxy, standalone_args
 
 
 @pytest.fixture

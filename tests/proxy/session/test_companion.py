@@ -18,7 +18,7 @@ from limpet.proxy.session.companion import (
 from limpet.proxy.session.cookies import CookieRejection, SessionCookie, SigningKey
 from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 
-from .routing_helpers import ABC, K1, T0, Clock, be, mkplan, mkrouter, moved
+from ..routing_helpers import ABC, K1, T0, Clock, be, mkplan, mkrouter, moved
 
 S1 = SigningKey("k1", b"1" * 32)
 S2 = SigningKey("k2", b"2" * 32)

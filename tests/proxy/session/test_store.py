@@ -15,7 +15,7 @@ from limpet.affinity import (
 )
 from limpet.proxy.session.routing import RequestView
 
-from .routing_helpers import ABC, Client, Clock, be, mkplan, mkrouter, moved
+from ..routing_helpers import ABC, Client, Clock, be, mkplan, mkrouter, moved
 
 STORE = SessionStoreSettings(address="127.0.0.1:6379")
 

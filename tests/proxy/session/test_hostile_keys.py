@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 
-from .conftest import Backend, Backends, Conn, Proxies, Proxy, Response
+from ..conftest import Backend, Backends, Conn, Proxies, Proxy, Response
 
 
 def get(p: Proxy, headers: list[tuple[bytes, bytes]], target: bytes = b"/who") -> Response:

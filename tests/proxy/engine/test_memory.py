@@ -12,7 +12,7 @@ import pytest
 from limpet.proxy.engine.client import ClientConnection
 from limpet.proxy.engine.upstream import CLOSED, UpstreamConnection
 
-from .fuzzing import Harness, MemoryTransport
+from ..fuzzing import Harness, MemoryTransport
 
 FORWARDED = b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\n"
 

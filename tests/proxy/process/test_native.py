@@ -19,8 +19,8 @@ import pytest
 
 from limpet.proxy.process import native
 
-from .conftest import Proxies
-from .test_engine_cli import limpet
+from ..conftest import Proxies
+from .test_cli import limpet
 
 EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .backends import PATTERN
-from .conftest import Backend, Backends, Proxies, Proxy, standalone_args
+from ..backends import PATTERN
+from ..conftest import Backend, Backends, Proxies, Proxy, standalone_args
 
 SIZE = 200 * 1024 * 1024
 PIECE = 1024 * 1024

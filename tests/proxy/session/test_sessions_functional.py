@@ -27,8 +27,8 @@ from limpet.affinity import (
 )
 from limpet.affinity.plan.codec import plan_to_json
 
-from .conftest import Backend as BackendProc
-from .conftest import Backends, Conn, Proxies, Proxy, Response, standalone_args
+from ..conftest import Backend as BackendProc
+from ..conftest import Backends, Conn, Proxies, Proxy, Response, standalone_args
 
 K1 = CookieKey(id="k1", secret=b"1" * 32)
 K2 = CookieKey(id="k2", secret=b"2" * 32)

@@ -15,7 +15,7 @@ from limpet.controller.model.counts import combine, parse_counts
 from limpet.proxy.session.routing import SessionRouter
 from limpet.proxy.session.stats import merge_stats
 
-from .routing_helpers import ABC, T0, Client, Clock, be, mkplan, mkrouter
+from ..routing_helpers import ABC, T0, Client, Clock, be, mkplan, mkrouter
 
 
 def test_stats_dict_and_merge() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Backend, Backends, Conn, Proxies, Proxy, standalone_args
+from ..conftest import Backend, Backends, Conn, Proxies, Proxy, standalone_args
 
 
 def echoed(resp: Any) -> dict[str, Any]:
