@@ -132,7 +132,7 @@ def test_the_build_key_follows_the_typed_sources_and_the_compiler(copy_root: Pat
     outside = copy_root / "limpet/controller/__init__.py"
     outside.write_text(outside.read_text() + "\n# unrelated\n")
     assert build.build_key(copy_root, "gcc 12") == key
-    for sub in ("proxy/engine/http.py", "affinity/__init__.py"):
+    for sub in ("proxy/engine/fields.py", "affinity/__init__.py"):
         source = copy_root / "limpet" / sub
         original = source.read_text()
         source.write_text(original + "\n# edited\n")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.affinity import BackendId
-from limpet.proxy.engine import http
+from limpet.proxy.engine import request_head
 from limpet.proxy.engine.h1 import actions
 from limpet.proxy.engine.h1.actions import (
     Bind,
@@ -444,7 +444,7 @@ def test_a_remembered_host_is_no_licence_for_a_different_value(second: bytes) ->
     sent = len(up_out.out)
     client_out.out.clear()
     client.data_received(b"GET /b HTTP/1.1\r\nHost: " + second + b"\r\n\r\n")
-    if http.host_ok(second.rstrip(b" \t")):
+    if request_head.host_ok(second.rstrip(b" \t")):
         assert _host_sent(up_out.out, sent) == [second.rstrip(b" \t")]
     else:
         assert client_out.out.startswith(b"HTTP/1.1 400 ")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields, framing
 from limpet.proxy.engine.h1 import response
 from limpet.proxy.engine.h1.connection import ANSWER_STARTED, InvalidTransition, State
 from limpet.proxy.engine.h1.response import ResponseMachine
@@ -41,7 +41,7 @@ def machine_and_route(affinity: str = "client-ip") -> tuple[ResponseMachine, Rou
     route = router.dispatch(RequestView(b"GET", b"/", [], "127.0.0.1"))
     assert isinstance(route, Route)
     machine = ResponseMachine(
-        router=router, classes=http.HeaderClasses(), max_headers=10, max_header_bytes=200
+        router=router, classes=fields.HeaderClasses(), max_headers=10, max_header_bytes=200
     )
     return machine, route
 
@@ -138,7 +138,7 @@ def test_a_close_delimited_body_is_chunked_for_http11_and_ended_by_the_close() -
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n",
     )
     assert machine.closed()
-    assert b"".join(machine.out) == http.LAST_CHUNK
+    assert b"".join(machine.out) == framing.LAST_CHUNK
     assert facts.keep_alive
 
 
@@ -412,7 +412,7 @@ def test_codings_that_do_not_end_in_chunked_are_read_to_the_close(
     assert _head(out) == [b"Transfer-Encoding: " + sent]
     assert out.endswith(b"\r\n\r\n3\r\nxyz\r\n")
     assert machine.closed()
-    assert machine.out == [http.LAST_CHUNK]
+    assert machine.out == [framing.LAST_CHUNK]
     assert facts.status == 200
 
 

@@ -49,7 +49,7 @@ def test_a_changed_source_is_reported_stale(
     real = json.loads(native.MANIFEST.read_text()) if native.MANIFEST.is_file() else {}
     modules = dict(real.get("modules", {}))
     changed = native.COMPILED[0]
-    modules[changed] = "0" * 64  # as if http.py had been edited since the build
+    modules[changed] = "0" * 64  # as if fields.py had been edited since the build
     fake = tmp_path / "native_build.json"
     fake.write_text(json.dumps({"modules": modules}))
     monkeypatch.setattr(native, "MANIFEST", fake)

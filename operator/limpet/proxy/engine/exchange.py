@@ -1,7 +1,7 @@
 """The exchange half of a client connection: one request and its answer at a time.
 
 Data flow: when a request head is complete, :meth:`Exchange._start` checks it (version,
-method, Host, target form), scans its headers once (``http.scan_request``) and asks the
+method, Host, target form), scans its headers once (``request_head.scan_request``) and asks the
 router for a :class:`~limpet.proxy.engine.port.Route`. What follows is decided by the
 sans-I/O :mod:`~limpet.proxy.engine.h1.actions` from the facts this shell passes, and
 done here: ``after_routing`` (send, await the shared store, or 503), ``connect`` (bind
@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields, framing, request_head, response_head
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.h1 import actions
 from limpet.proxy.engine.h1.actions import (
@@ -113,7 +113,7 @@ class ServerSide(Protocol):
     router: RouterPort
     stats: EngineStats
     clock: Clock
-    classes: http.HeaderClasses
+    classes: fields.HeaderClasses
     clients: set[Any]  # the server's ClientConnections
     head_timeout: float
     idle_timeout: float
@@ -190,7 +190,7 @@ class Exchange(asyncio.Protocol):
         self.head_timeout = server.head_timeout
         self.idle_timeout = server.idle_timeout
         self.transport = cast(asyncio.Transport, None)
-        self.scan = http.RequestScan(kept=[])
+        self.scan = request_head.RequestScan(kept=[])
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
         self.peer = b""
         self.trusted = False
@@ -247,7 +247,7 @@ class Exchange(asyncio.Protocol):
     ) -> None:
         self._begin(method, version, keep_alive)
         scan = self.scan
-        http.scan_request(scan, headers, self.classes, trusted=self.trusted)
+        request_head.scan_request(scan, headers, self.classes, trusted=self.trusted)
         self.upgrade_requested = upgrade and scan.upgrade is not None
         self.chunked_request = scan.transfer_encoding is not None
         status, origin = self._check(method, target, version)
@@ -307,7 +307,7 @@ class Exchange(asyncio.Protocol):
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
         # GET first: the set lookup hashes the method, a new bytes object every time.
-        self.idempotent = method == b"GET" or method in http.IDEMPOTENT_METHODS
+        self.idempotent = method == b"GET" or method in request_head.IDEMPOTENT_METHODS
 
     def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
         """Everything that refuses a request before routing, and so before any byte goes
@@ -328,7 +328,7 @@ class Exchange(asyncio.Protocol):
         if host is not None:
             checked = self.host_checked
             if checked is None or host != checked:
-                if not http.host_ok(host):
+                if not request_head.host_ok(host):
                     return 400, b""
                 self.host_checked = host
         if _HASH in target:
@@ -347,11 +347,11 @@ class Exchange(asyncio.Protocol):
         becoming the Host; None for a 400."""
         if target == b"*":
             return target if method == b"OPTIONS" else None
-        split = http.split_absolute(target)
+        split = request_head.split_absolute(target)
         if split is None:
             return None
         origin, authority = split
-        http.set_host(self.scan, authority)
+        request_head.set_host(self.scan, authority)
         return origin
 
     def _framing_status(self) -> int:
@@ -360,7 +360,7 @@ class Exchange(asyncio.Protocol):
         if te is not None:
             if not self.http11 or scan.content_length >= 0:
                 return 400
-            status = http.transfer_coding_status(te)
+            status = request_head.transfer_coding_status(te)
             if status:
                 return status
         return 400 if self.upgrade_requested and scan.has_body else 0
@@ -370,7 +370,7 @@ class Exchange(asyncio.Protocol):
         self.route = route
         view = self.view
         scan = self.scan
-        self.request_head = http.build_request_head(
+        self.request_head = request_head.build_request_head(
             scan,
             view.method,
             view.target,
@@ -484,7 +484,7 @@ class Exchange(asyncio.Protocol):
             return  # answered by the proxy: nobody takes the body
         # A chunked body is re-framed chunk by chunk; any other goes through as it is.
         if self.chunked_request:
-            self.up_out += http.chunk(body)
+            self.up_out += framing.chunk(body)
         else:
             self.up_out.append(body)
         if up is not None:
@@ -498,7 +498,7 @@ class Exchange(asyncio.Protocol):
                 self._pause(R_DIALLING)
 
     def _last_chunk(self) -> bytes:
-        return http.last_chunk(self.req_trailers, self.classes)
+        return framing.last_chunk(self.req_trailers, self.classes)
 
     def _request_complete(self) -> None:
         state = AFTER_REQUEST_END[self.state]
@@ -579,7 +579,7 @@ class Exchange(asyncio.Protocol):
         """Send one of the proxy's own answers (counted)."""
         self.stats.local(status)
         if self.state != CLOSED:
-            self.flush_down([http.error_response(status, close=close)])
+            self.flush_down([response_head.error_response(status, close=close)])
 
     def flush_down(self, out: list[bytes]) -> None:
         """Write ``out`` to the client (one writev) and clear it: the one place bytes are

@@ -23,7 +23,7 @@ import contextlib
 from typing import cast
 
 from limpet.affinity import BackendId
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.port import RouterPort
 from limpet.proxy.engine.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
@@ -71,7 +71,7 @@ class UpstreamPool:
         router: RouterPort,
         clock: Clock,
         stats: EngineStats,
-        classes: http.HeaderClasses,
+        classes: fields.HeaderClasses,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.settings = settings

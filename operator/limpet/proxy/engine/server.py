@@ -24,7 +24,7 @@ import socket
 from collections.abc import Collection
 from typing import Any
 
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields
 from limpet.proxy.engine.client import ClientConnection
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.pool import UpstreamPool
@@ -41,7 +41,7 @@ class Server:
         self.settings = settings
         self.router = router
         self.stats = EngineStats(timing=settings.latency_histogram)
-        self.classes = http.HeaderClasses()
+        self.classes = fields.HeaderClasses()
         self.clients: set[ClientConnection] = set()
         tick = settings.sweep_interval
         self.tick = tick

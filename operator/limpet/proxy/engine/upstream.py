@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Final, Protocol, cast
 
 from limpet.affinity import BackendId
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.h1 import response
 from limpet.proxy.engine.h1.response import ResponseMachine
@@ -83,7 +83,7 @@ class PoolSide(Protocol):
     clock: Clock
     stats: EngineStats
     router: RouterPort
-    classes: http.HeaderClasses
+    classes: fields.HeaderClasses
     live: set[UpstreamConnection]
     response_timeout: float
     tunnel_idle_timeout: float

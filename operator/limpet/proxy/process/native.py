@@ -27,7 +27,10 @@ from typing import Final
 
 COMPILED: Final = (
     # The HTTP/1.1 engine: sans-I/O parsers and the asyncio shell around them.
-    "limpet.proxy.engine.http",
+    "limpet.proxy.engine.fields",
+    "limpet.proxy.engine.request_head",
+    "limpet.proxy.engine.response_head",
+    "limpet.proxy.engine.framing",
     "limpet.proxy.engine.h1.request",
     "limpet.proxy.engine.h1.response",
     "limpet.proxy.engine.h1.connection",

@@ -29,7 +29,7 @@ from typing import Final, Protocol
 
 import httptools
 
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields
 from limpet.proxy.engine.h1.connection import raise_if_invalid
 
 # Results of feed().
@@ -250,7 +250,7 @@ def _unknown_method(data: bytes) -> bool:
     llhttp does not know (``get``, ``FOO``): RFC 9110 9.1 says 501, not 400. Only the
     error path calls this."""
     method, space, _ = data.lstrip(b"\r\n").partition(b" ")
-    if not space or not http.is_token(method):
+    if not space or not fields.is_token(method):
         return False
     try:
         httptools.HttpRequestParser(_Ignore()).feed_data(method + b" / HTTP/1.1\r\n")

@@ -4,7 +4,7 @@ and one event code out. No I/O.
 Data flow: the shell (:class:`~limpet.proxy.engine.upstream.UpstreamConnection`) calls
 :meth:`ResponseMachine.expect` when it sends a request on its connection, then
 :meth:`ResponseMachine.feed` with each read of the backend. The machine parses with
-httptools; its callbacks rewrite the head (``http.build_response_head``: hop-by-hop
+httptools; its callbacks rewrite the head (``response_head.build_response_head``: hop-by-hop
 stripped, the router's Set-Cookie added, the body re-framed), re-chunk the body and
 filter trailers, appending the bytes for the client to :attr:`ResponseMachine.out`. The
 shell writes ``out`` with one ``writelines`` per read (head and body share a syscall),
@@ -39,7 +39,7 @@ from typing import Final, Protocol
 
 import httptools
 
-from limpet.proxy.engine import http
+from limpet.proxy.engine import fields, framing, response_head
 from limpet.proxy.engine.h1 import actions
 from limpet.proxy.engine.h1.actions import (
     INTERIM_BROKEN,
@@ -132,7 +132,7 @@ class ResponseMachine:
         self,
         *,
         router: RouterPort,
-        classes: http.HeaderClasses,
+        classes: fields.HeaderClasses,
         max_headers: int,
         max_header_bytes: int,
     ) -> None:
@@ -161,10 +161,10 @@ class ResponseMachine:
         self._upgrade = False
         # The head being parsed, scanned field by field as httptools reports them
         # (on_header): no list of pairs, no second pass. Reused for every head.
-        self._scan = http.ResponseScan(kept=[])
+        self._scan = response_head.ResponseScan(kept=[])
         self._reason = b""
         self._informational = False
-        self._framing = http.FRAME_NONE
+        self._framing = response_head.FRAME_NONE
         self._expect_eof = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._trailer_bytes = 0
@@ -200,7 +200,7 @@ class ResponseMachine:
         self._upgrade = upgrade
         self.state = WAITING
         self.got_response = False
-        self._framing = http.FRAME_NONE
+        self._framing = response_head.FRAME_NONE
         self._expect_eof = False
         self._head_tail = b"" if head_request else None
         self._head_unsent = False
@@ -235,8 +235,8 @@ class ResponseMachine:
         (``out`` then holds what completes the client's answer)."""
         if self.state != BODY or not self._expect_eof:
             return False
-        if self._framing == http.FRAME_CHUNKED:
-            self.out.append(http.LAST_CHUNK)
+        if self._framing == response_head.FRAME_CHUNKED:
+            self.out.append(framing.LAST_CHUNK)
         self._done()
         return True
 
@@ -273,10 +273,10 @@ class ResponseMachine:
     def on_message_begin(self) -> None:
         if self.state != WAITING:
             raise _Stop  # an answer nobody asked for
-        http.begin_response_scan(self._scan)
+        response_head.begin_response_scan(self._scan)
         self._trailers = None
         self._reason = b""
-        self._framing = http.FRAME_NONE
+        self._framing = response_head.FRAME_NONE
         self._expect_eof = False
 
     def on_status(self, reason: bytes) -> None:
@@ -284,8 +284,8 @@ class ResponseMachine:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._framing == http.FRAME_NONE or self._informational:
-            http.scan_response_field(self._scan, self.classes.get(name), name, value)
+        if self._framing == response_head.FRAME_NONE or self._informational:
+            response_head.scan_response_field(self._scan, self.classes.get(name), name, value)
             return
         trailers = self._trailers
         if trailers is None:
@@ -302,29 +302,29 @@ class ResponseMachine:
         self._after_head = False
         status = self.get_status_code()
         scan = self._scan
-        http.end_response_scan(scan)
+        response_head.end_response_scan(scan)
         if status < 200:
             self._interim_head(facts, status, scan)
             return
         te = scan.transfer_encoding
-        if te is not None and not http.response_coding_clean(te):
+        if te is not None and not response_head.response_coding_clean(te):
             raise httptools.HttpParserError("ambiguous Transfer-Encoding")
         facts.status = status
         route = self._route
         assert route is not None
         if scan.set_cookies is not None:
             route = self.router.on_response(route, scan.set_cookies)
-        framing = http.response_framing(
+        framing = response_head.response_framing(
             status, head_request=self._head_request, scan=scan, http11=self._http11
         )
         self._framing = framing
         before = facts.state  # read once: through the Protocol, each read is a lookup
         keep_alive = facts.keep_alive and REQUEST_DONE[before] and not self._upgrade
-        if not keep_alive or framing == http.FRAME_CLOSE:
+        if not keep_alive or framing == response_head.FRAME_CLOSE:
             facts.keep_alive = False
         self._head_unsent = True
         self.out.append(
-            http.build_response_head(
+            response_head.build_response_head(
                 status,
                 self._reason,
                 scan,
@@ -341,24 +341,28 @@ class ResponseMachine:
         self.state = BODY
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
-            framing != http.FRAME_NONE
-            and (te is None or not http.ends_chunked(te))
+            framing != response_head.FRAME_NONE
+            and (te is None or not response_head.ends_chunked(te))
             and scan.content_length < 0
         )
         if self._head_request:
             # httptools cannot be told that a HEAD answer has no body: stop it here, and
             # _feed_head finishes the answer and starts a fresh parser.
             self._head_request_done = REQUEST_DONE[state]
-            self._head_keep_alive = http.response_keeps_alive(self.parser.get_http_version(), scan)
+            self._head_keep_alive = response_head.response_keeps_alive(
+                self.parser.get_http_version(), scan
+            )
             self.state = FINISHED
             raise _Stop
 
-    def _interim_head(self, facts: ExchangeFacts, status: int, scan: http.ResponseScan) -> None:
+    def _interim_head(
+        self, facts: ExchangeFacts, status: int, scan: response_head.ResponseScan
+    ) -> None:
         """A 1xx head: 101 switches protocols (only after an upgrade request), any other
         is relayed to HTTP/1.1 clients and the final head follows."""
         action = actions.after_interim(status, upgrade=self._upgrade, http11=self._http11)
         if action == INTERIM_SWITCH:
-            self.out.append(http.build_switching_head(status, self._reason, scan))
+            self.out.append(response_head.build_switching_head(status, self._reason, scan))
             facts.status = status  # the shell fires SWITCH on the TUNNEL event
             self.state = SWITCHED
             return
@@ -366,12 +370,12 @@ class ResponseMachine:
             raise httptools.HttpParserError("unexpected 101")
         self._informational = True
         if action == INTERIM_RELAY:
-            self.out.append(http.build_informational_head(status, self._reason, scan))
+            self.out.append(response_head.build_informational_head(status, self._reason, scan))
 
     def on_body(self, body: bytes) -> None:
-        if self._framing == http.FRAME_CHUNKED:
+        if self._framing == response_head.FRAME_CHUNKED:
             if body:  # an empty chunk would read as the last one
-                self.out += http.chunk(body)
+                self.out += framing.chunk(body)
         else:
             self.out.append(body)
 
@@ -381,8 +385,8 @@ class ResponseMachine:
             return
         if self.state != BODY:
             return  # after a 101, httptools reports the upgrade instead
-        if self._framing == http.FRAME_CHUNKED:
-            self.out.append(http.last_chunk(self._trailers, self.classes))
+        if self._framing == response_head.FRAME_CHUNKED:
+            self.out.append(framing.last_chunk(self._trailers, self.classes))
         facts = self._facts
         assert facts is not None
         self.keep = (
