@@ -45,6 +45,7 @@ COMPILED: Final = (
     "limpet.proxy.engine.port",
     # The session layer: the router and what it calls per request.
     "limpet.proxy.session.routing",
+    "limpet.proxy.session.cookie_routing",
     "limpet.proxy.session.learned_routing",
     "limpet.proxy.session.store_notes",
     "limpet.proxy.session.cookies",

@@ -15,8 +15,9 @@ replica whose compare-and-set won; the others adopt the new backend silently, si
 winner told the app. A store call that fails or times out marks the store down, counts a
 fallback and answers from the local table, so no request fails for the store.
 
-Concurrency: a base of :class:`~.routing.SessionRouter` (on :class:`~.store_notes.StoreNotes`:
-one chain, since mypyc compiles no multiple inheritance), used from the event loop only;
+Concurrency: a base of :class:`~.routing.SessionRouter`, under
+:class:`~.cookie_routing.CookieRouting` and on :class:`~.store_notes.StoreNotes` (one
+chain, since mypyc compiles no multiple inheritance), used from the event loop only;
 several slow steps may be in flight at once (they re-read the table after every await).
 """
 
