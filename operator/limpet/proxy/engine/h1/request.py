@@ -199,13 +199,13 @@ class RequestReader:
             trailers = self.trailers
             if trailers is None:
                 trailers = self.trailers = []
-            fields = trailers
+            into = trailers
         else:
-            fields = self._headers
+            into = self._headers
         # Trailers are counted afresh: _header_bytes is reset at the end of the head.
-        fields.append((name, value))
+        into.append((name, value))
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.max_header_bytes or len(fields) > self.max_headers:
+        if self._header_bytes > self.max_header_bytes or len(into) > self.max_headers:
             self._limit(431)
 
     def on_headers_complete(self) -> None:

@@ -314,13 +314,13 @@ class ResponseMachine:
         assert route is not None
         if scan.set_cookies is not None:
             route = self.router.on_response(route, scan.set_cookies)
-        framing = response_head.response_framing(
+        frame = response_head.response_framing(
             status, head_request=self._head_request, scan=scan, http11=self._http11
         )
-        self._framing = framing
+        self._framing = frame
         before = facts.state  # read once: through the Protocol, each read is a lookup
         keep_alive = facts.keep_alive and REQUEST_DONE[before] and not self._upgrade
-        if not keep_alive or framing == response_head.FRAME_CLOSE:
+        if not keep_alive or frame == response_head.FRAME_CLOSE:
             facts.keep_alive = False
         self._head_unsent = True
         self.out.append(
@@ -328,7 +328,7 @@ class ResponseMachine:
                 status,
                 self._reason,
                 scan,
-                framing=framing,
+                framing=frame,
                 set_cookie=route.set_cookie,
                 keep_alive=keep_alive,
                 http11=self._http11,
@@ -341,7 +341,7 @@ class ResponseMachine:
         self.state = BODY
         # A close-delimited upstream body: neither length nor chunking, body expected.
         self._expect_eof = (
-            framing != response_head.FRAME_NONE
+            frame != response_head.FRAME_NONE
             and (te is None or not response_head.ends_chunked(te))
             and scan.content_length < 0
         )
