@@ -283,7 +283,9 @@ def plan_loads(
 Rounds = dict[str, dict[str, list[Result]]]  # workload -> proxy -> one result a round
 
 
-def measure(args: argparse.Namespace, procs: Procs, tmp: Path) -> tuple[Rounds, Rounds, str]:
+def measure(
+    args: argparse.Namespace, procs: Procs, tmp: Path
+) -> tuple[Rounds, dict[str, list[Result]], str]:
     proxy_core, load_core, both = cpu_list()
     backends = start_backends(procs, tmp, core=load_core)
     peers = [
@@ -335,7 +337,7 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path) -> tuple[Rounds, 
         f"alternating rounds; proxies on core {proxy_core} (limpet --workers 2 on cores "
         f"{both}), wrk and the nginx backends on core {load_core}."
     )
-    return rounds, {"POST": post_rounds} if post_rounds else {}, setup
+    return rounds, post_rounds, setup
 
 
 def main(argv: list[str]) -> int:
@@ -363,11 +365,11 @@ def main(argv: list[str]) -> int:
         print(target_line(workload, limpet, haproxy))
         print(rounds_line(workload, rounds[workload]))
         print(histogram_line(workload, results))
-    posts = [median(rs) for rs in post_rounds.get("POST", {}).values()]
+    posts = [median(rs) for rs in post_rounds.values()]
     if posts:
         print(f"\nPOST with a {args.post_bytes}-byte body, one session cookie, same set-up:")
         print(table(posts, posts[0]))
-        print(rounds_line("POST", post_rounds["POST"]))
+        print(rounds_line("POST", post_rounds))
         print(histogram_line("POST", posts))
     if args.profile is not None:
         print(
@@ -377,9 +379,10 @@ def main(argv: list[str]) -> int:
     if args.json is not None:
         blob = {w: [asdict(r) for r in rs] for w, rs in medians.items()}
         blob["post"] = [asdict(r) for r in posts]
+        ran = {**rounds, "POST": post_rounds} if post_rounds else rounds
         every = {
             w: {name: [asdict(r) for r in rs] for name, rs in by_peer.items()}
-            for w, by_peer in {**rounds, **post_rounds}.items()
+            for w, by_peer in ran.items()
         }
         args.json.write_text(
             json.dumps({"setup": setup, "results": blob, "rounds": every}, indent=2)

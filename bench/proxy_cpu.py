@@ -51,6 +51,7 @@ PARTS = (  # (part, pattern a sampled object's name matches), first match wins
     ("haproxy", r"^haproxy$"),
 )
 OTHER = "other"
+COLUMNS = (*(part for part, _ in PARTS), OTHER)  # the parts, in the table's order
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,15 @@ def part_shares(report: str) -> dict[str, float]:
 
 
 def where_line(name: str, us: float, shares: dict[str, float]) -> str:
-    cells = " | ".join(f"{us * shares.get(part, 0.0):.1f}" for part, _ in (*PARTS, (OTHER, "")))
+    cells = " | ".join(f"{us * shares.get(part, 0.0):.1f}" for part in COLUMNS)
     return f"| {name} | {us:.1f} | {cells} |"
 
 
 def where_header() -> str:
-    names = [part for part, _ in PARTS] + [OTHER]
     return "\n".join(
         [
-            "| proxy | µs a request | " + " | ".join(names) + " |",
-            "|---|---|" + "---|" * len(names),
+            "| proxy | µs a request | " + " | ".join(COLUMNS) + " |",
+            "|---|---|" + "---|" * len(COLUMNS),
         ]
     )
 
