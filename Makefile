@@ -52,10 +52,16 @@ helm:
 	OUT=$(CP_BIN) bash tools/helm/build.sh
 	OUT=$(CACHE)/prometheus-operator-crds bash tools/helm/prometheus-operator-crds.sh
 
-$(VENV)/.stamp: pyproject.toml
+# The runtime dependencies' whole closure at the image lock's versions (its pins, without
+# the hashes, as constraints): a release upstream of an unpinned transitive dependency
+# must not move a fresh venv away from what the image installs and the tests check.
+# To change a dependency: install it into the venv by hand, then run deploy/image/lock.py.
+$(VENV)/.stamp: pyproject.toml deploy/image/requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*==[^ ]*\).*/\1/p' deploy/image/requirements.lock \
+	  > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev]'
 	touch $@
 
 devcluster: deps
