@@ -136,3 +136,78 @@ def test_cookie_fields_are_joined_without_trailing_blanks(
     assert s.cookie == want
     assert s.host == b"h"
     assert b"".join(s.kept) == b"Host: h\r\n"
+
+
+H = (b"Host", b"example.com")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "version", "headers", "upgrade", "expected"),
+    [
+        (b"GET", b"/a?b", "1.1", [H], False, (0, b"/a?b")),
+        (b"GET", b"/", "1.0", [], False, (0, b"/")),  # HTTP/1.0 needs no Host
+        (b"GET", b"/", "2.0", [H], False, (505, b"")),
+        (b"GET", b"/", "0.9", [H], False, (505, b"")),
+        (b"CONNECT", b"example.com:443", "1.1", [H], False, (405, b"")),
+        (b"GET", b"/", "1.1", [], False, (400, b"")),  # HTTP/1.1 without Host
+        (b"GET", b"/", "1.0", [H, H], False, (400, b"")),  # two Hosts, any version
+        (b"GET", b"/", "1.1", [(b"Host", b"a b")], False, (400, b"")),
+        (b"GET", b"/", "1.1", [(b"Host", b"u@h")], False, (400, b"")),
+        (b"GET", b"/p#frag", "1.1", [H], False, (400, b"")),
+        (b"GET", b"http://other.example/x?y", "1.1", [H], False, (0, b"/x?y")),
+        (b"GET", b"http://other.example?y", "1.1", [H], False, (0, b"/?y")),
+        (b"GET", b"ftp://other.example/x", "1.1", [H], False, (400, b"")),
+        (b"GET", b"http://user@other.example/", "1.1", [H], False, (400, b"")),
+        (b"OPTIONS", b"*", "1.1", [H], False, (0, b"*")),
+        (b"GET", b"*", "1.1", [H], False, (400, b"")),
+        (b"GET", b"p", "1.1", [H], False, (400, b"")),
+        (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"chunked")], False, (0, b"/")),
+        (b"POST", b"/", "1.0", [H, (b"Transfer-Encoding", b"chunked")], False, (400, b"/")),
+        (
+            b"POST",
+            b"/",
+            "1.1",
+            [H, (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")],
+            False,
+            (400, b"/"),
+        ),
+        (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"gzip, chunked")], False, (501, b"/")),
+        (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"chunked, gzip")], False, (400, b"/")),
+        (b"GET", b"/ws", "1.1", [H, (b"Upgrade", b"websocket")], True, (0, b"/ws")),
+        (
+            b"POST",
+            b"/ws",
+            "1.1",
+            [H, (b"Upgrade", b"websocket"), (b"Content-Length", b"2")],
+            True,
+            (400, b"/ws"),
+        ),
+    ],
+)
+def test_check_request(
+    method: bytes,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    upgrade: bool,
+    expected: tuple[int, bytes],
+) -> None:
+    s = scan(headers)
+    assert request_head.check_request(s, method, target, version, upgrade=upgrade) == expected
+
+
+def test_an_absolute_target_replaces_the_host() -> None:
+    s = scan([H, (b"X-Kept", b"1")])
+    assert request_head.check_request(s, b"GET", b"https://b.example:8443", "1.1", upgrade=False)
+    assert s.host == b"b.example:8443"
+    assert b"".join(s.kept) == b"X-Kept: 1\r\nHost: b.example:8443\r\n"
+
+
+def test_the_host_found_valid_is_kept_across_requests_and_only_matches_itself() -> None:
+    s = scan([H])
+    assert request_head.check_request(s, b"GET", b"/", "1.1", upgrade=False) == (0, b"/")
+    assert s.host_valid == b"example.com"
+    for host, status in [(b"bad host", 400), (b"example.com", 0), (b"b.example", 0)]:
+        request_head.scan_request(s, [(b"Host", host)], fields.HeaderClasses(), trusted=False)
+        assert request_head.check_request(s, b"GET", b"/", "1.1", upgrade=False)[0] == status
+    assert s.host_valid == b"b.example"

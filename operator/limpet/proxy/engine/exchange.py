@@ -1,8 +1,9 @@
 """The exchange half of a client connection: one request and its answer at a time.
 
-Data flow: when a request head is complete, :meth:`Exchange._start` checks it (version,
-method, Host, target form), scans its headers once (``request_head.scan_request``) and asks the
-router for a :class:`~limpet.proxy.engine.port.Route`. What follows is decided by the
+Data flow: when a request head is complete, :meth:`Exchange._start` scans its headers
+once (``request_head.scan_request``), checks it (``request_head.check_request``: version,
+method, Host, target form, body framing) and asks the router for a
+:class:`~limpet.proxy.engine.port.Route`. What follows is decided by the
 sans-I/O :mod:`~limpet.proxy.engine.h1.actions` from the facts this shell passes, and
 done here: ``after_routing`` (send, await the shared store, or 503), ``connect`` (bind
 the pool's idle connection, or dial one, buffering a bounded amount of body meanwhile),
@@ -98,10 +99,6 @@ DIAL_BUFFER_LIMIT: Final = 256 * 1024
 # import perf_counter``) is looked up in this module's dict at every call.
 _perf_counter: Final = time.perf_counter
 
-# "#" as a byte value: ``b"#" in target`` first tries the operand as an integer, and the
-# TypeError it raises and clears cost about 3 % of a request's instructions.
-_HASH: Final = 0x23
-
 log = logging.getLogger(__name__)
 
 
@@ -145,7 +142,6 @@ class Exchange(asyncio.Protocol):
         "held",
         "held_end",
         "holding",
-        "host_checked",
         "http11",
         "idempotent",
         "idle_timeout",
@@ -194,10 +190,6 @@ class Exchange(asyncio.Protocol):
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)
         self.peer = b""
         self.trusted = False
-        # The Host value last found valid on this connection: a client sends the same
-        # one with every request, and comparing it costs a tenth of host_ok's lookup
-        # (which hashes the value, a new bytes object each time).
-        self.host_checked: bytes | None = None
         self.state = IDLE  # the exchange and the connection (h1.connection)
         self.half_closed = False  # tunnel: the client sent EOF
         self.deadline = 0.0
@@ -250,7 +242,9 @@ class Exchange(asyncio.Protocol):
         request_head.scan_request(scan, headers, self.classes, trusted=self.trusted)
         self.upgrade_requested = upgrade and scan.upgrade is not None
         self.chunked_request = scan.transfer_encoding is not None
-        status, origin = self._check(method, target, version)
+        status, origin = request_head.check_request(
+            scan, method, target, version, upgrade=self.upgrade_requested
+        )
         if status:
             self._answer(status)
             return
@@ -308,62 +302,6 @@ class Exchange(asyncio.Protocol):
         self.head_request = method == b"HEAD"
         # GET first: the set lookup hashes the method, a new bytes object every time.
         self.idempotent = method == b"GET" or method in request_head.IDEMPOTENT_METHODS
-
-    def _check(self, method: bytes, target: bytes, version: str) -> tuple[int, bytes]:
-        """Everything that refuses a request before routing, and so before any byte goes
-        to a backend: (status, b"") for a refusal, else (0, the origin-form target).
-
-        One valid Host (RFC 9112 3.2), no fragment, an absolute-form target replaces Host
-        with its own authority (3.2.2); the body's framing is decided here too:
-        Transfer-Encoding must be chunked, must not come with Content-Length and needs
-        HTTP/1.1 (6.1, 6.3), and an upgrade request carries no body (docs/proxy.md)."""
-        if version != "1.1" and version != "1.0":
-            return 505, b""
-        if method == b"CONNECT":
-            return 405, b""
-        scan = self.scan
-        if scan.host_count != 1 and (scan.host_count > 1 or self.http11):
-            return 400, b""
-        host = scan.host
-        if host is not None:
-            checked = self.host_checked
-            if checked is None or host != checked:
-                if not request_head.host_ok(host):
-                    return 400, b""
-                self.host_checked = host
-        if _HASH in target:
-            return 400, b""  # clients never send fragments; HAProxy refuses them too
-        if target[:1] != b"/":
-            origin = self._absolute(method, target)
-            if origin is None:
-                return 400, b""
-            target = origin
-        if scan.transfer_encoding is None and not self.upgrade_requested:
-            return 0, target  # the common case: nothing more to decide
-        return self._framing_status(), target
-
-    def _absolute(self, method: bytes, target: bytes) -> bytes | None:
-        """``*`` (OPTIONS only) or an absolute-form target as origin-form, its authority
-        becoming the Host; None for a 400."""
-        if target == b"*":
-            return target if method == b"OPTIONS" else None
-        split = request_head.split_absolute(target)
-        if split is None:
-            return None
-        origin, authority = split
-        request_head.set_host(self.scan, authority)
-        return origin
-
-    def _framing_status(self) -> int:
-        scan = self.scan
-        te = scan.transfer_encoding
-        if te is not None:
-            if not self.http11 or scan.content_length >= 0:
-                return 400
-            status = request_head.transfer_coding_status(te)
-            if status:
-                return status
-        return 400 if self.upgrade_requested and scan.has_body else 0
 
     def _send(self, route: Route) -> None:
         """Write the request head for ``route`` on a pooled connection, or start dialling."""
