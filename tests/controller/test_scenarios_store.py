@@ -14,7 +14,8 @@ judges each request ``continued``, ``reloaded`` (moved, announced by
 ``Limpet-Session-Moved``) or ``broken`` (moved unannounced). The tests check:
 
 - every answer 200, and 0 broken sessions in steady state, a ``kubectl scale`` out with
-  the gradual rebalance (busy sessions never move, idle ones only to the new pods), a
+  the gradual rebalance (busy sessions never move, idle ones only to the new pods, and
+  a session started meanwhile at most once, to its new owner), a
   ``kubectl delete pod`` drain, a SIGKILLed app pod (failover), a SIGKILLed proxy
   (restarted by the pod runner with an empty local table: every session is found in the
   store) and a SIGKILLed operator;
