@@ -90,9 +90,14 @@ def test_managed_proxies_run_as_pods_mount_their_secret_and_carry_sticky_traffic
 ) -> None:
     app, proxies = open_shop(api, namespace)
     # The operator's Deployment made them: owned by a ReplicaSet of shop-proxy.
-    deployment = get(api, PATHS["Deployment"].format(ns=namespace, name=proxy_service_name("shop")))
-    assert deployment is not None
-    assert deployment["status"]["readyReplicas"] == 2
+    path = PATHS["Deployment"].format(ns=namespace, name=proxy_service_name("shop"))
+
+    def ready_deployment() -> dict[str, Any] | None:
+        # The Deployment's status follows its ReplicaSet's, a moment after the pods.
+        found = get(api, path)
+        return found if found and found.get("status", {}).get("readyReplicas") == 2 else None
+
+    wait_for("the proxies' Deployment with 2 ready replicas", ready_deployment)
     for pod in proxies:
         [owner] = pod["metadata"]["ownerReferences"]
         assert owner["kind"] == "ReplicaSet"
