@@ -155,6 +155,32 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
     assert all(p.stats()["learned"][TABLES[kind]]["entries"] > 0 for p in replicas)
 
 
+def test_a_replica_given_its_plan_later_asks_the_store_from_its_first_request(
+    counters: Counters, redis: RedisServer, proxy: Proxies, tmp_path: Path
+) -> None:
+    """A replica that starts without a plan, as under the operator, and is then given one
+    naming the store, asks the store from the first request that plan routes. It used to
+    attach the store at its next write-back, up to a step later, and meanwhile placed
+    learned keys alone: sessions another replica had placed went to their slot owner
+    instead, unannounced (``broken`` in the app's own verdict)."""
+    rng = random.Random(23)
+    apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
+    store = SessionStoreSettings(address=redis.address, key_prefix="w:", timeout=1.0)
+    alone = tmp_path / "plan.json"
+    alone.write_text(plan_to_json(_plan(1, {"c1": apps["c1"]}, AffinityType.HEADER, store)))
+    first = proxy.start("--plan", str(alone))
+    users = [User(f"w{i}", keyed=True) for i in range(USERS)]
+    placed = rounds(users, [first], rng, count=1, gap=0)
+    assert placed.verdicts == {"new": USERS}, placed
+    # c1 held every key (claimed in the store); most of them belong to c2 or c3 by slot.
+    late = proxy.start()
+    push([late], _plan(2, apps, AffinityType.HEADER, store))
+    after = rounds(users, [late], rng, count=1, gap=0)
+    assert after.verdicts == {"continued": USERS}, after
+    assert {u.pod for u in users} == {"c1"}
+    assert _store(late)["keyReads"] + _store(late)["keyClaims"] >= USERS, _store(late)
+
+
 def test_app_cookie_without_its_companion_through_the_store(
     counters: Counters, redis: RedisServer, proxy: Proxies, tmp_path: Path
 ) -> None:

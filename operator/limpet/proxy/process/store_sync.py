@@ -8,15 +8,19 @@ router fall back to its own counts and keep the batch; the transition is logged 
 write-back may take up to one step, ``sessionStore.timeout`` at least: it is off the
 request path, and a big one must not fail for its size.)
 The client built is also the one the router asks about learned keys
-(:meth:`SessionRouter.attach_keys`). Building it can fail too (a bad address, an
-unreadable CA file): that is one more fallback, and the next interval builds it again;
-the loop itself never ends on a store error, only when it is cancelled.
+(:meth:`SessionRouter.attach_keys`), so it is built as soon as the router installs a plan
+naming the store (:meth:`StoreSync.follow_plan`, called by the router), before any
+request routes by that plan; the client of a plan's earlier store is closed by the next
+write-back. Building it can fail too (a bad address, an unreadable CA file): that is one
+more fallback, and the next interval builds it again; the loop itself never ends on a
+store error, only when it is cancelled.
 Concurrency: one task on the proxy's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -39,8 +43,11 @@ class StoreSync:
         self._factory = factory
         self._settings: SessionStoreSettings | None = None
         self._store: SessionStore | None = None
+        self._retired: list[SessionStore] = []  # clients of earlier plans, to close
         self._up = True
         self._tasks: set[asyncio.Task[None]] = set()
+        router.on_install(self.follow_plan)
+        self.follow_plan()  # the plan the router already has, if any
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one background store write for the router (bounded: beyond
@@ -67,14 +74,53 @@ class StoreSync:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._switch(None)
+        self._detach(None)
+        await self._close_retired()
+
+    def follow_plan(self) -> None:
+        """The router installed a plan: if it names another store (or none), attach the
+        new store's client now, before any request routes by the plan. Waiting for the
+        next write-back left a replica that had just been given its plan placing learned
+        keys alone for up to a step, splitting sessions that other replicas had placed
+        through the store. A client that cannot be built (a bad address, an unreadable CA
+        file) is built again, and its failure counted and logged, by the next write-back."""
+        plan = self._router.plan
+        settings = None if plan is None else plan.session_store
+        if settings == self._settings:
+            return
+        self._detach(settings)
+        if settings is None:
+            self._router.store_detached()
+            return
+        with contextlib.suppress(Exception):
+            self._attach(settings)
+
+    def _attach(self, settings: SessionStoreSettings) -> SessionStore:
+        store = self._store = self._factory(settings)
+        self._router.attach_keys(store, self._spawn)
+        return store
+
+    def _detach(self, settings: SessionStoreSettings | None) -> None:
+        """Drop the current client, the plan now naming ``settings``. It is closed by the
+        next write-back, so that a write-back in flight finishes on it."""
+        old, self._store, self._settings = self._store, None, settings
+        if old is not None:
+            self._router.attach_keys(None)
+            self._retired.append(old)
+
+    async def _close_retired(self) -> None:
+        while self._retired:
+            try:
+                await self._retired.pop().close()
+            except Exception:
+                log.exception("closing the session store failed")
 
     async def flush(self) -> bool:
         """One write-back; ``True`` when the store answered."""
+        self.follow_plan()
+        await self._close_retired()
         plan = self._router.plan
         settings = None if plan is None else plan.session_store
-        if settings != self._settings:
-            await self._switch(settings)
         if settings is None:
             self._router.store_detached()
             return False
@@ -82,8 +128,7 @@ class StoreSync:
         try:
             store = self._store
             if store is None:
-                store = self._store = self._factory(settings)
-                self._router.attach_keys(store, self._spawn)
+                store = self._attach(settings)
             # A write-back is off the request path and may carry every session seen in a
             # step: it has until the next one is due (sessionStore.timeout at least).
             budget = max(settings.timeout, float(plan.granularity) if plan else 1.0)
@@ -105,16 +150,6 @@ class StoreSync:
             log.info("session store %s is back", settings.address)
         self._up = True
         return True
-
-    async def _switch(self, settings: SessionStoreSettings | None) -> None:
-        """Close the client of the old settings; the next flush builds the new one."""
-        old, self._store, self._settings = self._store, None, settings
-        if old is not None:
-            self._router.attach_keys(None)
-            try:
-                await old.close()
-            except Exception:
-                log.exception("closing the session store failed")
 
 
 def start_store_sync(router: SessionRouter) -> Callable[[], None]:

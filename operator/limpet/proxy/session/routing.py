@@ -132,6 +132,7 @@ class SessionRouter(CookieRouting):
         self._shared: SharedKeys | None = None
         self._keys_store: SessionStore | None = None
         self._spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
+        self._on_install: list[Callable[[], None]] = []
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -170,6 +171,14 @@ class SessionRouter(CookieRouting):
                 wall=self._wall(),
                 backends=len(book.ids),
             )
+        for listener in self._on_install:
+            listener()
+
+    def on_install(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the loop right after each plan is installed, before any
+        request routes by it: the process layer attaches the plan's session store then,
+        so that no learned key is placed without it."""
+        self._on_install.append(listener)
 
     def stage(self, plan: Plan) -> Callable[[], None]:
         """:meth:`prepare` now (any thread); the returned commit installs it (the loop)."""
