@@ -57,7 +57,7 @@ async def test_a_missing_password_file_is_a_fallback_and_a_retry(tmp_path: Path)
     try:
         # No file yet: every interval is a counted fallback, and the loop goes on.
         await asyncio.sleep(1.2)
-        _request(router, "one")  # noted for the store once the loop has attached it
+        _request(router, "one")  # noted for the store, kept until a write-back lands
         await asyncio.sleep(1.3)
         assert not task.done()
         store = router.stats().store

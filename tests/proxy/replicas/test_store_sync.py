@@ -1,0 +1,89 @@
+"""The write-back loop's store client (``proxy/process/store_sync.py``) follows the
+router's plan from the moment each plan is installed, against a real ``redis-server``:
+the first learned request of a plan naming a store asks that store, a plan naming another
+store switches at once (the old client is closed by the next write-back), and a plan
+naming none routes from the local tables."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+
+import pytest
+
+from limpet.affinity import AffinitySettings, AffinityType, SessionStoreSettings
+from limpet.proxy.process.redis_store import RedisStore
+from limpet.proxy.process.store_sync import StoreSync
+from limpet.proxy.session.routing import RequestView, Route, SessionRouter
+from limpet.proxy.session.settings import RouterSettings
+
+from ..routing_helpers import ABC, mkplan
+from .fleet import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+AFFINITY = AffinitySettings(type=AffinityType.HEADER, header_name="X-S", last_seen_granularity=1)
+
+
+class Recorded(RedisStore):
+    """The real store client, remembering whether it was closed."""
+
+    def __init__(self, settings: SessionStoreSettings) -> None:
+        super().__init__(settings)
+        self.closed = False
+        MADE.append(self)
+
+    async def close(self) -> None:
+        await super().close()
+        self.closed = True
+
+
+MADE: list[Recorded] = []
+
+
+def _view(key: str) -> RequestView:
+    return RequestView(b"GET", b"/", [(b"X-S", key.encode())], "192.0.2.1", None)
+
+
+async def _route(router: SessionRouter, key: str) -> Route:
+    """The route for ``key``, which must come through the store (a coroutine)."""
+    pending = router.dispatch(_view(key))
+    assert isinstance(pending, Coroutine), pending
+    route = await pending
+    assert isinstance(route, Route)
+    return route
+
+
+def _keys(redis: RedisServer, prefix: str) -> int:
+    reply = redis.command("KEYS", f"{prefix}*")
+    return int(reply.split(b"\r\n", 1)[0][1:])
+
+
+async def test_the_store_client_follows_each_plan_from_its_install(redis: RedisServer) -> None:
+    MADE.clear()
+    first = SessionStoreSettings(address=redis.address, key_prefix="a:", timeout=1.0)
+    second = SessionStoreSettings(address=redis.address, key_prefix="b:", timeout=1.0)
+    router = SessionRouter(settings=RouterSettings())  # the real clocks
+    sync = StoreSync(router, Recorded)
+    try:
+        assert router.dispatch(_view("k0")) is None  # no plan: no route, no client
+        assert MADE == []
+        router.load_plan(mkplan(1, ABC, affinity=AFFINITY, session_store=first))
+        await _route(router, "k1")  # asked at once, no write-back in between
+        assert (_keys(redis, "a:"), _keys(redis, "b:")) == (1, 0)
+
+        router.load_plan(mkplan(2, ABC, affinity=AFFINITY, session_store=second))
+        await _route(router, "k2")
+        assert (_keys(redis, "a:"), _keys(redis, "b:")) == (1, 1)
+        assert [s.closed for s in MADE] == [False, False]  # one in flight may still use it
+        assert await sync.flush()
+        assert [s.closed for s in MADE] == [True, False]
+
+        router.load_plan(mkplan(3, ABC, affinity=AFFINITY))  # no store any more
+        route = router.dispatch(_view("k3"))
+        assert isinstance(route, Route)  # from the local tables, at once
+        assert not await sync.flush()
+        assert [s.closed for s in MADE] == [True, True]
+        assert router.stats().store == {}
+    finally:
+        await sync.close()
+    assert all(s.closed for s in MADE)
