@@ -117,7 +117,6 @@ class StoreSync:
 
     async def flush(self) -> bool:
         """One write-back; ``True`` when the store answered."""
-        self.follow_plan()
         await self._close_retired()
         plan = self._router.plan
         settings = None if plan is None else plan.session_store
