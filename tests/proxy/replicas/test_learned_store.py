@@ -77,6 +77,11 @@ def _store(p: Proxy) -> dict[str, int]:
     return got
 
 
+def _fallbacks(replicas: list[Proxy]) -> int:
+    """Store calls and write-backs that failed, on all replicas together."""
+    return sum(_store(p)["fallbacks"] for p in replicas)
+
+
 @pytest.mark.parametrize("kind", list(TABLES))
 def test_learned_keys_agree_through_the_store_in_every_phase(
     kind: AffinityType, counters: Counters, redis: RedisServer, proxy: Proxies, tmp_path: Path
@@ -132,22 +137,32 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
     redis.kill()
     before = {u.name: len(u.pods) for u in users}
     outage = rounds(users, replicas, rng, count=3, gap=0.4)
-    split = sum(len(set(u.pods[before[u.name] - 1 :])) > 1 for u in users)
     total.add(outage)
     assert not outage.errors, outage.errors
     assert all(_store(p)["fallbacks"] > 0 for p in replicas)
     redis.start()
-    time.sleep(2.5)  # a write-back or two: every replica sees the store again
-    assert all(_store(p)["up"] == 1 for p in replicas), [_store(p) for p in replicas]
-    back = rounds(users, replicas, rng, count=3, gap=0.3)
-    print("outage", outage, "back", back)
+    alone = outage.verdicts["broken"]  # breaks while a replica decided alone
+    for attempt in range(2):
+        time.sleep(2.5)  # a write-back or two: every replica sees the store again
+        assert all(_store(p)["up"] == 1 for p in replicas), [_store(p) for p in replicas]
+        split = sum(len(set(u.pods[before[u.name] - 1 :])) > 1 for u in users)
+        calm = _fallbacks(replicas)
+        back = rounds(users, replicas, rng, count=3, gap=0.3)
+        total.add(back)
+        if _fallbacks(replicas) == calm or attempt:
+            break
+        # A store call failed again: a reply slower than the timeout (a loaded machine)
+        # is an outage for that replica, which decided alone as above for a while. The
+        # return is checked once more, the sessions split meanwhile counted as split.
+        alone += back.verdicts["broken"]
     # No burst of moves when the store returns: only sessions the replicas placed
     # differently while each decided alone converge (announced), and nothing breaks.
+    assert _fallbacks(replicas) == calm, [_store(p) for p in replicas]
     assert sum(back.moves.values()) <= split, (split, outage, back)
-    assert back.verdicts["broken"] == 0, back
-    total.add(back)
+    assert back.verdicts["broken"] == 0, (outage, back, [_store(p) for p in replicas])
 
-    assert total.verdicts["broken"] == outage.verdicts["broken"], (total, early_fallbacks)
+    # With the store up (steady state, scale-out, drain), nothing broke.
+    assert total.verdicts["broken"] == alone, (total, early_fallbacks)
     assert not total.errors, total.errors
     # Every move the apps saw was made (and counted) by exactly one replica.
     made = sum(sum(p.stats()["migrations"].values()) for p in replicas)
