@@ -6,7 +6,7 @@ naming none routes from the local tables."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 import pytest
 
@@ -30,14 +30,20 @@ class Recorded(RedisStore):
     def __init__(self, settings: SessionStoreSettings) -> None:
         super().__init__(settings)
         self.closed = False
-        MADE.append(self)
 
     async def close(self) -> None:
         await super().close()
         self.closed = True
 
 
-MADE: list[Recorded] = []
+def _recording(made: list[Recorded]) -> Callable[[SessionStoreSettings], Recorded]:
+    """A store factory that keeps each client it builds in ``made``."""
+
+    def build(settings: SessionStoreSettings) -> Recorded:
+        made.append(Recorded(settings))
+        return made[-1]
+
+    return build
 
 
 def _view(key: str) -> RequestView:
@@ -59,14 +65,14 @@ def _keys(redis: RedisServer, prefix: str) -> int:
 
 
 async def test_the_store_client_follows_each_plan_from_its_install(redis: RedisServer) -> None:
-    MADE.clear()
+    made: list[Recorded] = []
     first = SessionStoreSettings(address=redis.address, key_prefix="a:", timeout=1.0)
     second = SessionStoreSettings(address=redis.address, key_prefix="b:", timeout=1.0)
     router = SessionRouter(settings=RouterSettings())  # the real clocks
-    sync = StoreSync(router, Recorded)
+    sync = StoreSync(router, _recording(made))
     try:
         assert router.dispatch(_view("k0")) is None  # no plan: no route, no client
-        assert MADE == []
+        assert made == []
         router.load_plan(mkplan(1, ABC, affinity=AFFINITY, session_store=first))
         await _route(router, "k1")  # asked at once, no write-back in between
         assert (_keys(redis, "a:"), _keys(redis, "b:")) == (1, 0)
@@ -74,16 +80,16 @@ async def test_the_store_client_follows_each_plan_from_its_install(redis: RedisS
         router.load_plan(mkplan(2, ABC, affinity=AFFINITY, session_store=second))
         await _route(router, "k2")
         assert (_keys(redis, "a:"), _keys(redis, "b:")) == (1, 1)
-        assert [s.closed for s in MADE] == [False, False]  # one in flight may still use it
+        assert [s.closed for s in made] == [False, False]  # one in flight may still use it
         assert await sync.flush()
-        assert [s.closed for s in MADE] == [True, False]
+        assert [s.closed for s in made] == [True, False]
 
         router.load_plan(mkplan(3, ABC, affinity=AFFINITY))  # no store any more
         route = router.dispatch(_view("k3"))
         assert isinstance(route, Route)  # from the local tables, at once
         assert not await sync.flush()
-        assert [s.closed for s in MADE] == [True, True]
+        assert [s.closed for s in made] == [True, True]
         assert router.stats().store == {}
     finally:
         await sync.close()
-    assert all(s.closed for s in MADE)
+    assert all(s.closed for s in made)
