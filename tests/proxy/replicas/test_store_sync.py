@@ -6,6 +6,8 @@ naming none routes from the local tables."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Callable, Coroutine
 
 import pytest
@@ -93,3 +95,49 @@ async def test_the_store_client_follows_each_plan_from_its_install(redis: RedisS
     finally:
         await sync.close()
     assert all(s.closed for s in made)
+
+
+async def test_a_write_back_in_flight_when_the_plan_switches_says_nothing_of_the_new_store(
+    redis: RedisServer,
+) -> None:
+    """The old store's write-back, still waiting when a plan naming another store is
+    installed, fails late (a listener that never answers): that failure is the old
+    store's. The new store is not marked down (learned keys keep asking it) and no
+    fallback is counted; the batch goes to the new store at the next write-back."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        stalled = SessionStoreSettings(
+            address=f"127.0.0.1:{silent.getsockname()[1]}", key_prefix="a:", timeout=0.3
+        )
+        live = SessionStoreSettings(address=redis.address, key_prefix="b:", timeout=1.0)
+        made: list[Recorded] = []
+        router = SessionRouter(settings=RouterSettings())
+        router.load_plan(mkplan(1, ABC, affinity=AFFINITY, session_store=stalled))
+        sync = StoreSync(router, _recording(made))
+        try:
+            old = asyncio.create_task(sync.flush())
+            await asyncio.sleep(0.1)  # the write-back waits on the silent store
+            router.load_plan(mkplan(2, ABC, affinity=AFFINITY, session_store=live))
+            await _route(router, "k1")
+            assert not await old  # failed, on the old store
+            await _route(router, "k2")  # the new store is still asked
+            assert router.stats().store["fallbacks"] == 0
+            assert await sync.flush()
+            assert _keys(redis, "b:k:") == 2  # learned keys; the flush wrote its counts too
+        finally:
+            await sync.close()
+        assert [s.closed for s in made] == [True, True]
+
+
+async def test_a_closed_write_back_loop_builds_no_client_for_a_later_plan(
+    redis: RedisServer,
+) -> None:
+    """After ``close`` (the proxy shutting down), a plan still being installed builds no
+    store client that nothing would close: learned keys route from the local tables."""
+    made: list[Recorded] = []
+    router = SessionRouter(settings=RouterSettings())
+    sync = StoreSync(router, _recording(made))
+    await sync.close()
+    store = SessionStoreSettings(address=redis.address, key_prefix="c:", timeout=1.0)
+    router.load_plan(mkplan(1, ABC, affinity=AFFINITY, session_store=store))
+    assert isinstance(router.dispatch(_view("k1")), Route)
+    assert made == []

@@ -74,6 +74,19 @@ def test_cluster_counts_cap_new_sessions_and_their_loss_falls_back() -> None:
     stats = r.stats()
     assert stats.cluster is None
     assert (stats.store["up"], stats.store["fallbacks"]) == (0, 1)
-    assert len(r.take_touches().touches) == 30
+    batch = r.take_touches()
+    assert len(batch.touches) == 30
+    # A batch written to a store the plan no longer names is put back, and nothing else:
+    # no fallback counted, the newer note of a session seen meanwhile kept.
+    seen = RequestView(b"GET", b"/", [(b"X-S", b"k0")], "192.0.2.1", None)
+    clock.t += 5
+    r.route(seen)
+    r.requeue_touches(batch)
+    kept = {t.member: t.last_seen for t in batch.touches}
+    again = {t.member: t.last_seen for t in r.take_touches().touches}
+    assert again.keys() == kept.keys()
+    (changed,) = [m for m in kept if again[m] != kept[m]]
+    assert again[changed] > kept[changed]
+    assert r.stats().store["fallbacks"] == 1
     r.store_detached()
     assert r.stats().store == {}

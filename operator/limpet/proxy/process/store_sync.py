@@ -11,9 +11,11 @@ The client built is also the one the router asks about learned keys
 (:meth:`SessionRouter.attach_keys`), so it is built as soon as the router installs a plan
 naming the store (:meth:`StoreSync.follow_plan`, called by the router), before any
 request routes by that plan; the client of a plan's earlier store is closed by the next
-write-back. Building it can fail too (a bad address, an unreadable CA file): that is one
-more fallback, and the next interval builds it again; the loop itself never ends on a
-store error, only when it is cancelled.
+write-back. A write-back still in flight on that earlier client when the plan switched
+says nothing about the new store: whether it fails or answers, its batch is put back
+for the new store and its outcome is not applied. Building a client can fail too (a
+bad address, an unreadable CA file): that is one more fallback, and the next interval
+builds it again; the loop itself never ends on a store error, only when it is cancelled.
 Concurrency: one task on the proxy's event loop.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 
 from limpet.affinity import SessionStoreSettings
 from limpet.proxy.session.routing import SessionRouter
-from limpet.proxy.session.store import SessionStore
+from limpet.proxy.session.store import Batch, SessionStore
 
 log = logging.getLogger("limpet.proxy.store")
 
@@ -46,7 +48,7 @@ class StoreSync:
         self._retired: list[SessionStore] = []  # clients of earlier plans, to close
         self._up = True
         self._tasks: set[asyncio.Task[None]] = set()
-        router.on_install(self.follow_plan)
+        self._unfollow = router.on_install(self.follow_plan)
         self.follow_plan()  # the plan the router already has, if any
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -70,7 +72,9 @@ class StoreSync:
             await self.close()
 
     async def close(self) -> None:
-        """Close the store client (the loop may be restarted afterwards)."""
+        """Stop following plans and close every store client (for good)."""
+        self._unfollow()
+        self._unfollow = _nothing
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -124,8 +128,8 @@ class StoreSync:
             self._router.store_detached()
             return False
         batch = self._router.take_touches()
+        store = self._store
         try:
-            store = self._store
             if store is None:
                 store = self._attach(settings)
             # A write-back is off the request path and may carry every session seen in a
@@ -133,6 +137,8 @@ class StoreSync:
             budget = max(settings.timeout, float(plan.granularity) if plan else 1.0)
             counts = await asyncio.wait_for(store.flush(batch), budget)
         except Exception as exc:  # any failure of the store: fall back, never fail traffic
+            if self._switched(store, batch):
+                return False
             self._router.store_failed(batch)
             if self._up:
                 # str() too: redis-py's repr names only the class ("auth:AuthenticationError").
@@ -144,11 +150,27 @@ class StoreSync:
                 )
             self._up = False
             return False
+        if self._switched(store, batch):
+            return False
         self._router.store_counts(counts)
         if not self._up:
             log.info("session store %s is back", settings.address)
         self._up = True
         return True
+
+    def _switched(self, store: SessionStore | None, batch: Batch) -> bool:
+        """Whether the plan named another store while ``store`` was written: then the
+        write-back's outcome is the old store's (marking the new one down, or capping
+        bounded loads by the old one's counts, would be wrong), and its batch goes to
+        the new store at the next write-back."""
+        if store is self._store:
+            return False
+        self._router.requeue_touches(batch)
+        return True
+
+
+def _nothing() -> None:
+    pass
 
 
 def start_store_sync(router: SessionRouter) -> Callable[[], None]:

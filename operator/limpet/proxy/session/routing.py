@@ -174,11 +174,12 @@ class SessionRouter(CookieRouting):
         for listener in self._on_install:
             listener()
 
-    def on_install(self, listener: Callable[[], None]) -> None:
+    def on_install(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` on the loop right after each plan is installed, before any
         request routes by it: the process layer attaches the plan's session store then,
-        so that no learned key is placed without it."""
+        so that no learned key is placed without it. Returns what stops the calls."""
         self._on_install.append(listener)
+        return functools.partial(self._on_install.remove, listener)
 
     def stage(self, plan: Plan) -> Callable[[], None]:
         """:meth:`prepare` now (any thread); the returned commit installs it (the loop)."""

@@ -167,6 +167,11 @@ class StoreNotes:
         self._cluster = None
         if self._shared is not None:
             self._shared.failed(self._wall())
+        self.requeue_touches(batch)
+
+    def requeue_touches(self, batch: Batch) -> None:
+        """Put back a batch that did not reach the plan's store, for the next write-back
+        (a session noted since keeps its newer note)."""
         touched = self._touched
         if touched is None:
             return
