@@ -31,6 +31,7 @@ KEY_FIGURES = (
     "keyReads",
     "keyClaims",
     "keyMoves",
+    "keyConfirms",
     "keyAdopted",
     "keyLost",
     "keyFailures",

@@ -109,11 +109,14 @@ class Tally:
     verdicts: Counter[str] = field(default_factory=Counter)
     moves: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    broken_users: Counter[str] = field(default_factory=Counter)
+    """The user of each broken request."""
 
     def add(self, other: Tally) -> None:
         self.verdicts.update(other.verdicts)
         self.moves.update(other.moves)
         self.errors += other.errors
+        self.broken_users.update(other.broken_users)
 
 
 class Replica(Protocol):
@@ -137,6 +140,7 @@ class User:
     jar: dict[str, str] = field(default_factory=dict)
     pod: str | None = None
     pods: list[str] = field(default_factory=list)
+    via: list[tuple[str, int]] = field(default_factory=list)  # the replica of each request
     count: int = 0
     seen_as: set[str] = field(default_factory=set)  # the client address the app was told
 
@@ -173,10 +177,13 @@ class User:
             conn.close()
         doc = json.loads(body)
         tally.verdicts[doc["verdict"]] += 1
+        if doc["verdict"] == "broken":
+            tally.broken_users[self.name] += 1
         if doc["moved"]:
             tally.moves[doc["moved"]] += 1
         self.pod = doc["pod"]
         self.pods.append(doc["pod"])
+        self.via.append(replica.address)
         self.seen_as.add(doc["client"])
         self.count = doc["count"]
 

@@ -77,9 +77,9 @@ def _store(p: Proxy) -> dict[str, int]:
     return got
 
 
-def _fallbacks(replicas: list[Proxy]) -> int:
-    """Store calls and write-backs that failed, on all replicas together."""
-    return sum(_store(p)["fallbacks"] for p in replicas)
+def _fallbacks(p: Proxy) -> int:
+    """The replica's store calls and write-backs that failed."""
+    return _store(p)["fallbacks"]
 
 
 @pytest.mark.parametrize("kind", list(TABLES))
@@ -142,22 +142,29 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
     assert all(_store(p)["fallbacks"] > 0 for p in replicas)
     redis.start()
     alone = outage.verdicts["broken"]  # breaks while a replica decided alone
-    for attempt in range(2):
+    pending: set[str] = set()  # sessions served alone, whose return may break once more
+    for _ in range(3):
         time.sleep(2.5)  # a write-back or two: every replica sees the store again
         assert all(_store(p)["up"] == 1 for p in replicas), [_store(p) for p in replicas]
         split = sum(len(set(u.pods[before[u.name] - 1 :])) > 1 for u in users)
-        calm = _fallbacks(replicas)
+        calm = [_store(p)["fallbacks"] for p in replicas]
+        mark = {u.name: len(u.via) for u in users}
         back = rounds(users, replicas, rng, count=3, gap=0.3)
         total.add(back)
-        if _fallbacks(replicas) == calm or attempt:
+        failed = {p.address for p, n in zip(replicas, calm, strict=True) if _fallbacks(p) > n}
+        if not failed and not back.verdicts["broken"]:
             break
         # A store call failed again: a reply slower than the timeout (a loaded machine)
-        # is an outage for that replica, which decided alone as above for a while. The
-        # return is checked once more, the sessions split meanwhile counted as split.
+        # is an outage for that replica, which decided alone for a while. Only a session
+        # it served meanwhile may break: on that request, and once more on its return
+        # (the replicas that trust their copies never saw the detour). Checked again.
+        alone_now = {u.name for u in users if failed & set(u.via[mark[u.name] :])}
+        assert set(back.broken_users) <= pending | alone_now, (pending, failed, back)
         alone += back.verdicts["broken"]
+        pending = alone_now
     # No burst of moves when the store returns: only sessions the replicas placed
     # differently while each decided alone converge (announced), and nothing breaks.
-    assert _fallbacks(replicas) == calm, [_store(p) for p in replicas]
+    assert not failed, [_store(p) for p in replicas]
     assert sum(back.moves.values()) <= split, (split, outage, back)
     assert back.verdicts["broken"] == 0, (outage, back, [_store(p) for p in replicas])
 

@@ -236,3 +236,34 @@ async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServ
         assert route is not None
         assert route.backend_id in {"a", "b", "c"}
         assert dict(route.add_headers)[b"Limpet-Session-Moved"] == b"failover; from=evil-pod"
+
+
+async def test_a_restored_entry_once_trusted_is_not_replaced_by_a_replica_alone(
+    redis: RedisServer,
+) -> None:
+    """After the store lost its entries, write-backs restore them (marked), and the later
+    last-seen wins between restored copies. The first replica to read one and trust it
+    rewrites it unmarked: a replica that decided alone afterwards (its calls timing out)
+    no longer replaces it with its write-back, which would leave the replicas that trust
+    their copies disagreeing with the store, and so with every replica that asks it."""
+    async with _replicas(redis, "c:", 2) as (plan, routers, stores):
+        first = await _ask(routers[0], "k")
+        (name,) = [k for k in redis.command("KEYS", "c:k:*").split(b"\r\n") if k[:4] == b"c:k:"]
+        member = name[len(b"c:k:") :]
+        now = time.time()
+        await _flush(stores[0], _touch(member, first, now - 5, now - 1))
+        # The store loses everything; a write-back restores the entry, marked.
+        redis.command("FLUSHALL")
+        await _flush(stores[0], _touch(member, first, now - 5, now - 1))
+        assert (await stores[0].get_key(member) or b"").endswith(b" r")
+        # The other replica meets the key (a claim that finds the entry) and trusts it.
+        assert await _ask(routers[1], "k") == first
+        assert routers[1].stats().store["keyConfirms"] == 1
+        confirmed = decode_entry(await stores[0].get_key(member))
+        assert confirmed is not None
+        assert (confirmed.backend, confirmed.restored) == (first, False)
+        # A replica that routed alone to another backend writes back a later last-seen.
+        other = next(b.id for b in plan.backends if b.id != first)
+        await _flush(stores[0], _touch(member, other, now - 5, now + 1))
+        assert decode_entry(await stores[0].get_key(member)) == confirmed
+        assert await _ask(routers[1], "k") == first

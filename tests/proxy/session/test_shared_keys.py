@@ -21,7 +21,7 @@ from limpet.proxy.session.shared_keys import (
     entry_ttl_ms,
     member_of,
     merge,
-    restored_move,
+    unannounced_move,
 )
 
 T = 1_800_000_000.0
@@ -97,19 +97,22 @@ def test_the_store_backend_wins_and_the_later_last_seen_counts() -> None:
     assert merge(local, moved) == moved
 
 
-def test_only_an_unannounced_convergence_is_announced() -> None:
+def test_only_an_unannounced_move_is_announced() -> None:
     local = StoredEntry(A, T, T + 50)
-    # Moved by another replica's compare-and-set (same creation time): it announced.
-    assert not restored_move(local, StoredEntry(B, T, T + 40))
-    # Restored elsewhere from another replica's older copy while this one served the
-    # session's latest request: the new backend has not been told.
-    assert restored_move(local, StoredEntry(B, T, T + 40, restored=True))
-    # Placed afresh elsewhere after the store lost it.
-    assert restored_move(local, StoredEntry(B, T + 30, T + 40))
-    # The session has lived on the other backend since this replica last saw it.
-    assert not restored_move(local, StoredEntry(B, T, T + 60, restored=True))
-    assert not restored_move(None, StoredEntry(B, T, T + 60, restored=True))
-    assert not restored_move(local, StoredEntry(A, T + 30, T + 40, restored=True))
+    # This replica sent the session's latest request to A, and the store names B: B has
+    # not seen that request, however the entry got there. Moved by another replica's
+    # compare-and-set before this one routed alone (its call timed out):
+    assert unannounced_move(local, StoredEntry(B, T, T + 40))
+    # Restored elsewhere from another replica's older copy after the store lost it:
+    assert unannounced_move(local, StoredEntry(B, T, T + 40, restored=True))
+    # Placed afresh elsewhere after the store lost it:
+    assert unannounced_move(local, StoredEntry(B, T + 30, T + 40))
+    # The session has lived on the other backend since this replica last saw it (moved
+    # and announced by whoever moved it), or it never left this backend, or it is new here.
+    assert not unannounced_move(local, StoredEntry(B, T, T + 60, restored=True))
+    assert not unannounced_move(local, StoredEntry(B, T, T + 50))
+    assert not unannounced_move(None, StoredEntry(B, T, T + 60, restored=True))
+    assert not unannounced_move(local, StoredEntry(A, T + 30, T + 40, restored=True))
 
 
 def test_ttl_follows_idle_and_absolute_timeouts() -> None:

@@ -40,7 +40,7 @@ from .shared_keys import (
     entry_ttl_ms,
     member_of,
     merge,
-    restored_move,
+    unannounced_move,
 )
 from .snapshot import Snapshot
 from .store_notes import StoreNotes
@@ -196,6 +196,18 @@ class LearnedRouting(StoreNotes):
                 return None
             return self._decoded(await call("claims", store.claim_key(member, value, life)))
 
+        async def confirm(e: StoredEntry, now: float) -> StoredEntry:
+            """Rewrite a restored entry unmarked (compare-and-set on its backend); the
+            entry another replica's move or confirmation left there instead, if any."""
+            kept = StoredEntry(e.backend, e.created, e.last_seen)
+            value = encode_entry(kept)
+            prefix = backend_prefix(e.backend)
+            got = await call("confirms", store.move_key(member, prefix, value, ttl(kept, now)))
+            after = self._decoded(got) or kept
+            if after.backend != e.backend:
+                keys.counters["lost"] += 1
+            return after
+
         try:
             if self._local(t, h) is None:
                 # A miss: claim a placement outright. An entry already there comes back
@@ -242,6 +254,8 @@ class LearnedRouting(StoreNotes):
                 if stored is None:  # the store lost it (or never had it): publish ours
                     value, life = encode_entry(cur), ttl(cur, wall)
                     cur = await claim(value, life, over=damaged) or cur
+                elif stored.restored:  # trusted from now on: no write-back may replace it
+                    cur = await confirm(cur, wall)
                 return self._adopt(t, h, cur, local, self._wall(), None)
             if new is None:
                 return None
@@ -342,9 +356,9 @@ class LearnedRouting(StoreNotes):
         self._note(TABLE_CODES[t.name], h, idx, wall, new=old < 0, moved_from=old)
         if move is not None:
             return e.backend, moved_header(*move)
-        if restored_move(local, e):
-            # The replicas decided alone while the store was away, and disagreed: the
-            # session is news to its new backend, so say so, as a failover would.
+        if unannounced_move(local, e):
+            # Decided alone (here, or by the replicas while the store was away), and
+            # disagreed: the session is news to its backend, so say so, as a failover would.
             assert local is not None
             self._migrations[Reason.FAILOVER] += 1
             return e.backend, moved_header(Reason.FAILOVER, local.backend)

@@ -6,7 +6,10 @@ entry in the store under ``<keyPrefix>k:<member>`` (``member``: the table's code
 the key's 64-bit hash): ``"<backend> <created> <last seen>"`` with the times in
 deciseconds of the Unix epoch (:func:`encode_entry`, :func:`decode_entry`), and `` r``
 after them when a write-back restored an entry the store had lost (from one replica's
-local copy, which may be stale: see :func:`restored_move`). The entry's
+local copy, which may be stale). Between restored entries the later last-seen wins; the
+first replica to read one and trust it rewrites it unmarked (confirmed), so that a
+replica deciding alone later (its calls timing out) cannot replace an entry the others
+now trust. The entry's
 TTL ends ``idleTimeout + ttlSlack`` after its last write, and never later than
 ``absoluteTimeout + ttlSlack`` after the session began (:func:`entry_ttl_ms`).
 
@@ -121,18 +124,17 @@ def merge(local: StoredEntry | None, stored: StoredEntry | None) -> StoredEntry 
     return StoredEntry(stored.backend, stored.created, local.last_seen, stored.restored)
 
 
-def restored_move(local: StoredEntry | None, adopted: StoredEntry) -> bool:
-    """Whether adopting ``adopted`` moves a session nobody announced: the store had lost
-    it, and another replica restored or placed it afresh on another backend (each
-    replica decided alone meanwhile) while this replica served the session's latest
-    request. A move by another replica's compare-and-set is not one: that replica
-    announced it."""
+def unannounced_move(local: StoredEntry | None, adopted: StoredEntry) -> bool:
+    """Whether adopting ``adopted`` moves a session nobody announced: this replica sent
+    the session's latest request to another backend than the store's entry names. It
+    decided alone meanwhile (the store away, or its call timed out), or the store lost
+    the entry and another replica restored or placed it afresh elsewhere. Either way
+    the entry's backend has not seen that request. A local copy older than the entry is
+    one whose session has been living on the entry's backend since (moved there, and
+    announced, by whoever moved it)."""
     if local is None or local.backend == adopted.backend:
         return False
-    # Only if this replica sent the session's latest request elsewhere: a local copy
-    # older than the entry is one whose session has been living on its new backend.
-    newer = local.last_seen > adopted.last_seen
-    return newer and (adopted.restored or adopted.created > local.created + 1.0)
+    return local.last_seen > adopted.last_seen
 
 
 def entry_ttl_ms(
@@ -170,6 +172,7 @@ class SharedKeys:
                 "reads",
                 "claims",
                 "moves",
+                "confirms",
                 "published",
                 "lost",
                 "adopted",
