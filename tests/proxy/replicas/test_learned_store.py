@@ -133,13 +133,13 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
     assert not any(u.pod == "c1" for u in users)
 
     # The store dies mid-run and comes back empty: no request fails, fallbacks counted.
-    early_fallbacks = [_store(p)["fallbacks"] for p in replicas]
+    early_fallbacks = [_fallbacks(p) for p in replicas]
     redis.kill()
     before = {u.name: len(u.pods) for u in users}
     outage = rounds(users, replicas, rng, count=3, gap=0.4)
     total.add(outage)
     assert not outage.errors, outage.errors
-    assert all(_store(p)["fallbacks"] > 0 for p in replicas)
+    assert all(_fallbacks(p) > 0 for p in replicas)
     redis.start()
     alone = outage.verdicts["broken"]  # breaks while a replica decided alone
     pending: set[str] = set()  # sessions served alone, whose return may break once more
@@ -147,7 +147,7 @@ def test_learned_keys_agree_through_the_store_in_every_phase(
         time.sleep(2.5)  # a write-back or two: every replica sees the store again
         assert all(_store(p)["up"] == 1 for p in replicas), [_store(p) for p in replicas]
         split = sum(len(set(u.pods[before[u.name] - 1 :])) > 1 for u in users)
-        calm = [_store(p)["fallbacks"] for p in replicas]
+        calm = [_fallbacks(p) for p in replicas]
         mark = {u.name: len(u.via) for u in users}
         back = rounds(users, replicas, rng, count=3, gap=0.3)
         total.add(back)

@@ -196,14 +196,12 @@ class LearnedRouting(StoreNotes):
                 return None
             return self._decoded(await call("claims", store.claim_key(member, value, life)))
 
-        async def confirm(e: StoredEntry, now: float) -> StoredEntry:
-            """Rewrite a restored entry unmarked (compare-and-set on its backend); the
-            entry another replica's move or confirmation left there instead, if any."""
-            kept = StoredEntry(e.backend, e.created, e.last_seen)
-            value = encode_entry(kept)
-            prefix = backend_prefix(e.backend)
-            got = await call("confirms", store.move_key(member, prefix, value, ttl(kept, now)))
-            after = self._decoded(got) or kept
+        async def swap(what: str, expect: BackendId, e: StoredEntry, now: float) -> StoredEntry:
+            """Compare-and-set: write ``e`` over an entry still on ``expect`` (or none);
+            the entry there afterwards, ``e`` or what another replica wrote first."""
+            prefix, value = backend_prefix(expect), encode_entry(e)
+            got = await call(what, store.move_key(member, prefix, value, ttl(e, now)))
+            after = self._decoded(got) or e
             if after.backend != e.backend:
                 keys.counters["lost"] += 1
             return after
@@ -255,18 +253,13 @@ class LearnedRouting(StoreNotes):
                     value, life = encode_entry(cur), ttl(cur, wall)
                     cur = await claim(value, life, over=damaged) or cur
                 elif stored.restored:  # trusted from now on: no write-back may replace it
-                    cur = await confirm(cur, wall)
+                    unmarked = StoredEntry(cur.backend, cur.created, cur.last_seen)
+                    cur = await swap("confirms", cur.backend, unmarked, wall)
                 return self._adopt(t, h, cur, local, self._wall(), None)
             if new is None:
                 return None
-            moved = StoredEntry(new, cur.created, wall)
-            value, life = encode_entry(moved), ttl(moved, wall)
-            got = await call(
-                "moves", store.move_key(member, backend_prefix(cur.backend), value, life)
-            )
-            after = self._decoded(got) or moved
+            after = await swap("moves", cur.backend, StoredEntry(new, cur.created, wall), wall)
             if after.backend != new:
-                keys.counters["lost"] += 1
                 return self._adopt(t, h, after, local, self._wall(), None)
             if new != cur.backend:
                 self._migrations[reason] += 1
