@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import secrets
 import sys
@@ -231,9 +232,12 @@ class User:
     cookie_name: str = "LIMPET"
     cookie: str | None = None
     pods: list[str] = field(default_factory=list)
-    last_at: float = 0.0
+    # When each answered request was sent and answered (monotonic clock), beside ``pods``.
+    sent: list[float] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)
 
     async def get(self, http: aiohttp.ClientSession, base: str, path: str = "/") -> str:
+        started = time.monotonic()
         headers = {}
         if self.cookie is not None:
             headers["Cookie"] = f"{self.cookie_name}={self.cookie}"
@@ -249,7 +253,8 @@ class User:
                     self.cookie = rest.split(";", 1)[0]
             pod = json.loads(body)["pod"]
         self.pods.append(pod)
-        self.last_at = time.monotonic()
+        self.sent.append(started)
+        self.answered.append(time.monotonic())
         return str(pod)
 
     @property
@@ -258,6 +263,61 @@ class User:
 
     def moves(self) -> int:
         return sum(1 for a, b in zip(self.pods, self.pods[1:], strict=False) if a != b)
+
+    def track(self) -> list[Visit]:
+        """Each answered request as (pod, sent at, answered at)."""
+        return list(zip(self.pods, self.sent, self.answered, strict=True))
+
+
+async def keep_busy(
+    http: aiohttp.ClientSession,
+    users: Sequence[User],
+    proxies: Sequence[str],
+    done: Callable[[], bool],
+    *,
+    every: float = 0.2,
+) -> None:
+    """Until ``done()``, each of ``users`` sends a request every ``every`` seconds, user i
+    through ``proxies[i % len(proxies)]``. Each user on its own task: in one sequential
+    loop, a few slow answers on a loaded machine left the last users idle for over a
+    second (minIdle in the scenarios), and the proxy rightly moved them."""
+
+    async def one(i: int, user: User) -> None:
+        while not done():
+            await user.get(http, proxies[i % len(proxies)])
+            await asyncio.sleep(every)
+
+    await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+
+
+# One answered request of a session: the pod that answered, when it was sent and when
+# answered (monotonic clock).
+Visit = tuple[str, float, float]
+
+
+def assert_busy_stayed(tracks: Mapping[str, Sequence[Visit]], *, min_idle: float) -> None:
+    """No session moved at a request that came less than ``min_idle`` after its previous
+    one, measured from that one's sending to this one's answer: the longest the proxy
+    can have seen the session idle, so no idle rule may have moved it. (On a stalled
+    machine a gap may reach ``min_idle``, and a move after it is right.) The check must
+    say something: at least 9 in 10 of the requests came that soon."""
+    wrong: dict[str, list[tuple[str, str, float]]] = {}
+    gaps: list[float] = []
+    for name, track in tracks.items():
+        for (pod, sent, _), (then, _, answered) in itertools.pairwise(track):
+            gaps.append(answered - sent)
+            if then != pod and answered - sent < min_idle:
+                wrong.setdefault(name, []).append((pod, then, answered - sent))
+    assert not wrong, f"sessions moved though never idle for {min_idle} s: {wrong}"
+    short = sum(1 for g in gaps if g < min_idle)
+    print(f"busy: {len(gaps)} gaps, {short} under {min_idle} s, the longest {max(gaps):.2f} s")
+    assert short >= 0.9 * len(gaps), f"only {short} of {len(gaps)} gaps under {min_idle} s"
+
+
+def for_seconds(seconds: float) -> Callable[[], bool]:
+    """A ``done`` for :func:`keep_busy`: true once ``seconds`` have passed from now."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -23,9 +23,11 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from limpet.devcluster.netns import list_netns
 from limpet.devcluster.podrunner.process import PodRunnerProcess
 from limpet.devcluster.proxypod import ADMIN_PORT
 from limpet.devcluster.workloads import is_terminating, node_pod_ip
-from tests.controller.harness import OperatorIdentity, OperatorProcess
+from tests.controller.harness import OperatorIdentity, OperatorProcess, Visit, assert_busy_stayed
 from tests.e2e.managed import (
     APP_LABELS,
     Client,
@@ -222,11 +224,15 @@ class Sessions:
         self.rng = random.Random(seed)
         self.users = [Client(session=f"{prefix}-{i}") for i in range(count)]
         self.answers: dict[str, list[dict[str, Any]]] = {u.session: [] for u in self.users}
+        # When each answer's request was sent and answered (monotonic clock).
+        self.times: dict[str, list[tuple[float, float]]] = {u.session: [] for u in self.users}
 
     def ask(self, user: Client, *, proxy: str | None = None) -> dict[str, Any]:
+        sent = time.monotonic()
         code, body = user.get(proxy or self.rng.choice(self.shop.proxies))
         assert code == 200, (user.session, code, body)  # never an error page
         self.answers[user.session].append(body)
+        self.times[user.session].append((sent, time.monotonic()))
         return body
 
     def round(self, users: list[Client] | None = None, *, fixed: bool = False) -> None:
@@ -252,15 +258,38 @@ class Sessions:
         """The app's verdicts (:func:`judge`); returns the moves."""
         return judge(self.answers)
 
-    def busy_until(self, users: list[Client], done: Callable[[], bool], what: str) -> None:
-        """``users`` keep requesting (each through its own proxy, every ~0.2 s, so never
-        idle for minIdle) until ``done``."""
-        deadline = time.monotonic() + 60
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            self.round(users, fixed=True)
-            time.sleep(0.2)
+    def track(self, user: Client) -> list[Visit]:
+        """Each answer of ``user`` as (pod, sent at, answered at)."""
+        times = self.times[user.session]
+        return [
+            (b["pod"], s, a) for b, (s, a) in zip(self.answers[user.session], times, strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def kept_busy(
+        self, users: list[Client], *, min_idle: float, every: float = 0.2
+    ) -> Iterator[None]:
+        """While in the block, each of ``users`` requests every ``every`` seconds, each
+        through its own proxy and on its own thread (see ``harness.keep_busy``); on
+        leaving, checks that none moved while never idle for ``min_idle``
+        (``harness.assert_busy_stayed``)."""
+        stop = threading.Event()
+        proxies = self.shop.proxies
+
+        def loop(i: int, user: Client) -> None:
+            while not stop.is_set():
+                self.ask(user, proxy=proxies[i % len(proxies)])
+                stop.wait(every)
+
+        with ThreadPoolExecutor(len(users)) as pool:
+            running = [pool.submit(loop, i, u) for i, u in enumerate(users)]
+            try:
+                yield
+            finally:
+                stop.set()
+        for done in running:
+            done.result()
+        assert_busy_stayed({u.session: self.track(u) for u in users}, min_idle=min_idle)
 
 
 def exited(pid: int) -> bool:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import aiohttp
@@ -47,10 +48,13 @@ from tests.controller.harness import (
     Scene,
     Scenes,
     User,
+    assert_busy_stayed,
     condition,
     event_posted,
     event_reasons,
     eventually,
+    for_seconds,
+    keep_busy,
     status_condition,
 )
 
@@ -117,17 +121,13 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
         await user.get(http, proxy[i % 2])
     version_before = (await scene.sticky())["status"]["planVersion"]
 
-    async def keep_busy(seconds: float) -> None:
-        end = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < end:
-            for i, user in enumerate(busy):
-                await user.get(http, proxy[i % 2])
-            await asyncio.sleep(0.2)
-
+    # The busy sessions keep busy from now to the end of the window, across every step
+    # below (a pause between steps made them idle for minIdle on a loaded machine).
+    stop_busy = asyncio.Event()
+    busy_task = asyncio.create_task(keep_busy(http, busy, proxy, stop_busy.is_set))
     # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
-    # most 5 s), so that in the early check only the release schedule holds them back;
-    # the busy ones keep busy.
-    await keep_busy(6.5)
+    # most 5 s), so that in the early check only the release schedule holds them back.
+    await asyncio.sleep(6.5)
 
     new_pods = {p.name for p in scene.backends.scale_up(5)}
     await eventually(
@@ -141,7 +141,7 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
     assert {u.pod for u in fresh} & new_pods == new_pods, "new sessions avoid the new pods"
 
     # Early in the window, after a little idleness, only a part of the movers may go.
-    await keep_busy(2.5)
+    await asyncio.sleep(2.5)
     for i, user in enumerate(early):
         await user.get(http, proxy[i % 2])
     early_moved = sum(1 for u in early if u.moves())
@@ -150,9 +150,13 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
     assert status["planVersion"] > version_before
     assert _progressing(status) == ("True", "Rebalancing")
 
-    # Busy sessions never move while the window runs (they are never idle for minIdle).
-    await keep_busy(9.0)
-    assert all(u.moves() == 0 for u in busy), [u.pods for u in busy if u.moves()]
+    # Busy sessions never move while the window runs: never idle for minIdle, they are
+    # no idle rule's to move. (The oracle is the client's own clock: a request that came
+    # a second or more after the one before, on a stalled machine, may rightly move.)
+    await asyncio.sleep(9.0)
+    stop_busy.set()
+    await busy_task
+    assert_busy_stayed({u.name: u.track() for u in busy}, min_idle=1.0)
 
     await eventually(lambda: _phase(scene, "Complete"), within=10, what="rebalance complete")
     # Right after the window the new plan may still be on its way (Progressing: Syncing).
@@ -299,15 +303,8 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
 
     # The busy sessions keep busy from now on: the proxy honours minIdle (1 s) to within
     # its last-seen step (1 s here), so a pause during the set-up below would make them idle.
-    setup_done = asyncio.Event()
-
-    async def keep_busy() -> None:
-        while not setup_done.is_set():
-            for i, user in enumerate(busy):
-                await user.get(http, proxy[i % 2])
-            await asyncio.sleep(0.2)
-
-    busy_task = asyncio.create_task(keep_busy())
+    stop_busy = asyncio.Event()
+    busy_task = asyncio.create_task(keep_busy(http, busy, proxy, stop_busy.is_set))
     backends.terminate(victim)
     await eventually(
         lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
@@ -327,23 +324,16 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     # Busy sessions stay until the deadline; idle ones leave at their next request. (The
     # proxy knows a cookie session's last request to within its last-seen step, so "idle
     # for minIdle" is seen after minIdle + one step at most.)
-    setup_done.set()
-    await busy_task
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while loop.time() - start < 7.0:
-        for i, user in enumerate(busy):
-            await user.get(http, proxy[i % 2])
-        await asyncio.sleep(0.2)
-    assert all(u.pod == victim for u in busy), [u.pods for u in busy]
+    start = time.monotonic()
+    await asyncio.sleep(7.0)
     for i, user in enumerate(idle):
         await user.get(http, proxy[i % 2])
     assert all(u.pod != victim for u in idle), [u.pods for u in idle]
+    stop_busy.set()
+    await busy_task
+    assert_busy_stayed({u.name: u.track() for u in busy}, min_idle=1.0)
     # After the deadline even busy sessions move (between two requests, never an error).
-    while loop.time() - start < 15.5:
-        for i, user in enumerate(busy):
-            await user.get(http, proxy[i % 2])
-        await asyncio.sleep(0.2)
+    await keep_busy(http, busy, proxy, for_seconds(15.5 - (time.monotonic() - start)))
     assert all(u.pod != victim for u in busy), [u.pods for u in busy]
 
     # The pod goes away: the drain is finished, the backend Gone, then removed.

@@ -54,6 +54,7 @@ SPEC = {
     "drain": {"timeout": "60s", "minIdle": "1s"},
 }
 ARGS = ("--forget-after", "3")  # Gone backends leave the plan 3 s later
+MIN_IDLE = 1.0  # the spec's minIdle, rebalance and drain
 # A session idle this long may move: minIdle (1 s), plus the one last-seen step (1 s) by
 # which the proxy may see idleness late, plus a margin.
 IDLE = 2.3
@@ -99,19 +100,23 @@ def test_kubectl_scale_out_moves_only_idle_sessions_announced(shop: Shop) -> Non
     busy, idle = sessions.users[:6], sessions.users[6:]
     sessions.round(busy, fixed=True)
     sessions.round(idle)
-    shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
-    sessions.busy_until(busy, lambda: phase(shop) == "InProgress", "the rebalance to start")
-    new = shop.serving() - old
-    assert len(new) == 2, new
-    status = shop.status()
-    assert condition_of(status, "Progressing") == ("True", "Rebalancing")
-    # New sessions take the new table at once.
-    fresh = Sessions(shop, "fresh", 24, seed=3)
-    fresh.round()
-    assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
     # Busy sessions never move while the window runs: they are never idle for minIdle.
-    sessions.busy_until(busy, lambda: phase(shop) == "Complete", "the rebalance to finish")
-    assert not any(sessions.moves(u) for u in busy), [sessions.answers[u.session] for u in busy]
+    with sessions.kept_busy(busy, min_idle=MIN_IDLE):
+        shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
+        # Each new pod starts a rebalance as it turns Ready: wait for both.
+        wait_for(
+            "the rebalance to start with both new pods",
+            lambda: phase(shop) == "InProgress" and len(shop.serving() - old) == 2,
+            timeout=60,
+        )
+        new = shop.serving() - old
+        status = shop.status()
+        assert condition_of(status, "Progressing") == ("True", "Rebalancing")
+        # New sessions take the new table at once.
+        fresh = Sessions(shop, "fresh", 24, seed=3)
+        fresh.round()
+        assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
+        wait_for("the rebalance to finish", lambda: phase(shop) == "Complete", timeout=60)
     time.sleep(IDLE)
     sessions.round(idle)
     moved = [u for u in idle if sessions.moves(u)]

@@ -75,6 +75,7 @@ pytestmark = pytest.mark.timeout(240)
 POD_RESTART_BACKOFF = 8.0
 ARGS = ("--forget-after", "3")  # Gone backends leave the plan 3 s later
 SESSION_HEADER = "X-Demo-Session"  # the counter app's session name, and the affinity key
+MIN_IDLE = 1.0  # the spec's minIdle, rebalance and drain
 # minIdle (1 s), plus the one last-seen step (1 s) by which idleness may be seen late,
 # plus a margin.
 IDLE = 2.3
@@ -250,15 +251,19 @@ def test_scale_out_moves_only_idle_sessions_announced(world: World) -> None:
     busy, idle = sessions.users[:6], sessions.users[6:]
     sessions.round()
     sessions.round()
-    shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
-    sessions.busy_until(busy, lambda: phase(shop) == "InProgress", "the rebalance to start")
-    new = shop.serving() - old
-    assert len(new) == 2, new
-    fresh = world.sessions("fresh-scale", 24, seed=7)
-    fresh.round()
-    assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
-    sessions.busy_until(busy, lambda: phase(shop) == "Complete", "the rebalance to finish")
-    assert not any(sessions.moves(u) for u in busy), "a busy session moved"
+    with sessions.kept_busy(busy, min_idle=MIN_IDLE):
+        shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
+        # Each new pod starts a rebalance as it turns Ready: wait for both.
+        wait_for(
+            "the rebalance to start with both new pods",
+            lambda: phase(shop) == "InProgress" and len(shop.serving() - old) == 2,
+            timeout=60,
+        )
+        new = shop.serving() - old
+        fresh = world.sessions("fresh-scale", 24, seed=7)
+        fresh.round()
+        assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
+        wait_for("the rebalance to finish", lambda: phase(shop) == "Complete", timeout=60)
     time.sleep(IDLE)
     sessions.round(idle)
     moved = [u for u in idle if sessions.moves(u)]
