@@ -70,6 +70,17 @@ def test_session_store_flags(tmp_path: Path) -> None:
     store = getattr(plan, "session_store", None)
     assert store is not None
     assert (store.password_file, store.key_prefix, store.tls) == (str(password), "shop:", True)
+    assert store.timeout == 0.25  # the plan's default
+    store = getattr(
+        _build(backend, "--session-store=r:1", "--session-store-timeout=1.5"), "session_store", None
+    )
+    assert store is not None
+    assert store.timeout == 1.5
+    for bad in ("0", "10.5", "nan", "inf", "-1", "1s", ""):
+        with pytest.raises(UsageError, match=r"--session-store-timeout: must be from 0\.001 to 10"):
+            _build(backend, "--session-store=r:1", f"--session-store-timeout={bad}")
+    with pytest.raises(UsageError, match="need --session-store"):
+        _build(backend, "--session-store-timeout=1")
     with pytest.raises(UsageError, match="host:port"):
         _build(backend, "--session-store", "nope")
     with pytest.raises(UsageError, match="no such file"):

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -108,6 +109,12 @@ def _store_options(store: argparse._ArgumentGroup) -> None:
     store.add_argument("--session-store-prefix", metavar="PREFIX", default="limpet:")
     store.add_argument("--session-store-tls", action="store_true")
     store.add_argument("--session-store-ca-file", metavar="FILE")
+    store.add_argument(
+        "--session-store-timeout",
+        metavar="S",
+        help="a store call slower than this (0.001..10 s) is a failure: local tables "
+        "decide (default 0.25)",
+    )
 
 
 def _process_options(proc: argparse._ArgumentGroup) -> None:
@@ -248,8 +255,9 @@ def load_cookie_key(path: Path) -> CookieKey:
 
 def _store(args: argparse.Namespace) -> SessionStoreSettings | None:
     """``--session-store*`` as plan settings (``None`` without ``--session-store``)."""
+    timeout = args.session_store_timeout
     if not args.session_store:
-        if args.session_store_password_file or args.session_store_ca_file:
+        if args.session_store_password_file or args.session_store_ca_file or timeout is not None:
             raise UsageError("--session-store-* options need --session-store HOST:PORT")
         return None
     for option, path in (
@@ -259,7 +267,7 @@ def _store(args: argparse.Namespace) -> SessionStoreSettings | None:
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{option}: no such file: {path}")
     try:
-        return SessionStoreSettings(
+        store = SessionStoreSettings(
             address=args.session_store,
             tls=bool(args.session_store_tls or args.session_store_ca_file),
             ca_file=str(Path(args.session_store_ca_file).resolve())
@@ -272,6 +280,14 @@ def _store(args: argparse.Namespace) -> SessionStoreSettings | None:
         )
     except PlanError as exc:
         raise UsageError(f"--session-store: {exc}") from None
+    if timeout is None:
+        return store
+    try:
+        return replace(store, timeout=float(timeout))
+    except (ValueError, PlanError):
+        raise UsageError(
+            f"--session-store-timeout: must be from 0.001 to 10 seconds, got {timeout!r}"
+        ) from None
 
 
 def _backends(specs: list[str]) -> list[tuple[str, str, int]]:
