@@ -186,7 +186,9 @@ class Stage:
         operator_kubeconfig = self._operator_identity(api)
         self._create_sticky(api, STICKY, s.sticky_spec)
         if self.redis is not None and s.header_spec is not None:
-            store = self.redis.session_store(keyPrefix=self.store_prefix)
+            # 1 s, not the 250 ms default: the demo shares a small machine with its
+            # whole cluster, and a slower reply would be a (counted) store outage.
+            store = self.redis.session_store(keyPrefix=self.store_prefix, timeout="1s")
             self._create_sticky(api, HEADER_STICKY, {**s.header_spec, "sessionStore": store})
         self._start_operator(operator_kubeconfig)
         for name in self.sticky_names():
