@@ -34,6 +34,7 @@ import base64
 import contextlib
 import itertools
 import json
+import random
 import secrets
 import sys
 import time
@@ -276,15 +277,18 @@ async def keep_busy(
     done: Callable[[], bool],
     *,
     every: float = 0.2,
+    rng: random.Random | None = None,
 ) -> None:
     """Until ``done()``, each of ``users`` sends a request every ``every`` seconds, user i
-    through ``proxies[i % len(proxies)]``. Each user on its own task: in one sequential
-    loop, a few slow answers on a loaded machine left the last users idle for over a
-    second (minIdle in the scenarios), and the proxy rightly moved them."""
+    through ``proxies[i % len(proxies)]``, or with ``rng`` each request through a proxy
+    it picks. Each user on its own task: in one sequential loop, a few slow answers on a
+    loaded machine left the last users idle for over a second (minIdle in the
+    scenarios), and the proxy rightly moved them."""
 
     async def one(i: int, user: User) -> None:
         while not done():
-            await user.get(http, proxies[i % len(proxies)])
+            proxy = proxies[i % len(proxies)] if rng is None else rng.choice(proxies)
+            await user.get(http, proxy)
             await asyncio.sleep(every)
 
     await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
@@ -312,12 +316,6 @@ def assert_busy_stayed(tracks: Mapping[str, Sequence[Visit]], *, min_idle: float
     short = sum(1 for g in gaps if g < min_idle)
     print(f"busy: {len(gaps)} gaps, {short} under {min_idle} s, the longest {max(gaps):.2f} s")
     assert short >= 0.9 * len(gaps), f"only {short} of {len(gaps)} gaps under {min_idle} s"
-
-
-def for_seconds(seconds: float) -> Callable[[], bool]:
-    """A ``done`` for :func:`keep_busy`: true once ``seconds`` have passed from now."""
-    end = time.monotonic() + seconds
-    return lambda: time.monotonic() >= end
 
 
 # -- helpers ------------------------------------------------------------------------------------

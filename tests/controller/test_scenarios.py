@@ -53,7 +53,6 @@ from tests.controller.harness import (
     event_posted,
     event_reasons,
     eventually,
-    for_seconds,
     keep_busy,
     status_condition,
 )
@@ -133,6 +132,7 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
     await eventually(
         lambda: _phase(scene, "InProgress"), within=10, interval=0.05, what="rebalance started"
     )
+    await scene.converged()  # status may say InProgress before the plan reaches a proxy
 
     # New sessions use the new table at once.
     fresh = [User(f"fresh{i}") for i in range(40)]
@@ -311,7 +311,9 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
     )
     status = (await scene.sticky())["status"]
     entry = next(b for b in status["backends"] if b["pod"] == victim)
-    assert "drainDeadline" in entry
+    deadline = parse_ts(entry.get("drainDeadline"))
+    assert deadline is not None, entry
+    deadline_at = time.monotonic() + deadline - time.time()  # on the monotonic clock
     assert entry["weight"] == 0, "a draining pod takes no new sessions"
     await scene.converged()
 
@@ -321,19 +323,19 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
         await user.get(http, proxy[i % 2])
     assert victim not in {u.pod for u in fresh}
 
-    # Busy sessions stay until the deadline; idle ones leave at their next request. (The
-    # proxy knows a cookie session's last request to within its last-seen step, so "idle
-    # for minIdle" is seen after minIdle + one step at most.)
-    start = time.monotonic()
-    await asyncio.sleep(7.0)
-    for i, user in enumerate(idle):
-        await user.get(http, proxy[i % 2])
-    assert all(u.pod != victim for u in idle), [u.pods for u in idle]
+    # Busy sessions stay until the deadline (watched for 7 s more, or until 1 s before
+    # it when the steps above were slow); idle ones leave at their next request before
+    # it. (The proxy knows a cookie session's last request to within its last-seen step,
+    # so "idle for minIdle" is seen after minIdle + one step at most.)
+    await asyncio.sleep(max(0.0, min(7.0, deadline_at - 1.0 - time.monotonic())))
     stop_busy.set()
     await busy_task
     assert_busy_stayed({u.name: u.track() for u in busy}, min_idle=1.0)
+    for i, user in enumerate(idle):
+        await user.get(http, proxy[i % 2])
+    assert all(u.pod != victim for u in idle), [u.pods for u in idle]
     # After the deadline even busy sessions move (between two requests, never an error).
-    await keep_busy(http, busy, proxy, for_seconds(15.5 - (time.monotonic() - start)))
+    await keep_busy(http, busy, proxy, lambda: time.monotonic() >= deadline_at + 2.0)
     assert all(u.pod != victim for u in busy), [u.pods for u in busy]
 
     # The pod goes away: the drain is finished, the backend Gone, then removed.
@@ -416,17 +418,10 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
     on_victim = [u for u in users if u.pod == victim]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-
-    async def keep_coming() -> None:
-        # Each to a random replica, from before the drain starts: a pause longer than
-        # drain.minIdle (a slow machine taking a while to mark the pod Draining) would
-        # rightly empty the pod.
-        while not stop.is_set():
-            for user in on_victim:
-                await user.get(http, rng.choice(proxies))
-            await asyncio.sleep(0.2)
-
-    busy = asyncio.create_task(keep_coming())
+    # Each to a random replica, from before the drain starts: a pause longer than
+    # drain.minIdle (a slow machine taking a while to mark the pod Draining) would
+    # rightly empty the pod.
+    busy = asyncio.create_task(keep_busy(http, on_victim, proxies, stop.is_set, rng=rng))
     try:
         scene.backends.terminate(victim)
         await eventually(
@@ -438,7 +433,10 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
         stop.set()
         await busy
     start = loop.time()
-    assert all(u.pod == victim for u in on_victim), "busy sessions left the draining pod"
+    assert_busy_stayed({u.name: u.track() for u in on_victim}, min_idle=1.0)
+    # On a machine stalled for minIdle a session may rightly have left (then it must
+    # not be counted there, below); in a run without a stall, none does.
+    stayed = sum(1 for u in on_victim if u.pod == victim)
     assert "DrainEmpty" not in await event_reasons(kube, namespace, "shop")
 
     # They stop: once no replica holds a live session there, DrainEmpty, long before
@@ -459,10 +457,10 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
     async def counted_once() -> bool:
         entry = await _entry(scene, victim)
         seen.append(None if entry is None else entry["sessions"])
-        return entry is not None and entry["sessions"] == len(on_victim)
+        return entry is not None and stayed <= entry["sessions"] <= len(on_victim)
 
     assert SESSIONS_STATUS_INTERVAL < 12
-    await eventually(counted_once, within=12, interval=0.2, what=f"{len(on_victim)} sessions")
+    await eventually(counted_once, within=12, interval=0.2, what=f"{stayed} sessions")
     assert set(seen) <= set(range(len(on_victim) + 1)), seen  # never over-counted
 
     async def none_in_status() -> bool:

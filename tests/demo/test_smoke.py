@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from limpet.demo import backend, smoke
@@ -56,6 +57,12 @@ def test_sticky_backend_passes() -> None:
     assert summary["sessions_per_pod"] == {"only": 5}
 
 
+def _sessions(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+        held: int = json.load(resp)["sessions"]
+    return held
+
+
 def test_lost_sessions_fail_the_smoke() -> None:
     proc, port = start_counter(0, "first")
     runner = subprocess.Popen(
@@ -67,7 +74,7 @@ def test_lost_sessions_fail_the_smoke() -> None:
             "--users",
             "3",
             "--duration",
-            "3",
+            "10",
             "--think",
             "0.05",
         ],
@@ -75,8 +82,14 @@ def test_lost_sessions_fail_the_smoke() -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)
-        # The pod "restarts": its memory is gone, and nobody announced a move.
+        # Every user has a session on the first counter (polled: a loaded machine may
+        # take a while to start the runner), then the pod "restarts": its memory is
+        # gone, and nobody announced a move. 10 s of run leave every user time to
+        # come back to the second one.
+        deadline = time.monotonic() + 30
+        while _sessions(port) < 3:
+            assert time.monotonic() < deadline, "the users never reached the first counter"
+            time.sleep(0.1)
         stop(proc)
         proc, _ = start_counter(port, "second")
         out, _ = runner.communicate(timeout=60)

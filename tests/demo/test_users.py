@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import Callable
 
-from limpet.demo.users import UserPool, UserSettings
+from limpet.demo.users import TrafficSnapshot, UserPool, UserSettings
 from tests.demo.conftest import CounterFactory
 
 FAST = UserSettings(
@@ -13,18 +15,28 @@ FAST = UserSettings(
 )
 
 
-async def drive(pool: UserPool, seconds: float) -> None:
+async def drive(pool: UserPool, done: Callable[[TrafficSnapshot], bool]) -> None:
+    """Run the pool until ``done`` holds for its snapshot (at least 1 s, at most 15 s: a
+    loaded machine runs fewer requests a second)."""
     stop = asyncio.Event()
     task = asyncio.create_task(pool.run(stop))
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(1.0)
+    await _until(pool, done)
     stop.set()
     await asyncio.wait_for(task, timeout=10)
+
+
+async def _until(pool: UserPool, done: Callable[[TrafficSnapshot], bool]) -> None:
+    deadline = time.monotonic() + 15
+    while not done(pool.snapshot()):
+        assert time.monotonic() < deadline, pool.snapshot()
+        await asyncio.sleep(0.05)
 
 
 async def test_one_pod_keeps_every_session(counters: CounterFactory) -> None:
     pool = UserPool([counters("solo")], settings=FAST, rng=random.Random(1))
     pool.set_phase("steady")
-    await drive(pool, 1.0)
+    await drive(pool, lambda s: s.total().requests > 50 and s.total().sessions > FAST.population)
     total = pool.snapshot().total()
     assert total.requests > 50
     assert total.errors == 0
@@ -38,7 +50,7 @@ async def test_unsticky_spraying_is_seen_as_broken_sessions(counters: CounterFac
     # Two independent pods picked at random per request: exactly what stickiness prevents.
     pool = UserPool([counters("a"), counters("b")], settings=FAST, rng=random.Random(2))
     pool.set_phase("spray")
-    await drive(pool, 1.0)
+    await drive(pool, lambda s: s.phases["spray"].broken > 10)
     snap = pool.snapshot()
     assert snap.phases["spray"].broken > 10
     assert snap.total().errors == 0
@@ -70,7 +82,7 @@ async def test_quiesce_lets_every_request_in_flight_finish_and_starts_none(
     pool.set_phase("steady")
     stop = asyncio.Event()
     task = asyncio.create_task(pool.run(stop))
-    await asyncio.sleep(0.5)
+    await _until(pool, lambda s: s.total().requests > 20)
     await pool.quiesce()
     settled = pool.snapshot()
     assert settled.total().requests > 20

@@ -159,7 +159,7 @@ def test_client_ip_sessions_from_namespaces_hold_through_a_drain(
         secret = tmp_path / "store-password"
         secret.write_text(PASSWORD)
         store = SessionStoreSettings(
-            address=redis.address, password_file=str(secret), key_prefix="n:", timeout=0.3
+            address=redis.address, password_file=str(secret), key_prefix="n:", timeout=1.0
         )
         first = tmp_path / "plan.json"
         first.write_text(plan_to_json(_plan(1, apps, hosts, store)))

@@ -211,7 +211,7 @@ def test_app_cookie_without_its_companion_through_the_store(
     replica routes them alike from their next request on, through a drain too."""
     rng = random.Random(23)
     apps = {name: counters.start(name).port for name in ("c1", "c2", "c3")}
-    store = SessionStoreSettings(address=redis.address, key_prefix="a:", timeout=0.3)
+    store = SessionStoreSettings(address=redis.address, key_prefix="a:", timeout=1.0)
 
     def plan(version: int, states: dict[str, BackendState] | None = None) -> Plan:
         return _plan(version, apps, AffinityType.APP_COOKIE, store, states=states)

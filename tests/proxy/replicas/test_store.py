@@ -44,7 +44,7 @@ def _cluster(replicas: list[Proxy]) -> list[dict[str, int] | None]:
     return [p.stats()["clusterSessions"] for p in replicas]
 
 
-def _wait_counts(replicas: list[Proxy], want: dict[str, int], within: float = 6.0) -> None:
+def _wait_counts(replicas: list[Proxy], want: dict[str, int], within: float = 20.0) -> None:
     deadline = time.monotonic() + within
     while True:
         got = _cluster(replicas)
