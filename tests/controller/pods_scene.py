@@ -128,6 +128,20 @@ class Shop:
 
         return wait_for("every proxy on the status plan version", probe, timeout=30)
 
+    def scale_out(self, old: set[str], *, by: int) -> set[str]:
+        """``kubectl scale`` the app from the pods ``old`` to ``by`` more; returns the new
+        pods once they serve, the rebalance is InProgress and every proxy has its plan
+        (status may say InProgress before the plan reaches a proxy, and each new pod
+        starts a rebalance as it turns Ready)."""
+        self.kubectl("scale", "deployment/shop", f"--replicas={len(old) + by}")
+        wait_for(
+            f"the rebalance to start with {by} new pods",
+            lambda: phase(self) == "InProgress" and len(self.serving() - old) == by,
+            timeout=60,
+        )
+        self.converged()
+        return self.serving() - old
+
     def settle(self) -> set[str]:
         """Wait until as many app pods serve as the Deployment wants, none terminates, each
         is an Active backend, and nothing is in progress; returns their names."""

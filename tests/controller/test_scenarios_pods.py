@@ -102,15 +102,7 @@ def test_kubectl_scale_out_moves_only_idle_sessions_announced(shop: Shop) -> Non
     sessions.round(idle)
     # Busy sessions never move while the window runs: they are never idle for minIdle.
     with sessions.kept_busy(busy, min_idle=MIN_IDLE):
-        shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
-        # Each new pod starts a rebalance as it turns Ready: wait for both.
-        wait_for(
-            "the rebalance to start with both new pods",
-            lambda: phase(shop) == "InProgress" and len(shop.serving() - old) == 2,
-            timeout=60,
-        )
-        shop.converged()  # status may say InProgress before the plan reaches a proxy
-        new = shop.serving() - old
+        new = shop.scale_out(old, by=2)
         status = shop.status()
         assert condition_of(status, "Progressing") == ("True", "Rebalancing")
         # New sessions take the new table at once.

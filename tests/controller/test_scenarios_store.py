@@ -252,15 +252,7 @@ def test_scale_out_moves_only_idle_sessions_announced(world: World) -> None:
     sessions.round()
     sessions.round()
     with sessions.kept_busy(busy, min_idle=MIN_IDLE):
-        shop.kubectl("scale", "deployment/shop", f"--replicas={len(old) + 2}")
-        # Each new pod starts a rebalance as it turns Ready: wait for both.
-        wait_for(
-            "the rebalance to start with both new pods",
-            lambda: phase(shop) == "InProgress" and len(shop.serving() - old) == 2,
-            timeout=60,
-        )
-        shop.converged()  # status may say InProgress before the plan reaches a proxy
-        new = shop.serving() - old
+        new = shop.scale_out(old, by=2)
         fresh = world.sessions("fresh-scale", 24, seed=7)
         fresh.round()
         assert {fresh.pod(u) for u in fresh.users} & new, "new sessions avoid the new pods"
