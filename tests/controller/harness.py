@@ -38,7 +38,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -292,6 +292,28 @@ async def keep_busy(
             await asyncio.sleep(every)
 
     await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+
+
+@contextlib.asynccontextmanager
+async def kept_busy(
+    http: aiohttp.ClientSession,
+    users: Sequence[User],
+    proxies: Sequence[str],
+    *,
+    min_idle: float,
+    rng: random.Random | None = None,
+) -> AsyncIterator[None]:
+    """While in the block, :func:`keep_busy` runs ``users``; on leaving it normally,
+    checks that none moved while never idle for ``min_idle`` (:func:`assert_busy_stayed`).
+    The pod scenes' twin is ``pods_scene.Sessions.kept_busy``."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(keep_busy(http, users, proxies, stop.is_set, rng=rng))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+    assert_busy_stayed({u.name: u.track() for u in users}, min_idle=min_idle)
 
 
 # One answered request of a session: the pod that answered, when it was sent and when

@@ -284,9 +284,9 @@ class Sessions:
         self, users: list[Client], *, min_idle: float, every: float = 0.2
     ) -> Iterator[None]:
         """While in the block, each of ``users`` requests every ``every`` seconds, each
-        through its own proxy and on its own thread (see ``harness.keep_busy``); on
-        leaving, checks that none moved while never idle for ``min_idle``
-        (``harness.assert_busy_stayed``)."""
+        through its own proxy and on its own thread; on leaving, checks that none moved
+        while never idle for ``min_idle`` (``harness.assert_busy_stayed``). The
+        asyncio twin is ``harness.kept_busy``."""
         stop = threading.Event()
         proxies = self.shop.proxies
 

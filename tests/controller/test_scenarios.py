@@ -48,12 +48,12 @@ from tests.controller.harness import (
     Scene,
     Scenes,
     User,
-    assert_busy_stayed,
     condition,
     event_posted,
     event_reasons,
     eventually,
     keep_busy,
+    kept_busy,
     status_condition,
 )
 
@@ -122,41 +122,37 @@ async def test_scale_out_rebalances_gradually_and_only_idle_sessions(
 
     # The busy sessions keep busy from now to the end of the window, across every step
     # below (a pause between steps made them idle for minIdle on a loaded machine).
-    stop_busy = asyncio.Event()
-    busy_task = asyncio.create_task(keep_busy(http, busy, proxy, stop_busy.is_set))
-    # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
-    # most 5 s), so that in the early check only the release schedule holds them back.
-    await asyncio.sleep(6.5)
+    async with kept_busy(http, busy, proxy, min_idle=1.0):
+        # Let the other sessions become idle (minIdle 1 s plus the proxy's last-seen step, at
+        # most 5 s), so that in the early check only the release schedule holds them back.
+        await asyncio.sleep(6.5)
 
-    new_pods = {p.name for p in scene.backends.scale_up(5)}
-    await eventually(
-        lambda: _phase(scene, "InProgress"), within=10, interval=0.05, what="rebalance started"
-    )
-    await scene.converged()  # status may say InProgress before the plan reaches a proxy
+        new_pods = {p.name for p in scene.backends.scale_up(5)}
+        await eventually(
+            lambda: _phase(scene, "InProgress"), within=10, interval=0.05, what="rebalance started"
+        )
+        await scene.converged()  # status may say InProgress before the plan reaches a proxy
 
-    # New sessions use the new table at once.
-    fresh = [User(f"fresh{i}") for i in range(40)]
-    for i, user in enumerate(fresh):
-        await user.get(http, proxy[i % 2])
-    assert {u.pod for u in fresh} & new_pods == new_pods, "new sessions avoid the new pods"
+        # New sessions use the new table at once.
+        fresh = [User(f"fresh{i}") for i in range(40)]
+        for i, user in enumerate(fresh):
+            await user.get(http, proxy[i % 2])
+        assert {u.pod for u in fresh} & new_pods == new_pods, "new sessions avoid the new pods"
 
-    # Early in the window, after a little idleness, only a part of the movers may go.
-    await asyncio.sleep(2.5)
-    for i, user in enumerate(early):
-        await user.get(http, proxy[i % 2])
-    early_moved = sum(1 for u in early if u.moves())
-    status = (await scene.sticky())["status"]
-    assert status["rebalance"]["phase"] == "InProgress"
-    assert status["planVersion"] > version_before
-    assert _progressing(status) == ("True", "Rebalancing")
+        # Early in the window, after a little idleness, only a part of the movers may go.
+        await asyncio.sleep(2.5)
+        for i, user in enumerate(early):
+            await user.get(http, proxy[i % 2])
+        early_moved = sum(1 for u in early if u.moves())
+        status = (await scene.sticky())["status"]
+        assert status["rebalance"]["phase"] == "InProgress"
+        assert status["planVersion"] > version_before
+        assert _progressing(status) == ("True", "Rebalancing")
 
-    # Busy sessions never move while the window runs: never idle for minIdle, they are
-    # no idle rule's to move. (The oracle is the client's own clock: a request that came
-    # a second or more after the one before, on a stalled machine, may rightly move.)
-    await asyncio.sleep(9.0)
-    stop_busy.set()
-    await busy_task
-    assert_busy_stayed({u.name: u.track() for u in busy}, min_idle=1.0)
+        # Busy sessions never move while the window runs: never idle for minIdle, they are
+        # no idle rule's to move. (The oracle is the client's own clock: a request that came
+        # a second or more after the one before, on a stalled machine, may rightly move.)
+        await asyncio.sleep(9.0)
 
     await eventually(lambda: _phase(scene, "Complete"), within=10, what="rebalance complete")
     # Right after the window the new plan may still be on its way (Progressing: Syncing).
@@ -303,34 +299,30 @@ async def test_terminating_pod_drains_finishes_and_is_removed(
 
     # The busy sessions keep busy from now on: the proxy honours minIdle (1 s) to within
     # its last-seen step (1 s here), so a pause during the set-up below would make them idle.
-    stop_busy = asyncio.Event()
-    busy_task = asyncio.create_task(keep_busy(http, busy, proxy, stop_busy.is_set))
-    backends.terminate(victim)
-    await eventually(
-        lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
-    )
-    status = (await scene.sticky())["status"]
-    entry = next(b for b in status["backends"] if b["pod"] == victim)
-    deadline = parse_ts(entry.get("drainDeadline"))
-    assert deadline is not None, entry
-    deadline_at = time.monotonic() + deadline - time.time()  # on the monotonic clock
-    assert entry["weight"] == 0, "a draining pod takes no new sessions"
-    await scene.converged()
+    async with kept_busy(http, busy, proxy, min_idle=1.0):
+        backends.terminate(victim)
+        await eventually(
+            lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
+        )
+        status = (await scene.sticky())["status"]
+        entry = next(b for b in status["backends"] if b["pod"] == victim)
+        deadline = parse_ts(entry.get("drainDeadline"))
+        assert deadline is not None, entry
+        deadline_at = time.monotonic() + deadline - time.time()  # on the monotonic clock
+        assert entry["weight"] == 0, "a draining pod takes no new sessions"
+        await scene.converged()
 
-    # No new session lands on the draining pod.
-    fresh = [User(f"fresh{i}") for i in range(30)]
-    for i, user in enumerate(fresh):
-        await user.get(http, proxy[i % 2])
-    assert victim not in {u.pod for u in fresh}
+        # No new session lands on the draining pod.
+        fresh = [User(f"fresh{i}") for i in range(30)]
+        for i, user in enumerate(fresh):
+            await user.get(http, proxy[i % 2])
+        assert victim not in {u.pod for u in fresh}
 
-    # Busy sessions stay until the deadline (watched for 7 s more, or until 1 s before
-    # it when the steps above were slow); idle ones leave at their next request before
-    # it. (The proxy knows a cookie session's last request to within its last-seen step,
-    # so "idle for minIdle" is seen after minIdle + one step at most.)
-    await asyncio.sleep(max(0.0, min(7.0, deadline_at - 1.0 - time.monotonic())))
-    stop_busy.set()
-    await busy_task
-    assert_busy_stayed({u.name: u.track() for u in busy}, min_idle=1.0)
+        # Busy sessions stay until the deadline (watched for 7 s more, or until 1 s before
+        # it when the steps above were slow); idle ones leave at their next request before
+        # it. (The proxy knows a cookie session's last request to within its last-seen step,
+        # so "idle for minIdle" is seen after minIdle + one step at most.)
+        await asyncio.sleep(max(0.0, min(7.0, deadline_at - 1.0 - time.monotonic())))
     for i, user in enumerate(idle):
         await user.get(http, proxy[i % 2])
     assert all(u.pod != victim for u in idle), [u.pods for u in idle]
@@ -417,23 +409,17 @@ async def test_drained_pod_posts_drain_empty_once_no_session_is_live(
     victim = max(scene.backends.pods, key=lambda p: sum(1 for u in users if u.pod == p))
     on_victim = [u for u in users if u.pod == victim]
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     # Each to a random replica, from before the drain starts: a pause longer than
     # drain.minIdle (a slow machine taking a while to mark the pod Draining) would
     # rightly empty the pod.
-    busy = asyncio.create_task(keep_busy(http, on_victim, proxies, stop.is_set, rng=rng))
-    try:
+    async with kept_busy(http, on_victim, proxies, min_idle=1.0, rng=rng):
         scene.backends.terminate(victim)
         await eventually(
             lambda: scene.state_is(victim, "Draining"), within=10, interval=0.05, what="Draining"
         )
         # While its users keep coming, the pod is not empty.
         await asyncio.sleep(5.0)
-    finally:
-        stop.set()
-        await busy
     start = loop.time()
-    assert_busy_stayed({u.name: u.track() for u in on_victim}, min_idle=1.0)
     # On a machine stalled for minIdle a session may rightly have left (then it must
     # not be counted there, below); in a run without a stall, none does.
     stayed = sum(1 for u in on_victim if u.pod == victim)
