@@ -27,6 +27,10 @@ REFUSED = {
     "te-two-fields": H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
     "te-empty": H + b"Transfer-Encoding: \r\n\r\n",
     "te-vertical-tab": H + b"Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n",
+    # llhttp does not read a tab inside the list as a separator: the head must not leave
+    # before it refuses the body (a pooled connection used to get it).
+    "te-trailing-tab": H + b"Transfer-Encoding: chunked\t\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "te-tab-comma": H + b"Transfer-Encoding: chunked\t,\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     "te-space-name": H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
     "te-param": H + b"Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n",
     "te-http10": b"POST /b HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -173,6 +173,8 @@ H = (b"Host", b"example.com")
         ),
         (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"gzip, chunked")], False, (501, b"/")),
         (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"chunked, gzip")], False, (400, b"/")),
+        (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"chunked\t")], False, (400, b"/")),
+        (b"POST", b"/", "1.1", [H, (b"Transfer-Encoding", b"chunked\t,")], False, (400, b"/")),
         (b"GET", b"/ws", "1.1", [H, (b"Upgrade", b"websocket")], True, (0, b"/ws")),
         (
             b"POST",

@@ -181,7 +181,12 @@ class ClientConnection(Exchange):
         result = self.reader.feed(data)
         # The read is parsed: send what it produced for the backend (inline: once a read).
         self.feeding = False
-        if self.up_out:
+        if result == request.INVALID and not REQUEST_DONE[self.state]:
+            # The request is refused: none of this read goes to a backend, not even the
+            # head it queued before llhttp found the fault (the bound connection, if any,
+            # is dropped with the exchange).
+            self.up_out.clear()
+        elif self.up_out:
             self.flush_up()
         if result == request.UPGRADE:
             self._upgrade_head_done(self.reader.rest)
