@@ -50,6 +50,11 @@ REFUSED = {
     "nul-in-value": OK + b"X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
     "unrequested-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    # No status below 100 exists (RFC 9110 15); llhttp frames a 0xx answer's body as a
+    # final one's, which relayed as interim would reach the client unframed.
+    "status-099-with-body": b"HTTP/1.1 099 x\r\nContent-Length: 61\r\n\r\n"
+    + b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\nX-Injected: 1\r\n\r\ninjected",
+    "status-000": b"HTTP/1.1 000 x\r\nContent-Length: 0\r\n\r\n",
     # llhttp reads these as not chunked (body until close), h11 as chunked (the fuzzer).
     "te-trailing-tab": OK + b"Transfer-Encoding: Chunked\t\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     "te-empty-last-element": OK + b"Transfer-Encoding: chunked, \t\r\n\r\n0\r\n\r\n",

@@ -235,6 +235,8 @@ def test_an_upgrade_request_answered_otherwise_is_never_pooled() -> None:
         b"SSH-2.0-OpenSSH\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n",  # framed two ways
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 099 x\r\nContent-Length: 3\r\n\r\nabc",  # no status below 100
+        b"HTTP/1.1 000 x\r\n\r\n",
     ],
 )
 def test_what_is_not_an_answer_breaks_with_nothing_for_the_client(answer: bytes) -> None:

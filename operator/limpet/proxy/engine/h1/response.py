@@ -301,6 +301,11 @@ class ResponseMachine:
         assert facts is not None
         self._after_head = False
         status = self.get_status_code()
+        if status < 100:
+            # llhttp takes any three digits and frames a 0xx answer's body as a final
+            # one's, where this machine would relay the head as interim and its body raw:
+            # RFC 9110 15 has no such status, so the answer is broken (502), as HAProxy's.
+            raise httptools.HttpParserError("status below 100")
         scan = self._scan
         response_head.end_response_scan(scan)
         if status < 200:
