@@ -46,6 +46,18 @@ def test_broken_chunk_framing_never_completes_a_message(rig: Rig, name: str) -> 
     assert [m.target for m in after] == [b"/next"]
 
 
+@pytest.mark.parametrize("name", ["size-not-hex", "data-too-long", "trailer-no-colon"])
+def test_broken_chunk_framing_in_the_heads_read_forwards_nothing(rig: Rig, name: str) -> None:
+    """Refused in the read that brought its head: not even the head reaches the backend,
+    on a pooled connection that would have taken it at once (the rig asserts that no
+    incomplete message, nor a reset that could hide one, reached it)."""
+    rig.warm()
+    client, received = rig.exchange(REFUSED[name], method=b"POST")
+    assert client.status == 400, client
+    assert received == []
+    assert client.closed
+
+
 FORWARDED = {
     "one-chunk": (H + b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
     "many-chunks": (H + b"1\r\na\r\n2\r\nbc\r\n3\r\ndef\r\n0\r\n\r\n", b"abcdef"),
