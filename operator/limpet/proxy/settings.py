@@ -65,6 +65,9 @@ class ProxySettings:
     # Client side.
     head_timeout: float = 10.0
     idle_timeout: float = 60.0
+    # A client that leaves an answer unread: its write buffer must drain within this
+    # (nginx's send_timeout, HAProxy's timeout client), or it and its backend are cut.
+    send_timeout: float = 60.0
     tunnel_idle_timeout: float = 3600.0
     max_request_line: int = 8192
     max_header_bytes: int = 32768
@@ -93,6 +96,7 @@ class ProxySettings:
         for name in (
             "head_timeout",
             "idle_timeout",
+            "send_timeout",
             "tunnel_idle_timeout",
             "connect_timeout",
             "response_timeout",
@@ -119,6 +123,7 @@ class ProxySettings:
         shortest = min(
             self.head_timeout,
             self.idle_timeout,
+            self.send_timeout,
             self.connect_timeout,
             self.response_timeout,
             self.pool_idle_timeout,

@@ -4,11 +4,13 @@ keep serving, and leak no connection."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -539,3 +541,43 @@ def test_upstream_connect_timeout(proxy: Proxies) -> None:
         for f in fillers:
             f.close()
         hole.close()
+
+
+def _established_to(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine (``/proc/net/tcp``)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        remote, state = line.split()[2:4]
+        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
+    backends: Backends, proxy: Proxies
+) -> None:
+    """A client that never reads an answer holds it back (the backend is paused, and its
+    response timeout with it): after --send-timeout the proxy cuts the client and drops
+    the backend connection, where before both stayed open for ever (slow-read DoS)."""
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b), "--send-timeout", "1", "--response-timeout", "1")
+    size = 64 << 20
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(p.address)
+        s.sendall(b"GET /download?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        deadline = time.monotonic() + 20
+        while p.stats()["engine"]["timeouts"].get("send", 0) == 0:
+            assert time.monotonic() < deadline, p.stats()["engine"]
+            time.sleep(0.2)
+        while _established_to(b.port):  # the backend connection goes with the client
+            assert time.monotonic() < deadline, "backend connection still open"
+            time.sleep(0.1)
+        s.settimeout(10)
+        got = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        assert got < size  # cut: the rest of the answer never came
+    with Conn(p.address) as c:  # and the proxy serves the next client as usual
+        assert c.request("GET", "/after").status == 200

@@ -31,6 +31,7 @@ OPTIONS = [
     "--build",
     "--head-timeout",
     "--idle-timeout",
+    "--send-timeout",
     "--connect-timeout",
     "--response-timeout",
     "--tunnel-idle-timeout",

@@ -24,6 +24,7 @@ from ..conftest import ROOT, Backends, Conn, Proxies, _env
 OUT_OF_RANGE = {
     "--head-timeout": ["inf", "nan", "-inf", "1e20", "604801", "0", "1e-300"],
     "--idle-timeout": ["Infinity", "1e308"],
+    "--send-timeout": ["inf", "0", "-1"],
     "--connect-timeout": ["inf", "-0"],
     "--response-timeout": ["1e300"],
     "--tunnel-idle-timeout": ["inf"],

@@ -206,11 +206,13 @@ class ClientConnection(Exchange):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.send_deadline = self.clock.now + self.send_timeout
         if self.up is not None:
             self.up.pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.send_deadline = 0.0
         if self.up is not None:
             self.up.resume()
 
@@ -346,6 +348,13 @@ class ClientConnection(Exchange):
     # -- timeouts, limits, closing -------------------------------------------------------
 
     def timed_out(self) -> None:
+        if 0.0 < self.send_deadline <= self.clock.now:
+            # The client left what it was sent unread for --send-timeout: nothing more
+            # can reach it, so it is cut, and its backend connection with it.
+            self.send_deadline = 0.0
+            self.stats.timeout("send")
+            self.abort()
+            return
         if HTTP[self.state] and self.reader.phase == request.HEAD:
             self.stats.timeout("head")
             self._reply(408, close=True)

@@ -114,6 +114,7 @@ class ServerSide(Protocol):
     clients: set[Any]  # the server's ClientConnections
     head_timeout: float
     idle_timeout: float
+    send_timeout: float
     head_guard: int
     max_request_line: int
     max_header_bytes: int
@@ -156,6 +157,8 @@ class Exchange(asyncio.Protocol):
         "route",
         "router",
         "scan",
+        "send_deadline",
+        "send_timeout",
         "server",
         "started",
         "state",
@@ -185,6 +188,11 @@ class Exchange(asyncio.Protocol):
         self.classes = server.classes
         self.head_timeout = server.head_timeout
         self.idle_timeout = server.idle_timeout
+        self.send_timeout = server.send_timeout
+        # Set while the client's write buffer is full (pause_writing), cleared when it
+        # drains: the one timeout of an exchange whose client stops reading, since the
+        # backend's response timeout is off while the client holds it back.
+        self.send_deadline = 0.0
         self.transport = cast(asyncio.Transport, None)
         self.scan = request_head.RequestScan(kept=[])
         self.view = RequestView(method=b"", target=b"", headers=[], peer_ip="", cookie=None)

@@ -49,6 +49,7 @@ class Server:
         # fires early.
         self.head_timeout = settings.head_timeout + tick
         self.idle_timeout = settings.idle_timeout + tick
+        self.send_timeout = settings.send_timeout + tick
         self.max_request_line = settings.max_request_line
         self.max_header_bytes = settings.max_header_bytes
         self.max_headers = settings.max_headers
@@ -105,7 +106,9 @@ class Server:
         now = loop.time()
         self.clock.now = now
         try:
-            expired = [c for c in self.clients if 0.0 < c.deadline <= now]
+            expired = [
+                c for c in self.clients if 0.0 < c.deadline <= now or 0.0 < c.send_deadline <= now
+            ]
             for conn in expired:
                 conn.timed_out()
             self.pool.sweep(now)

@@ -181,6 +181,7 @@ def _limit_options(lim: argparse._ArgumentGroup) -> None:
     for name, metavar, help_text in (
         ("head-timeout", "S", "time allowed to send a request head (slowloris guard)"),
         ("idle-timeout", "S", "idle time allowed between keep-alive requests"),
+        ("send-timeout", "S", "time a client may leave an answer unread (then it is cut)"),
         ("connect-timeout", "S", "time allowed to connect to a backend"),
         ("response-timeout", "S", "backend silence allowed while a request is outstanding"),
         ("tunnel-idle-timeout", "S", "idle time allowed on an upgraded (WebSocket) connection"),
@@ -206,6 +207,7 @@ MAX_SECONDS = 7 * 86400
 RANGES: dict[str, tuple[float, float]] = {
     "head-timeout": (0.001, MAX_SECONDS),
     "idle-timeout": (0.001, MAX_SECONDS),
+    "send-timeout": (0.001, MAX_SECONDS),
     "connect-timeout": (0.001, MAX_SECONDS),
     "response-timeout": (0.001, MAX_SECONDS),
     "tunnel-idle-timeout": (0.001, MAX_SECONDS),
@@ -338,6 +340,7 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
             workers=workers,
             head_timeout=_number(args, "head-timeout", float),
             idle_timeout=_number(args, "idle-timeout", float),
+            send_timeout=_number(args, "send-timeout", float),
             connect_timeout=_number(args, "connect-timeout", float),
             response_timeout=_number(args, "response-timeout", float),
             tunnel_idle_timeout=_number(args, "tunnel-idle-timeout", float),
