@@ -59,6 +59,10 @@ REFUSED = {
     "te-trailing-tab": OK + b"Transfer-Encoding: Chunked\t\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     "te-empty-last-element": OK + b"Transfer-Encoding: chunked, \t\r\n\r\n0\r\n\r\n",
     "te-parameter": OK + b"Transfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n",
+    # chunked not last: the body runs to the close and would be chunked twice (RFC 9112 6.1).
+    "te-chunked-then-identity": OK + b"Transfer-Encoding: chunked, identity\r\n\r\nabc",
+    "te-chunked-then-gzip-fields": OK
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nabc",
 }
 CUT = {
     "chunk-size-overflow": OK + b"Transfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nab\r\n",

@@ -395,9 +395,13 @@ def test_a_set_cookie_that_connection_lists_is_not_forwarded() -> None:
 @pytest.mark.parametrize(
     ("codings", "sent"),
     [
-        (b"Transfer-Encoding: chunked, identity", b"chunked, identity, chunked"),
-        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip", b"chunked, gzip, chunked"),
+        (b"Transfer-Encoding: gzip, identity", b"gzip, identity, chunked"),
+        (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: br", b"gzip, br, chunked"),
         (b"transfer-encoding: gzip\r\nContent-Length: 3", None),  # two ways: broken
+        # chunked, then another coding: chunked again towards the client (RFC 9112 6.1)
+        (b"Transfer-Encoding: chunked, identity", None),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip", None),
+        (b"Transfer-Encoding: CHUNKED, chunked", None),
     ],
 )
 def test_codings_that_do_not_end_in_chunked_are_read_to_the_close(

@@ -227,10 +227,15 @@ def response_coding_clean(value: bytes) -> bool:
     tokens separated by commas and spaces only. llhttp does not see ``chunked\\t`` or
     ``chunked, \\t`` as chunked while a strict parser does, so such an answer is
     refused (502) rather than relayed with a body two parsers would frame differently
-    (found by the fuzzer)."""
+    (found by the fuzzer). ``chunked`` before another coding is refused too: the body
+    then runs to the close and is chunked again towards the client, and RFC 9112 6.1
+    forbids applying chunked twice (a client would read the list and fail)."""
     if b"\t" in value:
         return False
-    return all(is_token(element.strip(b" ")) for element in value.split(b","))
+    names = [element.strip(b" ") for element in value.split(b",")]
+    if not all(is_token(name) for name in names):
+        return False
+    return all(name.lower() != b"chunked" for name in names[:-1])
 
 
 def chunked_coding(value: bytes | None) -> bytes:
