@@ -240,14 +240,32 @@ class Sessions:
         self.answers: dict[str, list[dict[str, Any]]] = {u.session: [] for u in self.users}
         # When each answer's request was sent and answered (monotonic clock).
         self.times: dict[str, list[tuple[float, float]]] = {u.session: [] for u in self.users}
+        # The proxy each answer came through.
+        self.via: dict[str, list[str]] = {u.session: [] for u in self.users}
 
     def ask(self, user: Client, *, proxy: str | None = None) -> dict[str, Any]:
         sent = time.monotonic()
-        code, body = user.get(proxy or self.rng.choice(self.shop.proxies))
+        via = proxy or self.rng.choice(self.shop.proxies)
+        code, body = user.get(via)
         assert code == 200, (user.session, code, body)  # never an error page
         self.answers[user.session].append(body)
         self.times[user.session].append((sent, time.monotonic()))
+        self.via[user.session].append(via)
         return body
+
+    def history(self, session: str, since: int = 0) -> list[str]:
+        """One line per answer from index ``since``: when, through which proxy, the pod
+        and the app's verdict (for a failing test's message)."""
+        return [
+            f"{sent:.2f} via {via}: {b['pod']} #{b.get('count')} {b['verdict']}"
+            + (f" moved={b['moved']}" if b.get("moved") else "")
+            for (sent, _), via, b in zip(
+                self.times[session][since:],
+                self.via[session][since:],
+                self.answers[session][since:],
+                strict=True,
+            )
+        ]
 
     def round(self, users: list[Client] | None = None, *, fixed: bool = False) -> None:
         """One request each; with ``fixed``, each user always through the same proxy."""

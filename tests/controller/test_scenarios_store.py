@@ -447,9 +447,10 @@ def test_redis_killed_degrades_falls_back_and_resumes_without_moves(world: World
         return agree and condition_of(status, "Degraded")[0] == "False"
 
     wait_for("redis-server restarted", redis_restarted, timeout=30)
-    outage = time.monotonic() - started
+    back = time.monotonic()
+    outage = back - started
     wait_for("every proxy back on the store", store_in_use, timeout=20)
-    up = mark(sessions)
+    up, marked = mark(sessions), time.monotonic()
     wait_for("Degraded and ReplicasAgree cleared", cleared, timeout=20)
     for _ in range(3):
         sessions.round()
@@ -466,7 +467,16 @@ def test_redis_killed_degrades_falls_back_and_resumes_without_moves(world: World
         f"{len(split)} of {len(sessions.users)} sessions split; after it "
         f"{pod_moves(sessions, up)} moves, {len(broken(sessions, up))} broken answers"
     )
-    assert not broken(sessions, up), "a session broke once the store was back"
+    if broken(sessions, up):
+        bad = {b["session"] for b in broken(sessions, up)}
+        lines = [f"{k}: " + "; ".join(sessions.history(k, max(0, down[k] - 1))) for k in bad]
+        stats = [s["sessionStore"] for s in store_stats(shop)]
+        raise AssertionError(
+            f"a session broke once the store was back (killed at {started:.2f}, back at "
+            f"{back:.2f}, every proxy up at {marked:.2f}):\n"
+            + "\n".join(lines)
+            + f"\nproxies {shop.proxies}, their store stats {stats}"
+        )
     for user in sessions.users:
         after = sessions.answers[user.session][up[user.session] - 1 :]
         moves = sum(1 for a, b in itertools.pairwise(after) if a["pod"] != b["pod"])

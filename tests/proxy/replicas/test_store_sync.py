@@ -7,8 +7,11 @@ naming none routes from the local tables."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,8 +20,9 @@ from limpet.proxy.process.redis_store import RedisStore
 from limpet.proxy.process.store_sync import StoreSync
 from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 from limpet.proxy.session.settings import RouterSettings
+from limpet.proxy.session.store import Batch
 
-from ..routing_helpers import ABC, mkplan
+from ..routing_helpers import ABC, mkplan, mkrouter
 from .fleet import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,3 +145,129 @@ async def test_a_closed_write_back_loop_builds_no_client_for_a_later_plan(
     router.load_plan(mkplan(1, ABC, affinity=AFFINITY, session_store=store))
     assert isinstance(router.dispatch(_view("k1")), Route)
     assert made == []
+
+
+class Gated(RedisStore):
+    """The real store client, whose write-backs wait for ``gate`` (a write-back in flight
+    for as long as the test wants) and are counted."""
+
+    def __init__(self, settings: SessionStoreSettings) -> None:
+        super().__init__(settings)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.flushes = 0
+
+    async def flush(self, batch: Batch) -> Mapping[str, int]:
+        self.flushes += 1
+        await self.gate.wait()
+        return await super().flush(batch)
+
+
+class Wall:
+    """The wall clock, which the test can stop (so that no request retries the store)."""
+
+    def __init__(self) -> None:
+        self.stopped: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.stopped is None else self.stopped
+
+
+@dataclass
+class Outage:
+    """Replica ``a`` (its write-back loop ``sync``, its store client ``store``) and
+    replica ``b`` (client ``b_store``), on one store that went away and is back."""
+
+    a: SessionRouter
+    sync: StoreSync
+    store: Gated
+    b: SessionRouter
+    b_store: RedisStore
+    wall: Wall
+
+    async def decide_alone_in_flight(self) -> Route:
+        """With A's write-back in flight (its batch taken; ``store.gate`` holds it), A
+        routes a new key "k" alone, and B comes to believe that A's backend for it is
+        full (so B alone would place "k" elsewhere); answers A's route."""
+        await asyncio.sleep(0.1)  # the write-back has taken its batch and waits
+        route = self.a.dispatch(_view("k"))
+        assert isinstance(route, Route), route  # no coroutine: decided alone
+        self.b.store_counts({route.backend_id: 10_000})
+        return route
+
+    async def close(self) -> None:
+        await self.sync.close()
+        await self.b_store.close()
+
+
+@contextlib.asynccontextmanager
+async def _outage(redis: RedisServer, *, step: int) -> AsyncIterator[Outage]:
+    """A's write-back fails (the store killed, so A decides alone), the store restarts
+    empty, and A's next write-back will wait at ``store.gate``, which is closed."""
+    wall = Wall()
+    settings = SessionStoreSettings(address=redis.address, key_prefix="d:", timeout=1.0)
+    aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S", last_seen_granularity=step)
+    plan = mkplan(1, ABC, affinity=aff, session_store=settings)
+    made: list[Gated] = []
+
+    def build(s: SessionStoreSettings) -> Gated:
+        made.append(Gated(s))
+        return made[-1]
+
+    a, b = mkrouter(wall, plan), mkrouter(wall, plan)  # type: ignore[arg-type]
+    b_store = RedisStore(settings)
+    b.attach_keys(b_store)
+    scene = Outage(a, StoreSync(a, build), made[0], b, b_store, wall)
+    try:
+        redis.kill()
+        wall.stopped = time.time()  # no request tries the store again meanwhile
+        assert not await scene.sync.flush()
+        redis.start()
+        scene.store.flushes = 0
+        scene.store.gate.clear()
+        yield scene
+    finally:
+        await scene.close()
+
+
+async def test_a_replica_reports_the_store_up_once_it_holds_what_the_replica_decided_alone(
+    redis: RedisServer,
+) -> None:
+    """The write-back that finds the store back carries a batch taken before the replica
+    last decided alone. Until that decision is written too, the replica does not report
+    the store in use (``up``, which the operator's ReplicasAgree reads), and its next
+    write-back carries it. It reported ``up`` at once, and a replica that read the key
+    then found no entry and placed the session elsewhere, unannounced."""
+    async with _outage(redis, step=1) as scene:
+        a = scene.a
+        in_flight = asyncio.create_task(scene.sync.flush())
+        alone = await scene.decide_alone_in_flight()
+        scene.store.gate.set()
+        assert await in_flight
+        scene.wall.stopped = None
+        assert a.stats().store["up"] == 0, a.stats().store
+        assert a.store_behind()
+        assert await scene.sync.flush()
+        assert a.stats().store["up"] == 1, a.stats().store
+        assert not a.store_behind()
+        assert (await _route(scene.b, "k")).backend_id == alone.backend_id
+
+
+async def test_the_write_back_loop_writes_what_was_decided_alone_without_waiting_a_step(
+    redis: RedisServer,
+) -> None:
+    async with _outage(redis, step=15) as scene:
+        loop = asyncio.create_task(scene.sync.run())
+        try:
+            alone = await scene.decide_alone_in_flight()
+            scene.store.gate.set()
+            deadline = time.monotonic() + 10  # the loop's next step is 15 s away
+            while scene.a.stats().store["up"] != 1:
+                assert time.monotonic() < deadline, scene.a.stats().store
+                await asyncio.sleep(0.05)
+            assert scene.store.flushes == 2  # the one in flight, and one at once
+            scene.wall.stopped = None
+            assert (await _route(scene.b, "k")).backend_id == alone.backend_id
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)

@@ -4,7 +4,9 @@ cluster-wide session counts (see ``limpet.proxy.session.store`` for the data flo
 Once per last-seen step of the router's plan, :class:`StoreSync` takes the router's batch
 and flushes it to the store the plan names (built by a factory, rebuilt when the plan's
 ``sessionStore`` changes). A failure or a timeout (``sessionStore.timeout``) makes the
-router fall back to its own counts and keep the batch; the transition is logged once. (A
+router fall back to its own counts and keep the batch; the transition is logged once. A
+write-back that answers while the router routed learned keys alone meanwhile (its batch
+was taken before) is followed at once by another, which carries them. (A
 write-back may take up to one step, ``sessionStore.timeout`` at least: it is off the
 request path, and a big one must not fail for its size.)
 The client built is also the one the router asks about learned keys
@@ -65,7 +67,11 @@ class StoreSync:
         """Flush forever, at the plan's last-seen step (cancel to stop)."""
         try:
             while True:
-                await self.flush()
+                if await self.flush() and self._router.store_behind():
+                    # The store is back, but what this replica decided alone while its
+                    # batch was in flight is not in it yet: write that now, not a step
+                    # later (at most once a step, whatever the router does meanwhile).
+                    await self.flush()
                 plan = self._router.plan
                 await asyncio.sleep(1.0 if plan is None else float(plan.granularity))
         finally:

@@ -96,6 +96,8 @@ class LearnedRouting(StoreNotes):
         i = t.find(h)
         keys = self._shared
         ask = shared and keys is not None and self._keys_store is not None and keys.usable(wall)
+        if keys is not None and not keys.up:
+            self._alone = True  # the store lacks this decision until a write-back
         code = TABLE_CODES[t.name]
         if i < 0:
             if ask:

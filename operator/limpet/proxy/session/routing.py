@@ -132,6 +132,8 @@ class SessionRouter(CookieRouting):
         self._shared: SharedKeys | None = None
         self._keys_store: SessionStore | None = None
         self._spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
+        # A learned key routed without the store since the last batch was taken.
+        self._alone = False
         self._on_install: list[Callable[[], None]] = []
 
     # -- plans ----------------------------------------------------------------------------

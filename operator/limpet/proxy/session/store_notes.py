@@ -7,10 +7,12 @@ by its member (:meth:`StoreNotes._note`; no I/O). Once per last-seen step the pr
 layer's ``StoreSync`` takes the notes as one :class:`~.store.Batch`
 (:meth:`StoreNotes.take_touches`: each session's backend and last-seen time for the
 counts, and each learned key's entry for ``shared_keys``), and reports back either the
-cluster-wide counts (:meth:`StoreNotes.store_counts`), which bounded loads then caps on,
-or a failure (:meth:`StoreNotes.store_failed`): the router uses its own counts and
-tables again, and the batch is kept (bounded) for the next try. It also hands the router
-the store client that learned keys use (:meth:`StoreNotes.attach_keys`).
+cluster-wide counts (:meth:`StoreNotes.store_counts`), which bounded loads then caps on
+(unless learned keys were routed alone after the batch was taken: see
+:meth:`StoreNotes.store_behind`; the next write-back then follows at once), or a failure
+(:meth:`StoreNotes.store_failed`): the router uses its own counts and tables again, and
+the batch is kept (bounded) for the next try. It also hands the router the store client
+that learned keys use (:meth:`StoreNotes.attach_keys`).
 
 Concurrency: the event loop only, like the router.
 """
@@ -47,6 +49,7 @@ class StoreNotes:
     _shared: SharedKeys | None
     _keys_store: SessionStore | None
     _spawn: Callable[[Coroutine[Any, Any, None]], None] | None
+    _alone: bool
 
     def install(self, snap: Snapshot) -> None:
         raise NotImplementedError
@@ -106,6 +109,7 @@ class StoreNotes:
         """The sessions noted since the last call, as one write-back batch."""
         self.store_attached()
         touched, self._touched = self._touched or {}, {}
+        self._alone = False
         self._store_stats["written"] += len(touched)
         ids = self._ids
         snap = self._snap
@@ -155,11 +159,21 @@ class StoreNotes:
         return out
 
     def store_counts(self, counts: Mapping[str, int]) -> None:
-        """The store answered: cap bounded loads against these cluster-wide counts."""
+        """The store answered: cap bounded loads against these cluster-wide counts, unless
+        this replica routed learned keys alone after the batch was taken (see
+        :meth:`store_behind`)."""
         self._store_stats["flushes"] += 1
-        self._cluster = {BackendId(b): n for b, n in counts.items()}
         if self._shared is not None:
             self._shared.answered(self._wall())
+        # Until those decisions are written, another replica that reads their keys finds
+        # an older backend and routes there unannounced: this replica does not report the
+        # store in use (``up``), and the next write-back follows at once.
+        self._cluster = None if self._alone else {BackendId(b): n for b, n in counts.items()}
+
+    def store_behind(self) -> bool:
+        """Whether learned keys were routed without the store (its calls failing) since the
+        last batch was taken: the store lacks those decisions until the next write-back."""
+        return self._alone
 
     def store_failed(self, batch: Batch) -> None:
         """The store did not answer: local counts again; keep the batch for the next try."""
