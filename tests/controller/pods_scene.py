@@ -288,7 +288,25 @@ class Sessions:
 
     def check(self) -> int:
         """The app's verdicts (:func:`judge`); returns the moves."""
-        return judge(self.answers)
+        try:
+            return judge(self.answers)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.explain()}") from None
+
+    def explain(self, since: Mapping[str, int] | None = None) -> str:
+        """The requests of every session with a ``broken`` answer (from index
+        ``since[session]``, and the one before it), and each proxy's store counters:
+        enough to tell a store call that timed out from a routing fault."""
+        start = since or {}
+        lines = [
+            f"{k}: " + "; ".join(self.history(k, max(0, start.get(k, 0) - 1)))
+            for k, bodies in self.answers.items()
+            if any(b["verdict"] == "broken" for b in bodies[start.get(k, 0) :])
+        ]
+        for ip in self.shop.proxies:
+            stats = self.shop.proxy_stats(ip) or {}
+            lines.append(f"proxy {ip}: sessionStore {stats.get('sessionStore')}")
+        return "\n".join(lines)
 
     def track(self, user: Client) -> list[Visit]:
         """Each answer of ``user`` as (pod, sent at, answered at)."""
