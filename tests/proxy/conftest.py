@@ -423,3 +423,13 @@ def standalone_args(*bs: Backend, affinity: str = "cookie") -> list[str]:
     for i, b in enumerate(bs):
         args += ["--backend", f"s{i + 1}=127.0.0.1:{b.port}"]
     return [*args, "--affinity", affinity]
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine (``/proc/net/tcp``)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        remote, state = line.split()[2:4]
+        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count

@@ -10,12 +10,11 @@ import json
 import random
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..conftest import Backend, Backends, Conn, Proxies, Proxy, standalone_args
+from ..conftest import Backend, Backends, Conn, Proxies, Proxy, established_to, standalone_args
 
 
 @pytest.fixture
@@ -543,16 +542,6 @@ def test_upstream_connect_timeout(proxy: Proxies) -> None:
         hole.close()
 
 
-def _established_to(port: int) -> int:
-    """Established TCP connections to ``port`` on this machine (``/proc/net/tcp``)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        remote, state = line.split()[2:4]
-        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
-            count += 1
-    return count
-
-
 def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
     backends: Backends, proxy: Proxies
 ) -> None:
@@ -570,7 +559,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
         while p.stats()["engine"]["timeouts"].get("send", 0) == 0:
             assert time.monotonic() < deadline, p.stats()["engine"]
             time.sleep(0.2)
-        while _established_to(b.port):  # the backend connection goes with the client
+        while established_to(b.port):  # the backend connection goes with the client
             assert time.monotonic() < deadline, "backend connection still open"
             time.sleep(0.1)
         s.settimeout(10)

@@ -4,11 +4,15 @@ the backend's 101 the proxy pipes raw bytes both ways."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
+import time
 
 import aiohttp
 import pytest
 
-from ..conftest import Backends, Conn, Proxies, standalone_args
+from ..conftest import Backends, Conn, Proxies, established_to, standalone_args
 
 
 async def test_websocket_echo_through_proxy(backends: Backends, proxy: Proxies) -> None:
@@ -71,3 +75,45 @@ async def test_tunnel_closes_when_one_side_closes(
             await ws.close()
     engine = await asyncio.to_thread(p.wait_idle)
     assert engine["connections_active"] == 0
+
+
+def _masked_frame(payload: bytes) -> bytes:
+    """One client-to-server binary WebSocket frame (a zero mask leaves the bytes as
+    they are; RFC 6455 only requires the mask bit)."""
+    return bytes((0x82, 0x80 | 127)) + struct.pack("!Q", len(payload)) + b"\0\0\0\0" + payload
+
+
+def test_a_tunnel_whose_client_stops_reading_is_cut_after_the_send_timeout(
+    backends: Backends, proxy: Proxies
+) -> None:
+    """A WebSocket client that sends but never reads the echoes: the tunnel's bytes to it
+    back up (the backend is paused, as for an answer), and after --send-timeout the
+    proxy cuts the client and the tunnel's backend connection."""
+    b = backends.start("b1")
+    p = proxy.start(*standalone_args(b), "--send-timeout", "1")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(p.address)
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):  # a byte at a time: no frame read with it
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        frame = memoryview(_masked_frame(bytes(1 << 20)))
+        s.setblocking(False)
+        sent, pending, deadline = 0, frame, time.monotonic() + 20
+        while p.stats()["engine"]["timeouts"].get("send", 0) == 0:
+            assert time.monotonic() < deadline, (sent, p.stats()["engine"])
+            with contextlib.suppress(BlockingIOError):
+                n = s.send(pending)
+                sent, pending = sent + n, pending[n:] or frame
+            time.sleep(0.01)
+        while established_to(b.port):  # the tunnel's backend side goes with the client
+            assert time.monotonic() < deadline, "backend connection still open"
+            time.sleep(0.1)
+        assert sent > 1 << 20, sent  # echoes were due: more than one frame went out
+    with Conn(p.address) as c:  # and the proxy serves the next client as usual
+        assert c.request("GET", "/after").status == 200
