@@ -450,7 +450,7 @@ def test_redis_killed_degrades_falls_back_and_resumes_without_moves(world: World
     back = time.monotonic()
     outage = back - started
     wait_for("every proxy back on the store", store_in_use, timeout=20)
-    up, marked = mark(sessions), time.monotonic()
+    up, marked, failed = mark(sessions), time.monotonic(), store_failures(shop)
     wait_for("Degraded and ReplicasAgree cleared", cleared, timeout=20)
     for _ in range(3):
         sessions.round()
@@ -469,7 +469,8 @@ def test_redis_killed_degrades_falls_back_and_resumes_without_moves(world: World
     )
     assert not broken(sessions, up), (
         f"a session broke once the store was back (killed at {started:.2f}, back at "
-        f"{back:.2f}, every proxy up at {marked:.2f}):\n{sessions.explain(up)}"
+        f"{back:.2f}, every proxy up at {marked:.2f}; store calls failed since: "
+        f"{store_failures(shop) - failed}):\n{sessions.explain(up)}"
     )
     for user in sessions.users:
         after = sessions.answers[user.session][up[user.session] - 1 :]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from limpet.affinity import AffinitySettings, AffinityType, SessionStoreSettings
 from limpet.proxy.process.redis_store import RedisStore
@@ -271,3 +273,32 @@ async def test_the_write_back_loop_writes_what_was_decided_alone_without_waiting
         finally:
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_a_learned_key_call_that_fails_is_logged_once_until_one_answers(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The router counts each failed call and routes that request alone; the store client
+    logs why (the call, how long it took, the error) on the first failure after an
+    answer, not on every one."""
+    store = RedisStore(SessionStoreSettings(address=redis.address, key_prefix="e:", timeout=1.0))
+    caplog.set_level(logging.WARNING, logger="limpet.proxy.store")
+    try:
+        assert await store.get_key(b"k") is None
+        redis.kill()
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError):
+                await store.claim_key(b"k", b"a 1 1", 60_000)
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == 1, logged
+        assert logged[0].startswith(f"session store {redis.address}: SET NX failed after "), logged
+        assert "routing from local tables: ConnectionError" in logged[0], logged
+        redis.start()
+        assert await store.get_key(b"k") is None  # answered: the next failure is news
+        redis.kill()
+        with pytest.raises(RedisConnectionError):
+            await store.move_key(b"k", b"", b"a 1 1", 60_000)
+        assert len(caplog.records) == 2, [r.getMessage() for r in caplog.records]
+        assert ": MOVE failed after " in caplog.records[1].getMessage()
+    finally:
+        await store.close()

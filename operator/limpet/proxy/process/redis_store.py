@@ -37,11 +37,13 @@ fallback and tries again), never the client itself. TLS uses the system trust st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import stat
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -189,7 +191,9 @@ class RedisStore:
                 "ssl_check_hostname": settings.tls_server_name is None,
             }
         self._prefix = settings.key_prefix.encode()
+        self._address = settings.address
         self._timeout = settings.timeout
+        self._answering = True  # the last learned-key call answered (see _call)
         # A bounded pool that makes a burst of concurrent calls wait for a connection
         # (within the call's own timeout) rather than fail or open one each.
         self._pool = aioredis.BlockingConnectionPool(
@@ -226,9 +230,35 @@ class RedisStore:
     def _entry(self, member: bytes) -> bytes:
         return self._prefix + b"k:" + member
 
-    async def get_key(self, member: bytes) -> bytes | None:
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        """One learned-key call, bounded by ``sessionStore.timeout``. The first failure
+        after an answer is logged with the time it took (the router counts every one
+        and routes that request from its local tables), so that a fallback the
+        counters show has its reason in the log; the next answer re-arms the log."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
+                yield
+        except ResponseError:
+            raise  # the store answered (a value of another type): not a failure
+        except Exception as exc:
+            if self._answering:
+                log.warning(
+                    "session store %s: %s failed after %.3f s, routing from local tables: %s: %s",
+                    self._address,
+                    what,
+                    time.monotonic() - started,
+                    type(exc).__name__,
+                    exc,
+                )
+            self._answering = False
+            raise
+        self._answering = True
+
+    async def get_key(self, member: bytes) -> bytes | None:
+        try:
+            async with self._call("GET"):
                 got = await self._batch.call("GET", self._entry(member))
         except ResponseError as exc:
             return _not_an_entry(exc)
@@ -237,7 +267,7 @@ class RedisStore:
     async def claim_key(self, member: bytes, value: bytes, ttl_ms: int) -> bytes | None:
         key = self._entry(member)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._call("SET NX"):
                 got = await self._batch.call("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
         except ResponseError as exc:
             return _not_an_entry(exc)
@@ -245,7 +275,7 @@ class RedisStore:
 
     async def move_key(self, member: bytes, expect: bytes, value: bytes, ttl_ms: int) -> bytes:
         self.round_trips += 1
-        async with asyncio.timeout(self._timeout):
+        async with self._call("MOVE"):
             got = await self._move(keys=[self._entry(member)], args=[expect, value, ttl_ms])
         return bytes(got)
 
