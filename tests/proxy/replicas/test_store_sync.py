@@ -186,15 +186,30 @@ class Outage:
     b: SessionRouter
     b_store: RedisStore
     wall: Wall
+    mode: AffinityType
 
     async def decide_alone_in_flight(self) -> Route:
         """With A's write-back in flight (its batch taken; ``store.gate`` holds it), A
-        routes a new key "k" alone, and B comes to believe that A's backend for it is
-        full (so B alone would place "k" elsewhere); answers A's route."""
+        places a new key alone: a Header key "k" it routes, or an AppCookie value the
+        app sets through it. B comes to believe that A's backend for it is full (so B
+        alone would place it elsewhere). Answers A's route."""
         await asyncio.sleep(0.1)  # the write-back has taken its batch and waits
-        route = self.a.dispatch(_view("k"))
+        fresh = RequestView(b"GET", b"/", [], "192.0.2.1", None)
+        route = self.a.dispatch(_view("k") if self.mode is AffinityType.HEADER else fresh)
         assert isinstance(route, Route), route  # no coroutine: decided alone
+        if self.mode is AffinityType.APP_COOKIE:
+            self.a.on_response(route, [b"sid=abc; Path=/"])
         self.b.store_counts({route.backend_id: 10_000})
+        return route
+
+    async def route_b(self) -> Route:
+        """B's route for the key A placed, through the store."""
+        if self.mode is AffinityType.HEADER:
+            return await _route(self.b, "k")
+        pending = self.b.dispatch(RequestView(b"GET", b"/", [], "192.0.2.1", b"sid=abc"))
+        assert isinstance(pending, Coroutine), pending
+        route = await pending
+        assert isinstance(route, Route)
         return route
 
     async def close(self) -> None:
@@ -203,12 +218,16 @@ class Outage:
 
 
 @contextlib.asynccontextmanager
-async def _outage(redis: RedisServer, *, step: int) -> AsyncIterator[Outage]:
+async def _outage(
+    redis: RedisServer, *, step: int, mode: AffinityType = AffinityType.HEADER
+) -> AsyncIterator[Outage]:
     """A's write-back fails (the store killed, so A decides alone), the store restarts
     empty, and A's next write-back will wait at ``store.gate``, which is closed."""
     wall = Wall()
     settings = SessionStoreSettings(address=redis.address, key_prefix="d:", timeout=1.0)
-    aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S", last_seen_granularity=step)
+    aff = AffinitySettings(
+        type=mode, header_name="X-S", app_cookie_name="sid", last_seen_granularity=step
+    )
     plan = mkplan(1, ABC, affinity=aff, session_store=settings)
     made: list[Gated] = []
 
@@ -219,7 +238,7 @@ async def _outage(redis: RedisServer, *, step: int) -> AsyncIterator[Outage]:
     a, b = mkrouter(wall, plan), mkrouter(wall, plan)  # type: ignore[arg-type]
     b_store = RedisStore(settings)
     b.attach_keys(b_store)
-    scene = Outage(a, StoreSync(a, build), made[0], b, b_store, wall)
+    scene = Outage(a, StoreSync(a, build), made[0], b, b_store, wall, mode)
     try:
         redis.kill()
         wall.stopped = time.time()  # no request tries the store again meanwhile
@@ -252,13 +271,14 @@ async def test_a_replica_reports_the_store_up_once_it_holds_what_the_replica_dec
         assert await scene.sync.flush()
         assert a.stats().store["up"] == 1, a.stats().store
         assert not a.store_behind()
-        assert (await _route(scene.b, "k")).backend_id == alone.backend_id
+        assert (await scene.route_b()).backend_id == alone.backend_id
 
 
+@pytest.mark.parametrize("mode", [AffinityType.HEADER, AffinityType.APP_COOKIE])
 async def test_the_write_back_loop_writes_what_was_decided_alone_without_waiting_a_step(
-    redis: RedisServer,
+    redis: RedisServer, mode: AffinityType
 ) -> None:
-    async with _outage(redis, step=15) as scene:
+    async with _outage(redis, step=15, mode=mode) as scene:
         loop = asyncio.create_task(scene.sync.run())
         try:
             alone = await scene.decide_alone_in_flight()
@@ -269,7 +289,7 @@ async def test_the_write_back_loop_writes_what_was_decided_alone_without_waiting
                 await asyncio.sleep(0.05)
             assert scene.store.flushes == 2  # the one in flight, and one at once
             scene.wall.stopped = None
-            assert (await _route(scene.b, "k")).backend_id == alone.backend_id
+            assert (await scene.route_b()).backend_id == alone.backend_id
         finally:
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)

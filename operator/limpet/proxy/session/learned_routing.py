@@ -281,7 +281,10 @@ class LearnedRouting(StoreNotes):
         ``Set-Cookie`` says where the session lives, so the entry is written whatever
         was there."""
         keys, spawn = self._shared, self._spawn
-        if keys is None or spawn is None or self._keys_store is None or not keys.up:
+        if keys is None or spawn is None or self._keys_store is None:
+            return
+        if not keys.up:
+            self._alone = True  # the next write-back writes it (its TOUCH)
             return
         spawn(self._publish_step(snap, t, h, bid))
 
