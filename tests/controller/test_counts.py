@@ -104,9 +104,11 @@ def test_the_store_count_wins_and_its_state_is_reported() -> None:
     assert counts.store_unreachable == {"p2": "its write-backs fail"}
 
 
-def test_no_store_or_not_flushed_yet_is_neither_connected_nor_down() -> None:
+def test_no_store_not_flushed_yet_or_behind_is_neither_connected_nor_down() -> None:
     fresh = {"flushes": 0, "fallbacks": 0, "written": 0, "dropped": 0, "up": 0}
-    for store in (None, fresh):
+    # Back after an outage, writing what it routed alone meanwhile: its write-backs answer.
+    behind = {"flushes": 5, "fallbacks": 3, "written": 9, "dropped": 0, "up": 0, "behind": 1}
+    for store in (None, fresh, behind):
         counts = combine({"p0": parse_counts(_stats({"b1": {"sessions": 2}}, store))})
         assert counts.store_connected == 0
         assert counts.store_unreachable == {}

@@ -267,9 +267,10 @@ async def test_a_replica_reports_the_store_up_once_it_holds_what_the_replica_dec
         assert await in_flight
         scene.wall.stopped = None
         assert a.stats().store["up"] == 0, a.stats().store
+        assert a.stats().store["behind"] == 1, a.stats().store
         assert a.store_behind()
         assert await scene.sync.flush()
-        assert a.stats().store["up"] == 1, a.stats().store
+        assert (a.stats().store["up"], a.stats().store["behind"]) == (1, 0), a.stats().store
         assert not a.store_behind()
         assert (await scene.route_b()).backend_id == alone.backend_id
 
@@ -300,25 +301,36 @@ async def test_a_learned_key_call_that_fails_is_logged_once_until_one_answers(
 ) -> None:
     """The router counts each failed call and routes that request alone; the store client
     logs why (the call, how long it took, the error) on the first failure after an
-    answer, not on every one."""
-    store = RedisStore(SessionStoreSettings(address=redis.address, key_prefix="e:", timeout=1.0))
+    answer, not on every one, and at most once per interval (here 2 s)."""
+    settings = SessionStoreSettings(address=redis.address, key_prefix="e:", timeout=1.0)
+    store = RedisStore(settings, failure_log_every=2.0)
     caplog.set_level(logging.WARNING, logger="limpet.proxy.store")
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "limpet.proxy.store"]
+
     try:
         assert await store.get_key(b"k") is None
         redis.kill()
         for _ in range(3):
             with pytest.raises(RedisConnectionError):
                 await store.claim_key(b"k", b"a 1 1", 60_000)
-        logged = [r.getMessage() for r in caplog.records]
-        assert len(logged) == 1, logged
-        assert logged[0].startswith(f"session store {redis.address}: SET NX failed after "), logged
-        assert "routing from local tables: ConnectionError" in logged[0], logged
+        (line,) = logged()
+        assert line.startswith(f"session store {redis.address}: SET NX failed after "), line
+        assert "routing from local tables: ConnectionError" in line, line
         redis.start()
-        assert await store.get_key(b"k") is None  # answered: the next failure is news
+        assert await store.get_key(b"k") is None  # answered: the next failure is news...
+        redis.kill()
+        with pytest.raises(RedisConnectionError):
+            await store.get_key(b"k")
+        assert len(logged()) == 1, logged()  # ...but not within the interval
+        redis.start()
+        await asyncio.sleep(2.0)
+        assert await store.get_key(b"k") is None
         redis.kill()
         with pytest.raises(RedisConnectionError):
             await store.move_key(b"k", b"", b"a 1 1", 60_000)
-        assert len(caplog.records) == 2, [r.getMessage() for r in caplog.records]
-        assert ": MOVE failed after " in caplog.records[1].getMessage()
+        assert len(logged()) == 2, logged()
+        assert ": MOVE failed after " in logged()[1]
     finally:
         await store.close()

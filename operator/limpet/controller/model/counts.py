@@ -123,17 +123,20 @@ def _backend(raw: Mapping[str, Any]) -> BackendCounts:
 
 
 def _store(raw: object, cluster: object) -> StoreState | None:
-    """``sessionStore`` (``{}`` without a store; else write-back counters and ``up``) and
-    ``clusterSessions`` (the store's per-backend counts, ``null`` while it is down)."""
+    """``sessionStore`` (``{}`` without a store; else write-back counters, ``up`` and
+    ``behind``) and ``clusterSessions`` (the store's per-backend counts, ``null`` while
+    it is down)."""
     if not isinstance(raw, Mapping) or not raw:
         return None
     up, fallbacks = _int(raw.get("up")), _int(raw.get("fallbacks")) or 0
     if up:
         state = "connected"
-    elif up == 0 and fallbacks:
+    elif up == 0 and fallbacks and not _int(raw.get("behind")):
         state = "unreachable"
     else:
-        state = "pending"  # not flushed yet: neither claimed nor blamed
+        # Not flushed yet, or back but writing what it routed alone meanwhile (behind):
+        # neither claimed nor blamed.
+        state = "pending"
     counts = cluster if isinstance(cluster, Mapping) else {}
     return StoreState(
         state=state,

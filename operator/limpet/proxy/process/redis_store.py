@@ -171,11 +171,16 @@ POOL_SIZE = 64
 CHUNK = 512
 """Sessions per write-back pipeline."""
 
+FAILURE_LOG_EVERY = 10.0
+"""Seconds: by default, at most one learned-key call failure is logged per this interval."""
+
 
 class RedisStore:
     """:class:`~limpet.proxy.session.store.SessionStore` over one Redis connection pool."""
 
-    def __init__(self, settings: SessionStoreSettings) -> None:
+    def __init__(
+        self, settings: SessionStoreSettings, *, failure_log_every: float = FAILURE_LOG_EVERY
+    ) -> None:
         host, port = split_address("sessionStore.address", settings.address)
         creds = None
         if settings.password_file is not None:
@@ -194,6 +199,8 @@ class RedisStore:
         self._address = settings.address
         self._timeout = settings.timeout
         self._answering = True  # the last learned-key call answered (see _call)
+        self._log_every = failure_log_every
+        self._log_after = 0.0  # monotonic time before which _call logs no failure
         # A bounded pool that makes a burst of concurrent calls wait for a connection
         # (within the call's own timeout) rather than fail or open one each.
         self._pool = aioredis.BlockingConnectionPool(
@@ -235,15 +242,18 @@ class RedisStore:
         """One learned-key call, bounded by ``sessionStore.timeout``. The first failure
         after an answer is logged with the time it took (the router counts every one
         and routes that request from its local tables), so that a fallback the
-        counters show has its reason in the log; the next answer re-arms the log."""
+        counters show has its reason in the log; the next answer re-arms the log, at
+        most once per ``failure_log_every`` (calls that alternate between failing and
+        answering would otherwise log every other one)."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 yield
-        except ResponseError:
-            raise  # the store answered (a value of another type): not a failure
         except Exception as exc:
-            if self._answering:
+            if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
+                raise  # a value of another type, which the caller reads as no entry
+            if self._answering and started >= self._log_after:
+                self._log_after = started + self._log_every
                 log.warning(
                     "session store %s: %s failed after %.3f s, routing from local tables: %s: %s",
                     self._address,

@@ -310,6 +310,7 @@ class LearnedRouting(StoreNotes):
             keys.failed(self._wall())
             self._store_stats["fallbacks"] += 1
             self._cluster = None
+            self._alone = True  # the next write-back writes it (its TOUCH)
             return
         i = t.find(h)
         if i >= 0 and self._ids[t.backend(i)] == bid:

@@ -132,8 +132,10 @@ class SessionRouter(CookieRouting):
         self._shared: SharedKeys | None = None
         self._keys_store: SessionStore | None = None
         self._spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
-        # A learned key routed without the store since the last batch was taken.
+        # A learned key routed without the store since the last batch was taken, and
+        # whether the last write-back that answered left such keys out (store_notes.py).
         self._alone = False
+        self._behind = False
         self._on_install: list[Callable[[], None]] = []
 
     # -- plans ----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class StoreNotes:
     _keys_store: SessionStore | None
     _spawn: Callable[[Coroutine[Any, Any, None]], None] | None
     _alone: bool
+    _behind: bool
 
     def install(self, snap: Snapshot) -> None:
         raise NotImplementedError
@@ -159,21 +160,21 @@ class StoreNotes:
         return out
 
     def store_counts(self, counts: Mapping[str, int]) -> None:
-        """The store answered: cap bounded loads against these cluster-wide counts, unless
-        this replica routed learned keys alone after the batch was taken (see
-        :meth:`store_behind`)."""
+        """The store answered: cap bounded loads against these cluster-wide counts."""
         self._store_stats["flushes"] += 1
         if self._shared is not None:
             self._shared.answered(self._wall())
-        # Until those decisions are written, another replica that reads their keys finds
-        # an older backend and routes there unannounced: this replica does not report the
-        # store in use (``up``), and the next write-back follows at once.
-        self._cluster = None if self._alone else {BackendId(b): n for b, n in counts.items()}
+        self._cluster = {BackendId(b): n for b, n in counts.items()}
+        # Learned keys routed alone after the batch was taken are not in the store yet:
+        # another replica that reads one finds an older backend, or none, and routes
+        # there unannounced. Until a write-back carries them this replica reports the
+        # store in use as behind, not up, and the next write-back follows at once.
+        self._behind = self._alone
 
     def store_behind(self) -> bool:
-        """Whether learned keys were routed without the store (its calls failing) since the
-        last batch was taken: the store lacks those decisions until the next write-back."""
-        return self._alone
+        """Whether the last write-back that answered left out learned keys routed without
+        the store (its calls failing) after its batch was taken."""
+        return self._behind
 
     def store_failed(self, batch: Batch) -> None:
         """The store did not answer: local counts again; keep the batch for the next try."""
@@ -199,7 +200,8 @@ class StoreNotes:
                 touched[t.member] = (numbers[t.backend], t.last_seen, f)
 
     def _store_figures(self) -> dict[str, int]:
-        out = {**self._store_stats, "up": int(self._cluster is not None)}
+        up = self._cluster is not None and not self._behind
+        out = {**self._store_stats, "up": int(up), "behind": int(self._behind)}
         shared = self._shared
         if shared is not None:
             for name, n in shared.counters.items():
