@@ -8,11 +8,11 @@ layer's ``StoreSync`` takes the notes as one :class:`~.store.Batch`
 (:meth:`StoreNotes.take_touches`: each session's backend and last-seen time for the
 counts, and each learned key's entry for ``shared_keys``), and reports back either the
 cluster-wide counts (:meth:`StoreNotes.store_counts`), which bounded loads then caps on
-(unless learned keys were routed alone after the batch was taken: see
-:meth:`StoreNotes.store_behind`; the next write-back then follows at once), or a failure
-(:meth:`StoreNotes.store_failed`): the router uses its own counts and tables again, and
-the batch is kept (bounded) for the next try. It also hands the router the store client
-that learned keys use (:meth:`StoreNotes.attach_keys`).
+(the router reports itself behind rather than up when learned keys were routed alone
+after the batch was taken: :meth:`StoreNotes.store_behind`, and the next write-back
+follows at once), or a failure (:meth:`StoreNotes.store_failed`): the router uses its
+own counts and tables again, and the batch is kept (bounded) for the next try. It also
+hands the router the store client that learned keys use (:meth:`StoreNotes.attach_keys`).
 
 Concurrency: the event loop only, like the router.
 """
