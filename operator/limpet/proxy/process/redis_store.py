@@ -26,7 +26,9 @@ learned key's entry that is not a string reads as a value that is no entry (the 
 counts it corrupt and replaces it, and both scripts remove it first), and a backend's
 set that is not a sorted set is removed by the write-back, which then runs again.
 Each call is one round-trip
-(:attr:`RedisStore.round_trips` counts them) and ends within ``sessionStore.timeout``.
+(:attr:`RedisStore.round_trips` counts them), tried once more at once on a connection
+that fails (a pooled connection the store's restart left dead), and ends within
+``sessionStore.timeout``.
 The password is read from ``passwordFile`` on every new connection (a
 :class:`FilePassword` credential provider), so a rotated Secret is picked up and a file
 that is missing for a while fails only the calls made meanwhile (the caller counts a
@@ -51,6 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from limpet.affinity import SessionStoreSettings
 from limpet.affinity.plan.model import split_address
@@ -215,9 +218,13 @@ class RedisStore:
             # one step for a write-back), not per socket read.
             socket_timeout=None,
             socket_connect_timeout=settings.timeout,
-            # No retries inside a call: the caller falls back at once and the next
-            # interval (or request) is the retry, so a dead store never stalls anything.
-            retry=Retry(NoBackoff(), 0),
+            # One retry, at once and only for a connection that fails: after a restart of
+            # the store every pooled connection is dead, and redis-py's check at checkout
+            # misses some, so without it a burst of calls failed (and routed alone) on
+            # them. Otherwise the caller falls back at once and the next interval (or
+            # request) is the retry; a dead store is refused twice, a silent one is cut by
+            # the call's own timeout.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             **tls,  # type: ignore[arg-type]
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
