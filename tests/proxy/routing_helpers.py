@@ -3,6 +3,7 @@ backends and plans in one line, and a browser-like client that keeps its cookies
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,17 @@ class Clock:
         return self.t
 
 
+class Wall:
+    """The real wall clock (for routers on a real store, whose entries expire in real
+    time), which a test can stop so that no request retries the store."""
+
+    def __init__(self) -> None:
+        self.stopped: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.stopped is None else self.stopped
+
+
 def be(bid: str, state: BackendState = BackendState.ACTIVE, **kw: object) -> Backend:
     port = 10000 + sum(map(ord, bid))
     return Backend(id=BackendId(bid), address="127.0.0.1", port=port, state=state, **kw)  # type: ignore[arg-type]
@@ -68,7 +80,7 @@ def mkplan(
     )
 
 
-def mkrouter(clock: Clock, plan: Plan | None = None, **kw: object) -> SessionRouter:
+def mkrouter(clock: Clock | Wall, plan: Plan | None = None, **kw: object) -> SessionRouter:
     r = SessionRouter(settings=RouterSettings(**kw), clock=clock, wall=clock)  # type: ignore[arg-type]
     if plan is not None:
         r.load_plan(plan)

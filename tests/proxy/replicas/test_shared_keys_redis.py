@@ -41,17 +41,12 @@ from limpet.proxy.session.shared_keys import (
 from limpet.proxy.session.store import Batch, KeyTouch
 
 from ..conftest import Backends, Proxies
-from ..routing_helpers import ABC, mkplan, mkrouter
+from ..routing_helpers import ABC, Wall, mkplan, mkrouter
 from .fleet import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
 KEYS = 120
-
-
-class Wall:
-    def __call__(self) -> float:
-        return time.time()
 
 
 async def _ask(router: SessionRouter, key: str) -> str:
@@ -78,7 +73,7 @@ async def _replicas(
     settings = SessionStoreSettings(address=redis.address, key_prefix=prefix, timeout=2.0)
     aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S")
     plan = mkplan(1, ABC, affinity=aff, session_store=settings)
-    routers = [mkrouter(Wall(), plan) for _ in range(count)]  # type: ignore[arg-type]
+    routers = [mkrouter(Wall(), plan) for _ in range(count)]
     stores = [RedisStore(settings) for _ in routers]
     for r, store in zip(routers, stores, strict=True):
         r.store_attached()
@@ -100,7 +95,7 @@ async def test_racing_replicas_agree_on_the_first_writer(redis: RedisServer) -> 
         assert all(x == y for x, y in pairs), pairs
         # The two would have disagreed on the keys whose slot is a's: whichever claim
         # reached the store first decided, and both answered the same.
-        alone = mkrouter(Wall(), plan)  # type: ignore[arg-type]
+        alone = mkrouter(Wall(), plan)
         slot_a = [k for k in keys if _alone(alone, k) == "a"]
         assert slot_a
         assert len({x for x, _ in pairs}) >= 2
@@ -227,7 +222,7 @@ async def test_a_value_that_is_no_entry_is_replaced_not_trusted(redis: RedisServ
         alien = encode_entry(StoredEntry(BackendId("evil-pod"), time.time(), time.time()))
         await stores[0].move_key(member, b"", alien, 60_000)
         view = RequestView(b"GET", b"/", [(b"X-S", b"victim")], "192.0.2.1", None)
-        fresh = mkrouter(Wall(), plan)  # type: ignore[arg-type]
+        fresh = mkrouter(Wall(), plan)
         fresh.attach_keys(stores[0])
         got = fresh.dispatch(view)
         assert got is not None

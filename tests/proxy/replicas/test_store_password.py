@@ -17,15 +17,10 @@ from limpet.proxy.process.redis_store import RedisStore
 from limpet.proxy.process.store_sync import StoreSync
 from limpet.proxy.session.routing import RequestView, SessionRouter
 
-from ..routing_helpers import ABC, mkplan, mkrouter
+from ..routing_helpers import ABC, Wall, mkplan, mkrouter
 from .fleet import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Wall:
-    def __call__(self) -> float:
-        return time.time()
 
 
 def _request(router: SessionRouter, key: str) -> None:
@@ -55,7 +50,7 @@ async def test_a_missing_password_file_is_a_fallback_and_a_retry(tmp_path: Path)
         address=server.address, password_file=str(secret), key_prefix="pw:", timeout=0.5
     )
     aff = AffinitySettings(type=AffinityType.HEADER, header_name="X-S", last_seen_granularity=1)
-    router = mkrouter(Wall(), mkplan(1, ABC, affinity=aff, session_store=settings))  # type: ignore[arg-type]
+    router = mkrouter(Wall(), mkplan(1, ABC, affinity=aff, session_store=settings))
     sync = StoreSync(router, RedisStore)
     task = asyncio.get_running_loop().create_task(sync.run())
     try:

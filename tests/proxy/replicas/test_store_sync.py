@@ -24,7 +24,7 @@ from limpet.proxy.session.routing import RequestView, Route, SessionRouter
 from limpet.proxy.session.settings import RouterSettings
 from limpet.proxy.session.store import Batch
 
-from ..routing_helpers import ABC, mkplan, mkrouter
+from ..routing_helpers import ABC, Wall, mkplan, mkrouter
 from .fleet import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -165,16 +165,6 @@ class Gated(RedisStore):
         return await super().flush(batch)
 
 
-class Wall:
-    """The wall clock, which the test can stop (so that no request retries the store)."""
-
-    def __init__(self) -> None:
-        self.stopped: float | None = None
-
-    def __call__(self) -> float:
-        return time.time() if self.stopped is None else self.stopped
-
-
 @dataclass
 class Outage:
     """Replica ``a`` (its write-back loop ``sync``, its store client ``store``) and
@@ -235,7 +225,7 @@ async def _outage(
         made.append(Gated(s))
         return made[-1]
 
-    a, b = mkrouter(wall, plan), mkrouter(wall, plan)  # type: ignore[arg-type]
+    a, b = mkrouter(wall, plan), mkrouter(wall, plan)
     b_store = RedisStore(settings)
     b.attach_keys(b_store)
     scene = Outage(a, StoreSync(a, build), made[0], b, b_store, wall, mode)
