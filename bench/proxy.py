@@ -30,8 +30,10 @@ CPU and requests per second per core, the busy share of the load core (when it n
 ratios to HAProxy, followed by limpet's ratios against issue 10's targets (figures, not
 assertions). Then limpet with ``--workers 2`` (pinned to both cores, ``one`` only),
 HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default), and the
-memory of one million learned sessions. With ``--profile FILE`` limpet runs under
-pyinstrument (``pip install pyinstrument``), which writes its report to FILE at the end;
+memory of one million learned sessions and the cost of inserts into that table once
+it is full (eviction: the mean, the slowest, and how many took over 1 ms). With
+``--profile FILE`` limpet runs under pyinstrument (``pip install pyinstrument``), which
+writes its report to FILE at the end;
 its figures then include the profiler's cost. ``--histogram-cost`` adds limpet with
 ``--no-latency-histogram`` to every workload (and the POST runs) and prints limpet's
 ratios to it: the cost of the request-duration histogram.
@@ -107,7 +109,20 @@ start = time.perf_counter()
 for i, k in enumerate(keys):
     t.insert(k, i & 7, now)
 took = time.perf_counter() - start
-print(json.dumps({"entries": len(t), "bytes": rss() - before, "insert_us": took / n * 1e6}))
+grown = rss() - before
+# Then half as many again into the full table: each insert first makes room.
+clock, worst, slow = time.perf_counter, 0.0, 0
+start = clock()
+for i in range(n // 2):
+    k = random.getrandbits(64)
+    t0 = clock()
+    t.insert(k, i & 7, now + i * 1e-4)
+    d = clock() - t0
+    worst, slow = max(worst, d), slow + (d > 1e-3)
+full = clock() - start
+print(json.dumps({"entries": len(t), "bytes": grown, "insert_us": took / n * 1e6,
+                  "full_insert_us": full / max(1, n // 2) * 1e6, "full_worst_ms": worst * 1e3,
+                  "full_over_1ms": slow, "full_inserts": n // 2}))
 """
 
 
@@ -391,7 +406,9 @@ def main(argv: list[str]) -> int:
     print(
         f"\nlearned sessions: {int(mem['entries']):,} entries use {mem['bytes'] / 2**20:.0f} "
         f"MiB RSS ({mem['bytes'] / mem['entries']:.0f} bytes each), insert "
-        f"{mem['insert_us']:.2f} us"
+        f"{mem['insert_us']:.2f} us; {int(mem['full_inserts']):,} more into the full table "
+        f"{mem['full_insert_us']:.2f} us each, the slowest {mem['full_worst_ms']:.2f} ms, "
+        f"{int(mem['full_over_1ms'])} over 1 ms"
     )
     return 0
 

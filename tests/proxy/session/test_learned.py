@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.proxy.session.learned import KEY_MASK, Entry, LearnedTable
+from limpet.proxy.session.learned import EVICT_FRACTION, EVICT_WINDOW, KEY_MASK, Entry, LearnedTable
 
 T0 = 1_800_000_000.0
 
@@ -147,6 +147,91 @@ def test_capacity_evicts_least_recently_seen() -> None:
     assert t.find(999) >= 0
     assert t.evicted == 2
     assert t.sessions(0) == 126
+
+
+def test_a_large_full_table_evicts_one_window_at_a_time() -> None:
+    """An insert into a full table drops the least recently seen 1/64 of the next window
+    of entries, not of the whole table (a bounded stall), and the next full insert takes
+    the window after it."""
+    per_call = EVICT_WINDOW // EVICT_FRACTION
+    t = table(capacity=3 * EVICT_WINDOW, idle=None)
+    for k in range(3 * EVICT_WINDOW):
+        t.insert(k, 0, T0 + k / 10)  # a tick apart: no ties
+    # The oldest entries sit in the first window; two of them were seen since.
+    later = T0 + 3 * EVICT_WINDOW
+    t.touch(t.find(0), later)
+    t.touch(t.find(5), later)
+    t.insert(10**9, 1, later)
+    gone = [k for k in range(3 * EVICT_WINDOW) if t.find(k) < 0]
+    assert gone == [k for k in range(per_call + 2) if k not in (0, 5)]
+    assert t.evicted == per_call
+    # The room made is used before anything else goes.
+    for k in range(per_call - 1):
+        t.insert(10**9 + 1 + k, 1, later)
+    assert t.evicted == per_call
+    assert len(t) == t.capacity
+    t.insert(2 * 10**9, 1, later)
+    assert t.evicted == 2 * per_call
+    # From the second window, its own least recently seen 1/64.
+    second = [k for k in range(EVICT_WINDOW, 2 * EVICT_WINDOW) if t.find(k) < 0]
+    assert second == list(range(EVICT_WINDOW, EVICT_WINDOW + per_call))
+    assert t.sessions(0) + t.sessions(1) == len(t) == t.capacity - per_call + 1
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), extra=st.integers(1, EVICT_WINDOW))
+def test_eviction_never_keeps_an_older_entry_of_its_window(seed: int, extra: int) -> None:
+    """Whatever the last-seen times, one eviction takes exactly 1/64 of one window of
+    indices, and none of them was seen more recently than an entry of that window that
+    stays."""
+    rng = random.Random(seed)
+    size = EVICT_WINDOW + extra
+    t = table(capacity=size, idle=None)
+    seen = {k: T0 + rng.randrange(100_000) / 10 for k in range(size)}
+    for k in range(size):
+        t.insert(k, k % 3, seen[k])
+    index = {k: t.find(k) for k in range(size)}
+    t.insert(size, 0, T0 + 20_000)
+    gone = {k for k in range(size) if t.find(k) < 0}
+    assert len(gone) == EVICT_WINDOW // EVICT_FRACTION
+    assert all(index[k] < EVICT_WINDOW for k in gone)
+    kept = [seen[k] for k in range(size) if k not in gone and index[k] < EVICT_WINDOW]
+    assert max(seen[k] for k in gone) <= min(kept) + 0.1  # last seen rounds up a tick
+    assert sum(t.counts) == len(t) == size - len(gone) + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(0, 2**64 - 1),
+                # the same low bits, top bits apart (other shards), and 60-bit folds
+                st.integers(0, 15).map(lambda top: (top << 60) | 12345),
+                st.integers(0, 255).map(lambda top: (top << 52) | 777),
+            ),
+            st.booleans(),
+        ),
+        max_size=200,
+    )
+)
+def test_keys_anywhere_in_64_bits_against_a_model(ops: list[tuple[int, bool]]) -> None:
+    """Keys over the whole hash range (the index is split by their top bits): find,
+    remove and len agree with a dict of the folded keys."""
+    t = table(capacity=1000, idle=None)
+    model: dict[int, int] = {}
+    for step, (key, remove) in enumerate(ops):
+        folded = key & KEY_MASK
+        if remove:
+            assert t.remove(key) == (model.pop(folded, None) is not None)
+        else:
+            t.insert(key, step % 4, T0 + step)
+            model[folded] = step % 4
+        assert len(t) == len(model)
+    for folded, b in model.items():
+        assert t.backend(t.find(folded)) == b
+        assert t.find(folded | (1 << 63)) == t.find(folded)
+    assert sum(t.counts) == len(model)
 
 
 @settings(max_examples=50, deadline=None)

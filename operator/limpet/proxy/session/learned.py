@@ -10,16 +10,25 @@ sweeper (:meth:`LearnedTable.sweep`, a plain method the event loop calls on a ti
 drops entries that are idle for longer than the idle timeout or older than the absolute
 timeout; inserting into a full table first evicts the least recently seen 1/64 of it.
 
-Layout, chosen for memory (the figure is measured in docs/proxy.md): a dict maps the key
+Layout, chosen for memory (the figure is measured in docs/proxy.md): dicts map the key
 hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the entry's
 fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
-churn: updating last seen writes a C integer into an array). The columns grow by an
+churn: updating last seen writes a C integer into an array). The index is 256 dicts,
+by the key's top bits: a dict rebuilds itself now and then as keys come and go, and
+one dict of a million keys stalled the loop for 40 to 80 ms doing it, a shard for a
+256th of that. The columns grow by an
 eighth at a time (free entries, whose backend is ``FREE``), never beyond the capacity;
 an insert takes the index of the entry removed last (a free stack holds those) or,
 when none is free, the next never-used one (a cursor, so that the common insert of a
 growing table pops nothing). Times are stored as
 unsigned deciseconds since the table's epoch; last seen is rounded up, so a session's
 idleness is never overstated and it is never moved a fraction of a tick early.
+
+A full table evicts window by window: an insert that finds it full drops the least
+recently seen 1/64 of the next ``EVICT_WINDOW`` entries (a cursor walks the columns), a
+fraction of a millisecond, where choosing 1/64 of the whole table stalled the loop 15
+to 30 ms at a million entries. An entry is evicted only when it is among the least
+recently seen 1/64 of its window; a table no larger than the window is exact LRU.
 
 Concurrency: single-threaded, one table per proxy process, used from the event loop
 only. Sweeps are incremental (a bounded number of entries per call) and vectorised with
@@ -39,6 +48,11 @@ FREE: Final = 0xFFFFFFFF
 KEY_MASK: Final = (1 << 60) - 1
 _TICKS: Final = 10.0  # time columns count deciseconds
 EVICT_FRACTION: Final = 64
+EVICT_WINDOW: Final = 1 << 13
+"""Entries one eviction examines: 128 victims chosen from 8 Ki, about 0.1 ms."""
+_SHARD_SHIFT: Final = 52
+"""A 60-bit key's top 8 bits pick its index shard. Not its low bits: a dict places a key
+by them, and a shard of keys that all share them would crowd into a few of its slots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +74,14 @@ class LearnedTable:
         "_created",
         "_cursor",
         "_epoch",
+        "_evict_at",
         "_free",
         "_fresh",
         "_idle",
         "_index",
         "_keys",
         "_last",
+        "_live",
         "capacity",
         "counts",
         "evicted",
@@ -90,7 +106,8 @@ class LearnedTable:
         self._idle = idle_timeout
         self._absolute = absolute_timeout
         self._epoch = epoch
-        self._index: dict[int, int] = {}
+        self._index: list[dict[int, int]] = [{} for _ in range(1 << (60 - _SHARD_SHIFT))]
+        self._live = 0
         self._keys = array("Q")
         self._backend = array("I")
         self._created = array("I")
@@ -99,6 +116,7 @@ class LearnedTable:
         self._free = array("I")
         self._fresh = 0
         self._cursor = 0
+        self._evict_at = 0
         # Sessions per backend index; several tables may share one list, so that the
         # router reads one total per backend without summing tables.
         self.counts: list[int] = [] if counts is None else counts
@@ -126,7 +144,8 @@ class LearnedTable:
 
     def find(self, key_hash: int) -> int:
         """Entry index for ``key_hash``, or -1."""
-        return self._index.get(key_hash & KEY_MASK, -1)
+        k = key_hash & KEY_MASK
+        return self._index[k >> _SHARD_SHIFT].get(k, -1)
 
     def backend(self, i: int) -> int:
         return self._backend[i]
@@ -166,11 +185,12 @@ class LearnedTable:
         ``created`` (default ``wall``) is when the session began, when it is known from
         elsewhere (a companion cookie's issue time)."""
         k = key_hash & KEY_MASK
-        i = self._index.get(k, -1)
+        shard = self._index[k >> _SHARD_SHIFT]
+        i = shard.get(k, -1)
         if i >= 0:
             self.move(i, backend, wall)
             return i
-        if len(self._index) >= self.capacity:
+        if self._live >= self.capacity:
             self._evict()
         if self._free:
             i = self._free.pop()
@@ -183,13 +203,15 @@ class LearnedTable:
         self._backend[i] = backend
         self._created[i] = self._ticks(wall if created is None else min(created, wall))
         self._last[i] = self._ticks_up(wall)
-        self._index[k] = i  # its checked column is 0: grown so, or reset when released
+        shard[k] = i  # its checked column is 0: grown so, or reset when released
+        self._live += 1
         self._grow_counts(backend)
         self.counts[backend] += 1
         return i
 
     def remove(self, key_hash: int) -> bool:
-        i = self._index.pop(key_hash & KEY_MASK, -1)
+        k = key_hash & KEY_MASK
+        i = self._index[k >> _SHARD_SHIFT].pop(k, -1)
         if i < 0:
             return False
         self._release(i)
@@ -198,7 +220,7 @@ class LearnedTable:
     # -- maintenance ----------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._live
 
     def get(self, key_hash: int) -> Entry | None:
         i = self.find(key_hash)
@@ -294,11 +316,20 @@ class LearnedTable:
         return len(victims)
 
     def _evict(self) -> None:
+        """Drop the least recently seen 1/64 of the next window of entries (see the
+        module docstring); every entry of a full table is live, so this frees room."""
         n = len(self._keys)
-        count = max(1, self.capacity // EVICT_FRACTION)
-        last = np.frombuffer(self._last, dtype=np.uint32)[:n].astype(np.int64)
-        last[np.frombuffer(self._backend, dtype=np.uint32)[:n] == FREE] = 1 << 40
-        victims = np.argpartition(last, count)[:count].tolist() if count < n else list(range(n))
+        start = self._evict_at if self._evict_at < n else 0
+        end = min(n, start + EVICT_WINDOW)
+        self._evict_at = end if end < n else 0
+        count = max(1, (end - start) // EVICT_FRACTION)
+        last = np.frombuffer(self._last, dtype=np.uint32)[start:end].astype(np.int64)
+        last[np.frombuffer(self._backend, dtype=np.uint32)[start:end] == FREE] = 1 << 40
+        if count < end - start:
+            chosen = np.argpartition(last, count)[:count]
+        else:
+            chosen = np.arange(end - start)
+        victims = (chosen + start).tolist()
         del last
         for i in victims:
             if self._backend[i] != FREE:
@@ -306,10 +337,12 @@ class LearnedTable:
                 self.evicted += 1
 
     def _drop(self, i: int) -> None:
-        del self._index[self._keys[i]]
+        k = self._keys[i]
+        del self._index[k >> _SHARD_SHIFT][k]
         self._release(i)
 
     def _release(self, i: int) -> None:
+        self._live -= 1
         self.counts[self._backend[i]] -= 1
         self._backend[i] = FREE
         self._checked[i] = 0
