@@ -156,9 +156,9 @@ def test_a_large_full_table_evicts_one_window_at_a_time() -> None:
     per_call = EVICT_WINDOW // EVICT_FRACTION
     t = table(capacity=3 * EVICT_WINDOW, idle=None)
     for k in range(3 * EVICT_WINDOW):
-        t.insert(k, 0, T0 + k / 10)  # a tick apart: no ties
+        t.insert(k, 0, T0 + k)  # whole seconds apart: no ties
     # The oldest entries sit in the first window; two of them were seen since.
-    later = T0 + 3 * EVICT_WINDOW
+    later = T0 + 4 * EVICT_WINDOW
     t.touch(t.find(0), later)
     t.touch(t.find(5), later)
     t.insert(10**9, 1, later)
@@ -179,7 +179,7 @@ def test_a_large_full_table_evicts_one_window_at_a_time() -> None:
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), extra=st.integers(1, EVICT_WINDOW))
+@given(seed=st.integers(0, 2**32 - 1), extra=st.integers(EVICT_WINDOW, 2 * EVICT_WINDOW))
 def test_eviction_never_keeps_an_older_entry_of_its_window(seed: int, extra: int) -> None:
     """Whatever the last-seen times, one eviction takes exactly 1/64 of one window of
     indices, and none of them was seen more recently than an entry of that window that
@@ -198,6 +198,38 @@ def test_eviction_never_keeps_an_older_entry_of_its_window(seed: int, extra: int
     kept = [seen[k] for k in range(size) if k not in gone and index[k] < EVICT_WINDOW]
     assert max(seen[k] for k in gone) <= min(kept) + 0.1  # last seen rounds up a tick
     assert sum(t.counts) == len(t) == size - len(gone) + 1
+
+
+def test_the_last_window_takes_the_rest_of_the_table() -> None:
+    """A window is never a sliver: in a table of one window and 10 entries the second
+    full insert chooses from all the rest (8 Ki + 10 entries), and in a table smaller
+    than two windows every full insert chooses from the whole table (exact LRU)."""
+    per_call = EVICT_WINDOW // EVICT_FRACTION
+    size = 2 * EVICT_WINDOW + 10
+    t = table(capacity=size, idle=None)
+    for k in range(size):
+        # The last 10 entries are the oldest of all.
+        t.insert(k, 0, T0 + (k if k < 2 * EVICT_WINDOW else k - size))
+    later = T0 + 2 * size
+    t.insert(-1, 0, later)
+    assert [k for k in range(size) if t.find(k) < 0] == list(range(per_call))
+    for k in range(per_call):
+        t.insert(10**9 + k, 0, later)
+    # The rest is 8 Ki + 10 entries: 1/64 of it, its oldest: the 10 at the very end,
+    # then the second window's head.
+    rest = (size - EVICT_WINDOW) // EVICT_FRACTION
+    assert t.evicted == per_call + rest
+    gone = [k for k in range(EVICT_WINDOW, size) if t.find(k) < 0]
+    assert gone == list(range(EVICT_WINDOW, EVICT_WINDOW + rest - 10)) + list(
+        range(2 * EVICT_WINDOW, size)
+    )
+    small = table(capacity=EVICT_WINDOW + 10, idle=None)
+    for k in range(EVICT_WINDOW + 10):
+        small.insert(k, 0, T0 + (EVICT_WINDOW + 10 - k))  # the newest first
+    small.insert(-1, 0, later)
+    oldest = range(EVICT_WINDOW + 10 - small.evicted, EVICT_WINDOW + 10)
+    assert small.evicted == (EVICT_WINDOW + 10) // EVICT_FRACTION
+    assert all(small.find(k) < 0 for k in oldest)
 
 
 @settings(max_examples=60, deadline=None)

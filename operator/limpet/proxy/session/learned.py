@@ -8,7 +8,8 @@ last-seen time and the time it was last checked against the shared store (0: nev
 router reads and updates entries on every request; one periodic
 sweeper (:meth:`LearnedTable.sweep`, a plain method the event loop calls on a timer)
 drops entries that are idle for longer than the idle timeout or older than the absolute
-timeout; inserting into a full table first evicts the least recently seen 1/64 of it.
+timeout; inserting into a full table first evicts the least recently seen 1/64 of a
+window of it (below).
 
 Layout, chosen for memory (the figure is measured in docs/proxy.md): dicts map the key
 hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the entry's
@@ -25,10 +26,11 @@ unsigned deciseconds since the table's epoch; last seen is rounded up, so a sess
 idleness is never overstated and it is never moved a fraction of a tick early.
 
 A full table evicts window by window: an insert that finds it full drops the least
-recently seen 1/64 of the next ``EVICT_WINDOW`` entries (a cursor walks the columns), a
-fraction of a millisecond, where choosing 1/64 of the whole table stalled the loop 15
-to 30 ms at a million entries. An entry is evicted only when it is among the least
-recently seen 1/64 of its window; a table no larger than the window is exact LRU.
+recently seen 1/64 of the next ``EVICT_WINDOW`` entries (a cursor walks the columns; the
+last window takes the rest of them, so it holds fewer than twice that), a fraction of a
+millisecond, where choosing 1/64 of the whole table stalled the loop 15 to 30 ms at a
+million entries. An entry is evicted only when it is among the least recently seen
+1/64 of its window; a table smaller than two windows is one window, exact LRU.
 
 Concurrency: single-threaded, one table per proxy process, used from the event loop
 only. Sweeps are incremental (a bounded number of entries per call) and vectorised with
@@ -320,7 +322,7 @@ class LearnedTable:
         module docstring); every entry of a full table is live, so this frees room."""
         n = len(self._keys)
         start = self._evict_at if self._evict_at < n else 0
-        end = min(n, start + EVICT_WINDOW)
+        end = n if n - start < 2 * EVICT_WINDOW else start + EVICT_WINDOW
         self._evict_at = end if end < n else 0
         count = max(1, (end - start) // EVICT_FRACTION)
         last = np.frombuffer(self._last, dtype=np.uint32)[start:end].astype(np.int64)
