@@ -16,7 +16,7 @@ hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the 
 fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
 churn: updating last seen writes a C integer into an array). The index is 256 dicts,
 by the key's top bits: a dict rebuilds itself now and then as keys come and go, and
-one dict of a million keys stalled the loop for 40 to 80 ms doing it, a shard for a
+one dict of a million keys stalled the loop for 36 to 80 ms doing it, a shard for a
 256th of that. The columns grow by an
 eighth at a time (free entries, whose backend is ``FREE``), never beyond the capacity;
 an insert takes the index of the entry removed last (a free stack holds those) or,
@@ -51,7 +51,8 @@ KEY_MASK: Final = (1 << 60) - 1
 _TICKS: Final = 10.0  # time columns count deciseconds
 EVICT_FRACTION: Final = 64
 EVICT_WINDOW: Final = 1 << 13
-"""Entries one eviction examines: 128 victims chosen from 8 Ki, about 0.1 ms."""
+"""Entries one eviction examines (the last window up to twice that): 128 victims chosen
+from 8 Ki, about 0.1 ms."""
 _SHARD_SHIFT: Final = 52
 """A 60-bit key's top 8 bits pick its index shard. Not its low bits: a dict places a key
 by them, and a shard of keys that all share them would crowd into a few of its slots."""
@@ -319,7 +320,8 @@ class LearnedTable:
 
     def _evict(self) -> None:
         """Drop the least recently seen 1/64 of the next window of entries (see the
-        module docstring); every entry of a full table is live, so this frees room."""
+        module docstring); every entry of a full table is live (the columns never grow
+        past the capacity, which is set once), so this frees room."""
         n = len(self._keys)
         start = self._evict_at if self._evict_at < n else 0
         end = n if n - start < 2 * EVICT_WINDOW else start + EVICT_WINDOW
