@@ -257,3 +257,8 @@ def test_learned_memory_probe_runs() -> None:
     mem = proxy.learned_memory(1000)
     assert mem["entries"] == 1000
     assert mem["insert_us"] > 0
+    # Then 500 more into the full table, each insert timed.
+    assert mem["full_inserts"] == 500
+    assert mem["full_insert_us"] > 0
+    assert mem["full_worst_ms"] > 0
+    assert 0 <= mem["full_over_1ms"] <= 500
