@@ -22,10 +22,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# A C compiler for the mypyc build of the proxy's hot path (below); only the compiled
-# extensions reach the final image.
+# A C compiler for the mypyc build of the proxy's hot path (below), and OpenSSL's headers
+# for its C cookie MAC; only the compiled extensions reach the final image (the base
+# image's libssl3 has the libcrypto they link).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so this layer is reused until a lock changes.
 COPY deploy/image/requirements.lock deploy/image/build-requirements.lock ./

@@ -3,10 +3,11 @@
 # missing. apt-get update runs at most once, and only when something is missing.
 set -euo pipefail
 # gcc, libc6-dev and python3-dev: the mypyc build of the proxy's hot path (tools/native/);
+# libssl-dev: OpenSSL's headers for its C cookie MAC (limpet/proxy/session/native_mac.c);
 # valgrind: `bench proxy_instructions` counts instructions a request with callgrind;
 # linux-perf: `bench proxy_cpu --where` samples where a request's CPU time goes.
 packages=(iproute2 procps haproxy nginx-light caddy wrk shellcheck prometheus redis-server
-  gcc libc6-dev python3-dev valgrind linux-perf)
+  gcc libc6-dev python3-dev libssl-dev valgrind linux-perf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@ own build.
 What is checked: ``--clean`` and a machine without a C compiler leave a copy that runs
 interpreted (and ``--require`` fails there); the build key changes with every source
 the compiled modules are typed from and with the compiler, and with nothing else;
-``install`` puts every extension and the manifest beside another copy of the sources.
+``install`` puts every extension, the manifest and the C sources beside another copy of
+the sources (a wheel's: no C source), which then reports itself compiled.
 A real compile is not repeated here: ``make test`` runs one before pytest, and
 ``tests/proxy/process/test_native.py`` checks that every listed module then loads compiled.
 """
@@ -132,7 +133,7 @@ def test_the_build_key_follows_the_typed_sources_and_the_compiler(copy_root: Pat
     outside = copy_root / "limpet/controller/__init__.py"
     outside.write_text(outside.read_text() + "\n# unrelated\n")
     assert build.build_key(copy_root, "gcc 12") == key
-    for sub in ("proxy/engine/fields.py", "affinity/__init__.py"):
+    for sub in ("proxy/engine/fields.py", "affinity/__init__.py", "proxy/session/native_mac.c"):
         source = copy_root / "limpet" / sub
         original = source.read_text()
         source.write_text(original + "\n# edited\n")
@@ -141,13 +142,27 @@ def test_the_build_key_follows_the_typed_sources_and_the_compiler(copy_root: Pat
         assert build.build_key(copy_root, "gcc 12") == key, sub
 
 
+def _not_in_a_wheel(directory: str, names: list[str]) -> list[str]:
+    """``copytree``'s filter: every file but the Python sources and ``py.typed``."""
+    return [
+        n
+        for n in names
+        if not (Path(directory) / n).is_dir() and not n.endswith((".py", "py.typed"))
+    ]
+
+
 @pytest.mark.skipif(not native.MANIFEST.is_file(), reason="the tree has no native build")
 def test_install_puts_the_build_beside_another_copy(tmp_path: Path) -> None:
     build = _load_script()
     target = tmp_path / "site-packages"
+    # What a wheel installs: the package's Python sources, no C source, no build.
+    shutil.copytree(REAL_ROOT / "limpet", target / "limpet", ignore=_not_in_a_wheel)
     build.install(REAL_ROOT, target)
+    assert _mode_of_copy(target) == "compiled"  # what the image's `limpet proxy --build` checks
     built = build.built_files(REAL_ROOT)
-    assert len(built) == len(native.COMPILED) + 1  # one per module, plus the group library
-    for path in [*built, native.MANIFEST]:
+    # one per module, one per C extension, plus the group library
+    assert len(built) == len(native.COMPILED) + len(native.C_EXTENSIONS) + 1
+    c_sources = [native.c_source(REAL_ROOT, name) for name in native.C_EXTENSIONS]
+    for path in [*built, native.MANIFEST, *c_sources]:
         copied = target / path.relative_to(REAL_ROOT)
         assert copied.read_bytes() == path.read_bytes(), copied

@@ -19,8 +19,10 @@ compiler's and Python's; ``native_build.json`` beside ``native.py`` records it w
 compiled module's source hash (which the proxy's start-up check compares). A warm run
 with the same key does nothing.
 
-Without a C compiler or ``Python.h`` the old extensions are removed and the proxy runs
-interpreted (exit 0; with ``--require``, exit 1). ``--clean`` removes them on purpose.
+The same build compiles the C extensions of ``native.C_EXTENSIONS`` (their ``.c`` files
+are in the key too), linked with OpenSSL's libcrypto. Without a C compiler, ``Python.h``
+or OpenSSL's headers the old extensions are removed and the proxy runs interpreted
+(exit 0; with ``--require``, exit 1). ``--clean`` removes them on purpose.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from setuptools import Extension
+
 from limpet.proxy.process import native
 
 
@@ -49,11 +53,21 @@ def package_root() -> Path:
 
 
 def compiler() -> tuple[str, str] | None:
-    """The C compiler's command and version, or None without one or without Python.h."""
+    """The C compiler's command and version, or None without one, without Python.h or
+    without OpenSSL's headers (the C cookie MAC's)."""
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     if not cc or shutil.which(cc[0]) is None:
         return None
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return None
+    probe = subprocess.run(
+        [*cc, "-E", "-x", "c", "-o", os.devnull, "-"],
+        input="#include <openssl/sha.h>\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
         return None
     out = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=False)
     return cc[0], out.stdout.splitlines()[0] if out.stdout else cc[0]
@@ -67,13 +81,27 @@ def build_key(root: Path, cc_version: str) -> str:
         h.update(part.encode() + b"\0")
     h.update(Path(__file__).read_bytes())
     for sub in ("limpet/proxy", "limpet/affinity"):
-        for path in sorted((root / sub).rglob("*.py")):
+        for path in sorted([*(root / sub).rglob("*.py"), *(root / sub).rglob("*.c")]):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
 def module_path(root: Path, name: str) -> Path:
     return root / (name.replace(".", "/") + ".py")
+
+
+def c_extensions(root: Path) -> list[Extension]:
+    """The hand-written C extensions of ``native.C_EXTENSIONS`` (each ``<name>.c``
+    beside where its module goes), linked with OpenSSL's libcrypto."""
+    return [
+        Extension(
+            name,
+            sources=[str(native.c_source(root, name).relative_to(root))],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Werror"],
+        )
+        for name in native.C_EXTENSIONS
+    ]
 
 
 def built_files(root: Path) -> list[Path]:
@@ -96,8 +124,10 @@ def clean(root: Path) -> int:
 
 def install(root: Path, target: Path) -> None:
     """Copy the build (extensions and manifest) beside an installed copy of the same
-    sources, as the image's build stage does."""
-    for path in [*built_files(root), native.MANIFEST]:
+    sources, as the image's build stage does, with the C extensions' sources: a wheel
+    holds no ``.c`` file, and the start-up check compares each with the manifest."""
+    c_sources = [native.c_source(root, name) for name in native.C_EXTENSIONS]
+    for path in [*built_files(root), native.MANIFEST, *c_sources]:
         dest = target / path.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest)
@@ -121,7 +151,7 @@ def compile_group(root: Path, work: Path, jobs: int, python: str) -> None:
         )
         setup(
             name="limpet-native",
-            ext_modules=extensions,
+            ext_modules=[*extensions, *c_extensions(root)],
             script_args=[
                 "--quiet",
                 "build_ext",
@@ -158,7 +188,8 @@ def main(argv: list[str]) -> int:
     if cc is None:
         clean(root)
         print(
-            "native build: no C compiler or Python.h; the proxy runs interpreted",
+            "native build: no C compiler, Python.h or OpenSSL headers (libssl-dev); "
+            "the proxy runs interpreted",
             file=sys.stderr,
         )
         return 1 if args.require else 0
@@ -168,7 +199,10 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError):
         done = False
     if done and native.build_mode().mode == "compiled":
-        print(f"native build up to date: {len(native.COMPILED)} modules compiled with mypyc")
+        print(
+            f"native build up to date: {len(native.COMPILED)} modules compiled with mypyc, "
+            f"{len(native.C_EXTENSIONS)} in C"
+        )
     else:
         rc = build(root, key, cc[1], args.jobs, args.python_executable)
         if rc:
@@ -186,12 +220,16 @@ def build(root: Path, key: str, cc_version: str, jobs: int, python: str) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     compile_group(root, work, jobs, python)
-    modules = {name: native.source_hash(module_path(root, name)) for name in native.COMPILED}
+    sources = [module_path(root, name) for name in native.COMPILED]
+    sources += [native.c_source(root, name) for name in native.C_EXTENSIONS]
+    names = [*native.COMPILED, *native.C_EXTENSIONS]
+    modules = {name: native.source_hash(path) for name, path in zip(names, sources, strict=True)}
     native.MANIFEST.write_text(json.dumps({"key": key, "compiler": cc_version, "modules": modules}))
     importlib.invalidate_caches()
     mode = native.build_mode()
     print(
-        f"native build: {len(mode.compiled)} modules compiled with mypyc in "
+        f"native build: {len(native.COMPILED)} modules compiled with mypyc and "
+        f"{len(native.C_EXTENSIONS)} in C in "
         f"{time.monotonic() - start:.0f} s ({cc_version}); proxy hot path {mode.mode}"
     )
     return 0 if mode.mode == "compiled" else 1

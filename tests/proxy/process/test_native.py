@@ -1,4 +1,5 @@
-"""The mypyc build of the proxy's hot path (:mod:`limpet.proxy.process.native`).
+"""The native build of the proxy's hot path (:mod:`limpet.proxy.process.native`): the
+mypyc modules and the C extension.
 
 Where the build is expected (``make test`` sets ``LIMPET_NATIVE=required``; a build's
 manifest says so too) every listed module must be imported from its C extension, so the
@@ -37,9 +38,33 @@ def test_every_listed_module_is_loaded_as_built() -> None:
         assert path is not None, name
         assert path.endswith(EXTENSIONS) == compiled, (name, path)
         assert Path(path).with_name(name.rpartition(".")[2] + ".py").is_file(), path
+    for name in native.C_EXTENSIONS:  # no .py: built, or not importable at all
+        if compiled:
+            path = importlib.import_module(name).__file__
+            assert path is not None, name
+            assert path.endswith(EXTENSIONS), (name, path)
+            assert Path(path).with_name(name.rpartition(".")[2] + ".c").is_file(), path
+        else:
+            with pytest.raises(ImportError):
+                importlib.import_module(name)
     mode = native.build_mode()
     assert mode.mode == expected_mode(), mode.describe()
     assert mode.stale == ()
+
+
+def test_a_changed_c_source_is_reported_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if expected_mode() != "compiled":
+        pytest.skip("no native build: no C extension to be stale")
+    modules = dict(json.loads(native.MANIFEST.read_text())["modules"])
+    changed = native.C_EXTENSIONS[0]
+    modules[changed] = "0" * 64  # as if native_mac.c had been edited since the build
+    fake = tmp_path / "native_build.json"
+    fake.write_text(json.dumps({"modules": modules}))
+    monkeypatch.setattr(native, "MANIFEST", fake)
+    mode = native.build_mode()
+    assert (mode.mode, mode.stale) == ("stale", (changed,))
 
 
 def test_a_changed_source_is_reported_stale(

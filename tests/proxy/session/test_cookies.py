@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -18,10 +19,13 @@ from limpet.proxy.session.cookies import (
     CookieCodec,
     CookieRejection,
     Hmac,
+    Mac,
     SessionCookie,
     SigningKey,
     builtin_sha256,
     cookie_values,
+    native_hmac,
+    new_hmac,
     strip_cookie,
 )
 
@@ -351,6 +355,69 @@ def test_hmac_defaults_to_the_builtin_sha256_where_it_exists() -> None:
     builtin = builtin_sha256()
     assert builtin is not None  # CPython 3.11 builds it (the project's interpreter)
     assert type(Hmac(b"s" * 32)._inner()) is type(builtin(b""))
+
+
+def _python_seal(secret: bytes, message: bytes) -> bytes:
+    """The cookie value as the RFCs define it, from the standard library alone."""
+    tag = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_LEN]
+    return base64.urlsafe_b64encode(message + tag).rstrip(b"=")
+
+
+_MACS = ("python", "native")
+
+
+def _mac(kind: str, secret: bytes) -> Mac:
+    factory = native_hmac()
+    if kind == "python":
+        return Hmac(secret)
+    if factory is None:
+        pytest.skip("the C cookie MAC is not built (tools/native/build.py; make test builds it)")
+    return factory(secret)
+
+
+@pytest.mark.parametrize("kind", _MACS)
+@settings(max_examples=300, deadline=None)
+@given(secret=st.binary(max_size=200), message=st.binary(max_size=700))
+def test_mac_digest_seal_and_verify_agree_with_the_standard_library(
+    kind: str, secret: bytes, message: bytes
+) -> None:
+    # Both implementations, keys either side of the 64-byte block, messages up to a
+    # companion's body and tail: the same MAC, the same sealed value, and a value that
+    # verifies only with its own last 16 bytes.
+    mac = _mac(kind, secret)
+    assert mac.digest(message) == hmac.new(secret, message, hashlib.sha256).digest()
+    sealed = mac.seal(message)
+    assert sealed == _python_seal(secret, message)
+    raw = base64.urlsafe_b64decode(sealed + b"=" * (-len(sealed) % 4))
+    assert mac.verify(raw)
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        flipped = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1 :]
+        assert not mac.verify(flipped)
+
+
+@pytest.mark.parametrize("kind", _MACS)
+def test_mac_refuses_what_is_not_a_sealed_value(kind: str) -> None:
+    mac = _mac(kind, b"s" * 32)
+    assert not mac.verify(b"")
+    assert not mac.verify(b"x" * (MAC_LEN - 1))
+    assert not mac.verify(b"\0" * 57)
+    assert mac.verify(mac.digest(b"")[:MAC_LEN])  # an empty message, then its MAC
+
+
+def test_native_mac_refuses_non_bytes_and_oversized_messages() -> None:
+    mac = _mac("native", b"s" * 32)
+    with pytest.raises(TypeError, match="bytes"):
+        mac.digest(bytearray(b"abc"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mac.seal("text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="4096"):
+        mac.verify(b"x" * 4097)
+
+
+def test_new_hmac_is_the_native_mac_when_built() -> None:
+    factory = native_hmac()
+    expected = Hmac if factory is None else factory
+    assert type(new_hmac(b"s" * 32)) is expected
 
 
 def _raw(value: bytes) -> bytes:

@@ -73,6 +73,14 @@ COMPILED: Final = (
 next ``make``; it must pass mypyc (no monkeypatching of its functions, no dynamic
 attributes on its classes, declared types that hold at run time: mypyc checks them)."""
 
+C_EXTENSIONS: Final = (
+    # The cookie MAC over OpenSSL's SHA-256 blocks (cookies.new_hmac falls back to the
+    # same MAC in Python without it).
+    "limpet.proxy.session.native_mac",
+)
+"""Extensions written in C, each ``<name>.c`` beside where it is built; the same build
+compiles them (with OpenSSL's headers) and the same manifest records their sources."""
+
 GROUP: Final = "limpet_native"
 """mypyc's shared library for the group, ``limpet_native__mypyc.*.so``, a top-level module
 beside the ``limpet`` package: mypyc derives the compiled modules' ``__file__`` from its
@@ -94,9 +102,12 @@ class BuildMode:
     stale: tuple[str, ...]
 
     def describe(self) -> str:
-        n = len(COMPILED)
+        n = len(COMPILED) + len(C_EXTENSIONS)
         if self.mode == "compiled":
-            return f"compiled with mypyc ({n} hot-path modules)"
+            return (
+                f"compiled with mypyc ({len(COMPILED)} hot-path modules) "
+                f"and {len(C_EXTENSIONS)} C extension"
+            )
         if self.mode == "interpreted":
             return "interpreted (no mypyc build; `make native` compiles it)"
         if self.mode == "stale":
@@ -115,22 +126,29 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def c_source(root: Path, name: str) -> Path:
+    """The C source of an extension of :data:`C_EXTENSIONS` under package root ``root``."""
+    return root / (name.replace(".", "/") + ".c")
+
+
 def build_mode() -> BuildMode:
-    """Where each module of :data:`COMPILED` comes from (its spec's origin: already
-    imported, or what the import system would pick), against the build's manifest."""
+    """Where each module of :data:`COMPILED` and :data:`C_EXTENSIONS` comes from (its
+    spec's origin: already imported, or what the import system would pick), against the
+    build's manifest."""
     try:
         built: dict[str, str] = json.loads(MANIFEST.read_text())["modules"]
     except (OSError, ValueError, KeyError):
         built = {}
     compiled, interpreted, stale = [], [], []
-    for name in COMPILED:
+    for name in (*COMPILED, *C_EXTENSIONS):
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         if origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
             interpreted.append(name)
             continue
         compiled.append(name)
-        source = Path(origin).parent / (name.rpartition(".")[2] + ".py")
+        suffix = ".c" if name in C_EXTENSIONS else ".py"
+        source = Path(origin).parent / (name.rpartition(".")[2] + suffix)
         if not source.is_file() or built.get(name) != source_hash(source):
             stale.append(name)
     if stale:

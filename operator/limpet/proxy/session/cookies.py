@@ -281,17 +281,57 @@ class Hmac:
         update(outer, digest(inner))
         return digest(outer)
 
+    def seal(self, message: bytes) -> bytes:
+        """A cookie value: base64url of ``message`` and its MAC's first 16 bytes, without
+        padding."""
+        # b2a_base64's trailing newline is cut by a slice: cheaper than its keyword
+        # argument (a keyword call from compiled code builds a names tuple and parses it).
+        encoded = _B2A(message + self.digest(message)[:MAC_LEN])
+        return encoded.translate(_FROM_STD_B64)[:-1].rstrip(b"=")
+
+    def verify(self, raw: bytes) -> bool:
+        """Whether the last 16 bytes of ``raw`` are the MAC of the rest (constant time)."""
+        n = len(raw) - MAC_LEN
+        return n >= 0 and _SAME(self.digest(raw[:n])[:MAC_LEN], raw[n:])
+
+
+class Mac(Protocol):
+    """The cookie MAC under one secret: :class:`Hmac`, or the same over OpenSSL's SHA-256
+    blocks in C (``native_mac.c``), which :func:`new_hmac` prefers. Both give the same
+    bytes (the tests compare them with :mod:`hmac`)."""
+
+    def digest(self, message: bytes, /) -> bytes: ...
+    def seal(self, message: bytes, /) -> bytes: ...
+    def verify(self, raw: bytes, /) -> bool: ...
+
+
+def native_hmac() -> Callable[[bytes], Mac] | None:
+    """The C implementation's constructor, or ``None`` where it was not built (no C
+    compiler or no OpenSSL headers: ``tools/native/build.py``)."""
+    try:
+        module = importlib.import_module("limpet.proxy.session.native_mac")
+    except ImportError:
+        return None
+    factory: Callable[[bytes], Mac] = module.Hmac
+    return factory
+
+
+def new_hmac(secret: bytes) -> Mac:
+    """The cookie MAC under ``secret``: the C one when built, else :class:`Hmac`."""
+    factory = native_hmac()
+    return Hmac(secret) if factory is None else factory(secret)
+
 
 def key_tag(kid: str) -> bytes:
     return hashlib.sha256(b"limpet-cookie-kid\0" + kid.encode()).digest()[:KEY_TAG_LEN]
 
 
-def bound_session_id(mac: Hmac, value: bytes) -> bytes:
+def bound_session_id(mac: Mac, value: bytes) -> bytes:
     """The session id of a companion cookie: a keyed hash of the app cookie's value."""
     return mac.digest(b"limpet-app\0" + value)[:SESSION_ID_LEN]
 
 
-def backend_token(mac: Hmac, backend_id: str) -> bytes:
+def backend_token(mac: Mac, backend_id: str) -> bytes:
     """A backend's keyed token: the cookie names its backend without revealing its id."""
     return mac.digest(b"limpet-backend\0" + backend_id.encode())[:BACKEND_TOKEN_LEN]
 
@@ -332,12 +372,12 @@ class CookieCodec:
             raise ValueError(f"cookie granularity must be 1..{MAX_GRANULARITY} seconds")
         backend_ids = list(backends)
         # key tag -> (its MAC, backend token -> backend id, is newest)
-        table: dict[bytes, tuple[Hmac, dict[bytes, str], bool]] = {}
+        table: dict[bytes, tuple[Mac, dict[bytes, str], bool]] = {}
         for i, key in enumerate(keys):
             tag = key_tag(key.kid)
             if tag in table:
                 raise ValueError(f"cookie key id {key.kid!r} is listed twice (or its tag collides)")
-            mac = Hmac(key.secret)
+            mac = new_hmac(key.secret)
             tokens: dict[bytes, str] = {}
             for bid in backend_ids:
                 tok = backend_token(mac, bid)
@@ -407,12 +447,7 @@ class CookieCodec:
         )
         if tail:
             signed += tail
-        # b2a_base64's trailing newline is cut by a slice: cheaper than its keyword
-        # argument (a keyword call from compiled code builds a names tuple and parses it).
-        encoded = _B2A(signed + self._newest.digest(signed)[:MAC_LEN])
-        encoded = encoded.translate(_FROM_STD_B64)[:-1]
-        # A version-1 cookie is 57 bytes, a multiple of 3: only a tail needs padding cut.
-        return encoded.rstrip(b"=") if tail else encoded
+        return self._newest.seal(signed)
 
     def set_cookie(self, value: bytes, tail: bytes = b"", wall: float = 0.0) -> bytes:
         """A full Set-Cookie header value for ``value`` (``tail`` and ``wall`` are for
@@ -480,8 +515,7 @@ class CookieCodec:
         if entry is None:
             return CookieRejection.UNKNOWN_KEY
         mac, tokens, newest = entry
-        signed = raw[:-MAC_LEN]
-        if not _SAME(mac.digest(signed)[:MAC_LEN], raw[-MAC_LEN:]):
+        if not mac.verify(raw):
             return CookieRejection.TAMPERED
         _, _, sid, token, key_hash, issued, last_seen = _UNPACK_FROM(raw)
         if bound and (bind is None or not _SAME(sid, bound_session_id(mac, bind))):
@@ -493,7 +527,7 @@ class CookieCodec:
         backend = tokens.get(token)
         if backend is None:
             return CookieRejection.UNKNOWN_BACKEND
-        tail = bytes(signed[BODY_LEN:]) if bound else b""
+        tail = raw[BODY_LEN:-MAC_LEN] if bound else b""
         return SessionCookie(sid, backend, key_hash, issued, last_seen, newest, tail, step)
 
     def recheck(self, cookie: SessionCookie, wall: float) -> CookieRejection | None:
