@@ -375,3 +375,15 @@ def test_a_reused_entry_is_never_checked_against_the_store() -> None:
     t.sweep(T0 + 20, budget=100)  # both idle: expired
     assert t.insert(4, 0, T0 + 21) in (i, j)
     assert t.checked(t.find(4)) == T0 - 1
+
+
+def test_an_evicted_entry_is_never_checked_against_the_store() -> None:
+    """The same for the entries a full table evicts (vectorised, not entry by entry)."""
+    t = table(capacity=4, idle=None)
+    for k in range(4):
+        t.check(t.insert(k + 1, k % 2, T0 + k), T0 + k)
+    i = t.insert(9, 1, T0 + 10)  # full: the least recently seen (key 1) goes
+    assert t.find(1) < 0
+    assert t.find(9) == i
+    assert t.checked(i) == T0 - 1
+    assert (t.sessions(0), t.sessions(1), len(t)) == (1, 3, 4)
