@@ -52,29 +52,16 @@ def test_every_listed_module_is_loaded_as_built() -> None:
     assert mode.stale == ()
 
 
-def test_a_changed_c_source_is_reported_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if expected_mode() != "compiled":
-        pytest.skip("no native build: no C extension to be stale")
-    modules = dict(json.loads(native.MANIFEST.read_text())["modules"])
-    changed = native.C_EXTENSIONS[0]
-    modules[changed] = "0" * 64  # as if native_mac.c had been edited since the build
-    fake = tmp_path / "native_build.json"
-    fake.write_text(json.dumps({"modules": modules}))
-    monkeypatch.setattr(native, "MANIFEST", fake)
-    mode = native.build_mode()
-    assert (mode.mode, mode.stale) == ("stale", (changed,))
-
-
+@pytest.mark.parametrize(
+    "changed", [native.COMPILED[0], native.C_EXTENSIONS[0]], ids=["mypyc", "c"]
+)
 def test_a_changed_source_is_reported_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    changed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = expected_mode()
     real = json.loads(native.MANIFEST.read_text()) if native.MANIFEST.is_file() else {}
     modules = dict(real.get("modules", {}))
-    changed = native.COMPILED[0]
-    modules[changed] = "0" * 64  # as if fields.py had been edited since the build
+    modules[changed] = "0" * 64  # as if fields.py or native_mac.c had been edited since
     fake = tmp_path / "native_build.json"
     fake.write_text(json.dumps({"modules": modules}))
     monkeypatch.setattr(native, "MANIFEST", fake)
