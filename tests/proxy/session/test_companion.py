@@ -61,6 +61,11 @@ def test_companion_is_bound_to_the_app_cookie_value() -> None:
     # Another app-cookie value, or none: tampered. So is any flipped byte of the tail.
     assert c.decode(value_of(header), T0 + 1, bind=b"v2") is CookieRejection.TAMPERED
     assert c.decode(value_of(header), T0 + 1) is CookieRejection.TAMPERED
+    # An app-cookie value as long as a header allows is compared, not refused.
+    huge = b"v" * 32_000
+    assert c.decode(value_of(header), T0 + 1, bind=huge) is CookieRejection.TAMPERED
+    bound = c.issue(session_id=b"", backend_id="a", key_hash=42, issued=int(T0), wall=T0, bind=huge)
+    assert isinstance(c.decode(value_of(bound), T0 + 1, bind=huge), SessionCookie)
     raw = bytearray(value_of(header))
     raw[-30] = ord("A") if raw[-30] != ord("A") else ord("B")
     assert c.decode(bytes(raw), T0 + 1, bind=b"v1") in (

@@ -404,14 +404,26 @@ def test_mac_refuses_what_is_not_a_sealed_value(kind: str) -> None:
     assert mac.verify(mac.digest(b"")[:MAC_LEN])  # an empty message, then its MAC
 
 
-def test_native_mac_refuses_non_bytes_and_oversized_messages() -> None:
+def test_native_mac_refuses_non_bytes_and_seals_no_more_than_its_buffer() -> None:
     mac = _mac("native", b"s" * 32)
     with pytest.raises(TypeError, match="bytes"):
         mac.digest(bytearray(b"abc"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         mac.seal("text")  # type: ignore[arg-type]
+    assert mac.seal(b"x" * 4096) == _python_seal(b"s" * 32, b"x" * 4096)
     with pytest.raises(ValueError, match="4096"):
-        mac.verify(b"x" * 4097)
+        mac.seal(b"x" * 4097)
+
+
+@pytest.mark.parametrize("kind", _MACS)
+def test_mac_digests_and_verifies_messages_of_any_length(kind: str) -> None:
+    # A companion's session id is the MAC of the client's app-cookie value, which a
+    # 32 KiB header allows to be that long: never an error.
+    mac = _mac(kind, b"s" * 32)
+    long = bytes(range(256)) * 160  # 40 KiB
+    assert mac.digest(long) == hmac.new(b"s" * 32, long, hashlib.sha256).digest()
+    assert mac.verify(long + mac.digest(long)[:MAC_LEN])
+    assert not mac.verify(long)
 
 
 def test_new_hmac_is_the_native_mac_when_built() -> None:

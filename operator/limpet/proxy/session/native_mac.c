@@ -18,6 +18,10 @@
  * 3 in favour of EVP, whose per-call context set-up is what makes hashlib's OpenSSL
  * MAC slower than the built-in one; they remain in 3.x and are what EVP runs.
  *
+ * Bounds: digest() and verify() take bytes of any length (they copy nothing); seal()
+ * copies its message beside the MAC, so it refuses more than 4096 bytes (ValueError),
+ * which the codec never passes (a body and tail is under 700).
+ *
  * Concurrency: called with the GIL held; nothing blocks, nothing is shared between
  * objects. An object's states are wiped when it is freed.
  */
@@ -31,7 +35,7 @@
 
 #define BLOCK 64
 #define TAG_LEN 16          /* the cookie keeps the MAC's first 16 bytes */
-#define MAX_MESSAGE 4096    /* a cookie body with its tail is far shorter */
+#define MAX_SEALED 4096     /* seal() copies its message: a cookie body and tail is < 700 */
 
 typedef struct {
     PyObject_HEAD
@@ -88,7 +92,8 @@ Hmac_dealloc(HmacObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The message as bytes (the only type the codec passes), bounded in length. */
+/* The message as bytes (the only type the codec passes), of any length: a companion's
+ * session id is the MAC of a client's app-cookie value, as long as its header allows. */
 static int
 message(PyObject *arg, const unsigned char **buf, Py_ssize_t *len)
 {
@@ -98,10 +103,6 @@ message(PyObject *arg, const unsigned char **buf, Py_ssize_t *len)
         return -1;
     }
     *len = PyBytes_GET_SIZE(arg);
-    if (*len > MAX_MESSAGE) {
-        PyErr_SetString(PyExc_ValueError, "message longer than 4096 bytes");
-        return -1;
-    }
     *buf = (const unsigned char *)PyBytes_AS_STRING(arg);
     return 0;
 }
@@ -123,12 +124,16 @@ Hmac_seal(HmacObject *self, PyObject *arg)
 {
     const unsigned char *buf;
     Py_ssize_t len;
-    unsigned char raw[MAX_MESSAGE + TAG_LEN];
+    unsigned char raw[MAX_SEALED + TAG_LEN];
     unsigned char out[SHA256_DIGEST_LENGTH];
-    /* base64 of MAX_MESSAGE + TAG_LEN bytes, with EVP_EncodeBlock's terminating NUL */
-    unsigned char text[4 * ((MAX_MESSAGE + TAG_LEN + 2) / 3) + 1];
+    /* base64 of MAX_SEALED + TAG_LEN bytes, with EVP_EncodeBlock's terminating NUL */
+    unsigned char text[4 * ((MAX_SEALED + TAG_LEN + 2) / 3) + 1];
     if (message(arg, &buf, &len) < 0)
         return NULL;
+    if (len > MAX_SEALED) {
+        PyErr_SetString(PyExc_ValueError, "a sealed message is at most 4096 bytes");
+        return NULL;
+    }
     mac(self, buf, (size_t)len, out);
     memcpy(raw, buf, (size_t)len);
     memcpy(raw + len, out, TAG_LEN);
@@ -164,7 +169,7 @@ static PyMethodDef Hmac_methods[] = {
     {"digest", (PyCFunction)Hmac_digest, METH_O,
      "digest(message) -> the 32-byte HMAC-SHA256 of message."},
     {"seal", (PyCFunction)Hmac_seal, METH_O,
-     "seal(message) -> base64url(message + digest(message)[:16]), unpadded."},
+     "seal(message) -> base64url(message + digest(message)[:16]), unpadded (<= 4096 bytes)."},
     {"verify", (PyCFunction)Hmac_verify, METH_O,
      "verify(raw) -> whether raw's last 16 bytes are the MAC of the rest."},
     {NULL, NULL, 0, NULL},
