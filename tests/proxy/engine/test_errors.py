@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import random
 import socket
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from ..conftest import Backend, Backends, Conn, Proxies, Proxy, established_to, standalone_args
+from ..fuzzing import Harness
 
 
 @pytest.fixture
@@ -570,3 +572,36 @@ def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
         assert got < size  # cut: the rest of the answer never came
     with Conn(p.address) as c:  # and the proxy serves the next client as usual
         assert c.request("GET", "/after").status == 200
+
+
+class _FailingRouter:
+    """The session router, but its dispatch raises, as a bug behind it would."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    def dispatch(self, req: object, *, shared: bool = True) -> None:
+        raise RuntimeError("a bug in the router")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_router_that_raises_is_a_logged_500_not_the_clients_400(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The real engine on memory transports (tests/proxy/fuzzing.py): httptools turns an
+    # exception in a callback into a parse error, which read as the client's 400 and
+    # logged nothing before.
+    h = Harness()
+    try:
+        h.server.router = _FailingRouter(h.server.router)
+        client, transport = h.client()
+        with caplog.at_level(logging.ERROR, logger="limpet.proxy.engine.client"):
+            client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert bytes(transport.out).startswith(b"HTTP/1.1 500 "), bytes(transport.out)
+        assert "handling a request failed (answered 500)" in caplog.text
+        assert "a bug in the router" in caplog.text
+        client.connection_lost(None)
+    finally:
+        h.close()

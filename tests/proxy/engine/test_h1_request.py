@@ -200,6 +200,33 @@ def test_an_invalid_transition_in_a_callback_surfaces_instead_of_a_400() -> None
     assert r.status == 0  # not refused as the client's fault
 
 
+class FailingSink(Recorder):
+    """A sink that raises what a bug behind it (the router, say) would raise."""
+
+    def head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        raise ValueError("a bug behind the sink")
+
+
+def test_an_exception_behind_the_sink_is_a_500_kept_for_the_log_not_a_400() -> None:
+    r = reader(FailingSink())
+    assert r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == request.INVALID
+    assert r.status == 500
+    assert isinstance(r.failure, ValueError)
+    # Bytes that are the client's fault stay a 400, with nothing to log.
+    r = reader(Recorder())
+    assert r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\0\r\n\r\n") == request.INVALID
+    assert r.status == 400
+    assert r.failure is None
+
+
 _LINES = st.tuples(
     st.sampled_from([b"GET", b"POST", b"OPTIONS"]),
     st.sampled_from([b"/", b"/a?b=HTTP/1.1", b"http://x/HTTP/1.1%0D%0A", b"/HTTP/1.1"]),

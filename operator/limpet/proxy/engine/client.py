@@ -27,6 +27,7 @@ router's request view are allocated once per connection and reused for every req
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import cast
 
@@ -56,6 +57,8 @@ from limpet.proxy.engine.h1.connection import (
 )
 from limpet.proxy.engine.h1.request import RequestReader
 from limpet.proxy.engine.upstream import UpstreamConnection
+
+log = logging.getLogger(__name__)
 
 
 class _Pending:
@@ -190,8 +193,13 @@ class ClientConnection(Exchange):
             self.flush_up()
         if result == request.UPGRADE:
             self._upgrade_head_done(self.reader.rest)
-        elif result == request.INVALID and self.state != CLOSED:
-            self._bad_request(self.reader.status)
+        elif result == request.INVALID:
+            failure = self.reader.failure
+            if failure is not None:  # a bug behind the reader, not the client's fault
+                self.reader.failure = None
+                log.error("handling a request failed (answered 500)", exc_info=failure)
+            if self.state != CLOSED:
+                self._bad_request(self.reader.status)
 
     def eof_received(self) -> bool | None:
         up = self.up

@@ -82,6 +82,7 @@ class RequestReader:
         "_headers",
         "_line",
         "_url",
+        "failure",
         "feed_data",
         "get_method",
         "head_guard",
@@ -132,6 +133,9 @@ class RequestReader:
         self.should_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
         self.should_upgrade: Callable[[], bool] = self.parser.should_upgrade
         self.phase = IDLE
+        # An exception the sink raised (a bug behind it, such as the router's): the
+        # request is answered 500 and the shell logs this.
+        self.failure: BaseException | None = None
         self.requests = 0  # heads parsed so far
         self.status = 0  # after INVALID: the answer
         self.rest = b""  # after UPGRADE: the bytes that followed the head
@@ -161,10 +165,15 @@ class RequestReader:
             return self._invalid(501 if phase == IDLE and _unknown_method(data) else 400)
         except httptools.HttpParserError as exc:
             raise_if_invalid(exc)
-            if isinstance(exc.__context__, _Refused):
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
                 return MORE
             if self.status:
                 return INVALID  # a limit, set by the callback
+            if isinstance(cause, Exception) and not isinstance(cause, httptools.HttpParserError):
+                # Not the client's fault: a 500, not a 400 that would blame it.
+                self.failure = cause
+                return self._invalid(500)
             return self._invalid(400)
         if self.phase == HEAD and self._head_bytes > self.head_guard:
             return self._invalid(431 if self._headers else 414)
