@@ -605,3 +605,32 @@ def test_a_router_that_raises_is_a_logged_500_not_the_clients_400(
         client.connection_lost(None)
     finally:
         h.close()
+
+
+class _FailingAnswers(_FailingRouter):
+    """The session router, but learning from an answer's Set-Cookie raises."""
+
+    def dispatch(self, req: object, *, shared: bool = True) -> Any:
+        return self.real.dispatch(req, shared=shared)  # type: ignore[attr-defined]
+
+    def on_response(self, route: object, set_cookies: object) -> Any:
+        raise RuntimeError("a bug in on_response")
+
+
+def test_a_router_that_raises_on_an_answer_is_a_logged_502(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    try:
+        h.server.router = h.pool.router = _FailingAnswers(h.server.router)
+        up, _ = h.idle_backend()
+        client, transport = h.client()
+        client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with caplog.at_level(logging.ERROR, logger="limpet.proxy.engine.upstream"):
+            up.data_received(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 2\r\n\r\nok")
+        assert bytes(transport.out).startswith(b"HTTP/1.1 502 "), bytes(transport.out)
+        client.connection_lost(None)
+        assert "relaying a backend's answer failed" in caplog.text
+        assert "a bug in on_response" in caplog.text
+    finally:
+        h.close()

@@ -452,3 +452,29 @@ def test_an_app_cookie_that_connection_lists_is_neither_forwarded_nor_learned() 
     assert event == response.DONE
     assert b"JSESSIONID" not in out
     assert b"Set-Cookie" not in out  # no companion for a cookie the client never got
+
+
+class _RaisingRouter:
+    """A router whose ``on_response`` raises, as a bug behind the machine would."""
+
+    def on_response(self, route: Route, set_cookies: object) -> Route:
+        raise RuntimeError("a bug in on_response")
+
+
+def test_an_exception_behind_the_machine_fails_the_answer_and_is_kept_for_the_log() -> None:
+    _, route = machine_and_route()
+    machine = ResponseMachine(
+        router=_RaisingRouter(),  # type: ignore[arg-type]
+        classes=fields.HeaderClasses(),
+        max_headers=10,
+        max_header_bytes=200,
+    )
+    expect(machine, Facts(route=route))
+    answer = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n"
+    event, out = feed(machine, answer)
+    assert (event, out) == (response.BROKEN, b"")
+    assert isinstance(machine.failure, RuntimeError)
+    # A backend's garbage is broken too, with nothing to log.
+    machine, _ = start()
+    assert feed(machine, b"NOT HTTP\r\n\r\n")[0] == response.BROKEN
+    assert machine.failure is None

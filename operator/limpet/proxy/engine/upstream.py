@@ -29,6 +29,7 @@ the pool's coarse clock, so no timer object is created per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Final, Protocol, cast
 
@@ -38,6 +39,8 @@ from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.h1 import response
 from limpet.proxy.engine.h1.response import ResponseMachine
 from limpet.proxy.engine.port import Route, RouterPort
+
+log = logging.getLogger(__name__)
 
 # UpstreamConnection states.
 CONNECTING: Final = 0
@@ -216,6 +219,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _act(self, event: int, client: ClientSide) -> None:
         """Do what the machine's rarer events ask (TUNNEL, STRAY, BROKEN)."""
+        failure = self.machine.failure
+        if failure is not None:  # not the backend's fault: a bug behind the machine
+            self.machine.failure = None
+            log.error("relaying a backend's answer failed", exc_info=failure)
         if event == response.TUNNEL:
             self._tunnel(client)
         elif event == response.STRAY:

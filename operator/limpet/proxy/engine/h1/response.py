@@ -92,6 +92,17 @@ class _TooLarge(Exception):
     """Raised from a parser callback when a trailer section passes the limits."""
 
 
+def _bug(exc: httptools.HttpParserError) -> Exception | None:
+    """The exception behind a parse error that none of this machine's checks raised: a bug
+    behind it (the router's ``on_response``, say), or ``None``."""
+    cause = exc.__context__
+    if isinstance(cause, Exception) and not isinstance(
+        cause, (httptools.HttpParserError, _Stop, _TooLarge)
+    ):
+        return cause
+    return None
+
+
 class ResponseMachine:
     """Parses one backend connection's answers and produces the client's bytes."""
 
@@ -114,6 +125,7 @@ class ResponseMachine:
         "_trailers",
         "_upgrade",
         "classes",
+        "failure",
         "feed_data",
         "get_status_code",
         "got_response",
@@ -140,6 +152,9 @@ class ResponseMachine:
         self.classes = classes
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        # An exception a bug behind the machine raised while it parsed (see _bug): the
+        # answer fails as a broken one would, and the shell logs this.
+        self.failure: Exception | None = None
         # The parser, and its methods called for every answer bound once per parser (a
         # method call on a non-native object looks the method up by name each time).
         self.parser = httptools.HttpResponseParser(self)
@@ -216,6 +231,7 @@ class ResponseMachine:
             return self._switched(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             raise_if_invalid(exc)
+            self.failure = _bug(exc)
             if self.state == FINISHED:
                 # Bytes beyond the answer: the connection is out of step (after_answer's
                 # in_step), so it is closed whatever else the answer said.
@@ -433,6 +449,7 @@ class ResponseMachine:
                 return self._switched(buf[end:])
             except httptools.HttpParserError as exc:
                 raise_if_invalid(exc)
+                self.failure = _bug(exc)
                 if not (self.state == FINISHED and isinstance(exc.__context__, _Stop)):
                     self._head_tail = None
                     return self._fail(STRAY if self._after_head else BROKEN)
