@@ -4,6 +4,7 @@ event loop. The sink records what it is told, as the client connection would act
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,10 +18,12 @@ from limpet.proxy.engine.h1.request import RequestReader
 
 @dataclass
 class Recorder:
-    """A RequestSink that records the events; ``accept`` False refuses new requests."""
+    """A RequestSink that records the events; ``accept`` False refuses new requests, and
+    ``fault``, when set, runs at each head (a bug behind the sink)."""
 
     accept: bool = True
     events: list[tuple[object, ...]] = field(default_factory=list)
+    fault: Callable[[], object] | None = None
 
     def begin(self) -> bool:
         self.events.append(("begin",))
@@ -35,6 +38,8 @@ class Recorder:
         keep_alive: bool,
         upgrade: bool,
     ) -> None:
+        if self.fault is not None:
+            self.fault()
         self.events.append(("head", method, target, tuple(headers), version, keep_alive, upgrade))
 
     def body(self, data: bytes) -> None:
@@ -178,45 +183,20 @@ def test_a_refusing_sink_stops_the_read_without_an_error() -> None:
     assert r.status == 0
 
 
-class BuggySink(Recorder):
-    """A sink whose exchange is in a state that cannot take a new request (a bug)."""
-
-    def head(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        version: str,
-        keep_alive: bool,
-        upgrade: bool,
-    ) -> None:
-        step(State.TUNNEL, Event.REQUEST)
-
-
 def test_an_invalid_transition_in_a_callback_surfaces_instead_of_a_400() -> None:
-    r = reader(BuggySink())
+    # The exchange is in a state that cannot take a new request (a bug).
+    r = reader(Recorder(fault=lambda: step(State.TUNNEL, Event.REQUEST)))
     with pytest.raises(InvalidTransition, match="REQUEST in state TUNNEL"):
         r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert r.status == 0  # not refused as the client's fault
 
 
-class FailingSink(Recorder):
-    """A sink that raises what a bug behind it (the router, say) would raise."""
-
-    def head(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        version: str,
-        keep_alive: bool,
-        upgrade: bool,
-    ) -> None:
-        raise ValueError("a bug behind the sink")
+def _router_bug() -> None:
+    raise ValueError("a bug behind the sink")
 
 
 def test_an_exception_behind_the_sink_is_a_500_kept_for_the_log_not_a_400() -> None:
-    r = reader(FailingSink())
+    r = reader(Recorder(fault=_router_bug))
     assert r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == request.INVALID
     assert r.status == 500
     assert isinstance(r.failure, ValueError)
