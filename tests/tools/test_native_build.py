@@ -162,7 +162,7 @@ def test_install_puts_the_build_beside_another_copy(tmp_path: Path) -> None:
     built = build.built_files(REAL_ROOT)
     # one per module, one per C extension, plus the group library
     assert len(built) == len(native.COMPILED) + len(native.C_EXTENSIONS) + 1
-    c_sources = [native.c_source(REAL_ROOT, name) for name in native.C_EXTENSIONS]
+    c_sources = [native.source_of(REAL_ROOT, name) for name in native.C_EXTENSIONS]
     for path in [*built, native.MANIFEST, *c_sources]:
         copied = target / path.relative_to(REAL_ROOT)
         assert copied.read_bytes() == path.read_bytes(), copied

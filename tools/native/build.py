@@ -86,17 +86,13 @@ def build_key(root: Path, cc_version: str) -> str:
     return h.hexdigest()
 
 
-def module_path(root: Path, name: str) -> Path:
-    return root / (name.replace(".", "/") + ".py")
-
-
 def c_extensions(root: Path) -> list[Extension]:
     """The hand-written C extensions of ``native.C_EXTENSIONS`` (each ``<name>.c``
     beside where its module goes), linked with OpenSSL's libcrypto."""
     return [
         Extension(
             name,
-            sources=[str(native.c_source(root, name).relative_to(root))],
+            sources=[str(native.source_of(root, name).relative_to(root))],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Werror"],
         )
@@ -126,7 +122,7 @@ def install(root: Path, target: Path) -> None:
     """Copy the build (extensions and manifest) beside an installed copy of the same
     sources, as the image's build stage does, with the C extensions' sources: a wheel
     holds no ``.c`` file, and the start-up check compares each with the manifest."""
-    c_sources = [native.c_source(root, name) for name in native.C_EXTENSIONS]
+    c_sources = [native.source_of(root, name) for name in native.C_EXTENSIONS]
     for path in [*built_files(root), native.MANIFEST, *c_sources]:
         dest = target / path.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +136,7 @@ def compile_group(root: Path, work: Path, jobs: int, python: str) -> None:
     from mypyc.build import mypycify
     from setuptools import setup
 
-    paths = [str(module_path(root, name).relative_to(root)) for name in native.COMPILED]
+    paths = [str(native.source_of(root, name).relative_to(root)) for name in native.COMPILED]
     cwd = Path.cwd()
     os.chdir(root)
     try:
@@ -220,10 +216,10 @@ def build(root: Path, key: str, cc_version: str, jobs: int, python: str) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     compile_group(root, work, jobs, python)
-    sources = [module_path(root, name) for name in native.COMPILED]
-    sources += [native.c_source(root, name) for name in native.C_EXTENSIONS]
-    names = [*native.COMPILED, *native.C_EXTENSIONS]
-    modules = {name: native.source_hash(path) for name, path in zip(names, sources, strict=True)}
+    modules = {
+        name: native.source_hash(native.source_of(root, name))
+        for name in (*native.COMPILED, *native.C_EXTENSIONS)
+    }
     native.MANIFEST.write_text(json.dumps({"key": key, "compiler": cc_version, "modules": modules}))
     importlib.invalidate_caches()
     mode = native.build_mode()

@@ -126,9 +126,11 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def c_source(root: Path, name: str) -> Path:
-    """The C source of an extension of :data:`C_EXTENSIONS` under package root ``root``."""
-    return root / (name.replace(".", "/") + ".c")
+def source_of(root: Path, name: str) -> Path:
+    """The source of a module of :data:`COMPILED` (its ``.py``) or of :data:`C_EXTENSIONS`
+    (its ``.c``) under package root ``root``."""
+    suffix = ".c" if name in C_EXTENSIONS else ".py"
+    return root / (name.replace(".", "/") + suffix)
 
 
 def build_mode() -> BuildMode:
@@ -147,8 +149,7 @@ def build_mode() -> BuildMode:
             interpreted.append(name)
             continue
         compiled.append(name)
-        suffix = ".c" if name in C_EXTENSIONS else ".py"
-        source = Path(origin).parent / (name.rpartition(".")[2] + suffix)
+        source = Path(origin).with_name(source_of(Path(), name).name)
         if not source.is_file() or built.get(name) != source_hash(source):
             stale.append(name)
     if stale:
