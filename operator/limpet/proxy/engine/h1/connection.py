@@ -156,6 +156,19 @@ def raise_if_invalid(exc: BaseException) -> None:
         raise exc.__context__
 
 
+def failure_behind(
+    exc: BaseException, expected: tuple[type[BaseException], ...]
+) -> Exception | None:
+    """The exception behind a parser error that is none of the ``expected`` ones (the
+    parser's own errors and the machine's signals): a bug behind the machine, such as
+    the router's, which is neither the client's bad request nor the backend's garbage.
+    ``None`` when there is none."""
+    cause = exc.__context__
+    if isinstance(cause, Exception) and not isinstance(cause, expected):
+        return cause
+    return None
+
+
 # The four events of every exchange, as columns of the table: the hot path inlines what
 # step does (``nxt = AFTER_REQUEST[state]``, then ``invalid`` if it is negative) to
 # save a call per event, about 700 instructions each.

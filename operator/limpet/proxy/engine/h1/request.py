@@ -30,7 +30,7 @@ from typing import Final, Protocol
 import httptools
 
 from limpet.proxy.engine import fields
-from limpet.proxy.engine.h1.connection import raise_if_invalid
+from limpet.proxy.engine.h1.connection import failure_behind, raise_if_invalid
 
 # Results of feed().
 MORE: Final = 0
@@ -68,6 +68,10 @@ class _Limit(Exception):
 
 class _Refused(Exception):
     """Raised from a parser callback when the sink takes no further request."""
+
+
+# What a parse error may stand for besides a bug behind the sink (failure_behind).
+_EXPECTED: Final = (httptools.HttpParserError, _Limit, _Refused)
 
 
 class RequestReader:
@@ -165,16 +169,13 @@ class RequestReader:
             return self._invalid(501 if phase == IDLE and _unknown_method(data) else 400)
         except httptools.HttpParserError as exc:
             raise_if_invalid(exc)
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
+            if isinstance(exc.__context__, _Refused):
                 return MORE
             if self.status:
                 return INVALID  # a limit, set by the callback
-            if isinstance(cause, Exception) and not isinstance(cause, httptools.HttpParserError):
-                # Not the client's fault: a 500, not a 400 that would blame it.
-                self.failure = cause
-                return self._invalid(500)
-            return self._invalid(400)
+            self.failure = failure_behind(exc, _EXPECTED)
+            # A bug behind the sink is not the client's fault: a 500, not a 400.
+            return self._invalid(400 if self.failure is None else 500)
         if self.phase == HEAD and self._head_bytes > self.head_guard:
             return self._invalid(431 if self._headers else 414)
         return MORE

@@ -52,6 +52,7 @@ from limpet.proxy.engine.h1.connection import (
     ANSWER,
     ANSWER_UNSENT,
     REQUEST_DONE,
+    failure_behind,
     invalid,
     raise_if_invalid,
     step,
@@ -92,15 +93,8 @@ class _TooLarge(Exception):
     """Raised from a parser callback when a trailer section passes the limits."""
 
 
-def _bug(exc: httptools.HttpParserError) -> Exception | None:
-    """The exception behind a parse error that none of this machine's checks raised: a bug
-    behind it (the router's ``on_response``, say), or ``None``."""
-    cause = exc.__context__
-    if isinstance(cause, Exception) and not isinstance(
-        cause, (httptools.HttpParserError, _Stop, _TooLarge)
-    ):
-        return cause
-    return None
+# What a parse error may stand for besides a bug behind the machine (failure_behind).
+_EXPECTED: Final = (httptools.HttpParserError, _Stop, _TooLarge)
 
 
 class ResponseMachine:
@@ -152,7 +146,7 @@ class ResponseMachine:
         self.classes = classes
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
-        # An exception a bug behind the machine raised while it parsed (see _bug): the
+        # An exception a bug behind the machine raised while it parsed (failure_behind): the
         # answer fails as a broken one would, and the shell logs this.
         self.failure: Exception | None = None
         # The parser, and its methods called for every answer bound once per parser (a
@@ -231,7 +225,7 @@ class ResponseMachine:
             return self._switched(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             raise_if_invalid(exc)
-            self.failure = _bug(exc)
+            self.failure = failure_behind(exc, _EXPECTED)
             if self.state == FINISHED:
                 # Bytes beyond the answer: the connection is out of step (after_answer's
                 # in_step), so it is closed whatever else the answer said.
@@ -449,7 +443,7 @@ class ResponseMachine:
                 return self._switched(buf[end:])
             except httptools.HttpParserError as exc:
                 raise_if_invalid(exc)
-                self.failure = _bug(exc)
+                self.failure = failure_behind(exc, _EXPECTED)
                 if not (self.state == FINISHED and isinstance(exc.__context__, _Stop)):
                     self._head_tail = None
                     return self._fail(STRAY if self._after_head else BROKEN)
