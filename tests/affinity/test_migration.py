@@ -93,7 +93,8 @@ def test_released_session_never_moves_while_busy(
     # Fully released, yet seen less than minIdle ago: it must stay.
     now = max(NOW, release_complete_at(schedule)) + extra
     last_seen = now - busy * schedule.min_idle
-    s = Session(backend=source, key_hash=h, last_seen=last_seen, created=last_seen - 1)
+    s = Session(backend=source, key_hash=h, last_seen=last_seen, created=schedule.start - 1)
+    assume(not _expired(router, s, now))
     assert decide(s, router, now) is KEEP
 
 
@@ -111,7 +112,7 @@ def test_after_the_window_every_changed_session_moves_when_idle(
     assume(source != target and _state(plan, source) in (BackendState.ACTIVE, BackendState.WARMING))
     now = max(NOW, release_complete_at(schedule)) + extra
     last_seen = now - schedule.min_idle - 0.01  # margin: epoch floats round
-    s = Session(backend=source, key_hash=h, last_seen=last_seen, created=last_seen - 1)
+    s = Session(backend=source, key_hash=h, last_seen=last_seen, created=schedule.start - 1)
     assume(not _expired(router, s, now))
     decision = decide(s, router, now)
     assert decision.reason is Reason.REBALANCE
@@ -126,6 +127,7 @@ def test_rebalance_releases_by_key_fraction(plan: Plan, s: Session) -> None:
     assert schedule is not None
     decision = decide(s, router, NOW)
     if decision.reason is Reason.REBALANCE:
+        assert s.created < schedule.start
         assert release_fraction(s.key_hash) < released_fraction(schedule, NOW)
         assert NOW - s.last_seen >= schedule.min_idle
         source = router.source_owners[s.key_hash % router.source_size]
@@ -153,7 +155,7 @@ def test_a_session_pinned_off_the_tables_moves_only_to_a_pod_that_joined(
     assume(_state(plan, pinned) in (BackendState.ACTIVE, BackendState.WARMING))
     now = max(NOW, release_complete_at(schedule)) + extra
     last_seen = now - schedule.min_idle - 0.01  # margin: epoch floats round
-    s = Session(backend=pinned, key_hash=h, last_seen=last_seen, created=last_seen - 1)
+    s = Session(backend=pinned, key_hash=h, last_seen=last_seen, created=schedule.start - 1)
     assume(not _expired(router, s, now))
     decision = decide(s, router, now)
     if target in router.joined:
@@ -161,6 +163,32 @@ def test_a_session_pinned_off_the_tables_moves_only_to_a_pod_that_joined(
         assert decision.backend == target
     else:
         assert decision is KEEP
+
+
+@SETTINGS
+@given(
+    plans(with_schedule=True),
+    hashes,
+    st.integers(min_value=0, max_value=7),
+    st.floats(0, 2000),
+    st.floats(0, 1),
+    st.floats(0, 5000),
+)
+def test_a_session_begun_since_the_schedule_started_never_rebalances(
+    plan: Plan, h: int, pick: int, since: float, busy: float, extra: float
+) -> None:
+    """It was placed by the current table (or, off its owner, by bounded loads): however
+    long the schedule lingers, idle or not, released or not, it is not moved to rebalance.
+    (The same session begun before the start moves: the properties above.)"""
+    router = Router(plan)
+    schedule = plan.rebalance
+    assert schedule is not None
+    assume(router.members)
+    pinned = router.members[pick % len(router.members)]
+    created = schedule.start + since
+    now = created + extra
+    s = Session(backend=pinned, key_hash=h, last_seen=now - busy * extra, created=created)
+    assert decide(s, router, now).reason is not Reason.REBALANCE
 
 
 @SETTINGS

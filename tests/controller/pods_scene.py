@@ -293,6 +293,21 @@ class Sessions:
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.explain()}") from None
 
+    def still(self) -> str:
+        """Check that no session moved; else the message: each moved session's requests
+        and each proxy's moves by reason (a test that expects none asserts on it)."""
+        if self.check() == 0:
+            return ""
+        lines = [
+            f"{u.session}: " + "; ".join(self.history(u.session))
+            for u in self.users
+            if self.moves(u)
+        ]
+        for ip in self.shop.proxies:
+            stats = self.shop.proxy_stats(ip) or {}
+            lines.append(f"proxy {ip}: migrations {stats.get('migrations')}")
+        return "\n".join(lines)
+
     def explain(self, since: Mapping[str, int] | None = None) -> str:
         """The requests of every session with a ``broken`` answer (from index
         ``since[session]``, and the one before it), and each proxy's store counters:

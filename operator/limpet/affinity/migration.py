@@ -15,13 +15,15 @@ Order of the rules (the first that applies wins):
    caller (a proxy excludes the backends its passive health has marked down); immediate;
 3. drain: the pinned backend is Draining and the session is idle for ``drain.minIdle``,
    or the backend's drain deadline has passed;
-4. rebalance: a rebalance schedule is active; the current table puts this key elsewhere
-   than its pinned backend; either the "from" table put it on the pinned backend, or its
-   new owner is a member the "from" table did not have (so a session pinned before its
-   key was known, as an app cookie's is, still moves to a pod that joined); the key's
-   release fraction is below the schedule's released fraction; the session is idle for
-   ``rebalance.minIdle``; the new owner is not excluded and (when loads are given) it is
-   under its bounded-load cap;
+4. rebalance: a rebalance schedule is active; the session began before it started (one
+   begun since was placed by the current table, bounded loads included, so moving it
+   would be churn, and a lingering finished schedule would move it in steady state);
+   the current table puts this key elsewhere than its pinned backend; either the "from"
+   table put it on the pinned backend, or its new owner is a member the "from" table did
+   not have (so a session pinned before its key was known, as an app cookie's is, still
+   moves to a pod that joined); the key's release fraction is below the schedule's
+   released fraction; the session is idle for ``rebalance.minIdle``; the new owner is not
+   excluded and (when loads are given) it is under its bounded-load cap;
 5. otherwise keep.
 
 Destinations: expired, failover and drain go where a new session of the key would go

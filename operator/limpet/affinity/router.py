@@ -292,7 +292,9 @@ class Router:
                 return self.move(_DRAIN, key_hash, now, loads, total, exclude=exclude)
             return KEEP
         schedule = self.schedule
-        if schedule is None:
+        # A session begun since the schedule started was placed by the current table
+        # (bounded loads included): moving it would be churn, not balance.
+        if schedule is None or created >= schedule.start:
             return KEEP
         target = self.owners[key_hash % self.size]
         if target == backend or (

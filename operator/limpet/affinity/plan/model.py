@@ -215,12 +215,13 @@ class DrainSettings:
 class RebalanceSchedule:
     """A gradual rebalance from a previous table to the plan's current one.
 
-    A session is a candidate when the "from" table put it where it is and the current table
-    puts its key elsewhere. Candidates are released in release-fraction order: the released
-    fraction rises linearly from 0 at ``start`` to 1 at ``start + window``, and never faster
-    than ``max_moves_per_second`` for ``expected_moves`` candidates. A released candidate
-    moves once idle for ``min_idle``. A rate needs the estimate: without it there is no
-    fraction to cap, so a rate alone is rejected rather than silently ignored.
+    A session is a candidate when it began before ``start``, the "from" table put it where
+    it is (or its new owner joined since) and the current table puts its key elsewhere.
+    Candidates are released in release-fraction order: the released fraction rises
+    linearly from 0 at ``start`` to 1 at ``start + window``, and never faster than
+    ``max_moves_per_second`` for ``expected_moves`` candidates. A released candidate moves
+    once idle for ``min_idle``. A rate needs the estimate: without it there is no fraction
+    to cap, so a rate alone is rejected rather than silently ignored.
     """
 
     from_backends: tuple[tuple[BackendId, int], ...]
