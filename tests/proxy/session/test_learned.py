@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from limpet.proxy.session.key_index import DictIndex, KeyIndex, new_key_index
 from limpet.proxy.session.learned import EVICT_FRACTION, EVICT_WINDOW, KEY_MASK, Entry, LearnedTable
 
 T0 = 1_800_000_000.0
 
 
+INDEXES = ("built", "python")
+
+
 def table(
-    capacity: int = 100, idle: float | None = 60.0, absolute: float | None = None
+    capacity: int = 100,
+    idle: float | None = 60.0,
+    absolute: float | None = None,
+    *,
+    index: str = "built",
 ) -> LearnedTable:
+    """A table over the index the build has (the C one under ``make test``), or over
+    :class:`DictIndex`, the fallback without it."""
+    ix: KeyIndex = new_key_index() if index == "built" else DictIndex()
     return LearnedTable(
-        name="t", capacity=capacity, idle_timeout=idle, absolute_timeout=absolute, epoch=T0 - 1
+        name="t",
+        capacity=capacity,
+        idle_timeout=idle,
+        absolute_timeout=absolute,
+        epoch=T0 - 1,
+        index=ix,
     )
 
 
@@ -233,6 +250,7 @@ def test_the_last_window_takes_the_rest_of_the_table() -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("index", INDEXES)
 @given(
     ops=st.lists(
         st.tuples(
@@ -247,10 +265,10 @@ def test_the_last_window_takes_the_rest_of_the_table() -> None:
         max_size=200,
     )
 )
-def test_keys_anywhere_in_64_bits_against_a_model(ops: list[tuple[int, bool]]) -> None:
-    """Keys over the whole hash range (the index is split by their top bits): find,
+def test_keys_anywhere_in_64_bits_against_a_model(index: str, ops: list[tuple[int, bool]]) -> None:
+    """Keys over the whole hash range (DictIndex splits them by their top bits): find,
     remove and len agree with a dict of the folded keys."""
-    t = table(capacity=1000, idle=None)
+    t = table(capacity=1000, idle=None, index=index)
     model: dict[int, int] = {}
     for step, (key, remove) in enumerate(ops):
         folded = key & KEY_MASK
@@ -266,11 +284,12 @@ def test_keys_anywhere_in_64_bits_against_a_model(ops: list[tuple[int, bool]]) -
     assert sum(t.counts) == len(model)
 
 
+@pytest.mark.parametrize("index", INDEXES)
 @settings(max_examples=50, deadline=None)
 @given(ops=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3), st.booleans()), max_size=300))
-def test_model(ops: list[tuple[int, int, bool]]) -> None:
+def test_model(index: str, ops: list[tuple[int, int, bool]]) -> None:
     """Against a plain dict model: counts always match, capacity always holds."""
-    t = table(capacity=16, idle=None)
+    t = table(capacity=16, idle=None, index=index)
     model: dict[int, int] = {}
     for step, (key, backend, remove) in enumerate(ops):
         if remove:
@@ -289,9 +308,10 @@ def test_model(ops: list[tuple[int, int, bool]]) -> None:
             assert t.sessions(b) == sum(1 for v in model.values() if v == b)
 
 
-def test_many_random_keys() -> None:
+@pytest.mark.parametrize("index", INDEXES)
+def test_many_random_keys(index: str) -> None:
     rng = random.Random(1)
-    t = table(capacity=5000, idle=30)
+    t = table(capacity=5000, idle=30, index=index)
     keys = [rng.getrandbits(64) for _ in range(20000)]
     for n, k in enumerate(keys):
         t.insert(k, n % 5, T0 + n / 1000)

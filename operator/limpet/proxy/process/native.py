@@ -77,6 +77,8 @@ C_EXTENSIONS: Final = (
     # The cookie MAC over OpenSSL's SHA-256 blocks (cookies.new_hmac falls back to the
     # same MAC in Python without it).
     "limpet.proxy.session.native_mac",
+    # The learned tables' index, keyed open addressing (key_index.DictIndex without it).
+    "limpet.proxy.session.native_index",
 )
 """Extensions written in C, each ``<name>.c`` beside where it is built; the same build
 compiles them (with OpenSSL's headers) and the same manifest records their sources."""
@@ -106,7 +108,7 @@ class BuildMode:
         if self.mode == "compiled":
             return (
                 f"compiled with mypyc ({len(COMPILED)} hot-path modules) "
-                f"and {len(C_EXTENSIONS)} C extension"
+                f"and {len(C_EXTENSIONS)} C extensions"
             )
         if self.mode == "interpreted":
             return "interpreted (no mypyc build; `make native` compiles it)"

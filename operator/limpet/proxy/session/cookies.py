@@ -47,11 +47,12 @@ import binascii
 import enum
 import hashlib
 import hmac
-import importlib
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
+
+from .c_types import c_type
 
 VERSION: Final = 1
 BOUND_VERSION: Final = 2
@@ -237,12 +238,7 @@ def builtin_sha256() -> Sha256Factory | None:
     """CPython's own SHA-256 (the ``_sha256`` module), or ``None`` where the build
     leaves it out. Its ``copy`` is a struct copy; an OpenSSL state's allocates an EVP
     context and cleanses it when freed, which is most of a cookie MAC's cost."""
-    try:
-        module = importlib.import_module("_sha256")
-    except ImportError:
-        return None
-    factory: Sha256Factory = module.sha256
-    return factory
+    return cast("Sha256Factory | None", c_type("_sha256", "sha256"))
 
 
 class Hmac:
@@ -308,12 +304,7 @@ class Mac(Protocol):
 def native_hmac() -> Callable[[bytes], Mac] | None:
     """The C implementation's constructor, or ``None`` where it was not built (no C
     compiler or no OpenSSL headers: ``tools/native/build.py``)."""
-    try:
-        module = importlib.import_module("limpet.proxy.session.native_mac")
-    except ImportError:
-        return None
-    factory: Callable[[bytes], Mac] = module.Hmac
-    return factory
+    return cast("Callable[[bytes], Mac] | None", c_type("limpet.proxy.session.native_mac", "Hmac"))
 
 
 def new_hmac(secret: bytes) -> Mac:

@@ -11,13 +11,11 @@ drops entries that are idle for longer than the idle timeout or older than the a
 timeout; inserting into a full table first evicts the least recently seen 1/64 of a
 window of it (below).
 
-Layout, chosen for memory (the figure is measured in docs/proxy.md): dicts map the key
-hash (folded to 60 bits so the int fits in 32 bytes) to an entry index, and the entry's
-fields live in parallel ``array`` columns (no per-entry tuple, no per-request object
-churn: updating last seen writes a C integer into an array). The index is 256 dicts,
-by the key's top bits: a dict rebuilds itself now and then as keys come and go, and
-one dict of a million keys stalled the loop for 36 to 80 ms doing it, a shard for a
-256th of that. The columns grow by an
+Layout, chosen for memory (the figure is measured in docs/proxy.md): an index
+(:mod:`.key_index`: in C, keyed open addressing in 256 shards, where built) maps the key
+hash, folded to 60 bits, to an entry number, and the entry's fields live in parallel
+``array`` columns (no per-entry tuple, no per-request object churn: updating last seen
+writes a C integer into an array). The columns grow by an
 eighth at a time (free entries, whose backend is ``FREE``), never beyond the capacity;
 an insert takes the index of the entry removed last (a free stack holds those) or,
 when none is free, the next never-used one (a cursor, so that the common insert of a
@@ -46,16 +44,15 @@ from typing import Any, Final
 
 import numpy as np
 
+from .key_index import KeyIndex, new_key_index
+
 FREE: Final = 0xFFFFFFFF
 KEY_MASK: Final = (1 << 60) - 1
 _TICKS: Final = 10.0  # time columns count deciseconds
 EVICT_FRACTION: Final = 64
 EVICT_WINDOW: Final = 1 << 13
 """Entries one eviction examines (the last window up to twice that): 128 victims chosen
-from 8 Ki, about 0.15 ms in a table of a million (mostly the 128 dict deletions)."""
-_SHARD_SHIFT: Final = 52
-"""A 60-bit key's top 8 bits pick its index shard. Not its low bits: a dict places a key
-by them, and a shard of keys that all share them would crowd into a few of its slots."""
+from 8 Ki."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +98,7 @@ class LearnedTable:
         absolute_timeout: float | None,
         epoch: float,
         counts: list[int] | None = None,
+        index: KeyIndex | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("learned table capacity must be at least 1")
@@ -109,7 +107,7 @@ class LearnedTable:
         self._idle = idle_timeout
         self._absolute = absolute_timeout
         self._epoch = epoch
-        self._index: list[dict[int, int]] = [{} for _ in range(1 << (60 - _SHARD_SHIFT))]
+        self._index = new_key_index() if index is None else index
         self._live = 0
         self._keys = array("Q")
         self._backend = array("I")
@@ -147,8 +145,7 @@ class LearnedTable:
 
     def find(self, key_hash: int) -> int:
         """Entry index for ``key_hash``, or -1."""
-        k = key_hash & KEY_MASK
-        return self._index[k >> _SHARD_SHIFT].get(k, -1)
+        return self._index.get(key_hash & KEY_MASK)
 
     def backend(self, i: int) -> int:
         return self._backend[i]
@@ -188,8 +185,8 @@ class LearnedTable:
         ``created`` (default ``wall``) is when the session began, when it is known from
         elsewhere (a companion cookie's issue time)."""
         k = key_hash & KEY_MASK
-        shard = self._index[k >> _SHARD_SHIFT]
-        i = shard.get(k, -1)
+        index = self._index
+        i = index.get(k)
         if i >= 0:
             self.move(i, backend, wall)
             return i
@@ -206,15 +203,14 @@ class LearnedTable:
         self._backend[i] = backend
         self._created[i] = self._ticks(wall if created is None else min(created, wall))
         self._last[i] = self._ticks_up(wall)
-        shard[k] = i  # its checked column is 0: grown so, or reset when released
+        index.set(k, i)  # its checked column is 0: grown so, or reset when released
         self._live += 1
         self._grow_counts(backend)
         self.counts[backend] += 1
         return i
 
     def remove(self, key_hash: int) -> bool:
-        k = key_hash & KEY_MASK
-        i = self._index[k >> _SHARD_SHIFT].pop(k, -1)
+        i = self._index.pop(key_hash & KEY_MASK)
         if i < 0:
             return False
         self._release(i)
@@ -289,10 +285,10 @@ class LearnedTable:
 
         Call it on a timer; it resumes where the previous call stopped and wraps
         around, so a full pass over N entries takes about ceil(N / budget) calls.
-        Scanning is vectorised (a fraction of a millisecond per 64 Ki entries); removals
-        cost about a microsecond each (a dict deletion, cold in a large table), so at
-        most ``max_remove`` happen per call and the next call resumes at the first entry
-        left. Returns how many it removed.
+        Scanning is vectorised (a fraction of a millisecond per 64 Ki entries); each
+        removal is an index deletion, cold in a large table, so at most ``max_remove``
+        happen per call and the next call resumes at the first entry left. Returns how
+        many it removed.
         """
         n = len(self._keys)
         if n == 0 or (self._idle is None and self._absolute is None):
@@ -338,12 +334,11 @@ class LearnedTable:
     def _drop_all(self, chosen: np.ndarray[Any, np.dtype[np.int64]]) -> int:
         """Remove the live entries at the indices ``chosen``; returns how many.
 
-        Vectorised but for the index: the columns are reset, the backends counted and
-        the free stack extended by numpy, so that each entry costs one dict deletion.
-        Entry by entry, the column items were generic calls from compiled code (an
-        eviction of 128 took 250 µs, 2 µs of each insert into a full table of a
-        million entries). Every buffer export ends before this returns (an exported
-        ``array`` cannot grow)."""
+        Vectorised: the columns are reset, the backends counted and the free stack
+        extended by numpy, and the index drops the keys in one call. Entry by entry,
+        the column items were generic calls from compiled code (an eviction of 128 took
+        250 µs, 2 µs of each insert into a full table of a million entries). Every
+        buffer export ends before this returns (an exported ``array`` cannot grow)."""
         backend = np.frombuffer(self._backend, dtype=np.uint32)
         chosen = chosen[backend[chosen] != FREE]
         owners = np.bincount(backend[chosen])
@@ -352,15 +347,14 @@ class LearnedTable:
         checked = np.frombuffer(self._checked, dtype=np.uint32)
         checked[chosen] = 0
         del checked
-        keys = np.frombuffer(self._keys, dtype=np.uint64)[chosen].tolist()
-        index = self._index
-        for k in keys:
-            del index[k >> _SHARD_SHIFT][k]
+        keys = np.frombuffer(self._keys, dtype=np.uint64)[chosen]
+        dropped = self._index.drop(keys)
+        del keys
         for b in np.flatnonzero(owners).tolist():
             self.counts[b] -= int(owners[b])
         self._free.frombytes(chosen.astype(np.uint32).tobytes())
-        self._live -= len(keys)
-        return len(keys)
+        self._live -= dropped
+        return dropped
 
     def _release(self, i: int) -> None:
         self._live -= 1
