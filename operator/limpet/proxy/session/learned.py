@@ -347,14 +347,15 @@ class LearnedTable:
         checked = np.frombuffer(self._checked, dtype=np.uint32)
         checked[chosen] = 0
         del checked
-        keys = np.frombuffer(self._keys, dtype=np.uint64)[chosen]
-        dropped = self._index.drop(keys)
-        del keys
+        n = len(chosen)
+        if self._index.drop(np.frombuffer(self._keys, dtype=np.uint64)[chosen]) != n:
+            # A live entry always has its key in the index (as a dict's del, loudly).
+            raise RuntimeError(f"learned table {self.name}: an entry's key was not indexed")
         for b in np.flatnonzero(owners).tolist():
             self.counts[b] -= int(owners[b])
         self._free.frombytes(chosen.astype(np.uint32).tobytes())
-        self._live -= dropped
-        return dropped
+        self._live -= n
+        return n
 
     def _release(self, i: int) -> None:
         self._live -= 1
