@@ -16,7 +16,10 @@ benchmark-style run (``python -m bench.http_fuzz``).
   client connection, and classifies the outcome (:class:`Outcome`).
 
 No event loop runs: the pool always holds an idle backend connection, so the engine
-never dials. Everything is single-threaded.
+never dials, and :class:`Turns` stands in for the loop's ``call_soon`` that ends a turn
+of the engine's write batch (``engine/write_batch.py``): by default each write leaves
+when it is made; ``Harness(held=True)`` holds them until the test calls
+``harness.turns.end()``. Everything is single-threaded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,7 @@ from limpet.proxy.engine.client import ClientConnection
 from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.server import Server
 from limpet.proxy.engine.upstream import UpstreamConnection
+from limpet.proxy.engine.write_batch import WriteBatch
 from limpet.proxy.process.standalone import standalone_plan
 from limpet.proxy.session.routing import RouterSettings, SessionRouter
 from limpet.proxy.settings import ProxySettings
@@ -299,12 +304,34 @@ class Outcome:
     forwarded: list[BackendMessage] = field(default_factory=list)
 
 
+class Turns:
+    """The event loop's ``call_soon`` for the write batch: with ``held`` False each
+    callback runs at once (a write leaves when it is made); with ``held`` True they wait
+    for :meth:`end`, as a real loop runs them once the turn's reads are handled."""
+
+    def __init__(self, *, held: bool = False) -> None:
+        self.held = held
+        self.ready: list[Callable[[], object]] = []
+
+    def call_soon(self, callback: Callable[[], object], /) -> None:
+        if self.held:
+            self.ready.append(callback)
+        else:
+            callback()
+
+    def end(self) -> None:
+        while self.ready:
+            ready, self.ready = self.ready, []
+            for callback in ready:
+                callback()
+
+
 class Harness:
     """The real engine on in-memory transports (see the module docstring)."""
 
     BACKEND = ("s1", "127.0.0.1", 9)
 
-    def __init__(self) -> None:
+    def __init__(self, *, held: bool = False) -> None:
         settings = ProxySettings()
         router = SessionRouter(settings=RouterSettings())
         # client-ip affinity: one session for the one peer, so memory growth over a run
@@ -312,6 +339,8 @@ class Harness:
         router.load_plan(standalone_plan([self.BACKEND], "client-ip"))
         self.server = Server(settings=settings, router=router)
         self.loop = asyncio.new_event_loop()  # never run: the engine must not dial here
+        self.turns = Turns(held=held)
+        self.batch = WriteBatch(self.turns)
         self.pool = UpstreamPool(
             settings=settings,
             router=router,
@@ -319,8 +348,10 @@ class Harness:
             stats=self.server.stats,
             classes=self.server.classes,
             loop=self.loop,
+            batch=self.batch,
         )
         self.server._pool = self.pool
+        self.server._batch = self.batch
 
     def close(self) -> None:
         self.pool.close()

@@ -133,6 +133,7 @@ class ClientConnection(Exchange):
             stats.connections_rejected += 1
             self._reply(503, close=True)
             self.state = step(self.state, CLOSE)
+            self.batch.flush_to(t)
             t.close()
             return
         self.registered = True
@@ -163,6 +164,7 @@ class ClientConnection(Exchange):
             if tunnel:
                 up.client = None
                 if up.transport is not None:
+                    self.batch.flush_to(up.transport)
                     up.transport.close()
             else:
                 # The client left mid-exchange: the upstream connection is mid-message.
@@ -206,6 +208,7 @@ class ClientConnection(Exchange):
         if self.state == TUNNEL and up is not None and up.transport is not None:
             self.half_closed = True
             transport = up.transport
+            self.batch.flush_to(transport)
             if not up.half_closed and transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
                 return True

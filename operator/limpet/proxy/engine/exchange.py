@@ -18,7 +18,10 @@ bind time, and after a 101 the tunnel's bytes go the same way. The one exception
 hot path's: the head of a request without a body, bound to a pooled connection, is
 written by :meth:`Exchange._bind` itself (nothing else waits). Every byte for the client
 goes through the other writer, :meth:`Exchange.flush_down` (the answer the upstream side
-relays, tunnel bytes, and the proxy's own answers from :meth:`Exchange._reply`). The
+relays, tunnel bytes, and the proxy's own answers from :meth:`Exchange._reply`). Both
+writers hand their bytes to the server's :class:`~limpet.proxy.engine.write_batch.WriteBatch`,
+which writes them all at the end of the loop's turn; every close, abort and half-close
+first sends what the batch holds for that transport (``WriteBatch.flush_to``). The
 answer is relayed by ``upstream.UpstreamConnection``, which calls
 :meth:`Exchange.response_done` at its end, or reports a failure (``upstream_*``): a
 connect failure is retried once on another backend, a stale pooled connection is
@@ -85,6 +88,7 @@ from limpet.proxy.engine.h1.connection import (
 from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
+from limpet.proxy.engine.write_batch import WriteBatch
 from limpet.proxy.settings import ProxySettings
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
@@ -124,11 +128,15 @@ class ServerSide(Protocol):
     @property
     def pool(self) -> UpstreamPool: ...
 
+    @property
+    def batch(self) -> WriteBatch: ...
+
 
 class Exchange(asyncio.Protocol):
     """A client connection's state and its request/answer exchange (see the module)."""
 
     __slots__ = (
+        "batch",
         "body_sent",
         "chunked_request",
         "classes",
@@ -176,6 +184,7 @@ class Exchange(asyncio.Protocol):
     def __init__(self, server: ServerSide) -> None:
         self.server = server
         self.pool = server.pool
+        self.batch = server.batch
         self.router = server.router
         # The router's entry point, bound once (through RouterPort, a Protocol, each call
         # looks the method up by name first).
@@ -355,12 +364,12 @@ class Exchange(asyncio.Protocol):
             holding=self.holding, feeding=self.feeding, has_body=self.scan.has_body
         )
         if how == BIND_HEAD:
-            # The common case, a request without a body: its head alone, at once. What
+            # The common case, a request without a body: its head alone, now. What
             # flush_up would do, without the list: the one write towards a backend
             # outside flush_up, kept for the ~1 % of a GET's instructions it saves.
             transport = up.transport
             if transport is not None:
-                transport.write(self.request_head)
+                self.batch.write(transport, self.request_head)
         elif how == BIND_WITH_READ:
             # Parsing the read that holds the head of a request with a body: its body
             # bytes join the head, and the end of the read writes them all at once.
@@ -382,19 +391,17 @@ class Exchange(asyncio.Protocol):
         self._resume(R_DIALLING)
 
     def flush_up(self) -> None:
-        """Write what waits for the backend (head and body, one writev; tunnel bytes) and
-        clear it; kept while no connection is bound, dropped if the bound one is no
-        longer this exchange's. The one place bytes are written to a backend."""
+        """Write what waits for the backend (head and body: one writev at the turn's end,
+        through the batch; tunnel bytes) and clear it; kept while no connection is
+        bound, dropped if the bound one is no longer this exchange's. The one place
+        bytes are written to a backend."""
         out = self.up_out
         up = self.up
         if not out or up is None:
             return
         transport = up.transport
         if up.client is self and transport is not None:
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)
+            self.batch.write(transport, out[0] if len(out) == 1 else out.copy())
         out.clear()
 
     async def _dial(self, route: Route) -> None:
@@ -528,11 +535,12 @@ class Exchange(asyncio.Protocol):
             self.flush_down([response_head.error_response(status, close=close)])
 
     def flush_down(self, out: list[bytes]) -> None:
-        """Write ``out`` to the client (one writev) and clear it: the one place bytes are
-        written to a client. The upstream side passes what its machine produced (an
-        answer's head and body, the bytes after a 101, tunnel bytes, the last chunk of a
-        close-delimited body); the proxy's own answers come through :meth:`_reply`."""
-        self.transport.writelines(out)
+        """Write ``out`` to the client (one writev at the turn's end, through the batch)
+        and clear it: the one place bytes are written to a client. The upstream side
+        passes what its machine produced (an answer's head and body, the bytes after a
+        101, tunnel bytes, the last chunk of a close-delimited body); the proxy's own
+        answers come through :meth:`_reply`."""
+        self.batch.write(self.transport, out[0] if len(out) == 1 else out.copy())
         out.clear()
 
     # -- failures reported by the upstream side ------------------------------------------
@@ -594,6 +602,7 @@ class Exchange(asyncio.Protocol):
     def close_after_flush(self) -> None:
         if self.state != CLOSED:
             self.state = step(self.state, CLOSE)
+            self.batch.flush_to(self.transport)
             self.transport.close()
         up = self.up
         if up is not None and up.client is self and up.state == BUSY:
@@ -602,6 +611,7 @@ class Exchange(asyncio.Protocol):
 
     def abort(self) -> None:
         self.state = step(self.state, CLOSE)
+        self.batch.flush_to(self.transport)
         self.transport.abort()
 
     def pause_reading_for_upstream(self) -> None:

@@ -27,6 +27,7 @@ from limpet.proxy.engine import fields
 from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.port import RouterPort
 from limpet.proxy.engine.upstream import BUSY, CLOSED, IDLE, TUNNEL, UpstreamConnection
+from limpet.proxy.engine.write_batch import WriteBatch
 from limpet.proxy.settings import ProxySettings
 
 
@@ -50,6 +51,7 @@ class UpstreamPool:
     __slots__ = (
         "_backends",
         "_loop",
+        "batch",
         "classes",
         "clock",
         "live",
@@ -73,8 +75,10 @@ class UpstreamPool:
         stats: EngineStats,
         classes: fields.HeaderClasses,
         loop: asyncio.AbstractEventLoop,
+        batch: WriteBatch,
     ) -> None:
         self.settings = settings
+        self.batch = batch
         self.router = router
         self.clock = clock
         self.stats = stats

@@ -39,6 +39,7 @@ from limpet.proxy.engine.counters import Clock, EngineStats
 from limpet.proxy.engine.h1 import response
 from limpet.proxy.engine.h1.response import ResponseMachine
 from limpet.proxy.engine.port import Route, RouterPort
+from limpet.proxy.engine.write_batch import WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class PoolSide(Protocol):
     tunnel_idle_timeout: float
     max_headers: int
     max_header_bytes: int
+    batch: WriteBatch
 
     def release(self, conn: UpstreamConnection) -> bool: ...
     def forget_idle(self, conn: UpstreamConnection) -> None: ...
@@ -104,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "backend",
         "backend_id",
+        "batch",
         "client",
         "clock",
         "deadline",
@@ -135,6 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
         # method up by name first.
         self.release: Callable[[UpstreamConnection], bool] = pool.release
         self.succeeded: Callable[[BackendId], None] = pool.router.backend_succeeded
+        self.batch = pool.batch
         self.transport: asyncio.Transport | None = None
         self.machine = ResponseMachine(
             router=pool.router,
@@ -188,6 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state != CLOSED:
             self.state = CLOSED
             if self.transport is not None:
+                self.batch.flush_to(self.transport)
                 self.transport.abort()
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -244,6 +249,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not (keep and self.release(self)):
             self.state = CLOSED
             if self.transport is not None:
+                self.batch.flush_to(self.transport)
                 self.transport.close()
         self.stats.responses += 1
         self.succeeded(self.backend_id)
@@ -268,6 +274,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.half_closed = True
             transport = client.transport
             if not client.half_closed and transport.can_write_eof() and not transport.is_closing():
+                self.batch.flush_to(transport)
                 transport.write_eof()
                 return True
             client.close_after_flush()

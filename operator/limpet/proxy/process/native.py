@@ -40,6 +40,7 @@ COMPILED: Final = (
     "limpet.proxy.engine.upstream",
     "limpet.proxy.engine.pool",
     "limpet.proxy.engine.server",
+    "limpet.proxy.engine.write_batch",
     "limpet.proxy.engine.counters",
     "limpet.proxy.engine.backend_stats",
     "limpet.proxy.engine.port",
