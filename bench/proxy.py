@@ -24,7 +24,8 @@ Set-up (all started here, all stopped at the end, configs in a temporary directo
   Before measuring, a sample of each proxy's sessions is replayed to check that it keeps
   them on the backend that created them.
 
-Printed per workload: requests per second, p50 and p99 latency per proxy, the proxy's
+Printed per workload, each figure the median of its rounds (``--rounds``): requests per
+second, p50 and p99 latency per proxy, the proxy's
 CPU and requests per second per core, the busy share of the load core (when it nears
 100 % the figure is bounded by the load generator, not by the proxy), errors, and the
 ratios to HAProxy, followed by limpet's ratios against issue 10's targets (figures, not
@@ -50,6 +51,7 @@ import functools
 import importlib.util
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,9 +145,18 @@ def missing_tools() -> list[str]:
 
 
 def median(results: list[Result]) -> Result:
-    """The run with the median request rate (its latencies come with it)."""
-    ordered = sorted(results, key=lambda r: r.rps)
-    return ordered[len(ordered) // 2]
+    """Each figure's median over the rounds, and the errors of all of them. (Until
+    2026-12-06 this was the round with the median rate, latencies and all: its p99 was
+    one run's tail, which swung 0.8 to 2.8 ms from round to round for the same proxy.)"""
+    return Result(
+        results[0].name,
+        statistics.median(r.rps for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        statistics.median(r.load_core_busy for r in results),
+        statistics.median(r.proxy_cpu for r in results),
+        sum(r.errors for r in results),
+    )
 
 
 def table(results: list[Result], base: Result) -> str:

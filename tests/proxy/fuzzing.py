@@ -395,6 +395,7 @@ class Harness:
         for part in (data[:half], data[half:]):
             if part and not ct.closed:
                 client.data_received(part)
+                self.turns.end()
             fed = self._drain_backend(up, up_transport, backend, fed, forwarded, answer)
         complete_before_eof = self._answered(ct.out, data)
         if not ct.closed:
@@ -402,6 +403,7 @@ class Harness:
                 client.connection_lost(None)
         else:
             client.connection_lost(None)
+        self.turns.end()
         if up_transport.out[fed:]:
             self._drain_backend(up, up_transport, backend, fed, forwarded, answer)
         result = _client_result(ct.out, data, closed=ct.closed)
@@ -426,11 +428,15 @@ class Harness:
         ct = MemoryTransport()
         client.connection_made(ct)
         client.data_received(data)
+        self.turns.end()
         if up_transport.out and not up.transport.is_closing():  # type: ignore[union-attr]
             up.data_received(raw)
+            self.turns.end()
             if up.state != 4 and up.client is not None:  # CLOSED; the backend then closes
                 up.connection_lost(None)
+                self.turns.end()
         client.connection_lost(None)  # asyncio always reports the end, closed or not
+        self.turns.end()
         result = _client_result(ct.out, data, closed=True)
         problem = check_response(raw, result)
         if problem is None:
@@ -486,6 +492,7 @@ class Harness:
                 request = None
                 if up.client is not None:
                     up.data_received(answer)
+                    self.turns.end()
                 if backend.our_state is h11.SEND_RESPONSE:
                     # Only to move h11 on to the next request; the bytes are not used.
                     backend.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))

@@ -23,9 +23,11 @@ from ..fuzzing import Harness, request, response
 from .conftest import Rig
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
-    h = Harness()
+@pytest.fixture(scope="module", params=[False, True], ids=["writes-at-once", "writes-per-turn"])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """Each write leaves when it is made, or (as under the event loop) once the turn's
+    input is handled: the engine's write batch must not reorder, lose or add a byte."""
+    h = Harness(held=request.param)
     yield h
     h.close()
 
