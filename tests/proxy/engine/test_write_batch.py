@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from limpet.proxy.engine.client import ClientConnection
 from limpet.proxy.engine.write_batch import WriteBatch
 
 from ..fuzzing import Harness, MemoryTransport, Turns
@@ -129,9 +128,7 @@ def harness() -> Iterator[Harness]:
 
 def test_an_exchange_leaves_at_the_ends_of_turns(harness: Harness) -> None:
     up, up_out = harness.idle_backend()
-    client = ClientConnection(harness.server)
-    out = MemoryTransport()
-    client.connection_made(out)
+    client, out = harness.client()
     client.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     assert up_out.out == b""
     harness.turns.end()
@@ -144,9 +141,7 @@ def test_an_exchange_leaves_at_the_ends_of_turns(harness: Harness) -> None:
 
 def test_pipelined_answers_leave_in_order(harness: Harness) -> None:
     up, _ = harness.idle_backend()
-    client = ClientConnection(harness.server)
-    out = MemoryTransport()
-    client.connection_made(out)
+    client, out = harness.client()
     client.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
     harness.turns.end()
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
@@ -162,9 +157,7 @@ def test_an_answer_before_a_close_reaches_the_client_first(harness: Harness) -> 
     answer is relayed; the held answer must leave before the close (a closed transport
     takes nothing)."""
     up, _ = harness.idle_backend()
-    client = ClientConnection(harness.server)
-    out = MemoryTransport()
-    client.connection_made(out)
+    client, out = harness.client()
     client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     harness.turns.end()
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody")
@@ -175,9 +168,7 @@ def test_an_answer_before_a_close_reaches_the_client_first(harness: Harness) -> 
 
 def test_a_refusal_reaches_the_client_before_the_close(harness: Harness) -> None:
     harness.idle_backend()
-    client = ClientConnection(harness.server)
-    out = MemoryTransport()
-    client.connection_made(out)
+    client, out = harness.client()
     client.data_received(
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
     )
