@@ -25,11 +25,11 @@ Set-up (all started here, all stopped at the end, configs in a temporary directo
   them on the backend that created them.
 
 Printed per workload, each figure the median of its rounds (``--rounds``): requests per
-second, p50 and p99 latency per proxy, the proxy's
-CPU and requests per second per core, the busy share of the load core (when it nears
-100 % the figure is bounded by the load generator, not by the proxy), errors, and the
-ratios to HAProxy, followed by limpet's ratios against issue 10's targets (figures, not
-assertions). Then limpet with ``--workers 2`` (pinned to both cores, ``one`` only),
+second, p50 and p99 latency per proxy, the proxy's CPU and requests per second per
+core, the busy share of the load core (when it nears 100 % the figure is bounded by the
+load generator, not by the proxy), errors, and the ratios to HAProxy, followed by
+limpet's ratios against issue 10's targets (figures, not assertions). Then limpet
+with ``--workers 2`` (pinned to both cores, ``one`` only),
 HAProxy and limpet with POST requests (``--post-bytes``, 1 KiB by default), and the
 memory of one million learned sessions and the cost of inserts into that table once
 it is full (eviction: the mean, the slowest, and how many took over 1 ms). With

@@ -351,7 +351,6 @@ class Harness:
             batch=self.batch,
         )
         self.server._pool = self.pool
-        self.server._batch = self.batch
 
     def close(self) -> None:
         self.pool.close()

@@ -19,7 +19,7 @@ hot path's: the head of a request without a body, bound to a pooled connection, 
 written by :meth:`Exchange._bind` itself (nothing else waits). Every byte for the client
 goes through the other writer, :meth:`Exchange.flush_down` (the answer the upstream side
 relays, tunnel bytes, and the proxy's own answers from :meth:`Exchange._reply`). Both
-writers hand their bytes to the server's :class:`~limpet.proxy.engine.write_batch.WriteBatch`,
+writers hand their bytes to the pool's :class:`~limpet.proxy.engine.write_batch.WriteBatch`,
 which writes them all at the end of the loop's turn; every close, abort and half-close
 first sends what the batch holds for that transport (``WriteBatch.flush_to``). The
 answer is relayed by ``upstream.UpstreamConnection``, which calls
@@ -88,7 +88,6 @@ from limpet.proxy.engine.h1.connection import (
 from limpet.proxy.engine.pool import UpstreamPool
 from limpet.proxy.engine.port import PendingRoute, RequestView, Route, RouterPort
 from limpet.proxy.engine.upstream import BUSY, UpstreamConnection
-from limpet.proxy.engine.write_batch import WriteBatch
 from limpet.proxy.settings import ProxySettings
 
 # Reasons for pausing the client's reading (a bit set: reading resumes when all clear).
@@ -127,9 +126,6 @@ class ServerSide(Protocol):
 
     @property
     def pool(self) -> UpstreamPool: ...
-
-    @property
-    def batch(self) -> WriteBatch: ...
 
 
 class Exchange(asyncio.Protocol):
@@ -184,7 +180,7 @@ class Exchange(asyncio.Protocol):
     def __init__(self, server: ServerSide) -> None:
         self.server = server
         self.pool = server.pool
-        self.batch = server.batch
+        self.batch = server.pool.batch  # the server's, one per event loop
         self.router = server.router
         # The router's entry point, bound once (through RouterPort, a Protocol, each call
         # looks the method up by name first).
@@ -401,8 +397,9 @@ class Exchange(asyncio.Protocol):
             return
         transport = up.transport
         if up.client is self and transport is not None:
-            self.batch.write(transport, out[0] if len(out) == 1 else out.copy())
-        out.clear()
+            self.batch.take(transport, out)
+        else:
+            out.clear()
 
     async def _dial(self, route: Route) -> None:
         try:
@@ -540,8 +537,7 @@ class Exchange(asyncio.Protocol):
         passes what its machine produced (an answer's head and body, the bytes after a
         101, tunnel bytes, the last chunk of a close-delimited body); the proxy's own
         answers come through :meth:`_reply`."""
-        self.batch.write(self.transport, out[0] if len(out) == 1 else out.copy())
-        out.clear()
+        self.batch.take(self.transport, out)
 
     # -- failures reported by the upstream side ------------------------------------------
 

@@ -59,7 +59,6 @@ class Server:
         self.head_guard = settings.max_request_line + settings.max_header_bytes + 1024
         self.clock = Clock(0.0)
         self._pool: UpstreamPool | None = None
-        self._batch: WriteBatch | None = None
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -68,15 +67,9 @@ class Server:
         assert self._pool is not None, "Server.start() first"
         return self._pool
 
-    @property
-    def batch(self) -> WriteBatch:
-        assert self._batch is not None, "Server.start() first"
-        return self._batch
-
     async def start(self, *, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.clock.now = loop.time()
-        self._batch = WriteBatch(loop)
         self._pool = UpstreamPool(
             settings=self.settings,
             router=self.router,
@@ -84,7 +77,7 @@ class Server:
             stats=self.stats,
             classes=self.classes,
             loop=loop,
-            batch=self._batch,
+            batch=WriteBatch(loop),
         )
         listen = self.settings.listen
         if sock is not None:

@@ -62,6 +62,12 @@ class WriteBatch:
             self._armed = True
             self._loop.call_soon(self.flush)
 
+    def take(self, transport: asyncio.Transport, out: list[bytes]) -> None:
+        """Hold what ``out`` has for ``transport`` (one write, or one writev) and clear
+        ``out``: a writer's buffer list, reused for its next bytes."""
+        self.write(transport, out[0] if len(out) == 1 else out.copy())
+        out.clear()
+
     def flush(self) -> None:
         """Write everything held, in order (the loop calls it once a turn)."""
         self._armed = False
